@@ -1,0 +1,88 @@
+"""The GPU inventory: which NVIDIA devices labs may use, discovered on the host.
+
+``invoke up`` builds the inventory on the host (``nvidia-smi``, or the ``GPU_DEVICES``
+setting) and hands it to the hub as JSON in ``GPUHUB_GPU_INVENTORY``; the hub never
+runs ``nvidia-smi`` itself (it has no GPUs and no driver inside its container).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
+         "--format=csv,noheader,nounits"]
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One device a lab can be given: a whole GPU or a MIG instance."""
+
+    index: str
+    uuid: str = ""
+    name: str = "NVIDIA GPU"
+    memory_mib: int = 0
+
+    @property
+    def device_id(self) -> str:
+        """The ID handed to Docker's device request (UUID when known: stable across reboots)."""
+        return self.uuid or self.index
+
+
+def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
+    """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits``."""
+    gpus = []
+    for line in csv_text.splitlines():
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 4:
+            raise ValueError(f"unexpected nvidia-smi line {line!r}")
+        index, uuid, memory = parts[0], parts[1], parts[-1]
+        name = ",".join(parts[2:-1]).strip()
+        try:
+            memory_mib = int(float(memory.split()[0]))
+        except (ValueError, IndexError):
+            memory_mib = 0
+        gpus.append(Gpu(index=index, uuid=uuid, name=name, memory_mib=memory_mib))
+    return gpus
+
+
+def select(detected: list[Gpu], gpu_devices: str) -> list[Gpu]:
+    """Apply the ``GPU_DEVICES`` setting (auto, none, or indices/UUIDs) to what was detected."""
+    if gpu_devices == "none":
+        return []
+    if gpu_devices == "auto":
+        return list(detected)
+    by_key = {g.index: g for g in detected} | {g.uuid: g for g in detected if g.uuid}
+    chosen = []
+    for dev in gpu_devices.split(","):
+        if dev in by_key:
+            chosen.append(by_key[dev])
+        elif detected:
+            known = ", ".join(g.index for g in detected)
+            raise ValueError(
+                f"GPU_DEVICES names {dev!r}, but nvidia-smi lists only GPUs {known}; "
+                "fix GPU_DEVICES in .env"
+            )
+        elif dev.startswith(("GPU-", "MIG-")):
+            chosen.append(Gpu(index=str(len(chosen)), uuid=dev))
+        else:
+            chosen.append(Gpu(index=dev))
+    return chosen
+
+
+def to_json(gpus: list[Gpu]) -> str:
+    return json.dumps([asdict(g) for g in gpus], separators=(",", ":"))
+
+
+def from_json(text: str) -> list[Gpu]:
+    """Read the inventory the hub receives; a broken value is a clear error, not a crash."""
+    if not text.strip():
+        return []
+    try:
+        items = json.loads(text)
+        return [Gpu(**{k: item[k] for k in ("index", "uuid", "name", "memory_mib") if k in item})
+                for item in items]
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"GPUHUB_GPU_INVENTORY is not a valid inventory ({err}): {text!r}") from None

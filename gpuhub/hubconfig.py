@@ -1,0 +1,127 @@
+"""Apply gpuhub settings to JupyterHub's traitlets ``Config``.
+
+``jupyterhub_config.py`` calls :func:`apply_config`. Each ``update_*`` function owns one
+concern and only *sets* values (never appends or mutates), so applying twice is harmless
+and every function can be tested against a bare ``traitlets.config.Config()``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from . import gpus as gpu_inventory
+from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from .settings import Settings
+
+DATA_DIR = Path("/srv/jupyterhub/data")
+LAB_HOME = "/home/jovyan"
+ADMIN_SERVICE = "gpuhub-admin"
+ADMIN_TOKEN_FILE = "gpuhub-admin.token"
+HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
+
+
+def read_or_create_secret(path: Path) -> str:
+    """Return the token stored in ``path``, creating it (mode 0600) on first use."""
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def update_hub(c, settings: Settings, data_dir: Path) -> None:
+    """Hub process: where state lives, how labs reach the hub, logging."""
+    c.JupyterHub.bind_url = "http://:8000"
+    c.JupyterHub.hub_ip = "0.0.0.0"
+    c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
+    c.JupyterHub.db_url = settings.database_url or f"sqlite:///{data_dir}/jupyterhub.sqlite"
+    c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+    c.JupyterHub.log_level = settings.log_level
+    # Labs keep running when the hub restarts; the hub reattaches to them from its DB.
+    c.JupyterHub.cleanup_servers = False
+
+
+def update_auth(c, settings: Settings) -> None:
+    """NativeAuthenticator: passwords hashed with bcrypt in the hub DB; admins create users."""
+    c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+    c.NativeAuthenticator.enable_signup = False
+    c.NativeAuthenticator.open_signup = False
+    # NativeAuthenticator decides who may log in (its is_authorized flag, set by
+    # `invoke adduser`); JupyterHub 5's own allow-list would refuse users created later.
+    c.Authenticator.allow_all = True
+    c.Authenticator.admin_users = set(settings.admin_users)
+    c.Authenticator.username_pattern = USERNAME_PATTERN
+    # Its traits are declared with .tag(default=...), so their documented defaults are
+    # not the real ones: set every one we rely on.
+    c.NativeAuthenticator.minimum_password_length = MIN_PASSWORD_LENGTH
+    c.NativeAuthenticator.check_common_password = True
+
+
+def update_spawner(c, settings: Settings, gpus: list[gpu_inventory.Gpu]) -> None:
+    """One DockerSpawner container per user on the labs network, removed on stop."""
+    project = settings.compose_project_name
+    c.JupyterHub.spawner_class = "gpuhub.spawner.GpuDockerSpawner"
+    c.DockerSpawner.image = settings.lab_image
+    c.DockerSpawner.network_name = f"{project}-labs"
+    c.DockerSpawner.use_internal_ip = True
+    c.DockerSpawner.remove = True
+    c.DockerSpawner.prefix = project
+    c.DockerSpawner.name_template = "{prefix}-lab-{username}"
+    c.DockerSpawner.notebook_dir = LAB_HOME
+    c.DockerSpawner.default_url = "/lab"
+    volumes: dict = {f"{project}-home-{{username}}": f"{LAB_HOME}/work"}
+    if settings.shared_data_dir:
+        volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+    c.DockerSpawner.volumes = volumes
+    c.DockerSpawner.extra_create_kwargs = {"labels": {"gpuhub.project": project}}
+    c.DockerSpawner.cpu_limit = settings.lab_cpu_limit
+    c.DockerSpawner.mem_limit = settings.lab_mem_limit
+    c.Spawner.start_timeout = settings.spawn_timeout
+    c.Spawner.http_timeout = min(120, settings.spawn_timeout)
+    c.GpuDockerSpawner.gpu_inventory = [g.device_id for g in gpus]
+
+
+def update_services(c, settings: Settings, data_dir: Path) -> None:
+    """Hub-managed services: the idle culler, and the token `invoke` uses for user admin."""
+    admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
+    services = [{"name": ADMIN_SERVICE, "api_token": admin_token}]
+    roles = [{
+        "name": ADMIN_SERVICE,
+        "description": "invoke adduser/deluser/users through the REST API",
+        "scopes": ["admin:users", "admin:servers", "list:users", "read:users"],
+        "services": [ADMIN_SERVICE],
+    }]
+    if settings.idle_timeout:
+        services.append({
+            "name": "idle-culler",
+            "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                        f"--timeout={settings.idle_timeout}"],
+        })
+        roles.append({
+            "name": "idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        })
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
+
+
+def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
+                 data_dir: Path = DATA_DIR) -> None:
+    """Set everything gpuhub configures on ``c`` (a traitlets Config)."""
+    env = os.environ if env is None else env
+    gpus = gpu_inventory.from_json(env.get("GPUHUB_GPU_INVENTORY", ""))
+    update_hub(c, settings, data_dir)
+    update_auth(c, settings)
+    update_spawner(c, settings, gpus)
+    update_services(c, settings, data_dir)

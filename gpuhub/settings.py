@@ -1,0 +1,296 @@
+"""Every gpuhub setting in one place: name, default, type, meaning, and validation.
+
+Settings are read from the ``.env`` file (``GPUHUB_ENV_FILE`` names another one).
+Invoke validates them on the host before it touches Docker; the hub validates the same
+file again at start-up (compose passes it in with ``env_file``), so a bad value stops
+both with the same one-line message: the setting, the bad value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .accounts import check_username
+
+DEFAULT_JUPYTERHUB_VERSION = "5.4.4"
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; ``str()`` lists each problem on its own line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --- parsers: each takes the raw string and returns a value or raises ValueError(fix) ---
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a whole number from 1 to 65535")
+    return port
+
+
+def _seconds(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number of seconds (0 turns it off)") from None
+    if value < 0:
+        raise ValueError("must be 0 or more seconds")
+    return value
+
+
+def _positive_seconds(raw: str) -> int:
+    value = _seconds(raw)
+    if value == 0:
+        raise ValueError("must be at least 1 second")
+    return value
+
+
+def _ip(raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError("must be an IP address such as 0.0.0.0 or 127.0.0.1") from None
+    return raw
+
+
+def _project_name(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw):
+        raise ValueError(
+            "must be lowercase letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return raw
+
+
+def _usernames(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for name in names:
+        check_username(name)
+    if len(set(names)) != len(names):
+        raise ValueError("lists a user twice")
+    return names
+
+
+def _optional_cpu(raw: str) -> float | None:
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of CPUs such as 2 or 0.5, or empty for no limit") from None
+    if value <= 0:
+        raise ValueError("must be more than 0 (or empty for no limit)")
+    return value
+
+
+_MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$", re.IGNORECASE)
+
+
+def _optional_memory(raw: str) -> str | None:
+    if not raw:
+        return None
+    m = _MEM_RE.fullmatch(raw)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError("must be a size such as 512M or 8G, or empty for no limit")
+    return raw.upper()
+
+
+def _optional_abs_path(raw: str) -> str | None:
+    if not raw:
+        return None
+    if not raw.startswith("/"):
+        raise ValueError("must be an absolute path on the host, or empty")
+    return raw
+
+
+def _gpu_devices(raw: str) -> str:
+    value = raw.strip()
+    if value in ("auto", "none"):
+        return value
+    ids = [d.strip() for d in value.split(",")]
+    if not value or any(not d for d in ids):
+        raise ValueError("must be auto, none, or a comma-separated list of GPU indices or UUIDs")
+    for dev in ids:
+        if not (dev.isdigit() or re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z/-]+", dev)):
+            raise ValueError(
+                f"{dev!r} is neither a GPU index (0, 1, …) nor a GPU/MIG UUID (GPU-…, MIG-…)"
+            )
+    if len(set(ids)) != len(ids):
+        raise ValueError("lists a GPU twice")
+    return ",".join(ids)
+
+
+def _database_url(raw: str) -> str:
+    if raw and not re.match(r"^(sqlite|postgresql(\+\w+)?)://", raw):
+        raise ValueError("must start with sqlite:// or postgresql://, or be empty for SQLite")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    group: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("COMPOSE_PROJECT_NAME", "gpuhub", _project_name,
+            "Compose project name; prefixes every container, volume and network gpuhub creates.",
+            "Deployment"),
+    Setting("HUB_PORT", "8000", _port,
+            "Port on the host where JupyterHub is published.", "Deployment"),
+    Setting("HUB_BIND_ADDRESS", "0.0.0.0", _ip,
+            "Host address the port is published on (127.0.0.1 keeps it local).", "Deployment"),
+    Setting("ADMIN_USERS", "admin", _usernames,
+            "Comma-separated admin user names. `invoke up` creates each missing one with a "
+            "generated password, printed once.", "Users"),
+    Setting("JUPYTERHUB_VERSION", DEFAULT_JUPYTERHUB_VERSION, _text,
+            "JupyterHub version installed in both images (hub and lab must match).", "Images"),
+    Setting("HUB_BASE_IMAGE", f"quay.io/jupyterhub/jupyterhub:{DEFAULT_JUPYTERHUB_VERSION}", _text,
+            "Base image of the hub image.", "Images"),
+    Setting("LAB_BASE_IMAGE", "quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27", _text,
+            "Base image of the lab image (a Jupyter Docker Stacks image).", "Images"),
+    Setting("HUB_IMAGE", "gpuhub-hub:latest", _text,
+            "Tag of the hub image that `invoke build` makes.", "Images"),
+    Setting("LAB_IMAGE", "gpuhub-lab:latest", _text,
+            "Tag of the lab image that `invoke build` makes and labs run.", "Images"),
+    Setting("EXTRA_CA_CERTS", "", _optional_abs_path,
+            "PEM bundle trusted during image builds (TLS-intercepting proxies); "
+            "never stored in an image.", "Images"),
+    Setting("DATABASE_URL", "", _database_url,
+            "Hub database; empty means SQLite on the hub-data volume.", "Hub"),
+    Setting("IDLE_TIMEOUT", "3600", _seconds,
+            "Seconds of inactivity after which a lab is stopped (0: never).", "Hub"),
+    Setting("SPAWN_TIMEOUT", "300", _positive_seconds,
+            "Seconds a lab may take to start before the spawn fails.", "Hub"),
+    Setting("LOG_LEVEL", "INFO", _log_level, "Hub log level.", "Hub"),
+    Setting("LAB_CPU_LIMIT", "", _optional_cpu,
+            "CPUs per lab (e.g. 4); empty for no limit.", "Labs"),
+    Setting("LAB_MEM_LIMIT", "", _optional_memory,
+            "Memory per lab (e.g. 16G); empty for no limit.", "Labs"),
+    Setting("SHARED_DATA_DIR", "", _optional_abs_path,
+            "Host folder mounted read-only at ~/shared in every lab; empty for none.", "Labs"),
+    Setting("GPU_DEVICES", "auto", _gpu_devices,
+            "GPUs labs may use: auto (detect with nvidia-smi), none, or indices/UUIDs "
+            "such as 0,1.", "GPUs"),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; attribute names are the setting names in lower case."""
+
+    values: Mapping[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def raw_env(self) -> dict[str, str]:
+        """The settings as strings, defaults filled in (what compose interpolates)."""
+        return {k: _to_env(v) for k, v in self.values.items()}
+
+
+def _to_env(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def validate(env: Mapping[str, str]) -> Settings:
+    """Parse every setting from ``env`` (defaults fill the gaps); raise SettingsError."""
+    problems, values = [], {}
+    for s in SETTINGS:
+        raw = env.get(s.name)
+        raw = s.default if raw is None else raw.strip()
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as err:
+            problems.append(f"{s.name}={raw!r} in the settings: {err}. ({s.help})")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(values)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read a compose-style ``.env`` file: KEY=VALUE lines, # comments, optional quotes."""
+    result: dict[str, str] = {}
+    if not path.exists():
+        return result
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):]
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise SettingsError([f"{path}:{lineno}: expected KEY=VALUE, got {line!r}"])
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if key not in BY_NAME and not key.startswith("GPUHUB_"):
+            close = [n for n in BY_NAME if n.split("_")[0] == key.split("_")[0]]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise SettingsError([
+                f"{path}:{lineno}: unknown setting {key!r}.{hint} "
+                "See .env.example for every setting."
+            ])
+        result[key] = value
+    return result
+
+
+def env_example() -> str:
+    """The text of ``.env.example``: every setting, its default and meaning."""
+    lines = [
+        "# gpuhub settings. Copy to .env and change what you need; every line is optional.",
+        "# `invoke up` validates this file before it touches Docker.",
+    ]
+    group = None
+    for s in SETTINGS:
+        if s.group != group:
+            group = s.group
+            lines += ["", f"## {group}"]
+        lines += [f"# {s.help}", f"{s.name}={s.default}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.name}` | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"

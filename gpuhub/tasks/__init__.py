@@ -1,0 +1,1 @@
+"""Invoke tasks, grouped by concern; ``tasks.py`` at the top assembles them."""

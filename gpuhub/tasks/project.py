@@ -1,0 +1,97 @@
+"""The deployment as the tasks see it: settings file, validated settings, compose commands.
+
+Every task starts with :func:`load`, so a bad setting stops before Docker is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from invoke.exceptions import Exit
+
+from ..settings import Settings, SettingsError, read_env_file, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fail(message: str, code: int = 1) -> Exit:
+    """The one-line error a task exits with (invoke prints it on stderr)."""
+    return Exit(f"error: {message}", code=code)
+
+
+@dataclass
+class Project:
+    root: Path
+    env_file: Path
+    settings: Settings
+
+    @property
+    def name(self) -> str:
+        return self.settings.compose_project_name
+
+    def compose(self, args: str) -> str:
+        """The ``docker compose`` command line for this project."""
+        parts = ["docker", "compose", "--project-directory", str(self.root),
+                 "-f", str(self.root / "docker-compose.yml")]
+        if self.env_file.exists():
+            parts += ["--env-file", str(self.env_file)]
+        return shlex.join(parts) + " " + args
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for compose: the file's path (for env_file) and validated settings."""
+        env = self.settings.raw_env()
+        env["GPUHUB_ENV_FILE"] = str(self.env_file)
+        env.update(extra)
+        return env
+
+    def exec_hub(self, args: str) -> str:
+        """Run a command inside the hub container (no TTY, stdin passed through)."""
+        return self.compose(f"exec -T hub {args}")
+
+
+def load(root: Path = ROOT, environ: dict | None = None) -> Project:
+    """Read and validate the settings file; exit with one clear line if it is wrong."""
+    environ = os.environ if environ is None else environ
+    env_file = Path(environ.get("GPUHUB_ENV_FILE") or root / ".env").resolve()
+    try:
+        settings = validate(read_env_file(env_file))
+    except SettingsError as err:
+        raise fail(f"{env_file}: " + "; ".join(err.problems)) from None
+    return Project(root=root, env_file=env_file, settings=settings)
+
+
+def require_docker(c) -> None:
+    """Exit clearly when Docker or Compose v2 is missing."""
+    if c.run("docker info --format '{{.ServerVersion}}'", hide=True, warn=True).failed:
+        raise fail("Docker is not running or this user may not use it: start it "
+                   "(`sudo systemctl start docker`) or add yourself to the docker group")
+    if c.run("docker compose version --short", hide=True, warn=True).failed:
+        raise fail("Docker Compose v2 (`docker compose`) is missing: install the "
+                   "docker-compose-plugin package")
+
+
+def hub_running(c, project: Project) -> bool:
+    result = c.run(project.compose("ps --status running --quiet hub"),
+                   env=project.env(), hide=True, warn=True)
+    return bool(result.ok and result.stdout.strip())
+
+
+def require_running(c, project: Project) -> None:
+    require_docker(c)
+    if not hub_running(c, project):
+        raise fail(f"the hub of project {project.name!r} is not running; start it with `invoke up`")
+
+
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True

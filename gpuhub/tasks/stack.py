@@ -1,0 +1,204 @@
+"""Tasks that build, start, stop and inspect the stack."""
+
+from __future__ import annotations
+
+import shlex
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+from invoke import task
+
+from .. import gpus as gpu_inventory
+from .project import fail, hub_running, load, port_free, require_docker, require_running
+
+USERCLI = "python3 -m gpuhub.usercli"
+
+
+def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> list[str]:
+    """The ``docker build`` commands for the images (BuildKit, CA bundle as a secret)."""
+    s = project.settings
+    common = ["docker", "build", "--build-arg", f"JUPYTERHUB_VERSION={s.jupyterhub_version}"]
+    if s.extra_ca_certs:
+        common += ["--secret", f"id=extra_ca_certs,src={s.extra_ca_certs}"]
+    if no_cache:
+        common.append("--no-cache")
+    root = project.root
+    cmds = []
+    if hub:
+        cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.hub_base_image}",
+                              "-f", str(root / "jupyterhub" / "Dockerfile"),
+                              "-t", s.hub_image, str(root)])
+    if lab:
+        cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.lab_base_image}",
+                              "-f", str(root / "jupyterlab" / "Dockerfile"),
+                              "-t", s.lab_image, str(root / "jupyterlab")])
+    return [shlex.join(cmd) for cmd in cmds]
+
+
+def detect_gpus(project) -> list[gpu_inventory.Gpu]:
+    """Discover host GPUs and apply GPU_DEVICES; warn once and go CPU-only when none."""
+    setting = project.settings.gpu_devices
+    if setting == "none":
+        return []
+    detected: list[gpu_inventory.Gpu] = []
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(gpu_inventory.QUERY, capture_output=True, text=True)
+        if out.returncode == 0:
+            detected = gpu_inventory.parse_nvidia_smi(out.stdout)
+        else:
+            print(f"warning: nvidia-smi failed ({out.stderr.strip()[:200]})", file=sys.stderr)
+    try:
+        chosen = gpu_inventory.select(detected, setting)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if not chosen:
+        print("warning: no NVIDIA GPU found on this host; labs run CPU-only "
+              "(set GPU_DEVICES in .env if this is wrong)", file=sys.stderr)
+    return chosen
+
+
+def _step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def build_images(c, project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> None:
+    for cmd in build_commands(project, hub=hub, lab=lab, no_cache=no_cache):
+        _step(cmd)
+        if c.run(cmd, env={"DOCKER_BUILDKIT": "1"}, warn=True, pty=False).failed:
+            raise fail("image build failed (see the output above); if it could not reach "
+                       "PyPI behind a proxy, set EXTRA_CA_CERTS in .env")
+
+
+@task(help={"hub": "Build the hub image (default: yes; --no-hub skips it).",
+            "lab": "Build the lab image (default: yes; --no-lab skips it).",
+            "no-cache": "Rebuild every layer instead of using the build cache."})
+def build(c, hub=True, lab=True, no_cache=False):
+    """Build the hub and lab images (BuildKit; EXTRA_CA_CERTS is trusted while building)."""
+    project = load()
+    require_docker(c)
+    build_images(c, project, hub=hub, lab=lab, no_cache=no_cache)
+
+
+@task(help={"build": "Build the images first (default: yes; --no-build uses what is there).",
+            "timeout": "Seconds to wait for the hub to become healthy."})
+def up(c, build=True, timeout=180):
+    """Build the images, start the hub, and create missing admins (passwords printed once)."""
+    project = load()
+    s = project.settings
+    require_docker(c)
+    if s.shared_data_dir and not __import__("os").path.isdir(s.shared_data_dir):
+        raise fail(f"SHARED_DATA_DIR={s.shared_data_dir!r} is not a folder on this host; "
+                   "create it or empty the setting")
+    running = hub_running(c, project)
+    if not running and not port_free(s.hub_bind_address, s.hub_port):
+        raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
+                   "set HUB_PORT in .env to a free port")
+    inventory = detect_gpus(project)
+    if build:
+        build_images(c, project)
+    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory))
+    _step(f"starting project {project.name}")
+    result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),
+                   env=env, warn=True)
+    if result.failed:
+        c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
+        raise fail("the hub did not become healthy (its last log lines are above); "
+                   "fix the cause and run `invoke up` again")
+    create_missing_admins(c, project)
+    host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
+    gpus = ", ".join(g.device_id for g in inventory) or "none (CPU-only)"
+    print(f"gpuhub is up: http://{host}:{s.hub_port}/  (GPUs: {gpus})")
+
+
+def create_missing_admins(c, project) -> None:
+    """Create each ADMIN_USERS account that does not exist yet; print its password once."""
+    for name in project.settings.admin_users:
+        exists = c.run(project.exec_hub(f"{USERCLI} exists {shlex.quote(name)}"),
+                       env=project.env(), hide=True, warn=True)
+        if exists.return_code == 0:
+            continue
+        if exists.return_code != 3:
+            raise fail(f"could not check admin {name!r}: {exists.stderr.strip()[-300:]}")
+        password = secrets.token_urlsafe(12)
+        _run_usercli(c, project, f"add {shlex.quote(name)} --admin", stdin=password)
+        print(f"created admin {name!r} with password: {password}\n"
+              "  (shown only this once and stored only as a hash; "
+              f"change it with `invoke passwd {name}`)")
+
+
+def _run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True):
+    """Run ``gpuhub.usercli`` in the hub; turn its refusal into the task's one-line error."""
+    import io
+
+    kwargs = {"in_stream": io.StringIO(stdin + "\n")} if stdin is not None else {"in_stream": False}
+    result = c.run(project.exec_hub(f"{USERCLI} {args}"), env=project.env(),
+                   hide=hide, warn=True, **kwargs)
+    if result.failed:
+        lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {result.return_code}"
+        raise fail(last[len("error: "):] if last.startswith("error: ") else last)
+    return result
+
+
+@task(help={"labs": "Also stop the users' lab containers (default: yes)."})
+def down(c, labs=True):
+    """Stop the hub (and the labs); users, passwords and work folders are kept."""
+    project = load()
+    require_docker(c)
+    if labs:
+        ids = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                    hide=True, warn=True).stdout.split()
+        if ids:
+            _step(f"stopping {len(ids)} lab(s)")
+            c.run("docker stop " + " ".join(ids), hide=True, warn=True)
+    c.run(project.compose("down"), env=project.env())
+
+
+@task
+def restart(c):
+    """Restart the hub container; running labs keep running and are reattached."""
+    project = load()
+    require_running(c, project)
+    c.run(project.compose("restart hub"), env=project.env())
+    wait_healthy(c, project)
+    print("hub restarted")
+
+
+def wait_healthy(c, project, timeout: float = 180) -> None:
+    """Wait until Docker reports the hub container healthy; show its logs if it never is."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        cid = c.run(project.compose("ps -q hub"), env=project.env(), hide=True, warn=True).stdout.strip()
+        if cid:
+            state = c.run(f"docker inspect -f '{{{{.State.Health.Status}}}}' {cid}",
+                          hide=True, warn=True).stdout.strip() or "unknown"
+            if state == "healthy":
+                return
+        time.sleep(1)
+    c.run(project.compose("logs --tail 40 hub"), env=project.env(), warn=True)
+    raise fail(f"the hub is not healthy after {timeout:.0f}s (last state: {state}); "
+               "its last log lines are above")
+
+
+@task
+def status(c):
+    """Show the hub container, its health, and the running labs."""
+    project = load()
+    require_docker(c)
+    c.run(project.compose("ps"), env=project.env())
+    c.run("docker ps --filter label=gpuhub.project=" + project.name +
+          " --format 'table {{.Names}}\\t{{.Status}}\\t{{.Label \"gpuhub.gpus\"}}'", warn=True)
+
+
+@task(help={"follow": "Keep printing new log lines until Ctrl-C.",
+            "tail": "How many recent lines to show."})
+def logs(c, follow=False, tail=200):
+    """Show the hub's logs."""
+    project = load()
+    require_docker(c)
+    flags = f"--tail {int(tail)}" + (" --follow" if follow else "")
+    c.run(project.compose(f"logs {flags} hub"), env=project.env(), pty=False)

@@ -1,0 +1,19 @@
+"""JupyterHub configuration for gpuhub: validate the settings, then apply them.
+
+All logic lives in the importable, unit-tested ``gpuhub`` package.
+"""
+
+import os
+import sys
+
+from gpuhub.hubconfig import apply_config
+from gpuhub.settings import SettingsError, validate
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+try:
+    settings = validate(os.environ)
+except SettingsError as err:
+    sys.exit(f"gpuhub: invalid settings, the hub will not start:\n{err}")
+
+apply_config(c, settings)

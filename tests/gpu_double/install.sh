@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Install the gpuhub NVIDIA test double (TEST DEVICE ONLY; see README.md).
+#
+#   tests/gpu_double/install.sh [INVENTORY.json]   install (default: inventory-4.json)
+#   tests/gpu_double/install.sh --uninstall        remove it again
+#
+# Installs
+#   /usr/local/lib/gpuhub-gpu-double/bin/nvidia-container-runtime-hook  (fake OCI hook)
+#   /usr/local/lib/gpuhub-gpu-double/container/nvidia-smi               (copied into containers)
+#   /etc/gpuhub-gpu-double/inventory.json                               (the fake GPUs)
+# Docker 20.10 enables `--gpus` only if nvidia-container-runtime-hook is on
+# dockerd's PATH when dockerd starts, so (re)start dockerd with
+#   PATH=/usr/local/lib/gpuhub-gpu-double/bin:$PATH dockerd ...
+# (.ci/provision does that). Nothing is put on the host's normal PATH: the host
+# itself still looks GPU-less (no host nvidia-smi).
+# Refuses (exit 1) on a machine with a real NVIDIA driver or container toolkit.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+PREFIX=/usr/local/lib/gpuhub-gpu-double
+ETC=/etc/gpuhub-gpu-double
+MARKER='gpuhub NVIDIA \*test double\*'
+
+say() { printf '[gpu-double] %s\n' "$*"; }
+die() { printf '[gpu-double] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Is there a real NVIDIA driver / container toolkit here? (prints what it found)
+real_nvidia() {
+  local found=0 name p
+  for p in /dev/nvidiactl /dev/nvidia0 /proc/driver/nvidia; do
+    [ -e "$p" ] && { echo "$p exists"; found=1; }
+  done
+  for name in nvidia-container-runtime-hook nvidia-container-cli nvidia-container-toolkit \
+              nvidia-container-runtime nvidia-ctk; do
+    for p in $(type -ap "$name" 2>/dev/null) /usr/bin/$name /usr/sbin/$name /usr/local/bin/$name; do
+      [ -e "$p" ] || continue
+      case "$(readlink -f "$p")" in "$PREFIX"/*) continue ;; esac
+      grep -q "$MARKER" "$p" 2>/dev/null && continue
+      echo "real $name at $p"; found=1
+    done
+  done
+  if command -v dpkg-query >/dev/null; then
+    for name in nvidia-container-toolkit libnvidia-container-tools libnvidia-container1; do
+      if dpkg-query -W -f '${Status}' "$name" 2>/dev/null | grep -q 'install ok installed'; then
+        echo "Debian package $name is installed"; found=1
+      fi
+    done
+  fi
+  return $((1 - found))
+}
+
+case "${1:-}" in
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  --check-real) real_nvidia; exit $? ;;   # exit 0 = a real NVIDIA stack is present
+  --uninstall)
+    rm -rf "$PREFIX" "$ETC"
+    say "removed $PREFIX and $ETC (restart dockerd without it on PATH to disable --gpus)"
+    exit 0 ;;
+esac
+
+[ "$(id -u)" = 0 ] || die "run as root"
+if why=$(real_nvidia); then
+  die "a real NVIDIA driver/toolkit is present; the test double must never be installed on a real GPU host:
+$why"
+fi
+[ -x /usr/bin/python3 ] || die "/usr/bin/python3 is needed by the fake hook (apt-get install python3)"
+
+inventory=${1:-$here/inventory-4.json}
+[ -r "$inventory" ] || die "inventory $inventory not readable"
+ngpus=$(/usr/bin/python3 - "$inventory" <<'PY'
+import json, sys
+inv = json.load(open(sys.argv[1]))
+gpus = inv["gpus"]
+assert isinstance(gpus, list), "gpus must be a list"
+seen = set()
+for g in gpus:
+    assert isinstance(g["index"], int) and g["index"] not in seen, "bad/duplicate index %r" % g
+    assert str(g["uuid"]).startswith("GPU-"), "uuid must start with GPU-: %r" % g
+    assert "\t" not in g.get("name", "") and "\n" not in g.get("name", ""), "bad name %r" % g
+    seen.add(g["index"])
+print(len(gpus))
+PY
+) || die "invalid inventory $inventory"
+
+install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$ETC"
+install -m 0755 "$here/nvidia-container-runtime-hook" "$PREFIX/bin/nvidia-container-runtime-hook"
+install -m 0755 "$here/nvidia-smi" "$PREFIX/container/nvidia-smi"
+install -m 0644 "$inventory" "$ETC/inventory.json"
+say "installed fake hook  $PREFIX/bin/nvidia-container-runtime-hook"
+say "installed fake smi   $PREFIX/container/nvidia-smi (copied into --gpus containers)"
+say "inventory            $ETC/inventory.json ($ngpus fake GPUs, from $inventory)"
+say "hook log             /var/log/fake-nvidia-hook.log"
+
+# Does the running dockerd (if any) already see the hook?
+pid=$(pidof dockerd 2>/dev/null | awk '{print $1}') || true
+if [ -n "${pid:-}" ] && tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q "^PATH=.*$PREFIX/bin"; then
+  say "running dockerd (pid $pid) has $PREFIX/bin on its PATH: --gpus is enabled"
+else
+  say "to enable --gpus, (re)start dockerd with PATH=$PREFIX/bin:\$PATH"
+fi
