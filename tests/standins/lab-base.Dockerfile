@@ -65,6 +65,11 @@ RUN --mount=type=secret,id=extra_ca_certs,uid=1000,mode=0444 \
     find "${CONDA_DIR}" -name '__pycache__' -prune -exec rm -rf {} +; \
     jupyter lab --version
 
+# cache/secret mount points and installer leftovers (as docker-stacks, leave /tmp clean)
+USER root
+RUN rm -rf /tmp/pip-cache /tmp/tmp* /run/secrets
+USER ${NB_UID}
+
 EXPOSE 8888
 ENTRYPOINT ["tini", "-g", "--"]
 CMD ["start-notebook.py"]

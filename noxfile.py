@@ -1,0 +1,40 @@
+"""gpuhub's test sessions: `nox -s lint tests e2e` is the full suite (the README's test command)."""
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.sessions = ["lint", "tests", "e2e"]
+nox.options.reuse_venv = "yes"
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-r", "requirements-dev.txt")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Static checks (ruff) over the package, tasks and tests."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests",
+                "jupyterhub/jupyterhub_config.py", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit tests (no Docker), then integration tests against a real stack."""
+    _install(session)
+    session.run("pytest", "tests/unit", "tests/integration", *session.posargs)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Only the unit tests: seconds, no Docker."""
+    _install(session)
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """Browser end-to-end suite: log in, spawn a lab, run a notebook cell, check GPUs."""
+    _install(session)
+    session.run("pytest", "tests/e2e", *session.posargs)

@@ -1,0 +1,80 @@
+"""Labs: spawn through the REST API, run code in a kernel, keep files, stay private."""
+
+import time
+
+import pytest
+
+SPAWN_TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def alice_lab(stack, users, measure):
+    from support.hub import HubUser
+
+    alice = HubUser(stack.url, "alice")
+    alice.login(users["alice"])
+    alice.create_token()
+    started = time.monotonic()
+    resp = alice.start()
+    assert resp.status_code in (201, 202), resp.text
+    alice.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    measure("one spawn (REST start to ready)", time.monotonic() - started)
+    return alice
+
+
+def test_lab_runs_code_as_the_lab_user_with_an_owned_work_folder(alice_lab):
+    out = alice_lab.run_code(
+        "import os; print(os.getuid(), os.stat('/home/jovyan/work').st_uid, os.getcwd())")
+    uid, work_owner, cwd = out.split()
+    assert uid != "0", "labs must not run as root"
+    assert work_owner == uid, f"work folder owned by uid {work_owner}, lab user is {uid}"
+    assert cwd == "/home/jovyan"
+
+
+def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
+    info = stack.inspect(stack.lab_container("alice"))
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void", "a CPU-only lab must see no GPU"
+    assert info["Config"]["Labels"]["gpuhub.project"] == stack.project
+    assert info["Config"]["Labels"]["gpuhub.user"] == "alice"
+    assert f"{stack.project}-labs" in info["NetworkSettings"]["Networks"]
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/home/jovyan/work"]["Name"] == f"{stack.project}-home-alice"
+    assert info["HostConfig"]["AutoRemove"] is True
+
+
+def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):
+    from support.hub import HubUser
+
+    bob = HubUser(stack.url, "bob")
+    bob.login(users["bob"])
+    bob.create_token()
+    assert bob.api("POST", "/users/alice/server").status_code == 403
+    assert bob.api("DELETE", "/users/alice/server").status_code == 403
+    bob_on_alice = HubUser(stack.url, "alice")
+    bob_on_alice.token = bob.token
+    status = bob_on_alice.lab("GET", "/contents").status_code
+    assert status in (403, 404), f"bob's token reached alice's lab: HTTP {status}"
+
+
+def test_work_folder_and_password_survive_down_and_up(stack, users, alice_lab, measure):
+    resp = alice_lab.lab("PUT", "/contents/work/kept.txt",
+                         json={"type": "file", "format": "text", "content": "still here"})
+    assert resp.status_code in (200, 201), resp.text
+    stack.invoke("down")
+    assert stack.docker("ps", "-q", "--filter", f"name={stack.lab_container('alice')}").stdout == ""
+    started = time.monotonic()
+    result = stack.up("--no-build")
+    measure("invoke up --no-build after down (warm)", time.monotonic() - started)
+    assert "password" not in result.stdout, "admin must not be re-created"
+
+    from support.hub import HubUser
+
+    again = HubUser(stack.url, "alice")
+    again.login(users["alice"])
+    again.create_token()
+    assert again.start().status_code in (201, 202)
+    again.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    out = again.run_code("print(open('/home/jovyan/work/kept.txt').read())")
+    assert out.strip() == "still here"
+    again.stop(logs=stack.logs)

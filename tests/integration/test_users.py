@@ -1,0 +1,128 @@
+"""Users through the real tasks: created, listed, changed, deleted; bad input refused."""
+
+import socket
+
+import pytest
+from support.hub import HubUser, LoginFailed
+
+
+def test_up_prints_each_admin_password_once_and_it_works(stack):
+    assert set(stack.admin_passwords) == {"admin"}, stack.admin_passwords
+    HubUser(stack.url, "admin").login(stack.admin_passwords["admin"])
+    again = stack.up("--no-build")
+    assert "password" not in again.stdout, again.stdout
+    admin = [u for u in stack.users() if u["name"] == "admin"]
+    assert admin and admin[0]["admin"] is True, admin
+
+
+def test_adduser_creates_users_who_can_log_in(stack, users, login):
+    listed = {u["name"]: u for u in stack.users()}
+    for name in users:
+        assert name in listed and listed[name]["admin"] is False, listed
+        login(name)
+
+
+def test_adduser_admin_flag(stack):
+    stack.invoke("adduser", "carol", "--admin", "--password-stdin", stdin="carol-pw-1234\n")
+    try:
+        carol = {u["name"]: u for u in stack.users()}["carol"]
+        assert carol["admin"] is True
+    finally:
+        stack.invoke("deluser", "carol")
+
+
+def test_wrong_password_is_refused(stack, users):
+    with pytest.raises(LoginFailed):
+        HubUser(stack.url, "alice").login("not-alices-password")
+
+
+def test_passwd_changes_the_password(stack, users):
+    stack.invoke("adduser", "dave", "--password-stdin", stdin="dave-old-pw-1\n")
+    try:
+        stack.invoke("passwd", "dave", "--password-stdin", stdin="dave-new-pw-2\n")
+        HubUser(stack.url, "dave").login("dave-new-pw-2")
+        with pytest.raises(LoginFailed):
+            HubUser(stack.url, "dave").login("dave-old-pw-1")
+    finally:
+        stack.invoke("deluser", "dave")
+
+
+def test_deluser_removes_login_and_purge_removes_the_work_volume(stack):
+    stack.invoke("adduser", "erin", "--password-stdin", stdin="erin-pw-12345\n")
+    volume = f"{stack.project}-home-erin"
+    stack.docker("volume", "create", volume)
+    stack.invoke("deluser", "erin")
+    assert "erin" not in {u["name"] for u in stack.users()}
+    with pytest.raises(LoginFailed):
+        HubUser(stack.url, "erin").login("erin-pw-12345")
+    assert stack.docker("volume", "inspect", volume, check=False).returncode == 0, \
+        "deluser without --purge-data must keep the work folder"
+    # Same name again, then delete with --purge-data.
+    stack.invoke("adduser", "erin", "--password-stdin", stdin="erin-pw-12345\n")
+    out = stack.invoke("deluser", "erin", "--purge-data")
+    assert "removed work volume" in out.stdout, out.stdout
+    assert stack.docker("volume", "inspect", volume, check=False).returncode != 0
+
+
+def _refused(result, *words):
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert result.returncode != 0, result
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+BAD_NAMES = ["Alice", "two words", "../x", "x" * 300, "", "9lives", "bob;rm", "zoë"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_adduser_refuses_names_jupyterhub_would_reject_or_rename(stack, users, name):
+    before = stack.users()
+    result = stack.invoke("adduser", name, "--password-stdin", stdin="good-password-1\n",
+                          check=False)
+    _refused(result, "invalid user name")
+    assert stack.users() == before
+
+
+@pytest.mark.parametrize("args, stdin, words", [
+    (["adduser", "alice", "--password-stdin"], "whatever-pw-1\n", ["already exists"]),
+    (["adduser", "frank", "--password-stdin"], "\n", ["empty"]),
+    (["adduser", "frank", "--password-stdin"], "short\n", ["too short"]),
+    (["adduser", "frank"], "", ["no terminal", "--password-stdin"]),
+    (["deluser", "nobody"], None, ["no user 'nobody'"]),
+    (["passwd", "nobody", "--password-stdin"], "whatever-pw-1\n", ["no user 'nobody'"]),
+])
+def test_bad_requests_are_refused_with_one_line_and_change_nothing(stack, users, args, stdin, words):
+    before = stack.users()
+    _refused(stack.invoke(*args, stdin=stdin, check=False), *words)
+    assert stack.users() == before
+
+
+def test_user_tasks_refuse_while_the_stack_is_down(stack_factory):
+    down = stack_factory()  # settings written, never started
+    result = down.invoke("adduser", "gina", "--password-stdin", stdin="gina-pw-12345\n",
+                         check=False)
+    _refused(result, "not running", "invoke up")
+
+
+def test_docker_not_running_is_one_clear_line(stack):
+    result = stack.invoke("up", "--no-build", check=False,
+                          env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    _refused(result, "Docker is not running")
+
+
+def test_port_in_use_is_refused_before_anything_is_created(stack_factory):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        other = stack_factory(HUB_PORT=str(port))
+        result = other.invoke("up", "--no-build", check=False)
+    _refused(result, f"port {port}", "HUB_PORT")
+    assert other.compose("ps", "-aq").stdout.strip() == ""
+
+
+def test_invalid_setting_stops_before_docker(stack_factory):
+    bad = stack_factory(HUB_PORT="99999")
+    result = bad.invoke("up", "--no-build", check=False)
+    _refused(result, "HUB_PORT='99999'", "65535")

@@ -1,0 +1,1 @@
+"""Shared test machinery: the one wait helper, the test stack, and a Hub/lab client."""

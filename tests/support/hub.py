@@ -1,0 +1,134 @@
+"""Talk to a running hub like a user does: the login form, the REST API, the lab's API.
+
+Login goes through the HTML form (with the ``_xsrf`` cookie and field, as a browser
+sends them), never through the admin API.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import requests
+import websocket
+
+from .wait import wait_until
+
+
+class LoginFailed(AssertionError):
+    pass
+
+
+class HubUser:
+    """One user's browser-like session with the hub, and their API token."""
+
+    def __init__(self, base_url: str, name: str):
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.http = requests.Session()
+        self.token: str | None = None
+
+    # --- login form ---------------------------------------------------------
+    def login(self, password: str) -> requests.Response:
+        page = self.http.get(f"{self.base}/hub/login", timeout=30)
+        page.raise_for_status()
+        xsrf = self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf")
+        resp = self.http.post(
+            f"{self.base}/hub/login?next=",
+            data={"username": self.name, "password": password, "_xsrf": xsrf},
+            allow_redirects=False, timeout=30)
+        if resp.status_code != 302 or not any(
+                c.name.startswith("jupyterhub-session") or c.name == "jupyterhub-hub-login"
+                for c in self.http.cookies):
+            raise LoginFailed(f"login of {self.name!r} failed: HTTP {resp.status_code}, "
+                              f"cookies {sorted(c.name for c in self.http.cookies)}")
+        return resp
+
+    def create_token(self) -> str:
+        xsrf = self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf")
+        resp = self.http.post(f"{self.base}/hub/api/users/{self.name}/tokens",
+                              headers={"X-XSRFToken": xsrf or ""},
+                              json={"note": "gpuhub integration test", "expires_in": 3600},
+                              timeout=30)
+        if resp.status_code != 201:
+            raise AssertionError(f"token request for {self.name}: {resp.status_code} {resp.text}")
+        self.token = resp.json()["token"]
+        return self.token
+
+    # --- REST API with the user's own token ---------------------------------
+    def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {token or self.token}"}
+        return requests.request(method, f"{self.base}/hub/api{path}", headers=headers,
+                                timeout=60, **kw)
+
+    def model(self) -> dict:
+        resp = self.api("GET", f"/users/{self.name}")
+        resp.raise_for_status()
+        return resp.json()
+
+    def server(self) -> dict:
+        return (self.model().get("servers") or {}).get("", {})
+
+    def start(self, options: dict | None = None) -> requests.Response:
+        return self.api("POST", f"/users/{self.name}/server", json=options or {})
+
+    def wait_ready(self, timeout: float, logs=None) -> dict:
+        return wait_until(lambda: self.server().get("ready") and self.server(), timeout=timeout,
+                          interval=1, what=f"{self.name}'s lab to be ready",
+                          state=self.server, logs=logs)
+
+    def stop(self, timeout: float = 60, logs=None) -> None:
+        resp = self.api("DELETE", f"/users/{self.name}/server")
+        assert resp.status_code in (202, 204), resp.text
+        wait_until(lambda: not self.server(), timeout=timeout, what=f"{self.name}'s lab to stop",
+                   state=self.server, logs=logs)
+
+    # --- the lab, through the proxy -----------------------------------------
+    def lab(self, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, f"{self.base}/user/{self.name}/api{path}",
+                                headers={"Authorization": f"token {self.token}"},
+                                timeout=60, allow_redirects=False, **kw)
+
+    def run_code(self, code: str, timeout: float = 120) -> str:
+        """Execute ``code`` in a new kernel through the lab's API; return its stdout."""
+        resp = self.lab("POST", "/kernels", json={"name": "python3"})
+        assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
+        kernel = resp.json()["id"]
+        try:
+            return execute(self.base.replace("http", "ws", 1) +
+                           f"/user/{self.name}/api/kernels/{kernel}/channels",
+                           self.token, code, timeout)
+        finally:
+            self.lab("DELETE", f"/kernels/{kernel}")
+
+
+def execute(ws_url: str, token: str, code: str, timeout: float) -> str:
+    """Send one execute_request over the kernel's websocket; collect stream output."""
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"],
+                                     timeout=timeout)
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                   "msg_type": "execute_request", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+    }))
+    out, error = [], None
+    try:
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                error = "\n".join(msg["content"]["traceback"])
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                break
+    finally:
+        ws.close()
+    if error:
+        raise AssertionError(f"code raised in the kernel:\n{error}\nstdout so far: {''.join(out)}")
+    return "".join(out)

@@ -1,0 +1,141 @@
+"""A real gpuhub stack for tests, driven through the real `invoke` tasks.
+
+Every run gets its own compose project (``gpuhubtest-<random>``), port and settings
+file, so it never touches a production stack on the same host. Settings for the test
+stack come from ``GPUHUB_TEST_<SETTING>`` environment variables (CI points the base
+images at locally built stand-ins that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "gpuhubtest-"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_settings_from_env(environ=os.environ) -> dict[str, str]:
+    """Settings a test stack inherits from GPUHUB_TEST_* variables."""
+    return {k[len("GPUHUB_TEST_"):]: v for k, v in environ.items() if k.startswith("GPUHUB_TEST_")}
+
+
+@dataclass
+class Stack:
+    """One test deployment: its settings file, and helpers to run tasks against it."""
+
+    workdir: Path
+    settings: dict[str, str]
+    admin_passwords: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, workdir: Path, **overrides: str) -> Stack:
+        project = PREFIX + secrets.token_hex(3)
+        settings = {
+            "COMPOSE_PROJECT_NAME": project,
+            "HUB_BIND_ADDRESS": "127.0.0.1",
+            "HUB_PORT": str(free_port()),
+            "ADMIN_USERS": "admin",
+            "HUB_IMAGE": "gpuhub-hub:test",
+            "LAB_IMAGE": "gpuhub-lab:test",
+            "SPAWN_TIMEOUT": "180",
+        }
+        settings.update(test_settings_from_env())
+        settings.update(overrides)
+        stack = cls(workdir=workdir, settings=settings)
+        stack.write_env()
+        return stack
+
+    @property
+    def project(self) -> str:
+        return self.settings["COMPOSE_PROJECT_NAME"]
+
+    @property
+    def env_file(self) -> Path:
+        return self.workdir / f"{self.project}.env"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings['HUB_PORT']}"
+
+    def write_env(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
+
+    def invoke(self, *args: str, stdin: str | None = None, check: bool = True,
+               timeout: float = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run a real task (`invoke ARGS`) against this stack."""
+        full_env = {**os.environ, "GPUHUB_ENV_FILE": str(self.env_file), **(env or {})}
+        cmd = [sys.executable, "-m", "invoke", *args]
+        result = subprocess.run(cmd, cwd=ROOT, env=full_env, input=stdin, text=True,
+                                capture_output=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"`invoke {' '.join(args)}` exited {result.returncode}\n"
+                f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}\n"
+                f"hub logs:\n{self.logs()}")
+        return result
+
+    def up(self, *args: str) -> subprocess.CompletedProcess:
+        result = self.invoke("up", *args)
+        for name, password in re.findall(r"created admin '([^']+)' with password: (\S+)",
+                                         result.stdout):
+            self.admin_passwords[name] = password
+        return result
+
+    def compose(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "--project-directory", str(ROOT),
+               "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file), *args]
+        env = {**os.environ, **self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check)
+
+    def logs(self, tail: int = 150) -> str:
+        out = self.compose("logs", "--no-color", "--tail", str(tail))
+        return (out.stdout + out.stderr)[-12000:]
+
+    def users(self) -> list[dict]:
+        return json.loads(self.invoke("users", "--json").stdout)
+
+    def lab_container(self, user: str) -> str:
+        return f"{self.project}-lab-{user}"
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
+
+    def inspect(self, name: str) -> dict:
+        return json.loads(self.docker("inspect", name).stdout)[0]
+
+    def teardown(self) -> None:
+        """Remove everything this project created: labs, hub, volumes, network."""
+        labs = self.docker("ps", "-aq", "--filter", f"label=gpuhub.project={self.project}",
+                           check=False).stdout.split()
+        if labs:
+            self.docker("rm", "-f", *labs, check=False)
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
+        volumes = self.docker("volume", "ls", "-q", "--filter", f"name={self.project}-",
+                              check=False).stdout.split()
+        if volumes:
+            self.docker("volume", "rm", "-f", *volumes, check=False)
+        self.docker("network", "rm", f"{self.project}-labs", check=False)
+
+
+def build_images_once(workdir: Path) -> float:
+    """Build the test images through `invoke build` (BuildKit cache makes reruns fast)."""
+    builder = Stack.create(workdir / "build")
+    started = time.monotonic()
+    builder.invoke("build")
+    return time.monotonic() - started
