@@ -6,5 +6,8 @@ from gpuhub.tasks import stack, users
 
 ns = Collection()
 for t in (stack.up, stack.down, stack.restart, stack.build, stack.status, stack.logs,
-          users.adduser, users.deluser, users.passwd, users.users):
+          stack.gpus, users.adduser, users.deluser, users.passwd, users.users):
     ns.add_task(t)
+# Commands never read the terminal: a password piped to `--password-stdin` must reach
+# only the command it is meant for (invoke would otherwise mirror stdin to every run).
+ns.configure({"run": {"in_stream": False}})

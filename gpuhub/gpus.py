@@ -35,11 +35,13 @@ def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
     for line in csv_text.splitlines():
         if not line.strip():
             continue
-        parts = [p.strip() for p in line.split(",")]
+        raw = line.split(",")
+        parts = [p.strip() for p in raw]
         if len(parts) < 4:
             raise ValueError(f"unexpected nvidia-smi line {line!r}")
         index, uuid, memory = parts[0], parts[1], parts[-1]
-        name = ",".join(parts[2:-1]).strip()
+        # A name may itself contain ", ": rejoin the raw pieces to keep it as nvidia-smi shows it.
+        name = ",".join(raw[2:-1]).strip()
         try:
             memory_mib = int(float(memory.split()[0]))
         except (ValueError, IndexError):
@@ -59,7 +61,9 @@ def select(detected: list[Gpu], gpu_devices: str) -> list[Gpu]:
     for dev in gpu_devices.split(","):
         if dev in by_key:
             chosen.append(by_key[dev])
-        elif detected:
+        elif detected and not dev.startswith("MIG-"):
+            # --query-gpu lists whole GPUs only, never MIG instances, so a MIG UUID
+            # cannot be checked against it and is taken as given (below).
             known = ", ".join(g.index for g in detected)
             raise ValueError(
                 f"GPU_DEVICES names {dev!r}, but nvidia-smi lists only GPUs {known}; "

@@ -15,9 +15,11 @@ from typing import Mapping
 
 from . import gpus as gpu_inventory
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from .profiles import Profiles
 from .settings import Settings
 
 DATA_DIR = Path("/srv/jupyterhub/data")
+PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
 LAB_HOME = "/home/jovyan"
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
@@ -67,7 +69,7 @@ def update_auth(c, settings: Settings) -> None:
     c.NativeAuthenticator.check_common_password = True
 
 
-def update_spawner(c, settings: Settings, gpus: list[gpu_inventory.Gpu]) -> None:
+def update_spawner(c, settings: Settings) -> None:
     """One DockerSpawner container per user on the labs network, removed on stop."""
     project = settings.compose_project_name
     c.JupyterHub.spawner_class = "gpuhub.spawner.GpuDockerSpawner"
@@ -88,19 +90,47 @@ def update_spawner(c, settings: Settings, gpus: list[gpu_inventory.Gpu]) -> None
     c.DockerSpawner.mem_limit = settings.lab_mem_limit
     c.Spawner.start_timeout = settings.spawn_timeout
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
+    c.GpuDockerSpawner.project = project
+
+
+def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:
+    """Inventory, policy, limits, pins and profiles for the GPU allocator."""
+    by_key = {g.index: g.device_id for g in gpus} | {g.uuid: g.device_id for g in gpus if g.uuid}
+    pins = {}
+    for user, devices in settings.gpu_pins.items():
+        missing = [d for d in devices if d not in by_key]
+        if missing:
+            raise ValueError(f"GPU_PINS pins {user} to {missing}, which the GPU inventory "
+                             f"does not have ({', '.join(by_key) or 'no GPUs'}); fix GPU_PINS")
+        pins[user] = [by_key[d] for d in devices]
     c.GpuDockerSpawner.gpu_inventory = [g.device_id for g in gpus]
+    c.GpuDockerSpawner.gpu_policy = settings.gpu_policy
+    c.GpuDockerSpawner.gpu_limits = dict(settings.gpu_limits)
+    c.GpuDockerSpawner.gpu_pins = pins
+    growth = settings.gpu_allow_growth == "yes" or (
+        settings.gpu_allow_growth == "auto" and settings.gpu_policy != "exclusive")
+    c.GpuDockerSpawner.gpu_env_extra = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if growth else {}
+    c.GpuDockerSpawner.profiles_yaml = profiles_yaml
 
 
-def update_services(c, settings: Settings, data_dir: Path) -> None:
+def update_services(c, settings: Settings, data_dir: Path, inventory_json: str = "[]") -> None:
     """Hub-managed services: the idle culler, and the token `invoke` uses for user admin."""
     admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
     services = [{"name": ADMIN_SERVICE, "api_token": admin_token}]
-    roles = [{
-        "name": ADMIN_SERVICE,
-        "description": "invoke adduser/deluser/users through the REST API",
-        "scopes": ["admin:users", "admin:servers", "list:users", "read:users"],
-        "services": [ADMIN_SERVICE],
-    }]
+    # `invoke adduser --admin` grants admin rights, which only the admin role may do.
+    roles = [{"name": "admin", "services": [ADMIN_SERVICE]}]
+    services.append({
+        "name": "gpus",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "gpuhub.gpuservice"],
+        "display": True,
+        "oauth_no_confirm": True,
+        # Managed services inherit almost nothing from the hub's environment.
+        "environment": {"COMPOSE_PROJECT_NAME": settings.compose_project_name,
+                        "GPU_POLICY": settings.gpu_policy,
+                        "GPUHUB_GPU_INVENTORY": inventory_json},
+    })
+    roles.append({"name": "gpus-page", "scopes": ["read:users"], "services": ["gpus"]})
     if settings.idle_timeout:
         services.append({
             "name": "idle-culler",
@@ -117,11 +147,19 @@ def update_services(c, settings: Settings, data_dir: Path) -> None:
 
 
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
-                 data_dir: Path = DATA_DIR) -> None:
-    """Set everything gpuhub configures on ``c`` (a traitlets Config)."""
+                 data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH) -> None:
+    """Set everything gpuhub configures on ``c`` (a traitlets Config).
+
+    Raises ValueError (or ProfileError) with a message for the admin when the GPU
+    inventory, the pins or profiles.yaml are wrong.
+    """
     env = os.environ if env is None else env
     gpus = gpu_inventory.from_json(env.get("GPUHUB_GPU_INVENTORY", ""))
+    profiles_yaml = Path(profiles_path).read_text() if Path(profiles_path).exists() else ""
+    if profiles_yaml:
+        Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
     update_hub(c, settings, data_dir)
     update_auth(c, settings)
-    update_spawner(c, settings, gpus)
-    update_services(c, settings, data_dir)
+    update_spawner(c, settings)
+    update_gpus(c, settings, gpus, profiles_yaml)
+    update_services(c, settings, data_dir, gpu_inventory.to_json(gpus))

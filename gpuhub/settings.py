@@ -97,7 +97,8 @@ def _optional_cpu(raw: str) -> float | None:
     return value
 
 
-_MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$", re.IGNORECASE)
+# The unit is required: DockerSpawner.mem_limit refuses a bare number in a string.
+_MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$", re.IGNORECASE)
 
 
 def _optional_memory(raw: str) -> str | None:
@@ -132,6 +133,44 @@ def _gpu_devices(raw: str) -> str:
     if len(set(ids)) != len(ids):
         raise ValueError("lists a GPU twice")
     return ",".join(ids)
+
+
+def _policy(raw: str) -> str:
+    if raw not in ("exclusive", "shared", "round-robin"):
+        raise ValueError("must be exclusive, shared or round-robin")
+    return raw
+
+
+def _limits(raw: str) -> dict[str, int]:
+    from .allocator import parse_assignments
+
+    how = "write e.g. alice=2;@students=1;*=1 (user, @group or * = max GPUs per lab)"
+    result = {}
+    for key, value in parse_assignments(raw, how).items():
+        if key != "*" and not (key.startswith("@") and len(key) > 1):
+            check_username(key)
+        if not value.isdigit():
+            raise ValueError(f"limit {value!r} for {key!r} is not a whole number; {how}")
+        result[key] = int(value)
+    return result
+
+
+def _pins(raw: str) -> dict[str, list[str]]:
+    from .allocator import parse_assignments
+
+    how = "write e.g. alice=2;bob=0,1 (user = GPU indices or UUIDs)"
+    result = {}
+    for user, value in parse_assignments(raw, how).items():
+        check_username(user)
+        result[user] = _gpu_devices(value).split(",")
+    return result
+
+
+def _yes_no_auto(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("auto", "yes", "no"):
+        raise ValueError("must be auto, yes or no")
+    return value
 
 
 def _database_url(raw: str) -> str:
@@ -193,9 +232,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Memory per lab (e.g. 16G); empty for no limit.", "Labs"),
     Setting("SHARED_DATA_DIR", "", _optional_abs_path,
             "Host folder mounted read-only at ~/shared in every lab; empty for none.", "Labs"),
+    Setting("PROFILES_FILE", "./jupyterhub/profiles.yaml", _text,
+            "Spawn profiles (zero-to-jupyterhub profileList shape), relative to the "
+            "repository or absolute.", "Labs"),
     Setting("GPU_DEVICES", "auto", _gpu_devices,
             "GPUs labs may use: auto (detect with nvidia-smi), none, or indices/UUIDs "
             "such as 0,1.", "GPUs"),
+    Setting("NVIDIA_SMI", "nvidia-smi", _text,
+            "The nvidia-smi command `invoke up` uses to discover GPUs.", "GPUs"),
+    Setting("GPU_POLICY", "exclusive", _policy,
+            "exclusive (each lab its own GPUs), shared (every GPU lab sees all GPUs) or "
+            "round-robin (least-loaded first, sharing allowed).", "GPUs"),
+    Setting("GPU_LIMITS", "", _limits,
+            "Most GPUs per lab, e.g. alice=2;@students=1;*=2 (user, @group, * default).",
+            "GPUs"),
+    Setting("GPU_PINS", "", _pins,
+            "Reserved GPUs, e.g. alice=2;bob=0,1: those GPUs go only to those users.", "GPUs"),
+    Setting("GPU_ALLOW_GROWTH", "auto", _yes_no_auto,
+            "Set TF_FORCE_GPU_ALLOW_GROWTH=true in labs (auto: yes for shared and "
+            "round-robin).", "GPUs"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -223,6 +278,9 @@ def _to_env(value: Any) -> str:
         return ""
     if isinstance(value, tuple):
         return ",".join(value)
+    if isinstance(value, dict):
+        return ";".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                        for k, v in value.items())
     return str(value)
 
 

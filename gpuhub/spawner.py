@@ -1,46 +1,108 @@
-"""The lab spawner: DockerSpawner plus GPUs handed over as Docker device requests.
+"""The lab spawner: DockerSpawner plus profiles and GPUs handed over as device requests.
 
 Each lab gets exactly the device IDs in ``gpu_ids`` and ``NVIDIA_VISIBLE_DEVICES`` set
 explicitly (``void`` for none): CUDA base images set it to ``all``, and on hosts whose
 default runtime is ``nvidia`` that variable alone would expose every GPU.
-The grant is also written on the container as labels, so Docker is the record of who
-holds which GPU.
+The grant is written on the container as labels, so Docker is the record of who holds
+which GPU; the allocator reads it back before every grant.
 """
 
 from __future__ import annotations
 
 import datetime
+from typing import ClassVar
 
 from dockerspawner import DockerSpawner
 from docker.types import DeviceRequest
-from traitlets import List, Unicode
+from tornado import web
+from traitlets import Dict, List, Unicode, default
 
-LABEL_USER = "gpuhub.user"
-LABEL_GPUS = "gpuhub.gpus"
-LABEL_SINCE = "gpuhub.since"
+from .allocator import GpuAllocator, NoGpuAvailable
+from .profiles import Profile, ProfileRejected, Profiles
+
+from .labels import GPUS as LABEL_GPUS
+from .labels import PROFILE as LABEL_PROFILE
+from .labels import PROJECT as LABEL_PROJECT
+from .labels import SINCE as LABEL_SINCE
+from .labels import USER as LABEL_USER
 
 
 class GpuDockerSpawner(DockerSpawner):
-    """DockerSpawner that gives each lab its GPUs through device requests."""
+    """DockerSpawner that applies a validated profile and gives the lab its GPUs."""
 
     gpu_inventory = List(
-        Unicode(),
-        help="Device IDs (UUIDs or indices) of the host GPUs labs may use; "
-        "filled from GPUHUB_GPU_INVENTORY by gpuhub.hubconfig.",
+        Unicode(), help="Device IDs (UUIDs or indices) of the host GPUs labs may use.",
     ).tag(config=True)
+    gpu_policy = Unicode("exclusive", help="exclusive, shared or round-robin.").tag(config=True)
+    gpu_limits = Dict(help="Most GPUs per lab: {user|@group|*: n}.").tag(config=True)
+    gpu_pins = Dict(help="Reserved device IDs: {user: [device id, ...]}.").tag(config=True)
+    gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
+    profiles_yaml = Unicode(help="The text of profiles.yaml (validated at hub start).").tag(config=True)
+    project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
 
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
 
-    def grant_gpus(self) -> list[str]:
-        """Choose this lab's GPUs: every GPU in the inventory."""
-        return list(self.gpu_inventory)
+    # Grants of spawns that have not yet produced a labelled container. Shared by all
+    # spawners in the hub process; read and written without an await in between, so
+    # concurrent spawns cannot both take the same GPU.
+    _pending: ClassVar[dict[str, list[str]]] = {}
+    _allocator: ClassVar[GpuAllocator | None] = None
 
+    @property
+    def allocator(self) -> GpuAllocator:
+        cls = type(self)
+        if cls._allocator is None:
+            cls._allocator = GpuAllocator(devices=list(self.gpu_inventory), policy=self.gpu_policy,
+                                          limits=dict(self.gpu_limits),
+                                          pins={u: list(d) for u, d in self.gpu_pins.items()})
+        return cls._allocator
+
+    @property
+    def profiles(self) -> Profiles:
+        return Profiles.from_yaml(self.profiles_yaml, "profiles.yaml").usable(
+            len(self.gpu_inventory))
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self.profiles.options_form() if self.profiles_yaml else ""
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return lambda formdata: Profiles.options_from_form(formdata)
+
+    # --- what Docker says is held --------------------------------------------
+    async def held_gpus(self) -> dict[str, list[str]]:
+        """Device IDs held by running labs of this project, by user, from container labels."""
+        containers = await self.docker("containers", filters={"label": f"{LABEL_PROJECT}={self.project}"})
+        held: dict[str, list[str]] = {}
+        for c in containers:
+            labels = c.get("Labels") or {}
+            ids = [d for d in (labels.get(LABEL_GPUS) or "").split(",") if d]
+            if ids and labels.get(LABEL_USER):
+                held.setdefault(labels[LABEL_USER], []).extend(ids)
+        return held
+
+    def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
+        """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
+        everyone = {u: list(ds) for u, ds in held.items()}
+        for user, ids in type(self)._pending.items():
+            everyone.setdefault(user, []).extend(ids)
+        groups = [g.name for g in getattr(self.user, "groups", [])]
+        ids = self.allocator.allocate(self.user.name, profile.gpus, everyone, groups)
+        if ids:
+            type(self)._pending[self.user.name] = ids
+        return ids
+
+    # --- the container ---------------------------------------------------------
     def gpu_env(self) -> dict[str, str]:
-        return {
+        env = {
             "NVIDIA_VISIBLE_DEVICES": ",".join(self.gpu_ids) or "void",
             "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
             "GPUHUB_GPUS": ",".join(self.gpu_ids),
         }
+        if self.gpu_ids:
+            env.update(self.gpu_env_extra)
+        return env
 
     def get_env(self):
         env = super().get_env()
@@ -56,6 +118,7 @@ class GpuDockerSpawner(DockerSpawner):
 
     def gpu_labels(self) -> dict[str, str]:
         return {
+            LABEL_PROJECT: self.project,
             LABEL_USER: self.user.name,
             LABEL_GPUS: ",".join(self.gpu_ids),
             LABEL_SINCE: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -67,12 +130,59 @@ class GpuDockerSpawner(DockerSpawner):
         base_create = self._eval_if_callable(self.extra_create_kwargs) or {}
         self.extra_host_config = {**base_host, **self.gpu_host_config()}
         labels = {**base_create.get("labels", {}), **self.gpu_labels()}
+        if self.user_options.get("profile"):
+            labels[LABEL_PROFILE] = self.user_options["profile"]
         self.extra_create_kwargs = {**base_create, "labels": labels}
         return await super().create_object()
 
+    def apply_profile(self, profile: Profile) -> None:
+        if profile.image:
+            self.image = profile.image
+        if profile.cpu_limit is not None:
+            self.cpu_limit = profile.cpu_limit
+        if profile.mem_limit is not None:
+            self.mem_limit = profile.mem_limit
+
     async def start(self):
-        self.gpu_ids = self.grant_gpus()
-        return await super().start()
+        try:
+            profile = self.profiles.resolve(self.user_options) if self.profiles_yaml else Profile(
+                slug="default", display_name="default", gpus=len(self.gpu_inventory))
+        except ProfileRejected as err:
+            raise web.HTTPError(400, str(err)) from None
+        # DockerSpawner would honour user_options["image"]; only the profile decides.
+        self.user_options = {"profile": profile.slug} if self.profiles_yaml else {}
+        self.apply_profile(profile)
+        held = await self.held_gpus()
+        try:
+            self.gpu_ids = self.grant_gpus(profile, held)
+        except NoGpuAvailable as err:
+            if err.detail:
+                self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
+            raise web.HTTPError(409, str(err)) from None
+        if self.gpu_ids:
+            self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
+        try:
+            return await super().start()
+        except Exception:
+            # No half-created container: remove it so its GPUs are free for others.
+            await self._remove_quietly()
+            self.gpu_ids = []
+            raise
+        finally:
+            type(self)._pending.pop(self.user.name, None)
+
+    async def _remove_quietly(self) -> None:
+        try:
+            if await self.get_object():
+                await self.remove_object()
+        except Exception as err:  # the start error matters more than this one
+            self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
+
+    async def progress(self):
+        if self.gpu_ids:
+            yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
+        elif self.gpu_inventory:
+            yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
 
     async def stop(self, now=False):
         await super().stop(now=now)

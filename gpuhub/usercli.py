@@ -72,6 +72,15 @@ class Hub:
         return r.json()
 
 
+def check_not_common(password: str) -> None:
+    """The same common-password list the hub's web form uses (NativeAuthenticator's)."""
+    import nativeauthenticator
+
+    path = Path(nativeauthenticator.__file__).with_name("common-credentials.txt")
+    if path.exists() and password in set(path.read_text().splitlines()):
+        raise Refused("that password is on the list of common passwords; choose another")
+
+
 def _hash(password: str) -> bytes:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt())
 
@@ -80,16 +89,31 @@ def add(hub: Hub, name: str, password: str, admin: bool) -> str:
     from nativeauthenticator.orm import UserInfo
     check_username(name)
     check_password(password)
-    if hub.user_info(name) is not None or hub.hub_user(name) is not None:
+    check_not_common(password)
+    if hub.user_info(name) is not None:
         raise Refused(f"user {name!r} already exists; use `invoke passwd {name}` to change "
                       "the password, or pick another name")
+    # The hub user may exist without a password yet (ADMIN_USERS, or made in the admin
+    # panel): then it only gets its password (and admin flag).
+    existing = hub.hub_user(name)
     hub.db.add(UserInfo(username=name, password=_hash(password), is_authorized=True))
     hub.db.commit()
-    r = hub.request("POST", f"/users/{name}", json={"admin": admin})
-    if r.status_code != 201:
-        # Leave nothing half-created behind.
-        hub.db.delete(hub.user_info(name))
-        hub.db.commit()
+    ok = False
+    try:
+        if existing is None:
+            r = hub.request("POST", f"/users/{name}", json={"admin": admin})
+            ok = r.status_code == 201
+        elif admin and not existing.get("admin"):
+            r = hub.request("PATCH", f"/users/{name}", json={"admin": True})
+            ok = r.status_code == 200
+        else:
+            r, ok = None, True
+    finally:
+        if not ok:
+            # Leave nothing half-created behind, also when the hub did not answer.
+            hub.db.delete(hub.user_info(name))
+            hub.db.commit()
+    if not ok:
         raise Refused(f"the hub refused to create {name!r}: {r.status_code} {r.text[:200]}")
     return f"created user {name}" + (" (admin)" if admin else "")
 
@@ -101,6 +125,7 @@ def passwd(hub: Hub, name: str, password: str) -> str:
         raise Refused(f"no user {name!r}; see `invoke users`, or create it with "
                       f"`invoke adduser {name}`")
     check_password(password)
+    check_not_common(password)
     info.password = _hash(password)
     hub.db.commit()
     return f"password of {name} changed"

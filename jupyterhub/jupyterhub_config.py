@@ -16,4 +16,7 @@ try:
 except SettingsError as err:
     sys.exit(f"gpuhub: invalid settings, the hub will not start:\n{err}")
 
-apply_config(c, settings)
+try:
+    apply_config(c, settings)
+except ValueError as err:  # bad GPU pins, inventory or profiles.yaml
+    sys.exit(f"gpuhub: {err}")

@@ -57,6 +57,14 @@ def load(root: Path = ROOT, environ: dict | None = None) -> Project:
     """Read and validate the settings file; exit with one clear line if it is wrong."""
     environ = os.environ if environ is None else environ
     env_file = Path(environ.get("GPUHUB_ENV_FILE") or root / ".env").resolve()
+    if not env_file.exists() and env_file == (root / ".env").resolve():
+        # First use: every setting documented, all at their defaults (commented out).
+        example = root / ".env.example"
+        text = example.read_text() if example.exists() else ""
+        env_file.write_text("".join(
+            ln if ln.startswith("#") or not ln.strip() else "# " + ln
+            for ln in text.splitlines(keepends=True)))
+        env_file.chmod(0o600)
     try:
         settings = validate(read_env_file(env_file))
     except SettingsError as err:

@@ -121,7 +121,9 @@ def create_missing_admins(c, project) -> None:
         if exists.return_code == 0:
             continue
         if exists.return_code != 3:
-            raise fail(f"could not check admin {name!r}: {exists.stderr.strip()[-300:]}")
+            # The last line of a traceback says what went wrong; the error must be one line.
+            last = (exists.stderr.strip().splitlines() or [f"exit code {exists.return_code}"])[-1]
+            raise fail(f"could not check admin {name!r}: {last[-300:]}")
         password = secrets.token_urlsafe(12)
         _run_usercli(c, project, f"add {shlex.quote(name)} --admin", stdin=password)
         print(f"created admin {name!r} with password: {password}\n"
@@ -202,3 +204,40 @@ def logs(c, follow=False, tail=200):
     require_docker(c)
     flags = f"--tail {int(tail)}" + (" --follow" if follow else "")
     c.run(project.compose(f"logs {flags} hub"), env=project.env(), pty=False)
+
+
+@task(help={"json": "Print JSON instead of a table."})
+def gpus(c, json=False):
+    """Show each GPU: model, memory, policy, who holds it and since when."""
+    import json as jsonlib
+
+    from ..gpureport import as_text, report
+
+    project = load()
+    require_running(c, project)
+    cid = c.run(project.compose("ps -q hub"), env=project.env(), hide=True).stdout.strip()
+    env_lines = c.run(f"docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' {cid}",
+                      hide=True).stdout.splitlines()
+    inventory_json = next((ln.split("=", 1)[1] for ln in env_lines
+                           if ln.startswith("GPUHUB_GPU_INVENTORY=")), "[]")
+    labels = [jsonlib.loads(line) for line in c.run(
+        f"docker ps --filter label=gpuhub.project={project.name} --format '{{{{json .Labels}}}}'",
+        hide=True).stdout.splitlines() if line.strip()]
+    rows = report(gpu_inventory.from_json(inventory_json), [_labels(x) for x in labels],
+                  project.settings.gpu_policy)
+    print(jsonlib.dumps(rows, indent=2) if json else as_text(rows))
+
+
+def _labels(value) -> dict:
+    """`docker ps --format '{{json .Labels}}'` gives "k=v,k=v"; turn it into a dict."""
+    if isinstance(value, dict):
+        return value
+    out = {}
+    for part in str(value).split(","):
+        key, _, val = part.partition("=")
+        if key.startswith("gpuhub."):
+            out[key] = val
+        elif out:  # a comma inside a value (gpuhub.gpus=0,1): belongs to the previous key
+            last = next(reversed(out))
+            out[last] += "," + part
+    return out

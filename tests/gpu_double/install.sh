@@ -8,11 +8,14 @@
 #   /usr/local/lib/gpuhub-gpu-double/bin/nvidia-container-runtime-hook  (fake OCI hook)
 #   /usr/local/lib/gpuhub-gpu-double/container/nvidia-smi               (copied into containers)
 #   /etc/gpuhub-gpu-double/inventory.json                               (the fake GPUs)
+#   /etc/gpuhub-gpu-double/inventory.tsv + .../host/nvidia-smi          (opt-in host view)
 # Docker 20.10 enables `--gpus` only if nvidia-container-runtime-hook is on
 # dockerd's PATH when dockerd starts, so (re)start dockerd with
 #   PATH=/usr/local/lib/gpuhub-gpu-double/bin:$PATH dockerd ...
 # (.ci/provision does that). Nothing is put on the host's normal PATH: the host
-# itself still looks GPU-less (no host nvidia-smi).
+# itself still looks GPU-less (no host nvidia-smi). A test that wants the host
+# to "have" the fake GPUs runs /usr/local/lib/gpuhub-gpu-double/host/nvidia-smi
+# explicitly (e.g. NVIDIA_SMI=that path for `invoke up`): it lists all of them.
 # Refuses (exit 1) on a machine with a real NVIDIA driver or container toolkit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -66,7 +69,8 @@ fi
 
 inventory=${1:-$here/inventory-4.json}
 [ -r "$inventory" ] || die "inventory $inventory not readable"
-ngpus=$(/usr/bin/python3 - "$inventory" <<'PY'
+install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$PREFIX/host" "$ETC"
+ngpus=$(/usr/bin/python3 - "$inventory" "$ETC/inventory.tsv" <<'PY'
 import json, sys
 inv = json.load(open(sys.argv[1]))
 gpus = inv["gpus"]
@@ -77,17 +81,32 @@ for g in gpus:
     assert str(g["uuid"]).startswith("GPU-"), "uuid must start with GPU-: %r" % g
     assert "\t" not in g.get("name", "") and "\n" not in g.get("name", ""), "bad name %r" % g
     seen.add(g["index"])
+# the same TSV the hook writes into containers, granting all GPUs (host view)
+lines = ["#visible_devices\tall",
+         "#driver_version\t%s" % inv.get("driver_version", "535.183.01"),
+         "#cuda_version\t%s" % inv.get("cuda_version", "12.2")]
+for g in sorted(gpus, key=lambda g: g["index"]):
+    lines.append("%d\t%s\t%s\t%d" % (g["index"], g["uuid"], g.get("name", "Tesla T4"),
+                                      int(g.get("memory_mib", 15360))))
+with open(sys.argv[2], "w") as f:
+    f.write("\n".join(lines) + "\n")
 print(len(gpus))
 PY
 ) || die "invalid inventory $inventory"
 
-install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$ETC"
 install -m 0755 "$here/nvidia-container-runtime-hook" "$PREFIX/bin/nvidia-container-runtime-hook"
 install -m 0755 "$here/nvidia-smi" "$PREFIX/container/nvidia-smi"
 install -m 0644 "$inventory" "$ETC/inventory.json"
+cat >"$PREFIX/host/nvidia-smi" <<SH
+#!/bin/sh
+# gpuhub NVIDIA test double: host-side view of ALL fake GPUs (opt-in; not on PATH).
+GPUHUB_FAKE_GPUS_FILE=$ETC/inventory.tsv exec $PREFIX/container/nvidia-smi "\$@"
+SH
+chmod 0755 "$PREFIX/host/nvidia-smi"
 say "installed fake hook  $PREFIX/bin/nvidia-container-runtime-hook"
 say "installed fake smi   $PREFIX/container/nvidia-smi (copied into --gpus containers)"
 say "inventory            $ETC/inventory.json ($ngpus fake GPUs, from $inventory)"
+say "opt-in host view     $PREFIX/host/nvidia-smi (not on PATH: the host stays GPU-less)"
 say "hook log             /var/log/fake-nvidia-hook.log"
 
 # Does the running dockerd (if any) already see the hook?

@@ -7,6 +7,7 @@ sends them), never through the admin API.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import requests
@@ -44,8 +45,16 @@ class HubUser:
                               f"cookies {sorted(c.name for c in self.http.cookies)}")
         return resp
 
+    def page_xsrf(self) -> str:
+        """The session-bound XSRF token the hub's pages hand their JavaScript."""
+        page = self.http.get(f"{self.base}/hub/home", timeout=30)
+        page.raise_for_status()
+        found = re.search(r'xsrf_token: "([^"]+)"', page.text)
+        assert found, "no xsrf_token on /hub/home"
+        return found.group(1)
+
     def create_token(self) -> str:
-        xsrf = self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf")
+        xsrf = self.page_xsrf()
         resp = self.http.post(f"{self.base}/hub/api/users/{self.name}/tokens",
                               headers={"X-XSRFToken": xsrf or ""},
                               json={"note": "gpuhub integration test", "expires_in": 3600},

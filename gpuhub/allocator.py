@@ -1,0 +1,136 @@
+"""Who gets which GPU: the allocation policies, as a pure class with no Docker in it.
+
+The hub keeps no allocation state of its own that could be lost: the spawner passes in
+what Docker says is held (labels on running lab containers) plus the grants of spawns
+still in flight, and the allocator decides from that alone. So a hub restart or crash
+rebuilds the picture from Docker, and a lab that dies frees its GPUs.
+
+Policies:
+
+``exclusive``
+    each lab gets the GPUs its profile asks for, dedicated until the lab stops.
+``shared``
+    every lab that asks for GPUs sees every GPU.
+``round-robin``
+    each lab gets its GPUs in rotation, least-loaded first; sharing allowed.
+
+Pins (``alice=2``) reserve devices: a pinned GPU is handed only to the users pinned to
+it, and those users get only their pinned GPUs. Limits cap the GPUs one lab may hold,
+per user or per group (``@group``), with ``*`` as the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+POLICIES = ("exclusive", "shared", "round-robin")
+
+
+class NoGpuAvailable(Exception):
+    """The request cannot be met now; ``str()`` is for the user, ``detail`` for admins."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+@dataclass
+class GpuAllocator:
+    devices: list[str]
+    policy: str = "exclusive"
+    limits: Mapping[str, int] = field(default_factory=dict)
+    pins: Mapping[str, list[str]] = field(default_factory=dict)
+    _cursor: int = 0
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown GPU policy {self.policy!r}; use one of {', '.join(POLICIES)}")
+        unknown = {d for ds in self.pins.values() for d in ds} - set(self.devices)
+        if unknown:
+            raise ValueError(f"GPU_PINS names GPUs that are not in the inventory: {sorted(unknown)}")
+
+    def limit_for(self, user: str, groups: Iterable[str] = ()) -> int | None:
+        """The most GPUs one lab of ``user`` may hold (None: no limit)."""
+        if user in self.limits:
+            return self.limits[user]
+        group_limits = [self.limits[f"@{g}"] for g in groups if f"@{g}" in self.limits]
+        if group_limits:
+            return max(group_limits)
+        return self.limits.get("*")
+
+    def allocate(self, user: str, count: int, held: Mapping[str, list[str]],
+                 groups: Iterable[str] = ()) -> list[str]:
+        """Choose ``count`` device IDs for ``user``'s lab, given what others hold now.
+
+        ``held`` maps each *other* running or starting lab's user to its device IDs.
+        Raises NoGpuAvailable when the request cannot be met; never double-books a
+        GPU under the exclusive policy.
+        """
+        if count < 0:
+            raise ValueError("count must be 0 or more")
+        if count == 0:
+            return []
+        limit = self.limit_for(user, groups)
+        if limit is not None and count > limit:
+            raise NoGpuAvailable(
+                f"your limit is {limit} GPU(s) per lab and this profile asks for {count}; "
+                "choose a profile with fewer GPUs")
+        if not self.devices:
+            raise NoGpuAvailable("this server has no GPUs; choose the CPU profile")
+        if user in self.pins:
+            candidates = list(self.pins[user])
+        else:
+            reserved = {d for u, ds in self.pins.items() for d in ds}
+            candidates = [d for d in self.devices if d not in reserved]
+        if count > len(candidates):
+            raise NoGpuAvailable(
+                f"you may use at most {len(candidates)} GPU(s) on this server and this "
+                f"profile asks for {count}; choose a profile with fewer GPUs")
+
+        others = {u: ds for u, ds in held.items() if u != user}
+        if self.policy == "shared":
+            return list(candidates)
+        if self.policy == "round-robin":
+            return self._least_loaded(candidates, others, count)
+        busy = {d for ds in others.values() for d in ds}
+        free = [d for d in candidates if d not in busy]
+        if len(free) < count:
+            holders = ", ".join(f"{d}: {u}" for u, ds in sorted(others.items()) for d in ds
+                                if d in candidates)
+            raise NoGpuAvailable(
+                f"all {len(candidates)} GPUs you may use are in use "
+                f"({len(free)} free, this profile needs {count}); "
+                "choose the CPU profile or try later",
+                detail=f"held by {holders}" if holders else "")
+        return free[:count]
+
+    def _least_loaded(self, candidates: list[str], others: Mapping[str, list[str]],
+                      count: int) -> list[str]:
+        load = {d: 0 for d in candidates}
+        for ds in others.values():
+            for d in ds:
+                if d in load:
+                    load[d] += 1
+        n = len(candidates)
+        start = self._cursor % n
+        rotated = candidates[start:] + candidates[:start]
+        chosen = sorted(rotated, key=lambda d: load[d])[:count]  # stable: rotation breaks ties
+        self._cursor = (candidates.index(chosen[-1]) + 1) % n
+        return sorted(chosen, key=candidates.index)
+
+
+def parse_assignments(raw: str, what: str) -> dict[str, str]:
+    """Parse ``name=value;name=value`` (used by GPU_LIMITS and GPU_PINS)."""
+    result: dict[str, str] = {}
+    for part in (p.strip() for p in raw.split(";")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"{part!r} is not NAME=VALUE; {what}")
+        if key in result:
+            raise ValueError(f"{key!r} appears twice; {what}")
+        result[key] = value
+    return result

@@ -1,0 +1,177 @@
+"""Spawn profiles from ``profiles.yaml``, in the shape of zero-to-jupyterhub's profileList.
+
+Each profile: ``display_name`` (required), ``slug``, ``description``, ``default``,
+``image``, ``gpus``, ``cpu_limit``, ``mem_limit``. The list becomes the spawn form, and
+:meth:`Profiles.resolve` is the server-side check of what a user submitted: only a known
+profile slug is accepted, so a hand-crafted POST cannot pick another image or more GPUs
+or memory than a profile allows.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "cpu_limit",
+          "mem_limit"}
+_MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?$", re.IGNORECASE)
+
+
+class ProfileError(ValueError):
+    """profiles.yaml is wrong; the message names the file, profile, field and fix."""
+
+
+class ProfileRejected(ValueError):
+    """A submitted spawn choice is not allowed; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    slug: str
+    display_name: str
+    description: str = ""
+    default: bool = False
+    image: str | None = None
+    gpus: int = 0
+    cpu_limit: float | None = None
+    mem_limit: str | None = None
+
+
+def _slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "profile"
+
+
+def _profile(item, where: str) -> Profile:
+    if not isinstance(item, dict):
+        raise ProfileError(f"{where}: each profile must be a mapping with display_name, got {item!r}")
+    unknown = set(item) - FIELDS
+    if unknown:
+        raise ProfileError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: "
+                           f"{', '.join(sorted(FIELDS))}. Maybe misspelled?")
+    name = item.get("display_name")
+    if not isinstance(name, str) or not name.strip():
+        raise ProfileError(f"{where}: display_name is required (a non-empty string)")
+    where = f"{where} ({name!r})"
+    gpus = item.get("gpus", 0)
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+        raise ProfileError(f"{where}: gpus must be a whole number 0 or more, got {gpus!r}")
+    cpu = item.get("cpu_limit")
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0):
+        raise ProfileError(f"{where}: cpu_limit must be a number of CPUs above 0, got {cpu!r}")
+    mem = item.get("mem_limit")
+    if mem is not None and not _MEM_RE.fullmatch(str(mem)):
+        raise ProfileError(f"{where}: mem_limit must be a size such as 8G, got {mem!r}")
+    slug = item.get("slug") or _slugify(name)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(slug)):
+        raise ProfileError(f"{where}: slug must be lowercase letters, digits and '-', got {slug!r}")
+    image = item.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise ProfileError(f"{where}: image must be an image name, got {image!r}")
+    return Profile(slug=str(slug), display_name=name.strip(),
+                   description=str(item.get("description") or ""),
+                   default=bool(item.get("default", False)), image=image, gpus=gpus,
+                   cpu_limit=float(cpu) if cpu is not None else None,
+                   mem_limit=str(mem).upper() if mem is not None else None)
+
+
+class Profiles:
+    """The validated profile list."""
+
+    def __init__(self, profiles: list[Profile]):
+        if not profiles:
+            raise ProfileError("profiles.yaml: define at least one profile")
+        slugs = [p.slug for p in profiles]
+        dupes = sorted({s for s in slugs if slugs.count(s) > 1})
+        if dupes:
+            raise ProfileError(f"profiles.yaml: slug(s) {dupes} used twice; give each profile "
+                               "its own slug")
+        if sum(p.default for p in profiles) > 1:
+            raise ProfileError("profiles.yaml: more than one profile has default: true")
+        self.profiles = profiles
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "profiles.yaml") -> Profiles:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ProfileError(f"{source}: not valid YAML: {err}") from None
+        if isinstance(data, dict) and "profiles" in data:
+            data = data["profiles"]
+        if not isinstance(data, list):
+            raise ProfileError(f"{source}: expected a list of profiles (or `profiles:` list)")
+        return cls([_profile(item, f"{source}: profile {i + 1}") for i, item in enumerate(data)])
+
+    @classmethod
+    def from_file(cls, path: Path) -> Profiles:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ProfileError(f"cannot read profiles file {str(path)!r}: {err.strerror}; "
+                               "set PROFILES_FILE to an existing file") from None
+        return cls.from_yaml(text, str(path))
+
+    def usable(self, gpu_count: int) -> Profiles:
+        """Only the profiles this host can serve (a CPU-only host hides GPU profiles)."""
+        fitting = [p for p in self.profiles if p.gpus <= gpu_count]
+        if not fitting or len(fitting) == len(self.profiles):
+            return self
+        if not any(p.default for p in fitting):
+            fitting[0] = Profile(**{**fitting[0].__dict__, "default": True})
+        return Profiles(fitting)
+
+    @property
+    def default(self) -> Profile:
+        return next((p for p in self.profiles if p.default), self.profiles[0])
+
+    def by_slug(self, slug: str) -> Profile | None:
+        return next((p for p in self.profiles if p.slug == slug), None)
+
+    def resolve(self, user_options: dict | None) -> Profile:
+        """The profile a spawn request chose; reject anything but a known profile slug."""
+        options = dict(user_options or {})
+        extra = set(options) - {"profile"}
+        if extra:
+            raise ProfileRejected(f"only a profile can be chosen; not allowed: {sorted(extra)}")
+        if "profile" not in options:
+            return self.default
+        slug = options["profile"]
+        profile = self.by_slug(slug) if isinstance(slug, str) else None
+        if profile is None:
+            known = ", ".join(p.slug for p in self.profiles)
+            raise ProfileRejected(f"unknown profile {slug!r}; choose one of: {known}")
+        return profile
+
+    def options_form(self) -> str:
+        """The spawn form (empty with one profile: JupyterHub then skips the form)."""
+        if len(self.profiles) < 2:
+            return ""
+        default = self.default.slug
+        rows = []
+        for p in self.profiles:
+            checked = " checked" if p.slug == default else ""
+            gpus = f"{p.gpus} GPU" + ("s" if p.gpus != 1 else "") if p.gpus else "CPU only"
+            rows.append(
+                f'<label class="gpuhub-profile" style="display:block;margin:0.5em 0">'
+                f'<input type="radio" name="profile" value="{html.escape(p.slug)}"'
+                f' id="profile-{html.escape(p.slug)}"{checked}> '
+                f"<strong>{html.escape(p.display_name)}</strong> ({gpus})"
+                + (f"<br><small>{html.escape(p.description)}</small>" if p.description else "")
+                + "</label>")
+        return "\n".join(rows)
+
+    @staticmethod
+    def options_from_form(formdata: dict) -> dict:
+        values = formdata.get("profile") or []
+        return {"profile": values[0]} if values else {}
+
+    def images(self, default_image: str) -> list[str]:
+        """Every image a spawn may use, default first, no duplicates."""
+        seen: list[str] = [default_image]
+        for p in self.profiles:
+            if p.image and p.image not in seen:
+                seen.append(p.image)
+        return seen

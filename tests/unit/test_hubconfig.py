@@ -1,0 +1,209 @@
+"""apply_config over a bare traitlets Config: each default next to its override."""
+
+import os
+import stat
+import sys
+from types import SimpleNamespace
+
+import pytest
+from jupyterhub.objects import Hub
+from traitlets.config import Config
+
+from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from gpuhub.gpus import Gpu, to_json
+from gpuhub.hubconfig import ADMIN_SERVICE, ADMIN_TOKEN_FILE, LAB_HOME, apply_config
+from gpuhub.settings import validate
+from gpuhub.spawner import GpuDockerSpawner
+
+
+@pytest.fixture
+def configure(tmp_path):
+    """Apply gpuhub's config for the given settings (and extra environment) to a new Config."""
+
+    def configure(env=None, **settings):
+        c = Config()
+        apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path)
+        return c
+
+    return configure
+
+
+def services(c) -> dict:
+    return {s["name"]: s for s in c.JupyterHub.services}
+
+
+def test_database_is_sqlite_on_the_data_volume(configure, tmp_path):
+    assert configure().JupyterHub.db_url == f"sqlite:///{tmp_path}/jupyterhub.sqlite"
+
+
+def test_database_url_overrides_sqlite(configure):
+    url = "postgresql://hub:secret@db/hub"
+    assert configure(DATABASE_URL=url).JupyterHub.db_url == url
+
+
+def test_hub_state_lives_in_the_data_dir(configure, tmp_path):
+    c = configure()
+    assert c.JupyterHub.cookie_secret_file == str(tmp_path / "jupyterhub_cookie_secret")
+    assert c.ConfigurableHTTPProxy.pid_file == str(tmp_path / "jupyterhub-proxy.pid")
+    assert c.JupyterHub.hub_connect_ip == "hub"
+    assert c.JupyterHub.cleanup_servers is False
+
+
+def test_log_level_default_and_override(configure):
+    assert configure().JupyterHub.log_level == "INFO"
+    assert configure(LOG_LEVEL="debug").JupyterHub.log_level == "DEBUG"
+
+
+def test_idle_culler_runs_with_the_timeout(configure):
+    c = configure()
+    culler = services(c)["idle-culler"]
+    assert culler["command"] == [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=3600"]
+    assert "idle-culler" in {r["name"] for r in c.JupyterHub.load_roles}
+    assert services(configure(IDLE_TIMEOUT="600"))["idle-culler"]["command"][-1] == "--timeout=600"
+
+
+def test_idle_timeout_zero_means_no_culler(configure):
+    c = configure(IDLE_TIMEOUT="0")
+    assert "idle-culler" not in services(c)
+    assert "idle-culler" not in {r["name"] for r in c.JupyterHub.load_roles}
+    assert ADMIN_SERVICE in services(c)
+
+
+def test_admin_service_may_manage_users(configure):
+    roles = [r for r in configure().JupyterHub.load_roles if ADMIN_SERVICE in r.get("services", [])]
+    assert any(r["name"] == "admin"  # JupyterHub's built-in role
+               or {"admin:users", "admin:servers", "list:users"} <= set(r.get("scopes", []))
+               for r in roles), roles
+
+
+def test_labs_get_only_their_home_volume_by_default(configure):
+    assert configure().DockerSpawner.volumes == {"gpuhub-home-{username}": f"{LAB_HOME}/work"}
+
+
+def test_shared_data_dir_is_mounted_read_only(configure):
+    volumes = configure(SHARED_DATA_DIR="/srv/datasets").DockerSpawner.volumes
+    assert volumes["/srv/datasets"] == {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+    assert len(volumes) == 2
+
+
+def test_no_resource_limits_by_default(configure):
+    c = configure()
+    assert c.DockerSpawner.cpu_limit is None
+    assert c.DockerSpawner.mem_limit is None
+
+
+def test_resource_limits(configure):
+    c = configure(LAB_CPU_LIMIT="2.5", LAB_MEM_LIMIT="16g")
+    assert c.DockerSpawner.cpu_limit == 2.5
+    assert c.DockerSpawner.mem_limit == "16G"
+
+
+def test_spawn_timeout_default_and_override(configure):
+    c = configure()
+    assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (300, 120)
+    c = configure(SPAWN_TIMEOUT="60")
+    assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (60, 60)
+
+
+def test_names_come_from_the_compose_project(configure):
+    c = configure()
+    assert c.DockerSpawner.network_name == "gpuhub-labs"
+    assert c.DockerSpawner.prefix == "gpuhub"
+    assert c.DockerSpawner.extra_create_kwargs == {"labels": {"gpuhub.project": "gpuhub"}}
+    c = configure(COMPOSE_PROJECT_NAME="gpuhub-test-7")
+    assert c.DockerSpawner.network_name == "gpuhub-test-7-labs"
+    assert c.DockerSpawner.prefix == "gpuhub-test-7"
+    assert c.DockerSpawner.name_template == "{prefix}-lab-{username}"
+    assert c.DockerSpawner.volumes == {"gpuhub-test-7-home-{username}": f"{LAB_HOME}/work"}
+    assert c.DockerSpawner.extra_create_kwargs == {"labels": {"gpuhub.project": "gpuhub-test-7"}}
+
+
+def test_lab_image_default_and_override(configure):
+    assert configure().DockerSpawner.image == "gpuhub-lab:latest"
+    assert configure(LAB_IMAGE="registry.local/lab:1").DockerSpawner.image == "registry.local/lab:1"
+
+
+def test_admin_users_default_and_override(configure):
+    assert configure().Authenticator.admin_users == {"admin"}
+    assert configure(ADMIN_USERS="alice,bob").Authenticator.admin_users == {"alice", "bob"}
+
+
+def test_native_authenticator_is_set_explicitly(configure):
+    c = configure()
+    assert c.JupyterHub.authenticator_class == "nativeauthenticator.NativeAuthenticator"
+    assert c.Authenticator.allow_all is True
+    assert c.Authenticator.username_pattern == USERNAME_PATTERN
+    assert c.NativeAuthenticator.enable_signup is False
+    assert c.NativeAuthenticator.open_signup is False
+    assert c.NativeAuthenticator.minimum_password_length == MIN_PASSWORD_LENGTH
+    assert c.NativeAuthenticator.check_common_password is True
+
+
+def test_no_gpus_without_an_inventory(configure):
+    assert configure().GpuDockerSpawner.gpu_inventory == []
+    assert configure(env={"GPUHUB_GPU_INVENTORY": "[]"}).GpuDockerSpawner.gpu_inventory == []
+
+
+def test_gpu_inventory_from_the_environment(configure):
+    inventory = to_json([Gpu("0", "GPU-aaa"), Gpu("1")])
+    c = configure(env={"GPUHUB_GPU_INVENTORY": inventory})
+    assert c.JupyterHub.spawner_class == "gpuhub.spawner.GpuDockerSpawner"
+    assert c.GpuDockerSpawner.gpu_inventory == ["GPU-aaa", "1"]
+
+
+def test_broken_gpu_inventory_stops_with_its_name(configure):
+    with pytest.raises(ValueError, match="GPUHUB_GPU_INVENTORY is not a valid inventory"):
+        configure(env={"GPUHUB_GPU_INVENTORY": "GPU-aaa"})
+
+
+def test_applying_twice_gives_the_same_config(configure, tmp_path):
+    settings = validate({"SHARED_DATA_DIR": "/srv/data", "ADMIN_USERS": "alice"})
+    env = {"GPUHUB_GPU_INVENTORY": to_json([Gpu("0", "GPU-aaa")])}
+    once, twice = Config(), Config()
+    apply_config(once, settings, env=env, data_dir=tmp_path)
+    apply_config(twice, settings, env=env, data_dir=tmp_path)
+    apply_config(twice, settings, env=env, data_dir=tmp_path)
+    assert twice == once
+
+
+def test_admin_token_file_is_private_and_reused(configure, tmp_path):
+    token = services(configure())[ADMIN_SERVICE]["api_token"]
+    path = tmp_path / ADMIN_TOKEN_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert path.read_text() == token + "\n"
+    assert len(token) == 64
+    assert services(configure())[ADMIN_SERVICE]["api_token"] == token
+
+
+def test_admin_token_is_created_in_a_missing_data_dir(tmp_path):
+    c = Config()
+    apply_config(c, validate({}), env={}, data_dir=tmp_path / "new")
+    assert services(c)[ADMIN_SERVICE]["api_token"] == (tmp_path / "new" / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def test_empty_admin_token_file_is_replaced(configure, tmp_path):
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("\n")
+    assert len(services(configure())[ADMIN_SERVICE]["api_token"]) == 64
+
+
+def spawner_for(c) -> GpuDockerSpawner:
+    """Build the spawner the hub would build from ``c``: this is when traits are validated."""
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None)
+    return GpuDockerSpawner(user=user, hub=Hub(), config=c)
+
+
+def test_the_spawner_accepts_the_defaults(configure):
+    spawner = spawner_for(configure(env={"GPUHUB_GPU_INVENTORY": to_json([Gpu("0", "GPU-aaa")])}))
+    assert spawner.gpu_inventory == ["GPU-aaa"]
+    assert spawner.container_name == "gpuhub-lab-alice"
+    assert spawner.network_name == "gpuhub-labs"
+    assert (spawner.cpu_limit, spawner.mem_limit) == (None, None)
+    assert spawner.volume_binds == {"gpuhub-home-alice": {"bind": f"{LAB_HOME}/work", "mode": "rw"}}
+
+
+def test_the_spawner_accepts_limits_and_shared_data(configure):
+    spawner = spawner_for(configure(
+        LAB_CPU_LIMIT="0.5", LAB_MEM_LIMIT="1.5g", SHARED_DATA_DIR="/srv/data"))
+    assert spawner.cpu_limit == 0.5
+    assert spawner.mem_limit == 1536 * 1024**2
+    assert spawner.volume_binds["/srv/data"] == {"bind": f"{LAB_HOME}/shared", "mode": "ro"}

@@ -1,0 +1,219 @@
+"""Settings: defaults, one clear message per bad value, the .env reader, generated files."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gpuhub import settings
+from gpuhub.settings import SETTINGS, SettingsError, read_env_file, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Variables compose interpolates that are not user settings: `invoke up` sets them.
+COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY"}
+
+
+def problem_for(env: dict) -> str:
+    with pytest.raises(SettingsError) as info:
+        validate(env)
+    assert len(info.value.problems) == 1, info.value.problems
+    return info.value.problems[0]
+
+
+def test_defaults_validate():
+    s = validate({})
+    assert s.compose_project_name == "gpuhub"
+    assert s.hub_port == 8000
+    assert s.admin_users == ("admin",)
+    assert s.idle_timeout == 3600
+    assert s.lab_cpu_limit is None
+    assert s.lab_mem_limit is None
+    assert s.gpu_devices == "auto"
+    assert s.database_url == ""
+
+
+def test_raw_env_round_trips_through_validate():
+    raw = validate({"ADMIN_USERS": "alice, bob", "LAB_CPU_LIMIT": "2"}).raw_env()
+    assert raw["ADMIN_USERS"] == "alice,bob"
+    assert raw["LAB_CPU_LIMIT"] == "2.0"
+    assert raw["LAB_MEM_LIMIT"] == ""
+    assert validate(raw).raw_env() == raw
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError):
+        validate({}).no_such_setting  # noqa: B018
+
+
+@pytest.mark.parametrize(("name", "bad", "fix"), [
+    ("HUB_PORT", "80a", "whole number from 1 to 65535"),
+    ("HUB_PORT", "0", "whole number from 1 to 65535"),
+    ("HUB_PORT", "70000", "whole number from 1 to 65535"),
+    ("HUB_PORT", "", "whole number from 1 to 65535"),
+    ("HUB_BIND_ADDRESS", "localhost", "IP address such as 0.0.0.0"),
+    ("COMPOSE_PROJECT_NAME", "My Hub", "lowercase letters, digits"),
+    ("COMPOSE_PROJECT_NAME", "-hub", "starting with a letter or digit"),
+    ("ADMIN_USERS", "Alice", "invalid user name 'Alice'"),
+    ("ADMIN_USERS", "bob,bob", "lists a user twice"),
+    ("IDLE_TIMEOUT", "1h", "whole number of seconds (0 turns it off)"),
+    ("IDLE_TIMEOUT", "-5", "0 or more seconds"),
+    ("SPAWN_TIMEOUT", "0", "at least 1 second"),
+    ("LOG_LEVEL", "VERBOSE", "DEBUG, INFO, WARNING or ERROR"),
+    ("LAB_CPU_LIMIT", "two", "number of CPUs such as 2 or 0.5"),
+    ("LAB_CPU_LIMIT", "0", "more than 0"),
+    ("LAB_MEM_LIMIT", "8GB", "size such as 512M or 8G"),
+    ("LAB_MEM_LIMIT", "0G", "size such as 512M or 8G"),
+    ("LAB_MEM_LIMIT", "1073741824", "size such as 512M or 8G"),
+    ("SHARED_DATA_DIR", "data/shared", "absolute path on the host"),
+    ("EXTRA_CA_CERTS", "ca.pem", "absolute path on the host"),
+    ("DATABASE_URL", "mysql://hub@db/hub", "sqlite:// or postgresql://"),
+    ("GPU_DEVICES", "all", "'all' is neither a GPU index"),
+    ("GPU_DEVICES", "0,,1", "auto, none, or a comma-separated list"),
+    ("GPU_DEVICES", "0,1,0", "lists a GPU twice"),
+])
+def test_bad_value_names_setting_quotes_value_and_says_fix(name, bad, fix):
+    message = problem_for({name: bad})
+    assert message.startswith(f"{name}={bad.strip()!r} in the settings: "), message
+    assert fix in message
+    assert settings.BY_NAME[name].help in message
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(SettingsError) as info:
+        validate({"HUB_PORT": "x", "LOG_LEVEL": "loud"})
+    assert [p.split("=")[0] for p in info.value.problems] == ["HUB_PORT", "LOG_LEVEL"]
+    assert str(info.value).count("\n") == 1
+
+
+@pytest.mark.parametrize(("name", "good", "parsed"), [
+    ("HUB_PORT", " 8443 ", 8443),
+    ("HUB_BIND_ADDRESS", "::1", "::1"),
+    ("COMPOSE_PROJECT_NAME", "gpuhub-test_2", "gpuhub-test_2"),
+    ("ADMIN_USERS", " alice , bob ,", ("alice", "bob")),
+    ("ADMIN_USERS", "", ()),
+    ("IDLE_TIMEOUT", "0", 0),
+    ("LOG_LEVEL", "debug", "DEBUG"),
+    ("LAB_CPU_LIMIT", "0.5", 0.5),
+    ("LAB_MEM_LIMIT", "512m", "512M"),
+    ("LAB_MEM_LIMIT", "1.5G", "1.5G"),
+    ("SHARED_DATA_DIR", "/srv/datasets", "/srv/datasets"),
+    ("DATABASE_URL", "postgresql+psycopg2://hub@db/hub", "postgresql+psycopg2://hub@db/hub"),
+    ("GPU_DEVICES", "none", "none"),
+    ("GPU_DEVICES", "0, 2", "0,2"),
+    ("GPU_DEVICES", "GPU-4f6f9d2a-1c3e,MIG-4f6f9d2a/1/0", "GPU-4f6f9d2a-1c3e,MIG-4f6f9d2a/1/0"),
+])
+def test_good_value_is_parsed(name, good, parsed):
+    assert getattr(validate({name: good}), name.lower()) == parsed
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return path
+
+
+def test_read_env_file_handles_comments_quotes_and_export(tmp_path):
+    path = write(tmp_path, "\n".join([
+        "# a comment",
+        "",
+        "HUB_PORT=8443",
+        "export LOG_LEVEL=debug",
+        'ADMIN_USERS="alice,bob"',
+        "LAB_MEM_LIMIT='8G'",
+        "IDLE_TIMEOUT=600 # ten minutes",
+        "SHARED_DATA_DIR=",
+        "GPUHUB_ANYTHING=allowed",
+    ]))
+    assert read_env_file(path) == {
+        "HUB_PORT": "8443",
+        "LOG_LEVEL": "debug",
+        "ADMIN_USERS": "alice,bob",
+        "LAB_MEM_LIMIT": "8G",
+        "IDLE_TIMEOUT": "600",
+        "SHARED_DATA_DIR": "",
+        "GPUHUB_ANYTHING": "allowed",
+    }
+
+
+def test_read_env_file_keeps_hash_inside_quotes(tmp_path):
+    path = write(tmp_path, 'DATABASE_URL="postgresql://hub:pa #ss@db/hub"\n')
+    assert read_env_file(path) == {"DATABASE_URL": "postgresql://hub:pa #ss@db/hub"}
+
+
+def test_missing_env_file_means_defaults(tmp_path):
+    assert read_env_file(tmp_path / "absent.env") == {}
+
+
+def test_unknown_key_suggests_the_setting(tmp_path):
+    path = write(tmp_path, "# settings\nHUB_PROT=8000\n")
+    with pytest.raises(SettingsError) as info:
+        read_env_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: unknown setting 'HUB_PROT'.")
+    assert "Did you mean" in message and "HUB_PORT" in message
+    assert "See .env.example" in message
+
+
+def test_unknown_key_without_a_close_match_gives_no_guess(tmp_path):
+    with pytest.raises(SettingsError) as info:
+        read_env_file(write(tmp_path, "FOO=1\n"))
+    assert "Did you mean" not in str(info.value)
+    assert "unknown setting 'FOO'" in str(info.value)
+
+
+@pytest.mark.parametrize("line", ["HUB_PORT 8000", "1HUB=2", "=8000"])
+def test_line_that_is_not_key_value_names_the_line(tmp_path, line):
+    path = write(tmp_path, f"HUB_PORT=8000\n{line}\n")
+    with pytest.raises(SettingsError) as info:
+        read_env_file(path)
+    assert str(info.value) == f"{path}:2: expected KEY=VALUE, got {line!r}"
+
+
+def test_env_example_at_repo_root_is_generated_from_settings():
+    assert (ROOT / ".env.example").read_text() == settings.env_example(), (
+        "regenerate it: python -c 'from gpuhub import settings; "
+        "print(settings.env_example(), end=\"\")' > .env.example"
+    )
+
+
+def test_env_example_lists_every_default_and_they_validate(tmp_path):
+    path = write(tmp_path, settings.env_example())
+    values = read_env_file(path)
+    assert values == {s.name: s.default for s in SETTINGS}
+    assert validate(values) == validate({})
+
+
+def test_markdown_table_has_a_row_per_setting():
+    rows = settings.markdown_table().splitlines()
+    assert len(rows) == 2 + len(SETTINGS)
+    assert "| `HUB_PORT` | `8000` |" in settings.markdown_table()
+    assert "| `LAB_MEM_LIMIT` | (empty) |" in settings.markdown_table()
+
+
+COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?-)?(?P<default>[^}]*)\}")
+
+
+def compose_variables() -> list[re.Match]:
+    return list(COMPOSE_VAR.finditer((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_defaults_equal_the_settings_defaults():
+    found = compose_variables()
+    assert found, "docker-compose.yml interpolates no ${...} variables?"
+    for m in found:
+        name = m["name"]
+        assert name in settings.BY_NAME or name in COMPOSE_ONLY, (
+            f"docker-compose.yml uses ${{{name}}}, which is not a setting in gpuhub/settings.py"
+        )
+        assert m["op"] == ":-", f"${{{name}}} in docker-compose.yml needs a :-default"
+        if name in settings.BY_NAME:
+            assert m["default"] == settings.BY_NAME[name].default, (
+                f"docker-compose.yml defaults {name} to {m['default']!r}, "
+                f"gpuhub/settings.py to {settings.BY_NAME[name].default!r}"
+            )
+
+
+def test_compose_publishes_the_hub_port_settings():
+    names = {m["name"] for m in compose_variables()}
+    assert {"COMPOSE_PROJECT_NAME", "HUB_IMAGE", "HUB_BIND_ADDRESS", "HUB_PORT"} <= names

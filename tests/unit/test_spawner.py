@@ -1,0 +1,211 @@
+"""GpuDockerSpawner without Docker: the environment, device requests and labels of a lab."""
+
+import asyncio
+from types import SimpleNamespace
+
+import docker
+import pytest
+from dockerspawner import DockerSpawner
+from jupyterhub.objects import Hub
+from traitlets.config import Config
+
+from gpuhub.gpus import Gpu, to_json
+from gpuhub.hubconfig import apply_config
+from gpuhub.settings import validate
+from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
+
+GPUS = ["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50", "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"]
+
+
+def make_config(tmp_path, gpus=(), **settings) -> Config:
+    c = Config()
+    inventory = to_json([Gpu(str(i), uuid) for i, uuid in enumerate(gpus)])
+    apply_config(c, validate(settings), env={"GPUHUB_GPU_INVENTORY": inventory}, data_dir=tmp_path)
+    return c
+
+
+def make_spawner(config: Config, name: str = "alice") -> GpuDockerSpawner:
+    user = SimpleNamespace(name=name, id=1, url=f"/user/{name}/", server=None)
+    return GpuDockerSpawner(user=user, hub=Hub(), config=config)
+
+
+@pytest.fixture(autouse=True)
+def fresh_spawner_class(monkeypatch):
+    """The allocator and in-flight grants live on the class: give each test its own."""
+    monkeypatch.setattr(GpuDockerSpawner, "_allocator", None)
+    monkeypatch.setattr(GpuDockerSpawner, "_pending", {})
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A spawner for alice on a host with two GPUs, both granted."""
+    spawner = make_spawner(make_config(tmp_path, GPUS))
+    spawner.gpu_ids = list(GPUS)
+    return spawner
+
+
+@pytest.fixture
+def cpu_lab(tmp_path):
+    return make_spawner(make_config(tmp_path))
+
+
+def test_no_gpus_means_nvidia_visible_devices_void(cpu_lab):
+    env = cpu_lab.get_env()
+    assert cpu_lab.gpu_ids == []
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert env["GPUHUB_GPUS"] == ""
+
+
+def test_granted_gpus_are_exactly_the_visible_devices(lab):
+    env = lab.get_env()
+    assert env["NVIDIA_VISIBLE_DEVICES"] == ",".join(GPUS)
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert env["GPUHUB_GPUS"] == ",".join(GPUS)
+    assert env["JUPYTERHUB_USER"] == "alice"
+
+
+def test_configured_environment_cannot_widen_the_grant(tmp_path):
+    c = make_config(tmp_path, GPUS[:1])
+    c.Spawner.environment = {"NVIDIA_VISIBLE_DEVICES": "all", "TEAM": "vision"}
+    spawner = make_spawner(c)
+    spawner.gpu_ids = GPUS[:1]
+    env = spawner.get_env()
+    assert env["NVIDIA_VISIBLE_DEVICES"] == GPUS[0]
+    assert env["TEAM"] == "vision"
+
+
+def test_device_request_names_the_nvidia_driver_and_the_ids(lab):
+    (request,) = lab.gpu_host_config()["device_requests"]
+    assert request["Driver"] == "nvidia"
+    assert request["DeviceIDs"] == GPUS
+    assert request["Capabilities"] == [["gpu"]]
+    assert request["Count"] == 0, "a count would ask for GPUs beyond the granted IDs"
+
+
+def test_no_device_request_without_gpus(cpu_lab):
+    assert cpu_lab.gpu_host_config() == {}
+
+
+def test_labels_record_user_and_gpus(lab, cpu_lab):
+    labels = lab.gpu_labels()
+    assert labels["gpuhub.project"] == "gpuhub"
+    assert labels[LABEL_USER] == "alice"
+    assert labels[LABEL_GPUS] == ",".join(GPUS)
+    assert labels[LABEL_SINCE].endswith("+00:00")
+    assert cpu_lab.gpu_labels()[LABEL_GPUS] == ""
+
+
+def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
+    seen = {}
+
+    async def fake_start(self):
+        seen["at start"] = list(self.gpu_ids)
+        return ("10.0.0.5", 8888)
+
+    async def fake_stop(self, now=False):
+        seen["at stop"] = list(self.gpu_ids)
+
+    async def no_labs_running(method, *args, **kwargs):
+        assert method == "containers", method
+        return []
+
+    monkeypatch.setattr(DockerSpawner, "start", fake_start)
+    monkeypatch.setattr(DockerSpawner, "stop", fake_stop)
+    spawner = make_spawner(make_config(tmp_path, GPUS))
+    monkeypatch.setattr(spawner, "docker", no_labs_running)
+    assert spawner.gpu_ids == []
+    assert asyncio.run(spawner.start()) == ("10.0.0.5", 8888)
+    assert spawner.gpu_ids == GPUS
+    asyncio.run(spawner.stop())
+    assert seen == {"at start": GPUS, "at stop": GPUS}
+    assert spawner.gpu_ids == []
+    assert GpuDockerSpawner._pending == {}
+
+
+def test_create_object_merges_without_touching_the_config(tmp_path, monkeypatch):
+    seen = {}
+
+    async def fake_create_object(self):
+        seen["host"] = self.extra_host_config
+        seen["create"] = self.extra_create_kwargs
+        return {"Id": "abc"}
+
+    monkeypatch.setattr(DockerSpawner, "create_object", fake_create_object)
+    c = make_config(tmp_path, GPUS)
+    c.DockerSpawner.extra_host_config = {"shm_size": "1G"}
+    c.DockerSpawner.extra_create_kwargs = {"labels": {"gpuhub.project": "gpuhub", "team": "x"},
+                                           "user": "root"}
+    spawner = make_spawner(c)
+    spawner.gpu_ids = list(GPUS)
+    assert asyncio.run(spawner.create_object()) == {"Id": "abc"}
+
+    assert seen["host"]["shm_size"] == "1G"
+    assert seen["host"]["device_requests"][0]["DeviceIDs"] == GPUS
+    assert seen["create"]["user"] == "root"
+    assert seen["create"]["labels"]["team"] == "x"
+    assert seen["create"]["labels"]["gpuhub.project"] == "gpuhub"
+    assert seen["create"]["labels"][LABEL_USER] == "alice"
+    assert c.DockerSpawner.extra_host_config == {"shm_size": "1G"}
+    assert c.DockerSpawner.extra_create_kwargs == {"labels": {"gpuhub.project": "gpuhub", "team": "x"},
+                                                   "user": "root"}
+    bob = make_spawner(c, "bob")
+    assert bob.extra_host_config == {"shm_size": "1G"}
+    assert LABEL_USER not in bob.extra_create_kwargs["labels"]
+
+
+def test_create_object_twice_keeps_one_grant(lab, monkeypatch):
+    async def fake_create_object(self):
+        return None
+
+    monkeypatch.setattr(DockerSpawner, "create_object", fake_create_object)
+    asyncio.run(lab.create_object())
+    asyncio.run(lab.create_object())
+    assert len(lab.extra_host_config["device_requests"]) == 1
+    assert lab.extra_create_kwargs["labels"][LABEL_USER] == "alice"
+
+
+class FakeDocker:
+    """Stands in for DockerSpawner.docker: records the calls, answers inspect_image."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def __call__(self, method, *args, **kwargs):
+        self.calls.append((method, args, kwargs))
+        if method == "inspect_image":
+            return {"Config": {"Cmd": ["start-notebook.sh"]}}
+        if method == "create_container":
+            return {"Id": "abc123"}
+        raise AssertionError(f"unexpected docker call {method}")
+
+
+def create_container_kwargs(spawner, monkeypatch) -> dict:
+    """Run the real create_object down to the docker-py host config, without a daemon."""
+    # An explicit API version keeps docker-py from asking a daemon for one.
+    monkeypatch.setattr(GpuDockerSpawner, "_client",
+                        docker.APIClient(base_url="unix:///nonexistent.sock", version="1.43"))
+    fake = FakeDocker()
+    monkeypatch.setattr(spawner, "docker", fake)
+    assert asyncio.run(spawner.create_object()) == {"Id": "abc123"}
+    (create,) = [kw for method, _, kw in fake.calls if method == "create_container"]
+    return create
+
+
+def test_container_gets_device_requests_labels_and_env(lab, monkeypatch):
+    create = create_container_kwargs(lab, monkeypatch)
+    assert create["name"] == "gpuhub-lab-alice"
+    assert create["host_config"]["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": 0, "DeviceIDs": GPUS, "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert create["host_config"]["NetworkMode"] == "gpuhub-labs"
+    assert create["labels"]["gpuhub.project"] == "gpuhub"
+    assert create["labels"][LABEL_USER] == "alice"
+    assert create["labels"][LABEL_GPUS] == ",".join(GPUS)
+    assert create["environment"]["NVIDIA_VISIBLE_DEVICES"] == ",".join(GPUS)
+
+
+def test_cpu_only_container_has_no_device_requests(cpu_lab, monkeypatch):
+    create = create_container_kwargs(cpu_lab, monkeypatch)
+    assert "DeviceRequests" not in create["host_config"]
+    assert create["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert create["labels"][LABEL_GPUS] == ""

@@ -1,0 +1,556 @@
+"""Invoke tasks with MockContext: the exact commands, and the one-line errors before Docker."""
+
+import copy
+import io
+import json
+import re
+import shlex
+import socket
+import sys
+
+import pytest
+from invoke import Exit, MockContext, Result
+
+import tasks as tasks_py
+from gpuhub.gpus import Gpu
+from gpuhub.tasks import project as project_mod
+from gpuhub.tasks import stack, users
+
+ROOT = project_mod.ROOT
+DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
+COMPOSE_VERSION = "docker compose version --short"
+USERCLI = "python3 -m gpuhub.usercli"
+
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch):
+    """Point the tasks at a settings file of their own; call it to write settings."""
+    path = tmp_path / "test.env"
+
+    def write(**settings):
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return path
+
+    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
+    write()
+    return write
+
+
+@pytest.fixture
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_gpu_detection(monkeypatch):
+    """up() without nvidia-smi: one GPU 'detected'; records whether detection ran."""
+    calls = []
+
+    def detect(project):
+        calls.append(project)
+        return [Gpu("0", "GPU-aaa")]
+
+    monkeypatch.setattr(stack, "detect_gpus", detect)
+    return calls
+
+
+def compose(env_path, args: str) -> str:
+    return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
+            f"--env-file {env_path} {args}")
+
+
+def context(*pairs, running=True) -> MockContext:
+    """Docker answers, the hub runs unless told; ``(command or regex, Result)`` pairs win.
+
+    Any other command succeeds silently; tests assert the exact list of commands run.
+    """
+    results = dict(pairs)
+    results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
+    results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
+    results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
+    results[re.compile(".*", re.DOTALL)] = Result()
+    return MockContext(run=results, repeat=True)
+
+
+def commands(c) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+def call_for(c, command: str):
+    (call,) = [call for call in c.run.call_args_list if call.args[0] == command]
+    return call
+
+
+def assert_one_line_error(info, *fragments):
+    message = info.value.message
+    assert message.startswith("error: "), message
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message
+    assert info.value.code == 1
+
+
+# --- the collection ---------------------------------------------------------------
+
+def test_tasks_py_lists_every_task_with_a_docstring_and_flag_help():
+    names = set(tasks_py.ns.task_names)
+    assert names >= {"up", "down", "restart", "build", "status", "logs",
+                     "adduser", "deluser", "passwd", "users"}
+    for name in names:
+        t = tasks_py.ns[name]
+        assert t.__doc__ and len(t.__doc__.strip().splitlines()) == 1, name
+        # get_arguments() pops Task.help (and rejects help for unknown flags): use a copy.
+        arguments = copy.deepcopy(t).get_arguments()
+        undocumented = [a.name for a in arguments if a.name != "name" and not a.help]
+        assert not undocumented, f"{name}: flags without help=: {undocumented}"
+
+
+# --- settings are checked before Docker ----------------------------------------------
+
+@pytest.mark.parametrize("task", [stack.up, stack.build, stack.down, stack.restart,
+                                  stack.status, stack.logs, users.users])
+def test_invalid_settings_stop_every_task_before_docker(env_file, task):
+    path = env_file(HUB_PORT="eighty", ADMIN_USERS="Root")
+    c = MockContext(run={})
+    with pytest.raises(Exit) as info:
+        task(c)
+    assert_one_line_error(info, str(path), "HUB_PORT='eighty'", "ADMIN_USERS='Root'",
+                          "whole number from 1 to 65535")
+    assert c.run.call_count == 0
+
+
+def test_unknown_setting_in_the_file_stops_before_docker(env_file):
+    env_file(HUB_PROT="8000")
+    c = MockContext(run={})
+    with pytest.raises(Exit) as info:
+        stack.up(c)
+    assert_one_line_error(info, "unknown setting 'HUB_PROT'", "Did you mean")
+    assert c.run.call_count == 0
+
+
+def test_compose_command_without_a_settings_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUHUB_ENV_FILE", str(tmp_path / "absent.env"))
+    project = project_mod.load()
+    assert project.compose("ps") == (
+        f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} ps")
+    assert project.settings.hub_port == 8000
+
+
+def test_project_env_carries_settings_and_the_file(env_file):
+    path = env_file(HUB_PORT="8443", ADMIN_USERS="alice,bob")
+    env = project_mod.load().env(GPUHUB_GPU_INVENTORY="[]")
+    assert env["HUB_PORT"] == "8443"
+    assert env["ADMIN_USERS"] == "alice,bob"
+    assert env["GPUHUB_ENV_FILE"] == str(path)
+    assert env["GPUHUB_GPU_INVENTORY"] == "[]"
+
+
+# --- build ------------------------------------------------------------------------
+
+def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: str = "") -> str:
+    return ("docker build --build-arg JUPYTERHUB_VERSION=5.4.4 " + extra +
+            f"--build-arg BASE_IMAGE={base} -f {ROOT / dockerfile_dir / 'Dockerfile'} "
+            f"-t {tag} {context_dir}")
+
+
+HUB_BASE = "quay.io/jupyterhub/jupyterhub:5.4.4"
+LAB_BASE = "quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27"
+
+
+def test_build_runs_both_builds_with_buildkit(env_file):
+    c = context()
+    stack.build(c)
+    hub = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
+    lab = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab")
+    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION, hub, lab]
+    assert call_for(c, hub).kwargs["env"] == {"DOCKER_BUILDKIT": "1"}
+    assert "--secret" not in hub + lab
+
+
+def test_build_passes_extra_ca_certs_as_a_buildkit_secret(env_file):
+    env_file(EXTRA_CA_CERTS="/etc/ssl/corp-ca.pem", LAB_IMAGE="lab:dev")
+    c = context()
+    stack.build(c, hub=False, no_cache=True)
+    secret = "--secret id=extra_ca_certs,src=/etc/ssl/corp-ca.pem --no-cache "
+    assert commands(c)[2:] == [
+        build_command("jupyterlab", LAB_BASE, "lab:dev", ROOT / "jupyterlab", extra=secret)]
+
+
+def test_build_failure_is_one_line(env_file):
+    c = context((re.compile("docker build "), Result(exited=1)))
+    with pytest.raises(Exit) as info:
+        stack.build(c)
+    assert_one_line_error(info, "image build failed", "EXTRA_CA_CERTS")
+    assert len([cmd for cmd in commands(c) if cmd.startswith("docker build")]) == 1
+
+
+def test_build_without_docker_is_one_line(env_file):
+    c = context((DOCKER_INFO, Result(exited=1)))
+    with pytest.raises(Exit) as info:
+        stack.build(c)
+    assert_one_line_error(info, "Docker is not running", "docker group")
+    assert commands(c) == [DOCKER_INFO]
+
+
+def test_missing_compose_plugin_is_one_line(env_file):
+    c = context((COMPOSE_VERSION, Result(exited=1)))
+    with pytest.raises(Exit) as info:
+        stack.build(c)
+    assert_one_line_error(info, "docker-compose-plugin")
+
+
+# --- up ---------------------------------------------------------------------------
+
+def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, capsys):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
+    exists = compose(path, f"exec -T hub {USERCLI} exists admin")
+    c = context((exists, Result()), running=False)
+    stack.up(c)
+    up = compose(path, "up -d --wait --wait-timeout 180")
+    assert commands(c) == [
+        DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
+        build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT),
+        build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab"),
+        up, exists,
+    ]
+    env = call_for(c, up).kwargs["env"]
+    assert json.loads(env["GPUHUB_GPU_INVENTORY"]) == [
+        {"index": "0", "uuid": "GPU-aaa", "name": "NVIDIA GPU", "memory_mib": 0}]
+    assert env["HUB_PORT"] == str(free_port)
+    assert capsys.readouterr().out.endswith(
+        f"gpuhub is up: http://127.0.0.1:{free_port}/  (GPUs: GPU-aaa)\n")
+
+
+def test_up_no_build_and_timeout(env_file, free_port, no_gpu_detection):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="")
+    c = context(running=False)
+    stack.up(c, build=False, timeout=30)
+    assert not [cmd for cmd in commands(c) if cmd.startswith("docker build")]
+    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 30")
+
+
+def test_up_creates_a_missing_admin_with_the_password_on_stdin(
+        env_file, free_port, no_gpu_detection, capsys):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="root1")
+    add = compose(path, f"exec -T hub {USERCLI} add root1 --admin")
+    c = context((compose(path, f"exec -T hub {USERCLI} exists root1"), Result(exited=3)),
+                (add, Result("created user root1 (admin)\n")), running=False)
+    stack.up(c, build=False)
+    password = call_for(c, add).kwargs["in_stream"].getvalue()[:-1]
+    assert len(password) >= 16
+    assert all(password not in cmd for cmd in commands(c))
+    assert f"created admin 'root1' with password: {password}\n" in capsys.readouterr().out
+
+
+def test_up_stops_when_the_admin_check_fails(env_file, free_port, no_gpu_detection):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
+    c = context((compose(path, f"exec -T hub {USERCLI} exists admin"),
+                 Result(stderr="Traceback...\nsqlite3.OperationalError: no such table\n",
+                        exited=1)), running=False)
+    with pytest.raises(Exit) as info:
+        stack.up(c, build=False)
+    assert info.value.message == (
+        "error: could not check admin 'admin': sqlite3.OperationalError: no such table")
+
+
+def test_up_aborts_when_docker_is_not_running(env_file, no_gpu_detection):
+    c = context((DOCKER_INFO, Result(stderr="Cannot connect to the Docker daemon", exited=1)))
+    with pytest.raises(Exit) as info:
+        stack.up(c)
+    assert_one_line_error(info, "Docker is not running", "systemctl start docker")
+    assert commands(c) == [DOCKER_INFO]
+    assert no_gpu_detection == []
+
+
+def test_up_aborts_when_the_port_is_taken(env_file, no_gpu_detection):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port)
+        c = context(running=False)
+        with pytest.raises(Exit) as info:
+            stack.up(c)
+    assert_one_line_error(info, f"port {port} on 127.0.0.1 is already in use", "HUB_PORT")
+    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION,
+                           compose(path, "ps --status running --quiet hub")]
+    assert no_gpu_detection == []
+
+
+def test_up_with_the_hub_running_does_not_check_its_own_port(env_file, no_gpu_detection):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port, ADMIN_USERS="")
+        c = context(running=True)
+        stack.up(c, build=False)
+    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+
+
+def test_up_aborts_when_the_shared_data_dir_is_missing(env_file, tmp_path, no_gpu_detection):
+    env_file(SHARED_DATA_DIR=str(tmp_path / "missing"))
+    c = context(running=False)
+    with pytest.raises(Exit) as info:
+        stack.up(c)
+    assert_one_line_error(info, "SHARED_DATA_DIR=", "is not a folder on this host")
+    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION]
+
+
+def test_up_shows_the_hub_logs_when_it_never_gets_healthy(env_file, free_port, no_gpu_detection):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
+    c = context((compose(path, "up -d --wait --wait-timeout 180"), Result(exited=1)),
+                running=False)
+    with pytest.raises(Exit) as info:
+        stack.up(c, build=False)
+    assert_one_line_error(info, "the hub did not become healthy")
+    assert commands(c)[-1] == compose(path, "logs --tail 40 hub")
+
+
+# --- GPU detection (a fake nvidia-smi on PATH) ---------------------------------------
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path, monkeypatch):
+    """Install an nvidia-smi on PATH that prints ``output`` and exits with ``code``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+
+    def install(output: str, code: int = 0):
+        script = bin_dir / "nvidia-smi"
+        script.write_text(f"#!/bin/sh\nprintf '%s' {shlex.quote(output)}\nexit {code}\n")
+        script.chmod(0o755)
+
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return install
+
+
+TWO_GPUS = "0, GPU-aaa, Tesla T4, 15360\n1, GPU-bbb, Tesla T4, 15360\n"
+
+
+def test_detect_gpus_uses_nvidia_smi(env_file, fake_nvidia_smi):
+    fake_nvidia_smi(TWO_GPUS)
+    assert [g.device_id for g in stack.detect_gpus(project_mod.load())] == ["GPU-aaa", "GPU-bbb"]
+
+
+def test_detect_gpus_applies_gpu_devices(env_file, fake_nvidia_smi):
+    env_file(GPU_DEVICES="1")
+    fake_nvidia_smi(TWO_GPUS)
+    assert [g.device_id for g in stack.detect_gpus(project_mod.load())] == ["GPU-bbb"]
+
+
+def test_detect_gpus_refuses_a_gpu_that_is_not_there(env_file, fake_nvidia_smi):
+    env_file(GPU_DEVICES="0,4")
+    fake_nvidia_smi(TWO_GPUS)
+    with pytest.raises(Exit) as info:
+        stack.detect_gpus(project_mod.load())
+    assert_one_line_error(info, "GPU_DEVICES names '4'", "lists only GPUs 0, 1")
+
+
+def test_detect_gpus_without_nvidia_smi_warns_and_goes_cpu_only(env_file, tmp_path, monkeypatch,
+                                                                 capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert stack.detect_gpus(project_mod.load()) == []
+    assert "no NVIDIA GPU found on this host" in capsys.readouterr().err
+
+
+def test_detect_gpus_reports_a_failing_nvidia_smi(env_file, fake_nvidia_smi, capsys):
+    fake_nvidia_smi("driver/library version mismatch", code=18)
+    assert stack.detect_gpus(project_mod.load()) == []
+    assert "warning: nvidia-smi failed" in capsys.readouterr().err
+
+
+def test_gpu_devices_none_never_runs_nvidia_smi(env_file, fake_nvidia_smi, capsys):
+    env_file(GPU_DEVICES="none")
+    fake_nvidia_smi("this must not be parsed")
+    assert stack.detect_gpus(project_mod.load()) == []
+    assert capsys.readouterr().err == ""
+
+
+# --- users ------------------------------------------------------------------------
+
+def usercli(path, args: str) -> str:
+    return compose(path, f"exec -T hub {USERCLI} {args}")
+
+
+@pytest.mark.parametrize("name", ["Alice", "../x", "a b", ""])
+def test_adduser_invalid_name_stops_before_docker(env_file, name):
+    c = MockContext(run={})
+    with pytest.raises(Exit) as info:
+        users.adduser(c, name, password_stdin=True)
+    assert_one_line_error(info, f"invalid user name {name!r}")
+    assert c.run.call_count == 0
+
+
+def test_adduser_passes_the_password_on_stdin_only(env_file, monkeypatch, capsys):
+    path = env_file()
+    password = "correct horse 42"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+    add = usercli(path, "add alice --admin")
+    c = context((add, Result("created user alice (admin)\n")))
+    users.adduser(c, "alice", admin=True, password_stdin=True)
+    assert commands(c)[-1] == add
+    kwargs = call_for(c, add).kwargs
+    assert kwargs["in_stream"].getvalue() == password + "\n"
+    assert all(password not in cmd for cmd in commands(c))
+    assert password not in kwargs["env"].values()
+    assert capsys.readouterr().out == "created user alice (admin)\n"
+
+
+def test_adduser_shows_the_refusal_of_the_hub_in_one_line(env_file, monkeypatch):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    c = context((usercli(path, "add alice"),
+                 Result(stderr="error: user 'alice' already exists; use `invoke passwd alice`\n",
+                        exited=2)))
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert info.value.message == "error: user 'alice' already exists; use `invoke passwd alice`"
+
+
+def test_adduser_empty_password_on_stdin_is_refused(env_file, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    c = context()
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert_one_line_error(info, "the password is empty")
+    assert not [cmd for cmd in commands(c) if USERCLI in cmd]
+
+
+def test_adduser_without_a_terminal_asks_for_password_stdin(env_file, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ignored\n"))
+    c = context()
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice")
+    assert_one_line_error(info, "--password-stdin")
+
+
+def test_read_new_password_asks_twice():
+    tty = io.StringIO()
+    tty.isatty = lambda: True
+    answers = iter(["s3cret-one", "s3cret-two"])
+    with pytest.raises(Exit) as info:
+        users.read_new_password(False, stream=tty, prompt=lambda _: next(answers))
+    assert_one_line_error(info, "the two passwords differ; nothing was changed")
+    assert users.read_new_password(False, stream=tty, prompt=lambda _: "same-pass") == "same-pass"
+
+
+def test_adduser_needs_a_running_hub(env_file, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    c = context(running=False)
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert_one_line_error(info, "the hub of project 'gpuhub' is not running", "invoke up")
+
+
+def test_passwd_refuses_an_unknown_user_before_reading_a_password(env_file, monkeypatch):
+    path = env_file()
+    stdin = io.StringIO("correct horse 42\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    c = context((usercli(path, "exists nobody"), Result(exited=3)))
+    with pytest.raises(Exit) as info:
+        users.passwd(c, "nobody", password_stdin=True)
+    assert_one_line_error(info, "no user 'nobody'", "invoke adduser nobody")
+    assert stdin.tell() == 0
+
+
+def test_passwd_sends_the_new_password_on_stdin(env_file, monkeypatch, capsys):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("new horse 43\n"))
+    change = usercli(path, "passwd alice")
+    c = context((usercli(path, "exists alice"), Result()),
+                (change, Result("password of alice changed\n")))
+    users.passwd(c, "alice", password_stdin=True)
+    assert call_for(c, change).kwargs["in_stream"].getvalue() == "new horse 43\n"
+    assert capsys.readouterr().out == "password of alice changed\n"
+
+
+@pytest.mark.parametrize(("purge", "args"), [(False, "delete bob"),
+                                             (True, "delete bob --purge-data")])
+def test_deluser(env_file, capsys, purge, args):
+    path = env_file()
+    delete = usercli(path, args)
+    c = context((delete, Result("deleted user bob\n")))
+    users.deluser(c, "bob", purge_data=purge)
+    assert commands(c)[-1] == delete
+    assert call_for(c, delete).kwargs["in_stream"] is False
+    assert capsys.readouterr().out == "deleted user bob\n"
+
+
+ROWS = [
+    {"name": "admin", "admin": True, "server": "ready",
+     "last_activity": "2026-05-01T10:00:00Z", "has_password": True},
+    {"name": "bob", "admin": False, "server": "stopped", "last_activity": None,
+     "has_password": True},
+]
+
+
+def test_users_json(env_file, capsys):
+    path = env_file()
+    c = context((usercli(path, "list"), Result(json.dumps(ROWS) + "\n")))
+    users.users(c, json=True)
+    assert json.loads(capsys.readouterr().out) == ROWS
+
+
+def test_users_table(env_file, capsys):
+    path = env_file()
+    c = context((usercli(path, "list"), Result(json.dumps(ROWS) + "\n")))
+    users.users(c)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}LAST ACTIVITY",
+        f"{'admin':<24}{'yes':<7}{'ready':<10}2026-05-01T10:00:00Z",
+        f"{'bob':<24}{'no':<7}{'stopped':<10}-",
+    ]
+
+
+# --- down, restart, status, logs ------------------------------------------------------
+
+def test_down_stops_the_labs_then_the_hub(env_file):
+    path = env_file(COMPOSE_PROJECT_NAME="gpuhub-t")
+    ps = "docker ps -q --filter label=gpuhub.project=gpuhub-t"
+    c = context((ps, Result("aaa\nbbb\n")))
+    stack.down(c)
+    assert commands(c)[2:] == [ps, "docker stop aaa bbb", compose(path, "down")]
+
+
+def test_down_no_labs_leaves_the_labs(env_file):
+    path = env_file()
+    c = context()
+    stack.down(c, labs=False)
+    assert commands(c)[2:] == [compose(path, "down")]
+
+
+def test_restart_waits_until_healthy(env_file, capsys):
+    path = env_file()
+    c = context((compose(path, "ps -q hub"), Result("f00d\n")),
+                ("docker inspect -f '{{.State.Health.Status}}' f00d", Result("healthy\n")))
+    stack.restart(c)
+    assert compose(path, "restart hub") in commands(c)
+    assert capsys.readouterr().out.endswith("hub restarted\n")
+
+
+def test_wait_healthy_times_out_with_the_last_state(env_file, monkeypatch):
+    monkeypatch.setattr(stack.time, "sleep", lambda seconds: None)
+    path = env_file()
+    c = context((compose(path, "ps -q hub"), Result("f00d\n")),
+                ("docker inspect -f '{{.State.Health.Status}}' f00d", Result("starting\n")))
+    with pytest.raises(Exit) as info:
+        stack.wait_healthy(c, project_mod.load(), timeout=0.01)
+    assert_one_line_error(info, "not healthy after 0s (last state: starting)")
+    assert commands(c)[-1] == compose(path, "logs --tail 40 hub")
+
+
+def test_logs(env_file):
+    path = env_file()
+    c = context()
+    stack.logs(c, follow=True, tail=50)
+    assert commands(c)[-1] == compose(path, "logs --tail 50 --follow hub")
+
+
+def test_status(env_file):
+    path = env_file()
+    c = context()
+    stack.status(c)
+    assert commands(c)[2] == compose(path, "ps")
+    assert commands(c)[3].startswith("docker ps --filter label=gpuhub.project=gpuhub ")
