@@ -44,8 +44,9 @@ def detect_gpus(project) -> list[gpu_inventory.Gpu]:
     if setting == "none":
         return []
     detected: list[gpu_inventory.Gpu] = []
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(gpu_inventory.QUERY, capture_output=True, text=True)
+    smi = shutil.which(project.settings.nvidia_smi)
+    if smi:
+        out = subprocess.run([smi, *gpu_inventory.QUERY[1:]], capture_output=True, text=True)
         if out.returncode == 0:
             detected = gpu_inventory.parse_nvidia_smi(out.stdout)
         else:

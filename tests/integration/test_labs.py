@@ -15,7 +15,7 @@ def alice_lab(stack, users, measure):
     alice.login(users["alice"])
     alice.create_token()
     started = time.monotonic()
-    resp = alice.start()
+    resp = alice.start({"profile": "cpu"})
     assert resp.status_code in (201, 202), resp.text
     alice.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     measure("one spawn (REST start to ready)", time.monotonic() - started)
@@ -75,7 +75,7 @@ def test_work_folder_and_password_survive_down_and_up(stack, users, alice_lab, m
     again = HubUser(stack.url, "alice")
     again.login(users["alice"])
     again.create_token()
-    assert again.start().status_code in (201, 202)
+    assert again.start({"profile": "cpu"}).status_code in (201, 202)
     again.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     out = again.run_code("print(open('/home/jovyan/work/kept.txt').read())")
     assert out.strip() == "still here"

@@ -88,6 +88,7 @@ def test_adduser_refuses_names_jupyterhub_would_reject_or_rename(stack, users, n
     (["adduser", "alice", "--password-stdin"], "whatever-pw-1\n", ["already exists"]),
     (["adduser", "frank", "--password-stdin"], "\n", ["empty"]),
     (["adduser", "frank", "--password-stdin"], "short\n", ["too short"]),
+    (["adduser", "frank", "--password-stdin"], "password\n", ["common"]),
     (["adduser", "frank"], "", ["no terminal", "--password-stdin"]),
     (["deluser", "nobody"], None, ["no user 'nobody'"]),
     (["passwd", "nobody", "--password-stdin"], "whatever-pw-1\n", ["no user 'nobody'"]),

@@ -1,0 +1,128 @@
+"""GPU allocation on a real stack with the NVIDIA test double (4 fake GPUs).
+
+CI installs the double (tests/gpu_double) and points NVIDIA_SMI at its host-side
+nvidia-smi; `invoke up` then discovers 4 GPUs exactly as it would on a GPU server.
+"""
+
+import concurrent.futures
+import json
+
+import pytest
+from support.hub import HubUser
+
+GPU_USERS = ["gpu1user", "gpu2user", "gpu3user", "gpu4user", "gpu5user"]
+SPAWN_TIMEOUT = 180
+
+
+def _gpus(stack) -> list[dict]:
+    return json.loads(stack.invoke("gpus", "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def inventory(stack):
+    rows = _gpus(stack)
+    if len(rows) < 4:
+        pytest.fail(f"these tests need 4 GPUs or the test double's 4 (NVIDIA_SMI); got {rows}")
+    return rows
+
+
+def _user(stack, name) -> HubUser:
+    user = HubUser(stack.url, name)
+    user.login(f"{name}-pw-12345")
+    user.create_token()
+    return user
+
+
+@pytest.fixture(scope="module")
+def gpu_users(stack, inventory):
+    for name in GPU_USERS + ["latecomer"]:
+        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    users = {name: _user(stack, name) for name in GPU_USERS + ["latecomer"]}
+    yield users
+    for user in users.values():
+        if user.server():
+            user.stop(logs=stack.logs)
+
+
+def _lab_view(user: HubUser) -> dict:
+    return json.loads(user.run_code(
+        "import subprocess; print(subprocess.run(['gpu-check', '--no-tensorflow'], "
+        "capture_output=True, text=True).stdout)"))
+
+
+def test_five_users_at_once_get_four_distinct_gpus_and_one_clear_refusal(stack, gpu_users, inventory):
+    users = [gpu_users[n] for n in GPU_USERS]
+    with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
+        answers = list(pool.map(lambda u: u.start({"profile": "gpu1"}), users))
+    refused = [(u.name, a) for u, a in zip(users, answers) if a.status_code not in (201, 202)]
+    assert len(refused) == 1, [(u.name, a.status_code, a.text) for u, a in zip(users, answers)]
+    name, answer = refused[0]
+    assert answer.status_code == 409
+    assert "in use" in answer.json()["message"] and "CPU profile" in answer.json()["message"]
+    assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container(name)}").stdout == "", \
+        "a refused spawn must leave no container behind"
+
+    granted = {}
+    for user in users:
+        if user.name == name:
+            continue
+        user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+        view = _lab_view(user)
+        env_ids = view["NVIDIA_VISIBLE_DEVICES"].split(",")
+        assert len(env_ids) == 1, view
+        smi = view["nvidia_smi"]["gpus"]
+        assert len(smi) == 1 and env_ids[0] in smi[0], view
+        info = stack.inspect(stack.lab_container(user.name))
+        env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+        assert env["NVIDIA_VISIBLE_DEVICES"] == env_ids[0]
+        assert info["Config"]["Labels"]["gpuhub.gpus"] == env_ids[0]
+        requests_ = info["HostConfig"]["DeviceRequests"]
+        assert requests_ and requests_[0]["DeviceIDs"] == env_ids, requests_
+        granted[user.name] = env_ids[0]
+    assert len(set(granted.values())) == 4, granted
+    assert set(granted.values()) == {row["uuid"] for row in inventory}
+
+    holders = {row["uuid"]: row["held_by"] for row in _gpus(stack)}
+    assert holders == {gpu: [user] for user, gpu in granted.items()}
+
+
+def test_stopping_a_lab_frees_its_gpu_for_the_waiting_user(stack, gpu_users):
+    running = [u for u in gpu_users.values() if u.server().get("ready")]
+    waiting = [gpu_users[n] for n in GPU_USERS if not gpu_users[n].server()]
+    assert len(running) == 4 and len(waiting) == 1
+    leaver, waiter = running[0], waiting[0]
+    freed = stack.inspect(stack.lab_container(leaver.name))["Config"]["Labels"]["gpuhub.gpus"]
+    leaver.stop(logs=stack.logs)
+    assert waiter.start({"profile": "gpu1"}).status_code in (201, 202)
+    waiter.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert _lab_view(waiter)["NVIDIA_VISIBLE_DEVICES"] == freed
+
+
+def test_hub_restart_keeps_holders_and_never_double_books(stack, gpu_users):
+    before = _gpus(stack)
+    assert all(row["held_by"] for row in before), before
+    stack.invoke("restart")
+    assert _gpus(stack) == before
+    late = gpu_users["latecomer"]
+    late.login("latecomer-pw-12345")
+    late.create_token()
+    answer = late.start({"profile": "gpu1"})
+    assert answer.status_code == 409, answer.text
+    # A CPU lab still starts while every GPU is held.
+    assert late.start({"profile": "cpu"}).status_code in (201, 202)
+    late.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    late.stop(logs=stack.logs)
+
+
+@pytest.mark.parametrize("options", [
+    {"profile": "gpu9"},
+    {"image": "some/other:image"},
+    {"profile": "gpu1", "mem_limit": "500G"},
+    {"profile": ["gpu1"]},
+], ids=["unknown-profile", "image", "extra-field", "not-a-string"])
+def test_tampered_spawn_requests_are_rejected(stack, gpu_users, options):
+    late = gpu_users["latecomer"]
+    answer = late.start(options)
+    assert answer.status_code == 400, answer.text
+    assert not late.server()
