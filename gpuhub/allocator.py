@@ -21,8 +21,8 @@ per user or per group (``@group``), with ``*`` as the default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 POLICIES = ("exclusive", "shared", "round-robin")
 

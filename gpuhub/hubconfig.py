@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from . import gpus as gpu_inventory
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN

@@ -12,19 +12,18 @@ from __future__ import annotations
 import datetime
 from typing import ClassVar
 
-from dockerspawner import DockerSpawner
 from docker.types import DeviceRequest
+from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Dict, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
-from .profiles import Profile, ProfileRejected, Profiles
-
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
 from .labels import PROJECT as LABEL_PROJECT
 from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
+from .profiles import Profile, ProfileRejected, Profiles
 
 
 class GpuDockerSpawner(DockerSpawner):
@@ -121,7 +120,7 @@ class GpuDockerSpawner(DockerSpawner):
             LABEL_PROJECT: self.project,
             LABEL_USER: self.user.name,
             LABEL_GPUS: ",".join(self.gpu_ids),
-            LABEL_SINCE: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            LABEL_SINCE: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
 
     async def create_object(self):

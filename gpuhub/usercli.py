@@ -20,8 +20,8 @@ from pathlib import Path
 import bcrypt
 import requests
 
-from .hubconfig import ADMIN_TOKEN_FILE, DATA_DIR
 from .accounts import check_password, check_username
+from .hubconfig import ADMIN_TOKEN_FILE, DATA_DIR
 from .settings import validate
 
 HUB_API = "http://127.0.0.1:8081/hub/api"
@@ -55,8 +55,9 @@ class Hub:
     @property
     def db(self):
         if self._db is None:
-            from jupyterhub import orm
             from nativeauthenticator.orm import UserInfo  # noqa: F401  (registers the table)
+
+            from jupyterhub import orm
             self._db = orm.new_session_factory(self.db_url)()
         return self._db
 

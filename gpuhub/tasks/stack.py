@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import shlex
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from invoke import task
 
 from .. import gpus as gpu_inventory
+from ..profiles import ProfileError, Profiles
 from .project import fail, hub_running, load, port_free, require_docker, require_running
 
 USERCLI = "python3 -m gpuhub.usercli"
@@ -93,6 +95,7 @@ def up(c, build=True, timeout=180):
     if s.shared_data_dir and not __import__("os").path.isdir(s.shared_data_dir):
         raise fail(f"SHARED_DATA_DIR={s.shared_data_dir!r} is not a folder on this host; "
                    "create it or empty the setting")
+    profiles = load_profiles(project)
     running = hub_running(c, project)
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
@@ -100,6 +103,7 @@ def up(c, build=True, timeout=180):
     inventory = detect_gpus(project)
     if build:
         build_images(c, project)
+    pull_profile_images(c, project, profiles)
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory))
     _step(f"starting project {project.name}")
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),
@@ -112,6 +116,30 @@ def up(c, build=True, timeout=180):
     host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
     gpus = ", ".join(g.device_id for g in inventory) or "none (CPU-only)"
     print(f"gpuhub is up: http://{host}:{s.hub_port}/  (GPUs: {gpus})")
+
+
+def load_profiles(project) -> Profiles:
+    """Validate PROFILES_FILE on the host, before Docker is touched."""
+    path = Path(project.settings.profiles_file)
+    path = path if path.is_absolute() else project.root / path
+    try:
+        return Profiles.from_file(path)
+    except ProfileError as err:
+        raise fail(str(err)) from None
+
+
+def pull_profile_images(c, project, profiles: Profiles) -> None:
+    """Pull every other image a profile names now, so no first spawn waits on a pull."""
+    lab_image = project.settings.lab_image
+    for image in profiles.images(lab_image):
+        if image == lab_image:
+            continue
+        if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).ok:
+            continue
+        _step(f"pulling {image} (named in profiles)")
+        if c.run(f"docker pull {shlex.quote(image)}", warn=True).failed:
+            raise fail(f"could not pull {image!r}, which a profile names; fix the image in "
+                       f"{project.settings.profiles_file} or make it available")
 
 
 def create_missing_admins(c, project) -> None:
