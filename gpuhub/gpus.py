@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+# Where the hub keeps the inventory it was last given, on the hub-data volume.
+INVENTORY_FILE = "gpu-inventory.json"
+
 QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
          "--format=csv,noheader,nounits"]
 

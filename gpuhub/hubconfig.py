@@ -40,6 +40,21 @@ def read_or_create_secret(path: Path) -> str:
     return token
 
 
+def remember_inventory(given: str, data_dir: Path) -> str:
+    """The GPU inventory: as `invoke up` gave it, else as last given (kept on the volume).
+
+    A hand-run `docker compose up --force-recreate` does not know the inventory; the hub
+    then keeps using the one `invoke up` discovered, instead of silently going CPU-only.
+    """
+    saved = data_dir / gpu_inventory.INVENTORY_FILE
+    if given.strip():
+        gpu_inventory.from_json(given)  # refuse a broken value before saving it
+        data_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(given)
+        return given
+    return saved.read_text() if saved.exists() else "[]"
+
+
 def update_hub(c, settings: Settings, data_dir: Path) -> None:
     """Hub process: where state lives, how labs reach the hub, logging."""
     c.JupyterHub.bind_url = "http://:8000"
@@ -154,7 +169,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     inventory, the pins or profiles.yaml are wrong.
     """
     env = os.environ if env is None else env
-    gpus = gpu_inventory.from_json(env.get("GPUHUB_GPU_INVENTORY", ""))
+    gpus = gpu_inventory.from_json(remember_inventory(env.get("GPUHUB_GPU_INVENTORY", ""), data_dir))
     profiles_yaml = Path(profiles_path).read_text() if Path(profiles_path).exists() else ""
     if profiles_yaml:
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start

@@ -244,11 +244,8 @@ def gpus(c, json=False):
 
     project = load()
     require_running(c, project)
-    cid = c.run(project.compose("ps -q hub"), env=project.env(), hide=True).stdout.strip()
-    env_lines = c.run(f"docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' {cid}",
-                      hide=True).stdout.splitlines()
-    inventory_json = next((ln.split("=", 1)[1] for ln in env_lines
-                           if ln.startswith("GPUHUB_GPU_INVENTORY=")), "[]")
+    inventory_json = c.run(project.exec_hub(f"cat /srv/jupyterhub/data/{gpu_inventory.INVENTORY_FILE}"),
+                           env=project.env(), hide=True, warn=True).stdout.strip() or "[]"
     labels = [jsonlib.loads(line) for line in c.run(
         f"docker ps --filter label=gpuhub.project={project.name} --format '{{{{json .Labels}}}}'",
         hide=True).stdout.splitlines() if line.strip()]

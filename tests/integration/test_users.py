@@ -127,3 +127,15 @@ def test_invalid_setting_stops_before_docker(stack_factory):
     bad = stack_factory(HUB_PORT="99999")
     result = bad.invoke("up", "--no-build", check=False)
     _refused(result, "HUB_PORT='99999'", "65535")
+
+
+def test_users_and_gpu_inventory_survive_a_hand_run_force_recreate(stack, users):
+    before = stack.invoke("gpus", "--json").stdout
+    old_id = stack.compose("ps", "-q", "hub").stdout.strip()
+    # Run by hand, as an admin might: compose knows nothing of the GPU inventory.
+    recreate = stack.compose("up", "-d", "--force-recreate", "--wait")
+    assert recreate.returncode == 0, recreate.stderr
+    assert stack.compose("ps", "-q", "hub").stdout.strip() != old_id, "hub was not recreated"
+    HubUser(stack.url, "alice").login(users["alice"])
+    HubUser(stack.url, "admin").login(stack.admin_passwords["admin"])
+    assert stack.invoke("gpus", "--json").stdout == before
