@@ -98,8 +98,10 @@ class GpuAllocator:
         if len(free) < count:
             holders = ", ".join(f"{d}: {u}" for u, ds in sorted(others.items()) for d in ds
                                 if d in candidates)
+            # "all N ... in use (1 free)" contradicted itself when some GPUs were free.
+            in_use = "all" if not free else f"{len(candidates) - len(free)} of the"
             raise NoGpuAvailable(
-                f"all {len(candidates)} GPUs you may use are in use "
+                f"{in_use} {len(candidates)} GPUs you may use are in use "
                 f"({len(free)} free, this profile needs {count}); "
                 "choose the CPU profile or try later",
                 detail=f"held by {holders}" if holders else "")

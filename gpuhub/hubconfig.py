@@ -82,6 +82,8 @@ def update_auth(c, settings: Settings) -> None:
     # not the real ones: set every one we rely on.
     c.NativeAuthenticator.minimum_password_length = MIN_PASSWORD_LENGTH
     c.NativeAuthenticator.check_common_password = True
+    c.NativeAuthenticator.allowed_failed_logins = settings.login_max_failures
+    c.NativeAuthenticator.seconds_before_next_try = settings.login_lockout_seconds
 
 
 def update_spawner(c, settings: Settings) -> None:
@@ -101,6 +103,12 @@ def update_spawner(c, settings: Settings) -> None:
         volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
     c.DockerSpawner.volumes = volumes
     c.DockerSpawner.extra_create_kwargs = {"labels": {"gpuhub.project": project}}
+    # Labs run as the image's non-root user; nothing lets them gain privileges back.
+    c.DockerSpawner.extra_host_config = {
+        "security_opt": ["no-new-privileges"],
+        "cap_drop": ["ALL"],
+        "pids_limit": settings.lab_pids_limit,
+    }
     c.DockerSpawner.cpu_limit = settings.lab_cpu_limit
     c.DockerSpawner.mem_limit = settings.lab_mem_limit
     c.Spawner.start_timeout = settings.spawn_timeout

@@ -10,6 +10,7 @@ or memory than a profile allows.
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +49,22 @@ def _slugify(name: str) -> str:
 def _profile(item, where: str) -> Profile:
     if not isinstance(item, dict):
         raise ProfileError(f"{where}: each profile must be a mapping with display_name, got {item!r}")
+    name = item.get("display_name")
+    named = isinstance(name, str) and bool(name.strip())
+    if named:  # name the profile in every error below, the misspelled-field one too
+        where = f"{where} ({name!r})"
     unknown = set(item) - FIELDS
     if unknown:
-        raise ProfileError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: "
+        raise ProfileError(f"{where}: unknown field(s) {sorted(unknown, key=str)}; allowed: "
                            f"{', '.join(sorted(FIELDS))}. Maybe misspelled?")
-    name = item.get("display_name")
-    if not isinstance(name, str) or not name.strip():
+    if not named:
         raise ProfileError(f"{where}: display_name is required (a non-empty string)")
-    where = f"{where} ({name!r})"
     gpus = item.get("gpus", 0)
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
         raise ProfileError(f"{where}: gpus must be a whole number 0 or more, got {gpus!r}")
     cpu = item.get("cpu_limit")
-    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0):
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float))
+                            or not math.isfinite(cpu) or cpu <= 0):
         raise ProfileError(f"{where}: cpu_limit must be a number of CPUs above 0, got {cpu!r}")
     mem = item.get("mem_limit")
     if mem is not None and not _MEM_RE.fullmatch(str(mem)):
@@ -68,12 +72,15 @@ def _profile(item, where: str) -> Profile:
     slug = item.get("slug") or _slugify(name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(slug)):
         raise ProfileError(f"{where}: slug must be lowercase letters, digits and '-', got {slug!r}")
+    default = item.get("default", False)
+    if not isinstance(default, bool):  # bool("false") is True: a quoted value must not pass
+        raise ProfileError(f"{where}: default must be true or false, got {default!r}")
     image = item.get("image")
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise ProfileError(f"{where}: image must be an image name, got {image!r}")
     return Profile(slug=str(slug), display_name=name.strip(),
                    description=str(item.get("description") or ""),
-                   default=bool(item.get("default", False)), image=image, gpus=gpus,
+                   default=default, image=image, gpus=gpus,
                    cpu_limit=float(cpu) if cpu is not None else None,
                    mem_limit=str(mem).upper() if mem is not None else None)
 
@@ -81,16 +88,18 @@ def _profile(item, where: str) -> Profile:
 class Profiles:
     """The validated profile list."""
 
-    def __init__(self, profiles: list[Profile]):
+    def __init__(self, profiles: list[Profile], source: str = "profiles.yaml"):
         if not profiles:
-            raise ProfileError("profiles.yaml: define at least one profile")
+            raise ProfileError(f"{source}: define at least one profile")
         slugs = [p.slug for p in profiles]
         dupes = sorted({s for s in slugs if slugs.count(s) > 1})
         if dupes:
-            raise ProfileError(f"profiles.yaml: slug(s) {dupes} used twice; give each profile "
+            raise ProfileError(f"{source}: slug(s) {dupes} used twice; give each profile "
                                "its own slug")
-        if sum(p.default for p in profiles) > 1:
-            raise ProfileError("profiles.yaml: more than one profile has default: true")
+        defaults = [p.display_name for p in profiles if p.default]
+        if len(defaults) > 1:
+            raise ProfileError(f"{source}: more than one profile has default: true "
+                               f"({', '.join(map(repr, defaults))}); keep it on one")
         self.profiles = profiles
 
     @classmethod
@@ -103,7 +112,8 @@ class Profiles:
             data = data["profiles"]
         if not isinstance(data, list):
             raise ProfileError(f"{source}: expected a list of profiles (or `profiles:` list)")
-        return cls([_profile(item, f"{source}: profile {i + 1}") for i, item in enumerate(data)])
+        return cls([_profile(item, f"{source}: profile {i + 1}") for i, item in enumerate(data)],
+                   source)
 
     @classmethod
     def from_file(cls, path: Path) -> Profiles:

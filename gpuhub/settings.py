@@ -61,6 +61,12 @@ def _positive_seconds(raw: str) -> int:
     return value
 
 
+def _count(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError("must be a whole number, 1 or more")
+    return int(raw)
+
+
 def _ip(raw: str) -> str:
     try:
         ipaddress.ip_address(raw)
@@ -227,10 +233,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SPAWN_TIMEOUT", "300", _positive_seconds,
             "Seconds a lab may take to start before the spawn fails.", "Hub"),
     Setting("LOG_LEVEL", "INFO", _log_level, "Hub log level.", "Hub"),
+    Setting("LOGIN_MAX_FAILURES", "5", _count,
+            "Failed logins after which a user is locked out for LOGIN_LOCKOUT_SECONDS.", "Hub"),
+    Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,
+            "How long a user stays locked out after too many failed logins.", "Hub"),
     Setting("LAB_CPU_LIMIT", "", _optional_cpu,
             "CPUs per lab (e.g. 4); empty for no limit.", "Labs"),
     Setting("LAB_MEM_LIMIT", "", _optional_memory,
             "Memory per lab (e.g. 16G); empty for no limit.", "Labs"),
+    Setting("LAB_PIDS_LIMIT", "1024", _count,
+            "Most processes per lab (a fork bomb stops there).", "Labs"),
     Setting("SHARED_DATA_DIR", "", _optional_abs_path,
             "Host folder mounted read-only at ~/shared in every lab; empty for none.", "Labs"),
     Setting("PROFILES_FILE", "./jupyterhub/profiles.yaml", _text,

@@ -115,6 +115,33 @@ def test_hub_restart_keeps_holders_and_never_double_books(stack, gpu_users):
     late.stop(logs=stack.logs)
 
 
+def test_a_lab_that_dies_frees_its_gpu_at_once(stack, gpu_users):
+    victim = next(u for u in gpu_users.values() if u.server().get("ready"))
+    container = stack.lab_container(victim.name)
+    freed = stack.inspect(container)["Config"]["Labels"]["gpuhub.gpus"]
+    stack.docker("kill", container)
+    late = gpu_users["latecomer"]
+    # Docker is the record: the dead lab's GPU is free before the hub even polls it.
+    assert late.start({"profile": "gpu1"}).status_code in (201, 202)
+    late.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == freed
+    late.stop(logs=stack.logs)
+
+
+def test_admin_gpu_page_shows_holders_and_refuses_non_admins(stack, gpu_users):
+    admin = HubUser(stack.url, "admin")
+    admin.login(stack.admin_passwords["admin"])
+    page = admin.http.get(f"{stack.url}/services/gpus/?format=json", timeout=30)
+    assert page.status_code == 200, page.text[:500]
+    assert page.json() == _gpus(stack)
+    html = admin.http.get(f"{stack.url}/services/gpus/", timeout=30)
+    assert 'id="gpu-table"' in html.text and "Tesla T4" in html.text
+    plain = HubUser(stack.url, "latecomer")
+    plain.login("latecomer-pw-12345")
+    refused = plain.http.get(f"{stack.url}/services/gpus/?format=json", timeout=30)
+    assert refused.status_code == 403, (refused.status_code, refused.text[:300])
+
+
 @pytest.mark.parametrize("options", [
     {"profile": "gpu9"},
     {"image": "some/other:image"},

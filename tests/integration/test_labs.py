@@ -41,6 +41,10 @@ def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/home/jovyan/work"]["Name"] == f"{stack.project}-home-alice"
     assert info["HostConfig"]["AutoRemove"] is True
+    host = info["HostConfig"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["CapDrop"] == ["ALL"] and host["PidsLimit"] == 1024
+    assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
 
 
 def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):
