@@ -94,8 +94,6 @@ def test_stopping_a_lab_frees_its_gpu_for_the_waiting_user(stack, gpu_users):
     freed = stack.inspect(stack.lab_container(leaver.name))["Config"]["Labels"]["gpuhub.gpus"]
     leaver.stop(logs=stack.logs)
     assert waiter.start({"profile": "gpu1"}).status_code in (201, 202)
-    messages = waiter.progress_messages()
-    assert any(f"GPUs granted: {freed}" in m for m in messages), messages
     waiter.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     assert _lab_view(waiter)["NVIDIA_VISIBLE_DEVICES"] == freed
 

@@ -81,21 +81,6 @@ class HubUser:
     def start(self, options: dict | None = None) -> requests.Response:
         return self.api("POST", f"/users/{self.name}/server", json=options or {})
 
-    def progress_messages(self, timeout: float = 180) -> list[str]:
-        """Follow the spawn's progress event stream to its end; return its messages."""
-        resp = requests.get(f"{self.base}/hub/api/users/{self.name}/server/progress",
-                            headers={"Authorization": f"token {self.token}"},
-                            stream=True, timeout=timeout)
-        resp.raise_for_status()
-        messages = []
-        for line in resp.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[len("data:"):])
-                messages.append(event.get("message", ""))
-                if event.get("ready") or event.get("failed"):
-                    break
-        return messages
-
     def wait_ready(self, timeout: float, logs=None) -> dict:
         return wait_until(lambda: self.server().get("ready") and self.server(), timeout=timeout,
                           interval=1, what=f"{self.name}'s lab to be ready",
