@@ -139,3 +139,17 @@ def test_users_and_gpu_inventory_survive_a_hand_run_force_recreate(stack, users)
     HubUser(stack.url, "alice").login(users["alice"])
     HubUser(stack.url, "admin").login(stack.admin_passwords["admin"])
     assert stack.invoke("gpus", "--json").stdout == before
+
+
+def test_repeated_failed_logins_lock_the_account(stack):
+    # NativeAuthenticator's documented defaults are not its real ones (lockout ~0 s);
+    # gpuhub sets LOGIN_MAX_FAILURES=5 and LOGIN_LOCKOUT_SECONDS=600 explicitly.
+    stack.invoke("adduser", "locky", "--password-stdin", stdin="locky-pw-12345\n")
+    try:
+        for _ in range(5):
+            with pytest.raises(LoginFailed):
+                HubUser(stack.url, "locky").login("wrong-password")
+        with pytest.raises(LoginFailed):
+            HubUser(stack.url, "locky").login("locky-pw-12345")
+    finally:
+        stack.invoke("deluser", "locky")
