@@ -3,7 +3,7 @@
 import nox
 
 nox.needs_version = ">=2024.3.2"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests"]  # and e2e; bench and unit run on request
 nox.options.reuse_venv = "yes"
 
 
@@ -38,3 +38,11 @@ def e2e(session: nox.Session) -> None:
     """Browser end-to-end suite: log in, spawn a lab, run a notebook cell, check GPUs."""
     _install(session)
     session.run("pytest", "tests/e2e", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Spawn latency vs the bare-container floor and a stock DockerSpawner hub (`-- --smoke`)."""
+    _install(session)
+    session.install("matplotlib")
+    session.run("python", "bench/run.py", *session.posargs)
