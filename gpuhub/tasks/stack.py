@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
 import shutil
@@ -91,11 +92,11 @@ def up(c, build=True, timeout=180):
     """Build the images, start the hub, and create missing admins (passwords printed once)."""
     project = load()
     s = project.settings
-    require_docker(c)
-    if s.shared_data_dir and not __import__("os").path.isdir(s.shared_data_dir):
+    if s.shared_data_dir and not os.path.isdir(s.shared_data_dir):
         raise fail(f"SHARED_DATA_DIR={s.shared_data_dir!r} is not a folder on this host; "
                    "create it or empty the setting")
     profiles = load_profiles(project)
+    require_docker(c)
     running = hub_running(c, project)
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
