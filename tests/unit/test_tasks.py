@@ -296,7 +296,7 @@ def test_up_aborts_when_the_shared_data_dir_is_missing(env_file, tmp_path, no_gp
     with pytest.raises(Exit) as info:
         stack.up(c)
     assert_one_line_error(info, "SHARED_DATA_DIR=", "is not a folder on this host")
-    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION]
+    assert commands(c) == [], "a bad setting must stop before any docker command"
 
 
 def test_up_shows_the_hub_logs_when_it_never_gets_healthy(env_file, free_port, no_gpu_detection):
