@@ -3,7 +3,7 @@
 import nox
 
 nox.needs_version = ">=2024.3.2"
-nox.options.sessions = ["lint", "tests"]  # and e2e; bench and unit run on request
+nox.options.sessions = ["lint", "tests", "e2e"]  # bench and unit run on request
 nox.options.reuse_venv = "yes"
 
 

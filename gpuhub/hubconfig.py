@@ -20,6 +20,7 @@ from .settings import Settings
 
 DATA_DIR = Path("/srv/jupyterhub/data")
 PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
+PROXY_TOKEN_FILE = Path("/run/secrets/proxy_auth_token")
 LAB_HOME = "/home/jovyan"
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
@@ -55,14 +56,29 @@ def remember_inventory(given: str, data_dir: Path) -> str:
     return saved.read_text() if saved.exists() else "[]"
 
 
-def update_hub(c, settings: Settings, data_dir: Path) -> None:
+def read_proxy_token(path: Path) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        raise ValueError(f"the proxy token {str(path)!r} is missing or empty; start the stack "
+                         "with `invoke up`, which creates it")
+    return token
+
+
+def update_hub(c, settings: Settings, data_dir: Path,
+               proxy_token_file: Path = PROXY_TOKEN_FILE) -> None:
     """Hub process: where state lives, how labs reach the hub, logging."""
     c.JupyterHub.bind_url = "http://:8000"
     c.JupyterHub.hub_ip = "0.0.0.0"
     c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
     c.JupyterHub.db_url = settings.database_url or f"sqlite:///{data_dir}/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
-    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+    # The proxy is its own compose service (routes survive hub restarts).
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = "http://proxy:8001"
+    c.ConfigurableHTTPProxy.auth_token = read_proxy_token(proxy_token_file)
     c.JupyterHub.log_level = settings.log_level
     # Labs keep running when the hub restarts; the hub reattaches to them from its DB.
     c.JupyterHub.cleanup_servers = False
@@ -170,7 +186,8 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
 
 
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
-                 data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH) -> None:
+                 data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH,
+                 proxy_token_file: Path = PROXY_TOKEN_FILE) -> None:
     """Set everything gpuhub configures on ``c`` (a traitlets Config).
 
     Raises ValueError (or ProfileError) with a message for the admin when the GPU
@@ -181,7 +198,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     profiles_yaml = Path(profiles_path).read_text() if Path(profiles_path).exists() else ""
     if profiles_yaml:
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
-    update_hub(c, settings, data_dir)
+    update_hub(c, settings, data_dir, proxy_token_file)
     update_auth(c, settings)
     update_spawner(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)

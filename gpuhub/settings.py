@@ -210,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Port on the host where JupyterHub is published.", "Deployment"),
     Setting("HUB_BIND_ADDRESS", "0.0.0.0", _ip,
             "Host address the port is published on (127.0.0.1 keeps it local).", "Deployment"),
+    Setting("SECRETS_DIR", "./.secrets", _text,
+            "Folder for generated secrets (the proxy token), mode 0700; relative to the "
+            "repository or absolute.", "Deployment"),
     Setting("ADMIN_USERS", "admin", _usernames,
             "Comma-separated admin user names. `invoke up` creates each missing one with a "
             "generated password, printed once.", "Users"),

@@ -9,6 +9,7 @@ which GPU; the allocator reads it back before every grant.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import ClassVar
 
@@ -185,4 +186,12 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def stop(self, now=False):
         await super().stop(now=now)
+        # With remove=True Docker deletes the container asynchronously; report "stopped"
+        # only once it is gone, or an immediate Start fails on the container name.
+        deadline = asyncio.get_running_loop().time() + 30
+        while await self.get_object() is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                self.log.warning("Container of %s still present 30 s after stop", self.user.name)
+                break
+            await asyncio.sleep(0.2)
         self.gpu_ids = []

@@ -10,6 +10,14 @@ import pytest
 from support.stack import Stack, build_images_once
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--gpu", choices=("auto", "required", "off"), default="auto",
+        help="e2e GPU mode: auto (check real GPUs if the host has them, else skip that "
+             "check), required (a host without a real NVIDIA GPU fails; for GPU runners), "
+             "off (labs get no GPU; GPU checks skip)")
+
+
 def _docker_ready() -> str | None:
     if not shutil.which("docker"):
         return "the docker CLI is not installed"

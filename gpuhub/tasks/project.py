@@ -48,6 +48,23 @@ class Project:
         env.update(extra)
         return env
 
+    @property
+    def secrets_dir(self) -> Path:
+        path = Path(self.settings.secrets_dir)
+        return path if path.is_absolute() else self.root / path
+
+    def ensure_secret(self, name: str) -> Path:
+        """The secret file ``<project>-<name>`` under SECRETS_DIR, created (0600) if missing."""
+        import secrets
+
+        self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.secrets_dir / f"{self.name}-{name}"
+        if not path.exists() or not path.read_text().strip():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return path
+
     def exec_hub(self, args: str) -> str:
         """Run a command inside the hub container (no TTY, stdin passed through)."""
         return self.compose(f"exec -T hub {args}")

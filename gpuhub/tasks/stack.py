@@ -105,6 +105,7 @@ def up(c, build=True, timeout=180):
     if build:
         build_images(c, project)
     pull_profile_images(c, project, profiles)
+    project.ensure_secret("proxy-token")
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory))
     _step(f"starting project {project.name}")
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),

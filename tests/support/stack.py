@@ -53,6 +53,7 @@ class Stack:
             "HUB_IMAGE": "gpuhub-hub:test",
             "LAB_IMAGE": "gpuhub-lab:test",
             "SPAWN_TIMEOUT": "180",
+            "SECRETS_DIR": str(workdir / "secrets"),
         }
         settings.update(test_settings_from_env())
         settings.update(overrides)

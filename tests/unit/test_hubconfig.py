@@ -16,13 +16,21 @@ from gpuhub.settings import validate
 from gpuhub.spawner import GpuDockerSpawner
 
 
+def proxy_token(tmp_path):
+    """The token file compose mounts at /run/secrets/proxy_auth_token."""
+    path = tmp_path / "proxy_auth_token"
+    path.write_text("proxy-token-for-tests\n")
+    return path
+
+
+
 @pytest.fixture
 def configure(tmp_path):
     """Apply gpuhub's config for the given settings (and extra environment) to a new Config."""
 
     def configure(env=None, **settings):
         c = Config()
-        apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path)
+        apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
         return c
 
     return configure
@@ -44,7 +52,10 @@ def test_database_url_overrides_sqlite(configure):
 def test_hub_state_lives_in_the_data_dir(configure, tmp_path):
     c = configure()
     assert c.JupyterHub.cookie_secret_file == str(tmp_path / "jupyterhub_cookie_secret")
-    assert c.ConfigurableHTTPProxy.pid_file == str(tmp_path / "jupyterhub-proxy.pid")
+    # The proxy is its own compose service; the hub only talks to its API.
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
+    assert c.ConfigurableHTTPProxy.auth_token == "proxy-token-for-tests"
     assert c.JupyterHub.hub_connect_ip == "hub"
     assert c.JupyterHub.cleanup_servers is False
 
@@ -160,9 +171,9 @@ def test_applying_twice_gives_the_same_config(configure, tmp_path):
     settings = validate({"SHARED_DATA_DIR": "/srv/data", "ADMIN_USERS": "alice"})
     env = {"GPUHUB_GPU_INVENTORY": to_json([Gpu("0", "GPU-aaa")])}
     once, twice = Config(), Config()
-    apply_config(once, settings, env=env, data_dir=tmp_path)
-    apply_config(twice, settings, env=env, data_dir=tmp_path)
-    apply_config(twice, settings, env=env, data_dir=tmp_path)
+    apply_config(once, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
+    apply_config(twice, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
+    apply_config(twice, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
     assert twice == once
 
 
@@ -177,7 +188,7 @@ def test_admin_token_file_is_private_and_reused(configure, tmp_path):
 
 def test_admin_token_is_created_in_a_missing_data_dir(tmp_path):
     c = Config()
-    apply_config(c, validate({}), env={}, data_dir=tmp_path / "new")
+    apply_config(c, validate({}), env={}, data_dir=tmp_path / "new", proxy_token_file=proxy_token(tmp_path))
     assert services(c)[ADMIN_SERVICE]["api_token"] == (tmp_path / "new" / ADMIN_TOKEN_FILE).read_text().strip()
 
 
@@ -207,3 +218,11 @@ def test_the_spawner_accepts_limits_and_shared_data(configure):
     assert spawner.cpu_limit == 0.5
     assert spawner.mem_limit == 1536 * 1024**2
     assert spawner.volume_binds["/srv/data"] == {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+
+
+def test_a_missing_proxy_token_stops_the_hub_with_the_fix(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="invoke up"):
+        apply_config(Config(), validate({}), env={}, data_dir=tmp_path,
+                     proxy_token_file=tmp_path / "absent")

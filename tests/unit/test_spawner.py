@@ -17,10 +17,18 @@ from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
 GPUS = ["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50", "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"]
 
 
+def proxy_token(tmp_path):
+    """The token file compose mounts at /run/secrets/proxy_auth_token."""
+    path = tmp_path / "proxy_auth_token"
+    path.write_text("proxy-token-for-tests\n")
+    return path
+
+
+
 def make_config(tmp_path, gpus=(), **settings) -> Config:
     c = Config()
     inventory = to_json([Gpu(str(i), uuid) for i, uuid in enumerate(gpus)])
-    apply_config(c, validate(settings), env={"GPUHUB_GPU_INVENTORY": inventory}, data_dir=tmp_path)
+    apply_config(c, validate(settings), env={"GPUHUB_GPU_INVENTORY": inventory}, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
     return c
 
 
@@ -109,8 +117,12 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
         assert method == "containers", method
         return []
 
+    async def container_already_removed(self):
+        return None
+
     monkeypatch.setattr(DockerSpawner, "start", fake_start)
     monkeypatch.setattr(DockerSpawner, "stop", fake_stop)
+    monkeypatch.setattr(DockerSpawner, "get_object", container_already_removed)
     spawner = make_spawner(make_config(tmp_path, GPUS))
     monkeypatch.setattr(spawner, "docker", no_labs_running)
     assert spawner.gpu_ids == []
@@ -120,6 +132,23 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
     assert seen == {"at start": GPUS, "at stop": GPUS}
     assert spawner.gpu_ids == []
     assert GpuDockerSpawner._pending == {}
+
+
+def test_stop_returns_only_once_docker_has_removed_the_container(tmp_path, monkeypatch):
+    polls = []
+
+    async def fake_stop(self, now=False):
+        pass
+
+    async def removed_on_third_look(self):
+        polls.append(1)
+        return None if len(polls) >= 3 else {"Id": "abc"}
+
+    monkeypatch.setattr(DockerSpawner, "stop", fake_stop)
+    monkeypatch.setattr(DockerSpawner, "get_object", removed_on_third_look)
+    spawner = make_spawner(make_config(tmp_path, GPUS))
+    asyncio.run(spawner.stop())
+    assert len(polls) == 3
 
 
 def test_create_object_merges_without_touching_the_config(tmp_path, monkeypatch):

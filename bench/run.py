@@ -1,0 +1,280 @@
+"""Measure spawn latency: the bare `docker run` floor, gpuhub, and a stock DockerSpawner hub.
+
+    python bench/run.py [--users 1,5,10] [--floor-reps 5] [--cold] [--smoke]
+
+(`nox -s bench -- --smoke` runs it in a prepared environment.) Everything runs on this
+machine with the same lab image, under compose projects named ``gpuhubbench-<random>-*``,
+all removed at the end, also on failure. Results go to ``artifacts/bench/<UTC time>/``:
+results.json, results.md (the table, also printed) and latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the real-stack harness: support.stack, support.hub
+
+import report  # noqa: E402
+from probes import docker_client  # noqa: E402
+from spawns import Round, floor_once, storm  # noqa: E402
+from stockhub import StockHub  # noqa: E402
+from support.hub import HubUser  # noqa: E402
+from support.stack import Stack, build_images_once  # noqa: E402
+
+PREFIX = "gpuhubbench-"
+SPAWN_TIMEOUT = 180.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", default="1,5,10", type=_counts,
+                        help="comma-separated numbers of users who start their labs at once "
+                             "(default: 1,5,10)")
+    parser.add_argument("--floor-reps", type=int, default=5,
+                        help="how many times to time the bare `docker run` floor (default: 5)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time `invoke build --no-cache` (separate image tags, "
+                             "removed afterwards)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="quick check for CI: 2 users, 2 floor runs, no cold build")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.users, args.floor_reps, args.cold = [2], 2, False
+    if args.floor_reps < 1:
+        parser.error("--floor-reps must be at least 1")
+    return args
+
+
+def _counts(raw: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in raw.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a list of numbers such as 1,5,10") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give numbers of 1 or more, such as 1,5,10")
+    return counts
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def machine(client) -> dict:
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    compose = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True,
+                             text=True).stdout.strip()
+    info = client.info()
+    return {"cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kib / 1024**2, 1),
+            "docker": client.version().get("Version"), "compose": compose,
+            "kernel": os.uname().release, "cgroup_version": info.get("CgroupVersion"),
+            "docker_cpus": info.get("NCPU")}
+
+
+class Bench:
+    """One benchmark run: what it measured so far, and what it must remove at the end."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.run_id = secrets.token_hex(3)
+        self.prefix = f"{PREFIX}{self.run_id}"
+        self.started = datetime.datetime.now(datetime.UTC)
+        self.workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
+        self.client = docker_client()
+        self.cleanups: list[tuple[str, Callable[[], None]]] = []
+        self.timings: dict[str, float] = {}
+        self.floor: list = []
+        self.rounds: dict[str, list[Round]] = {}
+        self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
+        self.lab_image = self.stack.settings["LAB_IMAGE"]
+        self.hub_image = self.stack.settings["HUB_IMAGE"]
+
+    # --- steps -------------------------------------------------------------------
+    def ensure_images(self) -> None:
+        missing = [i for i in (self.hub_image, self.lab_image)
+                   if subprocess.run(["docker", "image", "inspect", i],
+                                     capture_output=True).returncode != 0]
+        if missing:
+            step(f"building the test images ({', '.join(missing)} missing): invoke build")
+            self.timings["invoke build (images missing)"] = build_images_once(self.workdir)
+
+    def cold_build(self) -> None:
+        tags = {"HUB_IMAGE": f"gpuhubbench-hub:cold-{self.run_id}",
+                "LAB_IMAGE": f"gpuhubbench-lab:cold-{self.run_id}"}
+        cold = Stack.create(self.workdir / "cold", COMPOSE_PROJECT_NAME=f"{self.prefix}-cold", **tags)
+        self.cleanups.append(("cold-build images", lambda: self._remove_images(tags.values())))
+        step("timing a cold build: invoke build --no-cache")
+        started = time.monotonic()
+        cold.invoke("build", "--no-cache", timeout=3600)
+        self.timings["invoke build --no-cache (cold)"] = time.monotonic() - started
+
+    def _remove_images(self, tags) -> None:
+        for tag in tags:
+            subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+
+    def measure_floor(self) -> None:
+        label = f"gpuhubbench.run={self.run_id}"
+        for i in range(self.args.floor_reps):
+            run = floor_once(self.client, self.lab_image, f"{self.prefix}-floor-{i}", label,
+                             timeout=SPAWN_TIMEOUT)
+            self.floor.append(run)
+            step(f"floor {i + 1}/{self.args.floor_reps}: {run.seconds:.2f} s "
+                 f"({run.cpu_seconds:.2f} CPU-s)")
+
+    def measure_gpuhub(self) -> None:
+        stack = self.stack
+        self.cleanups.append(("gpuhub stack", stack.teardown))
+        step(f"invoke up --no-build (project {stack.project})")
+        started = time.monotonic()
+        stack.up("--no-build")
+        self.timings["invoke up --no-build (warm, fresh project)"] = time.monotonic() - started
+        users = []
+        for i in range(1, max(self.args.users) + 1):
+            name, password = f"bench{i}", secrets.token_urlsafe(16)
+            stack.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
+            users.append(self._login(stack.url, name, password))
+        hub = stack.compose("ps", "-q", "hub", check=True).stdout.strip()
+        self.rounds["gpuhub"] = self._storms("gpuhub", users, {"profile": "cpu"}, hub,
+                                             stack.lab_container)
+        step("removing the gpuhub stack")
+        stack.teardown()
+
+    def measure_stock(self) -> None:
+        stock = StockHub(project=f"{self.prefix}-stock", hub_image=self.hub_image,
+                         lab_image=self.lab_image)
+        self.cleanups.append(("stock hub", lambda: stock.teardown(self.client)))
+        step(f"starting the stock DockerSpawner hub (project {stock.project})")
+        started = time.monotonic()
+        stock.up()
+        self.timings["stock hub: compose up until /hub/health"] = time.monotonic() - started
+        # allow_all: the first login creates the user, as on a stock deployment.
+        users = [self._login(stock.url, f"bench{i}", stock.password)
+                 for i in range(1, max(self.args.users) + 1)]
+        self.rounds["stock"] = self._storms("stock", users, {}, stock.hub_container(),
+                                            stock.lab_container)
+        step("removing the stock hub")
+        stock.teardown(self.client)
+
+    def _login(self, url: str, name: str, password: str) -> HubUser:
+        user = HubUser(url, name)
+        user.login(password)
+        user.create_token()
+        return user
+
+    def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
+                lab_container: Callable[[str], str]) -> list[Round]:
+        rounds = []
+        for n in self.args.users:
+            step(f"{hub}: {n} user(s) start their labs at once")
+            r = storm(users[:n], options, client=self.client, hub_container=hub_container,
+                      lab_container=lab_container, timeout=SPAWN_TIMEOUT)
+            s = report.summary(r.seconds)
+            step(f"{hub} N={n}: p50 {s['p50'] or 0:.2f} s, max {s['max'] or 0:.2f} s"
+                 + (f", {len(r.errors)} FAILED: {r.errors[0][:300]}" if r.errors else ""))
+            rounds.append(r)
+        return rounds
+
+    def teardown(self) -> list[str]:
+        problems = []
+        for what, cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception as exc:
+                problems.append(f"could not remove the {what}: {exc}")
+        self.cleanups.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return problems
+
+    # --- results -----------------------------------------------------------------
+    def results(self, errors: list[str]) -> dict:
+        m = machine(self.client)
+        floor_cpu = [f.cpu_seconds for f in self.floor]
+        hubs = {name: {"rounds": [report.summarize_round(r) for r in rounds]}
+                for name, rounds in self.rounds.items()}
+        gpuhub_one = next(iter(self.rounds.get("gpuhub", [])), None)
+        cpu = {"floor": [round(x, 3) for x in floor_cpu],
+               "floor_p50": statistics.median(floor_cpu) if floor_cpu else None,
+               "gpuhub_p50": (statistics.median(gpuhub_one.lab_cpu_seconds)
+                              if gpuhub_one and gpuhub_one.lab_cpu_seconds else None)}
+        return {
+            "started": self.started.isoformat(timespec="seconds"),
+            "argv": sys.argv[1:],
+            "config": {"users": self.args.users, "floor_reps": self.args.floor_reps,
+                       "smoke": self.args.smoke, "lab_image": self.lab_image,
+                       "hub_image": self.hub_image, "gpuhub_profile": "cpu",
+                       "spawn_timeout_s": SPAWN_TIMEOUT},
+            "machine": m,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "floor": {**report.summary([f.seconds for f in self.floor]),
+                      "seconds": [round(f.seconds, 3) for f in self.floor]},
+            "hubs": hubs,
+            "lab_cpu_seconds_at_ready": cpu,
+            "cpu_bound_limit": report.cpu_bound_limit(self.args.users, cpu["floor_p50"],
+                                                      m["cores"]),
+            "errors": errors,
+        }
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # nox or CI stopping us must still clean up
+    wall = time.monotonic()
+    bench = Bench(args)
+    errors: list[str] = []
+    headline = ""
+    try:
+        bench.ensure_images()
+        if args.cold:
+            bench.cold_build()
+        bench.measure_floor()
+        bench.measure_gpuhub()
+        bench.measure_stock()
+    except (Exception, KeyboardInterrupt) as exc:
+        errors.append("".join(traceback.format_exception(exc)))
+        headline = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+    finally:
+        step("removing everything this run created")
+        errors += bench.teardown()
+    errors += [f"{hub} N={r.n}: {e}" for hub, rounds in bench.rounds.items()
+               for r in rounds for e in r.errors]
+    bench.timings["benchmark wall time"] = time.monotonic() - wall
+    out = ROOT / "artifacts" / "bench" / bench.started.strftime("%Y%m%dT%H%M%SZ")
+    results = bench.results(errors)
+    print()
+    print(report.write(results, out))
+    for line in results["cpu_bound_limit"]:
+        print(f"CPU-bound limit, N={line['n']}: {line['seconds']:.1f} s "
+              f"(N x {results['lab_cpu_seconds_at_ready']['floor_p50']:.2f} CPU-s / "
+              f"{results['machine']['cores']} cores)")
+    print(f"results: {out}")
+    if errors:
+        (out / "errors.txt").write_text("\n\n".join(errors))
+        first = headline or errors[0].strip().splitlines()[0][:300]
+        print(f"bench: {len(errors)} problem(s), see {out / 'errors.txt'}; first: {first}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
