@@ -160,7 +160,8 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
     roles = [{"name": "admin", "services": [ADMIN_SERVICE]}]
     services.append({
         "name": "gpus",
-        "url": "http://127.0.0.1:10101",
+        # Reached by the proxy container, so on the hub's labs-network name.
+        "url": "http://hub:10101",
         "command": [sys.executable, "-m", "gpuhub.gpuservice"],
         "display": True,
         "oauth_no_confirm": True,

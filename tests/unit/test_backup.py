@@ -1,0 +1,485 @@
+"""`invoke backup` / `invoke restore` with MockContext: exact commands, archive, refusals.
+
+Docker is a double here: the helper-container commands that write or read a file
+(``> PATH`` / ``< PATH``) are given a side effect that does what the real one would.
+"""
+
+import io
+import json
+import re
+import shlex
+import sqlite3
+import stat
+import tarfile
+from pathlib import Path
+from unittest.mock import DEFAULT
+
+import pytest
+from invoke import Exit, MockContext, Result
+
+import tasks as tasks_py
+from gpuhub.tasks import backup as bk
+from gpuhub.tasks import project as project_mod
+
+ROOT = project_mod.ROOT
+DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
+COMPOSE_VERSION = "docker compose version --short"
+PROJECT = "bktest"
+HUB_IMAGE = "gpuhub-hub:test"
+HUB_DATA = f"{PROJECT}_hub-data"
+ALICE_VOLUME = f"{PROJECT}-home-alice"
+GIT = f"git -C {ROOT} describe --always --dirty"
+
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch):
+    """The tasks' settings file; call it to write settings (project and image preset)."""
+    path = tmp_path / "test.env"
+
+    def write(**settings):
+        settings = {"COMPOSE_PROJECT_NAME": PROJECT, "HUB_IMAGE": HUB_IMAGE, **settings}
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return path
+
+    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
+    write()
+    return write
+
+
+def context(*pairs, running=False) -> MockContext:
+    """Docker answers; the hub is down unless told; ``(command or regex, Result)`` pairs win."""
+    results = dict(pairs)
+    results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
+    results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
+    results.setdefault(GIT, Result("b8bdcc6-dirty\n"))
+    results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
+    results[re.compile(".*", re.DOTALL)] = Result()
+    return MockContext(run=results, repeat=True)
+
+
+def commands(c) -> list[str]:
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+def assert_one_line_error(info, *fragments):
+    message = info.value.message
+    assert message.startswith("error: "), message
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert info.value.code == 1
+
+
+def redirect_target(command: str, op: str) -> str:
+    words = shlex.split(command)
+    return words[words.index(op) + 1]
+
+
+def hub_database(path):
+    """A small JupyterHub-shaped database: users, and a lab that was running."""
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, admin BOOLEAN);
+        CREATE TABLE servers (id INTEGER PRIMARY KEY, ip TEXT);
+        CREATE TABLE spawners (id INTEGER PRIMARY KEY, user_id INTEGER, server_id INTEGER,
+                               state TEXT);
+        INSERT INTO users VALUES (1, 'admin', 1), (2, 'alice', 0);
+        INSERT INTO servers VALUES (1, 'old-lab'), (2, 'gpus-service');
+        INSERT INTO spawners VALUES (1, 2, 1, '{"object_id": "c0ffee"}');
+    """)
+    db.commit()
+    db.close()
+    return path
+
+
+def fake_hub_data_tar(dest, tmp_path, include_secrets: bool):
+    """What HUB_DATA_SCRIPT prints: hub.json, the database copy, the cookie secret."""
+    db = hub_database(tmp_path / "source.sqlite")
+    info = json.dumps({"jupyterhub_version": "5.4.4", "users": [
+        {"name": "admin", "admin": True, "volume": "home-admin"},
+        {"name": "alice", "admin": False, "volume": "home-alice"}]}).encode()
+    with tarfile.open(dest, "w") as tar:
+        member = tarfile.TarInfo("hub.json")
+        member.size = len(info)
+        tar.addfile(member, io.BytesIO(info))
+        tar.add(db, "jupyterhub.sqlite")
+        if include_secrets:
+            secret = b"c00k1e-s3cret\n"
+            member = tarfile.TarInfo("jupyterhub_cookie_secret")
+            member.size = len(secret)
+            tar.addfile(member, io.BytesIO(secret))
+
+
+def fake_volume_tar(dest):
+    with tarfile.open(dest, "w") as tar:
+        data = b"hello from alice\n"
+        member = tarfile.TarInfo("./x.txt")
+        member.size, member.uid = len(data), 1000
+        tar.addfile(member, io.BytesIO(data))
+
+
+def docker_double(c, tmp_path, seen=None):
+    """Commands that write or read a file do so, as the helper containers would."""
+    def effect(command, **kwargs):
+        if " python3 -c " in command and " > " in command:
+            fake_hub_data_tar(redirect_target(command, ">"), tmp_path,
+                              " --include-secrets > " in command)
+        elif " tar -C /v --numeric-owner -cf - . > " in command:
+            fake_volume_tar(redirect_target(command, ">"))
+        elif " -xf - < " in command and seen is not None:
+            with tarfile.open(redirect_target(command, "<")) as tar:
+                seen[command.split(" -v ")[1].split(":")[0]] = {
+                    m.name: (m.mode, m.uid, tar.extractfile(m).read()) for m in tar}
+        return DEFAULT
+    c.run.side_effect = effect
+    return c
+
+
+def hub_data_cmd(staging, include_secrets=False):
+    return (f"docker run --rm --network none -v {HUB_DATA}:/data {HUB_IMAGE} python3 -c "
+            + shlex.quote(bk.HUB_DATA_SCRIPT) + (" --include-secrets" if include_secrets else "")
+            + f" > {staging / 'hub-data.tar'}")
+
+
+def volume_cmd(staging):
+    return (f"docker run --rm --network none -v {ALICE_VOLUME}:/v:ro {HUB_IMAGE} "
+            f"tar -C /v --numeric-owner -cf - . > {staging / 'volumes' / 'alice.tar'}")
+
+
+@pytest.fixture
+def staging(tmp_path, monkeypatch):
+    """Pin the staging folder name, so commands can be compared exactly."""
+    made = []
+
+    def mkdtemp(prefix="", dir=None):
+        path = (tmp_path / "staging" if dir is None else Path(dir)) / (prefix + "x")
+        path.mkdir(parents=True)
+        made.append(path)
+        return str(path)
+
+    monkeypatch.setattr(bk.tempfile, "mkdtemp", mkdtemp)
+    return made
+
+
+def make_backup(tmp_path, staging, **flags):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / "b.tar.gz"
+    c = docker_double(context((f"docker volume ls -q --filter name={PROJECT}-home-",
+                               Result(f"{ALICE_VOLUME}\n{PROJECT}-home-carol\n"))), tmp_path)
+    bk.backup(c, output=str(out), **flags)
+    return c, out
+
+
+def members(archive) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+# --- the collection ------------------------------------------------------------------
+
+def test_backup_and_restore_are_tasks():
+    assert {"backup", "restore"} <= set(tasks_py.ns.task_names)
+
+
+# --- settings without secrets ----------------------------------------------------------
+
+def test_blank_secrets_removes_credentials_and_keeps_the_rest():
+    text = ("# Hub database\nDATABASE_URL=postgresql://hub:pw@db/hub\nHUB_PORT=8000\n"
+            "GPUHUB_SMTP_PASSWORD='hunter2'\nexport GPUHUB_API_TOKEN=abc\n"
+            "SECRETS_DIR=/srv/secrets\nEXTRA_CA_CERTS=/etc/ca.pem\nGPUHUB_EMPTY_TOKEN=\n")
+    blanked_text, blanked = bk.blank_secrets(text)
+    assert blanked == ["DATABASE_URL", "GPUHUB_SMTP_PASSWORD", "GPUHUB_API_TOKEN"]
+    for secret in ("pw@db", "hunter2", "abc"):
+        assert secret not in blanked_text
+    assert "DATABASE_URL=\n" in blanked_text
+    assert "HUB_PORT=8000\n" in blanked_text
+    assert "SECRETS_DIR=/srv/secrets\n" in blanked_text
+    assert "EXTRA_CA_CERTS=/etc/ca.pem\n" in blanked_text
+    assert "GPUHUB_EMPTY_TOKEN=\n" in blanked_text
+    assert "# Hub database\n" in blanked_text
+
+
+# --- backup ------------------------------------------------------------------------------
+
+def test_backup_writes_one_archive_with_the_exact_commands(env_file, tmp_path, staging, capsys):
+    path = env_file(DATABASE_URL="", GPUHUB_SMTP_PASSWORD="hunter2")
+    c, out = make_backup(tmp_path, staging, with_work_volumes=True)
+    (stage,) = staging
+    assert commands(c) == [
+        DOCKER_INFO, COMPOSE_VERSION,
+        f"docker volume inspect {HUB_DATA}",
+        f"docker image inspect {HUB_IMAGE}",
+        hub_data_cmd(stage),
+        f"docker volume ls -q --filter name={PROJECT}-home-",
+        f"docker ps -q --filter label=gpuhub.project={PROJECT}",
+        volume_cmd(stage),
+        GIT,
+    ]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert not stage.exists(), "the staging folder must be removed"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["b.tar.gz"]
+    files = members(out)
+    assert list(files) == ["manifest.json", "hub/jupyterhub.sqlite", "profiles.yaml",
+                           "settings.env", "volumes/alice.tar"]
+    assert files["settings.env"].decode() == bk.blank_secrets(path.read_text())[0]
+    assert b"hunter2" not in files["settings.env"]
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["project"] == PROJECT
+    assert manifest["gpuhub_commit"] == "b8bdcc6-dirty"
+    assert manifest["jupyterhub_version"] == "5.4.4"
+    assert manifest["users"] == [{"name": "admin", "admin": True},
+                                 {"name": "alice", "admin": False}]
+    assert manifest["volumes"] == [{"user": "alice", "path": "volumes/alice.tar",
+                                    "volume": "home-alice"}]
+    assert manifest["includes_cookie_secret"] is False
+    assert manifest["blanked_settings"] == ["GPUHUB_SMTP_PASSWORD"]
+    assert [e["path"] for e in manifest["contents"]] == list(files)[1:]
+    assert "cookie secret: not included" in capsys.readouterr().out
+
+
+def test_backup_includes_the_cookie_secret_only_when_asked(env_file, tmp_path, staging):
+    c, out = make_backup(tmp_path, staging, include_secrets=True)
+    (stage,) = staging
+    assert hub_data_cmd(stage, include_secrets=True) in commands(c)
+    assert not [cmd for cmd in commands(c) if "volume ls" in cmd], "no work volumes asked for"
+    files = members(out)
+    assert files["hub/jupyterhub_cookie_secret"] == b"c00k1e-s3cret\n"
+    assert json.loads(files["manifest.json"])["includes_cookie_secret"] is True
+
+
+def test_backup_warns_when_labs_run(env_file, tmp_path, staging, capsys):
+    out = tmp_path / "b.tar.gz"
+    c = docker_double(context(
+        (f"docker ps -q --filter label=gpuhub.project={PROJECT}", Result("abc\n"))), tmp_path)
+    bk.backup(c, output=str(out), with_work_volumes=True)
+    assert "warning: 1 lab(s) are running" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("postgresql://hub:pw@db/hub", "pg_dump"),
+    ("sqlite:////tmp/elsewhere.sqlite", "outside the hub-data volume"),
+])
+def test_backup_refuses_other_databases_before_docker(env_file, tmp_path, url, fragment):
+    env_file(DATABASE_URL=url)
+    c = context()
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(tmp_path / "b.tar.gz"))
+    assert_one_line_error(info, fragment)
+    assert "pw@db" not in info.value.message
+    assert commands(c) == []
+
+
+def test_backup_never_overwrites_an_archive(env_file, tmp_path):
+    out = tmp_path / "b.tar.gz"
+    out.write_text("precious")
+    c = context()
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(out))
+    assert_one_line_error(info, "already exists", "--output")
+    assert commands(c) == [] and out.read_text() == "precious"
+
+
+def test_backup_of_a_project_that_never_ran(env_file, tmp_path):
+    c = context((f"docker volume inspect {HUB_DATA}", Result(exited=1)))
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(tmp_path / "b.tar.gz"))
+    assert_one_line_error(info, f"project '{PROJECT}' has no hub-data volume",
+                          "COMPOSE_PROJECT_NAME")
+    assert commands(c)[-1] == f"docker volume inspect {HUB_DATA}"
+
+
+def test_backup_failure_leaves_no_archive_and_no_staging(env_file, tmp_path, staging):
+    out = tmp_path / "out" / "b.tar.gz"
+    out.parent.mkdir()
+    c = context((re.compile(r".* python3 -c "), Result(
+        stderr="error: the hub-data volume has no jupyterhub.sqlite\n", exited=1)))
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(out))
+    assert info.value.message == ("error: could not copy the hub database: the hub-data "
+                                  "volume has no jupyterhub.sqlite")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_backup_without_the_hub_image(env_file, tmp_path):
+    c = context((f"docker image inspect {HUB_IMAGE}", Result(exited=1)))
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(tmp_path / "b.tar.gz"))
+    assert_one_line_error(info, HUB_IMAGE, "invoke build")
+
+
+# --- restore -----------------------------------------------------------------------------
+
+@pytest.fixture
+def archive(env_file, tmp_path, staging):
+    """A backup of project bktest (admin, alice and alice's work folder)."""
+    _, out = make_backup(tmp_path, staging, with_work_volumes=True)
+    staging.clear()
+    return out
+
+
+@pytest.fixture
+def target(env_file):
+    """Restore into another project, as on a new machine."""
+    env_file(COMPOSE_PROJECT_NAME="newhub")
+
+
+NEW_HUB_DATA = "newhub_hub-data"
+NEW_ALICE = "newhub-home-alice"
+
+
+def fresh_target(*pairs, running=False):
+    return context((f"docker volume inspect {NEW_HUB_DATA}", Result(exited=1)),
+                   (f"docker volume inspect {NEW_ALICE}", Result(exited=1)), *pairs,
+                   running=running)
+
+
+def test_restore_fills_fresh_volumes_of_the_target_project(
+        archive, target, tmp_path, staging, capsys):
+    seen = {}
+    c = docker_double(fresh_target(), tmp_path, seen)
+    bk.restore(c, str(archive))
+    (stage,) = staging
+    hub_tar, alice_tar = stage / "hub-data.tar", stage / "volumes" / "alice.tar"
+    assert commands(c)[2:] == [
+        f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
+        f"--env-file {tmp_path / 'test.env'} ps --status running --quiet hub",
+        f"docker image inspect {HUB_IMAGE}",
+        f"docker volume inspect {NEW_HUB_DATA}",
+        f"docker volume inspect {NEW_ALICE}",
+        "docker volume create --label com.docker.compose.project=newhub "
+        f"--label com.docker.compose.volume=hub-data {NEW_HUB_DATA}",
+        f"docker run --rm -i --network none -v {NEW_HUB_DATA}:/v {HUB_IMAGE} "
+        f"tar -C /v --numeric-owner -xf - < {hub_tar}",
+        f"docker volume create {NEW_ALICE}",
+        f"docker run --rm -i --network none -v {NEW_ALICE}:/v {HUB_IMAGE} "
+        f"tar -C /v --numeric-owner -xf - < {alice_tar}",
+    ]
+    assert not stage.exists()
+    (mode, uid, data), = seen[NEW_HUB_DATA].values()
+    assert list(seen[NEW_HUB_DATA]) == ["jupyterhub.sqlite"]
+    assert (mode, uid) == (0o600, 0)
+    db_copy = tmp_path / "restored.sqlite"
+    db_copy.write_bytes(data)
+    db = sqlite3.connect(db_copy)
+    assert db.execute("SELECT server_id, state FROM spawners").fetchall() == [(None, None)]
+    assert db.execute("SELECT ip FROM servers").fetchall() == [("gpus-service",)]
+    db.close()
+    assert seen[NEW_ALICE]["./x.txt"][1:] == (1000, b"hello from alice\n")
+    out = capsys.readouterr().out
+    assert ("restored 2 user(s) (admin, alice) and 1 work folder(s) from project 'bktest' "
+            "into project 'newhub'; start it with `invoke up`") in out
+    assert "everyone logs in again" in out
+
+
+def test_restore_refuses_a_running_hub(archive, target):
+    c = fresh_target(running=True)
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert_one_line_error(info, "is running", "invoke down")
+    assert not [cmd for cmd in commands(c) if "volume create" in cmd or "docker run" in cmd]
+
+
+def test_restore_refuses_a_project_that_has_a_database(archive, target):
+    has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
+              "test -e /v/jupyterhub.sqlite")
+    c = context((f"docker volume inspect {NEW_HUB_DATA}", Result()), (has_db, Result()))
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert_one_line_error(info, "already has a hub database", "restore never overwrites",
+                          "COMPOSE_PROJECT_NAME", f"docker volume rm {NEW_HUB_DATA}")
+    assert commands(c)[-1] == has_db
+
+
+def test_restore_uses_an_empty_hub_data_volume(archive, target, tmp_path, staging):
+    has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
+              "test -e /v/jupyterhub.sqlite")
+    c = docker_double(fresh_target((f"docker volume inspect {NEW_HUB_DATA}", Result()),
+                                   (has_db, Result(exited=1))), tmp_path)
+    bk.restore(c, str(archive))
+    assert not [cmd for cmd in commands(c) if "volume create --label" in cmd]
+
+
+def test_restore_refuses_an_existing_work_volume(archive, target):
+    c = fresh_target((f"docker volume inspect {NEW_ALICE}", Result()))
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert_one_line_error(info, f"volume {NEW_ALICE} (work folder of alice) already exists")
+    assert not [cmd for cmd in commands(c) if "volume create" in cmd]
+
+
+def test_restore_removes_what_it_made_when_a_step_fails(archive, target, tmp_path):
+    c = docker_double(fresh_target(
+        (re.compile(rf".* -v {NEW_ALICE}:/v .* -xf - < .*"),
+         Result(stderr="tar: write error: No space left on device\n", exited=2))), tmp_path)
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert info.value.message == (
+        f"error: could not fill volume {NEW_ALICE}: tar: write error: No space left on "
+        "device; what this restore had made is removed again")
+    assert commands(c)[-2:] == [f"docker volume rm {NEW_ALICE}",
+                                f"docker volume rm {NEW_HUB_DATA}"]
+
+
+def test_restore_refuses_a_damaged_archive_before_docker(archive, target, tmp_path):
+    damaged = tmp_path / "damaged.tar.gz"
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(damaged, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name == "volumes/alice.tar":
+                data = data.replace(b"hello", b"HELLO")
+            dst.addfile(member, io.BytesIO(data))
+    c = fresh_target()
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(damaged))
+    assert_one_line_error(info, "not a usable gpuhub backup",
+                          "volumes/alice.tar does not match its checksum", "nothing was changed")
+    assert commands(c) == []
+
+
+@pytest.mark.parametrize("content", [b"not a tarball", b""])
+def test_restore_refuses_what_is_not_a_backup(target, tmp_path, content):
+    bogus = tmp_path / "bogus.tar.gz"
+    bogus.write_bytes(content)
+    c = fresh_target()
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(bogus))
+    assert_one_line_error(info, "not a usable gpuhub backup")
+    assert commands(c) == []
+
+
+def test_restore_refuses_members_outside_the_backup_layout(target, tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    manifest = json.dumps({"format": bk.FORMAT, "format_version": 1, "contents": [
+        {"path": "../etc/passwd", "sha256": "0" * 64}]}).encode()
+    with tarfile.open(evil, "w:gz") as tar:
+        for name, data in (("manifest.json", manifest), ("../etc/passwd", b"root::0:0")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(Exit) as info:
+        bk.restore(fresh_target(), str(evil))
+    assert_one_line_error(info, "unexpected member '../etc/passwd'")
+
+
+def test_restore_of_a_missing_file(target, tmp_path):
+    with pytest.raises(Exit) as info:
+        bk.restore(fresh_target(), str(tmp_path / "nope.tar.gz"))
+    assert_one_line_error(info, "no file", "nope.tar.gz")
+
+
+def test_restore_refuses_a_postgresql_target(archive, env_file):
+    env_file(DATABASE_URL="postgresql://hub:pw@db/hub")
+    c = fresh_target()
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert_one_line_error(info, "PostgreSQL", "pg_restore")
+    assert commands(c) == []
+
+
+def test_check_database_refuses_a_damaged_database(tmp_path):
+    path = tmp_path / "db.sqlite"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    with pytest.raises(Exit) as info:
+        bk.check_database(path)
+    assert_one_line_error(info, "the hub database in the backup is damaged")
