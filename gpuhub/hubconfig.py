@@ -21,6 +21,9 @@ from .settings import Settings
 DATA_DIR = Path("/srv/jupyterhub/data")
 PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
 PROXY_TOKEN_FILE = Path("/run/secrets/proxy_auth_token")
+# Where docker-compose.tls.yml mounts TLS_CERT and TLS_KEY in the proxy container.
+PROXY_TLS_CERT = "/run/secrets/tls_cert"
+PROXY_TLS_KEY = "/run/secrets/tls_key"
 LAB_HOME = "/home/jovyan"
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
@@ -70,7 +73,6 @@ def read_proxy_token(path: Path) -> str:
 def update_hub(c, settings: Settings, data_dir: Path,
                proxy_token_file: Path = PROXY_TOKEN_FILE) -> None:
     """Hub process: where state lives, how labs reach the hub, logging."""
-    c.JupyterHub.bind_url = "http://:8000"
     c.JupyterHub.hub_ip = "0.0.0.0"
     c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
     c.JupyterHub.db_url = settings.database_url or f"sqlite:///{data_dir}/jupyterhub.sqlite"
@@ -82,6 +84,22 @@ def update_hub(c, settings: Settings, data_dir: Path,
     c.JupyterHub.log_level = settings.log_level
     # Labs keep running when the hub restarts; the hub reattaches to them from its DB.
     c.JupyterHub.cleanup_servers = False
+
+
+def update_tls(c, settings: Settings) -> None:
+    """The public scheme: https when the proxy serves TLS_CERT, and then Secure cookies."""
+    if not settings.tls_cert:
+        c.JupyterHub.bind_url = "http://:8000"
+        return
+    # JupyterHub rewrites an https bind_url to http unless ssl_cert is set. The proxy, not
+    # the hub, terminates TLS: these are its paths, and the hub never opens them (it does
+    # not start the proxy), but they make bind_url and the URLs it generates https.
+    c.JupyterHub.ssl_cert = PROXY_TLS_CERT
+    c.JupyterHub.ssl_key = PROXY_TLS_KEY
+    c.JupyterHub.bind_url = "https://:8000"
+    # Login, session and _xsrf cookies (JupyterHub copies cookie_options to the _xsrf
+    # cookie) never travel over plain HTTP, whatever the proxy's headers say.
+    c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
 
 
 def update_auth(c, settings: Settings) -> None:
@@ -128,6 +146,8 @@ def update_spawner(c, settings: Settings) -> None:
     c.DockerSpawner.cpu_limit = settings.lab_cpu_limit
     c.DockerSpawner.mem_limit = settings.lab_mem_limit
     c.Spawner.start_timeout = settings.spawn_timeout
+    # A lab that dies is noticed within this many seconds (one cheap inspect per lab).
+    c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
     c.GpuDockerSpawner.project = project
 
@@ -200,6 +220,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     if profiles_yaml:
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
     update_hub(c, settings, data_dir, proxy_token_file)
+    update_tls(c, settings)
     update_auth(c, settings)
     update_spawner(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)

@@ -125,6 +125,19 @@ def _optional_abs_path(raw: str) -> str | None:
     return raw
 
 
+def _optional_port(raw: str) -> int | None:
+    return _port(raw) if raw else None
+
+
+def _optional_file(raw: str) -> str:
+    # Compose resolves a relative path against the repository (its project directory),
+    # and expands no "~": refuse it here rather than have compose make a folder of it.
+    if raw.startswith("~"):
+        raise ValueError("write the full path (~ is not expanded), or one relative to the "
+                         "repository, or leave it empty")
+    return raw
+
+
 def _gpu_devices(raw: str) -> str:
     value = raw.strip()
     if value in ("auto", "none"):
@@ -213,6 +226,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SECRETS_DIR", "./.secrets", _text,
             "Folder for generated secrets (the proxy token), mode 0700; relative to the "
             "repository or absolute.", "Deployment"),
+    Setting("TLS_CERT", "", _optional_file,
+            "PEM certificate (chain) the proxy serves HTTPS with on HUB_PORT; set together "
+            "with TLS_KEY, relative to the repository or absolute; empty: plain HTTP. "
+            "`invoke tls-selfsigned` makes a pair for testing.", "Deployment"),
+    Setting("TLS_KEY", "", _optional_file,
+            "PEM private key of TLS_CERT (keep it mode 0600).", "Deployment"),
+    Setting("HUB_HTTP_REDIRECT_PORT", "", _optional_port,
+            "Host port where plain HTTP is redirected to HTTPS (needs TLS_CERT and TLS_KEY); "
+            "empty: no redirect.", "Deployment"),
     Setting("ADMIN_USERS", "admin", _usernames,
             "Comma-separated admin user names. `invoke up` creates each missing one with a "
             "generated password, printed once.", "Users"),
@@ -310,9 +332,32 @@ def validate(env: Mapping[str, str]) -> Settings:
             values[s.name] = s.parse(raw)
         except ValueError as err:
             problems.append(f"{s.name}={raw!r} in the settings: {err}. ({s.help})")
+    if not problems:  # combinations are checked once every value parses
+        problems = _combination_problems(values, env)
     if problems:
         raise SettingsError(problems)
     return Settings(values)
+
+
+def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Settings that are fine alone but not together."""
+    problems = []
+    raw = {name: (env.get(name) or "").strip() for name in values}
+    if bool(values["TLS_CERT"]) != bool(values["TLS_KEY"]):
+        given, missing = ("TLS_CERT", "TLS_KEY") if values["TLS_CERT"] else ("TLS_KEY", "TLS_CERT")
+        problems.append(f"{given}={raw[given]!r} in the settings but {missing} is empty: "
+                        "set both (the certificate and its private key) for HTTPS, or "
+                        "neither for plain HTTP.")
+    redirect = values["HUB_HTTP_REDIRECT_PORT"]
+    if redirect and not (values["TLS_CERT"] and values["TLS_KEY"]):
+        problems.append(f"HUB_HTTP_REDIRECT_PORT={raw['HUB_HTTP_REDIRECT_PORT']!r} in the "
+                        "settings needs HTTPS (it redirects plain HTTP there): set TLS_CERT "
+                        "and TLS_KEY, or empty HUB_HTTP_REDIRECT_PORT.")
+    elif redirect and redirect == values["HUB_PORT"]:
+        problems.append(f"HUB_HTTP_REDIRECT_PORT={raw['HUB_HTTP_REDIRECT_PORT']!r} in the "
+                        "settings is HUB_PORT too: choose another port for the redirect "
+                        "(e.g. 80 when HUB_PORT is 443), or empty it.")
+    return problems
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ class GpuDockerSpawner(DockerSpawner):
     project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
 
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
+    _configured: dict | None = None  # image and limits before any profile was applied
 
     # Grants of spawns that have not yet produced a labelled container. Shared by all
     # spawners in the hub process; read and written without an await in between, so
@@ -136,12 +137,18 @@ class GpuDockerSpawner(DockerSpawner):
         return await super().create_object()
 
     def apply_profile(self, profile: Profile) -> None:
-        if profile.image:
-            self.image = profile.image
-        if profile.cpu_limit is not None:
-            self.cpu_limit = profile.cpu_limit
-        if profile.mem_limit is not None:
-            self.mem_limit = profile.mem_limit
+        """Set image and limits from the profile, else from the settings.
+
+        The spawner object lives as long as the user: without going back to the
+        configured values, one profile's image or limits would leak into the next start.
+        """
+        if self._configured is None:
+            self._configured = {"image": self.image, "cpu_limit": self.cpu_limit,
+                                "mem_limit": self.mem_limit}
+        base = self._configured
+        self.image = profile.image or base["image"]
+        self.cpu_limit = profile.cpu_limit if profile.cpu_limit is not None else base["cpu_limit"]
+        self.mem_limit = profile.mem_limit if profile.mem_limit is not None else base["mem_limit"]
 
     async def start(self):
         try:

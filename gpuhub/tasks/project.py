@@ -35,11 +35,22 @@ class Project:
 
     def compose(self, args: str) -> str:
         """The ``docker compose`` command line for this project."""
-        parts = ["docker", "compose", "--project-directory", str(self.root),
-                 "-f", str(self.root / "docker-compose.yml")]
+        parts = ["docker", "compose", "--project-directory", str(self.root)]
+        for name in self.compose_files:
+            parts += ["-f", str(self.root / name)]
         if self.env_file.exists():
             parts += ["--env-file", str(self.env_file)]
         return shlex.join(parts) + " " + args
+
+    @property
+    def compose_files(self) -> list[str]:
+        """docker-compose.yml, plus the HTTPS overrides when the settings turn them on."""
+        files = ["docker-compose.yml"]
+        if self.settings.tls_cert:  # validation guarantees TLS_KEY too
+            files.append("docker-compose.tls.yml")
+        if self.settings.hub_http_redirect_port:  # only allowed with TLS
+            files.append("docker-compose.tls-redirect.yml")
+        return files
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for compose: the file's path (for env_file) and validated settings."""

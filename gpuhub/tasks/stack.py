@@ -16,6 +16,8 @@ from invoke import task
 from .. import gpus as gpu_inventory
 from ..profiles import ProfileError, Profiles
 from .project import fail, hub_running, load, port_free, require_docker, require_running
+from .tls import check_files as check_tls_files
+from .tls import files_digest as tls_files_digest
 
 USERCLI = "python3 -m gpuhub.usercli"
 
@@ -96,17 +98,23 @@ def up(c, build=True, timeout=180):
         raise fail(f"SHARED_DATA_DIR={s.shared_data_dir!r} is not a folder on this host; "
                    "create it or empty the setting")
     profiles = load_profiles(project)
+    check_tls_files(project)
     require_docker(c)
     running = hub_running(c, project)
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
                    "set HUB_PORT in .env to a free port")
+    if (not running and s.hub_http_redirect_port
+            and not port_free(s.hub_bind_address, s.hub_http_redirect_port)):
+        raise fail(f"port {s.hub_http_redirect_port} on {s.hub_bind_address} is already in "
+                   "use; set HUB_HTTP_REDIRECT_PORT in .env to a free port, or empty it")
     inventory = detect_gpus(project)
     if build:
         build_images(c, project)
     pull_profile_images(c, project, profiles)
     project.ensure_secret("proxy-token")
-    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory))
+    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
+                      GPUHUB_TLS_DIGEST=tls_files_digest(project))
     _step(f"starting project {project.name}")
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),
                    env=env, warn=True)
@@ -117,7 +125,10 @@ def up(c, build=True, timeout=180):
     create_missing_admins(c, project)
     host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
     gpus = ", ".join(g.device_id for g in inventory) or "none (CPU-only)"
-    print(f"gpuhub is up: http://{host}:{s.hub_port}/  (GPUs: {gpus})")
+    scheme = "https" if s.tls_cert else "http"
+    redirect = (f"; http://{host}:{s.hub_http_redirect_port}/ redirects there"
+                if s.hub_http_redirect_port else "")
+    print(f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  (GPUs: {gpus}{redirect})")
 
 
 def load_profiles(project) -> Profiles:

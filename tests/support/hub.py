@@ -23,10 +23,13 @@ class LoginFailed(AssertionError):
 class HubUser:
     """One user's browser-like session with the hub, and their API token."""
 
-    def __init__(self, base_url: str, name: str):
+    def __init__(self, base_url: str, name: str, verify: bool | str = True):
         self.base = base_url.rstrip("/")
         self.name = name
+        # Over HTTPS with a self-signed pair: the certificate file to trust.
+        self.verify = verify
         self.http = requests.Session()
+        self.http.verify = verify
         self.token: str | None = None
 
     # --- login form ---------------------------------------------------------
@@ -68,7 +71,7 @@ class HubUser:
     def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         headers = {"Authorization": f"token {token or self.token}"}
         return requests.request(method, f"{self.base}/hub/api{path}", headers=headers,
-                                timeout=60, **kw)
+                                timeout=60, verify=self.verify, **kw)
 
     def model(self) -> dict:
         resp = self.api("GET", f"/users/{self.name}")
@@ -96,7 +99,7 @@ class HubUser:
     def lab(self, method: str, path: str, **kw) -> requests.Response:
         return requests.request(method, f"{self.base}/user/{self.name}/api{path}",
                                 headers={"Authorization": f"token {self.token}"},
-                                timeout=60, allow_redirects=False, **kw)
+                                timeout=60, allow_redirects=False, verify=self.verify, **kw)
 
     def run_code(self, code: str, timeout: float = 120) -> str:
         """Execute ``code`` in a new kernel through the lab's API; return its stdout."""
@@ -111,18 +114,40 @@ class HubUser:
             self.lab("DELETE", f"/kernels/{kernel}")
 
 
-def execute(ws_url: str, token: str, code: str, timeout: float) -> str:
-    """Send one execute_request over the kernel's websocket; collect stream output."""
-    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"],
-                                     timeout=timeout)
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+    def start_busy_kernel(self, seconds: int) -> str:
+        """Start a kernel running ``time.sleep(seconds)``; return its id without waiting."""
+        resp = self.lab("POST", "/kernels", json={"name": "python3"})
+        assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
+        kernel = resp.json()["id"]
+        ws = websocket.create_connection(
+            self.base.replace("http", "ws", 1) + f"/user/{self.name}/api/kernels/{kernel}/channels",
+            header=[f"Authorization: token {self.token}"], timeout=30)
+        ws.send(json.dumps(_execute_request(f"import time; time.sleep({seconds})")))
+        ws.close()
+        return kernel
+
+    def kernel_state(self, kernel: str) -> str:
+        resp = self.lab("GET", f"/kernels/{kernel}")
+        return resp.json()["execution_state"] if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+
+def _execute_request(code: str) -> dict:
+    return {
+        "header": {"msg_id": uuid.uuid4().hex, "username": "test", "session": uuid.uuid4().hex,
                    "msg_type": "execute_request", "version": "5.3"},
         "parent_header": {}, "metadata": {}, "channel": "shell",
         "content": {"code": code, "silent": False, "store_history": False,
                     "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-    }))
+    }
+
+
+def execute(ws_url: str, token: str, code: str, timeout: float) -> str:
+    """Send one execute_request over the kernel's websocket; collect stream output."""
+    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"],
+                                     timeout=timeout)
+    request = _execute_request(code)
+    msg_id = request["header"]["msg_id"]
+    ws.send(json.dumps(request))
     out, error = [], None
     try:
         while True:

@@ -238,3 +238,16 @@ def test_cpu_only_container_has_no_device_requests(cpu_lab, monkeypatch):
     assert "DeviceRequests" not in create["host_config"]
     assert create["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert create["labels"][LABEL_GPUS] == ""
+
+
+def test_a_profile_image_or_limit_does_not_leak_into_the_next_start(tmp_path):
+    from gpuhub.profiles import Profile
+
+    spawner = make_spawner(make_config(tmp_path, GPUS, LAB_MEM_LIMIT="4G"))
+    default_image = spawner.image
+    spawner.apply_profile(Profile(slug="big", display_name="Big", image="other/image:1",
+                                  mem_limit="64G", cpu_limit=8.0))
+    assert (spawner.image, spawner.mem_limit, spawner.cpu_limit) == ("other/image:1", 64 * 1024**3, 8.0)
+    spawner.apply_profile(Profile(slug="cpu", display_name="CPU"))
+    assert spawner.image == default_image
+    assert spawner.mem_limit == 4 * 1024**3 and spawner.cpu_limit is None
