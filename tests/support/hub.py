@@ -30,6 +30,10 @@ class HubUser:
         self.verify = verify
         self.http = requests.Session()
         self.http.verify = verify
+        if verify is not True:
+            # requests lets REQUESTS_CA_BUNDLE override Session.verify; the hub is on
+            # 127.0.0.1, so no environment (proxy, CA) settings are wanted anyway.
+            self.http.trust_env = False
         self.token: str | None = None
 
     # --- login form ---------------------------------------------------------
