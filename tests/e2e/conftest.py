@@ -84,6 +84,9 @@ def gpu_mode(e2e_stack, pytestconfig) -> GpuMode:
 def docker_compose_command(e2e_stack, gpu_mode) -> str:
     # pytest-docker runs "<this> -f FILE -p PROJECT SUBCOMMAND" through a shell, so the
     # variables `invoke up` hands compose are given here, without touching os.environ.
+    # The proxy token `invoke up` would create (compose mounts it as a secret).
+    gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)}).ensure_secret(
+        "proxy-token")
     env = {"GPUHUB_ENV_FILE": str(e2e_stack.env_file),
            "GPUHUB_GPU_INVENTORY": gpu_inventory.to_json(list(gpu_mode.inventory))}
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
