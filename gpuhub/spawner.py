@@ -13,6 +13,7 @@ import asyncio
 import datetime
 from typing import ClassVar
 
+import docker
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
@@ -169,7 +170,9 @@ class GpuDockerSpawner(DockerSpawner):
         if self.gpu_ids:
             self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
         try:
-            return await super().start()
+            ip, port = await super().start()
+            await self.wait_until_serving(ip, port)
+            return ip, port
         except Exception:
             # No half-created container: remove it so its GPUs are free for others.
             await self._remove_quietly()
@@ -177,6 +180,36 @@ class GpuDockerSpawner(DockerSpawner):
             raise
         finally:
             type(self)._pending.pop(self.user.name, None)
+
+    async def wait_until_serving(self, ip: str, port: int) -> None:
+        """Return once the lab accepts connections; fail at once, clearly, if it dies.
+
+        JupyterHub alone would wait the whole http_timeout for a lab that exited in its
+        first second (wrong command, too little memory), and then report a generic 500.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline:
+            try:
+                info = await self.docker("inspect_container", self.object_id)
+            except docker.errors.NotFound:
+                info = None
+            state = (info or {}).get("State") or {}
+            if not state.get("Running"):
+                why = "out of memory" if state.get("OOMKilled") else (
+                    f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone")
+                limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
+                raise web.HTTPError(500, f"your lab stopped while starting ({why}){limit}; "
+                                         "try another profile, or ask an admin to check "
+                                         "`invoke logs`")
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
+                writer.close()
+                return
+            except (TimeoutError, OSError):
+                await asyncio.sleep(0.2)
+        raise web.HTTPError(500, f"your lab did not start within {self.start_timeout} s; "
+                                 "try again, or ask an admin to check `invoke logs`")
 
     async def _remove_quietly(self) -> None:
         try:

@@ -123,6 +123,11 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
     monkeypatch.setattr(DockerSpawner, "start", fake_start)
     monkeypatch.setattr(DockerSpawner, "stop", fake_stop)
     monkeypatch.setattr(DockerSpawner, "get_object", container_already_removed)
+
+    async def serving(self, ip, port):
+        return None
+
+    monkeypatch.setattr(GpuDockerSpawner, "wait_until_serving", serving)
     spawner = make_spawner(make_config(tmp_path, GPUS))
     monkeypatch.setattr(spawner, "docker", no_labs_running)
     assert spawner.gpu_ids == []
@@ -251,3 +256,38 @@ def test_a_profile_image_or_limit_does_not_leak_into_the_next_start(tmp_path):
     spawner.apply_profile(Profile(slug="cpu", display_name="CPU"))
     assert spawner.image == default_image
     assert spawner.mem_limit == 4 * 1024**3 and spawner.cpu_limit is None
+
+
+def _inspect_returning(state):
+    async def fake_docker(method, *args, **kwargs):
+        assert method == "inspect_container", method
+        if state is None:
+            raise docker.errors.NotFound("gone")
+        return {"State": state}
+    return fake_docker
+
+
+@pytest.mark.parametrize("state, words", [
+    ({"Running": False, "OOMKilled": True, "ExitCode": 137}, "out of memory"),
+    ({"Running": False, "OOMKilled": False, "ExitCode": 1}, "exit code 1"),
+    (None, "it is gone"),
+])
+def test_a_lab_that_dies_while_starting_fails_at_once_with_the_reason(tmp_path, monkeypatch, state, words):
+    from tornado import web
+
+    spawner = make_spawner(make_config(tmp_path, GPUS))
+    monkeypatch.setattr(spawner, "docker", _inspect_returning(state))
+    with pytest.raises(web.HTTPError) as info:
+        asyncio.run(spawner.wait_until_serving("127.0.0.1", 9))
+    assert words in info.value.log_message and "stopped while starting" in info.value.log_message
+
+
+def test_wait_until_serving_returns_once_the_lab_accepts_connections(tmp_path, monkeypatch):
+    import socket
+
+    spawner = make_spawner(make_config(tmp_path, GPUS))
+    monkeypatch.setattr(spawner, "docker", _inspect_returning({"Running": True}))
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        asyncio.run(spawner.wait_until_serving("127.0.0.1", server.getsockname()[1]))
