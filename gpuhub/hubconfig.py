@@ -104,7 +104,7 @@ def update_tls(c, settings: Settings) -> None:
 
 def update_auth(c, settings: Settings) -> None:
     """NativeAuthenticator: passwords hashed with bcrypt in the hub DB; admins create users."""
-    c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+    c.JupyterHub.authenticator_class = "gpuhub.auth.GpuhubAuthenticator"
     c.NativeAuthenticator.enable_signup = False
     c.NativeAuthenticator.open_signup = False
     # NativeAuthenticator decides who may log in (its is_authorized flag, set by

@@ -141,7 +141,7 @@ def test_admin_users_default_and_override(configure):
 
 def test_native_authenticator_is_set_explicitly(configure):
     c = configure()
-    assert c.JupyterHub.authenticator_class == "nativeauthenticator.NativeAuthenticator"
+    assert c.JupyterHub.authenticator_class == "gpuhub.auth.GpuhubAuthenticator"
     assert c.Authenticator.allow_all is True
     assert c.Authenticator.username_pattern == USERNAME_PATTERN
     assert c.NativeAuthenticator.enable_signup is False

@@ -1,0 +1,91 @@
+"""Load: 20 users log in and press Start at the same moment (4 fake GPUs).
+
+12 ask for a GPU and 8 for the CPU profile: every one must end with a ready lab or the
+clear "GPUs in use" answer, nothing lost, and the hub API must keep answering fast.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import statistics
+import threading
+import time
+
+import requests
+from support.hub import HubUser
+
+SPAWN_TIMEOUT = 180
+GPU_USERS = [f"load{i:02d}" for i in range(12)]
+CPU_USERS = [f"load{i:02d}" for i in range(12, 20)]
+
+
+def _percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def test_twenty_users_start_at_once(stack_factory, measure):
+    stack = stack_factory()
+    stack.up("--no-build")
+    for name in GPU_USERS + CPU_USERS:
+        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    admin = HubUser(stack.url, "admin")
+    admin.login(stack.admin_passwords["admin"])
+    admin.create_token()
+
+    latencies: list[float] = []
+    storm_over = threading.Event()
+
+    def probe_api():
+        while not storm_over.is_set():
+            started = time.monotonic()
+            answer = requests.get(f"{stack.url}/hub/api/users/admin", timeout=10,
+                                  headers={"Authorization": f"token {admin.token}"})
+            latencies.append(time.monotonic() - started)
+            assert answer.status_code == 200
+            time.sleep(0.1)
+
+    def one_user(name):
+        user = HubUser(stack.url, name)
+        user.login(f"{name}-pw-12345")  # the HTML login form, like a browser
+        user.create_token()
+        profile = "gpu1" if name in GPU_USERS else "cpu"
+        started = time.monotonic()
+        answer = user.start({"profile": profile})
+        if answer.status_code == 409:
+            return name, "refused", answer.json()["message"], time.monotonic() - started
+        assert answer.status_code in (201, 202), (name, answer.status_code, answer.text)
+        user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+        assert user.lab("GET", "/status").status_code == 200
+        return name, "ready", profile, time.monotonic() - started
+
+    prober = threading.Thread(target=probe_api, daemon=True)
+    prober.start()
+    storm_started = time.monotonic()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            outcomes = list(pool.map(one_user, GPU_USERS + CPU_USERS))
+    finally:
+        storm_over.set()
+        prober.join(timeout=15)
+    storm = time.monotonic() - storm_started
+
+    ready = [o for o in outcomes if o[1] == "ready"]
+    refused = [o for o in outcomes if o[1] == "refused"]
+    assert len(outcomes) == 20
+    assert sorted(o[0] for o in ready if o[2] == "cpu") == CPU_USERS
+    assert len([o for o in ready if o[2] == "gpu1"]) == 4, outcomes
+    assert len(refused) == 8 and all("in use" in o[2] and "CPU profile" in o[2] for o in refused)
+    labs = stack.docker("ps", "-q", "--filter", f"label=gpuhub.project={stack.project}").stdout.split()
+    assert len(labs) == 12, "exactly the ready labs run: nothing lost, nothing extra"
+
+    spawn_times = [o[3] for o in ready]
+    api_p95, api_max = _percentile(latencies, 0.95), max(latencies)
+    measure("load: 20 users, whole storm", storm)
+    measure("load: spawn p50 (12 ready labs)", statistics.median(spawn_times))
+    measure("load: spawn max", max(spawn_times))
+    measure("load: hub API p95 during storm", api_p95)
+    measure("load: hub API max during storm", api_max)
+    assert len(latencies) >= 10, latencies
+    assert api_max < 1.0, f"hub API p95 {api_p95:.2f} s, max {api_max:.2f} s during the storm"
+    stack.teardown()
