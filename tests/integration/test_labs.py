@@ -45,6 +45,8 @@ def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["CapDrop"] == ["ALL"] and host["PidsLimit"] == 1024
     assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
+    assert not any(m.get("Name", "").endswith("_hub-data") for m in info["Mounts"]), \
+        "labs must not see the hub's state (database, secrets)"
 
 
 def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):

@@ -153,3 +153,18 @@ def test_repeated_failed_logins_lock_the_account(stack):
             HubUser(stack.url, "locky").login("locky-pw-12345")
     finally:
         stack.invoke("deluser", "locky")
+
+
+def test_passwords_never_reach_logs_process_lists_or_docker_inspect(stack, users):
+    secrets = [*users.values(), stack.admin_passwords["admin"]]
+    places = {"compose logs": stack.logs(tail=100000)}
+    for container in stack.compose("ps", "-aq").stdout.split():
+        places[f"docker inspect {container}"] = stack.docker("inspect", container).stdout
+        places[f"ps in {container}"] = stack.docker("exec", container, "sh", "-c",
+                                                     "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+                                                     check=False).stdout
+    places["host ps"] = __import__("subprocess").run(["ps", "auxww"], capture_output=True,
+                                                     text=True).stdout
+    leaks = [(where, secret[:3] + "…") for where, text in places.items()
+             for secret in secrets if secret in text]
+    assert not leaks, f"passwords found in: {leaks}"
