@@ -93,3 +93,8 @@ def from_json(text: str) -> list[Gpu]:
                 for item in items]
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"GPUHUB_GPU_INVENTORY is not a valid inventory ({err}): {text!r}") from None
+
+
+def allow_growth(policy: str, gpu_allow_growth: str) -> bool:
+    """Whether labs get TF_FORCE_GPU_ALLOW_GROWTH=true (GPU_ALLOW_GROWTH; auto: GPUs shared)."""
+    return gpu_allow_growth == "yes" or (gpu_allow_growth == "auto" and policy != "exclusive")

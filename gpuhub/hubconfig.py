@@ -166,8 +166,7 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
     c.GpuDockerSpawner.gpu_policy = settings.gpu_policy
     c.GpuDockerSpawner.gpu_limits = dict(settings.gpu_limits)
     c.GpuDockerSpawner.gpu_pins = pins
-    growth = settings.gpu_allow_growth == "yes" or (
-        settings.gpu_allow_growth == "auto" and settings.gpu_policy != "exclusive")
+    growth = gpu_inventory.allow_growth(settings.gpu_policy, settings.gpu_allow_growth)
     c.GpuDockerSpawner.gpu_env_extra = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if growth else {}
     c.GpuDockerSpawner.profiles_yaml = profiles_yaml
 

@@ -1,0 +1,359 @@
+"""`invoke export-z2jh`: the values pass the z2jh chart's own schema, map each setting
+(default next to override), carry no secrets, and the task never overwrites by accident."""
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from invoke import Exit, MockContext
+
+from gpuhub import z2jh
+from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from gpuhub.profiles import Profiles
+from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION, validate
+from gpuhub.tasks import export
+from gpuhub.tasks import project as project_mod
+
+ROOT = project_mod.ROOT
+CHART_DATA = Path(__file__).resolve().parents[1] / "data" / "z2jh"
+SHIPPED_PROFILES = Profiles.from_file(ROOT / "jupyterhub" / "profiles.yaml")
+DB_PASSWORD = "s3cret-Pa55"
+POSTGRES_URL = f"postgresql://hub:{DB_PASSWORD}@db.example.org:5432/jupyterhub?sslmode=require&password={DB_PASSWORD}"
+
+GPU_PROFILES_YAML = """
+- display_name: Small CPU
+  slug: small
+  cpu_limit: 2
+  mem_limit: 4g
+- display_name: Big GPU
+  slug: big
+  description: Two GPUs, own image.
+  default: true
+  gpus: 2
+  image: registry.example.org/ml/lab:2026.1
+  cpu_limit: 7.5
+  mem_limit: "1073741824"
+"""
+
+
+# --- the chart's schema, applied the way helm applies it ------------------------------
+
+def helm_merge(defaults, values):
+    """Helm's coalescing: maps merge key by key, anything else (lists too) replaces,
+    and null deletes the chart's default."""
+    merged = dict(defaults)
+    for key, value in values.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = helm_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def chart_validator():
+    schema = yaml.safe_load((CHART_DATA / "values.schema.yaml").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+@pytest.fixture(scope="module")
+def chart_defaults():
+    return yaml.safe_load((CHART_DATA / "values.yaml").read_text())
+
+
+@pytest.fixture
+def assert_valid(chart_validator, chart_defaults):
+    def check(values: dict) -> None:
+        merged = helm_merge(chart_defaults, values)
+        errors = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                  for e in chart_validator.iter_errors(merged)]
+        assert not errors, "values rejected by the z2jh chart schema:\n" + "\n".join(errors)
+
+    return check
+
+
+def exported(profiles=SHIPPED_PROFILES, **settings) -> dict:
+    """The values as helm reads them: the rendered text, parsed."""
+    return yaml.safe_load(z2jh.render(validate(settings), profiles))
+
+
+def test_default_export_of_the_shipped_profiles_passes_the_chart_schema(assert_valid):
+    assert_valid(exported())
+
+
+def test_export_with_every_setting_changed_passes_the_chart_schema(assert_valid):
+    values = exported(
+        Profiles.from_yaml(GPU_PROFILES_YAML),
+        TLS_CERT="certs/hub.pem", TLS_KEY="certs/hub.key", HUB_HTTP_REDIRECT_PORT="80",
+        HUB_PORT="443", DATABASE_URL=POSTGRES_URL, IDLE_TIMEOUT="0", LAB_CPU_LIMIT="3.5",
+        LAB_MEM_LIMIT="16g", GPU_POLICY="round-robin", GPU_PINS="alice=0",
+        GPU_LIMITS="*=1", SHARED_DATA_DIR="/srv/data", LOG_LEVEL="debug",
+        ADMIN_USERS="alice,bob", LAB_IMAGE="registry.example.org:5000/team/lab:2026.1")
+    assert_valid(values)
+
+
+def test_the_schema_check_is_not_vacuous(assert_valid):
+    values = exported()
+    values["singleuser"]["storage"]["homeMountPth"] = "/home/jovyan/work"
+    values["cull"]["timeout"] = "3600"
+    with pytest.raises(AssertionError) as info:
+        assert_valid(values)
+    assert "homeMountPth" in str(info.value) and "cull.timeout" in str(info.value)
+
+
+def test_vendored_schema_is_from_the_chart_for_the_default_jupyterhub():
+    chart = z2jh.chart_version(DEFAULT_JUPYTERHUB_VERSION)
+    source = (CHART_DATA / "SOURCE.md").read_text()
+    assert chart and f"Tag: `{chart}`" in source, (
+        f"JupyterHub {DEFAULT_JUPYTERHUB_VERSION} maps to chart {chart}; vendor that tag's "
+        "values.schema.yaml and values.yaml and update SOURCE.md")
+    assert f"`appVersion` {DEFAULT_JUPYTERHUB_VERSION}" in source
+
+
+# --- each setting, default next to override -------------------------------------------
+
+def test_culling_follows_idle_timeout():
+    assert exported()["cull"] == {"enabled": True, "timeout": 3600, "every": 1800}
+    assert exported(IDLE_TIMEOUT="120")["cull"] == {"enabled": True, "timeout": 120, "every": 60}
+    assert exported(IDLE_TIMEOUT="0")["cull"] == {"enabled": False}
+
+
+def test_lab_limits_are_left_to_the_chart_unless_set():
+    default = exported()["singleuser"]
+    assert "cpu" not in default and "memory" not in default
+    limited = exported(LAB_CPU_LIMIT="2.5", LAB_MEM_LIMIT="8g")["singleuser"]
+    assert limited["cpu"] == {"limit": 2.5}
+    assert limited["memory"] == {"limit": "8G"}
+    assert exported(LAB_CPU_LIMIT="4")["singleuser"]["cpu"] == {"limit": 4}
+
+
+def test_lab_image_becomes_name_and_tag():
+    assert exported()["singleuser"]["image"] == {"name": "gpuhub-lab", "tag": "latest"}
+    image = exported(LAB_IMAGE="registry.example.org:5000/team/lab:2026.1")["singleuser"]["image"]
+    assert image == {"name": "registry.example.org:5000/team/lab", "tag": "2026.1"}
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("lab", ("lab", "latest")),
+    ("registry:5000/lab", ("registry:5000/lab", "latest")),
+    ("quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27",
+     ("quay.io/jupyter/tensorflow-notebook", "cuda-2026-04-27")),
+    ("lab@sha256:" + "a" * 64, ("lab@sha256:" + "a" * 64, "")),
+])
+def test_split_image(ref, expected):
+    assert z2jh.split_image(ref) == expected
+
+
+def test_labs_keep_their_work_folder_storage_and_spawn_settings():
+    singleuser = exported(SPAWN_TIMEOUT="600")["singleuser"]
+    assert singleuser["storage"] == {"type": "dynamic", "homeMountPath": "/home/jovyan/work"}
+    assert singleuser["startTimeout"] == 600
+    assert singleuser["defaultUrl"] == "/lab"
+
+
+def test_shipped_profiles_become_the_profile_list():
+    profiles = exported()["singleuser"]["profileList"]
+    assert [(p["slug"], p["display_name"], p.get("default", False)) for p in profiles] == [
+        ("cpu", "CPU only", False), ("gpu1", "1 GPU", True), ("gpu2", "2 GPUs", False)]
+    assert profiles[0]["description"] == SHIPPED_PROFILES.profiles[0].description
+
+
+def test_gpu_profiles_ask_kubernetes_for_nvidia_gpus_and_cpu_profiles_see_none():
+    cpu, gpu1, gpu2 = (p["kubespawner_override"] for p in exported()["singleuser"]["profileList"])
+    assert "extra_resource_limits" not in cpu and "extra_resource_guarantees" not in cpu
+    assert cpu["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void"}
+    assert gpu1["extra_resource_limits"] == {"nvidia.com/gpu": "1"}
+    assert gpu1["extra_resource_guarantees"] == {"nvidia.com/gpu": "1"}
+    assert gpu2["extra_resource_limits"] == gpu2["extra_resource_guarantees"] == {"nvidia.com/gpu": "2"}
+    assert "NVIDIA_VISIBLE_DEVICES" not in gpu1["environment"]  # the device plugin sets it
+
+
+def test_profile_image_and_limits_become_kubespawner_overrides():
+    small, big = (p["kubespawner_override"] for p in
+                  exported(Profiles.from_yaml(GPU_PROFILES_YAML))["singleuser"]["profileList"])
+    assert "image" not in small  # singleuser.image, i.e. LAB_IMAGE
+    assert (small["cpu_limit"], small["mem_limit"]) == (2, "4G")
+    assert big["image"] == "registry.example.org/ml/lab:2026.1"
+    # KubeSpawner refuses a bare number of bytes given as a string.
+    assert (big["cpu_limit"], big["mem_limit"]) == (7.5, 1073741824)
+
+
+@pytest.mark.parametrize("settings, growth", [
+    ({}, False),
+    ({"GPU_POLICY": "shared"}, True),
+    ({"GPU_POLICY": "round-robin"}, True),
+    ({"GPU_POLICY": "shared", "GPU_ALLOW_GROWTH": "no"}, False),
+    ({"GPU_ALLOW_GROWTH": "yes"}, True),
+])
+def test_gpu_profiles_get_tensorflow_memory_growth_as_gpuhub_gives_it(settings, growth):
+    cpu, gpu1, _ = (p["kubespawner_override"] for p in
+                    exported(**settings)["singleuser"]["profileList"])
+    assert ("TF_FORCE_GPU_ALLOW_GROWTH" in gpu1["environment"]) is growth
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in cpu["environment"]
+
+
+def test_gpu_policies_without_kubernetes_equivalent_are_explained():
+    default = z2jh.render(validate({}), SHIPPED_PROFILES)
+    assert "time-slicing" in default and "GPU_PINS" in default
+    assert "This hub uses GPU_POLICY" not in default
+    shared = z2jh.render(validate({"GPU_POLICY": "shared", "GPU_PINS": "alice=0",
+                                   "GPU_LIMITS": "*=1"}), SHIPPED_PROFILES)
+    assert "This hub uses GPU_POLICY=shared" in shared
+    assert "GPU_PINS is set and not exported" in shared
+    assert "GPU_LIMITS is set and not exported" in shared
+
+
+def test_native_authenticator_is_configured_as_gpuhub_configures_it():
+    config = exported()["hub"]["config"]
+    assert config["JupyterHub"]["authenticator_class"] == "native"
+    assert config["JupyterHub"]["admin_access"] is False
+    assert config["Authenticator"] == {"admin_users": ["admin"], "allow_all": True,
+                                       "username_pattern": USERNAME_PATTERN}
+    assert config["NativeAuthenticator"] == {
+        "enable_signup": False, "open_signup": False,
+        "minimum_password_length": MIN_PASSWORD_LENGTH, "check_common_password": True,
+        "allowed_failed_logins": 5, "seconds_before_next_try": 600}
+    changed = exported(ADMIN_USERS="alice,bob", LOGIN_MAX_FAILURES="3",
+                       LOGIN_LOCKOUT_SECONDS="60", LOG_LEVEL="debug")["hub"]["config"]
+    assert changed["Authenticator"]["admin_users"] == ["alice", "bob"]
+    assert changed["NativeAuthenticator"]["allowed_failed_logins"] == 3
+    assert changed["NativeAuthenticator"]["seconds_before_next_try"] == 60
+    assert changed["JupyterHub"]["log_level"] == "DEBUG"
+
+
+def test_https_uses_a_kubernetes_secret_and_no_key_material():
+    assert exported()["proxy"] == {"https": {"enabled": False}}
+    text = z2jh.render(validate({"TLS_CERT": "/etc/ssl/hub.pem", "TLS_KEY": "/etc/ssl/hub.key",
+                                 "COMPOSE_PROJECT_NAME": "lab1"}), SHIPPED_PROFILES)
+    assert yaml.safe_load(text)["proxy"]["https"] == {
+        "enabled": True, "type": "secret",
+        "secret": {"name": "lab1-tls", "key": "tls.key", "crt": "tls.crt"}}
+    assert "kubectl create secret tls lab1-tls --namespace lab1" in text
+    assert "manual" not in yaml.safe_load(text)["proxy"]["https"]
+    assert "/etc/ssl/hub.key" not in text and "PRIVATE KEY" not in text
+
+
+def test_database_url_is_exported_without_its_password():
+    assert exported()["hub"]["db"] == {"type": "sqlite-pvc"}
+    assert exported(DATABASE_URL="sqlite:////data/hub.sqlite")["hub"]["db"] == {"type": "sqlite-pvc"}
+    text = z2jh.render(validate({"DATABASE_URL": POSTGRES_URL}), SHIPPED_PROFILES)
+    assert yaml.safe_load(text)["hub"]["db"] == {
+        "type": "postgres", "url": "postgresql://hub@db.example.org:5432/jupyterhub"}
+    assert DB_PASSWORD not in text
+    assert "password: ..." in text  # where the password goes instead
+
+
+def test_chart_version_matches_jupyterhub_version():
+    text = z2jh.render(validate({}), SHIPPED_PROFILES)
+    assert "--version 4.3.3" in text and "runs JupyterHub 5.4.4" in text
+    unknown = z2jh.render(validate({"JUPYTERHUB_VERSION": "9.9.9"}), SHIPPED_PROFILES)
+    assert "--version CHART_VERSION" in unknown
+    assert "No chart release known to gpuhub runs JupyterHub 9.9.9" in unknown
+
+
+def test_shared_data_dir_is_explained_not_exported():
+    assert "SHARED_DATA_DIR" not in z2jh.render(validate({}), SHIPPED_PROFILES)
+    text = z2jh.render(validate({"SHARED_DATA_DIR": "/srv/data"}), SHIPPED_PROFILES)
+    assert "SHARED_DATA_DIR=/srv/data is not exported" in text
+    assert "/srv/data" not in yaml.safe_dump(yaml.safe_load(text))
+
+
+def test_every_comment_line_fits_and_every_section_is_commented():
+    text = z2jh.render(validate({"TLS_CERT": "a.pem", "TLS_KEY": "a.key",
+                                 "DATABASE_URL": POSTGRES_URL}), SHIPPED_PROFILES)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for section in ("hub", "proxy", "singleuser", "cull"):
+        assert re.search(rf"^# .*\n{section}:$", text, re.MULTILINE), section
+
+
+# --- the task ---------------------------------------------------------------------------
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch):
+    """Point the tasks at a settings file of their own; call it to write settings."""
+    path = tmp_path / "test.env"
+
+    def write(**settings):
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return path
+
+    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
+    write()
+    return write
+
+
+def assert_one_line_error(info, *fragments):
+    message = info.value.message
+    assert message.startswith("error: ") and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_task_writes_the_values_file_without_docker_or_secrets(env_file, tmp_path, capsys):
+    env_file(DATABASE_URL=POSTGRES_URL, TLS_CERT="a.pem", TLS_KEY="secret.key")
+    out = tmp_path / "values.yaml"
+    c = MockContext(run={})
+    export.export_z2jh(c, output=str(out))
+    assert c.run.call_count == 0
+    text = out.read_text()
+    assert yaml.safe_load(text)["hub"]["db"]["type"] == "postgres"
+    assert DB_PASSWORD not in text and "secret.key" not in text
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 & ~umask
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_task_writes_to_the_current_folder_by_default(env_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    export.export_z2jh(MockContext(run={}))
+    assert yaml.safe_load((tmp_path / "z2jh-values.yaml").read_text())["cull"]["enabled"] is True
+
+
+def test_task_never_overwrites_without_force(env_file, tmp_path):
+    out = tmp_path / "values.yaml"
+    out.write_text("mine\n")
+    with pytest.raises(Exit) as info:
+        export.export_z2jh(MockContext(run={}), output=str(out))
+    assert_one_line_error(info, str(out), "already exists", "--force")
+    assert out.read_text() == "mine\n"
+    export.export_z2jh(MockContext(run={}), output=str(out), force=True)
+    assert "profileList" in out.read_text()
+
+
+def test_task_refuses_a_missing_folder(env_file, tmp_path):
+    with pytest.raises(Exit) as info:
+        export.export_z2jh(MockContext(run={}), output=str(tmp_path / "nope" / "values.yaml"))
+    assert_one_line_error(info, "does not exist")
+
+
+def test_task_uses_profiles_file_and_stops_on_a_bad_one(env_file, tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(GPU_PROFILES_YAML)
+    env_file(PROFILES_FILE=str(profiles))
+    out = tmp_path / "values.yaml"
+    export.export_z2jh(MockContext(run={}), output=str(out))
+    assert [p["slug"] for p in yaml.safe_load(out.read_text())["singleuser"]["profileList"]] == [
+        "small", "big"]
+    profiles.write_text("- display_name: X\n  gpu: 1\n")
+    with pytest.raises(Exit) as info:
+        export.export_z2jh(MockContext(run={}), output=str(tmp_path / "other.yaml"), force=True)
+    assert_one_line_error(info, "unknown field", "gpu")
+    assert not (tmp_path / "other.yaml").exists()
+
+
+def test_task_stops_on_invalid_settings_before_writing(env_file, tmp_path):
+    env_file(IDLE_TIMEOUT="soon")
+    out = tmp_path / "values.yaml"
+    with pytest.raises(Exit) as info:
+        export.export_z2jh(MockContext(run={}), output=str(out))
+    assert_one_line_error(info, "IDLE_TIMEOUT='soon'")
+    assert not out.exists()
