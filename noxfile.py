@@ -26,12 +26,12 @@ def tests(session: nox.Session) -> None:
     """Unit tests (no Docker), then integration tests against a real stack.
 
     The disruptive test (it restarts the Docker daemon) runs last, alone, and only where
-    GPUHUB_TEST_RESTART_DOCKER_CMD says how to restart it.
+    GPUHUB_RESTART_DOCKER_CMD says how to restart it.
     """
     _install(session)
     session.run("pytest", "tests/unit", "tests/integration", "-m", "not disruptive",
                 *session.posargs)
-    if os.environ.get("GPUHUB_TEST_RESTART_DOCKER_CMD"):
+    if os.environ.get("GPUHUB_RESTART_DOCKER_CMD"):
         session.run("pytest", "tests/integration", "-m", "disruptive", *session.posargs)
 
 

@@ -1,6 +1,6 @@
 """The Docker daemon restarts under a running hub (disruptive: every container stops).
 
-Runs only where GPUHUB_TEST_RESTART_DOCKER_CMD says how to restart the daemon (CI:
+Runs only where GPUHUB_RESTART_DOCKER_CMD says how to restart the daemon (CI:
 `bash .ci/restart-dockerd`; a systemd host: `systemctl restart docker`), in its own
 pytest run after the others (`-m disruptive`), since it stops every container.
 """
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.disruptive
 
 @pytest.fixture(scope="module")
 def restart_cmd():
-    cmd = os.environ.get("GPUHUB_TEST_RESTART_DOCKER_CMD")
+    cmd = os.environ.get("GPUHUB_RESTART_DOCKER_CMD")
     if not cmd:
-        pytest.fail("set GPUHUB_TEST_RESTART_DOCKER_CMD (how to restart dockerd) to run the "
+        pytest.fail("set GPUHUB_RESTART_DOCKER_CMD (how to restart dockerd) to run the "
                     "disruptive tests, or deselect them with -m 'not disruptive'")
     return shlex.split(cmd)
 
