@@ -1,6 +1,7 @@
 """Users through the real tasks: created, listed, changed, deleted; bad input refused."""
 
 import socket
+import time
 
 import pytest
 from support.hub import HubUser, LoginFailed
@@ -168,3 +169,18 @@ def test_passwords_never_reach_logs_process_lists_or_docker_inspect(stack, users
     leaks = [(where, secret[:3] + "…") for where, text in places.items()
              for secret in secrets if secret in text]
     assert not leaks, f"passwords found in: {leaks}"
+
+
+def test_the_lockout_lasts_as_configured_and_then_ends(stack_factory):
+    short = stack_factory(LOGIN_MAX_FAILURES="2", LOGIN_LOCKOUT_SECONDS="3")
+    short.up("--no-build")
+    short.invoke("adduser", "lena", "--password-stdin", stdin="lena-pw-12345\n")
+    for _ in range(2):
+        with pytest.raises(LoginFailed):
+            HubUser(short.url, "lena").login("wrong-password")
+    locked_at = time.monotonic()
+    with pytest.raises(LoginFailed):
+        HubUser(short.url, "lena").login("lena-pw-12345")
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - locked_at)))  # the lockout itself is the subject
+    HubUser(short.url, "lena").login("lena-pw-12345")
+    short.teardown()
