@@ -157,9 +157,7 @@ def _close(browser: HubBrowser) -> None:
     browser.driver.quit()
 
 
-@pytest.fixture
-def browser(hub, tmp_path_factory):
-    """Open a fresh browser (own profile, no cookies) labelled e.g. by the user in it."""
+def _browsers(hub, tmp_path_factory):
     opened: list[HubBrowser] = []
 
     def make(label: str) -> HubBrowser:
@@ -169,20 +167,18 @@ def browser(hub, tmp_path_factory):
     yield make
     for b in opened:
         _close(b)
+
+
+@pytest.fixture
+def browser(hub, tmp_path_factory):
+    """Open a fresh browser (own profile, no cookies) labelled e.g. by the user in it."""
+    yield from _browsers(hub, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def module_browser(hub, tmp_path_factory):
     """Like ``browser``, but kept for a whole module (one user's long-lived session)."""
-    opened: list[HubBrowser] = []
-
-    def make(label: str) -> HubBrowser:
-        opened.append(_open(hub, tmp_path_factory, label))
-        return opened[-1]
-
-    yield make
-    for b in opened:
-        _close(b)
+    yield from _browsers(hub, tmp_path_factory)
 
 
 # --- artifacts on failure ------------------------------------------------------------

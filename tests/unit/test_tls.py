@@ -28,20 +28,6 @@ KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
 @pytest.fixture
-def env_file(tmp_path, monkeypatch):
-    """Point the tasks at a settings file of their own; call it to write settings."""
-    path = tmp_path / "test.env"
-
-    def write(**settings):
-        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        return path
-
-    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
-    write()
-    return write
-
-
-@pytest.fixture
 def pair(tmp_path):
     """A certificate and key that look like PEM (contents are never parsed here)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

@@ -276,20 +276,6 @@ def test_every_comment_line_fits_and_every_section_is_commented():
 
 # --- the task ---------------------------------------------------------------------------
 
-@pytest.fixture
-def env_file(tmp_path, monkeypatch):
-    """Point the tasks at a settings file of their own; call it to write settings."""
-    path = tmp_path / "test.env"
-
-    def write(**settings):
-        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        return path
-
-    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
-    write()
-    return write
-
-
 def assert_one_line_error(info, *fragments):
     message = info.value.message
     assert message.startswith("error: ") and "\n" not in message, message

@@ -1,0 +1,26 @@
+"""Fixtures shared by the unit tests of the tasks."""
+
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch):
+    """Point the tasks at a settings file of their own; call it to write settings."""
+    path = tmp_path / "test.env"
+
+    def write(**settings):
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return path
+
+    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
+    write()
+    return write
+
+
+@pytest.fixture
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
