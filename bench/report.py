@@ -131,8 +131,9 @@ def plot(results: dict, path: Path) -> None:
                    label="floor p50 (docker run)")
     limit = results.get("cpu_bound_limit") or []
     if limit:
-        ax.plot([x["n"] for x in limit], [x["seconds"] for x in limit], color="tab:red",
-                linestyle="-.", alpha=0.6, label="CPU-bound limit")
+        ax.plot([x["n"] for x in limit], [x["seconds"] for x in limit], "x-.", color="tab:red",
+                alpha=0.6, label="CPU-bound limit (N x CPU-s / cores)")
+    ax.set_xticks(sorted({r["n"] for hub in results["hubs"].values() for r in hub["rounds"]}))
     ax.set_xlabel("labs started at once (N)")
     ax.set_ylabel("seconds until the lab answers /api")
     ax.set_title(f"Spawn latency, {results['machine']['cores']} cores")

@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
 import requests
 from support.stack import free_port
 from support.wait import wait_until
@@ -58,7 +59,12 @@ class StockHub:
         mine = f"{self.project}-"
         for container in client.containers.list(all=True, filters={"name": self.project}):
             if container.name.startswith(mine):
-                container.remove(force=True)
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError as exc:
+                    # Labs remove themselves on stop: gone, or being removed, is fine.
+                    if exc.status_code not in (404, 409):
+                        raise
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
         for volume in client.volumes.list(filters={"name": self.project}):
             if volume.name.startswith(mine):
