@@ -150,6 +150,7 @@ def update_spawner(c, settings: Settings) -> None:
     c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
     c.GpuDockerSpawner.project = project
+    c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
 
 
 def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import docker
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, List, Unicode, default
+from traitlets import Dict, Integer, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
 from .labels import GPUS as LABEL_GPUS
@@ -41,6 +42,11 @@ class GpuDockerSpawner(DockerSpawner):
     profiles_yaml = Unicode(help="The text of profiles.yaml (validated at hub start).").tag(config=True)
     project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
 
+    docker_threads = Integer(
+        8, help="Threads for Docker API calls. DockerSpawner uses one for every user, so "
+                "ten users pressing Start queue behind each other's calls.",
+    ).tag(config=True)
+
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
     _configured: dict | None = None  # image and limits before any profile was applied
 
@@ -49,6 +55,14 @@ class GpuDockerSpawner(DockerSpawner):
     # concurrent spawns cannot both take the same GPU.
     _pending: ClassVar[dict[str, list[str]]] = {}
     _allocator: ClassVar[GpuAllocator | None] = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        cls = type(self)
+        if cls._executor is None:
+            cls._executor = ThreadPoolExecutor(self.docker_threads,
+                                               thread_name_prefix="gpuhub-docker")
+        return cls._executor
 
     @property
     def allocator(self) -> GpuAllocator:
@@ -189,27 +203,36 @@ class GpuDockerSpawner(DockerSpawner):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
+        next_inspect = loop.time()
         while loop.time() < deadline:
-            try:
-                info = await self.docker("inspect_container", self.object_id)
-            except docker.errors.NotFound:
-                info = None
-            state = (info or {}).get("State") or {}
-            if not state.get("Running"):
-                why = "out of memory" if state.get("OOMKilled") else (
-                    f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone")
-                limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
-                raise web.HTTPError(500, f"your lab stopped while starting ({why}){limit}; "
-                                         "try another profile, or ask an admin to check "
-                                         "`invoke logs`")
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
                 writer.close()
                 return
             except (TimeoutError, OSError):
-                await asyncio.sleep(0.2)
+                pass
+            # Connecting is cheap and local; a Docker inspect once a second is enough to
+            # notice a lab that died (inspects share the Docker thread pool with spawns).
+            if loop.time() >= next_inspect:
+                next_inspect = loop.time() + 1
+                await self._fail_if_dead()
+            await asyncio.sleep(0.1)
         raise web.HTTPError(500, f"your lab did not start within {self.start_timeout} s; "
                                  "try again, or ask an admin to check `invoke logs`")
+
+    async def _fail_if_dead(self) -> None:
+        try:
+            info = await self.docker("inspect_container", self.object_id)
+        except docker.errors.NotFound:
+            info = None
+        state = (info or {}).get("State") or {}
+        if state.get("Running"):
+            return
+        why = "out of memory" if state.get("OOMKilled") else (
+            f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone")
+        limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
+        raise web.HTTPError(500, f"your lab stopped while starting ({why}){limit}; try another "
+                                 "profile, or ask an admin to check `invoke logs`")
 
     async def _remove_quietly(self) -> None:
         try:

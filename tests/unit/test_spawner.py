@@ -291,3 +291,13 @@ def test_wait_until_serving_returns_once_the_lab_accepts_connections(tmp_path, m
         server.bind(("127.0.0.1", 0))
         server.listen()
         asyncio.run(spawner.wait_until_serving("127.0.0.1", server.getsockname()[1]))
+
+
+def test_docker_calls_run_on_a_pool_sized_by_the_setting(tmp_path):
+    GpuDockerSpawner._executor = None
+    spawner = make_spawner(make_config(tmp_path, GPUS, DOCKER_API_THREADS="5"))
+    try:
+        assert spawner.executor._max_workers == 5
+        assert spawner.executor is make_spawner(make_config(tmp_path, GPUS)).executor
+    finally:
+        GpuDockerSpawner._executor = None
