@@ -93,6 +93,12 @@ def markdown(results: dict) -> str:
              "until the lab answers `/api` with 200 (through the proxy for the hubs). The floor "
              "ratios divide by the floor's p50. Hub API: `GET /hub/api/users/<name>` every 100 ms "
              "during the storm. Hub peak: highest sampled working set of the hub container.", ""]
+    others = results.get("other_containers") or {}
+    busy = sorted(set(others.get("at_start", [])) | set(others.get("at_end", [])))
+    if busy:
+        lines += [f"**Not a quiet machine**: {len(busy)} other container(s) ran during this "
+                  f"benchmark ({', '.join(busy[:8])}{', ...' if len(busy) > 8 else ''}); "
+                  "treat the numbers as noisy.", ""]
     limit = results.get("cpu_bound_limit") or []
     if limit:
         cpu = results["lab_cpu_seconds_at_ready"]

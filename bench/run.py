@@ -101,11 +101,17 @@ class Bench:
         self.timings: dict[str, float] = {}
         self.floor: list = []
         self.rounds: dict[str, list[Round]] = {}
+        self.others_at_start = self.others_running()
         self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
         self.lab_image = self.stack.settings["LAB_IMAGE"]
         self.hub_image = self.stack.settings["HUB_IMAGE"]
 
     # --- steps -------------------------------------------------------------------
+    def others_running(self) -> list[str]:
+        """Containers on this engine that are not this run's: they compete for the CPU."""
+        return sorted(c.name for c in self.client.containers.list()
+                      if not c.name.startswith(self.prefix))
+
     def ensure_images(self) -> None:
         missing = [i for i in (self.hub_image, self.lab_image)
                    if subprocess.run(["docker", "image", "inspect", i],
@@ -220,6 +226,9 @@ class Bench:
                        "hub_image": self.hub_image, "gpuhub_profile": "cpu",
                        "spawn_timeout_s": SPAWN_TIMEOUT},
             "machine": m,
+            # Anything else running on the engine competed for the same cores.
+            "other_containers": {"at_start": self.others_at_start,
+                                 "at_end": self.others_running()},
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "floor": {**report.summary([f.seconds for f in self.floor]),
                       "seconds": [round(f.seconds, 3) for f in self.floor]},
@@ -258,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     errors += [f"{hub} N={r.n}: {e}" for hub, rounds in bench.rounds.items()
                for r in rounds for e in r.errors]
     bench.timings["benchmark wall time"] = time.monotonic() - wall
-    out = ROOT / "artifacts" / "bench" / bench.started.strftime("%Y%m%dT%H%M%SZ")
+    # The run id keeps two runs started in the same second apart.
+    out = ROOT / "artifacts" / "bench" / f"{bench.started:%Y%m%dT%H%M%SZ}-{bench.run_id}"
     results = bench.results(errors)
     print()
     print(report.write(results, out))

@@ -59,13 +59,29 @@ class StockHub:
         mine = f"{self.project}-"
         for container in client.containers.list(all=True, filters={"name": self.project}):
             if container.name.startswith(mine):
-                try:
-                    container.remove(force=True)
-                except docker.errors.APIError as exc:
-                    # Labs remove themselves on stop: gone, or being removed, is fine.
-                    if exc.status_code not in (404, 409):
-                        raise
+                # Labs remove themselves on stop: gone, or being removed, is fine, but
+                # wait until it is gone so the network and the volumes can go too.
+                remove_container(client, container.id)
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
         for volume in client.volumes.list(filters={"name": self.project}):
             if volume.name.startswith(mine):
-                volume.remove(force=True)
+                wait_until(lambda v=volume: _removed(v.remove, force=True), timeout=30,
+                           interval=0.5, what=f"volume {volume.name} to be removed")
+
+
+def remove_container(client, container_id: str) -> None:
+    """Remove a container; while Docker is already removing it, wait until it is gone."""
+    wait_until(lambda: _removed(client.api.remove_container, container_id, force=True),
+               timeout=60, interval=0.5, what=f"container {container_id[:12]} to be removed")
+
+
+def _removed(remove, *args, **kwargs) -> bool:
+    try:
+        remove(*args, **kwargs)
+    except docker.errors.NotFound:
+        return True
+    except docker.errors.APIError as err:
+        if err.status_code == 409:  # in use, or its removal already in progress: retry
+            return False
+        raise
+    return True
