@@ -17,7 +17,7 @@ def _install(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Static checks (ruff) over the package, tasks and tests."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests",
+    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "bench",
                 "jupyterhub/jupyterhub_config.py", *session.posargs)
 
 
