@@ -9,9 +9,16 @@ comparison moves to a worker thread.
 from __future__ import annotations
 
 import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
+
+
+# At most one hash per two cores at a time: a login storm then queues its hashes instead
+# of taking every core from the event loop that serves the API and the pages.
+_HASHING = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="bcrypt")
 
 
 class GpuhubAuthenticator(NativeAuthenticator):
@@ -27,7 +34,7 @@ class GpuhubAuthenticator(NativeAuthenticator):
             return None
         stored = user.password  # read on the loop: the DB session is not thread-safe
         valid = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: bcrypt.checkpw(password.encode(), stored))
+            _HASHING, lambda: bcrypt.checkpw(password.encode(), stored))
         validations = [user.is_authorized, valid]
         if user.has_2fa:
             validations.append(user.is_valid_token(data.get("2fa")))
