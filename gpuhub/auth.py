@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import bcrypt
 from nativeauthenticator import NativeAuthenticator
 
-
 # At most one hash per two cores at a time: a login storm then queues its hashes instead
 # of taking every core from the event loop that serves the API and the pages.
 _HASHING = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="bcrypt")
