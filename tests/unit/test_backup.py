@@ -16,14 +16,13 @@ from unittest.mock import DEFAULT
 
 import pytest
 from invoke import Exit, MockContext, Result
+from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
 
 import tasks as tasks_py
 from gpuhub.tasks import backup as bk
 from gpuhub.tasks import project as project_mod
 
 ROOT = project_mod.ROOT
-DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
-COMPOSE_VERSION = "docker compose version --short"
 PROJECT = "bktest"
 HUB_IMAGE = "gpuhub-hub:test"
 HUB_DATA = f"{PROJECT}_hub-data"
@@ -47,18 +46,11 @@ def env_file(tmp_path, monkeypatch):
 
 
 def context(*pairs, running=False) -> MockContext:
-    """Docker answers; the hub is down unless told; ``(command or regex, Result)`` pairs win."""
-    results = dict(pairs)
-    results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
-    results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
-    results.setdefault(GIT, Result("b8bdcc6-dirty\n"))
-    results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
-    results[re.compile(".*", re.DOTALL)] = Result()
-    return MockContext(run=results, repeat=True)
+    """Docker answers; the hub is down unless told (see support.mock_docker)."""
+    return docker_context(*pairs, running=running, **{GIT: Result("b8bdcc6-dirty\n")})
 
 
-def commands(c) -> list[str]:
-    return [call.args[0] for call in c.run.call_args_list]
+
 
 
 def assert_one_line_error(info, *fragments):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from invoke import Exit, MockContext, Result
+from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
 
 import tasks as tasks_py
 from gpuhub.gpus import Gpu
@@ -17,8 +18,6 @@ from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import stack, users
 
 ROOT = project_mod.ROOT
-DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
-COMPOSE_VERSION = "docker compose version --short"
 USERCLI = "python3 -m gpuhub.usercli"
 
 
@@ -41,20 +40,11 @@ def compose(env_path, args: str) -> str:
 
 
 def context(*pairs, running=True) -> MockContext:
-    """Docker answers, the hub runs unless told; ``(command or regex, Result)`` pairs win.
-
-    Any other command succeeds silently; tests assert the exact list of commands run.
-    """
-    results = dict(pairs)
-    results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
-    results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
-    results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
-    results[re.compile(".*", re.DOTALL)] = Result()
-    return MockContext(run=results, repeat=True)
+    """Docker answers, the hub runs unless told (see support.mock_docker)."""
+    return docker_context(*pairs, running=running)
 
 
-def commands(c) -> list[str]:
-    return [call.args[0] for call in c.run.call_args_list]
+
 
 
 def call_for(c, command: str):

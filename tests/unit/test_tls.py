@@ -12,6 +12,7 @@ import yaml
 from invoke import Config as InvokeConfig
 from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
+from support.mock_docker import commands, docker_context
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu
@@ -21,8 +22,6 @@ from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import stack, tls
 
 ROOT = project_mod.ROOT
-DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
-COMPOSE_VERSION = "docker compose version --short"
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
@@ -55,14 +54,10 @@ def compose_prefix(env_path, *files: str) -> str:
 
 
 def context(running=False) -> MockContext:
-    return MockContext(run={
-        DOCKER_INFO: Result("27.3.1\n"), COMPOSE_VERSION: Result("2.29.7\n"),
-        re.compile(r".* ps --status running --quiet hub$"): Result("f00d\n" if running else ""),
-        re.compile(".*", re.DOTALL): Result()}, repeat=True)
+    return docker_context(running=running)
 
 
-def commands(c) -> list[str]:
-    return [call.args[0] for call in c.run.call_args_list]
+
 
 
 # --- settings: both or neither; the redirect needs TLS ------------------------------------

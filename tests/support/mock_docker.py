@@ -1,0 +1,29 @@
+"""A MockContext that answers like a Docker host, for the task unit tests."""
+
+from __future__ import annotations
+
+import re
+
+from invoke import MockContext, Result
+
+DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
+COMPOSE_VERSION = "docker compose version --short"
+
+
+def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:
+    """Docker answers and the hub runs if ``running``; ``(command or regex, Result)`` pairs
+    and ``defaults`` (command -> Result) win. Any other command succeeds silently, so tests
+    assert the exact list of commands run."""
+    results = dict(pairs)
+    results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
+    results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
+    for command, result in defaults.items():
+        results.setdefault(command, result)
+    results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
+    results[re.compile(".*", re.DOTALL)] = Result()
+    return MockContext(run=results, repeat=True)
+
+
+def commands(c) -> list[str]:
+    """The command lines ``c.run`` was called with, in order."""
+    return [call.args[0] for call in c.run.call_args_list]
