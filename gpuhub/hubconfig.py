@@ -17,6 +17,7 @@ from . import gpus as gpu_inventory
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 from .profiles import Profiles
 from .settings import Settings
+from .swarm import image_ref
 
 DATA_DIR = Path("/srv/jupyterhub/data")
 PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
@@ -153,6 +154,23 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
 
 
+def update_swarm(c, settings: Settings) -> None:
+    """Swarm mode: labs as Swarm services anywhere in the Swarm, homes on SWARM_HOMES."""
+    if settings.mode != "swarm":
+        return
+    c.JupyterHub.spawner_class = "gpuhub.swarmspawner.GpuSwarmSpawner"
+    # Every node pulls the lab image from REGISTRY (the hub image comes from there too).
+    c.DockerSpawner.image = image_ref(settings, settings.lab_image)
+    # A folder on the shared filesystem, the same path on every node, instead of a
+    # per-node Docker volume: the user's files follow the lab to whichever node runs it.
+    volumes: dict = {f"{settings.swarm_homes}/{{username}}": f"{LAB_HOME}/work"}
+    if settings.shared_data_dir:
+        volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+    c.DockerSpawner.volumes = volumes
+    c.GpuSwarmSpawner.gpu_resource = settings.swarm_gpu_resource
+    c.GpuSwarmSpawner.pids_limit = settings.lab_pids_limit
+
+
 def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:
     """Inventory, policy, limits, pins and profiles for the GPU allocator."""
     by_key = {g.index: g.device_id for g in gpus} | {g.uuid: g.device_id for g in gpus if g.uuid}
@@ -223,5 +241,6 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_tls(c, settings)
     update_auth(c, settings)
     update_spawner(c, settings)
+    update_swarm(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)
     update_services(c, settings, data_dir, gpu_inventory.to_json(gpus))

@@ -1,7 +1,8 @@
 """Spawn profiles from ``profiles.yaml``, in the shape of zero-to-jupyterhub's profileList.
 
 Each profile: ``display_name`` (required), ``slug``, ``description``, ``default``,
-``image``, ``gpus``, ``cpu_limit``, ``mem_limit``. The list becomes the spawn form, and
+``image``, ``gpus``, ``cpu_limit``, ``mem_limit``, and in swarm mode ``placement``
+(Swarm constraints such as ``node.labels.gpu == a100``). The list becomes the spawn form, and
 :meth:`Profiles.resolve` is the server-side check of what a user submitted: only a known
 profile slug is accepted, so a hand-crafted POST cannot pick another image or more GPUs
 or memory than a profile allows.
@@ -18,7 +19,9 @@ from pathlib import Path
 import yaml
 
 FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "cpu_limit",
-          "mem_limit"}
+          "mem_limit", "placement"}
+# Swarm placement constraints, e.g. node.labels.gpu == a100 (ignored in compose mode).
+_CONSTRAINT_RE = re.compile(r"^node\.[A-Za-z0-9_.-]+\s*(==|!=)\s*\S+$")
 _MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?$", re.IGNORECASE)
 
 
@@ -40,6 +43,7 @@ class Profile:
     gpus: int = 0
     cpu_limit: float | None = None
     mem_limit: str | None = None
+    placement: tuple[str, ...] = ()
 
 
 def _slugify(name: str) -> str:
@@ -78,11 +82,17 @@ def _profile(item, where: str) -> Profile:
     image = item.get("image")
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise ProfileError(f"{where}: image must be an image name, got {image!r}")
+    placement = item.get("placement") or []
+    if not isinstance(placement, list) or not all(
+            isinstance(x, str) and _CONSTRAINT_RE.fullmatch(x.strip()) for x in placement):
+        raise ProfileError(f"{where}: placement must be a list of Swarm constraints such as "
+                           f"'node.labels.gpu == a100', got {placement!r}")
     return Profile(slug=str(slug), display_name=name.strip(),
                    description=str(item.get("description") or ""),
                    default=default, image=image, gpus=gpus,
                    cpu_limit=float(cpu) if cpu is not None else None,
-                   mem_limit=str(mem).upper() if mem is not None else None)
+                   mem_limit=str(mem).upper() if mem is not None else None,
+                   placement=tuple(x.strip() for x in placement))
 
 
 class Profiles:

@@ -199,6 +199,34 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _mode(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("compose", "swarm"):
+        raise ValueError("must be compose (one Docker host) or swarm (a Docker Swarm of "
+                         "GPU nodes)")
+    return value
+
+
+def _registry(raw: str) -> str:
+    if raw and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*", raw):
+        raise ValueError("must be a registry host[:port][/path] such as "
+                         "registry.example.org:5000/gpuhub, without a scheme or an image name")
+    return raw
+
+
+def _resource_kind(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", raw):
+        raise ValueError("must be a Swarm generic resource name such as NVIDIA-GPU "
+                         "(letters, digits, '-' and '_')")
+    return raw
+
+
+def _abs_path(raw: str) -> str:
+    if not raw.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return raw
+
+
 def _log_level(raw: str) -> str:
     value = raw.upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -223,6 +251,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Port on the host where JupyterHub is published.", "Deployment"),
     Setting("HUB_BIND_ADDRESS", "0.0.0.0", _ip,
             "Host address the port is published on (127.0.0.1 keeps it local).", "Deployment"),
+    Setting("MODE", "compose", _mode,
+            "compose: the hub and labs on this Docker host. swarm: the hub as a Swarm "
+            "service on a manager and labs spread over the Swarm's nodes (needs REGISTRY "
+            "and SWARM_HOMES).", "Deployment"),
+    Setting("DOCKER_SOCKET", "/var/run/docker.sock", _abs_path,
+            "The Docker engine's socket on the host, mounted into the hub (in swarm mode: "
+            "the socket of the manager that runs the hub).", "Deployment"),
     Setting("SECRETS_DIR", "./.secrets", _text,
             "Folder for generated secrets (the proxy token), mode 0700; relative to the "
             "repository or absolute.", "Deployment"),
@@ -248,6 +283,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Tag of the hub image that `invoke build` makes.", "Images"),
     Setting("LAB_IMAGE", "gpuhub-lab:latest", _text,
             "Tag of the lab image that `invoke build` makes and labs run.", "Images"),
+    Setting("REGISTRY", "", _registry,
+            "Registry (host[:port][/path]) every Swarm node pulls the images from; "
+            "`invoke build --push` pushes them there. Required in swarm mode.", "Images"),
     Setting("EXTRA_CA_CERTS", "", _optional_abs_path,
             "PEM bundle trusted during image builds (TLS-intercepting proxies); "
             "never stored in an image.", "Images"),
@@ -292,6 +330,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPU_ALLOW_GROWTH", "auto", _yes_no_auto,
             "Set TF_FORCE_GPU_ALLOW_GROWTH=true in labs (auto: yes for shared and "
             "round-robin).", "GPUs"),
+    Setting("SWARM_HOMES", "", _optional_abs_path,
+            "Swarm mode: a shared folder (NFS by default, see README) mounted at this same "
+            "path on every node; each user's work folder is <path>/<user>.", "Swarm"),
+    Setting("SWARM_GPU_RESOURCE", "NVIDIA-GPU", _resource_kind,
+            "Swarm mode: the generic resource name the nodes advertise their GPUs under "
+            "(node-generic-resources in daemon.json).", "Swarm"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -360,6 +404,40 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
         problems.append(f"HUB_HTTP_REDIRECT_PORT={raw['HUB_HTTP_REDIRECT_PORT']!r} in the "
                         "settings is HUB_PORT too: choose another port for the redirect "
                         "(e.g. 80 when HUB_PORT is 443), or empty it.")
+    problems += _swarm_problems(values, raw)
+    return problems
+
+
+def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    """What swarm mode needs, and the single-host features it cannot offer."""
+    if values["MODE"] != "swarm":
+        return []
+    problems = []
+    if not values["REGISTRY"]:
+        problems.append("MODE='swarm' in the settings needs REGISTRY: every node pulls the "
+                        "images from it (e.g. REGISTRY=registry.example.org:5000); "
+                        "`invoke build --push` puts them there.")
+    if not values["SWARM_HOMES"]:
+        problems.append("MODE='swarm' in the settings needs SWARM_HOMES: a folder shared by "
+                        "every node (an NFS mount at the same path), so a user's files "
+                        "follow their lab to any node.")
+    # Swarm itself hands out GPUs (generic resources): exclusive, no pins.
+    if values["GPU_POLICY"] != "exclusive":
+        problems.append(f"GPU_POLICY={raw['GPU_POLICY']!r} in the settings: swarm mode hands "
+                        "each GPU to one lab at a time (Swarm generic resources); use "
+                        "GPU_POLICY=exclusive or MODE=compose.")
+    if values["GPU_PINS"]:
+        problems.append(f"GPU_PINS={raw['GPU_PINS']!r} in the settings: Swarm chooses the GPU, "
+                        "so pins are not possible in swarm mode; use a profile placement "
+                        "constraint (node labels) instead, or empty GPU_PINS.")
+    if values["TLS_CERT"]:
+        problems.append(f"TLS_CERT={raw['TLS_CERT']!r} in the settings: HTTPS is not built in "
+                        "for swarm mode yet; terminate TLS in front of HUB_PORT, or use "
+                        "MODE=compose.")
+    if values["HUB_BIND_ADDRESS"] != "0.0.0.0":
+        problems.append(f"HUB_BIND_ADDRESS={raw['HUB_BIND_ADDRESS']!r} in the settings: a Swarm "
+                        "service publishes HUB_PORT on every address of the hub's node; "
+                        "firewall the port instead, or use MODE=compose.")
     return problems
 
 

@@ -165,7 +165,8 @@ class GpuDockerSpawner(DockerSpawner):
         self.cpu_limit = profile.cpu_limit if profile.cpu_limit is not None else base["cpu_limit"]
         self.mem_limit = profile.mem_limit if profile.mem_limit is not None else base["mem_limit"]
 
-    async def start(self):
+    def resolve_profile(self) -> Profile:
+        """The profile this start uses (400 for a tampered choice), applied to the spawner."""
         try:
             profile = self.profiles.resolve(self.user_options) if self.profiles_yaml else Profile(
                 slug="default", display_name="default", gpus=len(self.gpu_inventory))
@@ -174,6 +175,10 @@ class GpuDockerSpawner(DockerSpawner):
         # DockerSpawner would honour user_options["image"]; only the profile decides.
         self.user_options = {"profile": profile.slug} if self.profiles_yaml else {}
         self.apply_profile(profile)
+        return profile
+
+    async def start(self):
+        profile = self.resolve_profile()
         held = await self.held_gpus()
         try:
             self.gpu_ids = self.grant_gpus(profile, held)

@@ -76,8 +76,28 @@ class Project:
                 f.write(secrets.token_hex(32) + "\n")
         return path
 
+    @property
+    def swarm(self) -> bool:
+        return self.settings.mode == "swarm"
+
+    @property
+    def hub_service(self) -> str:
+        """The hub's Swarm service (``docker stack deploy`` prefixes the stack name)."""
+        return f"{self.name}_hub"
+
+    def hub_container(self, healthy: bool = False) -> str:
+        """Command printing the running hub container's ID (swarm: on this node)."""
+        if not self.swarm:
+            return self.compose("ps --status running --quiet hub")
+        health = " --filter health=healthy" if healthy else ""
+        return (f"docker ps --quiet --filter status=running{health} --filter "
+                f"label=com.docker.swarm.service.name={shlex.quote(self.hub_service)}")
+
     def exec_hub(self, args: str) -> str:
         """Run a command inside the hub container (no TTY, stdin passed through)."""
+        if self.swarm:
+            # The hub runs on the node labelled for it: the manager invoke talks to.
+            return f"docker exec -i \"$({self.hub_container()} | head -n 1)\" {args}"
         return self.compose(f"exec -T hub {args}")
 
 
@@ -111,8 +131,7 @@ def require_docker(c) -> None:
 
 
 def hub_running(c, project: Project) -> bool:
-    result = c.run(project.compose("ps --status running --quiet hub"),
-                   env=project.env(), hide=True, warn=True)
+    result = c.run(project.hub_container(), env=project.env(), hide=True, warn=True)
     return bool(result.ok and result.stdout.strip())
 
 

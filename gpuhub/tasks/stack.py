@@ -15,6 +15,8 @@ from invoke import task
 
 from .. import gpus as gpu_inventory
 from ..profiles import ProfileError, Profiles
+from ..swarm import image_ref, report_text
+from . import swarmstack
 from .project import fail, hub_running, load, port_free, require_docker, require_running
 from .tls import check_files as check_tls_files
 from .tls import files_digest as tls_files_digest
@@ -35,12 +37,27 @@ def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool =
     if hub:
         cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.hub_base_image}",
                               "-f", str(root / "jupyterhub" / "Dockerfile"),
-                              "-t", s.hub_image, str(root)])
+                              *_tags(s, s.hub_image), str(root)])
     if lab:
         cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.lab_base_image}",
                               "-f", str(root / "jupyterlab" / "Dockerfile"),
-                              "-t", s.lab_image, str(root / "jupyterlab")])
+                              *_tags(s, s.lab_image), str(root / "jupyterlab")])
     return [shlex.join(cmd) for cmd in cmds]
+
+
+def _tags(settings, image: str) -> list[str]:
+    """The local tag, and the REGISTRY one when a registry is set."""
+    tags = ["-t", image]
+    if settings.registry:
+        tags += ["-t", image_ref(settings, image)]
+    return tags
+
+
+def push_commands(project, hub: bool = True, lab: bool = True) -> list[str]:
+    """``docker push`` of the images to REGISTRY."""
+    s = project.settings
+    images = [s.hub_image] * hub + [s.lab_image] * lab
+    return [shlex.join(["docker", "push", image_ref(s, image)]) for image in images]
 
 
 def detect_gpus(project) -> list[gpu_inventory.Gpu]:
@@ -78,14 +95,27 @@ def build_images(c, project, hub: bool = True, lab: bool = True, no_cache: bool 
                        "PyPI behind a proxy, set EXTRA_CA_CERTS in .env")
 
 
+def push_images(c, project, hub: bool = True, lab: bool = True) -> None:
+    if not project.settings.registry:
+        raise fail("--push needs REGISTRY in .env (the registry every Swarm node pulls from)")
+    for cmd in push_commands(project, hub=hub, lab=lab):
+        _step(cmd)
+        if c.run(cmd, warn=True, hide="out").failed:
+            raise fail(f"push to {project.settings.registry} failed (see above); check that "
+                       "the registry is reachable and that you are logged in (`docker login`)")
+
+
 @task(help={"hub": "Build the hub image (default: yes; --no-hub skips it).",
             "lab": "Build the lab image (default: yes; --no-lab skips it).",
-            "no-cache": "Rebuild every layer instead of using the build cache."})
-def build(c, hub=True, lab=True, no_cache=False):
+            "no-cache": "Rebuild every layer instead of using the build cache.",
+            "push": "Then push both to REGISTRY (swarm mode: every node pulls from there)."})
+def build(c, hub=True, lab=True, no_cache=False, push=False):
     """Build the hub and lab images (BuildKit; EXTRA_CA_CERTS is trusted while building)."""
     project = load()
     require_docker(c)
     build_images(c, project, hub=hub, lab=lab, no_cache=no_cache)
+    if push:
+        push_images(c, project, hub=hub, lab=lab)
 
 
 @task(help={"build": "Build the images first (default: yes; --no-build uses what is there).",
@@ -108,6 +138,15 @@ def up(c, build=True, timeout=180):
             and not port_free(s.hub_bind_address, s.hub_http_redirect_port)):
         raise fail(f"port {s.hub_http_redirect_port} on {s.hub_bind_address} is already in "
                    "use; set HUB_HTTP_REDIRECT_PORT in .env to a free port, or empty it")
+    if project.swarm:
+        if build:
+            build_images(c, project)
+            push_images(c, project)
+        inventory = swarmstack.deploy(c, project, timeout)
+        create_missing_admins(c, project)
+        gpus = ", ".join(g.index for g in inventory) or "none (CPU-only)"
+        print(f"gpuhub is up on the Swarm: http://<this node>:{s.hub_port}/  (GPUs: {gpus})")
+        return
     inventory = detect_gpus(project)
     if build:
         build_images(c, project)
@@ -192,6 +231,9 @@ def down(c, labs=True):
     """Stop the hub (and the labs); users, passwords and work folders are kept."""
     project = load()
     require_docker(c)
+    if project.swarm:
+        swarmstack.remove(c, project, labs)
+        return
     if labs:
         ids = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
                     hide=True, warn=True).stdout.split()
@@ -206,6 +248,10 @@ def restart(c):
     """Restart the hub container; running labs keep running and are reattached."""
     project = load()
     require_running(c, project)
+    if project.swarm:
+        swarmstack.restart(c, project)
+        print("hub restarted")
+        return
     c.run(project.compose("restart hub"), env=project.env())
     wait_healthy(c, project)
     print("hub restarted")
@@ -233,6 +279,9 @@ def status(c):
     """Show the hub container, its health, and the running labs."""
     project = load()
     require_docker(c)
+    if project.swarm:
+        swarmstack.status(c, project)
+        return
     c.run(project.compose("ps"), env=project.env())
     c.run("docker ps --filter label=gpuhub.project=" + project.name +
           " --format 'table {{.Names}}\\t{{.Status}}\\t{{.Label \"gpuhub.gpus\"}}'", warn=True)
@@ -244,6 +293,9 @@ def logs(c, follow=False, tail=200):
     """Show the hub's logs."""
     project = load()
     require_docker(c)
+    if project.swarm:
+        swarmstack.logs(c, project, follow, tail)
+        return
     flags = f"--tail {int(tail)}" + (" --follow" if follow else "")
     c.run(project.compose(f"logs {flags} hub"), env=project.env(), pty=False)
 
@@ -257,6 +309,10 @@ def gpus(c, json=False):
 
     project = load()
     require_running(c, project)
+    if project.swarm:
+        rows = swarmstack.gpus_report(c, project)
+        print(jsonlib.dumps(rows, indent=2) if json else report_text(rows))
+        return
     inventory_json = c.run(project.exec_hub(f"cat /srv/jupyterhub/data/{gpu_inventory.INVENTORY_FILE}"),
                            env=project.env(), hide=True, warn=True).stdout.strip() or "[]"
     labels = [jsonlib.loads(line) for line in c.run(

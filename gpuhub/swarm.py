@@ -1,0 +1,217 @@
+"""Swarm mode: the stack file that runs the hub on a manager, and the GPUs the nodes offer.
+
+In swarm mode Docker Swarm is the scheduler: each node advertises its GPUs as generic
+resources (``node-generic-resources`` in its daemon.json, one ``NVIDIA-GPU=<uuid>`` entry
+per GPU), a lab asks for N of them, and Swarm picks a node and the GPUs, exclusively.
+The NVIDIA runtime on the node (``swarm-resource`` in its config.toml) turns the grant,
+which Swarm passes as ``DOCKER_RESOURCE_<KIND>``, into devices. Nothing here schedules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from .labels import GPUS as LABEL_GPUS
+from .labels import PROJECT as LABEL_PROJECT
+from .labels import SINCE as LABEL_SINCE
+from .labels import USER as LABEL_USER
+from .settings import Settings
+
+HUB_NODE_LABEL = "gpuhub.hub"  # the node that keeps the hub-data volume
+HOMES_MOUNT = "/srv/gpuhub/homes"  # SWARM_HOMES inside the hub, which creates users' folders
+LAB_UID, LAB_GID = 1000, 100  # the Jupyter Docker Stacks user (jovyan:users)
+PROXY_HEALTHCHECK = ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen("
+                     "'http://127.0.0.1:8000/_chp_healthz', timeout=2)"]
+PROXY_COMMAND = [
+    "sh", "-c",
+    'CONFIGPROXY_AUTH_TOKEN="$$(cat /run/secrets/proxy_auth_token)" '
+    "exec configurable-http-proxy --ip=0.0.0.0 --port=8000 --api-ip=0.0.0.0 --api-port=8001 "
+    "--default-target=http://hub:8081 --error-target=http://hub:8081/hub/error",
+]
+
+
+def image_ref(settings: Settings, image: str) -> str:
+    """The name nodes pull ``image`` by: prefixed with REGISTRY when it is set."""
+    return f"{settings.registry}/{image}" if settings.registry else image
+
+
+def resource_env(kind: str) -> str:
+    """The variable Swarm sets in a task's container to the generic resources it got."""
+    return f"DOCKER_RESOURCE_{kind}"
+
+
+def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
+               inventory_json: str) -> dict:
+    """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node."""
+    project = settings.compose_project_name
+    # Swarm secrets cannot change; a new token (after a restore, say) gets a new name.
+    digest = hashlib.sha256(Path(secret_file).read_bytes()).hexdigest()[:10]
+    on_hub_node = {
+        "constraints": ["node.role == manager", f"node.labels.{HUB_NODE_LABEL} == true"],
+    }
+    # dnsrr: names resolve to the task's address; no virtual IP (IPVS) in between.
+    deploy = {"endpoint_mode": "dnsrr", "placement": on_hub_node,
+              "restart_policy": {"condition": "any"}}
+    environment = {**settings.raw_env(), "GPUHUB_GPU_INVENTORY": inventory_json}
+    return {
+        "version": "3.8",
+        "services": {
+            "hub": {
+                "image": image_ref(settings, settings.hub_image),
+                "environment": environment,
+                "volumes": [
+                    {"type": "bind", "source": settings.docker_socket,
+                     "target": "/var/run/docker.sock"},
+                    {"type": "volume", "source": "hub-data", "target": "/srv/jupyterhub/data"},
+                    {"type": "bind", "source": str(profiles_path),
+                     "target": "/srv/jupyterhub/profiles.yaml", "read_only": True},
+                    {"type": "bind", "source": settings.swarm_homes, "target": HOMES_MOUNT},
+                ],
+                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"}],
+                "networks": {"labs": {"aliases": ["hub"]}},
+                "deploy": deploy,
+            },
+            "proxy": {
+                "image": image_ref(settings, settings.hub_image),
+                "command": PROXY_COMMAND,
+                "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": "2s",
+                                "timeout": "3s", "retries": 3},
+                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"}],
+                # mode host: published on the hub node itself, not through the routing
+                # mesh, so the proxy sees real client addresses.
+                "ports": [{"target": 8000, "published": settings.hub_port,
+                           "protocol": "tcp", "mode": "host"}],
+                "networks": {"labs": {"aliases": ["proxy"]}},
+                "deploy": deploy,
+            },
+            # Keeps the labs network attached on every node. Swarm (20.10 and later)
+            # re-checks a node's tasks whenever the node object changes, and wrongly
+            # rejects tasks holding named generic resources (GPUs) then ("assigned node
+            # no longer meets constraints"); the first lab on a node would otherwise
+            # change it by attaching the network, and be rejected.
+            "labs-network": {
+                "image": image_ref(settings, settings.hub_image),
+                "command": ["sleep", "infinity"],
+                "healthcheck": {"disable": True},
+                "networks": ["labs"],
+                "deploy": {"mode": "global", "endpoint_mode": "dnsrr",
+                           "resources": {"limits": {"memory": "16M"}}},
+            },
+        },
+        "secrets": {"proxy_auth_token": {"file": str(secret_file),
+                                         "name": f"{project}-proxy-token-{digest}"}},
+        "volumes": {"hub-data": {}},
+        "networks": {"labs": {"name": f"{project}-labs", "driver": "overlay",
+                              "attachable": True}},
+    }
+
+
+def stack_yaml(spec: dict) -> str:
+    """YAML for ``docker stack deploy -c -`` (JSON is YAML)."""
+    return json.dumps(spec, indent=2)
+
+
+@dataclass(frozen=True)
+class NodeGpu:
+    node: str  # hostname
+    node_id: str
+    uuid: str
+    availability: str  # active, pause or drain
+    state: str  # ready, down...
+
+
+def node_gpus(nodes: list[dict], kind: str) -> list[NodeGpu]:
+    """The GPUs each node advertises, from ``docker node inspect`` output."""
+    gpus = []
+    for node in nodes:
+        host = node.get("Description", {}).get("Hostname", node.get("ID", "?"))
+        resources = node.get("Description", {}).get("Resources", {}).get("GenericResources") or []
+        for res in resources:
+            named = res.get("NamedResourceSpec") or {}
+            if named.get("Kind") == kind:
+                gpus.append(NodeGpu(node=host, node_id=node.get("ID", ""), uuid=named["Value"],
+                                    availability=node.get("Spec", {}).get("Availability", "?"),
+                                    state=node.get("Status", {}).get("State", "?")))
+    return sorted(gpus, key=lambda g: (g.node, g.uuid))
+
+
+def assigned_gpus(task: dict, kind: str) -> list[str]:
+    """The GPU UUIDs Swarm gave a task (``docker inspect <task>``)."""
+    return [r["NamedResourceSpec"]["Value"] for r in task.get("AssignedGenericResources") or []
+            if (r.get("NamedResourceSpec") or {}).get("Kind") == kind]
+
+
+def lab_labels(task: dict, kind: str) -> dict:
+    """A running lab task as the labels the single-host GPU report reads."""
+    labels = dict(task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {})
+    labels[LABEL_GPUS] = ",".join(assigned_gpus(task, kind))
+    return labels
+
+
+def report(gpus: list[NodeGpu], tasks: list[dict], kind: str) -> list[dict]:
+    """One row per GPU of the Swarm: node, UUID, node availability, holder and since."""
+    holders: dict[str, list[tuple[str, str]]] = {}
+    for task in tasks:
+        labels = lab_labels(task, kind)
+        for uuid in filter(None, labels[LABEL_GPUS].split(",")):
+            holders.setdefault(uuid, []).append((labels.get(LABEL_USER, "?"),
+                                                 labels.get(LABEL_SINCE, "")))
+    return [{"node": g.node, "uuid": g.uuid, "availability": g.availability,
+             "state": g.state,
+             "held_by": sorted(u for u, _ in holders.get(g.uuid, [])),
+             "since": min((s for _, s in holders.get(g.uuid, []) if s), default="")}
+            for g in gpus]
+
+
+def report_text(rows: list[dict]) -> str:
+    if not rows:
+        return ("No node of this Swarm advertises GPUs: labs run CPU-only "
+                "(`invoke node-add` shows what a GPU node needs).")
+    table = [("NODE", "GPU", "NODE STATE", "HELD BY", "SINCE")]
+    for r in rows:
+        table.append((r["node"], r["uuid"], f"{r['state']}/{r['availability']}",
+                      ",".join(r["held_by"]) or "-", r["since"] or "-"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def project_filter(project: str) -> str:
+    return f"label={LABEL_PROJECT}={project}"
+
+
+def node_add_text(*, join_command: str, kind: str, labels: dict[str, str]) -> str:
+    """What an admin runs on a new GPU node to join this Swarm with its GPUs."""
+    label_args = " ".join(f"--label-add {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
+    return f"""\
+# On the new node (as root), with the NVIDIA driver and nvidia-container-toolkit installed:
+
+# 1. Advertise each GPU to Swarm and let the NVIDIA runtime read Swarm's grant.
+#    /etc/docker/daemon.json (merge with what is there):
+python3 - <<'PY'
+import json, pathlib, subprocess
+uuids = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
+                       capture_output=True, text=True, check=True).stdout.split()
+path = pathlib.Path("/etc/docker/daemon.json")
+conf = json.loads(path.read_text()) if path.exists() else {{}}
+conf["node-generic-resources"] = ["{kind}=" + u for u in uuids]
+conf["default-runtime"] = "nvidia"
+conf.setdefault("runtimes", {{}})["nvidia"] = {{"path": "nvidia-container-runtime", "runtimeArgs": []}}
+path.write_text(json.dumps(conf, indent=2) + "\\n")
+print("advertising", len(uuids), "GPU(s):", ", ".join(uuids))
+PY
+#    /etc/nvidia-container-runtime/config.toml: uncomment or add, under the top level,
+#        swarm-resource = "{resource_env(kind)}"
+systemctl restart docker
+
+# 2. Mount the shared homes (SWARM_HOMES) at the same path as on every other node.
+
+# 3. Join the Swarm:
+{join_command}
+
+# Then, on a manager, label the node for profiles' placement constraints:
+#   docker node update {label_args or '--label-add gpu=a100'} <node>
+"""

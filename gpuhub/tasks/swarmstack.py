@@ -1,0 +1,199 @@
+"""Swarm mode (MODE=swarm) of the stack tasks: deploy, remove and inspect the hub's stack.
+
+Run these on the manager that keeps the hub (``invoke up`` labels it): the hub's
+container, its data volume and PROFILES_FILE live on that node.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import time
+from pathlib import Path
+
+from invoke import task
+
+from .. import gpus as gpu_inventory
+from .. import swarm
+from .project import fail, load, require_docker
+
+
+def _step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def require_manager(c) -> str:
+    """This engine's Swarm node ID; exit clearly unless it is a manager."""
+    out = c.run("docker info --format '{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} "
+                "{{.Swarm.NodeID}}'", hide=True, warn=True).stdout.split()
+    if len(out) < 3 or out[0] != "active":
+        raise fail("MODE=swarm but this Docker engine is not in a Swarm: run `docker swarm "
+                   "init` here (or point DOCKER_HOST at a manager), then `invoke up`")
+    if out[1] != "true":
+        raise fail("MODE=swarm but this Docker engine is a Swarm worker: run invoke on a "
+                   "manager (`docker node ls` there shows the nodes)")
+    return out[2]
+
+
+def nodes(c) -> list[dict]:
+    ids = c.run("docker node ls -q", hide=True).stdout.split()
+    return json.loads(c.run("docker node inspect " + " ".join(ids), hide=True).stdout) if ids else []
+
+
+def inventory(c, project) -> list[gpu_inventory.Gpu]:
+    """Every GPU the Swarm's nodes advertise, as the hub's GPU inventory."""
+    found = swarm.node_gpus(nodes(c), project.settings.swarm_gpu_resource)
+    return [gpu_inventory.Gpu(index=f"{g.node}/{i}", uuid=g.uuid, name=f"GPU on {g.node}")
+            for i, g in enumerate(found)]
+
+
+def lab_services(c, project) -> list[str]:
+    return c.run(f"docker service ls -q --filter {swarm.project_filter(project.name)}",
+                 hide=True, warn=True).stdout.split()
+
+
+def running_lab_tasks(c, project) -> list[dict]:
+    ids = []
+    for service in lab_services(c, project):
+        ids += c.run(f"docker service ps -q --filter desired-state=running {service}",
+                     hide=True, warn=True).stdout.split()
+    return json.loads(c.run("docker inspect " + " ".join(ids), hide=True).stdout) if ids else []
+
+
+def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
+    """Deploy (or update) the hub's stack and wait until the hub is healthy."""
+    s = project.settings
+    node_id = require_manager(c)
+    if not Path(s.swarm_homes).is_dir():
+        raise fail(f"SWARM_HOMES={s.swarm_homes!r} is not a folder on this node; mount the "
+                   "shared homes there (the same path on every node) and run `invoke up` again")
+    gpus = inventory(c, project)
+    secret = project.ensure_secret("proxy-token")
+    profiles = Path(s.profiles_file)
+    spec = swarm.stack_spec(s, profiles_path=profiles if profiles.is_absolute() else project.root / profiles,
+                            secret_file=secret, inventory_json=gpu_inventory.to_json(gpus))
+    # The hub-data volume lives on this node: pin the hub (and proxy) here.
+    c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)
+    _step(f"deploying stack {project.name} (hub on this node)")
+    result = c.run(f"docker stack deploy --prune -c - {shlex.quote(project.name)}",
+                   in_stream=io.StringIO(swarm.stack_yaml(spec)), warn=True, hide="out")
+    if result.failed:
+        raise fail(f"docker stack deploy failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    wait_healthy(c, project, timeout)
+    return gpus
+
+
+def _essence(spec: dict) -> str:
+    """What a deploy or `service update --force` changes in a task spec."""
+    cs = spec.get("ContainerSpec") or {}
+    return json.dumps([cs.get("Image"), cs.get("Env"), cs.get("Mounts"), cs.get("Args"),
+                       spec.get("ForceUpdate", 0)], sort_keys=True)
+
+
+def current_container(c, service: str) -> str:
+    """The healthy container of ``service``'s current spec on this node, or ''.
+
+    After a deploy the old task stays healthy for a while: only a task made from the
+    service's current spec counts.
+    """
+    found = c.run(f"docker service inspect {shlex.quote(service)}", hide=True, warn=True)
+    if found.failed:
+        return ""
+    want = _essence(json.loads(found.stdout)[0]["Spec"]["TaskTemplate"])
+    ids = c.run(f"docker service ps -q --filter desired-state=running {shlex.quote(service)}",
+                hide=True, warn=True).stdout.split()
+    tasks = json.loads(c.run("docker inspect " + " ".join(ids), hide=True).stdout) if ids else []
+    for t in tasks:
+        cid = ((t.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID", "")
+        if t["Status"].get("State") != "running" or _essence(t["Spec"]) != want or not cid:
+            continue
+        health = c.run(f"docker inspect -f '{{{{.State.Health.Status}}}}' {cid}",
+                       hide=True, warn=True).stdout.strip()
+        if health == "healthy":
+            return cid
+    return ""
+
+
+def wait_healthy(c, project, timeout: float) -> None:
+    """Wait for the hub and proxy of the current spec to be healthy (this node)."""
+    deadline = time.monotonic() + timeout
+    services = [project.hub_service, f"{project.name}_proxy"]
+    while time.monotonic() < deadline:
+        services = [s for s in services if not current_container(c, s)]
+        if not services:
+            return
+        time.sleep(1)
+    for service in services:
+        c.run(f"docker service ps --no-trunc {service}", warn=True)
+        c.run(f"docker service logs --tail 40 {service}", warn=True)
+    raise fail(f"{' and '.join(services)} not healthy after {timeout:.0f}s; the tasks and "
+               "last log lines are above")
+
+
+def remove(c, project, labs: bool) -> None:
+    """Remove the stack (and the labs' services); volumes and homes are kept."""
+    if labs:
+        services = lab_services(c, project)
+        if services:
+            _step(f"stopping {len(services)} lab(s)")
+            c.run("docker service rm " + " ".join(services), hide=True, warn=True)
+    c.run(f"docker stack rm {shlex.quote(project.name)}", warn=True)
+    # stack rm returns at once; the next `invoke up` needs the network gone first.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if c.run(f"docker network inspect {project.name}-labs", hide=True, warn=True).failed:
+            return
+        if labs or not lab_services(c, project):
+            time.sleep(0.5)
+        else:
+            return  # labs kept: they keep the network
+
+
+def restart(c, project) -> None:
+    c.run(f"docker service update --force --detach {project.hub_service}", hide=True)
+    wait_healthy(c, project, 180)
+
+
+def status(c, project) -> None:
+    c.run(f"docker stack ps --filter desired-state=running {shlex.quote(project.name)}", warn=True)
+    c.run(f"docker service ls --filter {swarm.project_filter(project.name)}", warn=True)
+
+
+def logs(c, project, follow: bool, tail: int) -> None:
+    flags = f"--tail {int(tail)}" + (" --follow" if follow else "")
+    c.run(f"docker service logs {flags} {project.hub_service}", pty=False)
+
+
+def gpus_report(c, project) -> list[dict]:
+    kind = project.settings.swarm_gpu_resource
+    return swarm.report(swarm.node_gpus(nodes(c), kind), running_lab_tasks(c, project), kind)
+
+
+@task(help={"node": "Apply --label to this node (name or ID) now instead of only printing.",
+            "label": "A node label KEY=VALUE for profiles' placement (repeatable).",
+            "manager": "Print the manager join command instead of the worker one."},
+      iterable=["label"])
+def node_add(c, node="", label=None, manager=False):
+    """Print what a new GPU node needs to join this Swarm (daemon.json, join command)."""
+    project = load()
+    if not project.swarm:
+        raise fail("node-add is for swarm mode: set MODE=swarm in .env (see README, "
+                   "'Beyond one server')")
+    require_docker(c)
+    require_manager(c)
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--label {item!r}: expected KEY=VALUE, e.g. --label gpu=a100")
+        labels[key] = value
+    role = "manager" if manager else "worker"
+    join = c.run(f"docker swarm join-token {role}", hide=True).stdout
+    command = next((ln.strip() for ln in join.splitlines() if "docker swarm join" in ln), "")
+    print(swarm.node_add_text(join_command=command, kind=project.settings.swarm_gpu_resource,
+                              labels=labels))
+    if node and labels:
+        args = " ".join(f"--label-add {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
+        c.run(f"docker node update {args} {shlex.quote(node)}", hide=True)
+        print(f"labelled node {node}: {', '.join(f'{k}={v}' for k, v in labels.items())}")
