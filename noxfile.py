@@ -29,7 +29,7 @@ def tests(session: nox.Session) -> None:
     GPUHUB_RESTART_DOCKER_CMD says how to restart it.
     """
     _install(session)
-    session.run("pytest", "tests/unit", "tests/integration", "-m", "not disruptive",
+    session.run("pytest", "tests/unit", "tests/integration", "-m", "not disruptive and not swarm",
                 *session.posargs)
     if os.environ.get("GPUHUB_RESTART_DOCKER_CMD"):
         session.run("pytest", "tests/integration", "-m", "disruptive", *session.posargs)
@@ -47,6 +47,13 @@ def e2e(session: nox.Session) -> None:
     """Browser end-to-end suite: log in, spawn a lab, run a notebook cell, check GPUs."""
     _install(session)
     session.run("pytest", "tests/e2e", *session.posargs)
+
+
+@nox.session(default=False)
+def swarm(session: nox.Session) -> None:
+    """Swarm mode on three real Docker engines in network namespaces (root; minutes)."""
+    _install(session)
+    session.run("pytest", "tests/integration", "-m", "swarm", *session.posargs)
 
 
 @nox.session

@@ -141,7 +141,9 @@ def node_gpus(nodes: list[dict], kind: str) -> list[NodeGpu]:
 
 def assigned_gpus(task: dict, kind: str) -> list[str]:
     """The GPU UUIDs Swarm gave a task (``docker inspect <task>``)."""
-    return [r["NamedResourceSpec"]["Value"] for r in task.get("AssignedGenericResources") or []
+    # Docker 20.10's API calls the field GenericResources; its docs, AssignedGenericResources.
+    given = task.get("AssignedGenericResources") or task.get("GenericResources") or []
+    return [r["NamedResourceSpec"]["Value"] for r in given
             if (r.get("NamedResourceSpec") or {}).get("Kind") == kind]
 
 

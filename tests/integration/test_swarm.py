@@ -1,0 +1,240 @@
+"""Swarm mode on a real three-engine Swarm (tests/support/swarm_cluster.py).
+
+n1 is the manager and runs the hub; n2 and n3 are workers with two fake GPUs each
+(the NVIDIA test double as their default runtime). Images go through a real registry.
+Run by `nox -s swarm` (root needed: namespaces and extra Docker engines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from support.hub import HubUser
+from support.stack import Stack
+from support.swarm_cluster import RESOURCE, SwarmCluster
+from support.wait import wait_until
+
+pytestmark = pytest.mark.swarm
+
+PASSWORD = "swarm-test-pw-5d1c"
+USERS = ("alice", "bob", "carol", "dave", "erin")
+TOOLS = ("ip", "nsenter", "unshare", "socat", "docker-registry", "dockerd")
+
+
+class SwarmStack:
+    """The gpuhub stack deployed on the cluster, driven by the real tasks."""
+
+    def __init__(self, cluster: SwarmCluster, stack: Stack):
+        self.cluster = cluster
+        self.stack = stack
+        self.url = ""
+
+    def invoke(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        """A task run on the manager (DOCKER_HOST points at its engine)."""
+        return self.stack.invoke(*args, env={"DOCKER_HOST": self.cluster.manager.host}, **kw)
+
+    def service(self, user: str) -> str:
+        return f"{self.stack.project}-lab-{user}"
+
+    def tasks(self, user: str, running: bool = True) -> list[dict]:
+        m = self.cluster.manager
+        args = ["service", "ps", "-q", self.service(user)]
+        if running:
+            args[3:3] = ["--filter", "desired-state=running"]
+        ids = m.docker(*args, check=False).stdout.split()
+        return json.loads(m.docker("inspect", *ids).stdout) if ids else []
+
+    def running_task(self, user: str) -> dict:
+        tasks = [t for t in self.tasks(user) if t["Status"]["State"] == "running"]
+        assert len(tasks) == 1, f"{user}: expected one running task, got {tasks}"
+        return tasks[0]
+
+    def gpus_of(self, task: dict) -> list[str]:
+        given = task.get("AssignedGenericResources") or task.get("GenericResources") or []
+        return [r["NamedResourceSpec"]["Value"] for r in given]
+
+    def in_lab(self, user: str, *cmd: str) -> str:
+        task = self.running_task(user)
+        node = self.cluster.node_of(task["NodeID"])
+        cid = task["Status"]["ContainerStatus"]["ContainerID"]
+        return node.docker("exec", cid, *cmd).stdout
+
+    def logs(self) -> str:
+        out = self.cluster.manager.docker("service", "logs", "--tail", "60",
+                                          f"{self.stack.project}_hub", check=False)
+        return (out.stdout + out.stderr)[-8000:]
+
+    def user(self, name: str) -> HubUser:
+        user = HubUser(self.url, name)
+        user.login(PASSWORD)
+        user.create_token()
+        return user
+
+    def spawn(self, user: HubUser, profile: str) -> float:
+        started = time.monotonic()
+        resp = user.start({"profile": profile})
+        assert resp.status_code in (201, 202), f"{user.name}: {resp.status_code} {resp.text}"
+        user.wait_ready(240, logs=self.logs)
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def swarm(images, tmp_path_factory, measure):
+    if os.geteuid() != 0:
+        pytest.fail("the Swarm test needs root (network namespaces, extra Docker engines)")
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"the Swarm test needs {', '.join(missing)}: run .ci/provision")
+    cluster = SwarmCluster(tmp_path_factory.mktemp("swarm"))
+    pushed: list[str] = []
+    try:
+        started = time.monotonic()
+        cluster.start()
+        measure("swarm: 3 engines up and joined", time.monotonic() - started)
+        stack = Stack.create(tmp_path_factory.mktemp("swarm-stack"), MODE="swarm",
+                             REGISTRY=cluster.registry, SWARM_HOMES=str(cluster.homes),
+                             DOCKER_SOCKET=str(cluster.manager.socket),
+                             HUB_BIND_ADDRESS="0.0.0.0", HUB_PORT="8000", SPAWN_TIMEOUT="240")
+        s = SwarmStack(cluster, stack)
+        started = time.monotonic()
+        stack.invoke("build", "--push")  # on this machine's engine: cached, then pushed
+        pushed = [f"{cluster.registry}/{stack.settings[k]}" for k in ("HUB_IMAGE", "LAB_IMAGE")]
+        measure("swarm: invoke build --push (cached build)", time.monotonic() - started)
+        # Like an admin pre-pulling on each node: spawn timings below exclude the pull.
+        started = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda n: n.docker("pull", "-q", pushed[1]), cluster.nodes))
+        measure("swarm: lab image pulled on 3 nodes", time.monotonic() - started)
+        started = time.monotonic()
+        result = s.invoke("up", "--no-build")
+        measure("swarm: invoke up --no-build", time.monotonic() - started)
+        assert "gpuhub is up on the Swarm" in result.stdout, result.stdout
+        s.url = f"http://127.0.0.1:{cluster.relay_to_manager(8000)}"
+        for name in USERS:
+            s.invoke("adduser", name, "--password-stdin", stdin=PASSWORD + "\n")
+        yield s
+    finally:
+        cluster.teardown()
+        for image in pushed:
+            subprocess.run(["docker", "rmi", image], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def sessions(swarm):
+    return {name: swarm.user(name) for name in USERS}
+
+
+def test_gpu_labs_land_on_different_nodes_with_their_own_gpus(swarm, sessions, measure):
+    alice, bob = sessions["alice"], sessions["bob"]
+    measure("swarm: spawn gpu1 (alice, image present)", swarm.spawn(alice, "gpu1"))
+    measure("swarm: spawn gpu1 (bob, image present)", swarm.spawn(bob, "gpu1"))
+    ta, tb = swarm.running_task("alice"), swarm.running_task("bob")
+    na, nb = swarm.cluster.node_of(ta["NodeID"]), swarm.cluster.node_of(tb["NodeID"])
+    assert na.name != nb.name, f"both labs on {na.name}: Swarm should spread them"
+    for user, task, node in (("alice", ta, na), ("bob", tb, nb)):
+        granted = swarm.gpus_of(task)
+        assert len(granted) == 1 and granted[0] in {g["uuid"] for g in node.gpus}, (
+            f"{user} on {node.name} got {granted}; node has {node.gpus}")
+        # What the lab sees (fake nvidia-smi, fed by the runtime from Swarm's grant).
+        assert swarm.in_lab(user, "nvidia-smi", "-L").count("UUID: ") == 1
+        assert granted[0] in swarm.in_lab(user, "nvidia-smi", "-L")
+        assert swarm.in_lab(user, "id", "-u").strip() != "0"
+        # The lab answers through the proxy: hub (n1) to lab (n2/n3) over the overlay.
+        resp = sessions[user].lab("GET", "/status")
+        assert resp.status_code == 200, resp.text
+    assert swarm.gpus_of(ta) != swarm.gpus_of(tb)
+    rows = json.loads(swarm.invoke("gpus", "--json").stdout)
+    held = {r["uuid"]: r["held_by"] for r in rows}
+    assert held[swarm.gpus_of(ta)[0]] == ["alice"] and held[swarm.gpus_of(tb)[0]] == ["bob"]
+
+
+def test_lab_services_are_hardened(swarm, sessions):
+    spec = json.loads(swarm.cluster.manager.docker(
+        "service", "inspect", swarm.service("alice")).stdout)[0]["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container.get("CapabilityDrop") == ["ALL"], container
+    assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 1024
+    assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
+    sources = [m["Source"] for m in container.get("Mounts", [])]
+    assert sources == [f"{swarm.stack.settings['SWARM_HOMES']}/alice"], sources
+    env = dict(e.split("=", 1) for e in container["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"  # Swarm's grant decides, never "all"
+    assert "docker.sock" not in json.dumps(container)
+
+
+def test_no_free_gpu_is_refused_at_once_and_cpu_labs_still_start(swarm, sessions, measure):
+    swarm.spawn(sessions["carol"], "gpu1")
+    swarm.spawn(sessions["dave"], "gpu1")  # now all four GPUs are held
+    erin = sessions["erin"]
+    started = time.monotonic()
+    resp = erin.start({"profile": "gpu1"})
+    waited = time.monotonic() - started
+    assert resp.status_code == 409, f"{resp.status_code} {resp.text}"
+    assert "no node has 1 free GPU" in resp.json()["message"], resp.text
+    assert waited < 15, f"the refusal took {waited:.1f}s"
+    wait_until(lambda: not swarm.tasks("erin", running=False), timeout=30,
+               what="erin's refused service removed", state=lambda: swarm.tasks("erin"))
+    measure("swarm: spawn cpu (erin, image present)", swarm.spawn(erin, "cpu"))
+    assert swarm.gpus_of(swarm.running_task("erin")) == []
+    assert "No devices" in swarm.in_lab("erin", "sh", "-c", "nvidia-smi -L 2>&1 || echo No devices")
+
+
+def test_draining_a_node_stops_its_labs_and_keeps_their_files(swarm, sessions):
+    alice = sessions["alice"]
+    put = alice.lab("PUT", "/contents/work/notes.txt",
+                    json={"type": "file", "format": "text", "content": "kept across nodes"})
+    assert put.status_code in (200, 201), put.text
+    drained = swarm.cluster.node_of(swarm.running_task("alice")["NodeID"])
+    on_drained = [u for u in USERS if swarm.tasks(u)
+                  and swarm.cluster.node_of(swarm.running_task(u)["NodeID"]) == drained]
+    elsewhere = {u: swarm.running_task(u)["ID"] for u in USERS
+                 if swarm.tasks(u) and u not in on_drained}
+    # Free one GPU on a node that stays: the one alice will move to.
+    freed = next(u for u in ("carol", "dave") if u in elsewhere)
+    sessions[freed].stop(logs=swarm.logs)
+    del elsewhere[freed]
+    swarm.cluster.manager.docker("node", "update", "--availability", "drain", drained.name)
+    try:
+        for user in on_drained:  # the hub's poll (10 s) notices; the lab is stopped
+            wait_until(lambda u=user: not sessions[u].server(), timeout=60,
+                       what=f"{user}'s lab reported stopped after the drain",
+                       state=sessions[user].server, logs=swarm.logs)
+        for user, task_id in elsewhere.items():  # labs on other nodes are untouched
+            assert sessions[user].server().get("ready"), user
+            assert swarm.running_task(user)["ID"] == task_id
+        swarm.spawn(alice, "gpu1")
+        moved = swarm.cluster.node_of(swarm.running_task("alice")["NodeID"])
+        assert moved != drained
+        got = alice.lab("GET", "/contents/work/notes.txt")
+        assert got.status_code == 200 and got.json()["content"] == "kept across nodes", got.text
+    finally:
+        swarm.cluster.manager.docker("node", "update", "--availability", "active", drained.name)
+
+
+def test_hub_restart_keeps_the_labs(swarm, sessions):
+    before = {u: swarm.running_task(u)["ID"] for u in USERS if swarm.tasks(u)}
+    swarm.invoke("restart")
+    for user, task_id in before.items():
+        assert swarm.running_task(user)["ID"] == task_id, user
+        assert sessions[user].server().get("ready"), user
+        assert sessions[user].lab("GET", "/status").status_code == 200, user
+
+
+def test_node_add_prints_what_a_gpu_node_needs(swarm):
+    out = swarm.invoke("node-add", "--label", "gpu=t4").stdout
+    assert "docker swarm join --token SWMTKN-" in out
+    assert f'"{RESOURCE}=" + u' in out and f"DOCKER_RESOURCE_{RESOURCE}" in out
+    assert "--label-add gpu=t4" in out
+
+
+def test_invoke_down_removes_the_stack_and_labs(swarm):
+    swarm.invoke("down")
+    m = swarm.cluster.manager
+    wait_until(lambda: not m.docker("service", "ls", "-q").stdout.split(), timeout=60,
+               what="no services left", state=lambda: m.docker("service", "ls").stdout)

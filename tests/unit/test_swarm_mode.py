@@ -1,0 +1,277 @@
+"""Swarm mode without a Swarm: settings, the stack file, GPU reports and the lab service spec."""
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+from jupyterhub.objects import Hub
+from tornado import web
+from traitlets.config import Config
+
+from gpuhub import swarm
+from gpuhub.gpus import Gpu, to_json
+from gpuhub.hubconfig import apply_config
+from gpuhub.profiles import ProfileError, Profiles
+from gpuhub.settings import SettingsError, validate
+from gpuhub.swarmspawner import GpuSwarmSpawner, no_node_reason
+from gpuhub.tasks import project as project_mod
+from gpuhub.tasks.stack import build_commands, push_commands
+
+SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
+         "SWARM_HOMES": "/srv/nfs/homes"}
+UUIDS = ["GPU-aaaa", "GPU-bbbb"]
+
+
+def problems(env) -> str:
+    with pytest.raises(SettingsError) as err:
+        validate(env)
+    return " ".join(err.value.problems)
+
+
+def test_compose_is_the_default_mode():
+    assert validate({}).mode == "compose"
+
+
+@pytest.mark.parametrize("missing", ["REGISTRY", "SWARM_HOMES"])
+def test_swarm_mode_names_what_it_still_needs(missing):
+    env = {k: v for k, v in SWARM.items() if k != missing}
+    assert f"MODE='swarm' in the settings needs {missing}" in problems(env)
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({"GPU_POLICY": "shared"}, "use GPU_POLICY=exclusive"),
+    ({"GPU_PINS": "alice=0"}, "pins are not possible in swarm mode"),
+    ({"HUB_BIND_ADDRESS": "127.0.0.1"}, "publishes HUB_PORT on every address"),
+])
+def test_single_host_features_swarm_cannot_offer_are_refused(extra, says):
+    assert says in problems({**SWARM, **extra})
+
+
+@pytest.mark.parametrize("setting, value", [("MODE", "kubernetes"),
+                                            ("REGISTRY", "https://registry.example.org"),
+                                            ("SWARM_HOMES", "homes"),
+                                            ("SWARM_GPU_RESOURCE", "gpu=1")])
+def test_bad_swarm_values_are_named(setting, value):
+    assert f"{setting}={value!r}" in problems({**SWARM, setting: value})
+
+
+def test_image_ref_prefixes_the_registry():
+    assert swarm.image_ref(validate(SWARM), "gpuhub-lab:1") == "registry.example.org:5000/lab/gpuhub-lab:1"
+    assert swarm.image_ref(validate({}), "gpuhub-lab:1") == "gpuhub-lab:1"
+
+
+@pytest.fixture
+def spec(tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("t0k3n\n")
+    return swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
+                            profiles_path=tmp_path / "profiles.yaml", secret_file=secret,
+                            inventory_json="[]")
+
+
+def test_stack_pins_hub_and_proxy_to_the_hub_node(spec):
+    for name in ("hub", "proxy"):
+        deploy = spec["services"][name]["deploy"]
+        assert "node.labels.gpuhub.hub == true" in deploy["placement"]["constraints"]
+        assert deploy["endpoint_mode"] == "dnsrr"  # no IPVS virtual IP in the path
+    assert spec["services"]["proxy"]["ports"] == [
+        {"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    assert "ports" not in spec["services"]["hub"]  # the hub API stays on the overlay
+
+
+def test_stack_mounts_and_network(spec):
+    hub = spec["services"]["hub"]
+    targets = {v["target"]: v["source"] for v in hub["volumes"]}
+    assert targets["/var/run/docker.sock"] == "/var/run/docker.sock"
+    assert targets[swarm.HOMES_MOUNT] == "/srv/nfs/homes"
+    assert targets["/srv/jupyterhub/data"] == "hub-data"
+    assert spec["networks"]["labs"] == {"name": "lab1-labs", "driver": "overlay", "attachable": True}
+    assert hub["image"] == "registry.example.org:5000/lab/gpuhub-hub:latest"
+    assert hub["environment"]["MODE"] == "swarm"
+    keeper = spec["services"]["labs-network"]
+    assert keeper["deploy"]["mode"] == "global" and keeper["networks"] == ["labs"]
+
+
+def test_stack_secret_name_follows_its_content(tmp_path, spec):
+    name = spec["secrets"]["proxy_auth_token"]["name"]
+    assert name.startswith("lab1-proxy-token-")
+    (tmp_path / "token").write_text("another\n")
+    again = swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
+                             profiles_path=tmp_path / "p.yaml", secret_file=tmp_path / "token",
+                             inventory_json="[]")
+    assert again["secrets"]["proxy_auth_token"]["name"] != name  # secrets are immutable
+    assert json.loads(swarm.stack_yaml(spec)) == spec
+
+
+NODES = [
+    {"ID": "n2id", "Description": {"Hostname": "gpu-a", "Resources": {"GenericResources": [
+        {"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-bbbb"}},
+        {"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-aaaa"}},
+        {"DiscreteResourceSpec": {"Kind": "SSD", "Value": 1}}]}},
+     "Spec": {"Availability": "active"}, "Status": {"State": "ready"}},
+    {"ID": "n1id", "Description": {"Hostname": "manager", "Resources": {}},
+     "Spec": {"Availability": "active"}, "Status": {"State": "ready"}},
+]
+TASK = {"Spec": {"ContainerSpec": {"Labels": {"gpuhub.user": "alice", "gpuhub.since": "T1"}}},
+        "GenericResources": [{"NamedResourceSpec": {"Kind": "NVIDIA-GPU", "Value": "GPU-aaaa"}}]}
+
+
+def test_node_gpus_and_report():
+    gpus = swarm.node_gpus(NODES, "NVIDIA-GPU")
+    assert [(g.node, g.uuid) for g in gpus] == [("gpu-a", "GPU-aaaa"), ("gpu-a", "GPU-bbbb")]
+    rows = swarm.report(gpus, [TASK], "NVIDIA-GPU")
+    assert [(r["uuid"], r["held_by"], r["since"]) for r in rows] == [
+        ("GPU-aaaa", ["alice"], "T1"), ("GPU-bbbb", [], "")]
+    text = swarm.report_text(rows)
+    assert "gpu-a" in text and "alice" in text and "ready/active" in text
+    assert "No node of this Swarm advertises GPUs" in swarm.report_text([])
+
+
+def test_assigned_gpus_reads_both_api_spellings():
+    assert swarm.assigned_gpus(TASK, "NVIDIA-GPU") == ["GPU-aaaa"]
+    documented = {"AssignedGenericResources": TASK["GenericResources"]}
+    assert swarm.assigned_gpus(documented, "NVIDIA-GPU") == ["GPU-aaaa"]
+    assert swarm.assigned_gpus({}, "NVIDIA-GPU") == []
+
+
+def test_node_add_text_has_the_gpu_fragment_and_the_join_command():
+    text = swarm.node_add_text(join_command="docker swarm join --token SWMTKN-1-x 10.0.0.1:2377",
+                               kind="NVIDIA-GPU", labels={"gpu": "a100"})
+    assert "docker swarm join --token SWMTKN-1-x 10.0.0.1:2377" in text
+    assert 'swarm-resource = "DOCKER_RESOURCE_NVIDIA-GPU"' in text
+    assert '"NVIDIA-GPU=" + u' in text and "--label-add gpu=a100" in text
+
+
+@pytest.mark.parametrize("err, gpus, code, says", [
+    ("no suitable node (insufficient resources on 3 nodes)", 1, 409, "no node has 1 free GPU"),
+    ("no suitable node (insufficient resources on 3 nodes)", 0, 409, "no node has room"),
+    ("no suitable node (scheduling constraints not satisfied on 3 nodes)", 1, 409,
+     "placement"),
+])
+def test_no_node_reason(err, gpus, code, says):
+    got, message = no_node_reason(err, gpus, 4)
+    assert got == code and says in message
+
+
+def test_no_node_reason_ignores_other_states():
+    assert no_node_reason("", 1, 4) is None
+
+
+def test_profile_placement_is_validated():
+    ok = Profiles.from_yaml("- {display_name: A100, gpus: 1, placement: ['node.labels.gpu == a100']}")
+    assert ok.profiles[0].placement == ("node.labels.gpu == a100",)
+    with pytest.raises(ProfileError, match="placement must be a list of Swarm constraints"):
+        Profiles.from_yaml("- {display_name: A100, placement: 'node.labels.gpu == a100'}")
+    with pytest.raises(ProfileError, match="placement must be a list"):
+        Profiles.from_yaml("- {display_name: A100, placement: ['gpu == a100']}")
+
+
+def make_swarm_spawner(tmp_path, **settings) -> GpuSwarmSpawner:
+    c = Config()
+    token = tmp_path / "proxy_auth_token"
+    token.write_text("x\n")
+    inventory = to_json([Gpu(f"n/{i}", u) for i, u in enumerate(UUIDS)])
+    apply_config(c, validate({**SWARM, **settings}), env={"GPUHUB_GPU_INVENTORY": inventory},
+                 data_dir=tmp_path, proxy_token_file=token)
+    assert c.JupyterHub.spawner_class == "gpuhub.swarmspawner.GpuSwarmSpawner"
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None, groups=[])
+    spawner = GpuSwarmSpawner(user=user, hub=Hub(), config=c)
+    spawner._command = ["jupyterhub-singleuser"]
+    return spawner
+
+
+def test_lab_service_spec(tmp_path):
+    spawner = make_swarm_spawner(tmp_path, LAB_MEM_LIMIT="8G")
+    spawner.gpu_count = 2
+    spawner.placement = ["node.labels.gpu == a100"]
+    spawner.user_options = {"profile": "gpu2"}
+    specs = spawner.service_specs()
+    task = specs["task_template"]
+    assert specs["name"] == "gpuhub-lab-alice"
+    assert specs["endpoint_spec"]["Mode"] == "dnsrr"
+    assert specs["labels"]["gpuhub.profile"] == "gpu2"
+    assert task["ContainerSpec"]["Image"] == "registry.example.org:5000/lab/gpuhub-lab:latest"
+    assert task["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
+    assert task["Resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]
+    assert task["Resources"]["Limits"]["Pids"] == 1024
+    assert task["Resources"]["Limits"]["MemoryBytes"] == 8 * 1024 ** 3
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Placement"]["Constraints"] == ["node.labels.gpu == a100"]
+    assert task["Networks"] == [{"Target": "gpuhub-labs"}]
+    mounts = task["ContainerSpec"]["Mounts"]
+    assert [(m["Source"], m["Target"], m["Type"]) for m in mounts] == [
+        ("/srv/nfs/homes/alice", "/home/jovyan/work", "bind")]
+    env = dict(e.split("=", 1) for e in task["ContainerSpec"]["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_cpu_lab_asks_for_no_gpu(tmp_path):
+    spawner = make_swarm_spawner(tmp_path)
+    task = spawner.service_specs()["task_template"]
+    assert "Reservations" not in task["Resources"] or not task["Resources"]["Reservations"]
+
+
+def test_gpu_limit_is_checked_before_swarm_is_asked(tmp_path):
+    spawner = make_swarm_spawner(tmp_path, GPU_LIMITS="*=1")
+    spawner.profiles_yaml = "- {display_name: Two, slug: gpu2, gpus: 2}"
+    spawner.user_options = {"profile": "gpu2"}
+    with pytest.raises(web.HTTPError) as err:
+        asyncio.run(spawner.start())
+    assert err.value.status_code == 409 and "your limit is 1" in err.value.log_message
+
+
+def test_pending_task_without_room_fails_fast(tmp_path):
+    spawner = make_swarm_spawner(tmp_path)
+    spawner.gpu_count = 1
+    pending = {"ID": "t1", "Status": {"State": "pending",
+                                      "Err": "no suitable node (insufficient resources on 3 nodes)"}}
+
+    async def get_task():
+        return pending
+    spawner.get_task = get_task
+    with pytest.raises(web.HTTPError) as err:
+        asyncio.run(spawner.start_object())
+    assert err.value.status_code == 409 and "no node has 1 free GPU" in err.value.log_message
+
+
+def test_poll_treats_a_moved_lab_as_stopped(tmp_path):
+    spawner = make_swarm_spawner(tmp_path)
+    spawner.task_id = "t1"
+    tasks = iter([{"ID": "t1", "Status": {"State": "running"}},
+                  {"ID": "t2", "Status": {"State": "running"}},
+                  {"ID": "t1", "Status": {"State": "shutdown"}}])
+
+    async def get_task():
+        return next(tasks)
+    spawner.get_task = get_task
+    assert asyncio.run(spawner.poll()) is None
+    assert "moved by Swarm" in asyncio.run(spawner.poll())
+    assert asyncio.run(spawner.poll()) == "task shutdown"
+    assert spawner.get_state()["task_id"] == "t1"
+
+
+def test_home_folder_is_created_for_the_lab_user(tmp_path, monkeypatch):
+    spawner = make_swarm_spawner(tmp_path)
+    spawner.homes_dir = str(tmp_path / "homes")
+    (tmp_path / "homes").mkdir()
+    chowned = []
+    monkeypatch.setattr("os.chown", lambda path, uid, gid: chowned.append((str(path), uid, gid)))
+    spawner.ensure_home()
+    spawner.ensure_home()  # already there: left alone
+    assert (tmp_path / "homes" / "alice").is_dir()
+    assert chowned == [(str(tmp_path / "homes" / "alice"), swarm.LAB_UID, swarm.LAB_GID)]
+
+
+def test_build_tags_and_pushes_to_the_registry(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in SWARM.items()))
+    project = project_mod.load(environ={"GPUHUB_ENV_FILE": str(env)})
+    hub_cmd = build_commands(project, lab=False)[0]
+    assert "-t gpuhub-hub:latest -t registry.example.org:5000/lab/gpuhub-hub:latest" in hub_cmd
+    assert push_commands(project) == [
+        "docker push registry.example.org:5000/lab/gpuhub-hub:latest",
+        "docker push registry.example.org:5000/lab/gpuhub-lab:latest"]
+    assert project.exec_hub("id").startswith("docker exec -i ")
+    assert "label=com.docker.swarm.service.name=gpuhub_hub" in project.hub_container()
