@@ -206,7 +206,9 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
         # Managed services inherit almost nothing from the hub's environment.
         "environment": {"COMPOSE_PROJECT_NAME": settings.compose_project_name,
                         "GPU_POLICY": settings.gpu_policy,
-                        "GPUHUB_GPU_INVENTORY": inventory_json},
+                        "GPUHUB_GPU_INVENTORY": inventory_json,
+                        **{k: settings.raw_env()[k] for k in (
+                            "MODE", "REGISTRY", "SWARM_HOMES", "SWARM_GPU_RESOURCE")}},
     })
     roles.append({"name": "gpus-page", "scopes": ["read:users"], "services": ["gpus"]})
     if settings.idle_timeout:

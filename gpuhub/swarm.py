@@ -92,9 +92,10 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
             # re-checks a node's tasks whenever the node object changes, and wrongly
             # rejects tasks holding named generic resources (GPUs) then ("assigned node
             # no longer meets constraints"); the first lab on a node would otherwise
-            # change it by attaching the network, and be rejected.
+            # change it by attaching the network, and be rejected. It runs the lab
+            # image, so every node (new ones too) pulls that ahead of the first lab.
             "labs-network": {
-                "image": image_ref(settings, settings.hub_image),
+                "image": image_ref(settings, settings.lab_image),
                 "command": ["sleep", "infinity"],
                 "healthcheck": {"disable": True},
                 "networks": ["labs"],
