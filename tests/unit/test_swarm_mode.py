@@ -275,3 +275,28 @@ def test_build_tags_and_pushes_to_the_registry(tmp_path):
         "docker push registry.example.org:5000/lab/gpuhub-lab:latest"]
     assert project.exec_hub("id").startswith("docker exec -i ")
     assert "label=com.docker.swarm.service.name=gpuhub_hub" in project.hub_container()
+
+
+def test_gpu_admin_page_reads_the_swarm(monkeypatch):
+    from gpuhub import gpuservice
+
+    class FakeApi:
+        def services(self, filters):
+            assert filters == {"label": "gpuhub.project=gpuhub"}
+            return [{"ID": "svc1"}]
+
+        def tasks(self, filters):
+            assert filters == {"service": "svc1", "desired-state": "running"}
+            return [TASK]
+
+    class FakeClient:
+        api = FakeApi()
+        nodes = SimpleNamespace(list=lambda: [SimpleNamespace(attrs=n) for n in NODES])
+
+    monkeypatch.setattr(gpuservice.docker, "from_env", lambda: FakeClient())
+    monkeypatch.setattr(gpuservice.os, "environ", {**SWARM})
+    rows = gpuservice.current_rows()
+    assert [(r["node"], r["uuid"], r["held_by"]) for r in rows] == [
+        ("gpu-a", "GPU-aaaa", ["alice"]), ("gpu-a", "GPU-bbbb", [])]
+    page = gpuservice.swarm_html(rows)
+    assert "gpu-a" in page and "alice" in page and "free" in page
