@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import ClassVar
 
+import docker
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
@@ -21,6 +23,7 @@ from docker.types import (
     RestartPolicy,
     TaskTemplate,
 )
+from docker.utils import parse_repository_tag
 from dockerspawner import DockerSpawner, SwarmSpawner
 from tornado import web
 from traitlets import Integer, List, Unicode
@@ -59,6 +62,9 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
     task_id = Unicode(help="The Swarm task the lab was started as.")
     gpu_count = Integer(0, help="GPUs this lab asked for.")
     placement = List(Unicode(), help="Placement constraints of this lab's profile.")
+
+    # Each image's CMD, looked up once per hub process (not once per spawn).
+    _image_commands: ClassVar[dict[str, list[str]]] = {}
 
     # --- state across hub restarts ---------------------------------------------
     def get_state(self):
@@ -117,6 +123,25 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
             ),
             "endpoint_spec": EndpointSpec(mode="dnsrr"),
         }
+
+    async def get_command(self):
+        """The image's CMD plus the spawner's arguments.
+
+        Swarm pulls images by digest and leaves no tag on the node, so the manager may
+        have the layers (the labs-network keeper runs the lab image) but not the tag:
+        pulling the tag then only adds it.
+        """
+        if self.cmd:
+            return self.cmd + self.get_args()
+        cmd = type(self)._image_commands.get(self.image)
+        if cmd is None:
+            try:
+                info = await self.docker("inspect_image", self.image)
+            except docker.errors.ImageNotFound:
+                await self.docker("pull", *parse_repository_tag(self.image))
+                info = await self.docker("inspect_image", self.image)
+            cmd = type(self)._image_commands[self.image] = list(info["Config"]["Cmd"] or [])
+        return cmd + self.get_args()
 
     async def create_object(self):
         self._command = await self.get_command()

@@ -84,7 +84,8 @@ class SwarmStack:
     def spawn(self, user: HubUser, profile: str) -> float:
         started = time.monotonic()
         resp = user.start({"profile": profile})
-        assert resp.status_code in (201, 202), f"{user.name}: {resp.status_code} {resp.text}"
+        assert resp.status_code in (201, 202), (
+            f"{user.name}: {resp.status_code} {resp.text}\nhub logs:\n{self.logs()}")
         user.wait_ready(240, logs=self.logs)
         return time.monotonic() - started
 
@@ -102,14 +103,18 @@ def swarm(images, tmp_path_factory, measure):
         started = time.monotonic()
         cluster.start()
         measure("swarm: 3 engines up and joined", time.monotonic() - started)
+        # Own tags (the build is cached): nothing else on this engine retags them.
+        tag = f"swarm-{cluster.id}"
         stack = Stack.create(tmp_path_factory.mktemp("swarm-stack"), MODE="swarm",
+                             HUB_IMAGE=f"gpuhub-hub:{tag}", LAB_IMAGE=f"gpuhub-lab:{tag}",
                              REGISTRY=cluster.registry, SWARM_HOMES=str(cluster.homes),
                              DOCKER_SOCKET=str(cluster.manager.socket),
                              HUB_BIND_ADDRESS="0.0.0.0", HUB_PORT="8000", SPAWN_TIMEOUT="240")
         s = SwarmStack(cluster, stack)
         started = time.monotonic()
         stack.invoke("build", "--push")  # on this machine's engine: cached, then pushed
-        pushed = [f"{cluster.registry}/{stack.settings[k]}" for k in ("HUB_IMAGE", "LAB_IMAGE")]
+        pushed = [f"{registry}{stack.settings[k]}" for k in ("HUB_IMAGE", "LAB_IMAGE")
+                  for registry in ("", f"{cluster.registry}/")]
         measure("swarm: invoke build --push (cached build)", time.monotonic() - started)
         started = time.monotonic()
         result = s.invoke("up", "--no-build")
@@ -131,6 +136,8 @@ def swarm(images, tmp_path_factory, measure):
         cluster.teardown()
         for image in pushed:
             subprocess.run(["docker", "rmi", image], capture_output=True)
+    left = cluster.leftovers()
+    assert not left, f"the Swarm test cluster left behind: {left}"
 
 
 @pytest.fixture(scope="module")

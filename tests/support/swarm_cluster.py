@@ -270,3 +270,16 @@ class SwarmCluster:
         for name in [n.netns for n in self.nodes] + [self.switch, self.host_netns]:
             _run("ip", "netns", "del", name, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """What teardown failed to remove (namespaces, processes, mounts, files)."""
+        found = [f"netns {n}" for n in _run("ip", "netns", "list", check=False).stdout.split()
+                 if n.startswith(f"gs-{self.id}-")]
+        found += [f"process {line}" for line in
+                  _run("pgrep", "-af", str(self.root), check=False).stdout.splitlines()
+                  if "pgrep" not in line]
+        found += [f"mount {line.split()[1]}" for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(str(self.root))]
+        if self.root.exists():
+            found.append(f"folder {self.root}")
+        return found

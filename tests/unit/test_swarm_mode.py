@@ -300,3 +300,27 @@ def test_gpu_admin_page_reads_the_swarm(monkeypatch):
         ("gpu-a", "GPU-aaaa", ["alice"]), ("gpu-a", "GPU-bbbb", [])]
     page = gpuservice.swarm_html(rows)
     assert "gpu-a" in page and "alice" in page and "free" in page
+
+
+def test_lab_command_is_looked_up_once_and_pulled_by_tag_when_missing(tmp_path, monkeypatch):
+    import docker
+
+    monkeypatch.setattr(GpuSwarmSpawner, "_image_commands", {})
+    spawner = make_swarm_spawner(tmp_path)
+    calls = []
+    have_tag = []
+
+    async def fake_docker(method, *args, **kw):
+        calls.append((method, args))
+        if method == "inspect_image" and not have_tag:
+            raise docker.errors.ImageNotFound("no tag here")
+        if method == "pull":
+            have_tag.append(True)
+            return None
+        return {"Config": {"Cmd": ["start-notebook.py"]}}
+    spawner.docker = fake_docker
+    first = asyncio.run(spawner.get_command())
+    second = asyncio.run(spawner.get_command())
+    assert first[0] == "start-notebook.py" and first == second
+    assert [m for m, _ in calls] == ["inspect_image", "pull", "inspect_image"]
+    assert calls[1][1] == ("registry.example.org:5000/lab/gpuhub-lab", "latest")
