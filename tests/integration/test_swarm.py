@@ -22,6 +22,14 @@ from support.wait import wait_until
 pytestmark = pytest.mark.swarm
 
 PASSWORD = "swarm-test-pw-5d1c"
+# The shipped profiles plus one that only a node labelled pool=n3 may run.
+PROFILES = """\
+- {display_name: CPU only, slug: cpu, gpus: 0}
+- {display_name: 1 GPU, slug: gpu1, gpus: 1, default: true}
+- {display_name: 2 GPUs, slug: gpu2, gpus: 2}
+- {display_name: 1 GPU on the n3 pool, slug: gpu1-n3, gpus: 1,
+   placement: ["node.labels.pool == n3"]}
+"""
 USERS = ("alice", "bob", "carol", "dave", "erin")
 TOOLS = ("ip", "nsenter", "unshare", "socat", "docker-registry", "dockerd")
 
@@ -105,7 +113,9 @@ def swarm(images, tmp_path_factory, measure):
         measure("swarm: 3 engines up and joined", time.monotonic() - started)
         # Own tags (the build is cached): nothing else on this engine retags them.
         tag = f"swarm-{cluster.id}"
-        stack = Stack.create(tmp_path_factory.mktemp("swarm-stack"), MODE="swarm",
+        workdir = tmp_path_factory.mktemp("swarm-stack")
+        (workdir / "profiles.yaml").write_text(PROFILES)
+        stack = Stack.create(workdir, MODE="swarm", PROFILES_FILE=str(workdir / "profiles.yaml"),
                              HUB_IMAGE=f"gpuhub-hub:{tag}", LAB_IMAGE=f"gpuhub-lab:{tag}",
                              REGISTRY=cluster.registry, SWARM_HOMES=str(cluster.homes),
                              DOCKER_SOCKET=str(cluster.manager.socket),
@@ -128,6 +138,8 @@ def swarm(images, tmp_path_factory, measure):
                    state=lambda: cluster.manager.docker("service", "ps", keeper,
                                                         check=False).stdout)
         measure("swarm: lab image on every node (after up)", time.monotonic() - started)
+        # Labels first: on a node that runs GPU labs, a label change would stop them.
+        s.invoke("node-add", "--node", cluster.nodes[2].name, "--label", "pool=n3")
         s.url = f"http://127.0.0.1:{cluster.relay_to_manager(8000)}"
         for name in USERS:
             s.invoke("adduser", name, "--password-stdin", stdin=PASSWORD + "\n")
@@ -184,7 +196,8 @@ def test_lab_services_are_hardened(swarm, sessions):
 
 
 def test_no_free_gpu_is_refused_at_once_and_cpu_labs_still_start(swarm, sessions, measure):
-    swarm.spawn(sessions["carol"], "gpu1")
+    swarm.spawn(sessions["carol"], "gpu1-n3")  # placement: only the node labelled pool=n3
+    assert swarm.cluster.node_of(swarm.running_task("carol")["NodeID"]) == swarm.cluster.nodes[2]
     swarm.spawn(sessions["dave"], "gpu1")  # now all four GPUs are held
     erin = sessions["erin"]
     started = time.monotonic()
