@@ -89,8 +89,9 @@ class HubUser:
         return self.api("POST", f"/users/{self.name}/server", json=options or {})
 
     def wait_ready(self, timeout: float, logs=None) -> dict:
+        # A short interval: spawn timings are read off this wait.
         return wait_until(lambda: self.server().get("ready") and self.server(), timeout=timeout,
-                          interval=1, what=f"{self.name}'s lab to be ready",
+                          interval=0.25, what=f"{self.name}'s lab to be ready",
                           state=self.server, logs=logs)
 
     def stop(self, timeout: float = 60, logs=None) -> None:
