@@ -136,7 +136,14 @@ class HubBrowser:
     def stop_lab(self) -> None:
         """Stop the server with the button on /hub/home, as a user does."""
         self.open("/hub/home")
-        self.wait_for("#stop", "the Stop My Server button").click()
+        button = self.wait_for("#stop", "the Stop My Server button")
+        # The button does nothing until the page's script (require.js module "home") has
+        # bound it; on a busy machine a click can come first and be lost.
+        wait_until(lambda: self.driver.execute_script(
+                       "return !!(window.require && require.defined && require.defined('home'))"),
+                   timeout=60, interval=0.2, what="the hub home page's script to load",
+                   state=self.where, logs=self.logs)
+        button.click()
         wait_until(lambda: not self.driver.find_element(By.ID, "stop").is_displayed()
                    and "Start My Server" in self.driver.find_element(By.ID, "start").text,
                    timeout=90, interval=0.5, what="the hub home to show the server stopped",
