@@ -193,6 +193,39 @@ def _yes_no_auto(raw: str) -> str:
     return value
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _cidrs(raw: str) -> tuple[str, ...]:
+    how = "write IPv4 networks such as 10.0.0.0/8,203.0.113.7 (comma-separated), or leave it empty"
+    result = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network; {how}") from None
+            raise ValueError(f"{item!r} has host bits set: write {loose} for the whole "
+                             "network, or the address alone for one host") from None
+        if network.version != 4:
+            raise ValueError(f"{item!r} is IPv6; labs have no IPv6 (Docker gives them none "
+                             f"unless the labs network enables it); {how}")
+        result.append(str(network))
+    if len(set(result)) != len(result):
+        raise ValueError("lists a network twice")
+    return tuple(result)
+
+
 def _database_url(raw: str) -> str:
     if raw and not re.match(r"^(sqlite|postgresql(\+\w+)?)://", raw):
         raise ValueError("must start with sqlite:// or postgresql://, or be empty for SQLite")
@@ -286,6 +319,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REGISTRY", "", _registry,
             "Registry (host[:port][/path]) every Swarm node pulls the images from; "
             "`invoke build --push` pushes them there. Required in swarm mode.", "Images"),
+    Setting("DEBIAN_BASE_IMAGE", "debian:bookworm-20251229-slim", _text,
+            "Base image of the docker-proxy and lab-firewall images (Debian 12).", "Images"),
+    Setting("DOCKER_PROXY_IMAGE", "gpuhub-docker-proxy:latest", _text,
+            "Tag of the docker-proxy image that `invoke build` makes (DOCKER_SOCKET_PROXY).",
+            "Images"),
+    Setting("LAB_FIREWALL_IMAGE", "gpuhub-lab-firewall:latest", _text,
+            "Tag of the lab-firewall image that `invoke build` makes (LAB_FIREWALL).", "Images"),
     Setting("EXTRA_CA_CERTS", "", _optional_abs_path,
             "PEM bundle trusted during image builds (TLS-intercepting proxies); "
             "never stored in an image.", "Images"),
@@ -314,6 +354,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PROFILES_FILE", "./jupyterhub/profiles.yaml", _text,
             "Spawn profiles (zero-to-jupyterhub profileList shape), relative to the "
             "repository or absolute.", "Labs"),
+    Setting("DOCKER_SOCKET_PROXY", "true", _bool,
+            "true: the hub reaches Docker only through the docker-proxy service, which allows "
+            "just the calls gpuhub makes; false: the hub mounts the Docker socket itself.",
+            "Host protection"),
+    Setting("LAB_FIREWALL", "true", _bool,
+            "true: the lab-firewall service stops labs from reaching the Docker host and "
+            "169.254.0.0/16 (cloud metadata) and LAB_BLOCKED_NETWORKS; false: no such rules.",
+            "Host protection"),
+    Setting("LAB_BLOCKED_NETWORKS", "", _cidrs,
+            "More IPv4 networks labs may not reach, comma-separated (e.g. 10.0.0.0/8 for "
+            "an office network); needs LAB_FIREWALL=true.", "Host protection"),
     Setting("GPU_DEVICES", "auto", _gpu_devices,
             "GPUs labs may use: auto (detect with nvidia-smi), none, or indices/UUIDs "
             "such as 0,1.", "GPUs"),
@@ -361,6 +412,8 @@ class Settings:
 def _to_env(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, dict):
@@ -404,6 +457,16 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
         problems.append(f"HUB_HTTP_REDIRECT_PORT={raw['HUB_HTTP_REDIRECT_PORT']!r} in the "
                         "settings is HUB_PORT too: choose another port for the redirect "
                         "(e.g. 80 when HUB_PORT is 443), or empty it.")
+    if values["LAB_BLOCKED_NETWORKS"] and not values["LAB_FIREWALL"]:
+        problems.append(f"LAB_BLOCKED_NETWORKS={raw['LAB_BLOCKED_NETWORKS']!r} in the settings "
+                        "needs LAB_FIREWALL=true (the lab-firewall service blocks them): set "
+                        "LAB_FIREWALL=true, or empty LAB_BLOCKED_NETWORKS.")
+    shared = values["SHARED_DATA_DIR"] or ""
+    if values["DOCKER_SOCKET_PROXY"] and any(not " " <= ch <= "~" or ch in '"\\' for ch in shared):
+        problems.append(f"SHARED_DATA_DIR={raw['SHARED_DATA_DIR']!r} in the settings: with "
+                        "DOCKER_SOCKET_PROXY=true the folder's path must be plain ASCII "
+                        "without quotes or backslashes (the proxy checks every mount): "
+                        "use such a path (a symlink will do), or DOCKER_SOCKET_PROXY=false.")
     problems += _swarm_problems(values, raw)
     return problems
 

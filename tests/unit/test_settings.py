@@ -11,7 +11,7 @@ from gpuhub.settings import SETTINGS, SettingsError, read_env_file, validate
 ROOT = Path(__file__).resolve().parents[2]
 
 # Variables compose interpolates that are not user settings: `invoke up` sets them.
-COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY"}
+COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY", "GPUHUB_LABS_BRIDGE"}
 
 
 def problem_for(env: dict) -> str:
@@ -31,6 +31,8 @@ def test_defaults_validate():
     assert s.lab_mem_limit is None
     assert s.gpu_devices == "auto"
     assert s.database_url == ""
+    assert s.docker_socket_proxy is True and s.lab_firewall is True
+    assert s.lab_blocked_networks == ()
 
 
 def test_raw_env_round_trips_through_validate():
@@ -71,6 +73,13 @@ def test_unknown_attribute_is_an_attribute_error():
     ("GPU_DEVICES", "all", "'all' is neither a GPU index"),
     ("GPU_DEVICES", "0,,1", "auto, none, or a comma-separated list"),
     ("GPU_DEVICES", "0,1,0", "lists a GPU twice"),
+    ("DOCKER_SOCKET_PROXY", "maybe", "must be true or false"),
+    ("LAB_FIREWALL", "on", "must be true or false"),
+    ("LAB_BLOCKED_NETWORKS", "10.0.0.1/8", "write 10.0.0.0/8 for the whole network"),
+    ("LAB_BLOCKED_NETWORKS", "office", "'office' is not a network"),
+    ("LAB_BLOCKED_NETWORKS", "10.0.0.0/33", "is not a network"),
+    ("LAB_BLOCKED_NETWORKS", "fd00::/8", "is IPv6; labs have no IPv6"),
+    ("LAB_BLOCKED_NETWORKS", "10.0.0.0/8,10.0.0.0/8", "lists a network twice"),
 ])
 def test_bad_value_names_setting_quotes_value_and_says_fix(name, bad, fix):
     message = problem_for({name: bad})
@@ -102,6 +111,9 @@ def test_every_problem_is_reported_at_once():
     ("GPU_DEVICES", "none", "none"),
     ("GPU_DEVICES", "0, 2", "0,2"),
     ("GPU_DEVICES", "GPU-4f6f9d2a-1c3e,MIG-4f6f9d2a/1/0", "GPU-4f6f9d2a-1c3e,MIG-4f6f9d2a/1/0"),
+    ("DOCKER_SOCKET_PROXY", "False", False),
+    ("LAB_FIREWALL", "no", False),
+    ("LAB_BLOCKED_NETWORKS", " 10.0.0.0/8 , 203.0.113.7,", ("10.0.0.0/8", "203.0.113.7/32")),
 ])
 def test_good_value_is_parsed(name, good, parsed):
     assert getattr(validate({name: good}), name.lower()) == parsed
@@ -111,6 +123,25 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / ".env"
     path.write_text(text)
     return path
+
+
+def test_blocked_networks_need_the_lab_firewall():
+    message = problem_for({"LAB_FIREWALL": "false", "LAB_BLOCKED_NETWORKS": "10.0.0.0/8"})
+    assert message.startswith("LAB_BLOCKED_NETWORKS='10.0.0.0/8' in the settings needs "
+                              "LAB_FIREWALL=true"), message
+
+
+@pytest.mark.parametrize("path", ["/data/dätä", '/data/a"b', "/data/a\\b"])
+def test_the_docker_proxy_needs_a_plain_shared_data_dir(path):
+    message = problem_for({"SHARED_DATA_DIR": path})
+    assert message.startswith(f"SHARED_DATA_DIR={path!r} in the settings: with "
+                              "DOCKER_SOCKET_PROXY=true"), message
+    assert validate({"SHARED_DATA_DIR": path, "DOCKER_SOCKET_PROXY": "false"})
+
+
+def test_booleans_reach_compose_as_true_and_false():
+    raw = validate({"DOCKER_SOCKET_PROXY": "no"}).raw_env()
+    assert (raw["DOCKER_SOCKET_PROXY"], raw["LAB_FIREWALL"]) == ("false", "true")
 
 
 def test_read_env_file_handles_comments_quotes_and_export(tmp_path):
@@ -195,7 +226,11 @@ COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?-)?(?P<default>[^}]*)\}")
 
 
 def compose_variables() -> list[re.Match]:
-    return list(COMPOSE_VAR.finditer((ROOT / "docker-compose.yml").read_text()))
+    """${...} in every compose file whose variables have defaults (not the TLS ones)."""
+    text = "".join((ROOT / name).read_text() for name in (
+        "docker-compose.yml", "docker-compose.docker-socket.yml",
+        "docker-compose.no-lab-firewall.yml"))
+    return list(COMPOSE_VAR.finditer(text))
 
 
 def test_compose_defaults_equal_the_settings_defaults():
