@@ -1,0 +1,210 @@
+"""The lab firewall's rules, names and upkeep, against a fake iptables (no root needed)."""
+
+import shlex
+import subprocess
+
+import pytest
+
+from gpuhub import labfirewall
+from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend, ruleset_from_env
+
+
+class FakeIptables:
+    """The filter table as iptables -S/-C/-D/-F/-X and iptables-restore --noflush see it."""
+
+    def __init__(self):
+        self.chains: dict[str, list[tuple[str, ...]]] = {"INPUT": [], "DOCKER-USER": []}
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args, stdin=None):
+        self.calls.append(list(args))
+        args = [a for a in args[1:] if a != "-w"]
+        if args[:1] == ["--noflush"]:
+            self.restore(stdin)
+            return self.result(0)
+        op, chain, rule = args[0], args[1], tuple(args[2:])
+        if chain not in self.chains:
+            return self.result(1, stderr=f"No chain/target/match by that name: {chain}")
+        rules = self.chains[chain]
+        if op == "-S":
+            return self.result(0, "\n".join([f"-N {chain}"] + [
+                shlex.join(["-A", chain, *r]) for r in rules]) + "\n")
+        if op == "-C":
+            return self.result(0 if rule in rules else 1)
+        if op == "-D":
+            rules.remove(rule)
+        elif op == "-F":
+            rules.clear()
+        elif op == "-X":
+            del self.chains[chain]
+        return self.result(0)
+
+    def restore(self, text):
+        for line in text.splitlines():
+            if line.startswith(":"):
+                self.chains[line[1:].split()[0]] = []
+            elif line.startswith("-A "):
+                _, chain, *rule = shlex.split(line)
+                self.chains[chain].append(tuple(rule))
+            elif line.startswith("-I "):
+                _, chain, position, *rule = shlex.split(line)
+                self.chains[chain].insert(int(position) - 1, tuple(rule))
+
+    @staticmethod
+    def result(code, stdout="", stderr=""):
+        return subprocess.CompletedProcess([], code, stdout, stderr)
+
+
+RULES = Ruleset(project="gpuhub", bridge="gpuhub-labs", blocked=("10.0.0.0/8",))
+
+
+@pytest.fixture
+def iptables():
+    return FakeIptables()
+
+
+def test_the_bridge_is_named_after_the_network_when_that_fits():
+    # docker-compose.yml falls back to "<project>-labs": the two must agree.
+    assert bridge_name("gpuhub") == "gpuhub-labs"
+    assert bridge_name("lab-a") == "lab-a-labs"
+
+
+def test_long_project_names_get_a_short_stable_distinct_bridge():
+    names = {bridge_name(f"gpuhubtest-{i:06x}") for i in range(200)}
+    assert len(names) == 200
+    assert all(len(n) <= 15 and n.startswith("gpuhub-") for n in names)
+    assert bridge_name("gpuhubtest-abcdef") == bridge_name("gpuhubtest-abcdef")
+
+
+def test_the_host_is_refused_but_replies_and_dns_are_not():
+    replies, udp, tcp, refuse = RULES.chains()["GPUHUB-IN-gpuhub-labs"]
+    assert replies[:4] == ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"]
+    assert [(r[1], r[5], r[-1]) for r in (udp, tcp)] == [("udp", "53", "RETURN"),
+                                                        ("tcp", "53", "RETURN")]
+    assert replies[-1] == "RETURN" and "-i" not in refuse and "-d" not in refuse
+    assert refuse[-4:] == ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
+
+
+def test_metadata_and_blocked_networks_are_refused_beyond_the_labs_network():
+    beyond = RULES.chains()["GPUHUB-FWD-gpuhub-labs"]
+    assert beyond[0][:2] == ["-o", "gpuhub-labs"] and beyond[0][-1] == "RETURN"
+    refused = [r[1] for r in beyond if "REJECT" in r]
+    assert refused == ["169.254.0.0/16", "10.0.0.0/8"]
+
+
+def test_jumps_come_from_the_bridge_and_carry_the_project():
+    assert RULES.jumps() == [
+        ("INPUT", ["-i", "gpuhub-labs", "-m", "comment", "--comment", "gpuhub gpuhub",
+                   "-j", "GPUHUB-IN-gpuhub-labs"]),
+        ("DOCKER-USER", ["-i", "gpuhub-labs", "-m", "comment", "--comment", "gpuhub gpuhub",
+                         "-j", "GPUHUB-FWD-gpuhub-labs"])]
+    assert all(len(chain) <= 28 for chain in Ruleset("p", "x" * 15).chains())
+
+
+def test_the_ruleset_comes_from_the_compose_environment():
+    rules = ruleset_from_env({"COMPOSE_PROJECT_NAME": "gpuhubtest-abcdef",
+                              "LAB_BLOCKED_NETWORKS": "10.0.0.0/8, 203.0.113.7"})
+    assert rules == Ruleset("gpuhubtest-abcdef", bridge_name("gpuhubtest-abcdef"),
+                            ("10.0.0.0/8", "203.0.113.7/32"))
+    given = ruleset_from_env({"COMPOSE_PROJECT_NAME": "p", "GPUHUB_LABS_BRIDGE": "br-x"})
+    assert given.bridge == "br-x"
+
+
+@pytest.mark.parametrize("env, words", [
+    ({}, "COMPOSE_PROJECT_NAME is empty"),
+    ({"COMPOSE_PROJECT_NAME": "p", "GPUHUB_LABS_BRIDGE": "x" * 16}, "longer than 15"),
+    ({"COMPOSE_PROJECT_NAME": "p", "LAB_BLOCKED_NETWORKS": "10.0.0.1/8"}, "'10.0.0.1/8'"),
+])
+def test_a_bad_environment_names_the_setting(env, words):
+    with pytest.raises(ValueError, match=words):
+        ruleset_from_env(env)
+
+
+def listing(**tables):
+    def run(args, stdin=None):
+        out = tables.get(args[0])
+        return FakeIptables.result(1 if out is None else 0, out or "")
+    return run
+
+
+DOCKER_NFT = "-P INPUT ACCEPT\n-N DOCKER\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n"
+
+
+def test_the_backend_is_the_one_holding_dockers_rules():
+    assert choose_backend(listing(**{"iptables-nft": DOCKER_NFT,
+                                     "iptables-legacy": "-P INPUT ACCEPT\n"})) == "iptables-nft"
+    assert choose_backend(listing(**{"iptables-nft": "-P INPUT ACCEPT\n",
+                                     "iptables-legacy": DOCKER_NFT})) == "iptables-legacy"
+    stale = "-N DOCKER-USER\n"
+    assert choose_backend(listing(**{"iptables-nft": stale,
+                                     "iptables-legacy": DOCKER_NFT})) == "iptables-legacy"
+
+
+def test_without_dockers_chains_the_firewall_says_why_and_how_out():
+    with pytest.raises(RuntimeError, match="LAB_FIREWALL=false"):
+        choose_backend(listing(**{"iptables-nft": "-P INPUT ACCEPT\n"}))
+
+
+def test_apply_installs_everything_in_one_transaction_and_is_idempotent(iptables):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    assert len(fw.missing()) == 4
+    fw.apply()
+    assert fw.missing() == []
+    restores = [c for c in iptables.calls if c[0] == "iptables-nft-restore"]
+    assert restores == [["iptables-nft-restore", "-w", "--noflush"]]
+    fw.apply()
+    assert iptables.chains["INPUT"] == [tuple(RULES.jumps()[0][1])], "one jump, not two"
+    assert fw.missing() == []
+
+
+def test_missing_or_extra_rules_are_noticed_and_put_back(iptables):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    iptables.chains["DOCKER-USER"].clear()
+    iptables.chains["GPUHUB-IN-gpuhub-labs"].insert(0, ("-j", "ACCEPT"))
+    assert fw.missing() == ["chain GPUHUB-IN-gpuhub-labs does not hold exactly gpuhub's rules",
+                            "the jump from DOCKER-USER to GPUHUB-FWD-gpuhub-labs is missing"]
+    fw.apply()
+    assert fw.missing() == []
+    assert ("-j", "ACCEPT") not in iptables.chains["GPUHUB-IN-gpuhub-labs"]
+
+
+def test_remove_leaves_nothing_of_the_project(iptables):
+    other = Firewall(Ruleset("other", "other-labs"), "iptables-nft", iptables)
+    other.apply()
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    fw.apply()
+    fw.remove()
+    assert set(iptables.chains) == {"INPUT", "DOCKER-USER", "GPUHUB-IN-other-labs",
+                                    "GPUHUB-FWD-other-labs"}
+    assert all("gpuhub gpuhub" not in " ".join(r) for rules in iptables.chains.values()
+               for r in rules)
+    assert other.missing() == []
+
+
+def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch):
+    events = []
+
+    class Watched:
+        rules, backend = RULES, "iptables-nft"
+
+        def apply(self):
+            events.append("apply")
+
+        def missing(self):
+            events.append("check")
+            if events.count("check") == 1:
+                return ["the jump from INPUT to GPUHUB-IN-gpuhub-labs is missing"]
+            raise labfirewall._Stop()  # as SIGTERM does
+
+        def remove(self):
+            events.append("remove")
+
+    import signal
+
+    monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: True)
+    before = signal.getsignal(signal.SIGTERM)
+    labfirewall.run_forever(Watched(), interval=0)
+    assert events == ["apply", "check", "apply", "check", "remove"]
+    assert signal.getsignal(signal.SIGTERM) is before
