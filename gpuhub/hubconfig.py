@@ -29,6 +29,9 @@ LAB_HOME = "/home/jovyan"
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
 HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
+# How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
+DOCKER_PROXY_URL = "tcp://docker-proxy:2375"
+DOCKER_SOCKET = Path("/var/run/docker.sock")
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -69,6 +72,28 @@ def read_proxy_token(path: Path) -> str:
         raise ValueError(f"the proxy token {str(path)!r} is missing or empty; start the stack "
                          "with `invoke up`, which creates it")
     return token
+
+
+def check_docker_access(settings: Settings, env: Mapping[str, str],
+                        socket: Path = DOCKER_SOCKET) -> None:
+    """The hub reaches Docker the way DOCKER_SOCKET_PROXY says; else a ValueError saying how.
+
+    Compose run by hand with the wrong files would otherwise start a hub that fails at
+    the first spawn, or one that holds the socket although the settings say it must not.
+    """
+    docker_host = env.get("DOCKER_HOST", "")
+    if settings.docker_socket_proxy:
+        if docker_host != DOCKER_PROXY_URL:
+            raise ValueError(f"DOCKER_SOCKET_PROXY=true, but the hub's DOCKER_HOST is "
+                             f"{docker_host!r}, not {DOCKER_PROXY_URL!r}: start it with "
+                             "`invoke up` (by hand: without docker-compose.docker-socket.yml)")
+        if socket.exists():
+            raise ValueError(f"DOCKER_SOCKET_PROXY=true, but the hub has the Docker socket "
+                             f"{socket}: start it with `invoke up` (by hand: without "
+                             "docker-compose.docker-socket.yml)")
+    elif not docker_host and not socket.exists():
+        raise ValueError("DOCKER_SOCKET_PROXY=false, but the hub has no Docker socket: start "
+                         "it with `invoke up` (by hand: add -f docker-compose.docker-socket.yml)")
 
 
 def update_hub(c, settings: Settings, data_dir: Path,
@@ -152,6 +177,7 @@ def update_spawner(c, settings: Settings) -> None:
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
     c.GpuDockerSpawner.project = project
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
+    c.GpuDockerSpawner.require_lab_firewall = settings.lab_firewall
 
 
 def update_swarm(c, settings: Settings) -> None:
@@ -190,7 +216,8 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
     c.GpuDockerSpawner.profiles_yaml = profiles_yaml
 
 
-def update_services(c, settings: Settings, data_dir: Path, inventory_json: str = "[]") -> None:
+def update_services(c, settings: Settings, data_dir: Path, inventory_json: str = "[]",
+                    docker_host: str = "") -> None:
     """Hub-managed services: the idle culler, and the token `invoke` uses for user admin."""
     admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
     services = [{"name": ADMIN_SERVICE, "api_token": admin_token}]
@@ -207,6 +234,8 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
         "environment": {"COMPOSE_PROJECT_NAME": settings.compose_project_name,
                         "GPU_POLICY": settings.gpu_policy,
                         "GPUHUB_GPU_INVENTORY": inventory_json,
+                        # It lists the labs the way the hub reaches Docker (docker-proxy).
+                        "DOCKER_HOST": docker_host,
                         **{k: settings.raw_env()[k] for k in (
                             "MODE", "REGISTRY", "SWARM_HOMES", "SWARM_GPU_RESOURCE")}},
     })
@@ -245,4 +274,5 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_spawner(c, settings)
     update_swarm(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)
-    update_services(c, settings, data_dir, gpu_inventory.to_json(gpus))
+    update_services(c, settings, data_dir, gpu_inventory.to_json(gpus),
+                    env.get("DOCKER_HOST", ""))

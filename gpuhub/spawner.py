@@ -18,7 +18,7 @@ import docker
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Dict, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
 from .labels import GPUS as LABEL_GPUS
@@ -45,6 +45,11 @@ class GpuDockerSpawner(DockerSpawner):
     docker_threads = Integer(
         8, help="Threads for Docker API calls. DockerSpawner uses one for every user, so "
                 "ten users pressing Start queue behind each other's calls.",
+    ).tag(config=True)
+    require_lab_firewall = Bool(
+        False, help="Start a lab only while the project's lab-firewall service is healthy "
+                    "(its rules are in place): labs never run unprotected, even when the "
+                    "firewall was stopped or died.",
     ).tag(config=True)
 
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
@@ -85,6 +90,22 @@ class GpuDockerSpawner(DockerSpawner):
     @default("options_from_form")
     def _default_options_from_form(self):
         return lambda formdata: Profiles.options_from_form(formdata)
+
+    # --- the lab firewall ----------------------------------------------------------
+    async def check_lab_firewall(self) -> None:
+        """Refuse the spawn (503) unless the project's lab-firewall container is healthy."""
+        if not self.require_lab_firewall:
+            return
+        healthy = await self.docker("containers", filters={
+            "label": [f"com.docker.compose.project={self.project}",
+                      "com.docker.compose.service=lab-firewall"],
+            "health": "healthy"})
+        if not healthy:
+            self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "
+                           "not healthy (see `docker compose logs lab-firewall`)",
+                           self.user.name, self.project)
+            raise web.HTTPError(503, "labs start only behind the lab firewall, which is not "
+                                     "running right now; ask an admin to run `invoke up`")
 
     # --- what Docker says is held --------------------------------------------
     async def held_gpus(self) -> dict[str, list[str]]:
@@ -179,6 +200,7 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def start(self):
         profile = self.resolve_profile()
+        await self.check_lab_firewall()
         held = await self.held_gpus()
         try:
             self.gpu_ids = self.grant_gpus(profile, held)

@@ -6,7 +6,7 @@ All logic lives in the importable, unit-tested ``gpuhub`` package.
 import os
 import sys
 
-from gpuhub.hubconfig import apply_config
+from gpuhub.hubconfig import apply_config, check_docker_access
 from gpuhub.settings import SettingsError, validate
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -17,6 +17,7 @@ except SettingsError as err:
     sys.exit(f"gpuhub: invalid settings, the hub will not start:\n{err}")
 
 try:
+    check_docker_access(settings, os.environ)
     apply_config(c, settings)
-except ValueError as err:  # bad GPU pins, inventory or profiles.yaml
+except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory or profiles
     sys.exit(f"gpuhub: {err}")

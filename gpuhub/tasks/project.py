@@ -13,6 +13,7 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
+from ..labfirewall import bridge_name
 from ..settings import Settings, SettingsError, read_env_file, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,18 +45,33 @@ class Project:
 
     @property
     def compose_files(self) -> list[str]:
-        """docker-compose.yml, plus the HTTPS overrides when the settings turn them on."""
+        """docker-compose.yml, plus the overrides the settings ask for.
+
+        The base file is the default, protected setup (docker-proxy, lab-firewall); the
+        overrides switch those off, or add HTTPS.
+        """
         files = ["docker-compose.yml"]
+        if not self.settings.docker_socket_proxy:
+            files.append("docker-compose.docker-socket.yml")
+        if not self.settings.lab_firewall:
+            files.append("docker-compose.no-lab-firewall.yml")
         if self.settings.tls_cert:  # validation guarantees TLS_KEY too
             files.append("docker-compose.tls.yml")
         if self.settings.hub_http_redirect_port:  # only allowed with TLS
             files.append("docker-compose.tls-redirect.yml")
         return files
 
+    @property
+    def labs_bridge(self) -> str:
+        """The labs network's bridge interface (lab-firewall's rules name it)."""
+        return bridge_name(self.name)
+
     def env(self, **extra: str) -> dict[str, str]:
-        """Environment for compose: the file's path (for env_file) and validated settings."""
+        """Environment for compose: the file's path (for env_file), validated settings,
+        and the labs bridge's name."""
         env = self.settings.raw_env()
         env["GPUHUB_ENV_FILE"] = str(self.env_file)
+        env["GPUHUB_LABS_BRIDGE"] = self.labs_bridge
         env.update(extra)
         return env
 

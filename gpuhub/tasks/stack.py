@@ -25,19 +25,31 @@ USERCLI = "python3 -m gpuhub.usercli"
 
 
 def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> list[str]:
-    """The ``docker build`` commands for the images (BuildKit, CA bundle as a secret)."""
+    """The ``docker build`` commands for the images (BuildKit, CA bundle as a secret).
+
+    ``hub`` also builds the hub's helpers the settings turn on: docker-proxy and
+    lab-firewall (Debian packages over plain HTTP: no CA bundle needed).
+    """
     s = project.settings
+    cache = ["--no-cache"] if no_cache else []
     common = ["docker", "build", "--build-arg", f"JUPYTERHUB_VERSION={s.jupyterhub_version}"]
     if s.extra_ca_certs:
         common += ["--secret", f"id=extra_ca_certs,src={s.extra_ca_certs}"]
-    if no_cache:
-        common.append("--no-cache")
+    common += cache
     root = project.root
+    debian = ["docker", "build", *cache, "--build-arg", f"BASE_IMAGE={s.debian_base_image}"]
     cmds = []
     if hub:
         cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.hub_base_image}",
                               "-f", str(root / "jupyterhub" / "Dockerfile"),
                               *_tags(s, s.hub_image), str(root)])
+        if s.docker_socket_proxy:
+            folder = root / "jupyterhub" / "docker-proxy"
+            cmds.append(debian + ["-f", str(folder / "Dockerfile"), "-t", s.docker_proxy_image,
+                                  str(folder)])
+        if s.lab_firewall:
+            cmds.append(debian + ["-f", str(root / "jupyterhub" / "lab-firewall" / "Dockerfile"),
+                                  "-t", s.lab_firewall_image, str(root)])
     if lab:
         cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.lab_base_image}",
                               "-f", str(root / "jupyterlab" / "Dockerfile"),
@@ -105,12 +117,13 @@ def push_images(c, project, hub: bool = True, lab: bool = True) -> None:
                        "the registry is reachable and that you are logged in (`docker login`)")
 
 
-@task(help={"hub": "Build the hub image (default: yes; --no-hub skips it).",
+@task(help={"hub": "Build the hub image and its helpers, docker-proxy and lab-firewall, as "
+                   "the settings use them (default: yes; --no-hub skips them).",
             "lab": "Build the lab image (default: yes; --no-lab skips it).",
             "no-cache": "Rebuild every layer instead of using the build cache.",
             "push": "Then push both to REGISTRY (swarm mode: every node pulls from there)."})
 def build(c, hub=True, lab=True, no_cache=False, push=False):
-    """Build the hub and lab images (BuildKit; EXTRA_CA_CERTS is trusted while building)."""
+    """Build the hub, its helpers and the lab image (BuildKit; EXTRA_CA_CERTS is trusted)."""
     project = load()
     require_docker(c)
     build_images(c, project, hub=hub, lab=lab, no_cache=no_cache)
@@ -148,9 +161,12 @@ def up(c, build=True, timeout=180):
         print(f"gpuhub is up on the Swarm: http://<this node>:{s.hub_port}/  (GPUs: {gpus})")
         return
     inventory = detect_gpus(project)
+    if s.lab_firewall:
+        check_labs_bridge(c, project)
     if build:
         build_images(c, project)
     pull_profile_images(c, project, profiles)
+    remove_switched_off(c, project)
     project.ensure_secret("proxy-token")
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project))
@@ -168,6 +184,46 @@ def up(c, build=True, timeout=180):
     redirect = (f"; http://{host}:{s.hub_http_redirect_port}/ redirects there"
                 if s.hub_http_redirect_port else "")
     print(f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  (GPUs: {gpus}{redirect})")
+
+
+def check_labs_bridge(c, project) -> None:
+    """Refuse a labs network whose bridge is not the one lab-firewall's rules name.
+
+    Networks made before gpuhub named the bridge (or by hand, see docker-compose.yml)
+    keep Docker's ``br-<id>``; Docker cannot rename it, so the network must be made anew.
+    """
+    network = f"{project.name}-labs"
+    found = c.run("docker network inspect --format "
+                  "'{{index .Options \"com.docker.network.bridge.name\"}}' " + network,
+                  hide=True, warn=True)
+    if found.failed:
+        return  # not made yet: compose makes it with the right name
+    bridge = found.stdout.strip()
+    if bridge != project.labs_bridge:
+        current = "Docker's br-<id>" if bridge in ("", "<no value>") else repr(bridge)
+        raise fail(f"the labs network {network} has the bridge {current}, but lab-firewall "
+                   f"guards {project.labs_bridge!r}: it was made by an older gpuhub or by "
+                   "hand; run `invoke down`, then `invoke up` (users, passwords and work "
+                   "folders are kept)")
+
+
+def remove_switched_off(c, project) -> None:
+    """Stop the helpers the settings have switched off since the last `invoke up`.
+
+    Compose leaves a service's container running when an override file disables it.
+    `docker stop` (not kill): lab-firewall removes its rules on SIGTERM.
+    """
+    s = project.settings
+    off = [name for name, on in (("docker-proxy", s.docker_socket_proxy),
+                                 ("lab-firewall", s.lab_firewall)) if not on]
+    for service in off:
+        ids = c.run(f"docker ps -aq --filter label=com.docker.compose.project={project.name} "
+                    f"--filter label=com.docker.compose.service={service}",
+                    hide=True, warn=True).stdout.split()
+        if ids:
+            _step(f"removing {service} (switched off in the settings)")
+            c.run("docker stop -t 30 " + " ".join(ids), hide=True, warn=True)
+            c.run("docker rm -f " + " ".join(ids), hide=True, warn=True)
 
 
 def load_profiles(project) -> Profiles:

@@ -10,16 +10,24 @@ DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
 COMPOSE_VERSION = "docker compose version --short"
 
 
+def labs_bridge_check(project: str = "gpuhub") -> str:
+    """The command `invoke up` asks the labs network's bridge name with."""
+    return ("docker network inspect --format "
+            "'{{index .Options \"com.docker.network.bridge.name\"}}' " + f"{project}-labs")
+
+
 def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:
     """Docker answers and the hub runs if ``running``; ``(command or regex, Result)`` pairs
-    and ``defaults`` (command -> Result) win. Any other command succeeds silently, so tests
-    assert the exact list of commands run."""
+    and ``defaults`` (command -> Result) win. The labs network does not exist yet. Any other
+    command succeeds silently, so tests assert the exact list of commands run."""
     results = dict(pairs)
     results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
     results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
     for command, result in defaults.items():
         results.setdefault(command, result)
     results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
+    results.setdefault(re.compile(r"^docker network inspect "), Result(stderr="No such network",
+                                                                     exited=1))
     results[re.compile(".*", re.DOTALL)] = Result()
     return MockContext(run=results, repeat=True)
 

@@ -11,7 +11,14 @@ from traitlets.config import Config
 
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 from gpuhub.gpus import Gpu, to_json
-from gpuhub.hubconfig import ADMIN_SERVICE, ADMIN_TOKEN_FILE, LAB_HOME, apply_config
+from gpuhub.hubconfig import (
+    ADMIN_SERVICE,
+    ADMIN_TOKEN_FILE,
+    DOCKER_PROXY_URL,
+    LAB_HOME,
+    apply_config,
+    check_docker_access,
+)
 from gpuhub.settings import validate
 from gpuhub.spawner import GpuDockerSpawner
 
@@ -226,3 +233,40 @@ def test_a_missing_proxy_token_stops_the_hub_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="invoke up"):
         apply_config(Config(), validate({}), env={}, data_dir=tmp_path,
                      proxy_token_file=tmp_path / "absent")
+
+
+# --- how the hub reaches Docker, and the lab firewall --------------------------------
+
+@pytest.fixture
+def socket_file(tmp_path):
+    """Where the Docker socket would be mounted; create it to mount it."""
+    return tmp_path / "docker.sock"
+
+
+def test_through_the_proxy_the_hub_has_its_address_and_no_socket(socket_file):
+    check_docker_access(validate({}), {"DOCKER_HOST": DOCKER_PROXY_URL}, socket_file)
+    with pytest.raises(ValueError, match="DOCKER_HOST is '', not 'tcp://docker-proxy:2375'"):
+        check_docker_access(validate({}), {}, socket_file)
+    socket_file.touch()
+    with pytest.raises(ValueError, match="but the hub has the Docker socket"):
+        check_docker_access(validate({}), {"DOCKER_HOST": DOCKER_PROXY_URL}, socket_file)
+
+
+def test_without_the_proxy_the_hub_needs_the_socket(socket_file):
+    direct = validate({"DOCKER_SOCKET_PROXY": "false"})
+    with pytest.raises(ValueError, match="add -f docker-compose.docker-socket.yml"):
+        check_docker_access(direct, {"DOCKER_HOST": ""}, socket_file)
+    socket_file.touch()
+    check_docker_access(direct, {"DOCKER_HOST": ""}, socket_file)
+
+
+def test_the_gpu_page_reaches_docker_as_the_hub_does(configure):
+    # Managed services inherit almost nothing from the hub's environment.
+    proxied = configure(env={"DOCKER_HOST": DOCKER_PROXY_URL})
+    assert services(proxied)["gpus"]["environment"]["DOCKER_HOST"] == DOCKER_PROXY_URL
+    assert services(configure())["gpus"]["environment"]["DOCKER_HOST"] == ""
+
+
+def test_labs_wait_for_the_lab_firewall_unless_it_is_off(configure):
+    assert configure().GpuDockerSpawner.require_lab_firewall is True
+    assert configure(LAB_FIREWALL="false").GpuDockerSpawner.require_lab_firewall is False

@@ -115,7 +115,7 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
 
     async def no_labs_running(method, *args, **kwargs):
         assert method == "containers", method
-        return []
+        return FIREWALL if _asks_for_the_firewall(kwargs) else []
 
     async def container_already_removed(self):
         return None
@@ -137,6 +137,56 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
     assert seen == {"at start": GPUS, "at stop": GPUS}
     assert spawner.gpu_ids == []
     assert GpuDockerSpawner._pending == {}
+
+
+FIREWALL = [{"Id": "f1", "Labels": {"com.docker.compose.service": "lab-firewall"}}]
+
+
+def _asks_for_the_firewall(kwargs) -> bool:
+    filters = kwargs.get("filters", {})
+    return "com.docker.compose.service=lab-firewall" in filters.get("label", [])
+
+
+def _start_without_a_firewall(tmp_path, monkeypatch, **settings):
+    """Start alice's lab when Docker lists no healthy lab-firewall; return the calls."""
+    calls = []
+
+    async def docker_calls(method, *args, **kwargs):
+        calls.append((method, kwargs))
+        return []
+
+    async def fake_start(self):
+        return ("10.0.0.5", 8888)
+
+    async def serving(self, ip, port):
+        return None
+
+    monkeypatch.setattr(DockerSpawner, "start", fake_start)
+    monkeypatch.setattr(GpuDockerSpawner, "wait_until_serving", serving)
+    spawner = make_spawner(make_config(tmp_path, GPUS, **settings))
+    monkeypatch.setattr(spawner, "docker", docker_calls)
+    return spawner, calls
+
+
+def test_no_lab_starts_while_the_lab_firewall_is_not_healthy(tmp_path, monkeypatch):
+    from tornado import web
+
+    spawner, calls = _start_without_a_firewall(tmp_path, monkeypatch)
+    with pytest.raises(web.HTTPError) as info:
+        asyncio.run(spawner.start())
+    assert info.value.status_code == 503
+    assert "lab firewall" in info.value.log_message and "invoke up" in info.value.log_message
+    (method, kwargs), = calls
+    assert kwargs["filters"] == {"label": ["com.docker.compose.project=gpuhub",
+                                           "com.docker.compose.service=lab-firewall"],
+                                 "health": "healthy"}
+    assert spawner.gpu_ids == [] and GpuDockerSpawner._pending == {}
+
+
+def test_with_the_lab_firewall_off_labs_start_without_asking(tmp_path, monkeypatch):
+    spawner, calls = _start_without_a_firewall(tmp_path, monkeypatch, LAB_FIREWALL="false")
+    assert asyncio.run(spawner.start()) == ("10.0.0.5", 8888)
+    assert not any(_asks_for_the_firewall(kwargs) for _, kwargs in calls)
 
 
 def test_stop_returns_only_once_docker_has_removed_the_container(tmp_path, monkeypatch):

@@ -10,7 +10,13 @@ import sys
 
 import pytest
 from invoke import Exit, MockContext, Result
-from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
+from support.mock_docker import (
+    COMPOSE_VERSION,
+    DOCKER_INFO,
+    commands,
+    docker_context,
+    labs_bridge_check,
+)
 
 import tasks as tasks_py
 from gpuhub.gpus import Gpu
@@ -116,6 +122,26 @@ def test_project_env_carries_settings_and_the_file(env_file):
     assert env["GPUHUB_GPU_INVENTORY"] == "[]"
 
 
+@pytest.mark.parametrize(("settings", "overrides"), [
+    ({}, []),
+    ({"DOCKER_SOCKET_PROXY": "false"}, ["docker-compose.docker-socket.yml"]),
+    ({"LAB_FIREWALL": "false"}, ["docker-compose.no-lab-firewall.yml"]),
+    ({"DOCKER_SOCKET_PROXY": "false", "LAB_FIREWALL": "false"},
+     ["docker-compose.docker-socket.yml", "docker-compose.no-lab-firewall.yml"]),
+])
+def test_compose_files_follow_the_settings(env_file, settings, overrides):
+    env_file(**settings)
+    files = project_mod.load().compose_files
+    assert files == ["docker-compose.yml", *overrides]
+    assert all((ROOT / name).is_file() for name in files)
+
+
+def test_a_long_project_name_gets_a_bridge_name_that_fits(env_file):
+    env_file(COMPOSE_PROJECT_NAME="gpuhubtest-abcdef")
+    bridge = project_mod.load().env()["GPUHUB_LABS_BRIDGE"]
+    assert len(bridge) <= 15 and bridge.startswith("gpuhub-")
+
+
 # --- build ------------------------------------------------------------------------
 
 def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: str = "") -> str:
@@ -126,16 +152,35 @@ def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: 
 
 HUB_BASE = "quay.io/jupyterhub/jupyterhub:5.4.4"
 LAB_BASE = "quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27"
+DEBIAN_BASE = "debian:bookworm-20251229-slim"
+HUB = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
+LAB = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab")
+DOCKER_PROXY = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
+                f"-f {ROOT / 'jupyterhub' / 'docker-proxy' / 'Dockerfile'} "
+                f"-t gpuhub-docker-proxy:latest {ROOT / 'jupyterhub' / 'docker-proxy'}")
+LAB_FIREWALL = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
+                f"-f {ROOT / 'jupyterhub' / 'lab-firewall' / 'Dockerfile'} "
+                f"-t gpuhub-lab-firewall:latest {ROOT}")
 
 
-def test_build_runs_both_builds_with_buildkit(env_file):
+def test_build_runs_every_build_with_buildkit(env_file):
     c = context()
     stack.build(c)
-    hub = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
-    lab = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab")
-    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION, hub, lab]
-    assert call_for(c, hub).kwargs["env"] == {"DOCKER_BUILDKIT": "1"}
-    assert "--secret" not in hub + lab
+    assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION, HUB, DOCKER_PROXY, LAB_FIREWALL, LAB]
+    assert all(call_for(c, cmd).kwargs["env"] == {"DOCKER_BUILDKIT": "1"}
+               for cmd in (HUB, DOCKER_PROXY, LAB_FIREWALL, LAB))
+    assert "--secret" not in HUB + LAB
+
+
+def test_build_makes_only_the_helpers_the_settings_use(env_file):
+    env_file(DOCKER_SOCKET_PROXY="false", DEBIAN_BASE_IMAGE="local/debian:12")
+    c = context()
+    stack.build(c, lab=False, no_cache=True)
+    assert commands(c)[2:] == [
+        build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT, extra="--no-cache "),
+        "docker build --no-cache --build-arg BASE_IMAGE=local/debian:12 "
+        f"-f {ROOT / 'jupyterhub' / 'lab-firewall' / 'Dockerfile'} "
+        f"-t gpuhub-lab-firewall:latest {ROOT}"]
 
 
 def test_build_passes_extra_ca_certs_as_a_buildkit_secret(env_file):
@@ -180,11 +225,10 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     up = compose(path, "up -d --wait --wait-timeout 180")
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
-        build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT),
-        build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab"),
-        up, exists,
+        labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
+    assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
     assert json.loads(env["GPUHUB_GPU_INVENTORY"]) == [
         {"index": "0", "uuid": "GPU-aaa", "name": "NVIDIA GPU", "memory_mib": 0}]
     assert env["HUB_PORT"] == str(free_port)
@@ -266,6 +310,32 @@ def test_up_aborts_when_the_shared_data_dir_is_missing(env_file, tmp_path, no_gp
         stack.up(c)
     assert_one_line_error(info, "SHARED_DATA_DIR=", "is not a folder on this host")
     assert commands(c) == [], "a bad setting must stop before any docker command"
+
+
+@pytest.mark.parametrize("bridge", ["<no value>", "br-5e1f0c2a9d7b", ""])
+def test_up_refuses_a_labs_network_the_firewall_cannot_name(env_file, free_port,
+                                                              no_gpu_detection, bridge):
+    env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
+    c = context((labs_bridge_check(), Result(bridge + "\n")), running=False)
+    with pytest.raises(Exit) as info:
+        stack.up(c)
+    assert_one_line_error(info, "the labs network gpuhub-labs has the bridge",
+                          "'gpuhub-labs'", "run `invoke down`, then `invoke up`")
+    assert not [cmd for cmd in commands(c) if cmd.startswith("docker build")]
+
+
+def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, no_gpu_detection):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="",
+                    LAB_FIREWALL="false")
+    listed = ("docker ps -aq --filter label=com.docker.compose.project=gpuhub "
+              "--filter label=com.docker.compose.service=lab-firewall")
+    c = context((listed, Result("a1b2\n")), running=False)
+    stack.up(c, build=False)
+    up = (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
+          f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} --env-file {path} "
+          "up -d --wait --wait-timeout 180")
+    assert commands(c)[3:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", up]
+    assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 
 def test_up_shows_the_hub_logs_when_it_never_gets_healthy(env_file, free_port, no_gpu_detection):
