@@ -47,10 +47,12 @@ def raw(case: str, method: str, path: str, body=None) -> None:
 
 
 def host_config(**changes):
+    # What gpuhub sends for a GPU lab (a device request is only checked at start).
+    gpu = docker.types.DeviceRequest(driver="nvidia", device_ids=["0"], capabilities=[["gpu"]])
     config = {"binds": {volume: {"bind": "/home/jovyan/work", "mode": "rw"}},
               "network_mode": f"{project}-labs", "cap_drop": ["ALL"],
               "security_opt": ["no-new-privileges"], "pids_limit": 64, "links": {},
-              "mounts": []}
+              "mounts": [], "device_requests": [gpu]}
     config.update(changes)
     return api.create_host_config(**config)
 
@@ -108,6 +110,8 @@ try:
         '{"Image": ' + json.dumps(lab_image) + ', "HostConfig": {"Privil\\u0065ged": true}}')
     raw("legacy top-level Privileged", "POST", f"/containers/create?name={lab}",
         {**create_body(), "Privileged": True})
+    raw("capability set (HostConfig.Capabilities)", "POST", f"/containers/create?name={lab}",
+        create_body(Capabilities=["CAP_SYS_ADMIN"]))
     raw("old API: HostConfig on start", "POST", f"/v1.23/containers/{hub}/start",
         {"Privileged": True})
     raw("body on start", "POST", f"/containers/{hub}/start", {"Privileged": True})
