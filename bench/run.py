@@ -113,7 +113,9 @@ class Bench:
                       if not c.name.startswith(self.prefix))
 
     def ensure_images(self) -> None:
-        missing = [i for i in (self.hub_image, self.lab_image)
+        images = [self.stack.settings[k] for k in ("HUB_IMAGE", "LAB_IMAGE", "DOCKER_PROXY_IMAGE",
+                                                    "LAB_FIREWALL_IMAGE")]
+        missing = [i for i in images
                    if subprocess.run(["docker", "image", "inspect", i],
                                      capture_output=True).returncode != 0]
         if missing:
@@ -122,7 +124,9 @@ class Bench:
 
     def cold_build(self) -> None:
         tags = {"HUB_IMAGE": f"gpuhubbench-hub:cold-{self.run_id}",
-                "LAB_IMAGE": f"gpuhubbench-lab:cold-{self.run_id}"}
+                "LAB_IMAGE": f"gpuhubbench-lab:cold-{self.run_id}",
+                "DOCKER_PROXY_IMAGE": f"gpuhubbench-docker-proxy:cold-{self.run_id}",
+                "LAB_FIREWALL_IMAGE": f"gpuhubbench-lab-firewall:cold-{self.run_id}"}
         cold = Stack.create(self.workdir / "cold", COMPOSE_PROJECT_NAME=f"{self.prefix}-cold", **tags)
         self.cleanups.append(("cold-build images", lambda: self._remove_images(tags.values())))
         step("timing a cold build: invoke build --no-cache")

@@ -85,18 +85,21 @@ def docker_compose_command(e2e_stack, gpu_mode) -> str:
     # pytest-docker runs "<this> -f FILE -p PROJECT SUBCOMMAND" through a shell, so the
     # variables `invoke up` hands compose are given here, without touching os.environ.
     # The proxy token `invoke up` would create (compose mounts it as a secret).
-    gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)}).ensure_secret(
-        "proxy-token")
+    project = gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)})
+    project.ensure_secret("proxy-token")
     env = {"GPUHUB_ENV_FILE": str(e2e_stack.env_file),
-           "GPUHUB_GPU_INVENTORY": gpu_inventory.to_json(list(gpu_mode.inventory))}
+           "GPUHUB_GPU_INVENTORY": gpu_inventory.to_json(list(gpu_mode.inventory)),
+           # The labs bridge lab-firewall guards (the project name is too long to be it).
+           "GPUHUB_LABS_BRIDGE": project.labs_bridge}
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
                      "docker compose", "--project-directory", shlex.quote(str(ROOT)),
                      "--env-file", shlex.quote(str(e2e_stack.env_file))])
 
 
 @pytest.fixture(scope="session")
-def docker_compose_file() -> str:
-    return str(ROOT / "docker-compose.yml")
+def docker_compose_file(e2e_stack) -> list[str]:
+    files, _ = e2e_stack.compose_files_and_env()
+    return [str(ROOT / name) for name in files]
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from support.hub import HubUser
+from support.stack import Stack, test_settings_from_env
 from support.wait import wait_until
 
 SPAWN_TIMEOUT = 60
@@ -27,14 +28,13 @@ FAULT_PROFILES = """
 
 @pytest.fixture(scope="module")
 def fault_stack(stack_factory, tmp_path_factory):
-    lab_image = "gpuhub-lab:test"
+    # The lab image the test stacks use (GPUHUB_TEST_LAB_IMAGE may name another tag).
+    lab_image = test_settings_from_env().get("LAB_IMAGE", "gpuhub-lab:test")
     suffix = os.urandom(3).hex()
     images = {"exits": f"gpuhubtest-exits:{suffix}", "gone": f"gpuhubtest-gone:{suffix}"}
     workdir = tmp_path_factory.mktemp("faults")
     dockerfile = workdir / "Dockerfile.exits"
     dockerfile.write_text(f"FROM {lab_image}\nCMD [\"false\"]\n")
-    from support.stack import Stack
-
     helper = Stack(workdir=workdir, settings={})
     helper.docker("build", "-q", "-t", images["exits"], "-f", str(dockerfile), str(workdir))
     helper.docker("tag", lab_image, images["gone"])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "gpuhubtest-"
+BLOCKED_FOR_TESTS = "198.18.0.0/15"
 
 
 def free_port() -> int:
@@ -52,8 +53,13 @@ class Stack:
             "ADMIN_USERS": "admin",
             "HUB_IMAGE": "gpuhub-hub:test",
             "LAB_IMAGE": "gpuhub-lab:test",
+            "DOCKER_PROXY_IMAGE": "gpuhub-docker-proxy:test",
+            "LAB_FIREWALL_IMAGE": "gpuhub-lab-firewall:test",
             "SPAWN_TIMEOUT": "180",
             "SECRETS_DIR": str(workdir / "secrets"),
+            # A benchmarking range (RFC 2544) no real network uses: the lab firewall's test
+            # puts a fake metadata service there, in a network namespace of its own.
+            "LAB_BLOCKED_NETWORKS": BLOCKED_FOR_TESTS,
         }
         settings.update(test_settings_from_env())
         settings.update(overrides)
@@ -98,10 +104,26 @@ class Stack:
             self.admin_passwords[name] = password
         return result
 
+    def compose_files_and_env(self) -> tuple[list[str], dict[str, str]]:
+        """The compose files and variables `invoke` would use for this stack's settings."""
+        from invoke.exceptions import Exit
+
+        from gpuhub.tasks.project import load
+
+        try:
+            project = load(root=ROOT, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
+        except Exit:  # a test of bad settings: the base file, with the settings as given
+            return ["docker-compose.yml"], {**self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
+        return project.compose_files, project.env()
+
     def compose(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-        cmd = ["docker", "compose", "--project-directory", str(ROOT),
-               "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(self.env_file), *args]
-        env = {**os.environ, **self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
+        """Run compose by hand, as an admin would: the files and variables invoke uses."""
+        files, variables = self.compose_files_and_env()
+        cmd = ["docker", "compose", "--project-directory", str(ROOT)]
+        for name in files:
+            cmd += ["-f", str(ROOT / name)]
+        cmd += ["--env-file", str(self.env_file), *args]
+        env = {**os.environ, **variables}
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check)
 
     def logs(self, tail: int = 150) -> str:
