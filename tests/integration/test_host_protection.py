@@ -1,0 +1,239 @@
+"""Host protection: the hub reaches Docker only through docker-proxy, and labs reach
+neither the Docker host nor 169.254.0.0/16 nor LAB_BLOCKED_NETWORKS (lab-firewall).
+
+The shared stack runs the defaults (both on). A second stack, with both off, is the
+control: the same lab image on the same kind of network does reach the same targets.
+Every packet these tests send goes to a gateway of a Docker network a test stack made,
+or into a network namespace made here (tests/support/hostnet.py); none to
+169.254.0.0/16, whose rule is read from iptables, never tried.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.hostnet import Listener, NamespacedService
+from support.hub import HubUser
+from support.stack import BLOCKED_FOR_TESTS
+
+from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend
+
+SPAWN_TIMEOUT = 180
+PROBE = Path(__file__).resolve().parents[1] / "support" / "docker_probe.py"
+REFUSED = "refused by gpuhub docker-proxy"
+
+# Runs in a lab: try each (name, address, port); print what answered, or the error.
+CONNECT = """
+import json, socket
+def attempt(address, port):
+    try:
+        with socket.create_connection((address, port), timeout=5) as conn:
+            return conn.recv(100).decode().strip()
+    except OSError as err:
+        return f"error: {err}"
+print(json.dumps({name: attempt(address, port) for name, address, port in %r}))
+"""
+
+
+@pytest.fixture(scope="module")
+def as_root():
+    if os.geteuid() != 0:
+        pytest.fail("these tests read the host's iptables and make a network namespace: "
+                    "run them as root (CI does)")
+
+
+def _lab_user(stack, name: str, profile: str) -> HubUser:
+    stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    user = HubUser(stack.url, name)
+    user.login(f"{name}-pw-12345")
+    user.create_token()
+    answer = user.start({"profile": profile})
+    assert answer.status_code in (201, 202), answer.text
+    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    return user
+
+
+def _stop(stack, user: HubUser) -> None:
+    if user.server():
+        user.stop(logs=stack.logs)
+
+
+@pytest.fixture(scope="module")
+def hana(stack):
+    """A GPU lab on the shared stack: docker-proxy and lab-firewall on."""
+    user = _lab_user(stack, "hana", "gpu1")
+    yield user
+    _stop(stack, user)
+
+
+@pytest.fixture(scope="module")
+def open_stack(stack_factory, as_root):
+    """The control: a stack with the socket mounted in the hub and no lab firewall."""
+    stack = stack_factory(DOCKER_SOCKET_PROXY="false", LAB_FIREWALL="false",
+                          LAB_BLOCKED_NETWORKS="")
+    stack.up("--no-build")
+    yield stack
+    stack.teardown()
+
+
+@pytest.fixture(scope="module")
+def olga(open_stack):
+    user = _lab_user(open_stack, "olga", "cpu")
+    yield user
+    _stop(open_stack, user)
+
+
+@pytest.fixture(scope="module")
+def fake_metadata(as_root):
+    """A service at an address in LAB_BLOCKED_NETWORKS (the test stacks block 198.18.0.0/15)."""
+    service = NamespacedService("metadata")
+    assert ipaddress.ip_address(service.address) in ipaddress.ip_network(BLOCKED_FOR_TESTS)
+    yield service
+    service.close()
+
+
+def _gateway(stack) -> str:
+    return stack.docker("network", "inspect", f"{stack.project}-labs", "--format",
+                        "{{range .IPAM.Config}}{{.Gateway}}{{end}}").stdout.strip()
+
+
+def _attempts(user: HubUser, targets: list[tuple[str, str, int]]) -> dict[str, str]:
+    return json.loads(user.run_code(CONNECT % (targets,)).strip().splitlines()[-1])
+
+
+def _firewall(stack) -> Firewall:
+    """The rules the stack's lab-firewall should hold, checked with this host's iptables."""
+    rules = Ruleset(stack.project, bridge_name(stack.project), (BLOCKED_FOR_TESTS,))
+    return Firewall(rules, choose_backend())
+
+
+def _service_container(stack, service: str) -> str:
+    return stack.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}",
+                        "--filter", f"label=com.docker.compose.service={service}").stdout.strip()
+
+
+# --- docker-proxy ----------------------------------------------------------------------
+
+def test_only_docker_proxy_holds_the_docker_socket(stack):
+    hub = _service_container(stack, "hub")
+    assert stack.docker("exec", hub, "test", "-e", "/var/run/docker.sock", check=False).returncode != 0
+    holders = []
+    for container in stack.compose("ps", "-q").stdout.split():
+        info = stack.inspect(container)
+        if any(m.get("Source") == "/var/run/docker.sock" for m in info["Mounts"]):
+            holders.append(info["Config"]["Labels"]["com.docker.compose.service"])
+    assert holders == ["docker-proxy"]
+    proxy = stack.inspect(_service_container(stack, "docker-proxy"))
+    assert list(proxy["NetworkSettings"]["Networks"]) == [f"{stack.project}_docker-api"], \
+        "docker-proxy must be reachable by the hub only, never from the labs network"
+    assert proxy["HostConfig"]["CapDrop"] == ["ALL"] and proxy["HostConfig"]["ReadonlyRootfs"]
+
+
+def test_a_gpu_lab_starts_through_the_proxy(stack, hana):
+    env = dict(e.split("=", 1) for e in stack.inspect(stack.lab_container("hana"))["Config"]["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"].startswith("GPU-"), env["NVIDIA_VISIBLE_DEVICES"]
+    log = stack.docker("logs", _service_container(stack, "docker-proxy")).stdout
+    created = rf"POST /v1\.\d+/containers/create\?name={stack.lab_container('hana')} -> 201"
+    assert re.search(created, log), log[-2000:]
+
+
+def test_the_proxy_refuses_every_call_gpuhub_does_not_make(stack, hana):
+    hub = _service_container(stack, "hub")
+    lab_image = stack.settings["LAB_IMAGE"]
+    probe = subprocess.run(["docker", "exec", "-i", hub, "python3", "-", stack.project, lab_image],
+                           stdin=PROBE.open(), capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    results = json.loads(probe.stdout)
+    allowed = {case: r for case, r in results.items() if case.startswith("allowed:")}
+    refused = {case: r for case, r in results.items() if not case.startswith("allowed:")}
+    assert len(allowed) == 9 and all(status == 200 for status, _ in allowed.values()), allowed
+    wrong = {case: r for case, r in refused.items() if r[0] != 403 or REFUSED not in r[1]}
+    assert not wrong, f"let through or refused by Docker rather than the proxy: {wrong}"
+    for must in ("privileged", "host bind /:/host", "exec", "swarm init", "swarm info"):
+        assert must in refused
+    leftovers = stack.docker("ps", "-aq", "--filter", "name=gpuhubprobe-", "--filter",
+                             f"name={stack.project}-lab-probe").stdout.split()
+    assert leftovers == []
+
+
+# --- lab-firewall ----------------------------------------------------------------------
+
+def test_labs_cannot_reach_the_host_but_reach_the_hub(stack, hana, open_stack, olga):
+    here, there = Listener(_gateway(stack), "host"), Listener(_gateway(open_stack), "host")
+    try:
+        # Control: a lab without the firewall reaches the host on its network's gateway.
+        assert _attempts(olga, [("gateway", there.address, there.port)]) == {"gateway": "host"}
+        assert there.accepted == 1
+        got = _attempts(hana, [("own gateway", here.address, here.port),
+                               ("another host address", there.address, there.port)])
+        assert all(answer.startswith("error:") for answer in got.values()), got
+        assert (here.accepted, there.accepted) == (0, 1), "a connection reached the host"
+    finally:
+        here.close()
+        there.close()
+    # Still reachable: the hub's API (on the labs network), and names on it.
+    out = hana.run_code(
+        "import os, socket, urllib.request\n"
+        "req = urllib.request.Request(os.environ['JUPYTERHUB_API_URL'] + '/user', headers="
+        "{'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
+        "print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "try:\n    socket.getaddrinfo('docker-proxy', 2375); print('docker-proxy found')\n"
+        "except OSError:\n    print('no docker-proxy')\n")
+    assert out.splitlines() == ["200", "no docker-proxy"], out
+
+
+def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_metadata):
+    target = [("metadata", fake_metadata.address, fake_metadata.port)]
+    assert _attempts(olga, target) == {"metadata": "metadata"}, "the control must get through"
+    got = _attempts(hana, target)
+    assert got["metadata"].startswith("error:"), got
+    # 169.254.0.0/16 is refused by the same chain: read the rules, send nothing there.
+    assert _firewall(stack).missing() == []
+    chain = subprocess.run([choose_backend(), "-S", _firewall(stack).rules.forward_chain],
+                           capture_output=True, text=True, check=True).stdout
+    assert "-d 169.254.0.0/16" in chain and f"-d {BLOCKED_FOR_TESTS}" in chain, chain
+    assert f'--comment "gpuhub {stack.project}: labs may not reach 169.254.0.0/16"' in chain
+
+
+def test_the_direct_socket_setup_has_neither_helper(open_stack, olga):
+    hub = _service_container(open_stack, "hub")
+    assert open_stack.docker("exec", hub, "test", "-S", "/var/run/docker.sock").returncode == 0
+    assert not _service_container(open_stack, "docker-proxy")
+    assert not _service_container(open_stack, "lab-firewall")
+    rules = Ruleset(open_stack.project, bridge_name(open_stack.project))
+    assert len(Firewall(rules, choose_backend()).missing()) == 4, "no rules for this stack"
+
+
+def test_no_lab_starts_while_the_lab_firewall_is_stopped(stack, as_root):
+    firewall = _firewall(stack)
+    stack.docker("stop", _service_container(stack, "lab-firewall"))
+    assert len(firewall.missing()) == 4, "stopping lab-firewall removes its rules"
+    stack.invoke("adduser", "ivan", "--password-stdin", stdin="ivan-pw-12345\n")
+    ivan = HubUser(stack.url, "ivan")
+    ivan.login("ivan-pw-12345")
+    ivan.create_token()
+    refused = ivan.start({"profile": "cpu"})
+    assert refused.status_code == 503 and "lab firewall" in refused.json()["message"], refused.text
+    assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container('ivan')}").stdout == ""
+    stack.up("--no-build")
+    assert firewall.missing() == []
+    assert ivan.start({"profile": "cpu"}).status_code in (201, 202)
+    ivan.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    ivan.stop(logs=stack.logs)
+
+
+def test_down_removes_the_rules_and_up_puts_them_back(stack, as_root):
+    firewall = _firewall(stack)
+    assert firewall.missing() == []
+    stack.invoke("down")
+    assert len(firewall.missing()) == 4
+    saved = subprocess.run([f"{firewall.backend}-save"], capture_output=True, text=True).stdout
+    assert stack.project not in saved and firewall.rules.bridge not in saved
+    stack.up("--no-build")  # waits until lab-firewall is healthy: its rules are in place
+    assert firewall.missing() == []
