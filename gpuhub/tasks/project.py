@@ -6,6 +6,7 @@ Every task starts with :func:`load`, so a bad setting stops before Docker is tou
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from ..labfirewall import bridge_name
 from ..settings import Settings, SettingsError, read_env_file, validate
 
 ROOT = Path(__file__).resolve().parents[2]
+# docker-compose.yml's `depends_on: {required: false}` came in Compose 2.20.
+MIN_COMPOSE = (2, 20)
 
 
 def fail(message: str, code: int = 1) -> Exit:
@@ -141,9 +144,16 @@ def require_docker(c) -> None:
     if c.run("docker info --format '{{.ServerVersion}}'", hide=True, warn=True).failed:
         raise fail("Docker is not running or this user may not use it: start it "
                    "(`sudo systemctl start docker`) or add yourself to the docker group")
-    if c.run("docker compose version --short", hide=True, warn=True).failed:
+    compose = c.run("docker compose version --short", hide=True, warn=True)
+    if compose.failed:
         raise fail("Docker Compose v2 (`docker compose`) is missing: install the "
                    "docker-compose-plugin package")
+    found = compose.stdout.strip().lstrip("v")
+    numbers = [int(n) for n in re.findall(r"\d+", found)[:2]]
+    if len(numbers) == 2 and tuple(numbers) < MIN_COMPOSE:
+        raise fail(f"Docker Compose {found} is too old: gpuhub needs "
+                   f"{'.'.join(map(str, MIN_COMPOSE))} or newer (docker-compose.yml uses "
+                   "optional dependencies); update the docker-compose-plugin package")
 
 
 def hub_running(c, project: Project) -> bool:

@@ -208,6 +208,14 @@ def test_build_without_docker_is_one_line(env_file):
     assert commands(c) == [DOCKER_INFO]
 
 
+@pytest.mark.parametrize("version", ["2.19.1", "v2.12.2"])
+def test_too_old_compose_is_one_line(env_file, version):
+    c = context((COMPOSE_VERSION, Result(version + "\n")))
+    with pytest.raises(Exit) as info:
+        stack.build(c)
+    assert_one_line_error(info, f"Docker Compose {version.lstrip('v')} is too old", "2.20")
+
+
 def test_missing_compose_plugin_is_one_line(env_file):
     c = context((COMPOSE_VERSION, Result(exited=1)))
     with pytest.raises(Exit) as info:
