@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 ALWAYS_BLOCKED = ("169.254.0.0/16",)
 CHECK_INTERVAL = 5  # seconds between checks that the rules are still in place
+STATUS_FILE = "/run/lab-firewall.ok"  # touched after each good check (the health check)
 BACKENDS = ("iptables-nft", "iptables-legacy")
 IFNAMSIZ = 15  # the longest Linux interface name
 REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
@@ -213,22 +214,42 @@ def bridge_exists(bridge: str) -> bool:
     return os.path.exists(f"/sys/class/net/{bridge}")
 
 
-def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL) -> None:
-    """Apply the rules, keep them in place, remove them on SIGTERM or SIGINT."""
+def mark_healthy(status: str, healthy: bool) -> None:
+    """Touch ``status`` (the health check looks at its age), or remove it."""
+    if healthy:
+        with open(status, "w") as f:
+            f.write(f"{time.time():.0f}\n")
+    elif os.path.exists(status):
+        os.remove(status)
+
+
+def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL,
+                status: str = STATUS_FILE) -> None:
+    """Apply the rules, keep them in place, remove them on SIGTERM or SIGINT.
+
+    After every check that finds the rules in place (and the bridge there), ``status`` is
+    touched: the container's health check only looks at its age, so a busy host cannot
+    make it fail, and the hub, which starts labs only while it is healthy, keeps working.
+    """
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     rules = fw.rules
+    warned = False
     try:
         fw.apply()
         blocked = ", ".join((*ALWAYS_BLOCKED, *rules.blocked))
         log(f"project {rules.project}: labs on {rules.bridge} may not reach this host, "
             f"nor {blocked} ({fw.backend})")
-        if not bridge_exists(rules.bridge):
-            log(f"warning: there is no interface {rules.bridge} (yet): the labs network was "
-                "made without that name; run `invoke down` and `invoke up`")
         while True:
+            present = bridge_exists(rules.bridge)
+            if not present and not warned:
+                log(f"error: there is no interface {rules.bridge}: the labs network was made "
+                    "without that name; run `invoke down` and `invoke up`")
+            warned = warned or not present
+            mark_healthy(status, present)
             time.sleep(interval)
             problems = fw.missing()
             if problems:
+                mark_healthy(status, False)
                 log("putting the rules back: " + "; ".join(problems))
                 fw.apply()
     except _Stop:
@@ -237,6 +258,7 @@ def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL) -> None:
         for sig in previous:  # a second SIGTERM must not cut the removal short
             signal.signal(sig, signal.SIG_IGN)
         try:
+            mark_healthy(status, False)
             fw.remove()
             log(f"project {rules.project}: rules removed")
         finally:
@@ -245,7 +267,7 @@ def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``run`` (the service), ``check`` (its health check) or ``remove``."""
+    """``run`` (the service), ``check`` (what is missing, for admins) or ``remove``."""
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else "run"
     try:

@@ -183,7 +183,10 @@ def test_remove_leaves_nothing_of_the_project(iptables):
     assert other.missing() == []
 
 
-def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch):
+def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch, tmp_path):
+    import signal
+
+    status = tmp_path / "lab-firewall.ok"
     events = []
 
     class Watched:
@@ -193,18 +196,37 @@ def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch):
             events.append("apply")
 
         def missing(self):
-            events.append("check")
-            if events.count("check") == 1:
+            events.append(f"check ({'healthy' if status.exists() else 'not healthy'})")
+            if len(events) == 2:
                 return ["the jump from INPUT to GPUHUB-IN-gpuhub-labs is missing"]
             raise labfirewall._Stop()  # as SIGTERM does
 
         def remove(self):
             events.append("remove")
 
-    import signal
-
     monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: True)
     before = signal.getsignal(signal.SIGTERM)
-    labfirewall.run_forever(Watched(), interval=0)
-    assert events == ["apply", "check", "apply", "check", "remove"]
+    labfirewall.run_forever(Watched(), interval=0, status=str(status))
+    assert events == ["apply", "check (healthy)", "apply", "check (healthy)", "remove"]
+    assert not status.exists(), "stopped: no longer healthy"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_without_its_bridge_the_service_is_not_healthy(monkeypatch, tmp_path):
+    status = tmp_path / "lab-firewall.ok"
+
+    class Quiet:
+        rules, backend = RULES, "iptables-nft"
+
+        def apply(self):
+            pass
+
+        def missing(self):
+            assert not status.exists()
+            raise labfirewall._Stop()
+
+        def remove(self):
+            pass
+
+    monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: False)
+    labfirewall.run_forever(Quiet(), interval=0, status=str(status))
