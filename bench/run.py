@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the real-stack harness: support.stack, support.hub
+sys.path.insert(0, str(ROOT))  # gpuhub, which the harness uses to run compose as invoke does
 
 import report  # noqa: E402
 from probes import docker_client  # noqa: E402

@@ -21,6 +21,7 @@ import pytest
 from support.hostnet import Listener, NamespacedService
 from support.hub import HubUser
 from support.stack import BLOCKED_FOR_TESTS
+from support.wait import wait_until
 
 from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend
 
@@ -199,6 +200,29 @@ def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_
                            capture_output=True, text=True, check=True).stdout
     assert "-d 169.254.0.0/16" in chain and f"-d {BLOCKED_FOR_TESTS}" in chain, chain
     assert f'--comment "gpuhub {stack.project}: labs may not reach 169.254.0.0/16"' in chain
+
+
+def test_the_gpu_lab_stops_through_the_proxy(stack, hana):
+    lab = stack.inspect(stack.lab_container("hana"))["Id"]
+    hana.stop(logs=stack.logs)
+    assert stack.docker("ps", "-aq", "--filter", f"id={lab}").stdout == ""
+    log = stack.docker("logs", _service_container(stack, "docker-proxy")).stdout
+    assert re.search(rf"POST /v1\.\d+/containers/{lab}/stop\S* -> 204", log), log[-2000:]
+    held = json.loads(stack.invoke("gpus", "--json").stdout)
+    assert "hana" not in [row["held_by"] for row in held], held
+
+
+def test_rules_someone_else_removes_come_back(stack, as_root):
+    firewall = _firewall(stack)
+    builtin, jump = firewall.rules.jumps()[0]
+    firewall.iptables("-D", builtin, *jump)
+    firewall.iptables("-F", firewall.rules.forward_chain)
+    assert len(firewall.missing()) == 2
+    wait_until(lambda: firewall.missing() == [], timeout=30, interval=1,
+               what="lab-firewall to put its rules back", state=firewall.missing,
+               logs=lambda: stack.docker("logs", _service_container(stack, "lab-firewall")).stdout)
+    log = stack.docker("logs", _service_container(stack, "lab-firewall")).stdout
+    assert "putting the rules back" in log, log
 
 
 def test_the_direct_socket_setup_has_neither_helper(open_stack, olga):
