@@ -31,7 +31,7 @@ ADMIN_TOKEN_FILE = "gpuhub-admin.token"
 HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
 # How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
 DOCKER_PROXY_URL = "tcp://docker-proxy:2375"
-DOCKER_SOCKET = Path("/var/run/docker.sock")
+HUB_DOCKER_SOCKET = Path("/var/run/docker.sock")  # where the socket is mounted, if it is
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -75,7 +75,7 @@ def read_proxy_token(path: Path) -> str:
 
 
 def check_docker_access(settings: Settings, env: Mapping[str, str],
-                        socket: Path = DOCKER_SOCKET) -> None:
+                        socket: Path = HUB_DOCKER_SOCKET) -> None:
     """The hub reaches Docker the way DOCKER_SOCKET_PROXY says; else a ValueError saying how.
 
     Compose run by hand with the wrong files would otherwise start a hub that fails at

@@ -356,11 +356,13 @@ SETTINGS: tuple[Setting, ...] = (
             "repository or absolute.", "Labs"),
     Setting("DOCKER_SOCKET_PROXY", "true", _bool,
             "true: the hub reaches Docker only through the docker-proxy service, which allows "
-            "just the calls gpuhub makes; false: the hub mounts the Docker socket itself.",
+            "just the calls gpuhub makes; false: the hub mounts the Docker socket itself. "
+            "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_FIREWALL", "true", _bool,
             "true: the lab-firewall service stops labs from reaching the Docker host and "
-            "169.254.0.0/16 (cloud metadata) and LAB_BLOCKED_NETWORKS; false: no such rules.",
+            "169.254.0.0/16 (cloud metadata) and LAB_BLOCKED_NETWORKS; false: no such rules. "
+            "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_BLOCKED_NETWORKS", "", _cidrs,
             "More IPv4 networks labs may not reach, comma-separated (e.g. 10.0.0.0/8 for "
@@ -433,10 +435,23 @@ def validate(env: Mapping[str, str]) -> Settings:
         except ValueError as err:
             problems.append(f"{s.name}={raw!r} in the settings: {err}. ({s.help})")
     if not problems:  # combinations are checked once every value parses
+        _mode_defaults(values, env)
         problems = _combination_problems(values, env)
     if problems:
         raise SettingsError(problems)
     return Settings(values)
+
+
+# Run as compose services beside the hub: swarm mode has neither (yet).
+COMPOSE_ONLY_PROTECTION = ("DOCKER_SOCKET_PROXY", "LAB_FIREWALL")
+
+
+def _mode_defaults(values: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Swarm mode: host protection the settings do not ask for is off, as it really is."""
+    if values["MODE"] == "swarm":
+        for name in COMPOSE_ONLY_PROTECTION:
+            if not (env.get(name) or "").strip():
+                values[name] = False
 
 
 def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
@@ -457,7 +472,7 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
         problems.append(f"HUB_HTTP_REDIRECT_PORT={raw['HUB_HTTP_REDIRECT_PORT']!r} in the "
                         "settings is HUB_PORT too: choose another port for the redirect "
                         "(e.g. 80 when HUB_PORT is 443), or empty it.")
-    if values["LAB_BLOCKED_NETWORKS"] and not values["LAB_FIREWALL"]:
+    if values["LAB_BLOCKED_NETWORKS"] and not values["LAB_FIREWALL"] and values["MODE"] != "swarm":
         problems.append(f"LAB_BLOCKED_NETWORKS={raw['LAB_BLOCKED_NETWORKS']!r} in the settings "
                         "needs LAB_FIREWALL=true (the lab-firewall service blocks them): set "
                         "LAB_FIREWALL=true, or empty LAB_BLOCKED_NETWORKS.")
@@ -501,6 +516,16 @@ def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
         problems.append(f"HUB_BIND_ADDRESS={raw['HUB_BIND_ADDRESS']!r} in the settings: a Swarm "
                         "service publishes HUB_PORT on every address of the hub's node; "
                         "firewall the port instead, or use MODE=compose.")
+    for name in COMPOSE_ONLY_PROTECTION:
+        if values[name]:
+            problems.append(f"{name}={raw[name]!r} in the settings: swarm mode has no "
+                            "docker-proxy or lab-firewall yet (the hub holds the manager's "
+                            f"Docker socket; see README, Security model); set {name}=false "
+                            "or remove the line, or use MODE=compose.")
+    if values["LAB_BLOCKED_NETWORKS"]:
+        problems.append(f"LAB_BLOCKED_NETWORKS={raw['LAB_BLOCKED_NETWORKS']!r} in the settings: "
+                        "swarm mode has no lab firewall yet; block these networks on every "
+                        "node's own firewall, empty the setting, or use MODE=compose.")
     return problems
 
 

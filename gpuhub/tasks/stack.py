@@ -28,7 +28,8 @@ def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool =
     """The ``docker build`` commands for the images (BuildKit, CA bundle as a secret).
 
     ``hub`` also builds the hub's helpers the settings turn on: docker-proxy and
-    lab-firewall (Debian packages over plain HTTP: no CA bundle needed).
+    lab-firewall (Debian packages over plain HTTP: no CA bundle needed; compose mode
+    only, see settings).
     """
     s = project.settings
     cache = ["--no-cache"] if no_cache else []

@@ -48,6 +48,18 @@ def test_single_host_features_swarm_cannot_offer_are_refused(extra, says):
     assert says in problems({**SWARM, **extra})
 
 
+def test_host_protection_is_off_in_swarm_mode_unless_asked_for_which_is_refused():
+    settings = validate(SWARM)
+    assert (settings.docker_socket_proxy, settings.lab_firewall) == (False, False)
+    assert validate({}).docker_socket_proxy and validate({}).lab_firewall, "compose: on"
+    for name in ("DOCKER_SOCKET_PROXY", "LAB_FIREWALL"):
+        assert f"{name}='true' in the settings: swarm mode has no" in problems(
+            {**SWARM, name: "true"})
+        assert getattr(validate({**SWARM, name: "false"}), name.lower()) is False
+    assert "swarm mode has no lab firewall yet" in problems(
+        {**SWARM, "LAB_BLOCKED_NETWORKS": "10.0.0.0/8"})
+
+
 @pytest.mark.parametrize("setting, value", [("MODE", "kubernetes"),
                                             ("REGISTRY", "https://registry.example.org"),
                                             ("SWARM_HOMES", "homes"),
