@@ -57,12 +57,13 @@ class Stack:
             "LAB_FIREWALL_IMAGE": "gpuhub-lab-firewall:test",
             "SPAWN_TIMEOUT": "180",
             "SECRETS_DIR": str(workdir / "secrets"),
-            # A benchmarking range (RFC 2544) no real network uses: the lab firewall's test
-            # puts a fake metadata service there, in a network namespace of its own.
-            "LAB_BLOCKED_NETWORKS": BLOCKED_FOR_TESTS,
         }
         settings.update(test_settings_from_env())
         settings.update(overrides)
+        if settings.get("MODE", "compose") == "compose":  # swarm mode has no lab firewall
+            # A benchmarking range (RFC 2544) no real network uses: the lab firewall's test
+            # puts a fake metadata service there, in a network namespace of its own.
+            settings.setdefault("LAB_BLOCKED_NETWORKS", BLOCKED_FOR_TESTS)
         stack = cls(workdir=workdir, settings=settings)
         stack.write_env()
         return stack
