@@ -211,16 +211,21 @@ class GpuDockerSpawner(DockerSpawner):
         if self.gpu_ids:
             self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
         try:
-            ip, port = await super().start()
+            return await self.start_lab()
+        finally:
+            type(self)._pending.pop(self.user.name, None)
+
+    async def start_lab(self) -> tuple[str, int]:
+        """Create and start the lab, wait until it serves; on failure leave nothing behind."""
+        try:
+            ip, port = await DockerSpawner.start(self)
             await self.wait_until_serving(ip, port)
             return ip, port
         except Exception:
-            # No half-created container: remove it so its GPUs are free for others.
+            # No half-created lab: remove it so its GPUs are free for others.
             await self._remove_quietly()
             self.gpu_ids = []
             raise
-        finally:
-            type(self)._pending.pop(self.user.name, None)
 
     async def wait_until_serving(self, ip: str, port: int) -> None:
         """Return once the lab accepts connections; fail at once, clearly, if it dies.

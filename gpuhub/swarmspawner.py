@@ -24,7 +24,7 @@ from docker.types import (
     TaskTemplate,
 )
 from docker.utils import parse_repository_tag
-from dockerspawner import DockerSpawner, SwarmSpawner
+from dockerspawner import SwarmSpawner
 from tornado import web
 from traitlets import Integer, List, Unicode
 
@@ -200,11 +200,4 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         self.task_id = ""
         self.gpu_ids = []
         self.ensure_home()
-        try:
-            ip, port = await DockerSpawner.start(self)
-            await self.wait_until_serving(ip, port)
-            return ip, port
-        except Exception:
-            await self._remove_quietly()
-            self.gpu_ids = []
-            raise
+        return await self.start_lab()
