@@ -178,6 +178,13 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.project = project
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
     c.GpuDockerSpawner.require_lab_firewall = settings.lab_firewall
+    c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(settings.lab_start_concurrency)
+
+
+def lab_start_slots(setting: str | int) -> int:
+    """LAB_START_CONCURRENCY as a number: auto is one slot per CPU core the hub may use
+    (the hub container shares the host's cores with the labs)."""
+    return len(os.sched_getaffinity(0)) if setting == "auto" else setting
 
 
 def update_swarm(c, settings: Settings) -> None:

@@ -67,6 +67,15 @@ def _count(raw: str) -> int:
     return int(raw)
 
 
+def _auto_or_count(raw: str) -> str | int:
+    value = raw.strip().lower()
+    if value == "auto":
+        return value
+    if not value.isdigit():
+        raise ValueError("must be auto, 0 (no limit) or a whole number such as 4")
+    return int(value)
+
+
 def _ip(raw: str) -> str:
     try:
         ipaddress.ip_address(raw)
@@ -339,6 +348,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOCKER_API_THREADS", "8", _count,
             "Parallel Docker API calls the hub makes for spawns (DockerSpawner alone: 1).",
             "Hub"),
+    Setting("LAB_START_CONCURRENCY", "auto", _auto_or_count,
+            "Labs that may boot at once; the others wait their turn (auto: one per CPU "
+            "core; 0: no limit).", "Hub"),
     Setting("LOGIN_MAX_FAILURES", "5", _count,
             "Failed logins after which a user is locked out for LOGIN_LOCKOUT_SECONDS.", "Hub"),
     Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,

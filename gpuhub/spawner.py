@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from .labels import PROJECT as LABEL_PROJECT
 from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
 from .profiles import Profile, ProfileRejected, Profiles
+from .startqueue import StartQueue
 
 
 class GpuDockerSpawner(DockerSpawner):
@@ -52,14 +54,22 @@ class GpuDockerSpawner(DockerSpawner):
                     "firewall was stopped or died.",
     ).tag(config=True)
 
+    lab_start_concurrency = Integer(
+        0, help="Labs that may boot at once, from `docker start` until the lab accepts "
+                "connections; the others wait their turn. 0: no limit.",
+    ).tag(config=True)
+
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
     _configured: dict | None = None  # image and limits before any profile was applied
+    _give_back_start_slot: Callable[[], None] | None = None
+    _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
 
     # Grants of spawns that have not yet produced a labelled container. Shared by all
     # spawners in the hub process; read and written without an await in between, so
     # concurrent spawns cannot both take the same GPU.
     _pending: ClassVar[dict[str, list[str]]] = {}
     _allocator: ClassVar[GpuAllocator | None] = None
+    _start_queue: ClassVar[StartQueue | None] = None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -68,6 +78,13 @@ class GpuDockerSpawner(DockerSpawner):
             cls._executor = ThreadPoolExecutor(self.docker_threads,
                                                thread_name_prefix="gpuhub-docker")
         return cls._executor
+
+    @property
+    def start_queue(self) -> StartQueue:
+        cls = type(self)
+        if cls._start_queue is None:
+            cls._start_queue = StartQueue(self.lab_start_concurrency)
+        return cls._start_queue
 
     @property
     def allocator(self) -> GpuAllocator:
@@ -199,6 +216,13 @@ class GpuDockerSpawner(DockerSpawner):
         return profile
 
     async def start(self):
+        self._start_slot = "not yet"
+        try:
+            return await self._start_lab()
+        finally:
+            self._done_booting()  # also when the profile or the GPUs were refused
+
+    async def _start_lab(self):
         profile = self.resolve_profile()
         await self.check_lab_firewall()
         held = await self.held_gpus()
@@ -222,10 +246,25 @@ class GpuDockerSpawner(DockerSpawner):
             await self.wait_until_serving(ip, port)
             return ip, port
         except Exception:
+            self._done_booting()
             # No half-created lab: remove it so its GPUs are free for others.
             await self._remove_quietly()
             self.gpu_ids = []
             raise
+
+    async def start_object(self):
+        # The start slot is taken only now: pulling the image and creating the container
+        # do not hold one; it is given back in start() once the lab accepts connections.
+        self._start_slot = "waiting"
+        self._give_back_start_slot = await self.start_queue.acquire()
+        self._start_slot = "held"
+        await super().start_object()
+
+    def _done_booting(self) -> None:
+        self._start_slot = "done"
+        if self._give_back_start_slot:
+            self._give_back_start_slot()
+            self._give_back_start_slot = None
 
     async def wait_until_serving(self, ip: str, port: int) -> None:
         """Return once the lab accepts connections; fail at once, clearly, if it dies.
@@ -278,6 +317,17 @@ class GpuDockerSpawner(DockerSpawner):
             yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
         elif self.gpu_inventory:
             yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
+        # Until the lab has its start slot, say when it waits for one, and for how many.
+        said = ""
+        while self._spawn_pending and self._start_slot in ("not yet", "waiting"):
+            if self._start_slot == "waiting":
+                queue = self.start_queue
+                message = (f"Waiting for a start slot ({queue.booting} starting, "
+                           f"{queue.waiting} in line)")
+                if message != said:
+                    said = message
+                    yield {"progress": 50, "message": message}
+            await asyncio.sleep(0.5)
 
     async def stop(self, now=False):
         await super().stop(now=now)

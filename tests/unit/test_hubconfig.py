@@ -123,6 +123,13 @@ def test_spawn_timeout_default_and_override(configure):
     assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (60, 60)
 
 
+def test_labs_boot_one_per_core_by_default_or_as_many_as_set(configure):
+    c = configure()
+    assert c.GpuDockerSpawner.lab_start_concurrency == len(os.sched_getaffinity(0))
+    assert configure(LAB_START_CONCURRENCY="3").GpuDockerSpawner.lab_start_concurrency == 3
+    assert configure(LAB_START_CONCURRENCY="0").GpuDockerSpawner.lab_start_concurrency == 0
+
+
 def test_names_come_from_the_compose_project(configure):
     c = configure()
     assert c.DockerSpawner.network_name == "gpuhub-labs"

@@ -80,6 +80,8 @@ def test_unknown_attribute_is_an_attribute_error():
     ("LAB_BLOCKED_NETWORKS", "10.0.0.0/33", "is not a network"),
     ("LAB_BLOCKED_NETWORKS", "fd00::/8", "is IPv6; labs have no IPv6"),
     ("LAB_BLOCKED_NETWORKS", "10.0.0.0/8,10.0.0.0/8", "lists a network twice"),
+    ("LAB_START_CONCURRENCY", "-1", "auto, 0 (no limit) or a whole number"),
+    ("LAB_START_CONCURRENCY", "cores", "auto, 0 (no limit) or a whole number"),
 ])
 def test_bad_value_names_setting_quotes_value_and_says_fix(name, bad, fix):
     message = problem_for({name: bad})
@@ -114,6 +116,9 @@ def test_every_problem_is_reported_at_once():
     ("DOCKER_SOCKET_PROXY", "False", False),
     ("LAB_FIREWALL", "no", False),
     ("LAB_BLOCKED_NETWORKS", " 10.0.0.0/8 , 203.0.113.7,", ("10.0.0.0/8", "203.0.113.7/32")),
+    ("LAB_START_CONCURRENCY", "AUTO", "auto"),
+    ("LAB_START_CONCURRENCY", "0", 0),
+    ("LAB_START_CONCURRENCY", "4", 4),
 ])
 def test_good_value_is_parsed(name, good, parsed):
     assert getattr(validate({name: good}), name.lower()) == parsed

@@ -42,6 +42,7 @@ def fresh_spawner_class(monkeypatch):
     """The allocator and in-flight grants live on the class: give each test its own."""
     monkeypatch.setattr(GpuDockerSpawner, "_allocator", None)
     monkeypatch.setattr(GpuDockerSpawner, "_pending", {})
+    monkeypatch.setattr(GpuDockerSpawner, "_start_queue", None)
 
 
 @pytest.fixture
@@ -341,6 +342,87 @@ def test_wait_until_serving_returns_once_the_lab_accepts_connections(tmp_path, m
         server.bind(("127.0.0.1", 0))
         server.listen()
         asyncio.run(spawner.wait_until_serving("127.0.0.1", server.getsockname()[1]))
+
+
+def _booting_lab(tmp_path, monkeypatch, serving, gpus=GPUS):
+    """A spawner whose DockerSpawner.start only does `docker start`, as the real one ends."""
+    seen = []
+
+    async def start_then_address(self):
+        await self.start_object()
+        return ("10.0.0.5", 8888)
+
+    async def docker(method, *args, **kwargs):
+        if method == "containers":
+            return []
+        assert method == "start", method
+        seen.append(("docker start", spawner.start_queue.booting))
+
+    async def waiting(self, ip, port):
+        seen.append(("waiting until it serves", self.start_queue.booting))
+        await serving()
+
+    monkeypatch.setattr(DockerSpawner, "start", start_then_address)
+    monkeypatch.setattr(GpuDockerSpawner, "wait_until_serving", waiting)
+    monkeypatch.setattr(GpuDockerSpawner, "_remove_quietly", lambda self: asyncio.sleep(0))
+    spawner = make_spawner(make_config(tmp_path, gpus, LAB_START_CONCURRENCY="1"))
+    monkeypatch.setattr(spawner, "docker", docker)
+    return spawner, seen
+
+
+def test_a_start_slot_is_held_from_docker_start_until_the_lab_serves(tmp_path, monkeypatch):
+    spawner, seen = _booting_lab(tmp_path, monkeypatch, serving=lambda: asyncio.sleep(0))
+    assert asyncio.run(spawner.start()) == ("10.0.0.5", 8888)
+    assert seen == [("docker start", 1), ("waiting until it serves", 1)]
+    assert spawner.start_queue.booting == 0
+
+
+def test_a_lab_that_fails_to_boot_gives_its_start_slot_back(tmp_path, monkeypatch):
+    async def dies():
+        raise RuntimeError("lab died")
+
+    spawner, seen = _booting_lab(tmp_path, monkeypatch, serving=dies)
+    with pytest.raises(RuntimeError, match="lab died"):
+        asyncio.run(spawner.start())
+    assert seen[0] == ("docker start", 1)
+    assert spawner.start_queue.booting == 0
+
+
+def test_progress_says_when_a_lab_waits_for_others_to_start(tmp_path, monkeypatch):
+    async def main():
+        first, _ = _booting_lab(tmp_path, monkeypatch, serving=lambda: asyncio.sleep(1.2),
+                                gpus=())
+        second = make_spawner(first.config, name="bob")
+        monkeypatch.setattr(second, "docker", first.docker)
+        second._spawn_pending = True
+        booting = asyncio.ensure_future(first.start())
+        await asyncio.sleep(0.1)
+        started = asyncio.ensure_future(second.start())
+        messages = [event["message"] async for event in second.progress()]
+        await asyncio.gather(booting, started)
+        return messages
+
+    messages = asyncio.run(main())
+    assert messages == ["Waiting for a start slot (1 starting, 1 in line)"]
+
+
+def test_progress_ends_when_the_start_is_refused_before_booting(tmp_path, monkeypatch):
+    async def main():
+        spawner, _ = _booting_lab(tmp_path, monkeypatch, serving=lambda: asyncio.sleep(0))
+        spawner.user_options = {"profile": "no-such-profile"}
+        monkeypatch.setattr(GpuDockerSpawner, "profiles_yaml", "")
+        spawner._spawn_pending = True
+        monkeypatch.setattr(GpuDockerSpawner, "grant_gpus", _refuse)
+        with pytest.raises(Exception, match="no GPU free"):
+            await spawner.start()
+        return [e async for e in spawner.progress()]
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == [{"progress": 40, "message": "No GPU for this lab (CPU profile)"}]
+
+
+def _refuse(self, profile, held):
+    from gpuhub.allocator import NoGpuAvailable
+    raise NoGpuAvailable("no GPU free")
 
 
 def test_docker_calls_run_on_a_pool_sized_by_the_setting(tmp_path):
