@@ -37,19 +37,45 @@ def summarize_round(r) -> dict:
         "hub_memory": {"peak_working_set_mib": round(r.hub_peak_working_set / MIB, 1),
                        "cgroup_max_usage_mib": round(r.hub_max_usage / MIB, 1)},
         "lab_cpu_seconds": [round(s, 3) for s in r.lab_cpu_seconds],
+        "cpu": cpu_breakdown(r),
     }
+
+
+def cpu_breakdown(r) -> dict:
+    """CPU-seconds spent from the first request until every lab answered: per start by the
+    labs, the hub's containers and the Docker engine, and by everything else on the machine
+    (this benchmark's own client, and whatever else ran)."""
+    if not r.window_seconds or not r.seconds:
+        return {}
+    labs = sum(r.lab_cpu_seconds)
+    engine = r.engine_cpu_seconds
+    other = r.machine_busy_seconds - labs - r.hub_cpu_seconds - (engine or 0.0)
+    return {"window_s": round(r.window_seconds, 2),
+            "machine_busy": round(r.machine_busy_seconds, 2),
+            "labs": round(labs, 2), "hub": round(r.hub_cpu_seconds, 2),
+            "engine": None if engine is None else round(engine, 2),
+            "other": None if engine is None else round(other, 2),
+            "per_start": {"lab": round(labs / r.n, 3), "hub": round(r.hub_cpu_seconds / r.n, 3),
+                          "engine": None if engine is None else round(engine / r.n, 3)}}
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def cpu_bound_limit(counts: list[int], cpu_one: float | None, cores: int) -> list[dict]:
-    """If every lab start needed ``cpu_one`` CPU-seconds and nothing else, N starts on
-    ``cores`` cores could not all be done sooner than N x cpu_one / cores."""
-    if cpu_one is None:
+def cpu_bound_limit(counts: list[int], floor_cpu: dict, cores: int) -> list[dict]:
+    """N bare starts on ``cores`` cores cannot all be done sooner than N x (CPU of one start)
+    / cores. One start costs the lab's own CPU until it answers, and the Docker engine's
+    (dockerd, containerd, shim and runc: create, network, mounts, start), which every
+    start pays, the floor's too; both are the floor's medians."""
+    lab, engine = floor_cpu.get("lab_p50"), floor_cpu.get("engine_p50")
+    if lab is None:
         return []
-    return [{"n": n, "seconds": round(n * cpu_one / cores, 2)} for n in counts]
+    one = lab + (engine or 0.0)
+    return [{"n": n, "seconds": round(n * one / cores, 2), "cpu_seconds_per_start": round(one, 3),
+             "lab_cpu_seconds": round(lab, 3),
+             "engine_cpu_seconds": None if engine is None else round(engine, 3)}
+            for n in counts]
 
 
 def _f(value, digits: int = 2, suffix: str = "") -> str:
@@ -68,6 +94,12 @@ def markdown(results: dict) -> str:
     rows = [head, "|" + "---|" * 11]
     rows.append(f"| floor (`docker run`, {floor['count']} reps) | 1 | {_f(floor['p50'])} "
                 f"| {_f(floor['p95'])} | {_f(floor['max'])} | 1.00x | 1.00x | - | - | - | - |")
+    single = results.get("singleuser_floor") or {}
+    if single.get("count"):
+        rows.append(f"| jupyterhub-singleuser (`docker run`, hub API stubbed, {single['count']} reps) "
+                    f"| 1 | {_f(single['p50'])} | {_f(single['p95'])} | {_f(single['max'])} "
+                    f"| {_ratio(single['p50'], floor['p50'])} | {_ratio(single['p95'], floor['p50'])} "
+                    "| - | - | - | - |")
     counts = sorted({r["n"] for hub in hubs.values() for r in hub["rounds"]})
     for n in counts:
         stock = _round(hubs.get("stock"), n)
@@ -99,18 +131,51 @@ def markdown(results: dict) -> str:
         lines += [f"**Not a quiet machine**: {len(busy)} other container(s) ran during this "
                   f"benchmark ({', '.join(busy[:8])}{', ...' if len(busy) > 8 else ''}); "
                   "treat the numbers as noisy.", ""]
+    load = results.get("load_average")
+    if load:
+        lines += [f"Load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load['at_start'])} "
+                  f"at the start, {', '.join(f'{x:.2f}' for x in load['at_end'])} at the end.", ""]
     limit = results.get("cpu_bound_limit") or []
     if limit:
-        cpu = results["lab_cpu_seconds_at_ready"]
-        lines += [f"CPU-bound limit (N x {cpu['floor_p50']:.2f} CPU-s per lab start at ready / "
-                  f"{m['cores']} cores): " +
-                  ", ".join(f"N={x['n']}: {x['seconds']:.1f} s" for x in limit) +
-                  (f"; a hub-spawned lab used {cpu['gpuhub_p50']:.2f} CPU-s."
-                   if cpu.get("gpuhub_p50") is not None else ""), ""]
+        one = limit[0]
+        engine = ("not measured (the Docker engine is not on this machine)"
+                  if one["engine_cpu_seconds"] is None
+                  else f"{one['engine_cpu_seconds']:.2f} CPU-s of the Docker engine")
+        lines += [f"CPU-bound limit: N x {one['cpu_seconds_per_start']:.2f} CPU-s per start / "
+                  f"{m['cores']} cores (a bare start: {one['lab_cpu_seconds']:.2f} CPU-s of the "
+                  f"lab until it answers, {engine}): " +
+                  ", ".join(f"N={x['n']}: {x['seconds']:.1f} s" for x in limit) + ".", ""]
+    single_cpu = (results.get("cpu_seconds_per_start") or {}).get("singleuser") or {}
+    if single_cpu.get("lab_p50") is not None:
+        lines += [f"jupyterhub-singleuser, bare: {single_cpu['lab_p50']:.2f} CPU-s of the lab "
+                  "until it answers (what every JupyterHub's labs start with).", ""]
+    lines += cpu_table(results)
     timings = results["timings"]
     lines += ["| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"
+
+
+def cpu_table(results: dict) -> list[str]:
+    """Where the CPU went during each storm."""
+    rows = []
+    for name, hub in results["hubs"].items():
+        for r in hub["rounds"]:
+            c = r.get("cpu") or {}
+            if not c:
+                continue
+            cores = results["machine"]["cores"]
+            rows.append(f"| {name} | {r['n']} | {c['window_s']:.1f} | "
+                        f"{c['machine_busy'] / (c['window_s'] * cores):.0%} | "
+                        f"{c['per_start']['lab']:.2f} | {c['per_start']['hub']:.2f} | "
+                        f"{_f(c['per_start']['engine'])} | {_f(c['other'], 1)} |")
+    if not rows:
+        return []
+    return ["Where the CPU went, from the first request until every lab answered (CPU-s per "
+            "lab start; other: everything else on the machine, this benchmark's client "
+            "included):", "",
+            "| run | N | seconds | machine busy | lab | hub | engine | other CPU-s (total) |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _round(hub: dict | None, n: int) -> dict | None:

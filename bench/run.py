@@ -30,11 +30,14 @@ sys.path.insert(0, str(ROOT / "tests"))  # the real-stack harness: support.stack
 sys.path.insert(0, str(ROOT))  # gpuhub, which the harness uses to run compose as invoke does
 
 import report  # noqa: E402
+from hostcpu import EngineCpu  # noqa: E402
 from probes import docker_client  # noqa: E402
-from spawns import Round, floor_once, storm  # noqa: E402
+from spawns import SINGLEUSER_COMMAND, Round, floor_once, singleuser_env, storm  # noqa: E402
 from stockhub import StockHub  # noqa: E402
 from support.hub import HubUser  # noqa: E402
 from support.stack import Stack, build_images_once  # noqa: E402
+
+from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION  # noqa: E402
 
 PREFIX = "gpuhubbench-"
 SPAWN_TIMEOUT = 180.0
@@ -101,6 +104,9 @@ class Bench:
         self.cleanups: list[tuple[str, Callable[[], None]]] = []
         self.timings: dict[str, float] = {}
         self.floor: list = []
+        self.singleuser_floor: list = []
+        self.engine = EngineCpu()
+        self.load_at_start = os.getloadavg()
         self.rounds: dict[str, list[Round]] = {}
         self.others_at_start = self.others_running()
         self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
@@ -113,15 +119,12 @@ class Bench:
         return sorted(c.name for c in self.client.containers.list()
                       if not c.name.startswith(self.prefix))
 
-    def ensure_images(self) -> None:
+    def build_images(self) -> None:
+        # Always: an image left over from another checkout would measure other code.
         images = [self.stack.settings[k] for k in ("HUB_IMAGE", "LAB_IMAGE", "DOCKER_PROXY_IMAGE",
                                                     "LAB_FIREWALL_IMAGE")]
-        missing = [i for i in images
-                   if subprocess.run(["docker", "image", "inspect", i],
-                                     capture_output=True).returncode != 0]
-        if missing:
-            step(f"building the test images ({', '.join(missing)} missing): invoke build")
-            self.timings["invoke build (images missing)"] = build_images_once(self.workdir)
+        step(f"invoke build ({', '.join(images)}; cached layers are reused)")
+        self.timings["invoke build"] = build_images_once(self.workdir)
 
     def cold_build(self) -> None:
         tags = {"HUB_IMAGE": f"gpuhubbench-hub:cold-{self.run_id}",
@@ -140,13 +143,21 @@ class Bench:
             subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
     def measure_floor(self) -> None:
+        """The floor (plain JupyterLab) and jupyterhub-singleuser, both bare, in turn."""
         label = f"gpuhubbench.run={self.run_id}"
+        singleuser = {"command": SINGLEUSER_COMMAND, "path": "/user/bench/api",
+                      "env": singleuser_env(self.stack.settings.get("JUPYTERHUB_VERSION",
+                                                                     DEFAULT_JUPYTERHUB_VERSION))}
         for i in range(self.args.floor_reps):
-            run = floor_once(self.client, self.lab_image, f"{self.prefix}-floor-{i}", label,
-                             timeout=SPAWN_TIMEOUT)
-            self.floor.append(run)
-            step(f"floor {i + 1}/{self.args.floor_reps}: {run.seconds:.2f} s "
-                 f"({run.cpu_seconds:.2f} CPU-s)")
+            for runs, what, kwargs in ((self.floor, "floor", {}),
+                                       (self.singleuser_floor, "singleuser", singleuser)):
+                run = floor_once(self.client, self.lab_image, f"{self.prefix}-{what}-{i}", label,
+                                 timeout=SPAWN_TIMEOUT, engine=self.engine, **kwargs)
+                runs.append(run)
+                engine = ("" if run.engine_cpu_seconds is None
+                          else f" + {run.engine_cpu_seconds:.2f} engine")
+                step(f"{what} {i + 1}/{self.args.floor_reps}: {run.seconds:.2f} s "
+                     f"({run.cpu_seconds:.2f} CPU-s lab{engine})")
 
     def measure_gpuhub(self) -> None:
         stack = self.stack
@@ -161,8 +172,9 @@ class Bench:
             stack.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
             users.append(self._login(stack.url, name, password))
         hub = stack.compose("ps", "-q", "hub", check=True).stdout.strip()
+        proxy = stack.compose("ps", "-q", "proxy", check=True).stdout.strip()
         self.rounds["gpuhub"] = self._storms("gpuhub", users, {"profile": "cpu"}, hub,
-                                             stack.lab_container)
+                                             [hub, proxy], stack.lab_container)
         step("removing the gpuhub stack")
         stack.teardown()
 
@@ -177,8 +189,8 @@ class Bench:
         # allow_all: the first login creates the user, as on a stock deployment.
         users = [self._login(stock.url, f"bench{i}", stock.password)
                  for i in range(1, max(self.args.users) + 1)]
-        self.rounds["stock"] = self._storms("stock", users, {}, stock.hub_container(),
-                                            stock.lab_container)
+        hub = stock.hub_container()  # configurable-http-proxy runs inside it
+        self.rounds["stock"] = self._storms("stock", users, {}, hub, [hub], stock.lab_container)
         step("removing the stock hub")
         stock.teardown(self.client)
 
@@ -189,12 +201,14 @@ class Bench:
         return user
 
     def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
-                lab_container: Callable[[str], str]) -> list[Round]:
+                service_containers: list[str], lab_container: Callable[[str], str]
+                ) -> list[Round]:
         rounds = []
         for n in self.args.users:
             step(f"{hub}: {n} user(s) start their labs at once")
             r = storm(users[:n], options, client=self.client, hub_container=hub_container,
-                      lab_container=lab_container, timeout=SPAWN_TIMEOUT)
+                      service_containers=service_containers, lab_container=lab_container,
+                      timeout=SPAWN_TIMEOUT, engine=self.engine)
             s = report.summary(r.seconds)
             step(f"{hub} N={n}: p50 {s['p50'] or 0:.2f} s, max {s['max'] or 0:.2f} s"
                  + (f", {len(r.errors)} FAILED: {r.errors[0][:300]}" if r.errors else ""))
@@ -215,12 +229,10 @@ class Bench:
     # --- results -----------------------------------------------------------------
     def results(self, errors: list[str]) -> dict:
         m = machine(self.client)
-        floor_cpu = [f.cpu_seconds for f in self.floor]
         hubs = {name: {"rounds": [report.summarize_round(r) for r in rounds]}
                 for name, rounds in self.rounds.items()}
         gpuhub_one = next(iter(self.rounds.get("gpuhub", [])), None)
-        cpu = {"floor": [round(x, 3) for x in floor_cpu],
-               "floor_p50": statistics.median(floor_cpu) if floor_cpu else None,
+        cpu = {"floor": _cpu_figures(self.floor), "singleuser": _cpu_figures(self.singleuser_floor),
                "gpuhub_p50": (statistics.median(gpuhub_one.lab_cpu_seconds)
                               if gpuhub_one and gpuhub_one.lab_cpu_seconds else None)}
         return {
@@ -231,18 +243,31 @@ class Bench:
                        "hub_image": self.hub_image, "gpuhub_profile": "cpu",
                        "spawn_timeout_s": SPAWN_TIMEOUT},
             "machine": m,
-            # Anything else running on the engine competed for the same cores.
+            # Anything else running competed for the same cores: other containers, and the
+            # load average (1, 5, 15 min) before and after.
             "other_containers": {"at_start": self.others_at_start,
                                  "at_end": self.others_running()},
+            "load_average": {"at_start": [round(x, 2) for x in self.load_at_start],
+                             "at_end": [round(x, 2) for x in os.getloadavg()]},
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "floor": {**report.summary([f.seconds for f in self.floor]),
                       "seconds": [round(f.seconds, 3) for f in self.floor]},
+            "singleuser_floor": {**report.summary([f.seconds for f in self.singleuser_floor]),
+                                 "seconds": [round(f.seconds, 3) for f in self.singleuser_floor]},
             "hubs": hubs,
-            "lab_cpu_seconds_at_ready": cpu,
-            "cpu_bound_limit": report.cpu_bound_limit(self.args.users, cpu["floor_p50"],
-                                                      m["cores"]),
+            "cpu_seconds_per_start": cpu,
+            "cpu_bound_limit": report.cpu_bound_limit(self.args.users, cpu["floor"], m["cores"]),
             "errors": errors,
         }
+
+
+def _cpu_figures(runs: list) -> dict:
+    """Median CPU-seconds of one bare start: the lab's, at ready, and the engine's."""
+    lab = [r.cpu_seconds for r in runs]
+    engine = [r.engine_cpu_seconds for r in runs if r.engine_cpu_seconds is not None]
+    return {"lab": [round(x, 3) for x in lab], "engine": [round(x, 3) for x in engine],
+            "lab_p50": statistics.median(lab) if lab else None,
+            "engine_p50": statistics.median(engine) if engine else None}
 
 
 def _interrupt(signum, frame):
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     headline = ""
     try:
-        bench.ensure_images()
+        bench.build_images()
         if args.cold:
             bench.cold_build()
         bench.measure_floor()
@@ -279,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.write(results, out))
     for line in results["cpu_bound_limit"]:
         print(f"CPU-bound limit, N={line['n']}: {line['seconds']:.1f} s "
-              f"(N x {results['lab_cpu_seconds_at_ready']['floor_p50']:.2f} CPU-s / "
+              f"(N x {line['cpu_seconds_per_start']:.2f} CPU-s / "
               f"{results['machine']['cores']} cores)")
     print(f"results: {out}")
     if errors:

@@ -7,6 +7,7 @@ Every start is timed from the request until the lab's Jupyter server answers ``/
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
+from hostcpu import EngineCpu, machine_busy
 from probes import HubApiProbe, MemoryProbe, cpu_seconds
 from support.hub import HubUser
 from support.stack import free_port
@@ -22,6 +24,40 @@ from support.wait import wait_until
 
 FLOOR_COMMAND = ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
                  "--ServerApp.token=", "--ServerApp.password="]
+
+# The lab's own server under a hub, jupyterhub-singleuser, started bare: what every
+# JupyterHub pays on top of `jupyter lab`, without any hub's work. A stub in the same
+# container answers its calls to the Hub API (version check, activity) at once.
+HUB_STUB = """
+import os, socket
+reply = ("HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 2\\r\\n"
+         "X-JupyterHub-Version: " + os.environ["GPUHUB_BENCH_HUB_VERSION"] +
+         "\\r\\nConnection: close\\r\\n\\r\\n{}").encode()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8081))
+s.listen(64)
+while True:
+    c = s.accept()[0]
+    c.recv(65536)
+    c.sendall(reply)
+    c.close()
+"""
+SINGLEUSER_COMMAND = ["sh", "-c",
+                      'python3 -I -S -c "$GPUHUB_BENCH_HUB_STUB" & exec jupyterhub-singleuser']
+
+
+def singleuser_env(hub_version: str) -> dict[str, str]:
+    """What a hub hands jupyterhub-singleuser, pointing at the stub."""
+    return {
+        "GPUHUB_BENCH_HUB_STUB": HUB_STUB, "GPUHUB_BENCH_HUB_VERSION": hub_version,
+        "JUPYTERHUB_API_TOKEN": "bench", "JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api",
+        "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-bench", "JUPYTERHUB_USER": "bench",
+        "JUPYTERHUB_SERVICE_PREFIX": "/user/bench/", "JUPYTERHUB_BASE_URL": "/",
+        "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/bench/",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/bench/oauth_callback",
+        "JUPYTERHUB_ACTIVITY_URL": "http://127.0.0.1:8081/hub/api/users/bench/activity",
+    }
 
 
 class SpawnFailed(RuntimeError):
@@ -31,22 +67,34 @@ class SpawnFailed(RuntimeError):
 @dataclass
 class FloorRun:
     seconds: float
-    cpu_seconds: float
+    cpu_seconds: float  # the lab container's, at ready
+    engine_cpu_seconds: float | None  # dockerd, containerd and its shim, for this start
 
 
-def floor_once(client, image: str, name: str, label: str, timeout: float) -> FloorRun:
-    """`docker run` the lab image with plain JupyterLab; time it until /api answers."""
+def floor_once(client, image: str, name: str, label: str, timeout: float, *,
+               engine: EngineCpu, command: list[str] = FLOOR_COMMAND,
+               env: dict[str, str] | None = None, path: str = "/api") -> FloorRun:
+    """`docker run` the lab image (plain JupyterLab by default); time it until ``path``
+    answers, and take the CPU the lab and the Docker engine spent on it."""
     port = free_port()
+    env_args = [arg for k in (env or {}) for arg in ("-e", k)]
+    engine_before = engine.daemons()
     started = time.monotonic()
     try:
-        subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--label", label,
-                        "-p", f"127.0.0.1:{port}:8888", image, *FLOOR_COMMAND],
-                       check=True, capture_output=True, text=True)
-        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/api", timeout=2).ok,
-                   timeout=timeout, interval=0.05, what=f"{name} to answer /api",
+        container_id = subprocess.run(
+            ["docker", "run", "-d", "--rm", "--name", name, "--label", label, *env_args,
+             "-p", f"127.0.0.1:{port}:8888", image, *command],
+            check=True, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        ).stdout.strip()
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).ok,
+                   timeout=timeout, interval=0.05, what=f"{name} to answer {path}",
                    logs=lambda: _container_logs(name))
         seconds = time.monotonic() - started
-        return FloorRun(seconds=seconds, cpu_seconds=cpu_seconds(client, name))
+        engine_after = engine.daemons()
+        engine_cpu = (None if engine_before is None or engine_after is None else
+                      engine_after - engine_before + engine.shims([container_id]))
+        return FloorRun(seconds=seconds, cpu_seconds=cpu_seconds(client, name),
+                        engine_cpu_seconds=engine_cpu)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
@@ -105,30 +153,50 @@ class Round:
     hub_peak_working_set: int = 0
     hub_max_usage: int = 0
     lab_cpu_seconds: list[float] = field(default_factory=list)
+    # Where the machine's CPU went from the first request until every lab answered.
+    window_seconds: float = 0.0
+    machine_busy_seconds: float = 0.0
+    hub_cpu_seconds: float = 0.0  # the hub's containers (hub, and proxy if separate)
+    engine_cpu_seconds: float | None = None  # dockerd, containerd, the labs' shims
     errors: list[str] = field(default_factory=list)
 
 
 def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
-          lab_container: Callable[[str], str], timeout: float) -> Round:
-    """Start every user's lab at once; time each; watch the hub; then stop them all."""
+          service_containers: list[str], lab_container: Callable[[str], str], timeout: float,
+          engine: EngineCpu) -> Round:
+    """Start every user's lab at once; time each; watch the hub and the machine's CPU;
+    then stop them all."""
     result = Round(n=len(users))
     probe_user = users[0]
     barrier = threading.Barrier(len(users))
     api = HubApiProbe(f"{probe_user.base}/hub/api/users/{probe_user.name}", probe_user.token)
     memory = MemoryProbe(client, hub_container)
+    services_before = sum(cpu_seconds(client, c) for c in service_containers)
     try:
         with api, memory, ThreadPoolExecutor(len(users)) as pool:
+            engine_before, busy_before = engine.daemons(), machine_busy()
+            started = time.monotonic()
             futures = [pool.submit(spawn_and_time, u, options, timeout, barrier) for u in users]
             for user, future in zip(users, futures):
                 try:
                     result.seconds.append(future.result())
                 except Exception as exc:
                     result.errors.append(f"{user.name}: {type(exc).__name__}: {exc}"[:2000])
+            result.window_seconds = time.monotonic() - started
+            result.machine_busy_seconds = machine_busy() - busy_before
+            engine_after = engine.daemons()
+            result.hub_cpu_seconds = (sum(cpu_seconds(client, c) for c in service_containers)
+                                      - services_before)
+        lab_ids = []
         for user in users:
             try:
-                result.lab_cpu_seconds.append(cpu_seconds(client, lab_container(user.name)))
+                name = lab_container(user.name)
+                result.lab_cpu_seconds.append(cpu_seconds(client, name))
+                lab_ids.append(client.api.inspect_container(name)["Id"])
             except Exception as exc:  # the lab failed to start; its error is recorded above
                 result.errors.append(f"{user.name}: no CPU figure ({exc})"[:500])
+        if engine_before is not None and engine_after is not None:
+            result.engine_cpu_seconds = engine_after - engine_before + engine.shims(lab_ids)
     finally:
         stop_all(users)
     result.hub_api_latencies = api.latencies
