@@ -201,6 +201,8 @@ def update_swarm(c, settings: Settings) -> None:
         volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
     c.DockerSpawner.volumes = volumes
     c.GpuSwarmSpawner.gpu_resource = settings.swarm_gpu_resource
+    # Labs boot on many nodes: the hub's own cores say nothing about when to start the next.
+    c.GpuSwarmSpawner.lab_start_concurrency = 0
     c.GpuSwarmSpawner.pids_limit = settings.lab_pids_limit
 
 

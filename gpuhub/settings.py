@@ -350,7 +350,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Hub"),
     Setting("LAB_START_CONCURRENCY", "auto", _auto_or_count,
             "Labs that may boot at once; the others wait their turn (auto: one per CPU "
-            "core; 0: no limit).", "Hub"),
+            "core; 0: no limit; not used in swarm mode).", "Hub"),
     Setting("LOGIN_MAX_FAILURES", "5", _count,
             "Failed logins after which a user is locked out for LOGIN_LOCKOUT_SECONDS.", "Hub"),
     Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,

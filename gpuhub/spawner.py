@@ -320,7 +320,8 @@ class GpuDockerSpawner(DockerSpawner):
             yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
         # Until the lab has its start slot, say when it waits for one, and for how many.
         said = ""
-        while self._spawn_pending and self._start_slot in ("not yet", "waiting"):
+        while (self.lab_start_concurrency and self._spawn_pending
+               and self._start_slot in ("not yet", "waiting")):
             if self._start_slot == "waiting":
                 queue = self.start_queue
                 message = (f"Waiting for a start slot ({queue.booting} starting, "

@@ -219,6 +219,11 @@ def test_lab_service_spec(tmp_path):
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
+def test_labs_do_not_queue_for_the_hubs_cores_in_swarm_mode(tmp_path):
+    spawner = make_swarm_spawner(tmp_path, LAB_START_CONCURRENCY="2")
+    assert spawner.lab_start_concurrency == 0
+
+
 def test_cpu_lab_asks_for_no_gpu(tmp_path):
     spawner = make_swarm_spawner(tmp_path)
     task = spawner.service_specs()["task_template"]
