@@ -24,8 +24,9 @@ from .settings import Settings
 HUB_NODE_LABEL = "gpuhub.hub"  # the node that keeps the hub-data volume
 HOMES_MOUNT = "/srv/gpuhub/homes"  # SWARM_HOMES inside the hub, which creates users' folders
 LAB_UID, LAB_GID = 1000, 100  # the Jupyter Docker Stacks user (jovyan:users)
-PROXY_HEALTHCHECK = ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen("
-                     "'http://127.0.0.1:8000/_chp_healthz', timeout=2)"]
+# As in docker-compose.yml: the cheap probe from the hub image (gpuhub/healthcheck.py).
+PROXY_HEALTHCHECK = ["CMD", "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+                     "http://127.0.0.1:8000/_chp_healthz"]
 PROXY_COMMAND = [
     "sh", "-c",
     'CONFIGPROXY_AUTH_TOKEN="$$(cat /run/secrets/proxy_auth_token)" '

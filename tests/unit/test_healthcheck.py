@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gpuhub import healthcheck
+from gpuhub.swarm import PROXY_HEALTHCHECK
 from gpuhub.tasks.tls import selfsigned_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +73,6 @@ def test_hub_and_proxy_use_it():
     dockerfile = (ROOT / "jupyterhub" / "Dockerfile").read_text()
     assert '"/opt/gpuhub/gpuhub/healthcheck.py", "http://127.0.0.1:8081/hub/health"' in dockerfile
     proxy = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["proxy"]
-    assert proxy["healthcheck"]["test"][1:] == [
-        "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
-        "http://127.0.0.1:8000/_chp_healthz"]
+    assert proxy["healthcheck"]["test"] == PROXY_HEALTHCHECK  # compose and swarm alike
+    assert PROXY_HEALTHCHECK[1:] == ["python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+                                     "http://127.0.0.1:8000/_chp_healthz"]
