@@ -156,26 +156,49 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DISTURBED = 0.10  # share of the machine busy with other work that makes a figure noisy
+
+
 def cpu_table(results: dict) -> list[str]:
-    """Where the CPU went during each storm."""
-    rows = []
+    """Where the CPU went: in the bare starts (medians) and in each storm."""
+    cores = results["machine"]["cores"]
+    rows, disturbed = [], False
+    starts = results.get("cpu_seconds_per_start") or {}
+    for name, key, timing in (("floor", "floor", "floor"),
+                              ("jupyterhub-singleuser", "singleuser", "singleuser_floor")):
+        cpu = starts.get(key) or {}
+        if cpu.get("lab_p50") is None:
+            continue
+        other = max(cpu.get("other_share") or [0.0])
+        disturbed |= other > DISTURBED
+        rows.append(f"| {name} (median) | 1 | {_f(results[timing]['p50'], 1)} | - "
+                    f"| {cpu['lab_p50']:.2f} | - | {_f(cpu['engine_p50'])} "
+                    f"| {other:.0%}{' *' if other > DISTURBED else ''} (worst rep) |")
     for name, hub in results["hubs"].items():
         for r in hub["rounds"]:
             c = r.get("cpu") or {}
             if not c:
                 continue
-            cores = results["machine"]["cores"]
+            share = None if c["other"] is None else c["other"] / (c["window_s"] * cores)
+            disturbed |= share is not None and share > DISTURBED
             rows.append(f"| {name} | {r['n']} | {c['window_s']:.1f} | "
                         f"{c['machine_busy'] / (c['window_s'] * cores):.0%} | "
                         f"{c['per_start']['lab']:.2f} | {c['per_start']['hub']:.2f} | "
-                        f"{_f(c['per_start']['engine'])} | {_f(c['other'], 1)} |")
+                        f"{_f(c['per_start']['engine'])} | "
+                        + ("-" if share is None else
+                           f"{share:.0%}{' *' if share > DISTURBED else ''}") + " |")
     if not rows:
         return []
-    return ["Where the CPU went, from the first request until every lab answered (CPU-s per "
-            "lab start; other: everything else on the machine, this benchmark's client "
-            "included):", "",
-            "| run | N | seconds | machine busy | lab | hub | engine | other CPU-s (total) |",
-            "|---|---|---|---|---|---|---|---|", *rows, ""]
+    lines = ["Where the CPU went until every lab answered, in CPU-seconds per lab start (hub: "
+             "the hub's containers; engine: dockerd, containerd, the labs' shims; other: "
+             "everything else on the machine, this benchmark's own client included, as a "
+             "share of all cores):", "",
+             "| run | N | seconds | machine busy | lab | hub | engine | other |",
+             "|---|---|---|---|---|---|---|---|", *rows, ""]
+    if disturbed:
+        lines += [f"\\* more than {DISTURBED:.0%} of the machine was busy with other work: "
+                  "that figure is noisy.", ""]
+    return lines
 
 
 def _round(hub: dict | None, n: int) -> dict | None:

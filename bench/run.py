@@ -265,9 +265,13 @@ def _cpu_figures(runs: list) -> dict:
     """Median CPU-seconds of one bare start: the lab's, at ready, and the engine's."""
     lab = [r.cpu_seconds for r in runs]
     engine = [r.engine_cpu_seconds for r in runs if r.engine_cpu_seconds is not None]
+    other = [r.other_cpu_seconds for r in runs if r.other_cpu_seconds is not None]
     return {"lab": [round(x, 3) for x in lab], "engine": [round(x, 3) for x in engine],
             "lab_p50": statistics.median(lab) if lab else None,
-            "engine_p50": statistics.median(engine) if engine else None}
+            "engine_p50": statistics.median(engine) if engine else None,
+            # Share of the machine busy with anything else while each start was timed.
+            "other_share": [round(o / (r.seconds * os.cpu_count()), 3)
+                            for r, o in zip(runs, other)]}
 
 
 def _interrupt(signum, frame):

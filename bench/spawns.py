@@ -69,6 +69,8 @@ class FloorRun:
     seconds: float
     cpu_seconds: float  # the lab container's, at ready
     engine_cpu_seconds: float | None  # dockerd, containerd and its shim, for this start
+    # Everything else the machine did meanwhile (the polling client, other people's work).
+    other_cpu_seconds: float | None
 
 
 def floor_once(client, image: str, name: str, label: str, timeout: float, *,
@@ -78,7 +80,7 @@ def floor_once(client, image: str, name: str, label: str, timeout: float, *,
     answers, and take the CPU the lab and the Docker engine spent on it."""
     port = free_port()
     env_args = [arg for k in (env or {}) for arg in ("-e", k)]
-    engine_before = engine.daemons()
+    engine_before, busy_before = engine.daemons(), machine_busy()
     started = time.monotonic()
     try:
         container_id = subprocess.run(
@@ -90,11 +92,14 @@ def floor_once(client, image: str, name: str, label: str, timeout: float, *,
                    timeout=timeout, interval=0.05, what=f"{name} to answer {path}",
                    logs=lambda: _container_logs(name))
         seconds = time.monotonic() - started
+        busy = machine_busy() - busy_before
         engine_after = engine.daemons()
         engine_cpu = (None if engine_before is None or engine_after is None else
                       engine_after - engine_before + engine.shims([container_id]))
-        return FloorRun(seconds=seconds, cpu_seconds=cpu_seconds(client, name),
-                        engine_cpu_seconds=engine_cpu)
+        lab_cpu = cpu_seconds(client, name)
+        return FloorRun(seconds=seconds, cpu_seconds=lab_cpu, engine_cpu_seconds=engine_cpu,
+                        other_cpu_seconds=(None if engine_cpu is None
+                                           else busy - lab_cpu - engine_cpu))
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
