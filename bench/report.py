@@ -27,6 +27,7 @@ def summary(values: list[float]) -> dict:
 def summarize_round(r) -> dict:
     return {
         "n": r.n,
+        "reps": r.reps,
         "seconds": [round(s, 3) for s in r.seconds],
         **summary(r.seconds),
         "errors": r.errors,
@@ -49,14 +50,15 @@ def cpu_breakdown(r) -> dict:
         return {}
     labs = sum(r.lab_cpu_seconds)
     engine = r.engine_cpu_seconds
+    starts = r.n * r.reps
     other = r.machine_busy_seconds - labs - r.hub_cpu_seconds - (engine or 0.0)
     return {"window_s": round(r.window_seconds, 2),
             "machine_busy": round(r.machine_busy_seconds, 2),
             "labs": round(labs, 2), "hub": round(r.hub_cpu_seconds, 2),
             "engine": None if engine is None else round(engine, 2),
             "other": None if engine is None else round(other, 2),
-            "per_start": {"lab": round(labs / r.n, 3), "hub": round(r.hub_cpu_seconds / r.n, 3),
-                          "engine": None if engine is None else round(engine / r.n, 3)}}
+            "per_start": {"lab": round(labs / starts, 3), "hub": round(r.hub_cpu_seconds / starts, 3),
+                          "engine": None if engine is None else round(engine / starts, 3)}}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -108,8 +110,9 @@ def markdown(results: dict) -> str:
             if r is None:
                 continue
             failed = f" ({len(r['errors'])} failed)" if r["errors"] else ""
+            reps = f" ({r['reps']} reps)" if r.get("reps", 1) > 1 else ""
             rows.append(
-                f"| {name}{failed} | {n} | {_f(r['p50'])} | {_f(r['p95'])} | {_f(r['max'])} "
+                f"| {name}{reps}{failed} | {n} | {_f(r['p50'])} | {_f(r['p95'])} | {_f(r['max'])} "
                 f"| {_ratio(r['p50'], floor['p50'])} | {_ratio(r['p95'], floor['p50'])} "
                 f"| {_ratio(r['p50'], stock and stock['p50'])} "
                 f"| {_ratio(r['p95'], stock and stock['p95'])} "

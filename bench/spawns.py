@@ -152,6 +152,7 @@ class Round:
     """One storm: N users start their labs at the same moment."""
 
     n: int
+    reps: int = 1  # storms of n users, one after the other, taken together
     seconds: list[float] = field(default_factory=list)
     hub_api_latencies: list[float] = field(default_factory=list)
     hub_api_failures: int = 0
@@ -209,6 +210,26 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
     result.hub_peak_working_set = memory.peak_working_set
     result.hub_max_usage = memory.max_usage
     return result
+
+
+def merge(rounds: list[Round]) -> Round:
+    """Several storms of the same size as one round: every start's figures together."""
+    merged = Round(n=rounds[0].n, reps=len(rounds), engine_cpu_seconds=0.0)
+    for r in rounds:
+        merged.seconds += r.seconds
+        merged.hub_api_latencies += r.hub_api_latencies
+        merged.hub_api_failures += r.hub_api_failures
+        merged.hub_peak_working_set = max(merged.hub_peak_working_set, r.hub_peak_working_set)
+        merged.hub_max_usage = max(merged.hub_max_usage, r.hub_max_usage)
+        merged.lab_cpu_seconds += r.lab_cpu_seconds
+        merged.window_seconds += r.window_seconds
+        merged.machine_busy_seconds += r.machine_busy_seconds
+        merged.hub_cpu_seconds += r.hub_cpu_seconds
+        merged.engine_cpu_seconds = (None if None in (merged.engine_cpu_seconds,
+                                                      r.engine_cpu_seconds)
+                                     else merged.engine_cpu_seconds + r.engine_cpu_seconds)
+        merged.errors += r.errors
+    return merged
 
 
 def stop_all(users: list[HubUser], timeout: float = 120) -> None:
