@@ -88,8 +88,10 @@ def floor_once(client, image: str, name: str, label: str, timeout: float, *,
              "-p", f"127.0.0.1:{port}:8888", image, *command],
             check=True, capture_output=True, text=True, env={**os.environ, **(env or {})},
         ).stdout.strip()
+        # Every 20 ms: a hub's client learns of ready from the hub at once, so a coarser
+        # poll here would make the floor look slower than it is.
         wait_until(lambda: requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).ok,
-                   timeout=timeout, interval=0.05, what=f"{name} to answer {path}",
+                   timeout=timeout, interval=0.02, what=f"{name} to answer {path}",
                    logs=lambda: _container_logs(name))
         seconds = time.monotonic() - started
         busy = machine_busy() - busy_before
