@@ -226,10 +226,14 @@ def plot(results: dict, path: Path) -> None:
     if results["floor"]["p50"] is not None:
         ax.axhline(results["floor"]["p50"], color="gray", linestyle=":",
                    label="floor p50 (docker run)")
+    single = results.get("singleuser_floor") or {}
+    if single.get("p50") is not None:
+        ax.axhline(single["p50"], color="gray", linestyle="--", alpha=0.6,
+                   label="jupyterhub-singleuser p50 (docker run)")
     limit = results.get("cpu_bound_limit") or []
     if limit:
         ax.plot([x["n"] for x in limit], [x["seconds"] for x in limit], "x-.", color="tab:red",
-                alpha=0.6, label="CPU-bound limit (N x CPU-s / cores)")
+                alpha=0.6, label="CPU-bound limit (N x floor CPU-s / cores)")
     ax.set_xticks(sorted({r["n"] for hub in results["hubs"].values() for r in hub["rounds"]}))
     ax.set_xlabel("labs started at once (N)")
     ax.set_ylabel("seconds until the lab answers /api")
