@@ -365,7 +365,8 @@ def _booting_lab(tmp_path, monkeypatch, serving, gpus=GPUS):
     monkeypatch.setattr(DockerSpawner, "start", start_then_address)
     monkeypatch.setattr(GpuDockerSpawner, "wait_until_serving", waiting)
     monkeypatch.setattr(GpuDockerSpawner, "_remove_quietly", lambda self: asyncio.sleep(0))
-    spawner = make_spawner(make_config(tmp_path, gpus, LAB_START_CONCURRENCY="1"))
+    spawner = make_spawner(make_config(tmp_path, gpus, LAB_START_CONCURRENCY="1",
+                                       LAB_FIREWALL="false"))
     monkeypatch.setattr(spawner, "docker", docker)
     return spawner, seen
 
