@@ -193,7 +193,7 @@ def cpu_table(results: dict) -> list[str]:
     if not rows:
         return []
     lines = ["Where the CPU went until every lab answered, in CPU-seconds per lab start (hub: "
-             "the hub's containers; engine: dockerd, containerd, the labs' shims; other: "
+             "the hub's containers, all services of its stack; engine: dockerd, containerd, the labs' shims; other: "
              "everything else on the machine, this benchmark's own client included, as a "
              "share of all cores):", "",
              "| run | N | seconds | machine busy | lab | hub | engine | other |",

@@ -181,9 +181,11 @@ class Bench:
             stack.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
             users.append(self._login(stack.url, name, password))
         hub = stack.compose("ps", "-q", "hub", check=True).stdout.strip()
-        proxy = stack.compose("ps", "-q", "proxy", check=True).stdout.strip()
+        # The hub's CPU is that of every service of the stack: hub, proxy, docker-proxy,
+        # lab-firewall (labs are not compose services).
+        services = stack.compose("ps", "-q", check=True).stdout.split()
         self.rounds["gpuhub"] = self._storms("gpuhub", users, {"profile": "cpu"}, hub,
-                                             [hub, proxy], stack.lab_container)
+                                             services, stack.lab_container)
         step("removing the gpuhub stack")
         stack.teardown()
 
