@@ -88,6 +88,12 @@ def _ratio(a, b) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}x"
 
 
+def lab_server(results: dict) -> str:
+    """The lab image's command, which both hubs start (jupyterhub-singleuser in older runs)."""
+    command = (results.get("config") or {}).get("lab_command") or ["jupyterhub-singleuser"]
+    return " ".join(command)
+
+
 def markdown(results: dict) -> str:
     floor = results["floor"]
     hubs = results["hubs"]
@@ -98,7 +104,7 @@ def markdown(results: dict) -> str:
                 f"| {_f(floor['p95'])} | {_f(floor['max'])} | 1.00x | 1.00x | - | - | - | - |")
     single = results.get("singleuser_floor") or {}
     if single.get("count"):
-        rows.append(f"| jupyterhub-singleuser (`docker run`, hub API stubbed, {single['count']} reps) "
+        rows.append(f"| `{lab_server(results)}` (`docker run`, hub API stubbed, {single['count']} reps) "
                     f"| 1 | {_f(single['p50'])} | {_f(single['p95'])} | {_f(single['max'])} "
                     f"| {_ratio(single['p50'], floor['p50'])} | {_ratio(single['p95'], floor['p50'])} "
                     "| - | - | - | - |")
@@ -150,8 +156,8 @@ def markdown(results: dict) -> str:
                   ", ".join(f"N={x['n']}: {x['seconds']:.1f} s" for x in limit) + ".", ""]
     single_cpu = (results.get("cpu_seconds_per_start") or {}).get("singleuser") or {}
     if single_cpu.get("lab_p50") is not None:
-        lines += [f"jupyterhub-singleuser, bare: {single_cpu['lab_p50']:.2f} CPU-s of the lab "
-                  "until it answers (what every JupyterHub's labs start with).", ""]
+        lines += [f"`{lab_server(results)}` (the lab image's command, which both hubs start), "
+                  f"bare: {single_cpu['lab_p50']:.2f} CPU-s of the lab until it answers.", ""]
     lines += cpu_table(results)
     timings = results["timings"]
     lines += ["| step | seconds |", "|---|---|"]
@@ -168,7 +174,7 @@ def cpu_table(results: dict) -> list[str]:
     rows, disturbed = [], False
     starts = results.get("cpu_seconds_per_start") or {}
     for name, key, timing in (("floor", "floor", "floor"),
-                              ("jupyterhub-singleuser", "singleuser", "singleuser_floor")):
+                              (f"`{lab_server(results)}`", "singleuser", "singleuser_floor")):
         cpu = starts.get(key) or {}
         if cpu.get("lab_p50") is None:
             continue
@@ -229,7 +235,7 @@ def plot(results: dict, path: Path) -> None:
     single = results.get("singleuser_floor") or {}
     if single.get("p50") is not None:
         ax.axhline(single["p50"], color="gray", linestyle="--", alpha=0.6,
-                   label="jupyterhub-singleuser p50 (docker run)")
+                   label=f"{lab_server(results)} p50 (docker run)")
     limit = results.get("cpu_bound_limit") or []
     if limit:
         ax.plot([x["n"] for x in limit], [x["seconds"] for x in limit], "x-.", color="tab:red",

@@ -1,6 +1,6 @@
 """Measure spawn latency: the bare `docker run` floor, gpuhub, and a stock DockerSpawner hub.
 
-    python bench/run.py [--users 1,5,10] [--floor-reps 5] [--cold] [--smoke]
+    python bench/run.py [--users 1,5,10,20] [--floor-reps 5] [--cold] [--smoke]
 
 (`nox -s bench -- --smoke` runs it in a prepared environment.) Everything runs on this
 machine with the same lab image, under compose projects named ``gpuhubbench-<random>-*``,
@@ -33,10 +33,10 @@ import report  # noqa: E402
 from hostcpu import EngineCpu  # noqa: E402
 from probes import docker_client  # noqa: E402
 from spawns import (  # noqa: E402
-    SINGLEUSER_COMMAND,
     Round,
     floor_once,
     merge,
+    singleuser_command,
     singleuser_env,
     storm,
 )
@@ -54,9 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/run.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", default="1,5,10", type=_counts,
+    parser.add_argument("--users", default="1,5,10,20", type=_counts,
                         help="comma-separated numbers of users who start their labs at once "
-                             "(default: 1,5,10)")
+                             "(default: 1,5,10,20)")
     parser.add_argument("--floor-reps", type=int, default=5,
                         help="how many times to time the bare `docker run` floor, bare "
                              "jupyterhub-singleuser, and each hub's single-user start "
@@ -151,10 +151,14 @@ class Bench:
         for tag in tags:
             subprocess.run(["docker", "image", "rm", tag], capture_output=True)
 
+    def lab_command(self) -> list[str]:
+        """The command the lab image starts (both hubs run it; see stock_jupyterhub_config.py)."""
+        return list(self.client.images.get(self.lab_image).attrs["Config"]["Cmd"] or [])
+
     def measure_floor(self) -> None:
-        """The floor (plain JupyterLab) and jupyterhub-singleuser, both bare, in turn."""
+        """The floor (plain JupyterLab) and the lab's own server (its command), bare, in turn."""
         label = f"gpuhubbench.run={self.run_id}"
-        singleuser = {"command": SINGLEUSER_COMMAND, "path": "/user/bench/api",
+        singleuser = {"command": singleuser_command(self.lab_command()), "path": "/user/bench/api",
                       "env": singleuser_env(self.stack.settings.get("JUPYTERHUB_VERSION",
                                                                      DEFAULT_JUPYTERHUB_VERSION))}
         for i in range(self.args.floor_reps):
@@ -191,7 +195,7 @@ class Bench:
 
     def measure_stock(self) -> None:
         stock = StockHub(project=f"{self.prefix}-stock", hub_image=self.hub_image,
-                         lab_image=self.lab_image)
+                         lab_image=self.lab_image, lab_command=self.lab_command())
         self.cleanups.append(("stock hub", lambda: stock.teardown(self.client)))
         step(f"starting the stock DockerSpawner hub (project {stock.project})")
         started = time.monotonic()
@@ -256,6 +260,7 @@ class Bench:
             "argv": sys.argv[1:],
             "config": {"users": self.args.users, "floor_reps": self.args.floor_reps,
                        "smoke": self.args.smoke, "lab_image": self.lab_image,
+                       "lab_command": self.lab_command(),
                        "hub_image": self.hub_image, "gpuhub_profile": "cpu",
                        "spawn_timeout_s": SPAWN_TIMEOUT},
             "machine": m,

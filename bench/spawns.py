@@ -25,9 +25,10 @@ from support.wait import wait_until
 FLOOR_COMMAND = ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
                  "--ServerApp.token=", "--ServerApp.password="]
 
-# The lab's own server under a hub, jupyterhub-singleuser, started bare: what every
-# JupyterHub pays on top of `jupyter lab`, without any hub's work. A stub in the same
-# container answers its calls to the Hub API (version check, activity) at once.
+# The lab's own server under a hub (the lab image's command: gpuhub-singleuser, or
+# jupyterhub-singleuser in other images), started bare: what a hub's lab pays on top of
+# `jupyter lab`, without any hub's work. A stub in the same container answers its calls to
+# the Hub API (version check, activity) at once.
 HUB_STUB = """
 import os, socket
 reply = ("HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 2\\r\\n"
@@ -43,12 +44,16 @@ while True:
     c.sendall(reply)
     c.close()
 """
-SINGLEUSER_COMMAND = ["sh", "-c",
-                      'python3 -I -S -c "$GPUHUB_BENCH_HUB_STUB" & exec jupyterhub-singleuser']
+
+
+def singleuser_command(lab_command: list[str]) -> list[str]:
+    """The lab image's own command, with the Hub API stub beside it."""
+    return ["sh", "-c", 'python3 -I -S -c "$GPUHUB_BENCH_HUB_STUB" & exec "$@"', "sh",
+            *lab_command]
 
 
 def singleuser_env(hub_version: str) -> dict[str, str]:
-    """What a hub hands jupyterhub-singleuser, pointing at the stub."""
+    """What a hub hands the lab's server, pointing at the stub."""
     return {
         "GPUHUB_BENCH_HUB_STUB": HUB_STUB, "GPUHUB_BENCH_HUB_VERSION": hub_version,
         "JUPYTERHUB_API_TOKEN": "bench", "JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api",

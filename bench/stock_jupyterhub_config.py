@@ -14,15 +14,16 @@ comparison measures the spawner and not something else:
 Run only by ``bench/run.py`` through ``bench/stock-compose.yml``.
 """
 
+import json
 import os
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
 c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
 c.DockerSpawner.image = os.environ["DOCKER_NOTEBOOK_IMAGE"]
-# The upstream default is start-singleuser.sh; the benchmark passes the command gpuhub's
-# labs run, so both hubs start the very same process.
-c.DockerSpawner.cmd = os.environ.get("DOCKER_SPAWN_CMD", "start-singleuser.sh")
+# The upstream default is start-singleuser.sh; the benchmark passes the lab image's own
+# command (a JSON list), the one gpuhub's labs run, so both hubs start the very same process.
+c.DockerSpawner.cmd = json.loads(os.environ.get("DOCKER_SPAWN_CMD", '["start-singleuser.sh"]'))
 
 c.DockerSpawner.use_internal_ip = True
 c.DockerSpawner.network_name = os.environ["DOCKER_NETWORK_NAME"]

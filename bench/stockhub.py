@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -22,6 +23,7 @@ class StockHub:
     project: str
     hub_image: str
     lab_image: str
+    lab_command: list[str]
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
@@ -32,6 +34,7 @@ class StockHub:
     def compose(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         env = {**os.environ, "BENCH_PROJECT": self.project, "BENCH_HUB_IMAGE": self.hub_image,
                "BENCH_LAB_IMAGE": self.lab_image, "BENCH_PORT": str(self.port),
+               "BENCH_SPAWN_CMD": json.dumps(self.lab_command),
                "BENCH_USER_PASSWORD": self.password}
         return subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), *args], env=env,
                               capture_output=True, text=True, check=check)
