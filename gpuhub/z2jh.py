@@ -122,6 +122,9 @@ def chart_values(settings: Settings, profiles: Profiles) -> dict:
     name, tag = split_image(s.lab_image)
     singleuser: dict = {
         "image": {"name": name, "tag": tag},
+        # Each image's own command, as on Docker: gpuhub's lab image starts the leaner
+        # gpuhub-singleuser, and a profile's own image keeps its own command.
+        "cmd": None,
         "defaultUrl": "/lab",
         "startTimeout": s.spawn_timeout,
         "storage": {"type": "dynamic", "homeMountPath": HOME_MOUNT_PATH},

@@ -141,6 +141,13 @@ def test_lab_image_becomes_name_and_tag():
     assert image == {"name": "registry.example.org:5000/team/lab", "tag": "2026.1"}
 
 
+def test_labs_run_their_image_command_as_on_docker():
+    # The chart's default would be jupyterhub-singleuser for every image; null keeps each
+    # image's own command (gpuhub's lab image: the leaner gpuhub-singleuser).
+    values = exported()
+    assert "cmd" in values["singleuser"] and values["singleuser"]["cmd"] is None
+
+
 @pytest.mark.parametrize("ref, expected", [
     ("lab", ("lab", "latest")),
     ("registry:5000/lab", ("registry:5000/lab", "latest")),
