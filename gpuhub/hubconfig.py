@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import gpus as gpu_inventory
+from . import names
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from .labels import PROJECT as LABEL_PROJECT
 from .profiles import Profiles
 from .settings import Settings
 from .swarm import image_ref
@@ -25,12 +27,12 @@ PROXY_TOKEN_FILE = Path("/run/secrets/proxy_auth_token")
 # Where docker-compose.tls.yml mounts TLS_CERT and TLS_KEY in the proxy container.
 PROXY_TLS_CERT = "/run/secrets/tls_cert"
 PROXY_TLS_KEY = "/run/secrets/tls_key"
-LAB_HOME = "/home/jovyan"
+LAB_HOME = names.LAB_HOME
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
 HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
 # How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
-DOCKER_PROXY_URL = "tcp://docker-proxy:2375"
+DOCKER_PROXY_URL = names.DOCKER_BROKER_URL
 HUB_DOCKER_SOCKET = Path("/var/run/docker.sock")  # where the socket is mounted, if it is
 
 
@@ -151,18 +153,18 @@ def update_spawner(c, settings: Settings) -> None:
     project = settings.compose_project_name
     c.JupyterHub.spawner_class = "gpuhub.spawner.GpuDockerSpawner"
     c.DockerSpawner.image = settings.lab_image
-    c.DockerSpawner.network_name = f"{project}-labs"
+    c.DockerSpawner.network_name = names.labs_network(project)
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.remove = True
     c.DockerSpawner.prefix = project
-    c.DockerSpawner.name_template = "{prefix}-lab-{username}"
+    c.DockerSpawner.name_template = names.lab_name_template()
     c.DockerSpawner.notebook_dir = LAB_HOME
     c.DockerSpawner.default_url = "/lab"
-    volumes: dict = {f"{project}-home-{{username}}": f"{LAB_HOME}/work"}
+    volumes: dict = {names.work_volume_template(project): names.WORK_MOUNT}
     if settings.shared_data_dir:
-        volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+        volumes[settings.shared_data_dir] = {"bind": names.SHARED_MOUNT, "mode": "ro"}
     c.DockerSpawner.volumes = volumes
-    c.DockerSpawner.extra_create_kwargs = {"labels": {"gpuhub.project": project}}
+    c.DockerSpawner.extra_create_kwargs = {"labels": {LABEL_PROJECT: project}}
     # Labs run as the image's non-root user; nothing lets them gain privileges back.
     c.DockerSpawner.extra_host_config = {
         "security_opt": ["no-new-privileges"],

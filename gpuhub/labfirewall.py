@@ -7,14 +7,16 @@ Traffic that enters the host from the labs network's bridge is matched by interf
   except replies to connections the host opened (Docker's userland proxy talks to the
   proxy container that way) and DNS (a resolver the host serves to its containers);
 - forwarded beyond the host (Docker's DOCKER-USER chain): refused to 169.254.0.0/16
-  (link-local: cloud metadata services live there) and to LAB_BLOCKED_NETWORKS, except
+  (link-local: most clouds' metadata services), to the other clouds' metadata addresses
+  (METADATA_ADDRESSES) and to LAB_BLOCKED_NETWORKS, except
   traffic that stays on the labs network (labs to the hub and proxy) and DNS (on some
   clouds the metadata server is also the resolver).
 
 The rules live in two chains of their own, named after the bridge, with a jump from
 INPUT and DOCKER-USER tagged ``gpuhub <project>``. They are checked every few seconds
-and put back if something (a firewall reload, a Docker restart) removed them; they are
-removed when the service stops (``invoke down``).
+and put back if something (a firewall reload, a Docker restart) removed them. They stay
+in place when the service stops or dies, so labs that still run stay cut off: only a
+deliberate ``invoke down`` (``labfirewall.py remove``, once no lab runs) removes them.
 
 This file runs alone in the lab-firewall image (python3-minimal), so it imports only the
 standard library; the tasks import :func:`bridge_name` from it.
@@ -32,7 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-ALWAYS_BLOCKED = ("169.254.0.0/16",)
+# Cloud metadata services hand out the machine's credentials. Most clouds use
+# 169.254.169.254; these are the others: Alibaba Cloud, Azure's wire server (also its
+# DNS resolver: DNS stays allowed), Oracle Cloud's legacy address.
+METADATA_ADDRESSES = ("100.100.100.200/32", "168.63.129.16/32", "192.0.0.192/32")
+ALWAYS_BLOCKED = ("169.254.0.0/16", *METADATA_ADDRESSES)
 CHECK_INTERVAL = 5  # seconds between checks that the rules are still in place
 STATUS_FILE = "/run/lab-firewall.ok"  # touched after each good check (the health check)
 BACKENDS = ("iptables-nft", "iptables-legacy")
@@ -225,7 +231,10 @@ def mark_healthy(status: str, healthy: bool) -> None:
 
 def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL,
                 status: str = STATUS_FILE) -> None:
-    """Apply the rules, keep them in place, remove them on SIGTERM or SIGINT.
+    """Apply the rules and keep them in place until SIGTERM or SIGINT, which leave them.
+
+    Leaving them is what fails closed: a lab-firewall that was stopped, or died, must
+    not open the host to labs that still run. `invoke down` removes them.
 
     After every check that finds the rules in place (and the bridge there), ``status`` is
     touched: the container's health check only looks at its age, so a busy host cannot
@@ -253,17 +262,11 @@ def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL,
                 log("putting the rules back: " + "; ".join(problems))
                 fw.apply()
     except _Stop:
-        pass
+        log(f"project {rules.project}: stopping; the rules stay in place until `invoke down`")
     finally:
-        for sig in previous:  # a second SIGTERM must not cut the removal short
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            mark_healthy(status, False)
-            fw.remove()
-            log(f"project {rules.project}: rules removed")
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        mark_healthy(status, False)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

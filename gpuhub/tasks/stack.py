@@ -14,6 +14,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import gpus as gpu_inventory
+from .. import names
 from ..profiles import ProfileError, Profiles
 from ..swarm import image_ref, report_text
 from . import swarmstack
@@ -45,9 +46,8 @@ def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool =
                               "-f", str(root / "jupyterhub" / "Dockerfile"),
                               *_tags(s, s.hub_image), str(root)])
         if s.docker_socket_proxy:
-            folder = root / "jupyterhub" / "docker-proxy"
-            cmds.append(debian + ["-f", str(folder / "Dockerfile"), "-t", s.docker_proxy_image,
-                                  str(folder)])
+            cmds.append(debian + ["-f", str(root / "jupyterhub" / "docker-proxy" / "Dockerfile"),
+                                  "-t", s.docker_proxy_image, str(root)])
         if s.lab_firewall:
             cmds.append(debian + ["-f", str(root / "jupyterhub" / "lab-firewall" / "Dockerfile"),
                                   "-t", s.lab_firewall_image, str(root)])
@@ -193,13 +193,16 @@ def check_labs_bridge(c, project) -> None:
     Networks made before gpuhub named the bridge (or by hand, see docker-compose.yml)
     keep Docker's ``br-<id>``; Docker cannot rename it, so the network must be made anew.
     """
-    network = f"{project.name}-labs"
+    network = names.labs_network(project.name)
     found = c.run("docker network inspect --format "
-                  "'{{index .Options \"com.docker.network.bridge.name\"}}' " + network,
-                  hide=True, warn=True)
+                  "'{{index .Options \"com.docker.network.bridge.name\"}} {{.EnableIPv6}}' "
+                  + network, hide=True, warn=True)
     if found.failed:
         return  # not made yet: compose makes it with the right name
-    bridge = found.stdout.strip()
+    bridge, _, ipv6 = found.stdout.strip().rpartition(" ")
+    if ipv6 == "true":
+        raise fail(f"the labs network {network} has IPv6 on, which the lab firewall does not "
+                   "cover; it was made by hand: run `invoke down`, then `invoke up`")
     if bridge != project.labs_bridge:
         current = "Docker's br-<id>" if bridge in ("", "<no value>") else repr(bridge)
         raise fail(f"the labs network {network} has the bridge {current}, but lab-firewall "
@@ -212,7 +215,6 @@ def remove_switched_off(c, project) -> None:
     """Stop the helpers the settings have switched off since the last `invoke up`.
 
     Compose leaves a service's container running when an override file disables it.
-    `docker stop` (not kill): lab-firewall removes its rules on SIGTERM.
     """
     s = project.settings
     off = [name for name, on in (("docker-proxy", s.docker_socket_proxy),
@@ -225,6 +227,8 @@ def remove_switched_off(c, project) -> None:
             _step(f"removing {service} (switched off in the settings)")
             c.run("docker stop -t 30 " + " ".join(ids), hide=True, warn=True)
             c.run("docker rm -f " + " ".join(ids), hide=True, warn=True)
+            if service == "lab-firewall":  # its rules outlive it
+                remove_lab_firewall_rules(c, project)
 
 
 def load_profiles(project) -> Profiles:
@@ -298,6 +302,31 @@ def down(c, labs=True):
             _step(f"stopping {len(ids)} lab(s)")
             c.run("docker stop " + " ".join(ids), hide=True, warn=True)
     c.run(project.compose("down"), env=project.env())
+    if project.settings.lab_firewall:
+        remove_lab_firewall_rules(c, project)
+
+
+def remove_lab_firewall_rules(c, project) -> None:
+    """Remove the lab firewall's rules, which outlive its container, once no lab runs.
+
+    lab-firewall leaves them in place when it stops or dies (labs still running stay
+    cut off); this is the deliberate end of them.
+    """
+    running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                    hide=True, warn=True).stdout.split()
+    if running:
+        print(f"lab firewall rules kept: {len(running)} lab(s) of {project.name} still run")
+        return
+    s = project.settings
+    removed = c.run(shlex.join([
+        "docker", "run", "--rm", "--network", "host", "--cap-drop", "ALL",
+        "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--security-opt", "no-new-privileges",
+        "-e", f"COMPOSE_PROJECT_NAME={project.name}", "-e", f"GPUHUB_LABS_BRIDGE={project.labs_bridge}",
+        s.lab_firewall_image, "python3", "/usr/local/lib/gpuhub/labfirewall.py", "remove"]),
+        hide=True, warn=True)
+    if removed.failed:
+        raise fail(f"the lab firewall's rules for {project.name} could not be removed "
+                   f"({removed.stderr.strip() or removed.stdout.strip()}); run `invoke down` again")
 
 
 @task

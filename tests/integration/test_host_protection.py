@@ -10,6 +10,7 @@ or into a network namespace made here (tests/support/hostnet.py); none to
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.hostile_docker import hostile_requests
 from support.hostnet import Listener, NamespacedService
 from support.hub import HubUser
 from support.stack import BLOCKED_FOR_TESTS
@@ -144,23 +146,113 @@ def test_a_gpu_lab_starts_through_the_proxy(stack, hana):
     assert re.search(created, log), log[-2000:]
 
 
-def test_the_proxy_refuses_every_call_gpuhub_does_not_make(stack, hana):
+def _first_gpu(stack) -> str:
+    rows = json.loads(stack.invoke("gpus", "--json").stdout)
+    assert rows, "the test stacks run with the NVIDIA test double's GPUs"
+    return rows[0]["uuid"] or rows[0]["gpu"]
+
+
+def _forbidden(stack, info: dict) -> list[str]:
+    """What Docker recorded for a container that no lab may have (empty: nothing)."""
+    host, config = info["HostConfig"], info["Config"]
+    shared = stack.settings.get("SHARED_DATA_DIR", "")
+    found = []
+    if host.get("Privileged"):
+        found.append("privileged")
+    if host.get("CapAdd"):
+        found.append(f"CapAdd {host['CapAdd']}")
+    if "ALL" not in (host.get("CapDrop") or []):
+        found.append("capabilities kept")
+    if any("unconfined" in o or o.startswith(("seccomp", "apparmor", "label"))
+           for o in host.get("SecurityOpt") or []) or \
+            "no-new-privileges" not in (host.get("SecurityOpt") or []):
+        found.append(f"SecurityOpt {host.get('SecurityOpt')}")
+    if host.get("NetworkMode") != f"{stack.project}-labs":
+        found.append(f"network {host.get('NetworkMode')}")
+    for key in ("PidMode", "IpcMode", "UTSMode", "UsernsMode"):
+        if (host.get(key) or "").startswith(("host", "container:")):
+            found.append(f"{key} {host[key]}")
+    for mount in info.get("Mounts") or []:
+        if mount["Type"] == "bind" and mount["Source"] != shared:
+            found.append(f"bind of {mount['Source']}")
+        if mount["Type"] == "volume" and not mount["Name"].startswith(f"{stack.project}-home-"):
+            found.append(f"volume {mount['Name']}")
+    for key in ("Devices", "DeviceCgroupRules", "PortBindings", "Sysctls", "Ulimits", "Links",
+                "VolumesFrom", "ExtraHosts", "Dns", "Tmpfs"):
+        if host.get(key):
+            found.append(f"{key} {host[key]}")
+    if any(r.get("Count") for r in host.get("DeviceRequests") or []):
+        found.append("every GPU")
+    if host.get("LogConfig", {}).get("Type") not in ("json-file", "local", "journald"):
+        found.append(f"logging {host.get('LogConfig')}")
+    if (host.get("RestartPolicy") or {}).get("Name") not in ("", "no"):
+        found.append(f"restart {host['RestartPolicy']}")
+    if host.get("OomScoreAdj") or host.get("OomKillDisable") or host.get("CgroupParent"):
+        found.append("OOM score, OOM killer or cgroup parent")
+    if host.get("MaskedPaths") == [] or host.get("ReadonlyPaths") == []:
+        found.append("unmasked /proc")
+    if config.get("User") in ("root", "0") or config.get("StopSignal") not in (None, "SIGTERM"):
+        found.append(f"user {config.get('User')!r} / stop signal {config.get('StopSignal')!r}")
+    return found
+
+
+def test_the_broker_lets_nothing_dangerous_reach_docker(stack, hana, tmp_path):
+    """From inside the hub (where an attacker stands), against the real daemon."""
     hub = _service_container(stack, "hub")
-    lab_image = stack.settings["LAB_IMAGE"]
-    probe = subprocess.run(["docker", "exec", "-i", hub, "python3", "-", stack.project, lab_image],
-                           stdin=PROBE.open(), capture_output=True, text=True, timeout=300)
-    assert probe.returncode == 0, probe.stderr
-    results = json.loads(probe.stdout)
-    allowed = {case: r for case, r in results.items() if case.startswith("allowed:")}
-    refused = {case: r for case, r in results.items() if not case.startswith("allowed:")}
-    assert len(allowed) == 9 and all(status == 200 for status, _ in allowed.values()), allowed
-    wrong = {case: r for case, r in refused.items() if r[0] != 403 or REFUSED not in r[1]}
-    assert not wrong, f"let through or refused by Docker rather than the proxy: {wrong}"
-    for must in ("privileged", "host bind /:/host", "exec", "swarm init", "swarm info"):
-        assert must in refused
-    leftovers = stack.docker("ps", "-aq", "--filter", "name=gpuhubprobe-", "--filter",
-                             f"name={stack.project}-lab-probe").stdout.split()
-    assert leftovers == []
+    firewall = _service_container(stack, "lab-firewall")
+    firewall_before = stack.inspect(firewall)
+    # Named like a lab but made by hand, privileged: the hub must not be able to start it.
+    evil = stack.docker("create", "--name", f"{stack.project}-lab-evil", "--privileged",
+                        "--label", f"gpuhub.project={stack.project}", "--label",
+                        "gpuhub.user=evil", "--network", f"{stack.project}-labs",
+                        stack.settings["LAB_IMAGE"], "true").stdout.strip()
+    # A stopped container of no project: the hub must not be able to start or remove it.
+    other = stack.docker("create", "--name", f"gpuhubprobe-other-{stack.project}",
+                         stack.settings["LAB_IMAGE"], "true").stdout.strip()
+    started_at = stack.docker("inspect", "--format", "{{.Created}}", other).stdout.strip()
+    cases = hostile_requests(stack.project, stack.settings["LAB_IMAGE"], _first_gpu(stack),
+                             stack.settings.get("SHARED_DATA_DIR", ""), hub=hub,
+                             firewall=firewall, other=other)
+    spec = {"project": stack.project, "lab_image": stack.settings["LAB_IMAGE"],
+            "gpu": _first_gpu(stack),
+            "cases": [(case, method, target, {"__bytes__": base64.b64encode(body).decode()}
+                       if isinstance(body, bytes) else body)
+                      for case, method, target, body in cases]}
+    (tmp_path / "cases.json").write_text(json.dumps(spec))
+    stack.docker("cp", str(tmp_path / "cases.json"), f"{hub}:/tmp/cases.json")
+    try:
+        probe = subprocess.run(["docker", "exec", "-i", hub, "python3", "-", "/tmp/cases.json"],
+                               stdin=PROBE.open(), capture_output=True, text=True, timeout=600)
+        assert probe.returncode == 0, probe.stderr
+        results = json.loads(probe.stdout)
+        allowed = {case: r for case, r in results.items() if case.startswith("allowed:")}
+        assert len(allowed) == 11 and all(s == 200 for s, _ in allowed.values()), allowed
+        assert results["listed projects"][1] == [stack.project], \
+            "the hub sees only its own project's containers"
+        wrong = {case: results[case] for case, *_ in cases
+                 if results[case][0] not in (403, 413) or REFUSED not in results[case][1]}
+        assert not wrong, f"not refused by the broker: {wrong}"
+        # What the daemon recorded: every container made since the probe began.
+        made = [c for c in stack.docker("ps", "-aq", "--no-trunc").stdout.split()
+                if stack.docker("inspect", "--format", "{{.Created}}", c).stdout.strip() > started_at]
+        kept = stack.inspect(stack.lab_container("probekept"))
+        assert [c for c in made] == [kept["Id"]], \
+            [stack.inspect(c)["Name"] for c in made]
+        assert _forbidden(stack, kept) == [], _forbidden(stack, kept)
+        assert kept["HostConfig"]["PidsLimit"] == 64
+        # The other containers are as they were: not started, stopped or removed.
+        assert stack.inspect(other)["State"]["Status"] == "created"
+        assert stack.inspect(evil)["State"]["Status"] == "created"
+        after = stack.inspect(firewall)
+        assert (after["Id"], after["State"]["StartedAt"], after["State"]["Running"]) == (
+            firewall_before["Id"], firewall_before["State"]["StartedAt"], True)
+        for container in stack.docker("ps", "-aq", "--no-trunc", "--filter",
+                                      f"label=gpuhub.project={stack.project}").stdout.split():
+            if container != evil:  # made by hand, above
+                assert _forbidden(stack, stack.inspect(container)) == []
+    finally:
+        stack.docker("rm", "-f", evil, other, stack.lab_container("probekept"), check=False)
+        stack.docker("volume", "rm", f"{stack.project}-home-probekept", check=False)
 
 
 # --- lab-firewall ----------------------------------------------------------------------

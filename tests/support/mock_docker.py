@@ -13,7 +13,17 @@ COMPOSE_VERSION = "docker compose version --short"
 def labs_bridge_check(project: str = "gpuhub") -> str:
     """The command `invoke up` asks the labs network's bridge name with."""
     return ("docker network inspect --format "
-            "'{{index .Options \"com.docker.network.bridge.name\"}}' " + f"{project}-labs")
+            "'{{index .Options \"com.docker.network.bridge.name\"}} {{.EnableIPv6}}' "
+            + f"{project}-labs")
+
+
+def remove_firewall_rules(project: str = "gpuhub", bridge: str | None = None,
+                          image: str = "gpuhub-lab-firewall:latest") -> str:
+    """The command `invoke down` removes the lab firewall's rules with."""
+    return ("docker run --rm --network host --cap-drop ALL --cap-add NET_ADMIN --cap-add "
+            "NET_RAW --security-opt no-new-privileges -e COMPOSE_PROJECT_NAME=" + project
+            + f" -e GPUHUB_LABS_BRIDGE={bridge or project + '-labs'} {image} python3 "
+            "/usr/local/lib/gpuhub/labfirewall.py remove")
 
 
 def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:

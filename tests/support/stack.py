@@ -155,6 +155,19 @@ class Stack:
         if volumes:
             self.docker("volume", "rm", "-f", *volumes, check=False)
         self.docker("network", "rm", f"{self.project}-labs", check=False)
+        remove_firewall_rules(self.project)
+
+
+def remove_firewall_rules(project: str) -> None:
+    """The lab firewall's rules outlive its container (`invoke down` removes them)."""
+    from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend
+
+    if os.geteuid() != 0:
+        return  # only root made them (the lab firewall's tests need root)
+    try:
+        Firewall(Ruleset(project, bridge_name(project)), choose_backend()).remove()
+    except RuntimeError:  # Docker does not manage iptables here: there are none
+        pass
 
 
 def build_images_once(workdir: Path) -> float:

@@ -89,7 +89,11 @@ def test_metadata_and_blocked_networks_are_refused_beyond_the_labs_network():
     beyond = RULES.chains()["GPUHUB-FWD-gpuhub-labs"]
     assert beyond[0][:2] == ["-o", "gpuhub-labs"] and beyond[0][-1] == "RETURN"
     refused = [r[1] for r in beyond if "REJECT" in r]
-    assert refused == ["169.254.0.0/16", "10.0.0.0/8"]
+    # Every cloud's metadata service: link-local, Alibaba, Azure, Oracle (legacy).
+    assert refused == ["169.254.0.0/16", "100.100.100.200/32", "168.63.129.16/32",
+                       "192.0.0.192/32", "10.0.0.0/8"]
+    # DNS (Azure's resolver is its metadata address) is allowed before any refusal.
+    assert [r[1] for r in beyond[1:3]] == ["udp", "tcp"] and beyond[1][5] == "53"
 
 
 def test_jumps_come_from_the_bridge_and_carry_the_project():
@@ -183,7 +187,7 @@ def test_remove_leaves_nothing_of_the_project(iptables):
     assert other.missing() == []
 
 
-def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch, tmp_path):
+def test_the_service_keeps_the_rules_also_when_stopped(monkeypatch, tmp_path):
     import signal
 
     status = tmp_path / "lab-firewall.ok"
@@ -207,7 +211,8 @@ def test_the_service_keeps_the_rules_and_removes_them_when_stopped(monkeypatch, 
     monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: True)
     before = signal.getsignal(signal.SIGTERM)
     labfirewall.run_forever(Watched(), interval=0, status=str(status))
-    assert events == ["apply", "check (healthy)", "apply", "check (healthy)", "remove"]
+    # Stopped (SIGTERM): labs that still run stay cut off until `invoke down` removes them.
+    assert events == ["apply", "check (healthy)", "apply", "check (healthy)"]
     assert not status.exists(), "stopped: no longer healthy"
     assert signal.getsignal(signal.SIGTERM) is before
 

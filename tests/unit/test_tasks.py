@@ -16,6 +16,7 @@ from support.mock_docker import (
     commands,
     docker_context,
     labs_bridge_check,
+    remove_firewall_rules,
 )
 
 import tasks as tasks_py
@@ -157,7 +158,7 @@ HUB = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
 LAB = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab")
 DOCKER_PROXY = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
                 f"-f {ROOT / 'jupyterhub' / 'docker-proxy' / 'Dockerfile'} "
-                f"-t gpuhub-docker-proxy:latest {ROOT / 'jupyterhub' / 'docker-proxy'}")
+                f"-t gpuhub-docker-proxy:latest {ROOT}")
 LAB_FIREWALL = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
                 f"-f {ROOT / 'jupyterhub' / 'lab-firewall' / 'Dockerfile'} "
                 f"-t gpuhub-lab-firewall:latest {ROOT}")
@@ -324,11 +325,21 @@ def test_up_aborts_when_the_shared_data_dir_is_missing(env_file, tmp_path, no_gp
 def test_up_refuses_a_labs_network_the_firewall_cannot_name(env_file, free_port,
                                                               no_gpu_detection, bridge):
     env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
-    c = context((labs_bridge_check(), Result(bridge + "\n")), running=False)
+    c = context((labs_bridge_check(), Result(bridge + " false\n")), running=False)
     with pytest.raises(Exit) as info:
         stack.up(c)
     assert_one_line_error(info, "the labs network gpuhub-labs has the bridge",
                           "'gpuhub-labs'", "run `invoke down`, then `invoke up`")
+    assert not [cmd for cmd in commands(c) if cmd.startswith("docker build")]
+
+
+def test_up_refuses_a_labs_network_with_ipv6(env_file, free_port, no_gpu_detection):
+    env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
+    c = context((labs_bridge_check(), Result("gpuhub-labs true\n")), running=False)
+    with pytest.raises(Exit) as info:
+        stack.up(c)
+    assert_one_line_error(info, "the labs network gpuhub-labs has IPv6 on",
+                          "run `invoke down`, then `invoke up`")
     assert not [cmd for cmd in commands(c) if cmd.startswith("docker build")]
 
 
@@ -342,7 +353,9 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
     up = (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
           f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} --env-file {path} "
           "up -d --wait --wait-timeout 180")
-    assert commands(c)[3:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", up]
+    labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
+    assert commands(c)[3:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
+                               remove_firewall_rules(), up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 
@@ -558,14 +571,26 @@ def test_down_stops_the_labs_then_the_hub(env_file):
     ps = "docker ps -q --filter label=gpuhub.project=gpuhub-t"
     c = context((ps, Result("aaa\nbbb\n")))
     stack.down(c)
-    assert commands(c)[2:] == [ps, "docker stop aaa bbb", compose(path, "down")]
+    # The mock still lists the labs after `docker stop`: the firewall's rules stay.
+    assert commands(c)[2:] == [ps, "docker stop aaa bbb", compose(path, "down"), ps]
 
 
-def test_down_no_labs_leaves_the_labs(env_file):
+def test_down_removes_the_firewall_rules_once_no_lab_runs(env_file):
+    path = env_file(COMPOSE_PROJECT_NAME="gpuhub-t")
+    ps = "docker ps -q --filter label=gpuhub.project=gpuhub-t"
+    c = context((ps, Result("")))
+    stack.down(c)
+    assert commands(c)[2:] == [ps, compose(path, "down"), ps,
+                               remove_firewall_rules("gpuhub-t")]
+
+
+def test_down_no_labs_leaves_the_labs_and_the_rules(env_file, capsys):
     path = env_file()
-    c = context()
+    ps = "docker ps -q --filter label=gpuhub.project=gpuhub"
+    c = context((ps, Result("aaa\n")))
     stack.down(c, labs=False)
-    assert commands(c)[2:] == [compose(path, "down")]
+    assert commands(c)[2:] == [compose(path, "down"), ps]
+    assert "lab firewall rules kept: 1 lab(s) of gpuhub still run" in capsys.readouterr().out
 
 
 def test_restart_waits_until_healthy(env_file, capsys):

@@ -1,0 +1,81 @@
+"""The names of a deployment's things, defined once: networks, containers, volumes, paths.
+
+The hub creates labs and work volumes under these names, and the Docker broker allows
+exactly these names, so the two cannot drift apart. Places that are not Python
+(docker-compose.yml, the lab firewall's image) are checked against this module by
+``tests/unit/test_names.py``.
+
+Only the standard library: the Docker broker's image imports it without the hub's
+dependencies.
+"""
+
+from __future__ import annotations
+
+import string
+
+from .labels import GPUS as LABEL_GPUS
+from .labels import PROFILE as LABEL_PROFILE
+from .labels import PROJECT as LABEL_PROJECT
+from .labels import SINCE as LABEL_SINCE
+from .labels import USER as LABEL_USER
+
+# Inside a lab.
+LAB_HOME = "/home/jovyan"
+WORK_MOUNT = f"{LAB_HOME}/work"
+SHARED_MOUNT = f"{LAB_HOME}/shared"
+
+# The compose services the hub talks to, by their names on the project's networks.
+DOCKER_BROKER_SERVICE = "docker-proxy"
+DOCKER_BROKER_PORT = 2375
+DOCKER_BROKER_URL = f"tcp://{DOCKER_BROKER_SERVICE}:{DOCKER_BROKER_PORT}"
+LAB_FIREWALL_SERVICE = "lab-firewall"
+
+# Labels Docker Compose writes on the services' containers.
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+
+# Every label gpuhub writes on a lab container.
+LAB_LABELS = (LABEL_PROJECT, LABEL_USER, LABEL_GPUS, LABEL_SINCE, LABEL_PROFILE)
+
+# DockerSpawner's escaping of user names in container and volume names: every character
+# but lowercase letters and digits becomes "-" and its UTF-8 bytes in hex.
+_SAFE = frozenset(string.ascii_lowercase + string.digits)
+
+
+def escape_user(name: str) -> str:
+    """The user's name as DockerSpawner writes it into container and volume names."""
+    return "".join(ch if ch in _SAFE else "".join(f"-{b:02x}" for b in ch.encode())
+                   for ch in name).lower()
+
+
+def labs_network(project: str) -> str:
+    """The network labs (and the hub and proxy) share."""
+    return f"{project}-labs"
+
+
+def lab_container_prefix(project: str) -> str:
+    return f"{project}-lab-"
+
+
+def lab_container(project: str, user: str) -> str:
+    """A user's lab container (DockerSpawner's name_template renders the same)."""
+    return lab_container_prefix(project) + escape_user(user)
+
+
+def lab_name_template() -> str:
+    """DockerSpawner's ``name_template`` (its ``prefix`` is the project)."""
+    return "{prefix}-lab-{username}"
+
+
+def work_volume_prefix(project: str) -> str:
+    return f"{project}-home-"
+
+
+def work_volume(project: str, user: str) -> str:
+    """A user's work volume, mounted at WORK_MOUNT."""
+    return work_volume_prefix(project) + escape_user(user)
+
+
+def work_volume_template(project: str) -> str:
+    """The work volume as a DockerSpawner ``volumes`` template ({username} is escaped)."""
+    return work_volume_prefix(project) + "{username}"
