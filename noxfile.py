@@ -61,4 +61,5 @@ def bench(session: nox.Session) -> None:
     """Spawn latency vs the bare-container floor and a stock DockerSpawner hub (`-- --smoke`)."""
     _install(session)
     session.install("matplotlib")
+    session.run("python", "bench/broker_overhead.py")
     session.run("python", "bench/run.py", *session.posargs)

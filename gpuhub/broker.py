@@ -87,10 +87,13 @@ class Broker:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         async with self.session.request(method, URL("http://docker" + path, encoded=True),
                                         data=body, headers=headers) as answer:
-            data = await answer.content.read(MAX_ANSWER + 1)
-            if len(data) > MAX_ANSWER:
-                raise RuntimeError(f"Docker's answer to {method} {path} is over {MAX_ANSWER} bytes")
-            return answer.status, answer.headers, data
+            data = bytearray()
+            async for chunk in answer.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > MAX_ANSWER:
+                    raise RuntimeError(f"Docker's answer to {method} {path} is over "
+                                       f"{MAX_ANSWER} bytes")
+            return answer.status, answer.headers, bytes(data)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()

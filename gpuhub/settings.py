@@ -367,13 +367,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Spawn profiles (zero-to-jupyterhub profileList shape), relative to the "
             "repository or absolute.", "Labs"),
     Setting("DOCKER_SOCKET_PROXY", "true", _bool,
-            "true: the hub reaches Docker only through the docker-proxy service, which allows "
-            "just the calls gpuhub makes; false: the hub mounts the Docker socket itself. "
+            "true: the hub reaches Docker only through the docker-proxy service, gpuhub's "
+            "Docker broker, which allows just the calls gpuhub makes and rebuilds each of "
+            "them hardened; false: the hub mounts the Docker socket itself. "
             "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_FIREWALL", "true", _bool,
-            "true: the lab-firewall service stops labs from reaching the Docker host and "
-            "169.254.0.0/16 (cloud metadata) and LAB_BLOCKED_NETWORKS; false: no such rules. "
+            "true: the lab-firewall service stops labs from reaching the Docker host, the "
+            "cloud metadata addresses and LAB_BLOCKED_NETWORKS (its rules stay until "
+            "`invoke down`); false: no such rules. "
             "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_BLOCKED_NETWORKS", "", _cidrs,

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from support.hub import HubUser
 from support.stack import BLOCKED_FOR_TESTS
 from support.wait import wait_until
 
-from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend
+from gpuhub.labfirewall import METADATA_ADDRESSES, Firewall, Ruleset, bridge_name, choose_backend
 
 SPAWN_TIMEOUT = 180
 PROBE = Path(__file__).resolve().parents[1] / "support" / "docker_probe.py"
@@ -57,7 +58,7 @@ def _lab_user(stack, name: str, profile: str) -> HubUser:
     user.login(f"{name}-pw-12345")
     user.create_token()
     answer = user.start({"profile": profile})
-    assert answer.status_code in (201, 202), answer.text
+    assert answer.status_code in (201, 202), f"{answer.text}\n{stack.logs()}"
     user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     return user
 
@@ -144,6 +145,15 @@ def test_a_gpu_lab_starts_through_the_proxy(stack, hana):
     log = stack.docker("logs", _service_container(stack, "docker-proxy")).stdout
     created = rf"POST /v1\.\d+/containers/create\?name={stack.lab_container('hana')} -> 201"
     assert re.search(created, log), log[-2000:]
+
+
+def test_the_labs_network_has_no_ipv6(stack, hana):
+    assert stack.docker("network", "inspect", "--format", "{{.EnableIPv6}}",
+                        f"{stack.project}-labs").stdout.strip() == "false"
+    # /proc/net/if_inet6: address, index, prefix, scope (00: global), flags, interface.
+    scopes = hana.run_code("print(sorted({l.split()[3] for l in open('/proc/net/if_inet6')}) "
+                           "if __import__('os').path.exists('/proc/net/if_inet6') else [])")
+    assert "'00'" not in scopes, f"a lab has a global IPv6 address: {scopes}"
 
 
 def _first_gpu(stack) -> str:
@@ -292,6 +302,8 @@ def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_
                            capture_output=True, text=True, check=True).stdout
     assert "-d 169.254.0.0/16" in chain and f"-d {BLOCKED_FOR_TESTS}" in chain, chain
     assert f'--comment "gpuhub {stack.project}: labs may not reach 169.254.0.0/16"' in chain
+    for address in METADATA_ADDRESSES:  # the other clouds' metadata services
+        assert f"-d {address} " in chain, chain
 
 
 def test_the_gpu_lab_stops_through_the_proxy(stack, hana):
@@ -326,21 +338,39 @@ def test_the_direct_socket_setup_has_neither_helper(open_stack, olga):
     assert len(Firewall(rules, choose_backend()).missing()) == 4, "no rules for this stack"
 
 
-def test_no_lab_starts_while_the_lab_firewall_is_stopped(stack, as_root):
+def test_labs_stay_cut_off_when_the_lab_firewall_dies_or_stops(stack, as_root):
     firewall = _firewall(stack)
-    stack.docker("stop", _service_container(stack, "lab-firewall"))
-    assert len(firewall.missing()) == 4, "stopping lab-firewall removes its rules"
-    stack.invoke("adduser", "ivan", "--password-stdin", stdin="ivan-pw-12345\n")
-    ivan = HubUser(stack.url, "ivan")
-    ivan.login("ivan-pw-12345")
-    ivan.create_token()
-    refused = ivan.start({"profile": "cpu"})
+    ivan = _lab_user(stack, "ivan", "cpu")
+    service = _service_container(stack, "lab-firewall")
+    # Dies (its process killed from the host, as a crash): the rules stay, Docker restarts it.
+    os.kill(stack.inspect(service)["State"]["Pid"], signal.SIGKILL)
+    assert firewall.missing() == [], "a lab-firewall that died must leave its rules"
+    wait_until(lambda: stack.inspect(service)["State"].get("Health", {}).get("Status") == "healthy",
+               timeout=60, interval=1, what="lab-firewall to be restarted and healthy",
+               state=lambda: stack.inspect(service)["State"],
+               logs=lambda: stack.docker("logs", service).stdout)
+    # Stopped by hand: the rules stay too, and the running lab is still cut off.
+    stack.docker("stop", service)
+    assert firewall.missing() == [], "stopping lab-firewall must leave its rules"
+    here = Listener(_gateway(stack), "host")
+    try:
+        got = _attempts(ivan, [("gateway", here.address, here.port)])
+        assert got["gateway"].startswith("error:") and here.accepted == 0, got
+    finally:
+        here.close()
+    # New labs are refused while it is not running.
+    stack.invoke("adduser", "jana", "--password-stdin", stdin="jana-pw-12345\n")
+    jana = HubUser(stack.url, "jana")
+    jana.login("jana-pw-12345")
+    jana.create_token()
+    refused = jana.start({"profile": "cpu"})
     assert refused.status_code == 503 and "lab firewall" in refused.json()["message"], refused.text
-    assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container('ivan')}").stdout == ""
+    assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container('jana')}").stdout == ""
     stack.up("--no-build")
     assert firewall.missing() == []
-    assert ivan.start({"profile": "cpu"}).status_code in (201, 202)
-    ivan.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert jana.start({"profile": "cpu"}).status_code in (201, 202)
+    jana.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    jana.stop(logs=stack.logs)
     ivan.stop(logs=stack.logs)
 
 

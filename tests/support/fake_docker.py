@@ -113,7 +113,9 @@ class FakeDocker:
 class BrokerHarness:
     """The broker and a FakeDocker, served by an event loop in a thread of their own."""
 
-    def __init__(self, workdir: Path, policy: Policy | None = None):
+    def __init__(self, workdir: Path, policy: Policy | None = None,
+                 broker_class: type[Broker] = Broker):
+        self.broker_class = broker_class
         self.socket = str(workdir / "docker.sock")
         self.docker = FakeDocker()
         self.policy = policy or globals()["policy"]()
@@ -141,7 +143,8 @@ class BrokerHarness:
         fake = web.AppRunner(self.docker.app())
         await fake.setup()
         await web.UnixSite(fake, self.socket).start()
-        broker = web.AppRunner(Broker(self.policy, self.socket).app(), access_log=None)
+        broker = web.AppRunner(self.broker_class(self.policy, self.socket).app(),
+                               access_log=None)
         await broker.setup()
         site = web.TCPSite(broker, "127.0.0.1", 0)
         await site.start()
