@@ -32,6 +32,17 @@ class Gpu:
         return self.uuid or self.index
 
 
+def summary(gpus: list[Gpu]) -> str:
+    """The inventory in a few words, e.g. "4 GPUs (4× Tesla T4)"; `invoke gpus` has the IDs."""
+    if not gpus:
+        return "no GPUs (CPU-only)"
+    models: dict[str, int] = {}
+    for gpu in gpus:
+        models[gpu.name] = models.get(gpu.name, 0) + 1
+    each = ", ".join(f"{count}× {name}" for name, count in models.items())
+    return f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({each})"
+
+
 def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
     """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits``."""
     gpus = []

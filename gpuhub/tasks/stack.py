@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json as jsonlib
 import os
 import secrets
 import shlex
@@ -15,6 +17,7 @@ from invoke import task
 
 from .. import gpus as gpu_inventory
 from .. import names
+from .. import status as status_tables
 from ..profiles import ProfileError, Profiles
 from ..swarm import image_ref, report_text
 from . import swarmstack
@@ -144,7 +147,9 @@ def up(c, build=True, timeout=180):
     profiles = load_profiles(project)
     check_tls_files(project)
     require_docker(c)
-    running = hub_running(c, project)
+    # The project's own proxy holds the ports while the hub is stopped or exited: up
+    # then brings the rest back, it is not a port taken by someone else.
+    running = hub_running(c, project) or proxy_running(c, project)
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
                    "set HUB_PORT in .env to a free port")
@@ -158,8 +163,8 @@ def up(c, build=True, timeout=180):
             push_images(c, project)
         inventory = swarmstack.deploy(c, project, timeout)
         create_missing_admins(c, project)
-        gpus = ", ".join(g.index for g in inventory) or "none (CPU-only)"
-        print(f"gpuhub is up on the Swarm: http://<this node>:{s.hub_port}/  (GPUs: {gpus})")
+        print(f"gpuhub is up on the Swarm: http://<this node>:{s.hub_port}/  "
+              f"({gpu_inventory.summary(inventory)})")
         return
     inventory = detect_gpus(project)
     if s.lab_firewall:
@@ -180,11 +185,18 @@ def up(c, build=True, timeout=180):
                    "fix the cause and run `invoke up` again")
     create_missing_admins(c, project)
     host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
-    gpus = ", ".join(g.device_id for g in inventory) or "none (CPU-only)"
     scheme = "https" if s.tls_cert else "http"
     redirect = (f"; http://{host}:{s.hub_http_redirect_port}/ redirects there"
                 if s.hub_http_redirect_port else "")
-    print(f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  (GPUs: {gpus}{redirect})")
+    print(f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  ({gpu_inventory.summary(inventory)}"
+          f"{redirect})")
+
+
+def proxy_running(c, project) -> bool:
+    """Whether the project's proxy container runs (it holds HUB_PORT)."""
+    found = c.run(project.compose("ps --status running --quiet proxy"), env=project.env(),
+                  hide=True, warn=True)
+    return bool(found.ok and found.stdout.strip())
 
 
 def check_labs_bridge(c, project) -> None:
@@ -333,10 +345,15 @@ def remove_lab_firewall_rules(c, project) -> None:
 def restart(c):
     """Restart the hub container; running labs keep running and are reattached."""
     project = load()
-    require_running(c, project)
     if project.swarm:
+        require_running(c, project)
         swarmstack.restart(c, project)
         print("hub restarted")
+        return
+    require_docker(c)
+    if not hub_running(c, project):  # stopped or exited: start what is not running
+        print("the hub is not running: starting the stack as `invoke up --no-build` does")
+        up(c, build=False)
         return
     c.run(project.compose("restart hub"), env=project.env())
     wait_healthy(c, project)
@@ -368,9 +385,28 @@ def status(c):
     if project.swarm:
         swarmstack.status(c, project)
         return
-    c.run(project.compose("ps"), env=project.env())
-    c.run("docker ps --filter label=gpuhub.project=" + project.name +
-          " --format 'table {{.Names}}\\t{{.Status}}\\t{{.Label \"gpuhub.gpus\"}}'", warn=True)
+    services = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name}",
+                     hide=True, warn=True).stdout.split()
+    labs = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                 hide=True, warn=True).stdout.split()
+    inspected = _inspect(c, services + labs)
+    now = datetime.datetime.now(datetime.UTC)
+    print(status_tables.services_table([i for i in inspected if i["Id"][:12] in
+                                        {x[:12] for x in services}], now))
+    print()
+    print(status_tables.labs_table([i for i in inspected if i["Id"][:12] in
+                                    {x[:12] for x in labs}], now))
+
+
+def _inspect(c, ids: list[str]) -> list[dict]:
+    """`docker inspect` of ``ids`` as JSON (labels as Docker holds them); [] for none."""
+    if not ids:
+        return []
+    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
+    try:
+        return jsonlib.loads(found.stdout) if found.stdout.strip() else []
+    except ValueError:
+        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
 @task(help={"follow": "Keep printing new log lines until Ctrl-C.",
@@ -401,24 +437,52 @@ def gpus(c, json=False):
         return
     inventory_json = c.run(project.exec_hub(f"cat /srv/jupyterhub/data/{gpu_inventory.INVENTORY_FILE}"),
                            env=project.env(), hide=True, warn=True).stdout.strip() or "[]"
-    labels = [jsonlib.loads(line) for line in c.run(
-        f"docker ps --filter label=gpuhub.project={project.name} --format '{{{{json .Labels}}}}'",
-        hide=True).stdout.splitlines() if line.strip()]
-    rows = report(gpu_inventory.from_json(inventory_json), [_labels(x) for x in labels],
+    rows = report(gpu_inventory.from_json(inventory_json), running_lab_labels(c, project),
                   project.settings.gpu_policy)
     print(jsonlib.dumps(rows, indent=2) if json else as_text(rows))
 
 
-def _labels(value) -> dict:
-    """`docker ps --format '{{json .Labels}}'` gives "k=v,k=v"; turn it into a dict."""
-    if isinstance(value, dict):
-        return value
-    out = {}
-    for part in str(value).split(","):
-        key, _, val = part.partition("=")
-        if key.startswith("gpuhub."):
-            out[key] = val
-        elif out:  # a comma inside a value (gpuhub.gpus=0,1): belongs to the previous key
-            last = next(reversed(out))
-            out[last] += "," + part
-    return out
+def running_lab_labels(c, project) -> list[dict[str, str]]:
+    """The labels of each running lab of the project, decoded from Docker's JSON.
+
+    Not `docker ps --format '{{json .Labels}}'`: that is one "k=v,k=v" string, which
+    cannot be split back when a value holds "," or "=" (gpuhub.gpus=0,1, or a label
+    the lab image brings, such as maintainer=Jupyter Project <...>).
+    """
+    import json as jsonlib
+
+    from ..labels import PROJECT as LABEL_PROJECT
+
+    listed = c.run(f"docker ps -q --filter label={LABEL_PROJECT}={project.name}",
+                   hide=True, warn=True)
+    if listed.failed:
+        raise fail(f"could not list the labs of {project.name}: {_stderr_tail(listed)}")
+    ids = listed.stdout.split()
+    if not ids:
+        return []
+    found = c.run("docker inspect --format '{{json .Config.Labels}}' " + " ".join(ids),
+                  hide=True, warn=True)
+    # A lab that stopped between both commands is "No such object": it holds no GPU.
+    problems = [ln for ln in _nonblank_lines(found.stderr) if "No such object" not in ln]
+    if found.failed and (problems or not _nonblank_lines(found.stderr)):
+        raise fail(f"could not read the labels of the labs of {project.name}: "
+                   f"{_stderr_tail(found)}")
+    labels = []
+    for line in _nonblank_lines(found.stdout):
+        try:
+            value = jsonlib.loads(line) or {}  # a container without labels: null
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise fail(f"docker inspect gave {line[:200]!r} where a lab's labels belong")
+        labels.append(value)
+    return labels
+
+
+def _nonblank_lines(text: str | None) -> list[str]:
+    return [line for line in (text or "").splitlines() if line.strip()]
+
+
+def _stderr_tail(result) -> str:
+    """The last line a failed command wrote on stderr (or its exit code)."""
+    return (_nonblank_lines(result.stderr) or [f"exit code {result.return_code}"])[-1][-300:]

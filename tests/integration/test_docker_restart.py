@@ -40,7 +40,8 @@ def test_after_a_daemon_restart_status_tells_the_truth_and_up_recovers(stack_fac
 
     # The hub and proxy come back by their restart policy; the lab (no policy) does not.
     status = stack.invoke("status").stdout
-    assert "hub" in status and stack.lab_container("rita") not in status, status
+    assert status.splitlines()[0].split() == ["SERVICE", "STATE", "HEALTH", "SINCE"], status
+    assert "No lab is running." in status and "rita" not in status, status
     wait_until(lambda: "healthy" in stack.docker("inspect", "-f", "{{.State.Health.Status}}",
                                                   stack.compose("ps", "-q", "hub").stdout.strip(),
                                                   check=False).stdout,

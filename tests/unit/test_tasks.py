@@ -234,6 +234,7 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     up = compose(path, "up -d --wait --wait-timeout 180")
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
+        compose(path, "ps --status running --quiet proxy"),
         labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
@@ -242,7 +243,7 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
         {"index": "0", "uuid": "GPU-aaa", "name": "NVIDIA GPU", "memory_mib": 0}]
     assert env["HUB_PORT"] == str(free_port)
     assert capsys.readouterr().out.endswith(
-        f"gpuhub is up: http://127.0.0.1:{free_port}/  (GPUs: GPU-aaa)\n")
+        f"gpuhub is up: http://127.0.0.1:{free_port}/  (1 GPU (1× NVIDIA GPU))\n")
 
 
 def test_up_no_build_and_timeout(env_file, free_port, no_gpu_detection):
@@ -297,8 +298,32 @@ def test_up_aborts_when_the_port_is_taken(env_file, no_gpu_detection):
             stack.up(c)
     assert_one_line_error(info, f"port {port} on 127.0.0.1 is already in use", "HUB_PORT")
     assert commands(c) == [DOCKER_INFO, COMPOSE_VERSION,
-                           compose(path, "ps --status running --quiet hub")]
+                           compose(path, "ps --status running --quiet hub"),
+                           compose(path, "ps --status running --quiet proxy")]
     assert no_gpu_detection == []
+
+
+def test_up_with_only_the_projects_proxy_running_brings_the_hub_back(env_file, no_gpu_detection):
+    """The hub stopped or exited, its proxy still holds the port: not someone else's."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port, ADMIN_USERS="")
+        c = context((compose(path, "ps --status running --quiet proxy"), Result("c0ffee\n")),
+                    running=False)
+        stack.up(c, build=False)
+    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+
+
+def test_restart_starts_the_stack_when_the_hub_is_not_running(env_file, free_port,
+                                                              no_gpu_detection, capsys):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="")
+    c = context(running=False)
+    stack.restart(c)
+    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+    assert compose(path, "restart hub") not in commands(c)
+    assert "the hub is not running: starting the stack" in capsys.readouterr().out
 
 
 def test_up_with_the_hub_running_does_not_check_its_own_port(env_file, no_gpu_detection):
@@ -354,7 +379,7 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
           f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} --env-file {path} "
           "up -d --wait --wait-timeout 180")
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
-    assert commands(c)[3:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
+    assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
                                remove_firewall_rules(), up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
@@ -620,9 +645,117 @@ def test_logs(env_file):
     assert commands(c)[-1] == compose(path, "logs --tail 50 --follow hub")
 
 
-def test_status(env_file):
-    path = env_file()
+def test_status_of_a_project_with_nothing_running(env_file, capsys):
+    env_file()
     c = context()
     stack.status(c)
-    assert commands(c)[2] == compose(path, "ps")
-    assert commands(c)[3].startswith("docker ps --filter label=gpuhub.project=gpuhub ")
+    assert commands(c)[2:] == ["docker ps -aq --filter label=com.docker.compose.project=gpuhub",
+                               "docker ps -q --filter label=gpuhub.project=gpuhub"]
+    assert capsys.readouterr().out == ("No service of this project exists: `invoke up`.\n\n"
+                                       "No lab is running.\n")
+
+
+# --- gpus -------------------------------------------------------------------------------
+
+GPU_INVENTORY = json.dumps([{"index": str(i), "uuid": f"GPU-{u}", "name": "NVIDIA A100",
+                             "memory_mib": 40960} for i, u in enumerate(("aaa", "bbb", "ccc"))])
+LABS = "docker ps -q --filter label=gpuhub.project=gpuhub"
+# Labels as the lab image brings them too: values with "," and "=" in them, one of them
+# looking like gpuhub's own labels ("k=v,k=v" strings could not be split back).
+BOB_LABELS = {"gpuhub.project": "gpuhub", "gpuhub.user": "bob", "gpuhub.gpus": "GPU-aaa,GPU-bbb",
+              "gpuhub.since": "2026-05-01T10:00:00+00:00",
+              "maintainer": "Jupyter Project <jupyter@googlegroups.com>", "a": "b,c",
+              "org.example.note": "gpuhub.user=mallory,gpuhub.gpus=GPU-ccc"}
+CAROL_LABELS = {"gpuhub.project": "gpuhub", "gpuhub.user": "carol", "gpuhub.gpus": "GPU-ccc",
+                "gpuhub.since": "2026-05-01T11:00:00+00:00"}
+
+
+def inspect_labels(*ids: str) -> str:
+    return "docker inspect --format '{{json .Config.Labels}}' " + " ".join(ids)
+
+
+def gpus_context(path, *pairs):
+    inventory = compose(path, "exec -T hub cat /srv/jupyterhub/data/gpu-inventory.json")
+    return context((inventory, Result(GPU_INVENTORY + "\n")), *pairs)
+
+
+def test_gpus_reads_each_labs_labels_as_json(env_file, capsys):
+    path = env_file()
+    c = gpus_context(path, (LABS, Result("b0b\nca401\n")), (inspect_labels("b0b", "ca401"), Result(
+        json.dumps(BOB_LABELS) + "\n" + json.dumps(CAROL_LABELS) + "\n")))
+    stack.gpus(c, json=True)
+    assert commands(c)[2:] == [
+        compose(path, "ps --status running --quiet hub"),
+        compose(path, "exec -T hub cat /srv/jupyterhub/data/gpu-inventory.json"),
+        LABS, inspect_labels("b0b", "ca401")]
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["uuid"], r["held_by"], r["since"]) for r in rows] == [
+        ("GPU-aaa", ["bob"], "2026-05-01T10:00:00+00:00"),
+        ("GPU-bbb", ["bob"], "2026-05-01T10:00:00+00:00"),
+        ("GPU-ccc", ["carol"], "2026-05-01T11:00:00+00:00"),
+    ]
+
+
+def test_gpus_table_names_the_holder_alone(env_file, capsys):
+    path = env_file()
+    c = gpus_context(path, (LABS, Result("b0b\n")),
+                     (inspect_labels("b0b"), Result(json.dumps(BOB_LABELS) + "\n")))
+    stack.gpus(c)
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[-2] for line in table[1:]] == ["bob", "bob", "free"], table
+    assert "maintainer" not in "\n".join(table) and "mallory" not in "\n".join(table)
+
+
+def test_gpus_without_labs_asks_docker_nothing_more(env_file, capsys):
+    path = env_file()
+    c = gpus_context(path, (LABS, Result("")))
+    stack.gpus(c, json=True)
+    assert commands(c)[-1] == LABS
+    assert [r["held_by"] for r in json.loads(capsys.readouterr().out)] == [[], [], []]
+
+
+def test_gpus_skips_a_lab_that_stopped_meanwhile(env_file, capsys):
+    path = env_file()
+    c = gpus_context(path, (LABS, Result("b0b\nca401\n")), (inspect_labels("b0b", "ca401"), Result(
+        json.dumps(BOB_LABELS) + "\n", stderr="Error: No such object: ca401\n", exited=1)))
+    stack.gpus(c, json=True)
+    assert [r["held_by"] for r in json.loads(capsys.readouterr().out)] == [["bob"], ["bob"], []]
+
+
+def test_gpus_failing_docker_is_one_line(env_file):
+    path = env_file()
+    c = gpus_context(path, (LABS, Result("b0b\n")), (inspect_labels("b0b"), Result(
+        stderr="Cannot connect to the Docker daemon at unix:///var/run/docker.sock\n",
+        exited=1)))
+    with pytest.raises(Exit) as info:
+        stack.gpus(c)
+    assert_one_line_error(info, "could not read the labels of the labs of gpuhub",
+                          "Cannot connect to the Docker daemon")
+
+
+def test_status_is_two_short_tables(env_file, capsys):
+    env_file()
+    services = "docker ps -aq --filter label=com.docker.compose.project=gpuhub"
+    labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
+    started = "2026-12-01T20:00:00.123456789Z"
+    inspected = [
+        {"Id": "aaa111", "Config": {"Labels": {"com.docker.compose.service": "hub"}},
+         "State": {"Status": "running", "StartedAt": started, "Health": {"Status": "healthy"}}},
+        {"Id": "bbb222", "Config": {"Labels": {"com.docker.compose.service": "proxy"}},
+         "State": {"Status": "exited", "FinishedAt": started}},
+        {"Id": "ccc333", "Config": {"Labels": {
+            "gpuhub.user": "bob", "gpuhub.profile": "gpu1", "gpuhub.gpus": "GPU-aaa",
+            "gpuhub.since": "2026-12-01T21:00:00+00:00",
+            "maintainer": "Jupyter Project <jupyter@googlegroups.com>"}},
+         "State": {"Status": "running"}},
+    ]
+    c = context((services, Result("aaa111\nbbb222\n")), (labs, Result("ccc333\n")),
+                ("docker inspect aaa111 bbb222 ccc333", Result(json.dumps(inspected))))
+    stack.status(c)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["SERVICE", "STATE", "HEALTH", "SINCE"]
+    assert out[1].split()[:5] == ["hub", "running", "healthy", "2026-12-01", "20:00"]
+    assert out[2].split()[:4] == ["proxy", "exited", "-", "2026-12-01"]
+    assert out[4].split() == ["USER", "PROFILE", "GPUS", "SINCE"]
+    assert out[5].split()[:5] == ["bob", "gpu1", "GPU-aaa", "2026-12-01", "21:00"]
+    assert max(len(line) for line in out) < 80

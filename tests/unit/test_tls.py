@@ -220,7 +220,7 @@ def test_up_with_tls_starts_with_the_override_and_prints_https(
     assert (env["TLS_CERT"], env["TLS_KEY"]) == (str(cert), str(key))
     assert len(env["GPUHUB_TLS_DIGEST"]) == 64
     assert capsys.readouterr().out.endswith(
-        f"gpuhub is up: https://127.0.0.1:{port}/  (GPUs: GPU-aaa; "
+        f"gpuhub is up: https://127.0.0.1:{port}/  (1 GPU (1× NVIDIA GPU); "
         f"http://127.0.0.1:{redirect}/ redirects there)\n")
 
 
