@@ -149,7 +149,8 @@ def up(c, build=True, timeout=180):
     require_docker(c)
     # The project's own proxy holds the ports while the hub is stopped or exited: up
     # then brings the rest back, it is not a port taken by someone else.
-    running = hub_running(c, project) or proxy_running(c, project)
+    hub_was_running, proxy_was_running = hub_running(c, project), proxy_running(c, project)
+    running = hub_was_running or proxy_was_running
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "
                    "set HUB_PORT in .env to a free port")
@@ -183,6 +184,12 @@ def up(c, build=True, timeout=180):
         c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
         raise fail("the hub did not become healthy (its last log lines are above); "
                    "fix the cause and run `invoke up` again")
+    if hub_was_running and not proxy_was_running:
+        # The proxy keeps the labs' routes in memory only; a hub adds them all back when
+        # it starts (else only at its next check, within 5 minutes).
+        _step("restarting the hub, which gives the new proxy the labs' routes")
+        c.run(project.compose("restart hub"), env=env)
+        wait_healthy(c, project, timeout)
     create_missing_admins(c, project)
     host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
     scheme = "https" if s.tls_cert else "http"

@@ -332,9 +332,21 @@ def test_up_with_the_hub_running_does_not_check_its_own_port(env_file, no_gpu_de
         taken.listen()
         port = taken.getsockname()[1]
         path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port, ADMIN_USERS="")
-        c = context(running=True)
+        c = context((compose(path, "ps --status running --quiet proxy"), Result("c0ffee\n")),
+                    running=True)
         stack.up(c, build=False)
     assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+
+
+def test_up_after_the_proxy_exited_restarts_the_hub_for_its_routes(env_file, free_port,
+                                                                   no_gpu_detection):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="")
+    c = context((compose(path, "ps -q hub"), Result("f00d\n")),
+                ("docker inspect -f '{{.State.Health.Status}}' f00d", Result("healthy\n")),
+                running=True)
+    stack.up(c, build=False)
+    up = compose(path, "up -d --wait --wait-timeout 180")
+    assert commands(c)[commands(c).index(up) + 1] == compose(path, "restart hub")
 
 
 def test_up_aborts_when_the_shared_data_dir_is_missing(env_file, tmp_path, no_gpu_detection):

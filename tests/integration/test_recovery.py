@@ -1,0 +1,69 @@
+"""Recovery: one `invoke up` (or `invoke restart`) brings a broken stack back, labs kept.
+
+Each case breaks one service of the shared stack while a GPU lab runs: "exited" is
+`docker kill` (Docker then leaves it down, as after a crash it gave up on), "stopped" is
+`docker stop`. Afterwards every service runs, the lab is the same container, its user
+still holds the same GPU and reaches the lab through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.hub import HubUser
+from support.wait import wait_until
+
+SERVICES = ("hub", "proxy", "docker-proxy", "lab-firewall")
+
+
+@pytest.fixture(scope="module")
+def rosa(stack):
+    stack.invoke("adduser", "rosa", "--password-stdin", stdin="rosa-pw-12345\n")
+    user = HubUser(stack.url, "rosa")
+    user.login("rosa-pw-12345")
+    user.create_token()
+    answer = user.start({"profile": "gpu1"})
+    assert answer.status_code in (201, 202), answer.text
+    user.wait_ready(180, logs=stack.logs)
+    yield user
+    if user.server():
+        user.stop(logs=stack.logs)
+
+
+def _running(stack) -> set[str]:
+    return set(stack.compose("ps", "--status", "running", "--services").stdout.split())
+
+
+def _holders(stack) -> dict[str, list[str]]:
+    rows = json.loads(stack.invoke("gpus", "--json").stdout)
+    return {row["uuid"] or row["gpu"]: row["held_by"] for row in rows if row["held_by"]}
+
+
+@pytest.mark.parametrize(("service", "how", "task"), [
+    ("hub", "kill", "up"),
+    ("hub", "stop", "up"),
+    ("hub", "stop", "restart"),
+    ("proxy", "kill", "up"),
+    ("docker-proxy", "kill", "up"),
+], ids=["hub exited, up", "hub stopped, up", "hub stopped, restart", "proxy exited, up",
+        "docker-proxy exited, up"])
+def test_one_task_brings_the_stack_back_with_its_labs(stack, rosa, service, how, task):
+    lab = stack.inspect(stack.lab_container("rosa"))["Id"]
+    held = _holders(stack)
+    assert ["rosa"] in held.values(), held
+    stack.docker(how, stack.compose("ps", "-q", service).stdout.strip())
+    wait_until(lambda: service not in _running(stack), timeout=30, interval=0.5,
+               what=f"{service} to be down", state=lambda: _running(stack))
+
+    result = stack.invoke(*((task, "--no-build") if task == "up" else (task,)))
+    assert "gpuhub is up" in result.stdout, result.stdout + result.stderr
+
+    assert _running(stack) >= set(SERVICES), _running(stack)
+    info = stack.inspect(stack.lab_container("rosa"))
+    assert (info["Id"], info["State"]["Running"]) == (lab, True), "the lab must be kept"
+    assert _holders(stack) == held
+    assert rosa.server()["ready"], rosa.server()
+    # Through the proxy, to the same lab: its routes are back.
+    wait_until(lambda: rosa.run_code("print(6 * 7)").strip() == "42", timeout=60, interval=2,
+               what="rosa's lab to answer through the proxy", logs=stack.logs)
