@@ -4,7 +4,8 @@ Each lab gets exactly the device IDs in ``gpu_ids`` and ``NVIDIA_VISIBLE_DEVICES
 explicitly (``void`` for none): CUDA base images set it to ``all``, and on hosts whose
 default runtime is ``nvidia`` that variable alone would expose every GPU.
 The grant is written on the container as labels, so Docker is the record of who holds
-which GPU; the allocator reads it back before every grant.
+which GPU; the allocator reads it back before every grant, together with the grants of
+spawns whose containers Docker may not list yet (``grants.PendingGrants``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
+from .grants import PendingGrants
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
 from .labels import PROJECT as LABEL_PROJECT
@@ -63,11 +65,10 @@ class GpuDockerSpawner(DockerSpawner):
     _configured: dict | None = None  # image and limits before any profile was applied
     _give_back_start_slot: Callable[[], None] | None = None
     _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
+    _grant: int | None = None  # this spawn's ticket in _grants
 
-    # Grants of spawns that have not yet produced a labelled container. Shared by all
-    # spawners in the hub process; read and written without an await in between, so
-    # concurrent spawns cannot both take the same GPU.
-    _pending: ClassVar[dict[str, list[str]]] = {}
+    # Grants Docker's labels may not show yet. Shared by all spawners in the hub process.
+    _grants: ClassVar[PendingGrants] = PendingGrants()
     _allocator: ClassVar[GpuAllocator | None] = None
     _start_queue: ClassVar[StartQueue | None] = None
 
@@ -136,15 +137,24 @@ class GpuDockerSpawner(DockerSpawner):
                 held.setdefault(labels[LABEL_USER], []).extend(ids)
         return held
 
+    async def grant_from_docker(self, profile: Profile) -> list[str]:
+        """Ask Docker what is held, then choose this lab's GPUs; raises NoGpuAvailable.
+
+        One snapshot spans both: no grant it may have missed is forgotten meanwhile.
+        """
+        with self._grants.snapshot():
+            held = await self.held_gpus()
+            return self.grant_gpus(profile, held)
+
     def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
         """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
         everyone = {u: list(ds) for u, ds in held.items()}
-        for user, ids in type(self)._pending.items():
+        for user, ids in self._grants.held().items():
             everyone.setdefault(user, []).extend(ids)
         groups = [g.name for g in getattr(self.user, "groups", [])]
         ids = self.allocator.allocate(self.user.name, profile.gpus, everyone, groups)
         if ids:
-            type(self)._pending[self.user.name] = ids
+            self._grant = self._grants.add(self.user.name, ids)
         return ids
 
     # --- the container ---------------------------------------------------------
@@ -225,9 +235,8 @@ class GpuDockerSpawner(DockerSpawner):
     async def _start_lab(self):
         profile = self.resolve_profile()
         await self.check_lab_firewall()
-        held = await self.held_gpus()
         try:
-            self.gpu_ids = self.grant_gpus(profile, held)
+            self.gpu_ids = await self.grant_from_docker(profile)
         except NoGpuAvailable as err:
             if err.detail:
                 self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
@@ -237,7 +246,9 @@ class GpuDockerSpawner(DockerSpawner):
         try:
             return await self.start_lab()
         finally:
-            type(self)._pending.pop(self.user.name, None)
+            if self._grant is not None:
+                self._grants.end(self._grant)
+                self._grant = None
 
     async def start_lab(self) -> tuple[str, int]:
         """Create and start the lab, wait until it serves; on failure leave nothing behind."""

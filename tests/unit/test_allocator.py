@@ -1,8 +1,9 @@
 """GpuAllocator: each policy, limits, pins and refusals; then a model of the running hub.
 
 The state machine at the end plays the real system: Docker labels are the record of
-who holds which GPU, spawns in flight are the spawner's class-level ``_pending`` grants,
-and a hub restart builds a new allocator that knows only what Docker says.
+who holds which GPU, spawns in flight are the spawner's class-level ``_grants``,
+and a hub restart builds a new allocator that knows only what Docker says. Here each
+step is atomic; test_gpu_grant_race.py interleaves the awaits of real spawns.
 """
 
 import collections
@@ -278,7 +279,7 @@ class Hub(RuleBasedStateMachine):
         self.devices, self.policy, self.limits, self.pins = config
         self.allocator = self._new_allocator()
         self.running: dict[str, list[str]] = {}   # what Docker labels say
-        self.pending: dict[str, list[str]] = {}   # GpuDockerSpawner._pending
+        self.pending: dict[str, list[str]] = {}   # GpuDockerSpawner._grants
         self.asked: dict[str, int] = {}
         self.ever_released = False
 
@@ -369,7 +370,7 @@ class Hub(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def hub_restart(self, data):
-        # _pending lives in the hub process and is gone; a spawn in flight either got its
+        # _grants lives in the hub process and is gone; a spawn in flight either got its
         # labelled container created before the hub died, or it did not.
         for user in sorted(self.pending):
             if data.draw(st.booleans(), label=f"{user}'s container was created"):

@@ -10,6 +10,7 @@ from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu, to_json
+from gpuhub.grants import PendingGrants
 from gpuhub.hubconfig import apply_config
 from gpuhub.settings import validate
 from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
@@ -41,7 +42,7 @@ def make_spawner(config: Config, name: str = "alice") -> GpuDockerSpawner:
 def fresh_spawner_class(monkeypatch):
     """The allocator and in-flight grants live on the class: give each test its own."""
     monkeypatch.setattr(GpuDockerSpawner, "_allocator", None)
-    monkeypatch.setattr(GpuDockerSpawner, "_pending", {})
+    monkeypatch.setattr(GpuDockerSpawner, "_grants", PendingGrants())
     monkeypatch.setattr(GpuDockerSpawner, "_start_queue", None)
 
 
@@ -137,7 +138,7 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
     asyncio.run(spawner.stop())
     assert seen == {"at start": GPUS, "at stop": GPUS}
     assert spawner.gpu_ids == []
-    assert GpuDockerSpawner._pending == {}
+    assert GpuDockerSpawner._grants.held() == {}
 
 
 FIREWALL = [{"Id": "f1", "Labels": {"com.docker.compose.service": "lab-firewall"}}]
@@ -181,7 +182,7 @@ def test_no_lab_starts_while_the_lab_firewall_is_not_healthy(tmp_path, monkeypat
     assert kwargs["filters"] == {"label": ["com.docker.compose.project=gpuhub",
                                            "com.docker.compose.service=lab-firewall"],
                                  "health": "healthy"}
-    assert spawner.gpu_ids == [] and GpuDockerSpawner._pending == {}
+    assert spawner.gpu_ids == [] and GpuDockerSpawner._grants.held() == {}
 
 
 def test_with_the_lab_firewall_off_labs_start_without_asking(tmp_path, monkeypatch):
