@@ -10,7 +10,9 @@ The archive (tar.gz, mode 0600: it holds bcrypt password hashes) contains:
   logged-in sessions valid; without it everyone logs in again, passwords unchanged);
 - ``settings.env``: the settings file with secret values (DATABASE_URL, *TOKEN*, …) blanked;
 - ``profiles.yaml``: the spawn profiles;
-- ``volumes/<user>.tar``: each user's work folder, only with ``--with-work-volumes``.
+- ``volumes/home-<escaped user>.tar``: every work volume of the project, only with
+  ``--with-work-volumes``; those of deleted users too (``invoke deluser`` keeps them), so
+  a restore brings their folders back for when they return.
 
 Docker work runs in short-lived helper containers of the hub image (``--network none``),
 so backup works whether the hub is up or down and the host needs neither root nor tar.
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from invoke import task
 
+from .. import names
 from ..accounts import check_username
 from ..hubconfig import DATA_DIR
 from .project import Project, fail, hub_running, load, require_docker
@@ -50,6 +53,14 @@ DEFAULT_DB_URL = f"sqlite:///{DATA_DIR}/{DB_FILE}"
 # Names ending in _DIR, _FILE or _PATH say where a secret lives (SECRETS_DIR), not what it is.
 SECRET_SETTING = re.compile(r"DATABASE_URL|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|KEY")
 SECRET_LOCATION = re.compile(r".*_(DIR|FILE|PATH)")
+# A work volume's name after "<project>-": DockerSpawner's escaped user name, or anything
+# else Docker allows in a volume name that starts like one (it is backed up all the same).
+WORK_VOLUME_SUFFIX = re.compile(r"home-[A-Za-z0-9_.-]*")
+# Archive members: the hub's files, settings, profiles, and one tar per work volume
+# (named by the volume; archives made before deleted users' folders were included named
+# them volumes/<user>.tar).
+ARCHIVE_MEMBER = re.compile(r"hub/(jupyterhub\.sqlite|jupyterhub_cookie_secret)|settings\.env"
+                            r"|profiles\.yaml|volumes/(home-[A-Za-z0-9_.-]*|[a-z][a-z0-9_-]*)\.tar")
 
 # Runs in the hub image with the hub-data volume at /data; writes a tar to stdout:
 # hub.json (JupyterHub version, users and their work-volume names), the database copy
@@ -91,6 +102,23 @@ def hub_data_volume(project: Project) -> str:
 def work_volume(project: Project, suffix: str) -> str:
     """A user's work volume in ``project`` (``suffix`` is ``home-<escaped user>``)."""
     return f"{project.name}-{suffix}"
+
+
+def work_volume_suffix(project: Project, name: str) -> str | None:
+    """``home-<escaped user>`` of one of ``project``'s work volumes; None for other volumes.
+
+    Docker's ``--filter name=`` matches anywhere in a name, so its answer is checked here.
+    """
+    prefix = names.work_volume_prefix(project.name)
+    suffix = name[len(project.name) + 1:]
+    ok = name.startswith(prefix) and WORK_VOLUME_SUFFIX.fullmatch(suffix)
+    return suffix if ok else None
+
+
+def whose(volume: dict) -> str:
+    """Whose work folder a manifest entry is, for messages."""
+    return f"work folder of {volume['user']}" if volume.get("user") else (
+        "work folder of a deleted user")
 
 
 def _helper(image: str, volume: str, mount: str, args: str, stdin: bool = False) -> str:
@@ -194,8 +222,8 @@ def _volume_exists(c, name: str) -> bool:
 
 @task(help={"output": "Archive to write (default: gpuhub-backup-<project>-<UTC time>.tar.gz "
                       "in the current folder); never overwritten.",
-            "with-work-volumes": "Also archive every user's work folder (their "
-                                 "<project>-home-<user> volume).",
+            "with-work-volumes": "Also archive every work folder of the project (each "
+                                 "<project>-home-* volume), deleted users' included.",
             "include-secrets": "Also archive the hub's cookie secret, so restored sessions "
                                "stay logged in (default: no; users log in again)."})
 def backup(c, output=None, with_work_volumes=False, include_secrets=False):
@@ -223,9 +251,11 @@ def backup(c, output=None, with_work_volumes=False, include_secrets=False):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     users = ", ".join(u["name"] for u in manifest["users"]) or "none"
+    orphans = sum(v["user"] is None for v in manifest["volumes"])
     print(f"backup of project {project.name!r} written to {out} (mode 0600; users: {users}; "
-          f"work folders: {len(manifest['volumes'])}; cookie secret: "
-          f"{'included' if include_secrets else 'not included'})")
+          f"work folders: {len(manifest['volumes'])}"
+          + (f", {orphans} of them of deleted users" if orphans else "")
+          + f"; cookie secret: {'included' if include_secrets else 'not included'})")
 
 
 def _collect(c, project: Project, staging: Path, stamp: datetime,
@@ -278,9 +308,15 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
 
 
 def _backup_volumes(c, project: Project, image: str, staging: Path, users: list) -> list:
-    listed = c.run(f"docker volume ls -q --filter name={shlex.quote(project.name + '-home-')}",
+    """Archive every work volume of the project, whether or not its user still exists."""
+    prefix = names.work_volume_prefix(project.name)
+    listed = c.run(f"docker volume ls -q --filter name={shlex.quote(prefix)}",
                    hide=True, warn=True)
-    existing = set(listed.stdout.split()) if listed.ok else set()
+    if listed.failed:
+        raise fail("could not list the work volumes: "
+                   + _last_line(listed, f"exit code {listed.return_code}"))
+    found = {n: work_volume_suffix(project, n) for n in sorted(set(listed.stdout.split()))}
+    user_of = {u["volume"]: u["name"] for u in users}
     running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
                     hide=True, warn=True).stdout.split()
     if running:
@@ -289,19 +325,17 @@ def _backup_volumes(c, project: Project, image: str, staging: Path, users: list)
               file=sys.stderr)
     (staging / "volumes").mkdir()
     volumes = []
-    for user in users:
-        name = work_volume(project, user["volume"])
-        if name not in existing:
-            continue  # never started a lab: there is no work folder yet
-        _step(f"archiving the work folder of {user['name']} ({name})")
-        dest = staging / "volumes" / f"{user['name']}.tar"
-        result = c.run(volume_backup_command(image, name, dest),
+    for name, suffix in found.items():
+        if suffix is None:
+            continue  # another project's volume whose name merely contains the prefix
+        volume = {"user": user_of.get(suffix), "path": f"volumes/{suffix}.tar", "volume": suffix}
+        _step(f"archiving the {whose(volume)} ({name})")
+        result = c.run(volume_backup_command(image, name, staging / volume["path"]),
                        hide=True, warn=True, in_stream=False)
         if result.failed:
             raise fail(f"could not archive volume {name}: "
                        + _last_line(result, f"exit code {result.return_code}"))
-        volumes.append({"user": user["name"], "path": f"volumes/{user['name']}.tar",
-                        "volume": user["volume"]})
+        volumes.append(volume)
     return volumes
 
 
@@ -338,8 +372,6 @@ def read_archive(archive: Path, staging: Path) -> dict:
     Only the members the manifest lists, under names a backup can have, are written:
     a crafted archive cannot place files anywhere else.
     """
-    allowed = re.compile(r"(hub/(jupyterhub\.sqlite|jupyterhub_cookie_secret)|settings\.env"
-                         r"|profiles\.yaml|volumes/[a-z][a-z0-9_-]*\.tar)")
     try:
         with tarfile.open(archive, "r|gz") as tar:
             members = iter(tar)
@@ -355,7 +387,7 @@ def read_archive(archive: Path, staging: Path) -> dict:
             expected = {e["path"]: e["sha256"] for e in manifest["contents"]}
             for member in members:
                 name = member.name
-                if name not in expected or not allowed.fullmatch(name) or not member.isfile():
+                if name not in expected or not ARCHIVE_MEMBER.fullmatch(name) or not member.isfile():
                     raise ValueError(f"unexpected member {name!r}")
                 dest = staging / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -368,12 +400,28 @@ def read_archive(archive: Path, staging: Path) -> dict:
     except (OSError, KeyError, ValueError, TypeError, tarfile.TarError, EOFError) as err:
         raise fail(f"{archive} is not a usable gpuhub backup ({err}); nothing was "
                    "changed") from None
-    for volume in manifest.get("volumes", []):
-        check_username(volume["user"])
-        if not re.fullmatch(r"home-[a-z0-9-]+", volume["volume"]):
-            raise fail(f"{archive} names an odd work volume {volume['volume']!r}; "
-                       "nothing was changed")
+    _check_volumes(archive, manifest)
     return manifest
+
+
+def _check_volumes(archive: Path, manifest: dict) -> None:
+    """Each work volume entry: a volume name a backup writes, its own member, its user.
+
+    ``user`` is None for the folder of a user deleted before the backup.
+    """
+    members = {e["path"] for e in manifest["contents"]}
+    seen: set[str] = set()
+    for volume in manifest.get("volumes", []):
+        try:
+            if volume.get("user") is not None:
+                check_username(volume["user"])
+            ok = (WORK_VOLUME_SUFFIX.fullmatch(volume["volume"]) and volume["volume"] not in seen
+                  and volume["path"].startswith("volumes/") and volume["path"] in members)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            ok = False
+        if not ok:
+            raise fail(f"{archive} names an odd work volume {volume!r:.200}; nothing was changed")
+        seen.add(volume["volume"])
 
 
 def check_database(path: Path) -> None:
@@ -478,7 +526,7 @@ def _check_target(c, project: Project, manifest: dict) -> bool:
     for volume in manifest["volumes"]:
         name = work_volume(project, volume["volume"])
         if _volume_exists(c, name):
-            raise fail(f"volume {name} (work folder of {volume['user']}) already exists; "
+            raise fail(f"volume {name} ({whose(volume)}) already exists; "
                        f"restore never overwrites: remove it with `docker volume rm {name}` "
                        "or set a new COMPOSE_PROJECT_NAME, then run `invoke restore` again")
     return exists
@@ -510,7 +558,7 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
     run(extract_command(image, hub_data, _hub_tar(staging)), f"fill volume {hub_data}")
     for volume in manifest["volumes"]:
         name = work_volume(project, volume["volume"])
-        _step(f"restoring the work folder of {volume['user']} into {name}")
+        _step(f"restoring the {whose(volume)} into {name}")
         run(f"docker volume create {shlex.quote(name)}", f"create volume {name}")
         created.append(name)
         run(extract_command(image, name, staging / volume["path"]), f"fill volume {name}")

@@ -1,6 +1,7 @@
 """Backup and restore through the real tasks: a round trip onto a new compose project."""
 
 import gzip
+import json
 import stat
 import tarfile
 import time
@@ -11,6 +12,9 @@ from support.hub import HubUser
 SPAWN_TIMEOUT = 180
 FILE_TEXT = "kept across backup and restore"
 PROBE_SECRET = "probe-secret-5b1e0c9a"
+# A user deleted before the backup: `invoke deluser` keeps the work folder, so must backup.
+GONE_USER, GONE_PASSWORD = "gwen", "gwen-pw-3e9d71"
+GONE_TEXT = "written by gwen before her account was deleted"
 
 
 def start_lab(url: str, name: str, password: str, logs) -> HubUser:
@@ -50,7 +54,7 @@ def test_the_archive_is_private_and_holds_no_plain_secret(archive, users):
         names = tar.getnames()
     assert names[0] == "manifest.json"
     assert {"hub/jupyterhub.sqlite", "settings.env", "profiles.yaml",
-            "volumes/alice.tar"} <= set(names), names
+            "volumes/home-alice.tar"} <= set(names), names
     assert "hub/jupyterhub_cookie_secret" not in names, "secrets only with --include-secrets"
     raw = gzip.decompress(archive.read_bytes())
     for secret in [*users.values(), PROBE_SECRET]:
@@ -120,3 +124,46 @@ def test_include_secrets_keeps_sessions_valid(stack, users, stack_factory, tmp_p
     stranger = HubUser(target.url, "alice")
     assert stranger.http.get(f"{target.url}/hub/home", allow_redirects=False,
                              timeout=30).status_code == 302
+
+
+def test_a_deleted_users_work_folder_survives_backup_and_restore(stack, stack_factory, tmp_path):
+    volume = f"{stack.project}-home-{GONE_USER}"
+    stack.invoke("adduser", GONE_USER, "--password-stdin", stdin=GONE_PASSWORD + "\n")
+    try:
+        gwen = start_lab(stack.url, GONE_USER, GONE_PASSWORD, stack.logs)
+        resp = gwen.lab("PUT", "/contents/work/notes.txt",
+                        json={"type": "file", "format": "text", "content": GONE_TEXT})
+        assert resp.status_code in (200, 201), resp.text
+        gwen.stop(logs=stack.logs)
+        deleted = stack.invoke("deluser", GONE_USER)
+        assert "work folder kept" in deleted.stdout, deleted.stdout
+        assert GONE_USER not in {u["name"] for u in stack.users()}
+        assert stack.docker("volume", "inspect", volume, check=False).returncode == 0
+
+        out = tmp_path / "after-deluser.tar.gz"
+        backup = stack.invoke("backup", "--with-work-volumes", "--output", str(out))
+        assert "of deleted users" in backup.stdout, backup.stdout
+        with tarfile.open(out, "r:gz") as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))
+        assert {"user": None, "path": f"volumes/home-{GONE_USER}.tar",
+                "volume": f"home-{GONE_USER}"} in manifest["volumes"], manifest["volumes"]
+        assert GONE_USER not in {u["name"] for u in manifest["users"]}
+    finally:
+        stack.invoke("deluser", GONE_USER, check=False)
+        stack.docker("volume", "rm", "-f", volume, check=False)
+
+    target = stack_factory()
+    restored = target.invoke("restore", str(out))
+    assert (f"restoring the work folder of a deleted user into {target.project}-home-{GONE_USER}"
+            in restored.stdout), restored.stdout
+    target.up("--no-build")
+    # gwen comes back under her old name: her work folder is there again.
+    target.invoke("adduser", GONE_USER, "--password-stdin", stdin=GONE_PASSWORD + "\n")
+    gwen = start_lab(target.url, GONE_USER, GONE_PASSWORD, target.logs)
+    mounts = {m["Destination"]: m
+              for m in target.inspect(target.lab_container(GONE_USER))["Mounts"]}
+    assert mounts["/home/jovyan/work"]["Name"] == f"{target.project}-home-{GONE_USER}"
+    resp = gwen.lab("GET", "/contents/work/notes.txt")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["content"] == GONE_TEXT
+    gwen.stop(logs=target.logs)

@@ -27,6 +27,10 @@ PROJECT = "bktest"
 HUB_IMAGE = "gpuhub-hub:test"
 HUB_DATA = f"{PROJECT}_hub-data"
 ALICE_VOLUME = f"{PROJECT}-home-alice"
+CAROL_VOLUME = f"{PROJECT}-home-carol"  # carol was deleted, her work folder kept
+# What `docker volume ls --filter name=bktest-home-` lists: the filter matches anywhere
+# in a name, so other projects' volumes come too.
+LISTED_VOLUMES = f"{ALICE_VOLUME}\n{CAROL_VOLUME}\nold{PROJECT}-home-dave\nx-{PROJECT}-home-erin\n"
 GIT = f"git -C {ROOT} describe --always --dirty"
 
 
@@ -102,9 +106,9 @@ def fake_hub_data_tar(dest, tmp_path, include_secrets: bool):
             tar.addfile(member, io.BytesIO(secret))
 
 
-def fake_volume_tar(dest):
+def fake_volume_tar(dest, volume):
     with tarfile.open(dest, "w") as tar:
-        data = b"hello from alice\n"
+        data = f"hello from {volume}\n".encode()
         member = tarfile.TarInfo("./x.txt")
         member.size, member.uid = len(data), 1000
         tar.addfile(member, io.BytesIO(data))
@@ -117,7 +121,7 @@ def docker_double(c, tmp_path, seen=None):
             fake_hub_data_tar(redirect_target(command, ">"), tmp_path,
                               " --include-secrets > " in command)
         elif " tar -C /v --numeric-owner -cf - . > " in command:
-            fake_volume_tar(redirect_target(command, ">"))
+            fake_volume_tar(redirect_target(command, ">"), command.split(" -v ")[1].split(":")[0])
         elif " -xf - < " in command and seen is not None:
             with tarfile.open(redirect_target(command, "<")) as tar:
                 seen[command.split(" -v ")[1].split(":")[0]] = {
@@ -133,9 +137,9 @@ def hub_data_cmd(staging, include_secrets=False):
             + f" > {staging / 'hub-data.tar'}")
 
 
-def volume_cmd(staging):
-    return (f"docker run --rm --network none -v {ALICE_VOLUME}:/v:ro {HUB_IMAGE} "
-            f"tar -C /v --numeric-owner -cf - . > {staging / 'volumes' / 'alice.tar'}")
+def volume_cmd(staging, suffix="home-alice"):
+    return (f"docker run --rm --network none -v {PROJECT}-{suffix}:/v:ro {HUB_IMAGE} "
+            f"tar -C /v --numeric-owner -cf - . > {staging / 'volumes' / (suffix + '.tar')}")
 
 
 @pytest.fixture
@@ -153,12 +157,12 @@ def staging(tmp_path, monkeypatch):
     return made
 
 
-def make_backup(tmp_path, staging, **flags):
+def make_backup(tmp_path, staging, volumes=LISTED_VOLUMES, **flags):
     out_dir = tmp_path / "out"
     out_dir.mkdir(exist_ok=True)
     out = out_dir / "b.tar.gz"
     c = docker_double(context((f"docker volume ls -q --filter name={PROJECT}-home-",
-                               Result(f"{ALICE_VOLUME}\n{PROJECT}-home-carol\n"))), tmp_path)
+                               Result(volumes))), tmp_path)
     bk.backup(c, output=str(out), **flags)
     return c, out
 
@@ -205,7 +209,8 @@ def test_backup_writes_one_archive_with_the_exact_commands(env_file, tmp_path, s
         hub_data_cmd(stage),
         f"docker volume ls -q --filter name={PROJECT}-home-",
         f"docker ps -q --filter label=gpuhub.project={PROJECT}",
-        volume_cmd(stage),
+        volume_cmd(stage, "home-alice"),
+        volume_cmd(stage, "home-carol"),
         GIT,
     ]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -213,7 +218,7 @@ def test_backup_writes_one_archive_with_the_exact_commands(env_file, tmp_path, s
     assert sorted(p.name for p in out.parent.iterdir()) == ["b.tar.gz"]
     files = members(out)
     assert list(files) == ["manifest.json", "hub/jupyterhub.sqlite", "profiles.yaml",
-                           "settings.env", "volumes/alice.tar"]
+                           "settings.env", "volumes/home-alice.tar", "volumes/home-carol.tar"]
     assert files["settings.env"].decode() == bk.blank_secrets(path.read_text())[0]
     assert b"hunter2" not in files["settings.env"]
     manifest = json.loads(files["manifest.json"])
@@ -222,12 +227,14 @@ def test_backup_writes_one_archive_with_the_exact_commands(env_file, tmp_path, s
     assert manifest["jupyterhub_version"] == "5.4.4"
     assert manifest["users"] == [{"name": "admin", "admin": True},
                                  {"name": "alice", "admin": False}]
-    assert manifest["volumes"] == [{"user": "alice", "path": "volumes/alice.tar",
-                                    "volume": "home-alice"}]
+    assert manifest["volumes"] == [
+        {"user": "alice", "path": "volumes/home-alice.tar", "volume": "home-alice"},
+        {"user": None, "path": "volumes/home-carol.tar", "volume": "home-carol"}]
     assert manifest["includes_cookie_secret"] is False
     assert manifest["blanked_settings"] == ["GPUHUB_SMTP_PASSWORD"]
     assert [e["path"] for e in manifest["contents"]] == list(files)[1:]
-    assert "cookie secret: not included" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "work folders: 2, 1 of them of deleted users; cookie secret: not included" in out
 
 
 def test_backup_includes_the_cookie_secret_only_when_asked(env_file, tmp_path, staging):
@@ -246,6 +253,32 @@ def test_backup_warns_when_labs_run(env_file, tmp_path, staging, capsys):
         (f"docker ps -q --filter label=gpuhub.project={PROJECT}", Result("abc\n"))), tmp_path)
     bk.backup(c, output=str(out), with_work_volumes=True)
     assert "warning: 1 lab(s) are running" in capsys.readouterr().err
+
+
+def test_backup_archives_every_work_volume_of_the_project_deleted_users_too(
+        env_file, tmp_path, staging):
+    # a-5fb: DockerSpawner's escaping of a deleted user "a_b".
+    c, out = make_backup(tmp_path, staging, volumes=LISTED_VOLUMES + f"{PROJECT}-home-a-5fb\n",
+                         with_work_volumes=True)
+    (stage,) = staging
+    archived = [cmd for cmd in commands(c) if " -cf - . > " in cmd]
+    assert archived == [volume_cmd(stage, "home-a-5fb"), volume_cmd(stage, "home-alice"),
+                        volume_cmd(stage, "home-carol")], "never other projects' volumes"
+    manifest = json.loads(members(out)["manifest.json"])
+    assert [(v["volume"], v["user"]) for v in manifest["volumes"]] == [
+        ("home-a-5fb", None), ("home-alice", "alice"), ("home-carol", None)]
+
+
+def test_backup_stops_when_docker_cannot_list_the_work_volumes(env_file, tmp_path, staging):
+    out = tmp_path / "out" / "b.tar.gz"
+    out.parent.mkdir()
+    c = docker_double(context((f"docker volume ls -q --filter name={PROJECT}-home-", Result(
+        stderr="permission denied while trying to connect to the Docker daemon\n", exited=1))),
+        tmp_path)
+    with pytest.raises(Exit) as info:
+        bk.backup(c, output=str(out), with_work_volumes=True)
+    assert_one_line_error(info, "could not list the work volumes: permission denied")
+    assert list(out.parent.iterdir()) == [], "no archive without the work folders asked for"
 
 
 @pytest.mark.parametrize("url, fragment", [
@@ -304,7 +337,7 @@ def test_backup_without_the_hub_image(env_file, tmp_path):
 
 @pytest.fixture
 def archive(env_file, tmp_path, staging):
-    """A backup of project bktest (admin, alice and alice's work folder)."""
+    """A backup of project bktest (admin, alice; the work folders of alice and deleted carol)."""
     _, out = make_backup(tmp_path, staging, with_work_volumes=True)
     staging.clear()
     return out
@@ -318,11 +351,13 @@ def target(env_file):
 
 NEW_HUB_DATA = "newhub_hub-data"
 NEW_ALICE = "newhub-home-alice"
+NEW_CAROL = "newhub-home-carol"
 
 
 def fresh_target(*pairs, running=False):
     return context((f"docker volume inspect {NEW_HUB_DATA}", Result(exited=1)),
-                   (f"docker volume inspect {NEW_ALICE}", Result(exited=1)), *pairs,
+                   (f"docker volume inspect {NEW_ALICE}", Result(exited=1)),
+                   (f"docker volume inspect {NEW_CAROL}", Result(exited=1)), *pairs,
                    running=running)
 
 
@@ -332,13 +367,15 @@ def test_restore_fills_fresh_volumes_of_the_target_project(
     c = docker_double(fresh_target(), tmp_path, seen)
     bk.restore(c, str(archive))
     (stage,) = staging
-    hub_tar, alice_tar = stage / "hub-data.tar", stage / "volumes" / "alice.tar"
+    hub_tar = stage / "hub-data.tar"
+    alice_tar, carol_tar = stage / "volumes" / "home-alice.tar", stage / "volumes" / "home-carol.tar"
     assert commands(c)[2:] == [
         f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
         f"--env-file {tmp_path / 'test.env'} ps --status running --quiet hub",
         f"docker image inspect {HUB_IMAGE}",
         f"docker volume inspect {NEW_HUB_DATA}",
         f"docker volume inspect {NEW_ALICE}",
+        f"docker volume inspect {NEW_CAROL}",
         "docker volume create --label com.docker.compose.project=newhub "
         f"--label com.docker.compose.volume=hub-data {NEW_HUB_DATA}",
         f"docker run --rm -i --network none -v {NEW_HUB_DATA}:/v {HUB_IMAGE} "
@@ -346,6 +383,9 @@ def test_restore_fills_fresh_volumes_of_the_target_project(
         f"docker volume create {NEW_ALICE}",
         f"docker run --rm -i --network none -v {NEW_ALICE}:/v {HUB_IMAGE} "
         f"tar -C /v --numeric-owner -xf - < {alice_tar}",
+        f"docker volume create {NEW_CAROL}",
+        f"docker run --rm -i --network none -v {NEW_CAROL}:/v {HUB_IMAGE} "
+        f"tar -C /v --numeric-owner -xf - < {carol_tar}",
     ]
     assert not stage.exists()
     (mode, uid, data), = seen[NEW_HUB_DATA].values()
@@ -357,9 +397,11 @@ def test_restore_fills_fresh_volumes_of_the_target_project(
     assert db.execute("SELECT server_id, state FROM spawners").fetchall() == [(None, None)]
     assert db.execute("SELECT ip FROM servers").fetchall() == [("gpus-service",)]
     db.close()
-    assert seen[NEW_ALICE]["./x.txt"][1:] == (1000, b"hello from alice\n")
+    assert seen[NEW_ALICE]["./x.txt"][1:] == (1000, f"hello from {ALICE_VOLUME}\n".encode())
+    assert seen[NEW_CAROL]["./x.txt"][1:] == (1000, f"hello from {CAROL_VOLUME}\n".encode())
     out = capsys.readouterr().out
-    assert ("restored 2 user(s) (admin, alice) and 1 work folder(s) from project 'bktest' "
+    assert f"restoring the work folder of a deleted user into {NEW_CAROL}" in out
+    assert ("restored 2 user(s) (admin, alice) and 2 work folder(s) from project 'bktest' "
             "into project 'newhub'; start it with `invoke up`") in out
     assert "everyone logs in again" in out
 
@@ -418,14 +460,15 @@ def test_restore_refuses_a_damaged_archive_before_docker(archive, target, tmp_pa
     with tarfile.open(archive, "r:gz") as src, tarfile.open(damaged, "w:gz") as dst:
         for member in src:
             data = src.extractfile(member).read()
-            if member.name == "volumes/alice.tar":
+            if member.name == "volumes/home-alice.tar":
                 data = data.replace(b"hello", b"HELLO")
             dst.addfile(member, io.BytesIO(data))
     c = fresh_target()
     with pytest.raises(Exit) as info:
         bk.restore(c, str(damaged))
     assert_one_line_error(info, "not a usable gpuhub backup",
-                          "volumes/alice.tar does not match its checksum", "nothing was changed")
+                          "volumes/home-alice.tar does not match its checksum",
+                          "nothing was changed")
     assert commands(c) == []
 
 
@@ -452,6 +495,70 @@ def test_restore_refuses_members_outside_the_backup_layout(target, tmp_path):
     with pytest.raises(Exit) as info:
         bk.restore(fresh_target(), str(evil))
     assert_one_line_error(info, "unexpected member '../etc/passwd'")
+
+
+def rewrite(archive, dest, edit_manifest=lambda manifest: None, rename=None):
+    """A copy of ``archive`` with its manifest edited and members renamed."""
+    rename = rename or {}
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(dest, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                edit_manifest(manifest)
+                data = json.dumps(manifest).encode()
+            member.name, member.size = rename.get(member.name, member.name), len(data)
+            dst.addfile(member, io.BytesIO(data))
+    return dest
+
+
+def test_restore_reads_an_archive_that_names_work_folders_by_user(
+        env_file, tmp_path, staging):
+    """Archives written before deleted users' folders were included: volumes/<user>.tar."""
+    _, new = make_backup(tmp_path, staging, volumes=f"{ALICE_VOLUME}\n", with_work_volumes=True)
+    staging.clear()
+
+    def by_user(manifest):
+        (volume,) = manifest["volumes"]
+        volume["path"] = "volumes/alice.tar"
+        for entry in manifest["contents"]:
+            entry["path"] = entry["path"].replace("volumes/home-alice.tar", "volumes/alice.tar")
+
+    old = rewrite(new, tmp_path / "old.tar.gz", by_user,
+                  rename={"volumes/home-alice.tar": "volumes/alice.tar"})
+    env_file(COMPOSE_PROJECT_NAME="newhub")
+    seen = {}
+    c = docker_double(fresh_target(), tmp_path, seen)
+    bk.restore(c, str(old))
+    (stage,) = staging
+    assert (f"docker run --rm -i --network none -v {NEW_ALICE}:/v {HUB_IMAGE} "
+            f"tar -C /v --numeric-owner -xf - < {stage / 'volumes' / 'alice.tar'}") in commands(c)
+    assert seen[NEW_ALICE]["./x.txt"][2] == f"hello from {ALICE_VOLUME}\n".encode()
+
+
+def _set(index, key, value):
+    def edit(manifest):
+        manifest["volumes"][index][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    _set(1, "path", "../../etc/passwd"),                 # not a member of the archive
+    _set(1, "path", "profiles.yaml"),                    # a member, but not a work folder
+    _set(1, "volume", "home-alice"),                     # twice the same volume
+    _set(1, "volume", "home-../../x"),
+    _set(1, "volume", "data"),
+    _set(0, "user", "Root"),
+    lambda manifest: manifest["volumes"][1].pop("volume"),
+], ids=["path outside", "path not a volume", "twice", "slash", "not a work volume",
+        "bad user", "no volume"])
+def test_restore_refuses_odd_work_volume_entries_before_docker(archive, target, tmp_path, edit):
+    odd = rewrite(archive, tmp_path / "odd.tar.gz", edit)
+    c = fresh_target()
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(odd))
+    assert_one_line_error(info, "names an odd work volume", "nothing was changed")
+    assert commands(c) == []
 
 
 def test_restore_of_a_missing_file(target, tmp_path):
