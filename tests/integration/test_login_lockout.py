@@ -1,0 +1,130 @@
+"""Guesses sent at the same time, from the attacker's position: the login form of a live hub.
+
+The shared stack runs with gpuhub's defaults, LOGIN_MAX_FAILURES=5 and
+LOGIN_LOCKOUT_SECONDS=600 (test_users.py's lockout test relies on them too): 40 guesses at
+once are far past the limit, and the lockout outlasts the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from support.hub import HubUser
+from support.wait import wait_until
+
+GUESSES = 40
+FLOOD_CLIENTS = 30
+# A login alone takes one bcrypt hash (~0.25 s) plus two requests; 5 s is generous on a
+# 2-core machine that also runs the 30 flooding clients.
+LOGIN_BOUND = 5.0
+LOGGED_IN = 0  # what LoginForm.submit answers when the hub granted a session
+
+
+class LoginForm:
+    """One browser at the login form: its own session, and the _xsrf cookie and field, as
+    support/hub.py's HubUser.login sends them. The page is fetched first, so that submit()
+    is only the POST: guesses released together reach the hub together."""
+
+    def __init__(self, base_url: str, name: str):
+        self.base = base_url.rstrip("/")
+        self.name = name
+        self.http = requests.Session()
+        page = self.http.get(f"{self.base}/hub/login", timeout=30)
+        page.raise_for_status()
+        self.xsrf = self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf")
+
+    def submit(self, password: str, timeout: float = 30) -> int:
+        """POST the form; the HTTP status, or LOGGED_IN when the hub granted a session."""
+        resp = self.http.post(
+            f"{self.base}/hub/login?next=",
+            data={"username": self.name, "password": password, "_xsrf": self.xsrf},
+            allow_redirects=False, timeout=timeout)
+        logged_in = resp.status_code == 302 and any(
+            c.name.startswith("jupyterhub-session") or c.name == "jupyterhub-hub-login"
+            for c in self.http.cookies)
+        return LOGGED_IN if logged_in else resp.status_code
+
+
+def test_guesses_sent_together_cannot_outrun_the_lockout(stack):
+    stack.invoke("adduser", "burst", "--password-stdin", stdin="burst-pw-12345\n")
+    try:
+        wrong = [LoginForm(stack.url, "burst") for _ in range(GUESSES)]
+        right = LoginForm(stack.url, "burst")
+        together = threading.Barrier(GUESSES)
+        first_answer = threading.Event()
+
+        def guess(form: LoginForm) -> int:
+            together.wait(timeout=60)
+            try:
+                return form.submit("wrong-password", timeout=120)
+            finally:
+                first_answer.set()
+
+        with ThreadPoolExecutor(GUESSES) as pool:
+            answers = [pool.submit(guess, form) for form in wrong]
+            # The right password goes in while most wrong ones are still in flight. When
+            # the hub counted a failure only after its hash, every guess waiting for the
+            # hashing pool had already passed the lockout check, and so did this one.
+            assert first_answer.wait(timeout=120), "no wrong guess was answered"
+            right_answer = right.submit("burst-pw-12345", timeout=120)
+            wrong_answers = Counter(a.result() for a in answers)
+        assert LOGGED_IN not in wrong_answers, wrong_answers
+        assert right_answer != LOGGED_IN, (
+            f"the right password logged in after {GUESSES} wrong ones sent together "
+            f"(LOGIN_MAX_FAILURES=5); the wrong ones were answered {dict(wrong_answers)}")
+        assert LoginForm(stack.url, "burst").submit("burst-pw-12345") != LOGGED_IN, \
+            "once every guess is answered, the account is still locked"
+    finally:
+        stack.invoke("deluser", "burst")
+
+
+def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
+    stack.invoke("adduser", "floody", "--password-stdin", stdin="floody-pw-12345\n")
+    stack.invoke("adduser", "calm", "--password-stdin", stdin="calm-pw-12345\n")
+    try:
+        started = time.monotonic()
+        HubUser(stack.url, "calm").login("calm-pw-12345")
+        alone = time.monotonic() - started
+
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def flood() -> None:
+            while not stop.is_set():  # each guess from a new browser, as a bot sends them
+                answers.append(LoginForm(stack.url, "floody").submit("wrong-password",
+                                                                      timeout=120))
+
+        clients = [threading.Thread(target=flood, daemon=True) for _ in range(FLOOD_CLIENTS)]
+        for client in clients:
+            client.start()
+        try:
+            wait_until(lambda: len(answers) >= FLOOD_CLIENTS, timeout=120, interval=0.1,
+                       what="the flood of guesses to be under way",
+                       state=lambda: Counter(answers), logs=stack.logs)
+            # Before, each refused guess was hashed again on the hub's event loop (to word
+            # its error), and guesses at once all passed the lockout: ~0.25 s of the loop
+            # per guess, and this login queued behind every one of them.
+            before = len(answers)
+            started = time.monotonic()
+            HubUser(stack.url, "calm").login("calm-pw-12345")
+            during = time.monotonic() - started
+            meanwhile = len(answers) - before
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=150)
+        measure("login: one user alone", alone)
+        measure(f"login: one user while {FLOOD_CLIENTS} clients guess", during)
+        assert during < LOGIN_BOUND, (
+            f"a normal login took {during:.2f} s while {FLOOD_CLIENTS} clients guessed "
+            f"(alone: {alone:.2f} s; bound {LOGIN_BOUND} s); {meanwhile} guesses answered "
+            f"meanwhile, all: {dict(Counter(answers))}")
+        assert LOGGED_IN not in answers, Counter(answers)
+        assert all(status < 500 for status in answers), Counter(answers)
+    finally:
+        stack.invoke("deluser", "floody")
+        stack.invoke("deluser", "calm")
