@@ -303,15 +303,17 @@ def test_up_aborts_when_the_port_is_taken(env_file, no_gpu_detection):
     assert no_gpu_detection == []
 
 
-def test_up_with_only_the_projects_proxy_running_brings_the_hub_back(env_file, no_gpu_detection):
-    """The hub stopped or exited, its proxy still holds the port: not someone else's."""
+@pytest.mark.parametrize("hub_running", [False, True], ids=["hub down", "hub up"])
+def test_up_does_not_take_its_own_proxy_for_a_taken_port(env_file, no_gpu_detection,
+                                                         hub_running):
+    """The hub stopped or exited (or runs), its proxy holds the port: not someone else's."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port, ADMIN_USERS="")
         c = context((compose(path, "ps --status running --quiet proxy"), Result("c0ffee\n")),
-                    running=False)
+                    running=hub_running)
         stack.up(c, build=False)
     assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
 
@@ -324,18 +326,6 @@ def test_restart_starts_the_stack_when_the_hub_is_not_running(env_file, free_por
     assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
     assert compose(path, "restart hub") not in commands(c)
     assert "the hub is not running: starting the stack" in capsys.readouterr().out
-
-
-def test_up_with_the_hub_running_does_not_check_its_own_port(env_file, no_gpu_detection):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=port, ADMIN_USERS="")
-        c = context((compose(path, "ps --status running --quiet proxy"), Result("c0ffee\n")),
-                    running=True)
-        stack.up(c, build=False)
-    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
 
 
 def test_up_after_the_proxy_exited_restarts_the_hub_for_its_routes(env_file, free_port,
