@@ -7,6 +7,8 @@ import nox
 nox.needs_version = ">=2024.3.2"
 nox.options.sessions = ["lint", "tests", "e2e"]  # bench and unit run on request
 nox.options.reuse_venv = "yes"
+# Every version gpuhub pins (python -m tools.constraints refresh moves them all).
+CONSTRAINTS = "gpuhub/constraints.txt"
 
 
 def _install(session: nox.Session) -> None:
@@ -15,9 +17,9 @@ def _install(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Static checks (ruff) over the package, tasks and tests."""
-    session.install("ruff==0.17.6")
-    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "bench",
+    """Static checks (ruff) over the package, tasks, tests and tools."""
+    session.install("-c", CONSTRAINTS, "ruff")
+    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "bench", "tools",
                 "jupyterhub/jupyterhub_config.py", *session.posargs)
 
 
@@ -60,6 +62,16 @@ def swarm(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Spawn latency vs the bare-container floor and a stock DockerSpawner hub (`-- --smoke`)."""
     _install(session)
-    session.install("matplotlib")
+    session.install("-c", CONSTRAINTS, "matplotlib")
     session.run("python", "bench/broker_overhead.py")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(default=False)
+def audit(session: nox.Session) -> None:
+    """Known vulnerabilities in the built hub and lab images' packages (online, Docker).
+
+    No advisory source reached, or one that does not answer: no verdict, and a failure.
+    """
+    session.install("-c", CONSTRAINTS, "-r", "requirements.txt", "pip-audit")
+    session.run("python", "-m", "tools.audit", *session.posargs)

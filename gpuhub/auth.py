@@ -159,6 +159,32 @@ class LoginHandler(handlers.LoginHandler):
     """NativeAuthenticator's login form, without its second hash of a refused password."""
 
     refusal = INVALID_LOGIN  # authenticate() words it otherwise, for this request only
+    _render_sync = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # NativeAuthenticator adds its templates to the hub's async template loader only;
+        # an error page is rendered with the sync one (see _render).
+        self.settings["jinja2_env_sync"].loader = self.settings["jinja2_env"].loader
+
+    def _render(self, login_error=None, username=None, sync=False, **_error_page):
+        """NativeAuthenticator's login page, also where JupyterHub shows a refused form.
+
+        JupyterHub shows an error of a login POST (an expired form's XSRF check) on the
+        login page: its error handler cannot await, so it asks for the page with
+        ``sync=True`` and the error page's keywords, which NativeAuthenticator's ``_render``
+        does not take (TypeError, and an empty 403).
+        """
+        self._render_sync = sync
+        try:
+            return super()._render(login_error=login_error, username=username)
+        finally:
+            self._render_sync = False
+
+    def render_template(self, name, **ns):
+        if self._render_sync:
+            ns["sync"] = True
+        return super().render_template(name, **ns)
 
     async def post(self):
         # The form's fields as NativeAuthenticator reads them.

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from . import gpus
+from . import gpus, lablimits
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 from .hubconfig import LAB_HOME
 from .profiles import Profile, Profiles
@@ -47,6 +47,25 @@ def chart_version(jupyterhub_version: str) -> str | None:
     return CHART_FOR_JUPYTERHUB.get(jupyterhub_version)
 
 
+def _release(version: str) -> tuple[int, ...] | None:
+    parts = version.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def chart_before(jupyterhub_version: str) -> tuple[str, str] | None:
+    """(chart, its JupyterHub): the newest known chart that runs an earlier patch release of
+    the same JupyterHub minor release (chart 4.4.0, JupyterHub 5.5.0, for 5.5.4), if any."""
+    wanted = _release(jupyterhub_version)
+    if wanted is None or len(wanted) < 2:
+        return None
+    earlier = [(release, hub) for hub in CHART_FOR_JUPYTERHUB
+               if (release := _release(hub)) and release[:2] == wanted[:2] and release < wanted]
+    if not earlier:
+        return None
+    hub = max(earlier)[1]
+    return CHART_FOR_JUPYTERHUB[hub], hub
+
+
 def split_image(ref: str) -> tuple[str, str]:
     """``registry:5000/lab:1.2`` → (``registry:5000/lab``, ``1.2``); no tag means ``latest``.
 
@@ -70,12 +89,6 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def _memory(value: str) -> str | int:
-    # KubeSpawner reads "16G" (K/M/G/T are powers of 1024, as Docker reads them) but
-    # refuses a bare number in a string: bytes must be an integer.
-    return int(value) if value.isdigit() else value
-
-
 def profile_entry(profile: Profile, growth: bool) -> dict:
     """One KubeSpawner ``profile_list`` entry for a gpuhub profile."""
     entry: dict = {"display_name": profile.display_name, "slug": profile.slug}
@@ -89,7 +102,8 @@ def profile_entry(profile: Profile, growth: bool) -> dict:
     if profile.cpu_limit is not None:
         override["cpu_limit"] = _number(profile.cpu_limit)
     if profile.mem_limit is not None:
-        override["mem_limit"] = _memory(profile.mem_limit)
+        # KubeSpawner reads "16G" as Docker does (K, M, G, T are powers of 1024).
+        override["mem_limit"] = profile.mem_limit
     if profile.gpus:
         gpus = {GPU_RESOURCE: str(profile.gpus)}
         override["extra_resource_limits"] = gpus
@@ -129,10 +143,11 @@ def chart_values(settings: Settings, profiles: Profiles) -> dict:
         "startTimeout": s.spawn_timeout,
         "storage": {"type": "dynamic", "homeMountPath": HOME_MOUNT_PATH},
     }
-    if s.lab_cpu_limit is not None:
+    # auto is the Docker host's size: the cluster's nodes have their own (see notes).
+    if lablimits.lab_cpus(s.lab_cpu_limit) is not None:
         singleuser["cpu"] = {"limit": _number(s.lab_cpu_limit)}
-    if s.lab_mem_limit is not None:
-        singleuser["memory"] = {"limit": _memory(s.lab_mem_limit)}
+    if s.lab_mem_limit not in ("auto", "none"):
+        singleuser["memory"] = {"limit": s.lab_mem_limit}
     growth = allow_growth(s)
     singleuser["profileList"] = [profile_entry(p, growth) for p in profiles.profiles]
 
@@ -226,6 +241,10 @@ def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
         version = (f"No chart release known to gpuhub runs JupyterHub {s.jupyterhub_version} "
                    "(JUPYTERHUB_VERSION): use the chart whose appVersion is that version "
                    f"({HELM_REPO} lists them); the lab image's JupyterHub must match the hub's.")
+        if before := chart_before(s.jupyterhub_version):
+            version += (f" The newest chart gpuhub knows for it, {before[0]}, runs JupyterHub "
+                        f"{before[1]}: older than this hub's, so wait for a newer one or set "
+                        "hub.image to a hub image that runs this version.")
     header = [
         "zero-to-jupyterhub (z2jh) Helm chart values, written by `invoke export-z2jh` from "
         "gpuhub's settings and profiles. No secrets. Install with:",
@@ -274,6 +293,9 @@ def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
         "storage.dynamic.storageClass. image: LAB_IMAGE, as pushed to your registry.",
         "Limits: Kubernetes reserves a pod's CPU and memory limits on its node unless a lower "
         "guarantee (cpu.guarantee, memory.guarantee) is set.",
+        *(["LAB_MEM_LIMIT=auto (the Docker host's memory less a reserve) is not carried "
+           "over: set memory.limit for your nodes, below their allocatable memory."]
+          if s.lab_mem_limit == "auto" else []),
         "Environment is set per profile: CPU labs see no GPU (NVIDIA_VISIBLE_DEVICES=void, "
         "as gpuhub sets it).",
         *_gpu_notes(s, profiles),

@@ -5,7 +5,7 @@
 # not depend on these.
 #
 #   gpuhub-standin/debian:bookworm   debootstrap --variant=minbase, docker import
-#   gpuhub-standin/hub-base:latest   stands in for quay.io/jupyterhub/jupyterhub:5.4.4
+#   gpuhub-standin/hub-base:latest   stands in for quay.io/jupyterhub/jupyterhub:<pin>
 #   gpuhub-standin/lab-base:latest   stands in for quay.io/jupyter/tensorflow-notebook:cuda-*
 #
 # Each image is skipped if it already exists (pass --force to rebuild all).

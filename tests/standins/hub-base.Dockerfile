@@ -1,4 +1,4 @@
-# TEST STAND-IN ONLY for quay.io/jupyterhub/jupyterhub:5.4.4, used where no
+# TEST STAND-IN ONLY for quay.io/jupyterhub/jupyterhub (HUB_BASE_IMAGE), used where no
 # container registry is reachable. Built by tests/standins/build.sh from
 # gpuhub-standin/debian:bookworm. Like the official image's OS layer it has
 # python3 + pip + venv, nodejs + npm, ca-certificates and tini, WORKDIR

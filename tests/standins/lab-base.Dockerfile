@@ -1,4 +1,4 @@
-# TEST STAND-IN ONLY for quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27
+# TEST STAND-IN ONLY for quay.io/jupyter/tensorflow-notebook:cuda-* (LAB_BASE_IMAGE)
 # (Jupyter Docker Stacks), used where no container registry is reachable.
 # Built by tests/standins/build.sh from gpuhub-standin/debian:bookworm.
 # Mimics the parts of docker-stacks the product relies on: user jovyan

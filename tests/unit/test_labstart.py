@@ -172,3 +172,24 @@ def test_a_hub_log_that_needs_more_falls_back_to_the_plain_import(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]  # the real handler class, plain import
     assert "plain start" in result.stderr and "PrefixRedirectHandler" in result.stderr
+
+
+def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_database(tmp_path):
+    # The stand-ins above copy what jupyterhub/log.py imports; this checks the JupyterHub
+    # the unit tests run with (the pin in gpuhub/constraints.txt), as the lab image does.
+    result = run(tmp_path, """
+        import sys, gpuhub_labstart
+        from importlib.metadata import version
+        print(gpuhub_labstart.import_hub_log_without_database())
+        from jupyterhub.log import log_request
+        print("alembic" in sys.modules, [m for m in sys.modules if m.startswith("jupyterhub.h")])
+        print(version("jupyterhub"))
+    """)
+    assert result.returncode == 0, result.stderr
+    lean, loaded, hub = result.stdout.splitlines()
+    assert (lean, loaded) == ("True", "False []"), (
+        f"JupyterHub {hub}: jupyterhub.log needs more than gpuhub_labstart stands in for")
+    from gpuhub.versions import pinned
+    assert hub == pinned("jupyterhub"), (
+        f"the tests run with JupyterHub {hub}, not the pinned one: pip install -r "
+        "requirements-dev.txt")

@@ -36,7 +36,7 @@ GPU_PROFILES_YAML = """
   gpus: 2
   image: registry.example.org/ml/lab:2026.1
   cpu_limit: 7.5
-  mem_limit: "1073741824"
+  mem_limit: 1.5G
 """
 
 
@@ -110,12 +110,15 @@ def test_the_schema_check_is_not_vacuous(assert_valid):
 
 
 def test_vendored_schema_is_from_the_chart_for_the_default_jupyterhub():
-    chart = z2jh.chart_version(DEFAULT_JUPYTERHUB_VERSION)
+    # The chart that runs the pinned JupyterHub, or else the newest for its minor release.
+    exact = z2jh.chart_version(DEFAULT_JUPYTERHUB_VERSION)
+    chart, hub = (exact, DEFAULT_JUPYTERHUB_VERSION) if exact else (
+        z2jh.chart_before(DEFAULT_JUPYTERHUB_VERSION) or (None, None))
     source = (CHART_DATA / "SOURCE.md").read_text()
     assert chart and f"Tag: `{chart}`" in source, (
         f"JupyterHub {DEFAULT_JUPYTERHUB_VERSION} maps to chart {chart}; vendor that tag's "
         "values.schema.yaml and values.yaml and update SOURCE.md")
-    assert f"`appVersion` {DEFAULT_JUPYTERHUB_VERSION}" in source
+    assert f"`appVersion` {hub}" in source
 
 
 # --- each setting, default next to override -------------------------------------------
@@ -129,6 +132,13 @@ def test_culling_follows_idle_timeout():
 def test_lab_limits_are_left_to_the_chart_unless_set():
     default = exported()["singleuser"]
     assert "cpu" not in default and "memory" not in default
+    # auto is the Docker host's size; a cluster's nodes have their own: the notes say so.
+    assert any("LAB_MEM_LIMIT=auto" in n for n in z2jh.notes(validate({}), SHIPPED_PROFILES)[
+        "singleuser"])
+    unlimited = exported(LAB_CPU_LIMIT="none", LAB_MEM_LIMIT="none")["singleuser"]
+    assert "cpu" not in unlimited and "memory" not in unlimited
+    assert not any("LAB_MEM_LIMIT" in n for n in z2jh.notes(validate(
+        {"LAB_MEM_LIMIT": "none"}), SHIPPED_PROFILES)["singleuser"])
     limited = exported(LAB_CPU_LIMIT="2.5", LAB_MEM_LIMIT="8g")["singleuser"]
     assert limited["cpu"] == {"limit": 2.5}
     assert limited["memory"] == {"limit": "8G"}
@@ -189,8 +199,7 @@ def test_profile_image_and_limits_become_kubespawner_overrides():
     assert "image" not in small  # singleuser.image, i.e. LAB_IMAGE
     assert (small["cpu_limit"], small["mem_limit"]) == (2, "4G")
     assert big["image"] == "registry.example.org/ml/lab:2026.1"
-    # KubeSpawner refuses a bare number of bytes given as a string.
-    assert (big["cpu_limit"], big["mem_limit"]) == (7.5, 1073741824)
+    assert (big["cpu_limit"], big["mem_limit"]) == (7.5, "1.5G")
 
 
 @pytest.mark.parametrize("settings, growth", [
@@ -259,11 +268,24 @@ def test_database_url_is_exported_without_its_password():
 
 
 def test_chart_version_matches_jupyterhub_version():
-    text = z2jh.render(validate({}), SHIPPED_PROFILES)
+    text = z2jh.render(validate({"JUPYTERHUB_VERSION": "5.4.4"}), SHIPPED_PROFILES)
     assert "--version 4.3.3" in text and "runs JupyterHub 5.4.4" in text
     unknown = z2jh.render(validate({"JUPYTERHUB_VERSION": "9.9.9"}), SHIPPED_PROFILES)
     assert "--version CHART_VERSION" in unknown
     assert "No chart release known to gpuhub runs JupyterHub 9.9.9" in unknown
+    assert "The newest chart gpuhub knows" not in unknown
+
+
+def test_a_later_patch_release_is_told_the_newest_chart_of_its_minor_release():
+    # No chart runs 5.5.4 yet: the file names none, and says which one comes closest.
+    settings = validate({"JUPYTERHUB_VERSION": "5.5.4"})
+    assert "--version CHART_VERSION" in z2jh.render(settings, SHIPPED_PROFILES)
+    text = " ".join(z2jh.notes(settings, SHIPPED_PROFILES)[""])
+    assert ("No chart release known to gpuhub runs JupyterHub 5.5.4" in text
+            and "The newest chart gpuhub knows for it, 4.4.0, runs JupyterHub 5.5.0" in text)
+    assert z2jh.chart_before("5.5.0") is None  # chart 4.4.0 runs it exactly
+    assert z2jh.chart_before("5.4.2") == ("4.3.1", "5.4.1")
+    assert z2jh.chart_before("5.6.0") is None and z2jh.chart_before("main") is None
 
 
 def test_shared_data_dir_is_explained_not_exported():
