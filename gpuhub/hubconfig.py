@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import gpus as gpu_inventory
-from . import names
+from . import lablimits, names
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 from .labels import PROJECT as LABEL_PROJECT
 from .profiles import Profiles
@@ -171,8 +171,6 @@ def update_spawner(c, settings: Settings) -> None:
         "cap_drop": ["ALL"],
         "pids_limit": settings.lab_pids_limit,
     }
-    c.DockerSpawner.cpu_limit = settings.lab_cpu_limit
-    c.DockerSpawner.mem_limit = settings.lab_mem_limit
     c.Spawner.start_timeout = settings.spawn_timeout
     # A lab that dies is noticed within this many seconds (one cheap inspect per lab).
     c.Spawner.poll_interval = 10
@@ -181,6 +179,13 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
     c.GpuDockerSpawner.require_lab_firewall = settings.lab_firewall
     c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(settings.lab_start_concurrency)
+
+
+def update_lab_limits(c, settings: Settings, host_memory: int) -> None:
+    """Memory and CPU per lab: LAB_MEM_LIMIT and LAB_CPU_LIMIT, auto resolved for a host
+    with ``host_memory`` bytes (see gpuhub.lablimits). A profile's own limits win."""
+    c.DockerSpawner.mem_limit = lablimits.lab_memory(settings.lab_mem_limit, host_memory)
+    c.DockerSpawner.cpu_limit = lablimits.lab_cpus(settings.lab_cpu_limit)
 
 
 def lab_start_slots(setting: str | int) -> int:
@@ -268,11 +273,12 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
 
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
                  data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH,
-                 proxy_token_file: Path = PROXY_TOKEN_FILE) -> None:
+                 proxy_token_file: Path = PROXY_TOKEN_FILE,
+                 meminfo: Path = lablimits.MEMINFO) -> None:
     """Set everything gpuhub configures on ``c`` (a traitlets Config).
 
     Raises ValueError (or ProfileError) with a message for the admin when the GPU
-    inventory, the pins or profiles.yaml are wrong.
+    inventory, the pins, profiles.yaml or the labs' memory limit are wrong.
     """
     env = os.environ if env is None else env
     gpus = gpu_inventory.from_json(remember_inventory(env.get("GPUHUB_GPU_INVENTORY", ""), data_dir))
@@ -283,6 +289,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_tls(c, settings)
     update_auth(c, settings)
     update_spawner(c, settings)
+    update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
     update_swarm(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)
     update_services(c, settings, data_dir, gpu_inventory.to_json(gpus),

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from .lablimits import parse_memory
+
 FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "cpu_limit",
           "mem_limit", "placement"}
 # Swarm placement constraints, e.g. node.labels.gpu == a100 (ignored in compose mode).
 _CONSTRAINT_RE = re.compile(r"^node\.[A-Za-z0-9_.-]+\s*(==|!=)\s*\S+$")
-_MEM_RE = re.compile(r"^\d+(\.\d+)?[KMGT]?$", re.IGNORECASE)
 
 
 class ProfileError(ValueError):
@@ -71,8 +72,11 @@ def _profile(item, where: str) -> Profile:
                             or not math.isfinite(cpu) or cpu <= 0):
         raise ProfileError(f"{where}: cpu_limit must be a number of CPUs above 0, got {cpu!r}")
     mem = item.get("mem_limit")
-    if mem is not None and not _MEM_RE.fullmatch(str(mem)):
-        raise ProfileError(f"{where}: mem_limit must be a size such as 8G, got {mem!r}")
+    if mem is not None:
+        try:  # the settings' own parser: a size passes (or fails) in both alike
+            mem = parse_memory(mem)
+        except ValueError as err:
+            raise ProfileError(f"{where}: mem_limit {err}, got {mem!r}") from None
     slug = item.get("slug") or _slugify(name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(slug)):
         raise ProfileError(f"{where}: slug must be lowercase letters, digits and '-', got {slug!r}")
@@ -91,7 +95,7 @@ def _profile(item, where: str) -> Profile:
                    description=str(item.get("description") or ""),
                    default=default, image=image, gpus=gpus,
                    cpu_limit=float(cpu) if cpu is not None else None,
-                   mem_limit=str(mem).upper() if mem is not None else None,
+                   mem_limit=mem,
                    placement=tuple(x.strip() for x in placement))
 
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import versions
 from .accounts import check_username
+from .lablimits import parse_memory
 
-DEFAULT_JUPYTERHUB_VERSION = "5.4.4"
+# Set in one place, constraints.txt, next to the versions of everything installed with it.
+DEFAULT_JUPYTERHUB_VERSION = versions.pinned("jupyterhub")
 
 
 class SettingsError(ValueError):
@@ -101,29 +104,25 @@ def _usernames(raw: str) -> tuple[str, ...]:
     return names
 
 
-def _optional_cpu(raw: str) -> float | None:
-    if not raw:
-        return None
+def _lab_cpus(raw: str) -> str | float:
+    value = raw.lower()
+    if value in ("auto", "none"):
+        return value
+    how = "must be auto, none (both: no quota) or a number of CPUs above 0 such as 2 or 0.5"
     try:
-        value = float(raw)
+        cpus = float(raw)
     except ValueError:
-        raise ValueError("must be a number of CPUs such as 2 or 0.5, or empty for no limit") from None
-    if value <= 0:
-        raise ValueError("must be more than 0 (or empty for no limit)")
-    return value
+        raise ValueError(how) from None
+    if not 0 < cpus < float("inf"):  # also refuses nan
+        raise ValueError(how)
+    return cpus
 
 
-# The unit is required: DockerSpawner.mem_limit refuses a bare number in a string.
-_MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$", re.IGNORECASE)
-
-
-def _optional_memory(raw: str) -> str | None:
-    if not raw:
-        return None
-    m = _MEM_RE.fullmatch(raw)
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError("must be a size such as 512M or 8G, or empty for no limit")
-    return raw.upper()
+def _lab_memory(raw: str) -> str:
+    value = raw.lower()
+    if value in ("auto", "none"):
+        return value
+    return parse_memory(raw, "auto (the host's memory less a reserve), none (no limit)")
 
 
 def _optional_abs_path(raw: str) -> str | None:
@@ -316,10 +315,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Comma-separated admin user names. `invoke up` creates each missing one with a "
             "generated password, printed once.", "Users"),
     Setting("JUPYTERHUB_VERSION", DEFAULT_JUPYTERHUB_VERSION, _text,
-            "JupyterHub version installed in both images (hub and lab must match).", "Images"),
+            "JupyterHub version installed in both images (hub and lab must match); the "
+            "default is the pin in gpuhub/constraints.txt.", "Images"),
     Setting("HUB_BASE_IMAGE", f"quay.io/jupyterhub/jupyterhub:{DEFAULT_JUPYTERHUB_VERSION}", _text,
             "Base image of the hub image.", "Images"),
-    Setting("LAB_BASE_IMAGE", "quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27", _text,
+    Setting("LAB_BASE_IMAGE", "quay.io/jupyter/tensorflow-notebook:cuda-2026-09-01", _text,
             "Base image of the lab image (a Jupyter Docker Stacks image).", "Images"),
     Setting("HUB_IMAGE", "gpuhub-hub:latest", _text,
             "Tag of the hub image that `invoke build` makes.", "Images"),
@@ -355,10 +355,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Failed logins after which a user is locked out for LOGIN_LOCKOUT_SECONDS.", "Hub"),
     Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,
             "How long a user stays locked out after too many failed logins.", "Hub"),
-    Setting("LAB_CPU_LIMIT", "", _optional_cpu,
-            "CPUs per lab (e.g. 4); empty for no limit.", "Labs"),
-    Setting("LAB_MEM_LIMIT", "", _optional_memory,
-            "Memory per lab (e.g. 16G); empty for no limit.", "Labs"),
+    Setting("LAB_CPU_LIMIT", "auto", _lab_cpus,
+            "CPUs per lab, e.g. 4. auto: no quota (labs that compete get equal shares and "
+            "the hub four times theirs; a quota would leave idle cores unused); none: the "
+            "same. A profile's cpu_limit wins.", "Labs"),
+    Setting("LAB_MEM_LIMIT", "auto", _lab_memory,
+            "Memory per lab, e.g. 16G. auto: the Docker host's memory less 2 GiB or 10 % "
+            "(whichever is more) for the system and the hub, so one lab cannot take it all; "
+            "none: no limit. A profile's mem_limit wins.", "Labs"),
     Setting("LAB_PIDS_LIMIT", "1024", _count,
             "Most processes per lab (a fork bomb stops there).", "Labs"),
     Setting("SHARED_DATA_DIR", "", _optional_abs_path,

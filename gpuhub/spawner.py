@@ -62,6 +62,9 @@ class GpuDockerSpawner(DockerSpawner):
     ).tag(config=True)
 
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
+    last_stop_reason = Unicode(
+        "", help="Why the user's last lab stopped by itself (e.g. out of memory); said at "
+                 "their next start, then forgotten.")
     _configured: dict | None = None  # image and limits before any profile was applied
     _give_back_start_slot: Callable[[], None] | None = None
     _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
@@ -192,7 +195,9 @@ class GpuDockerSpawner(DockerSpawner):
         # Instance-level copies: the class-wide config values stay untouched.
         base_host = self._eval_if_callable(self.extra_host_config) or {}
         base_create = self._eval_if_callable(self.extra_create_kwargs) or {}
-        self.extra_host_config = {**base_host, **self.gpu_host_config()}
+        # Not removed by Docker when it exits: poll() reads why it stopped (OOMKilled, exit
+        # code) and removes it then; stop() removes it too (remove=True).
+        self.extra_host_config = {**base_host, **self.gpu_host_config(), "auto_remove": False}
         labels = {**base_create.get("labels", {}), **self.gpu_labels()}
         if self.user_options.get("profile"):
             labels[LABEL_PROFILE] = self.user_options["profile"]
@@ -303,6 +308,13 @@ class GpuDockerSpawner(DockerSpawner):
         raise web.HTTPError(500, f"your lab did not start within {self.start_timeout} s; "
                                  "try again, or ask an admin to check `invoke logs`")
 
+    def why_stopped(self, state: dict) -> str:
+        """Docker's record of a stopped lab in plain words, e.g. "out of memory (...)"."""
+        if state.get("OOMKilled"):
+            limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
+            return f"out of memory{limit}"
+        return f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone"
+
     async def _fail_if_dead(self) -> None:
         try:
             info = await self.docker("inspect_container", self.object_id)
@@ -311,11 +323,33 @@ class GpuDockerSpawner(DockerSpawner):
         state = (info or {}).get("State") or {}
         if state.get("Running"):
             return
-        why = "out of memory" if state.get("OOMKilled") else (
-            f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone")
-        limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
-        raise web.HTTPError(500, f"your lab stopped while starting ({why}){limit}; try another "
-                                 "profile, or ask an admin to check `invoke logs`")
+        raise web.HTTPError(500, f"your lab stopped while starting ({self.why_stopped(state)}); "
+                                 "try another profile, or ask an admin to check `invoke logs`")
+
+    async def poll(self):
+        """None while the lab runs; else keep why it stopped, for the user, and remove it."""
+        container = await self.get_object()
+        if not container:
+            return 0
+        state = container.get("State") or {}
+        if state.get("Running"):
+            return None
+        if not self._spawn_pending:  # a lab that stopped by itself, not one still starting
+            self.last_stop_reason = self.why_stopped(state)
+            self.log.warning("The lab of %s stopped by itself: %s", self.user.name,
+                             self.last_stop_reason)
+            await self._remove_quietly()
+        return f"ExitCode={state.get('ExitCode')}"
+
+    def get_state(self):
+        state = super().get_state()
+        if self.last_stop_reason:
+            state["last_stop_reason"] = self.last_stop_reason
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.last_stop_reason = state.get("last_stop_reason", "")
 
     async def _remove_quietly(self) -> None:
         try:
@@ -325,6 +359,9 @@ class GpuDockerSpawner(DockerSpawner):
             self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
 
     async def progress(self):
+        if self.last_stop_reason:
+            yield {"progress": 10, "message": f"Your last lab stopped by itself: "
+                                              f"{self.last_stop_reason}"}
         if self.gpu_ids:
             yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
         elif self.gpu_inventory:
@@ -343,6 +380,7 @@ class GpuDockerSpawner(DockerSpawner):
             await asyncio.sleep(0.5)
 
     async def stop(self, now=False):
+        self.last_stop_reason = ""  # said during the start after it; this stop is asked for
         await super().stop(now=now)
         # With remove=True Docker deletes the container asynchronously; report "stopped"
         # only once it is gone, or an immediate Start fails on the container name.

@@ -19,6 +19,7 @@ from .labels import GPUS as LABEL_GPUS
 from .labels import PROJECT as LABEL_PROJECT
 from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
+from .lablimits import HOST_MEMORY_ENV
 from .settings import Settings
 
 HUB_NODE_LABEL = "gpuhub.hub"  # the node that keeps the hub-data volume
@@ -46,8 +47,11 @@ def resource_env(kind: str) -> str:
 
 
 def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
-               inventory_json: str) -> dict:
-    """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node."""
+               inventory_json: str, lab_host_memory: int = 0) -> dict:
+    """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node.
+
+    ``lab_host_memory``: bytes of the smallest node labs may run on (LAB_MEM_LIMIT=auto).
+    """
     project = settings.compose_project_name
     # Swarm secrets cannot change; a new token (after a restore, say) gets a new name.
     digest = hashlib.sha256(Path(secret_file).read_bytes()).hexdigest()[:10]
@@ -57,7 +61,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
     # dnsrr: names resolve to the task's address; no virtual IP (IPVS) in between.
     deploy = {"endpoint_mode": "dnsrr", "placement": on_hub_node,
               "restart_policy": {"condition": "any"}}
-    environment = {**settings.raw_env(), "GPUHUB_GPU_INVENTORY": inventory_json}
+    environment = {**settings.raw_env(), "GPUHUB_GPU_INVENTORY": inventory_json,
+                   HOST_MEMORY_ENV: str(lab_host_memory or "")}
     return {
         "version": "3.8",
         "services": {
@@ -124,6 +129,17 @@ class NodeGpu:
     uuid: str
     availability: str  # active, pause or drain
     state: str  # ready, down...
+
+
+def smallest_node_memory(nodes: list[dict]) -> int:
+    """Bytes of memory of the smallest node that may run labs (not drained); 0: none.
+
+    LAB_MEM_LIMIT=auto must fit every node a lab may land on, not the manager's size.
+    """
+    sizes = [node.get("Description", {}).get("Resources", {}).get("MemoryBytes") or 0
+             for node in nodes if node.get("Spec", {}).get("Availability") != "drain"]
+    sizes = [size for size in sizes if size > 0]
+    return min(sizes) if sizes else 0
 
 
 def node_gpus(nodes: list[dict], kind: str) -> list[NodeGpu]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import gpus as gpu_inventory
-from .. import names
+from .. import lablimits, names
 from .. import status as status_tables
 from ..profiles import ProfileError, Profiles
 from ..swarm import image_ref, report_text
@@ -57,7 +57,7 @@ def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool =
     if lab:
         cmds.append(common + ["--build-arg", f"BASE_IMAGE={s.lab_base_image}",
                               "-f", str(root / "jupyterlab" / "Dockerfile"),
-                              *_tags(s, s.lab_image), str(root / "jupyterlab")])
+                              *_tags(s, s.lab_image), str(root)])
     return [shlex.join(cmd) for cmd in cmds]
 
 
@@ -175,8 +175,12 @@ def up(c, build=True, timeout=180):
     pull_profile_images(c, project, profiles)
     remove_switched_off(c, project)
     project.ensure_secret("proxy-token")
+    memory = docker_host_memory(c)
+    if s.lab_mem_limit == "auto" and memory:
+        _step(lablimits.auto_memory_note(memory))
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
-                      GPUHUB_TLS_DIGEST=tls_files_digest(project))
+                      GPUHUB_TLS_DIGEST=tls_files_digest(project),
+                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
     _step(f"starting project {project.name}")
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),
                    env=env, warn=True)
@@ -197,6 +201,15 @@ def up(c, build=True, timeout=180):
                 if s.hub_http_redirect_port else "")
     print(f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  ({gpu_inventory.summary(inventory)}"
           f"{redirect})")
+
+
+def docker_host_memory(c) -> int:
+    """Bytes of memory of the machine the Docker engine (and so every lab) runs on; 0 if
+    Docker does not say. Docker's figure, not this shell's: the engine may be remote, or
+    in a VM (Docker Desktop) or an LXC container whose size LXCFS reports."""
+    found = c.run("docker info --format '{{.MemTotal}}'", hide=True, warn=True)
+    text = found.stdout.strip() if found.ok else ""
+    return int(text) if text.isdigit() else 0
 
 
 def proxy_running(c, project) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import gpus as gpu_inventory
-from .. import swarm
+from .. import lablimits, swarm
 from .project import fail, load, require_docker
 
 
@@ -41,9 +41,10 @@ def nodes(c) -> list[dict]:
     return json.loads(c.run("docker node inspect " + " ".join(ids), hide=True).stdout) if ids else []
 
 
-def inventory(c, project) -> list[gpu_inventory.Gpu]:
+def inventory(c, project, found_nodes: list[dict] | None = None) -> list[gpu_inventory.Gpu]:
     """Every GPU the Swarm's nodes advertise, as the hub's GPU inventory."""
-    found = swarm.node_gpus(nodes(c), project.settings.swarm_gpu_resource)
+    found_nodes = nodes(c) if found_nodes is None else found_nodes
+    found = swarm.node_gpus(found_nodes, project.settings.swarm_gpu_resource)
     return [gpu_inventory.Gpu(index=f"{g.node}/{i}", uuid=g.uuid, name=f"GPU on {g.node}")
             for i, g in enumerate(found)]
 
@@ -68,11 +69,16 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     if not Path(s.swarm_homes).is_dir():
         raise fail(f"SWARM_HOMES={s.swarm_homes!r} is not a folder on this node; mount the "
                    "shared homes there (the same path on every node) and run `invoke up` again")
-    gpus = inventory(c, project)
+    found_nodes = nodes(c)
+    gpus = inventory(c, project, found_nodes)
+    memory = swarm.smallest_node_memory(found_nodes)
+    if s.lab_mem_limit == "auto" and memory:
+        _step(lablimits.auto_memory_note(memory) + ", from the smallest node")
     secret = project.ensure_secret("proxy-token")
     profiles = Path(s.profiles_file)
     spec = swarm.stack_spec(s, profiles_path=profiles if profiles.is_absolute() else project.root / profiles,
-                            secret_file=secret, inventory_json=gpu_inventory.to_json(gpus))
+                            secret_file=secret, inventory_json=gpu_inventory.to_json(gpus),
+                            lab_host_memory=memory)
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
     c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)
     _step(f"deploying stack {project.name} (hub on this node)")

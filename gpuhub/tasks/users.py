@@ -2,20 +2,25 @@
 
 Passwords are asked for twice (hidden) or read from stdin with --password-stdin, and
 handed to the hub container on stdin: never on a command line or in the environment.
+deluser keeps the user's work folder unless --purge-data; adduser then refuses the same
+name until the admin either hands that folder over (--reuse-data) or deletes it.
 """
 
 from __future__ import annotations
 
 import getpass
 import json as jsonlib
+import os
 import shlex
 import sys
+from pathlib import Path
 
 from invoke import task
 
+from .. import names
 from ..accounts import MIN_PASSWORD_LENGTH, check_username
 from .project import fail, load, require_running
-from .stack import _run_usercli
+from .stack import USERCLI, _run_usercli
 
 
 def _valid_name(name: str) -> str:
@@ -41,17 +46,83 @@ def read_new_password(password_stdin: bool, stream=None, prompt=getpass.getpass)
     return password
 
 
+class WorkVolume:
+    """Compose mode: a user's work folder is a Docker volume on this host."""
+
+    def __init__(self, project, name: str):
+        self.volume = names.work_volume(project.name, name)
+        self.what = f"work volume {self.volume}"
+        self.by_hand = f"`docker volume rm {self.volume}`"
+
+    def exists(self, c) -> bool:
+        found = c.run(f"docker volume inspect {shlex.quote(self.volume)}", hide=True, warn=True,
+                      in_stream=False)
+        if found.ok:
+            return True
+        if "no such volume" in (found.stderr or "").lower():
+            return False
+        raise fail(f"could not check for a kept {self.what}: {_last_line(found)}")
+
+
+class SwarmHome:
+    """Swarm mode: a user's work folder is SWARM_HOMES/<user>, mounted on this manager too."""
+
+    def __init__(self, project, name: str):
+        self.homes = Path(project.settings.swarm_homes)
+        self.path = self.homes / names.escape_user(name)
+        self.what = f"work folder {self.path}"
+        self.by_hand = f"`sudo rm -r {self.path}`"
+
+    def exists(self, c) -> bool:
+        if not self.homes.is_dir():
+            raise fail(f"SWARM_HOMES={str(self.homes)!r} is not a folder on this node; run "
+                       "invoke on the manager that runs the hub (it mounts SWARM_HOMES)")
+        return os.path.lexists(self.path)
+
+
+def work_folder(project, name: str) -> WorkVolume | SwarmHome:
+    """Where ``name``'s work folder lives in this mode, as this host sees it."""
+    return SwarmHome(project, name) if project.swarm else WorkVolume(project, name)
+
+
+def _last_line(result) -> str:
+    lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
+    return (lines or [f"exit code {result.return_code}"])[-1][-300:]
+
+
+def _has_account(c, project, name: str) -> bool:
+    """Whether ``name`` has a password in the hub (`usercli exists`)."""
+    found = c.run(project.exec_hub(f"{USERCLI} exists {shlex.quote(name)}"), env=project.env(),
+                  hide=True, warn=True, in_stream=False)
+    if found.return_code not in (0, 3):
+        raise fail(f"could not check whether user {name!r} exists: {_last_line(found)}")
+    return found.return_code == 0
+
+
 @task(help={"name": "User name (lowercase letters, digits, _ or -, starting with a letter).",
             "admin": "Make the user a hub admin.",
-            "password-stdin": "Read the password from stdin instead of asking twice."})
-def adduser(c, name, admin=False, password_stdin=False):
+            "password-stdin": "Read the password from stdin instead of asking twice.",
+            "reuse-data": "Give the new user the work folder an earlier user of the same "
+                          "name left behind (deluser keeps it); without this, adduser "
+                          "refuses while that folder exists."})
+def adduser(c, name, admin=False, password_stdin=False, reuse_data=False):
     """Create a user who can log in at once (asks for the password twice, hidden)."""
     project = load()
     name = _valid_name(name)
     require_running(c, project)
+    # A new person must not get a deleted user's files without the admin saying so.
+    folder = work_folder(project, name)
+    kept = not _has_account(c, project, name) and folder.exists(c)
+    if kept and not reuse_data:
+        raise fail(f"{folder.what} already exists, kept from an earlier user named {name!r}: "
+                   f"give those files to the new user with `invoke adduser {name} "
+                   f"--reuse-data`, or delete them first with `invoke deluser {name} "
+                   f"--purge-data` (or {folder.by_hand})")
     password = read_new_password(password_stdin)
     flag = " --admin" if admin else ""
     print(_run_usercli(c, project, f"add {shlex.quote(name)}{flag}", stdin=password).stdout.strip())
+    if kept:
+        print(f"{name} now has the {folder.what}, left by the earlier user of that name")
 
 
 @task(help={"name": "User whose password changes.",
@@ -71,7 +142,9 @@ def passwd(c, name, password_stdin=False):
 
 
 @task(help={"name": "User to delete (their lab is stopped first).",
-            "purge-data": "Also delete the user's work folder volume (cannot be undone)."})
+            "purge-data": "Also delete the user's work folder: the Docker volume, or in swarm "
+                          "mode the folder under SWARM_HOMES (cannot be undone). Also works "
+                          "once the user is gone, on the folder deluser kept."})
 def deluser(c, name, purge_data=False):
     """Delete a user; their work folder is kept unless --purge-data."""
     project = load()

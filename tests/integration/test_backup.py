@@ -157,8 +157,10 @@ def test_a_deleted_users_work_folder_survives_backup_and_restore(stack, stack_fa
     assert (f"restoring the work folder of a deleted user into {target.project}-home-{GONE_USER}"
             in restored.stdout), restored.stdout
     target.up("--no-build")
-    # gwen comes back under her old name: her work folder is there again.
-    target.invoke("adduser", GONE_USER, "--password-stdin", stdin=GONE_PASSWORD + "\n")
+    # gwen comes back under her old name: her work folder is there again (handed to the
+    # account knowingly: adduser refuses a name whose kept folder exists without it).
+    target.invoke("adduser", GONE_USER, "--reuse-data", "--password-stdin",
+                  stdin=GONE_PASSWORD + "\n")
     gwen = start_lab(target.url, GONE_USER, GONE_PASSWORD, target.logs)
     mounts = {m["Destination"]: m
               for m in target.inspect(target.lab_container(GONE_USER))["Mounts"]}

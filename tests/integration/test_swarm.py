@@ -254,6 +254,19 @@ def test_hub_restart_keeps_the_labs(swarm, sessions):
         assert sessions[user].lab("GET", "/status").status_code == 200, user
 
 
+def test_deluser_purge_data_removes_the_folder_under_swarm_homes(swarm, sessions):
+    user = next((u for u in USERS if not swarm.tasks(u)), None)
+    if user is None:  # every lab runs: stop one, its folder stays
+        user = USERS[-1]
+        sessions[user].stop(logs=swarm.logs)
+    folder = os.path.join(swarm.stack.settings["SWARM_HOMES"], user)
+    assert os.path.isdir(folder), f"{user}'s lab ran, so its folder exists"
+    swarm.invoke("deluser", user, "--purge-data")
+    assert not os.path.exists(folder), os.listdir(swarm.stack.settings["SWARM_HOMES"])
+    # No folder left: the name is free again (adduser refuses a name whose folder was kept).
+    assert swarm.invoke("adduser", user, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+
+
 def test_node_add_prints_what_a_gpu_node_needs(swarm):
     out = swarm.invoke("node-add", "--label", "gpu=t4").stdout
     assert "docker swarm join --token SWMTKN-" in out

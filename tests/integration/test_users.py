@@ -58,8 +58,8 @@ def test_deluser_removes_login_and_purge_removes_the_work_volume(stack):
         HubUser(stack.url, "erin").login("erin-pw-12345")
     assert stack.docker("volume", "inspect", volume, check=False).returncode == 0, \
         "deluser without --purge-data must keep the work folder"
-    # Same name again, then delete with --purge-data.
-    stack.invoke("adduser", "erin", "--password-stdin", stdin="erin-pw-12345\n")
+    # Same name again (knowingly: the kept folder goes to the new erin), then --purge-data.
+    stack.invoke("adduser", "erin", "--reuse-data", "--password-stdin", stdin="erin-pw-12345\n")
     out = stack.invoke("deluser", "erin", "--purge-data")
     assert "removed work volume" in out.stdout, out.stdout
     assert stack.docker("volume", "inspect", volume, check=False).returncode != 0
@@ -184,3 +184,34 @@ def test_the_lockout_lasts_as_configured_and_then_ends(stack_factory):
     time.sleep(max(0.0, 4.5 - (time.monotonic() - locked_at)))  # the lockout itself is the subject
     HubUser(short.url, "lena").login("lena-pw-12345")
     short.teardown()
+
+
+def test_a_new_user_never_silently_gets_a_deleted_users_work_volume(stack):
+    volume = f"{stack.project}-home-fay"
+    stack.invoke("adduser", "fay", "--password-stdin", stdin="fay-pw-12345\n")
+    stack.docker("volume", "create", volume)  # as fay's first lab makes it
+    stack.invoke("deluser", "fay")
+    assert stack.docker("volume", "inspect", volume, check=False).returncode == 0
+
+    # The same name for someone new: refused before anything is created, both ways out named.
+    refused = stack.invoke("adduser", "fay", "--password-stdin", stdin="new-fay-pw-123\n",
+                           check=False)
+    _refused(refused, f"work volume {volume} already exists", "invoke adduser fay --reuse-data",
+             "invoke deluser fay --purge-data", f"docker volume rm {volume}")
+    assert "fay" not in {u["name"] for u in stack.users()}
+    assert stack.docker("volume", "inspect", volume, check=False).returncode == 0
+
+    # Knowingly: --reuse-data hands the folder over, and says so.
+    given = stack.invoke("adduser", "fay", "--reuse-data", "--password-stdin",
+                         stdin="new-fay-pw-123\n")
+    assert f"fay now has the work volume {volume}" in given.stdout, given.stdout
+    HubUser(stack.url, "fay").login("new-fay-pw-123")
+
+    # Or the other way out: delete the kept folder (the user is gone), then the name is free.
+    stack.invoke("deluser", "fay")
+    purged = stack.invoke("deluser", "fay", "--purge-data")
+    assert f"no user fay any more; removed work volume {volume}" in purged.stdout, purged.stdout
+    assert stack.docker("volume", "inspect", volume, check=False).returncode != 0
+    fresh = stack.invoke("adduser", "fay", "--password-stdin", stdin="fay-pw-67890\n")
+    assert "now has" not in fresh.stdout, fresh.stdout
+    stack.invoke("deluser", "fay", "--purge-data")

@@ -8,6 +8,7 @@ from invoke import MockContext, Result
 
 DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
 COMPOSE_VERSION = "docker compose version --short"
+DOCKER_MEMORY = "docker info --format '{{.MemTotal}}'"
 
 
 def labs_bridge_check(project: str = "gpuhub") -> str:

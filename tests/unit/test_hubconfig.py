@@ -30,6 +30,12 @@ def proxy_token(tmp_path):
     return path
 
 
+def meminfo(tmp_path, gib: int):
+    """A /proc/meminfo of a host with ``gib`` GiB (what the hub reads without invoke's word)."""
+    path = tmp_path / f"meminfo-{gib}"
+    path.write_text(f"MemTotal:       {gib * 1024 * 1024} kB\nMemFree:         1024 kB\n")
+    return path
+
 
 @pytest.fixture
 def configure(tmp_path):
@@ -37,7 +43,8 @@ def configure(tmp_path):
 
     def configure(env=None, **settings):
         c = Config()
-        apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
+        apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path,
+                     proxy_token_file=proxy_token(tmp_path), meminfo=meminfo(tmp_path, 16))
         return c
 
     return configure
@@ -104,16 +111,32 @@ def test_shared_data_dir_is_mounted_read_only(configure):
     assert len(volumes) == 2
 
 
-def test_no_resource_limits_by_default(configure):
-    c = configure()
+def test_labs_get_the_hosts_memory_less_a_reserve_and_no_cpu_quota_by_default(configure):
+    c = configure()  # the hub's own /proc/meminfo: 16 GiB
+    assert c.DockerSpawner.mem_limit == "14336M"  # 16 GiB less 2 GiB
     assert c.DockerSpawner.cpu_limit is None
-    assert c.DockerSpawner.mem_limit is None
+
+
+def test_auto_memory_follows_the_host_size_invoke_up_reports(configure):
+    c = configure(env={"GPUHUB_LAB_HOST_MEMORY": str(64 * 1024**3)})
+    assert c.DockerSpawner.mem_limit == "58982M"  # 64 GiB less 10 %
 
 
 def test_resource_limits(configure):
     c = configure(LAB_CPU_LIMIT="2.5", LAB_MEM_LIMIT="16g")
     assert c.DockerSpawner.cpu_limit == 2.5
     assert c.DockerSpawner.mem_limit == "16G"
+
+
+def test_none_means_no_limit(configure):
+    c = configure(LAB_CPU_LIMIT="none", LAB_MEM_LIMIT="none")
+    assert (c.DockerSpawner.cpu_limit, c.DockerSpawner.mem_limit) == (None, None)
+
+
+def test_auto_memory_without_any_host_size_stops_the_hub_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="LAB_MEM_LIMIT=auto, but the memory .* unknown"):
+        apply_config(Config(), validate({}), env={}, data_dir=tmp_path,
+                     proxy_token_file=proxy_token(tmp_path), meminfo=tmp_path / "no-meminfo")
 
 
 def test_spawn_timeout_default_and_override(configure):
@@ -222,7 +245,7 @@ def test_the_spawner_accepts_the_defaults(configure):
     assert spawner.gpu_inventory == ["GPU-aaa"]
     assert spawner.container_name == "gpuhub-lab-alice"
     assert spawner.network_name == "gpuhub-labs"
-    assert (spawner.cpu_limit, spawner.mem_limit) == (None, None)
+    assert (spawner.cpu_limit, spawner.mem_limit) == (None, 14336 * 1024**2)
     assert spawner.volume_binds == {"gpuhub-home-alice": {"bind": f"{LAB_HOME}/work", "mode": "rw"}}
 
 
@@ -232,6 +255,16 @@ def test_the_spawner_accepts_limits_and_shared_data(configure):
     assert spawner.cpu_limit == 0.5
     assert spawner.mem_limit == 1536 * 1024**2
     assert spawner.volume_binds["/srv/data"] == {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
+
+
+def test_a_profiles_own_limits_win_over_auto(configure):
+    from gpuhub.profiles import Profile
+
+    spawner = spawner_for(configure())
+    spawner.apply_profile(Profile(slug="big", display_name="Big", mem_limit="64G", cpu_limit=8.0))
+    assert (spawner.mem_limit, spawner.cpu_limit) == (64 * 1024**3, 8.0)
+    spawner.apply_profile(Profile(slug="cpu", display_name="CPU"))
+    assert (spawner.mem_limit, spawner.cpu_limit) == (14336 * 1024**2, None)
 
 
 def test_a_missing_proxy_token_stops_the_hub_with_the_fix(tmp_path):

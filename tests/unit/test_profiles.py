@@ -78,6 +78,10 @@ BAD_FIELDS = [
     ("cpu_limit: .inf", ["cpu_limit", "inf"]),
     ("mem_limit: lots", ["mem_limit", "'lots'"]),
     ("mem_limit: 8 GB", ["mem_limit", "'8 GB'"]),
+    # Passed here once, then failed at spawn time (issue 16): the unit is required.
+    ("mem_limit: 1073741824", ["mem_limit needs a unit", "512M or 16G", "1073741824"]),
+    ("mem_limit: '16'", ["mem_limit needs a unit", "'16'"]),
+    ("mem_limit: 1M", ["mem_limit must be at least 6M", "'1M'"]),
     ("slug: Big GPU", ["slug", "'Big GPU'"]),
     ("slug: -gpu", ["slug", "'-gpu'"]),
     ("image: ''", ["image", "''"]),
@@ -87,6 +91,22 @@ BAD_FIELDS = [
     ("gpu: 1", ["unknown field(s) ['gpu']", "Maybe misspelled?"]),
     ("memory: 8G", ["unknown field(s) ['memory']", "mem_limit"]),
 ]
+
+
+@pytest.mark.parametrize("size", ["16g", "1.5G", "512M", "6M", "1T", "16", "1073741824", "8GB",
+                                  "0G", "5M", "lots", "-1G", ""])
+def test_a_memory_size_passes_in_profiles_exactly_when_it_passes_in_the_settings(size):
+    from gpuhub.settings import SettingsError, validate
+
+    try:
+        in_settings = validate({"LAB_MEM_LIMIT": size}).lab_mem_limit
+    except SettingsError:
+        in_settings = None
+    try:
+        in_profile = profiles(f"- {{display_name: A, mem_limit: '{size}'}}").profiles[0].mem_limit
+    except ProfileError:
+        in_profile = None
+    assert in_profile == in_settings
 
 
 @pytest.mark.parametrize("field, named", BAD_FIELDS, ids=[f for f, _ in BAD_FIELDS])

@@ -11,7 +11,8 @@ from gpuhub.settings import SETTINGS, SettingsError, read_env_file, validate
 ROOT = Path(__file__).resolve().parents[2]
 
 # Variables compose interpolates that are not user settings: `invoke up` sets them.
-COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY", "GPUHUB_LABS_BRIDGE"}
+COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY", "GPUHUB_LABS_BRIDGE",
+                "GPUHUB_LAB_HOST_MEMORY"}
 
 
 def problem_for(env: dict) -> str:
@@ -27,8 +28,8 @@ def test_defaults_validate():
     assert s.hub_port == 8000
     assert s.admin_users == ("admin",)
     assert s.idle_timeout == 3600
-    assert s.lab_cpu_limit is None
-    assert s.lab_mem_limit is None
+    assert s.lab_cpu_limit == "auto"
+    assert s.lab_mem_limit == "auto"
     assert s.gpu_devices == "auto"
     assert s.database_url == ""
     assert s.docker_socket_proxy is True and s.lab_firewall is True
@@ -39,7 +40,7 @@ def test_raw_env_round_trips_through_validate():
     raw = validate({"ADMIN_USERS": "alice, bob", "LAB_CPU_LIMIT": "2"}).raw_env()
     assert raw["ADMIN_USERS"] == "alice,bob"
     assert raw["LAB_CPU_LIMIT"] == "2.0"
-    assert raw["LAB_MEM_LIMIT"] == ""
+    assert raw["LAB_MEM_LIMIT"] == "auto"
     assert validate(raw).raw_env() == raw
 
 
@@ -62,11 +63,16 @@ def test_unknown_attribute_is_an_attribute_error():
     ("IDLE_TIMEOUT", "-5", "0 or more seconds"),
     ("SPAWN_TIMEOUT", "0", "at least 1 second"),
     ("LOG_LEVEL", "VERBOSE", "DEBUG, INFO, WARNING or ERROR"),
-    ("LAB_CPU_LIMIT", "two", "number of CPUs such as 2 or 0.5"),
-    ("LAB_CPU_LIMIT", "0", "more than 0"),
-    ("LAB_MEM_LIMIT", "8GB", "size such as 512M or 8G"),
-    ("LAB_MEM_LIMIT", "0G", "size such as 512M or 8G"),
-    ("LAB_MEM_LIMIT", "1073741824", "size such as 512M or 8G"),
+    ("LAB_CPU_LIMIT", "two", "auto, none (both: no quota) or a number of CPUs above 0"),
+    ("LAB_CPU_LIMIT", "0", "a number of CPUs above 0"),
+    ("LAB_CPU_LIMIT", "nan", "a number of CPUs above 0"),
+    # Empty no longer means "no limit": that is written none.
+    ("LAB_CPU_LIMIT", "", "auto, none (both: no quota)"),
+    ("LAB_MEM_LIMIT", "", "auto (the host's memory less a reserve), none (no limit) or a size"),
+    ("LAB_MEM_LIMIT", "8GB", "none (no limit) or a size such as 512M or 16G"),
+    ("LAB_MEM_LIMIT", "0G", "at least 6M"),
+    ("LAB_MEM_LIMIT", "4K", "at least 6M"),
+    ("LAB_MEM_LIMIT", "1073741824", "needs a unit: must be auto"),
     ("SHARED_DATA_DIR", "data/shared", "absolute path on the host"),
     ("EXTRA_CA_CERTS", "ca.pem", "absolute path on the host"),
     ("DATABASE_URL", "mysql://hub@db/hub", "sqlite:// or postgresql://"),
@@ -106,6 +112,10 @@ def test_every_problem_is_reported_at_once():
     ("IDLE_TIMEOUT", "0", 0),
     ("LOG_LEVEL", "debug", "DEBUG"),
     ("LAB_CPU_LIMIT", "0.5", 0.5),
+    ("LAB_CPU_LIMIT", "AUTO", "auto"),
+    ("LAB_CPU_LIMIT", "none", "none"),
+    ("LAB_MEM_LIMIT", "Auto", "auto"),
+    ("LAB_MEM_LIMIT", "NONE", "none"),
     ("LAB_MEM_LIMIT", "512m", "512M"),
     ("LAB_MEM_LIMIT", "1.5G", "1.5G"),
     ("SHARED_DATA_DIR", "/srv/datasets", "/srv/datasets"),
@@ -224,7 +234,7 @@ def test_markdown_table_has_a_row_per_setting():
     rows = settings.markdown_table().splitlines()
     assert len(rows) == 2 + len(SETTINGS)
     assert "| `HUB_PORT` | `8000` |" in settings.markdown_table()
-    assert "| `LAB_MEM_LIMIT` | (empty) |" in settings.markdown_table()
+    assert "| `LAB_MEM_LIMIT` | `auto` |" in settings.markdown_table()
 
 
 COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?-)?(?P<default>[^}]*)\}")

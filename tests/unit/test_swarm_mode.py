@@ -179,12 +179,13 @@ def test_profile_placement_is_validated():
         Profiles.from_yaml("- {display_name: A100, placement: ['gpu == a100']}")
 
 
-def make_swarm_spawner(tmp_path, **settings) -> GpuSwarmSpawner:
+def make_swarm_spawner(tmp_path, env=None, **settings) -> GpuSwarmSpawner:
     c = Config()
     token = tmp_path / "proxy_auth_token"
     token.write_text("x\n")
     inventory = to_json([Gpu(f"n/{i}", u) for i, u in enumerate(UUIDS)])
-    apply_config(c, validate({**SWARM, **settings}), env={"GPUHUB_GPU_INVENTORY": inventory},
+    apply_config(c, validate({**SWARM, **settings}),
+                 env={"GPUHUB_GPU_INVENTORY": inventory, **(env or {})},
                  data_dir=tmp_path, proxy_token_file=token)
     assert c.JupyterHub.spawner_class == "gpuhub.swarmspawner.GpuSwarmSpawner"
     user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None, groups=[])
@@ -217,6 +218,29 @@ def test_lab_service_spec(tmp_path):
         ("/srv/nfs/homes/alice", "/home/jovyan/work", "bind")]
     env = dict(e.split("=", 1) for e in task["ContainerSpec"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def _node(memory: int, availability: str = "active") -> dict:
+    return {"Description": {"Resources": {"MemoryBytes": memory}},
+            "Spec": {"Availability": availability}}
+
+
+def test_auto_memory_fits_the_smallest_node_a_lab_may_land_on(tmp_path):
+    gib = 1024 ** 3
+    nodes = [_node(256 * gib), _node(32 * gib), _node(8 * gib, "drain"), {}]
+    assert swarm.smallest_node_memory(nodes) == 32 * gib
+    assert swarm.smallest_node_memory([_node(8 * gib, "drain")]) == 0
+    secret = tmp_path / "token"
+    secret.write_text("t0k3n\n")
+    spec = swarm.stack_spec(validate(SWARM), profiles_path=tmp_path / "p.yaml",
+                            secret_file=secret, inventory_json="[]",
+                            lab_host_memory=32 * gib)
+    env = spec["services"]["hub"]["environment"]
+    assert env["GPUHUB_LAB_HOST_MEMORY"] == str(32 * gib)
+    # The hub on the manager (256 GiB) then limits every lab to what the 32 GiB node has.
+    spawner = make_swarm_spawner(tmp_path, env={"GPUHUB_LAB_HOST_MEMORY": str(32 * gib)})
+    assert spawner.service_specs()["task_template"]["Resources"]["Limits"]["MemoryBytes"] == (
+        int(32 * gib * 0.9) // 1024 ** 2 * 1024 ** 2)
 
 
 def test_labs_do_not_queue_for_the_hubs_cores_in_swarm_mode(tmp_path):

@@ -13,6 +13,7 @@ from invoke import Exit, MockContext, Result
 from support.mock_docker import (
     COMPOSE_VERSION,
     DOCKER_INFO,
+    DOCKER_MEMORY,
     commands,
     docker_context,
     labs_bridge_check,
@@ -21,6 +22,7 @@ from support.mock_docker import (
 
 import tasks as tasks_py
 from gpuhub.gpus import Gpu
+from gpuhub.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import stack, users
 
@@ -146,16 +148,17 @@ def test_a_long_project_name_gets_a_bridge_name_that_fits(env_file):
 # --- build ------------------------------------------------------------------------
 
 def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: str = "") -> str:
-    return ("docker build --build-arg JUPYTERHUB_VERSION=5.4.4 " + extra +
+    return (f"docker build --build-arg JUPYTERHUB_VERSION={DEFAULT_JUPYTERHUB_VERSION} " + extra +
             f"--build-arg BASE_IMAGE={base} -f {ROOT / dockerfile_dir / 'Dockerfile'} "
             f"-t {tag} {context_dir}")
 
 
-HUB_BASE = "quay.io/jupyterhub/jupyterhub:5.4.4"
-LAB_BASE = "quay.io/jupyter/tensorflow-notebook:cuda-2026-04-27"
+# The defaults' versions live in one place (gpuhub/constraints.txt, settings.py).
+HUB_BASE = f"quay.io/jupyterhub/jupyterhub:{DEFAULT_JUPYTERHUB_VERSION}"
+LAB_BASE = BY_NAME["LAB_BASE_IMAGE"].default
 DEBIAN_BASE = "debian:bookworm-20251229-slim"
 HUB = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
-LAB = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT / "jupyterlab")
+LAB = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT)
 DOCKER_PROXY = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
                 f"-f {ROOT / 'jupyterhub' / 'docker-proxy' / 'Dockerfile'} "
                 f"-t gpuhub-docker-proxy:latest {ROOT}")
@@ -190,7 +193,7 @@ def test_build_passes_extra_ca_certs_as_a_buildkit_secret(env_file):
     stack.build(c, hub=False, no_cache=True)
     secret = "--secret id=extra_ca_certs,src=/etc/ssl/corp-ca.pem --no-cache "
     assert commands(c)[2:] == [
-        build_command("jupyterlab", LAB_BASE, "lab:dev", ROOT / "jupyterlab", extra=secret)]
+        build_command("jupyterlab", LAB_BASE, "lab:dev", ROOT, extra=secret)]
 
 
 def test_build_failure_is_one_line(env_file):
@@ -229,21 +232,42 @@ def test_missing_compose_plugin_is_one_line(env_file):
 def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, capsys):
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
     exists = compose(path, f"exec -T hub {USERCLI} exists admin")
-    c = context((exists, Result()), running=False)
+    c = context((exists, Result()), (DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")), running=False)
     stack.up(c)
     up = compose(path, "up -d --wait --wait-timeout 180")
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
-        labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, up, exists,
+        labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, DOCKER_MEMORY, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
+    # LAB_MEM_LIMIT=auto: the hub is told the Docker host's size, and the admin what it means.
+    assert env["GPUHUB_LAB_HOST_MEMORY"] == str(16 * 1024**3)
+    assert env["LAB_MEM_LIMIT"] == "auto"
     assert json.loads(env["GPUHUB_GPU_INVENTORY"]) == [
         {"index": "0", "uuid": "GPU-aaa", "name": "NVIDIA GPU", "memory_mib": 0}]
     assert env["HUB_PORT"] == str(free_port)
-    assert capsys.readouterr().out.endswith(
-        f"gpuhub is up: http://127.0.0.1:{free_port}/  (1 GPU (1× NVIDIA GPU))\n")
+    out = capsys.readouterr().out
+    assert ("==> labs may use up to 14336M of memory each (LAB_MEM_LIMIT=auto: 16.0 GiB "
+            "less a reserve for the system and the hub)\n") in out
+    assert out.endswith(f"gpuhub is up: http://127.0.0.1:{free_port}/  (1 GPU (1× NVIDIA GPU))\n")
+
+
+@pytest.mark.parametrize(("settings", "answer", "passed", "noted"), [
+    ({}, Result(stderr="permission denied", exited=1), "", False),  # the hub reads its own
+    ({}, Result("<no value>\n"), "", False),
+    ({"LAB_MEM_LIMIT": "8G"}, Result(f"{4 * 1024**3}\n"), str(4 * 1024**3), False),
+    ({"LAB_MEM_LIMIT": "auto"}, Result(f"{4 * 1024**3}\n"), str(4 * 1024**3), True),
+])
+def test_up_hands_the_hub_the_docker_hosts_memory(env_file, free_port, no_gpu_detection, capsys,
+                                                  settings, answer, passed, noted):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="", **settings)
+    c = context((DOCKER_MEMORY, answer), running=False)
+    stack.up(c, build=False)
+    env = call_for(c, compose(path, "up -d --wait --wait-timeout 180")).kwargs["env"]
+    assert env["GPUHUB_LAB_HOST_MEMORY"] == passed
+    assert ("labs may use up to 2048M of memory each" in capsys.readouterr().out) is noted
 
 
 def test_up_no_build_and_timeout(env_file, free_port, no_gpu_detection):
@@ -382,7 +406,7 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
           "up -d --wait --wait-timeout 180")
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
-                               remove_firewall_rules(), up]
+                               remove_firewall_rules(), DOCKER_MEMORY, up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 
@@ -502,7 +526,7 @@ def test_adduser_empty_password_on_stdin_is_refused(env_file, monkeypatch):
     with pytest.raises(Exit) as info:
         users.adduser(c, "alice", password_stdin=True)
     assert_one_line_error(info, "the password is empty")
-    assert not [cmd for cmd in commands(c) if USERCLI in cmd]
+    assert not [cmd for cmd in commands(c) if f"{USERCLI} add" in cmd]
 
 
 def test_adduser_without_a_terminal_asks_for_password_stdin(env_file, monkeypatch):
@@ -529,6 +553,118 @@ def test_adduser_needs_a_running_hub(env_file, monkeypatch):
     with pytest.raises(Exit) as info:
         users.adduser(c, "alice", password_stdin=True)
     assert_one_line_error(info, "the hub of project 'gpuhub' is not running", "invoke up")
+
+
+VOLUME_INSPECT = "docker volume inspect gpuhub-home-alice"
+
+
+def test_adduser_refuses_a_name_whose_work_volume_was_kept(env_file, monkeypatch):
+    path = env_file()
+    stdin = io.StringIO("correct horse 42\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    c = context((usercli(path, "exists alice"), Result(exited=3)),
+                (VOLUME_INSPECT, Result('[{"Name": "gpuhub-home-alice"}]\n')))
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert_one_line_error(
+        info, "work volume gpuhub-home-alice already exists, kept from an earlier user named "
+              "'alice'", "`invoke adduser alice --reuse-data`",
+        "`invoke deluser alice --purge-data`", "`docker volume rm gpuhub-home-alice`")
+    assert not [cmd for cmd in commands(c) if f"{USERCLI} add" in cmd], "nothing is created"
+    assert stdin.tell() == 0, "refused before asking for a password"
+
+
+def test_adduser_reuse_data_gives_the_kept_volume_knowingly(env_file, monkeypatch, capsys):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    add = usercli(path, "add alice")
+    c = context((usercli(path, "exists alice"), Result(exited=3)), (VOLUME_INSPECT, Result("[]\n")),
+                (add, Result("created user alice\n")))
+    users.adduser(c, "alice", password_stdin=True, reuse_data=True)
+    assert commands(c)[-1] == add
+    assert capsys.readouterr().out == (
+        "created user alice\n"
+        "alice now has the work volume gpuhub-home-alice, left by the earlier user of that name\n")
+
+
+def test_adduser_of_a_new_name_checks_its_escaped_volume_and_goes_on(env_file, monkeypatch, capsys):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    add = usercli(path, "add ann-lee")
+    inspect = "docker volume inspect gpuhub-home-ann-2dlee"
+    c = context((usercli(path, "exists ann-lee"), Result(exited=3)),
+                (inspect, Result(stderr="Error response from daemon: get gpuhub-home-ann-2dlee: "
+                                        "no such volume\n", exited=1)),
+                (add, Result("created user ann-lee\n")))
+    users.adduser(c, "ann-lee", password_stdin=True)
+    assert commands(c)[-3:] == [usercli(path, "exists ann-lee"), inspect, add]
+    assert capsys.readouterr().out == "created user ann-lee\n"
+
+
+def test_adduser_of_an_existing_user_leaves_the_refusal_to_the_hub(env_file, monkeypatch):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    c = context((usercli(path, "exists alice"), Result()),
+                (usercli(path, "add alice"), Result(stderr="error: user 'alice' already exists\n",
+                                                    exited=2)))
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert info.value.message == "error: user 'alice' already exists"
+    assert VOLUME_INSPECT not in commands(c), "alice's own volume is no earlier user's"
+
+
+@pytest.mark.parametrize(("exists", "inspect", "says"), [
+    (Result(stderr="Traceback...\nrequests.ConnectionError: hub down\n", exited=1), None,
+     "could not check whether user 'alice' exists: requests.ConnectionError: hub down"),
+    (Result(exited=3), Result(stderr="permission denied while trying to connect\n", exited=1),
+     "could not check for a kept work volume gpuhub-home-alice: permission denied"),
+])
+def test_adduser_that_cannot_check_refuses(env_file, monkeypatch, exists, inspect, says):
+    path = env_file()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    pairs = [(usercli(path, "exists alice"), exists)] + ([(VOLUME_INSPECT, inspect)] if inspect is not None else [])
+    c = context(*pairs)
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "alice", password_stdin=True)
+    assert_one_line_error(info, says)
+    assert not [cmd for cmd in commands(c) if f"{USERCLI} add" in cmd]
+
+
+SWARM_SETTINGS = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000"}
+
+
+def swarm_context(path, *pairs):
+    """A manager whose hub runs (swarm mode), answering ``pairs``."""
+    project = project_mod.load(environ={"GPUHUB_ENV_FILE": str(path)})
+    running = (project.hub_container(), Result("f00d\n"))
+    return project, context(running, *[(project.exec_hub(f"{USERCLI} {args}"), result)
+                                       for args, result in pairs])
+
+
+def test_swarm_adduser_refuses_a_name_whose_folder_under_swarm_homes_was_kept(
+        env_file, tmp_path, monkeypatch):
+    homes = tmp_path / "homes"
+    (homes / "ann-2dlee").mkdir(parents=True)
+    path = env_file(SWARM_HOMES=str(homes), **SWARM_SETTINGS)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    _, c = swarm_context(path, ("exists ann-lee", Result(exited=3)))
+    with pytest.raises(Exit) as info:
+        users.adduser(c, "ann-lee", password_stdin=True)
+    assert_one_line_error(info, f"work folder {homes}/ann-2dlee already exists", "--reuse-data",
+                          "`invoke deluser ann-lee --purge-data`", f"`sudo rm -r {homes}/ann-2dlee`")
+    assert not [cmd for cmd in commands(c) if "volume" in cmd or f"{USERCLI} add" in cmd]
+
+
+def test_swarm_adduser_of_a_new_name_goes_on(env_file, tmp_path, monkeypatch, capsys):
+    homes = tmp_path / "homes"
+    (homes / "bob").mkdir(parents=True)
+    path = env_file(SWARM_HOMES=str(homes), **SWARM_SETTINGS)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
+    project, c = swarm_context(path, ("exists ann-lee", Result(exited=3)),
+                               ("add ann-lee", Result("created user ann-lee\n")))
+    users.adduser(c, "ann-lee", password_stdin=True)
+    assert commands(c)[-1] == project.exec_hub(f"{USERCLI} add ann-lee")
+    assert capsys.readouterr().out == "created user ann-lee\n"
 
 
 def test_passwd_refuses_an_unknown_user_before_reading_a_password(env_file, monkeypatch):

@@ -239,11 +239,6 @@ def test_delete_a_password_without_a_hub_user(hub):
     assert not [c for c in hub.calls if c[0] == "DELETE"]
 
 
-def test_delete_purge_data_removes_the_volume(hub, monkeypatch):
-    usercli.add(hub, "alice", GOOD, admin=False)
-    monkeypatch.setattr(usercli, "purge_volume", lambda name: f"removed work volume gpuhub-home-{name}")
-    assert usercli.delete(hub, "alice", purge_data=True) == (
-        "deleted user alice; removed work volume gpuhub-home-alice")
 
 
 def test_delete_unknown_user_is_refused(hub, monkeypatch, capsys):
@@ -296,3 +291,136 @@ def test_add_through_main_reads_the_password_from_stdin(hub, monkeypatch, capsys
     ("pass word \n", "pass word "), ("no newline", "no newline"), ("\n", ""), ("", "")])
 def test_read_password_drops_only_the_newline(line, password):
     assert usercli.read_password(io.StringIO(line)) == password
+
+
+# --- the work folder: kept by deluser, removed by --purge-data ----------------------
+
+class FakeVolumes:
+    """docker.from_env().volumes for a daemon that has ``names``; ``busy`` ones are in use."""
+
+    def __init__(self, names):
+        self.names = set(names)
+        self.busy: set[str] = set()
+
+    def get(self, name):
+        import docker
+
+        if name not in self.names:
+            raise docker.errors.NotFound(f"get {name}: no such volume")
+
+        def remove(_):
+            if name in self.busy:
+                raise docker.errors.APIError("409", explanation="volume is in use - [f00d]")
+            self.names.discard(name)
+
+        return type("Volume", (), {"remove": remove})()
+
+
+@pytest.fixture
+def volumes(monkeypatch):
+    import docker
+
+    found = FakeVolumes({"gpuhub-home-alice", "gpuhub-home-ann-2dlee", "gpuhub-home-bob"})
+    monkeypatch.setattr(docker, "from_env", lambda: type("Client", (), {"volumes": found})())
+    return found
+
+
+def test_delete_purge_data_removes_the_work_volume(hub, volumes):
+    for name in ("alice", "ann-lee"):
+        usercli.add(hub, name, GOOD, admin=False)
+    assert usercli.delete(hub, "ann-lee", purge_data=True) == (
+        "deleted user ann-lee; removed work volume gpuhub-home-ann-2dlee")
+    assert usercli.delete(hub, "alice", purge_data=False) == (
+        "deleted user alice; work folder kept (delete it with --purge-data)")
+    assert volumes.names == {"gpuhub-home-alice", "gpuhub-home-bob"}
+
+
+def test_purge_data_removes_what_an_already_deleted_user_left(hub, volumes, monkeypatch, capsys):
+    usercli.add(hub, "alice", GOOD, admin=False)
+    usercli.delete(hub, "alice", purge_data=False)
+    # `invoke adduser alice` names this as one way out: it must work with the user gone.
+    assert usercli.delete(hub, "alice", purge_data=True) == (
+        "no user alice any more; removed work volume gpuhub-home-alice")
+    assert "gpuhub-home-alice" not in volumes.names
+    code, _, err = run_main(hub, monkeypatch, capsys, ["delete", "alice", "--purge-data"])
+    assert (code, err) == (2, "error: no user 'alice'; see `invoke users`\n")
+
+
+SWARM_ENV = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000", "SWARM_HOMES": "/srv/nfs/homes"}
+
+
+@pytest.fixture
+def homes(tmp_path, monkeypatch):
+    """Swarm mode: SWARM_HOMES as the hub has it mounted (HOMES_MOUNT), with alice's folder."""
+    for key, value in SWARM_ENV.items():
+        monkeypatch.setenv(key, value)
+    mount = tmp_path / "homes"
+    (mount / "alice" / "notebooks").mkdir(parents=True)
+    (mount / "alice" / "notebooks" / "thesis.ipynb").write_text("{}")
+    (mount / "bob").mkdir()
+    monkeypatch.setattr(usercli, "HOMES_MOUNT", str(mount))
+    return mount
+
+
+def test_swarm_purge_data_removes_the_folder_under_swarm_homes(hub, homes):
+    usercli.add(hub, "alice", GOOD, admin=False)
+    assert usercli.delete(hub, "alice", purge_data=True) == (
+        "deleted user alice; removed work folder /srv/nfs/homes/alice")
+    assert sorted(p.name for p in homes.iterdir()) == ["bob"]
+
+
+def test_swarm_purge_data_follows_no_link_out_of_the_folder(hub, homes, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious").write_text("not alice's")
+    (homes / "alice" / "link-to-elsewhere").symlink_to(outside)
+    (homes / "ann-2dlee").symlink_to(outside)  # the user's folder itself is a link
+    for name in ("alice", "ann-lee"):
+        usercli.add(hub, name, GOOD, admin=False)
+    usercli.delete(hub, "alice", purge_data=True)
+    assert usercli.delete(hub, "ann-lee", purge_data=True).endswith(
+        "removed the link /srv/nfs/homes/ann-2dlee (not what it points to)")
+    assert (outside / "precious").read_text() == "not alice's"
+    assert sorted(p.name for p in homes.iterdir()) == ["bob"]
+
+
+def test_swarm_purge_data_that_fails_says_what_is_left_in_one_line(hub, homes, monkeypatch, capsys):
+    import shutil
+
+    usercli.add(hub, "alice", GOOD, admin=False)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", f"{path}/notebooks/thesis.ipynb")
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    monkeypatch.setattr(refuse, "avoids_symlink_attacks", True, raising=False)
+    code, out, err = run_main(hub, monkeypatch, capsys, ["delete", "alice", "--purge-data"])
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith("error: deleted user alice, but the work folder /srv/nfs/homes/alice "
+                          "could not be removed (Permission denied: ")
+    assert err.endswith("; remove it on a node that mounts SWARM_HOMES: "
+                        "sudo rm -r -- /srv/nfs/homes/alice\n")
+    assert "alice" not in hub.users
+
+
+def test_swarm_purge_without_the_homes_mounted_says_so(hub, homes, monkeypatch):
+    usercli.add(hub, "alice", GOOD, admin=False)
+    monkeypatch.setattr(usercli, "HOMES_MOUNT", str(homes / "not-mounted"))
+    with pytest.raises(usercli.Unfinished, match="SWARM_HOMES is not mounted in the hub"):
+        usercli.delete(hub, "alice", purge_data=True)
+
+
+def test_swarm_purge_of_a_user_without_a_folder(hub, homes):
+    usercli.add(hub, "carl", GOOD, admin=False)
+    assert usercli.delete(hub, "carl", purge_data=True) == (
+        "deleted user carl; no work folder /srv/nfs/homes/carl to remove")
+
+
+def test_a_volume_still_in_use_is_one_line_saying_what_is_left(hub, volumes, monkeypatch, capsys):
+    volumes.busy.add("gpuhub-home-alice")
+    usercli.add(hub, "alice", GOOD, admin=False)
+    code, _, err = run_main(hub, monkeypatch, capsys, ["delete", "alice", "--purge-data"])
+    assert (code, err) == (1, "error: deleted user alice, but the work volume gpuhub-home-alice "
+                              "could not be removed (volume is in use - [f00d]); remove it with "
+                              "`docker volume rm gpuhub-home-alice` once no container uses it\n")

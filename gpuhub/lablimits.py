@@ -1,0 +1,114 @@
+"""How much memory and CPU one lab may use: the one memory-size parser, and what ``auto`` is.
+
+LAB_MEM_LIMIT, LAB_CPU_LIMIT and a profile's ``mem_limit`` are read here, so a size that
+passes in the settings passes in profiles.yaml too, and one that would fail at spawn
+time fails at start-up instead.
+
+``auto`` (the default of both settings):
+
+- memory: the memory of the machine labs run on, less a reserve of 2 GiB or 10 %,
+  whichever is more (at most half of it), for the system, Docker, the hub and its
+  proxies. Memory cannot be shared back: without a limit, one lab that takes it all
+  makes the kernel's OOM killer choose a victim anywhere on the host, another user's
+  lab or the hub. With it, the lab that goes over its limit is the one that loses a
+  process. Several labs together may still use more than the host has: the limit
+  stops one lab, not all of them.
+- CPU: no quota. CPU time is shared back at once: when labs compete, the kernel gives
+  each the same share, and the hub, proxy and broker run with four times the weight
+  (``cpu_shares`` in docker-compose.yml). A quota would leave idle cores unused and
+  throttle multi-threaded work even on an idle host.
+
+`invoke up` reports the machine's memory as Docker sees it (``GPUHUB_LAB_HOST_MEMORY``;
+in swarm mode the smallest node's); without it the hub reads its own ``/proc/meminfo``,
+which inside a container on Linux is the host's (not so when Docker itself runs in an
+LXC container with LXCFS, which is why the host's word comes first).
+
+Only the standard library: the Docker broker's image imports the settings and profiles.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+SIZE_EXAMPLE = "a size such as 512M or 16G (K, M, G, T are powers of 1024)"
+# Docker refuses a container memory limit below 6 MiB.
+DOCKER_MIN_MEMORY = 6 * UNITS["M"]
+RESERVE_MIN = 2 * UNITS["G"]
+RESERVE_SHARE = 0.10
+HOST_MEMORY_ENV = "GPUHUB_LAB_HOST_MEMORY"  # bytes; set by `invoke up`
+MEMINFO = Path("/proc/meminfo")
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT])", re.IGNORECASE)
+
+
+def parse_memory(raw: object, others: str = "") -> str:
+    """A memory size as Docker and DockerSpawner read it (``16G``); ValueError says the fix.
+
+    The unit is required: DockerSpawner takes a bare number in a string for a broken
+    size (and fails at spawn time), and ``mem_limit: 16`` meant as gigabytes would be
+    16 bytes. ``others`` names the other values the caller accepts, for the message.
+    """
+    text = str(raw).strip()
+    expected = f"{others} or {SIZE_EXAMPLE}" if others else SIZE_EXAMPLE
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(("needs a unit: " if text.isdigit() else "") + f"must be {expected}")
+    if float(match[1]) * UNITS[match[2].upper()] < DOCKER_MIN_MEMORY:
+        raise ValueError("must be at least 6M (the smallest memory limit Docker accepts)")
+    return text.upper()
+
+
+def memory_bytes(size: str) -> int:
+    """Bytes of a size :func:`parse_memory` accepted, as DockerSpawner counts them."""
+    return int(float(size[:-1]) * UNITS[size[-1].upper()])
+
+
+def auto_memory(host_bytes: int) -> str:
+    """LAB_MEM_LIMIT=auto on a machine with ``host_bytes`` of memory, in whole MiB."""
+    reserve = min(max(RESERVE_MIN, int(host_bytes * RESERVE_SHARE)), host_bytes // 2)
+    return f"{max(host_bytes - reserve, DOCKER_MIN_MEMORY) // UNITS['M']}M"
+
+
+def auto_memory_note(host_bytes: int) -> str:
+    """What `invoke up` says LAB_MEM_LIMIT=auto comes to."""
+    return (f"labs may use up to {auto_memory(host_bytes)} of memory each (LAB_MEM_LIMIT=auto: "
+            f"{host_bytes / UNITS['G']:.1f} GiB less a reserve for the system and the hub)")
+
+
+def lab_memory(setting: str, host_bytes: int) -> str | None:
+    """The memory limit labs get for LAB_MEM_LIMIT (auto, none or a size); None: no limit."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return setting
+    if host_bytes <= 0:
+        raise ValueError("LAB_MEM_LIMIT=auto, but the memory of the machine labs run on is "
+                         "unknown (no GPUHUB_LAB_HOST_MEMORY from `invoke up`, no "
+                         "/proc/meminfo): start the stack with `invoke up`, or set "
+                         "LAB_MEM_LIMIT to a size such as 16G")
+    return auto_memory(host_bytes)
+
+
+def lab_cpus(setting: str | float) -> float | None:
+    """The CPU limit labs get for LAB_CPU_LIMIT (auto, none or a number); None: no quota."""
+    return None if setting in ("auto", "none") else float(setting)
+
+
+def meminfo_total(text: str) -> int:
+    """MemTotal of a ``/proc/meminfo`` text, in bytes (0 if it has none)."""
+    found = re.search(r"^MemTotal:\s+(\d+)\s+kB$", text, re.MULTILINE)
+    return int(found[1]) * 1024 if found else 0
+
+
+def host_memory(env: Mapping[str, str], meminfo: Path = MEMINFO) -> int:
+    """Bytes of memory of the labs' machine: as `invoke up` gave it, else this kernel's."""
+    given = (env.get(HOST_MEMORY_ENV) or "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        return meminfo_total(Path(meminfo).read_text())
+    except OSError:
+        return 0

@@ -1,0 +1,260 @@
+"""Lab memory limits on a real stack: a lab over its limit is the one that loses, alone.
+
+Docker gives each lab its own memory cgroup. When a lab goes over its limit, the kernel's
+OOM killer chooses inside that lab only, normally its biggest process: the Python kernel
+that allocated. The lab's server keeps running and restarts the kernel (JupyterLab then
+says the kernel died). Only when the server itself is chosen does the whole lab stop.
+The facts are read where Docker records them (``docker inspect``, ``docker events``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+import websocket
+from support.hub import HubUser, _execute_request
+from support.wait import wait_until
+
+from gpuhub import lablimits
+
+SPAWN_TIMEOUT = 180
+LIMIT = "512M"
+LIMIT_BYTES = 512 * 1024 ** 2
+PROFILES = "- {display_name: CPU only, slug: cpu, gpus: 0}\n"
+# Four times the limit, in pages that are really written: more than the limit plus the
+# swap Docker allows a lab by default (as much again as its memory, if the host has swap).
+ALLOCATE = ("chunks = []\n"
+            "for _ in range(64):\n"
+            "    chunks.append(b'\\x01' * (32 * 1024 * 1024))\n"
+            "print('allocated', len(chunks))\n")
+CGROUP_OOM_KILLS = """
+import os
+v2 = '/sys/fs/cgroup/memory.events'
+v1 = '/sys/fs/cgroup/memory/memory.oom_control'
+text = open(v2 if os.path.exists(v2) else v1).read()
+print(dict(line.split() for line in text.splitlines()).get('oom_kill', '?'), os.environ['MEM_LIMIT'])
+"""
+
+
+class Kernel:
+    """One kernel in a user's lab, held open over its websocket the way JupyterLab does."""
+
+    def __init__(self, user: HubUser):
+        self.user = user
+        resp = user.lab("POST", "/kernels", json={"name": "python3"})
+        assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
+        self.id = resp.json()["id"]
+        url = user.base.replace("http", "ws", 1) + f"/user/{user.name}/api/kernels/{self.id}/channels"
+        self.ws = websocket.create_connection(url, header=[f"Authorization: token {user.token}"],
+                                              timeout=5)
+
+    def run(self, code: str, timeout: float = 120) -> dict:
+        """Execute ``code``; return its output, and how it ended: "idle" (the cell finished),
+        "restarting"/"dead" (the server says the kernel died), "closed" (the lab is gone)."""
+        request = _execute_request(code)
+        self.ws.send(json.dumps(request))
+        out, error = [], None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+                return {"end": "closed", "out": "".join(out), "error": error}
+            kind, content = msg["header"]["msg_type"], msg.get("content", {})
+            state = content.get("execution_state") if kind == "status" else None
+            if state in ("restarting", "dead"):  # sent to every client, with no parent
+                return {"end": state, "out": "".join(out), "error": error}
+            if msg.get("parent_header", {}).get("msg_id") != request["header"]["msg_id"]:
+                continue
+            if kind == "stream":
+                out.append(content["text"])
+            elif kind == "error":
+                error = "\n".join(content["traceback"])
+            elif state == "idle":
+                return {"end": "idle", "out": "".join(out), "error": error}
+        raise AssertionError(f"no answer in {timeout:.0f}s to {code[:60]!r}; output: {out}")
+
+    def output(self, code: str, timeout: float = 120) -> str:
+        """Execute ``code`` and return what it printed; it must finish without an error."""
+        result = wait_until(lambda: self._finished(code), timeout=timeout, interval=1,
+                            what=f"{self.user.name}'s kernel to run {code[:40]!r}")
+        assert result["error"] is None, result["error"]
+        return result["out"]
+
+    def _finished(self, code: str) -> dict | None:
+        # Right after a restart the kernel may not answer the first request yet.
+        result = self.run(code, timeout=30)
+        return result if result["end"] == "idle" else None
+
+    def close(self) -> None:
+        self.ws.close()
+        self.user.lab("DELETE", f"/kernels/{self.id}")
+
+
+@pytest.fixture(scope="module")
+def limits_stack(stack_factory, tmp_path_factory):
+    """A stack whose labs may use 512M each (LAB_MEM_LIMIT), with one CPU profile."""
+    profiles = tmp_path_factory.mktemp("limits") / "profiles.yaml"
+    profiles.write_text(PROFILES)
+    stack = stack_factory(LAB_MEM_LIMIT=LIMIT, PROFILES_FILE=str(profiles))
+    stack.up("--no-build")
+    return stack
+
+
+def _user(stack, name: str) -> HubUser:
+    stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    user = HubUser(stack.url, name)
+    user.login(f"{name}-pw-12345")
+    user.create_token()
+    return user
+
+
+def _running_lab(stack, user: HubUser) -> HubUser:
+    if not user.server().get("ready"):
+        answer = user.start({"profile": "cpu"})
+        assert answer.status_code in (201, 202), answer.text
+        user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    return user
+
+
+@pytest.fixture(scope="module")
+def hog(limits_stack):
+    return _user(limits_stack, "hog")
+
+
+@pytest.fixture(scope="module")
+def calm(limits_stack):
+    return _user(limits_stack, "calm")
+
+
+def _state(stack, user: str) -> dict:
+    return stack.inspect(stack.lab_container(user))["State"]
+
+
+def _oom_events(stack, since: int) -> list[dict]:
+    """Docker's record of OOM kills (and deaths) in this project's labs since ``since``."""
+    out = stack.docker("events", "--since", str(since), "--until", str(int(time.time()) + 1),
+                       "--filter", "type=container", "--filter", "event=oom",
+                       "--filter", "event=die", "--filter", f"label=gpuhub.project={stack.project}",
+                       "--format", "{{json .}}").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _named(events: list[dict], action: str) -> list[str]:
+    return [e["Actor"]["Attributes"]["name"] for e in events if e.get("Action") == action]
+
+
+def test_labs_are_limited_to_the_hosts_memory_less_a_reserve_by_default(stack):
+    """LAB_MEM_LIMIT=auto, the default: the shared stack sets no limit of its own."""
+    assert "LAB_MEM_LIMIT" not in stack.settings, "GPUHUB_TEST_LAB_MEM_LIMIT is set"
+    host = int(stack.docker("info", "--format", "{{.MemTotal}}").stdout)
+    lima = _running_lab(stack, _user(stack, "lima"))
+    try:
+        memory = stack.inspect(stack.lab_container("lima"))["HostConfig"]["Memory"]
+        assert memory == lablimits.memory_bytes(lablimits.auto_memory(host)), (memory, host)
+        assert 0 < memory < host
+    finally:
+        lima.stop(logs=stack.logs)
+        stack.invoke("deluser", "lima", "--purge-data")
+
+
+def test_a_cell_over_the_limit_kills_only_its_own_kernel(limits_stack, hog, calm):
+    stack = limits_stack
+    for user in (hog, calm):
+        _running_lab(stack, user)
+        assert stack.inspect(stack.lab_container(user.name))["HostConfig"]["Memory"] == LIMIT_BYTES
+    quiet = Kernel(calm)
+    hungry = Kernel(hog)
+    try:
+        quiet.output("state = 'kept'")
+        hungry.output("marker = 'before'")
+        since = int(time.time()) - 1
+
+        ended = hungry.run(ALLOCATE, timeout=120)
+
+        # hog is told the kernel died (JupyterLab: "The kernel appears to have died"), and
+        # the cell never finished.
+        assert ended["end"] in ("restarting", "dead"), ended
+        assert "allocated" not in ended["out"]
+        # Docker's record: the OOM kill was in hog's lab, and in no other.
+        events = _oom_events(stack, since)
+        assert _named(events, "oom") and set(_named(events, "oom")) == {
+            stack.lab_container("hog")}, events
+        assert not _named(events, "die"), f"no lab may have died: {events}"
+        hog_state, calm_state = _state(stack, "hog"), _state(stack, "calm")
+        assert hog_state["Running"] and hog_state["OOMKilled"], hog_state
+        assert calm_state["Running"] and not calm_state["OOMKilled"], calm_state
+        # calm's kernel never noticed; hog keeps the lab, and a fresh kernel in it.
+        assert quiet.output("print(state)").strip() == "kept"
+        assert hog.server().get("ready") and hog.lab("GET", "/status").status_code == 200
+        assert hungry.output("print('marker' in globals())").strip() == "False"
+        # Why, as hog can see it in the lab: the lab's own cgroup counts the OOM kill, and
+        # MEM_LIMIT (set by JupyterHub, shown by memory indicators) says the limit.
+        kills, limit = hungry.output(CGROUP_OOM_KILLS).split()
+        assert int(kills) >= 1 and int(limit) == LIMIT_BYTES, (kills, limit)
+    finally:
+        quiet.close()
+        hungry.close()
+
+
+def _progress_messages(user: HubUser, timeout: float) -> list[str]:
+    """The messages of the spawn progress page (the event stream it reads), until ready."""
+    messages = []
+    with requests.get(f"{user.base}/hub/api/users/{user.name}/server/progress",
+                      headers={"Authorization": f"token {user.token}"}, stream=True,
+                      timeout=timeout) as resp:
+        for line in resp.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[len("data:"):])
+                messages.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    break
+    return messages
+
+
+def test_a_lab_whose_server_the_oom_killer_picks_stops_alone(limits_stack, hog, calm):
+    stack = limits_stack
+    for user in (hog, calm):
+        _running_lab(stack, user)
+    quiet = Kernel(calm)
+    hungry = Kernel(hog)
+    try:
+        quiet.output("state = 'kept'")
+        # The OOM killer picks the server when it is the lab's biggest process (many
+        # kernels, large outputs held). Make it so here: raising a process's
+        # oom_score_adj needs no privilege, and the kernel's parent is the lab's server.
+        hungry.output("import os\n"
+                      "open(f'/proc/{os.getppid()}/oom_score_adj', 'w').write('1000')")
+        since = int(time.time()) - 1
+        ended = hungry.run(ALLOCATE, timeout=120)
+        assert ended["end"] in ("closed", "restarting", "dead"), ended
+
+        # Docker's record: hog's lab was OOM-killed and died; calm's did neither.
+        wait_until(lambda: _named(_oom_events(stack, since), "die"), timeout=60, interval=1,
+                   what="hog's lab to die", state=lambda: _oom_events(stack, since))
+        events = _oom_events(stack, since)
+        assert set(_named(events, "oom")) == {stack.lab_container("hog")}, events
+        assert set(_named(events, "die")) == {stack.lab_container("hog")}, events
+        died = next(e for e in events if e["Action"] == "die")
+        assert died["Actor"]["Attributes"].get("exitCode") not in (None, "0"), died
+        calm_state = _state(stack, "calm")
+        assert calm_state["Running"] and not calm_state["OOMKilled"], calm_state
+        assert quiet.output("print(state)").strip() == "kept"
+        # The hub notices (within its poll interval) and frees the name for a new start.
+        wait_until(lambda: not hog.server(), timeout=60, interval=1,
+                   what="the hub to notice hog's lab stopped", state=hog.server, logs=stack.logs)
+    finally:
+        quiet.close()
+        hungry.ws.close()
+
+    # What hog sees when coming back: the next start says why the last lab stopped.
+    answer = hog.start({"profile": "cpu"})
+    assert answer.status_code in (201, 202), answer.text
+    messages = _progress_messages(hog, SPAWN_TIMEOUT)
+    hog.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert any("Your last lab stopped by itself: out of memory" in m for m in messages), messages
