@@ -23,6 +23,7 @@ from .swarm import image_ref
 
 DATA_DIR = Path("/srv/jupyterhub/data")
 PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
+TEMPLATES = Path("/srv/jupyterhub/templates")  # jupyterhub/templates in the hub image
 PROXY_TOKEN_FILE = Path("/run/secrets/proxy_auth_token")
 # Where docker-compose.tls.yml mounts TLS_CERT and TLS_KEY in the proxy container.
 PROXY_TLS_CERT = "/run/secrets/tls_cert"
@@ -110,6 +111,8 @@ def update_hub(c, settings: Settings, data_dir: Path,
     c.ConfigurableHTTPProxy.api_url = "http://proxy:8001"
     c.ConfigurableHTTPProxy.auth_token = read_proxy_token(proxy_token_file)
     c.JupyterHub.log_level = settings.log_level
+    # gpuhub's pages: the hub's own, each with a little more (jupyterhub/templates).
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
     # Labs keep running when the hub restarts; the hub reattaches to them from its DB.
     c.JupyterHub.cleanup_servers = False
 

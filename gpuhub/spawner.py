@@ -62,6 +62,7 @@ class GpuDockerSpawner(DockerSpawner):
     ).tag(config=True)
 
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
+    _said_stop_reason = ""
     last_stop_reason = Unicode(
         "", help="Why the user's last lab stopped by itself (e.g. out of memory); said at "
                  "their next start, then forgotten.")
@@ -232,6 +233,8 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def start(self):
         self._start_slot = "not yet"
+        # Said once more, in this start's progress; the home page no longer shows it.
+        self._said_stop_reason, self.last_stop_reason = self.last_stop_reason, ""
         try:
             return await self._start_lab()
         finally:
@@ -359,9 +362,9 @@ class GpuDockerSpawner(DockerSpawner):
             self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
 
     async def progress(self):
-        if self.last_stop_reason:
+        if self._said_stop_reason:
             yield {"progress": 10, "message": f"Your last lab stopped by itself: "
-                                              f"{self.last_stop_reason}"}
+                                              f"{self._said_stop_reason}"}
         if self.gpu_ids:
             yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
         elif self.gpu_inventory:

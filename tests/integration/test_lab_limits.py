@@ -237,14 +237,18 @@ def test_a_lab_whose_server_the_oom_killer_picks_stops_alone(limits_stack, hog, 
         quiet.close()
         hungry.ws.close()
 
-    # The hub kept why: in its log, and for the next start's progress messages (shown on the
-    # spawn page while that start is pending; a start the hub finishes before it answers
-    # the request shows only "ready", so that part is not asserted here).
+    # The hub kept why: in its log, on hog's home page, and in the next start's progress
+    # (seen on the spawn page while that start is pending).
     reason = f"The lab of hog stopped by itself: out of memory (memory limit {LIMIT_BYTES} bytes)"
     wait_until(lambda: reason in stack.logs(tail=400), timeout=30, interval=1,
                what="the hub to log why hog's lab stopped", logs=stack.logs)
+    # What hog sees on coming back to the hub: why, on the home page, until the next start.
+    home = hog.http.get(f"{hog.base}/hub/home", timeout=30)
+    assert home.status_code == 200 and ("Your last lab stopped by itself: out of memory"
+                                        in home.text), home.text[-3000:]
     answer = hog.start({"profile": "cpu"})
     assert answer.status_code in (201, 202), answer.text
     hog.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert "gpuhub-last-stop" not in hog.http.get(f"{hog.base}/hub/home", timeout=30).text
     assert stack.docker("ps", "-aq", "--filter", "status=exited", "--filter",
                         f"name={stack.lab_container('hog')}").stdout == "", "no dead lab is left"

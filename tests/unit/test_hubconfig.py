@@ -310,3 +310,15 @@ def test_the_gpu_page_reaches_docker_as_the_hub_does(configure):
 def test_labs_wait_for_the_lab_firewall_unless_it_is_off(configure):
     assert configure().GpuDockerSpawner.require_lab_firewall is True
     assert configure(LAB_FIREWALL="false").GpuDockerSpawner.require_lab_firewall is False
+
+
+def test_the_hub_serves_gpuhubs_pages_which_extend_its_own(configure):
+    from pathlib import Path
+
+    from gpuhub import hubconfig
+
+    assert configure().JupyterHub.template_paths == [str(hubconfig.TEMPLATES)]
+    home = Path(__file__).resolve().parents[2] / "jupyterhub" / "templates" / "home.html"
+    dockerfile = home.parents[1] / "Dockerfile"
+    assert '{% extends "templates/home.html" %}' in home.read_text()
+    assert f"COPY jupyterhub/templates {hubconfig.TEMPLATES}" in dockerfile.read_text()

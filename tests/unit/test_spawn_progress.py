@@ -25,3 +25,22 @@ def test_progress_says_cpu_only_when_the_profile_has_no_gpu():
 
 def test_progress_is_silent_on_a_host_without_gpus():
     assert _messages([], []) == []
+
+
+def test_progress_says_why_the_last_lab_stopped_by_itself():
+    spawner = GpuDockerSpawner.__new__(GpuDockerSpawner)
+    object.__setattr__(spawner, "_trait_values", {"gpu_ids": [], "gpu_inventory": []})
+    spawner._said_stop_reason = "out of memory (memory limit 536870912 bytes)"
+
+    async def collect():
+        return [event["message"] async for event in spawner.progress()]
+    assert asyncio.run(collect()) == [
+        "Your last lab stopped by itself: out of memory (memory limit 536870912 bytes)"]
+
+
+def test_why_a_lab_stopped_in_plain_words():
+    spawner = GpuDockerSpawner.__new__(GpuDockerSpawner)
+    object.__setattr__(spawner, "_trait_values", {"mem_limit": 512 * 1024 ** 2})
+    assert spawner.why_stopped({"OOMKilled": True, "ExitCode": 137}) == (
+        "out of memory (memory limit 536870912 bytes)")
+    assert spawner.why_stopped({"OOMKilled": False, "ExitCode": 1}) == "exit code 1"
