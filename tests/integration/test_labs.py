@@ -40,7 +40,9 @@ def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
     assert f"{stack.project}-labs" in info["NetworkSettings"]["Networks"]
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts["/home/jovyan/work"]["Name"] == f"{stack.project}-home-alice"
-    assert info["HostConfig"]["AutoRemove"] is True
+    # Not removed by Docker when it exits: the hub reads why it stopped, then removes it.
+    assert info["HostConfig"]["AutoRemove"] is False
+    assert info["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
     host = info["HostConfig"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["CapDrop"] == ["ALL"] and host["PidsLimit"] == 1024
