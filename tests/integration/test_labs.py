@@ -31,6 +31,18 @@ def test_lab_runs_code_as_the_lab_user_with_an_owned_work_folder(alice_lab):
     assert cwd == "/home/jovyan"
 
 
+def test_labs_run_the_pinned_patched_jupyter_server_and_lab(alice_lab):
+    """Whatever the base image had: the versions gpuhub/constraints.txt pins, with their fixes."""
+    from gpuhub.versions import pinned
+
+    out = alice_lab.run_code(
+        "from importlib.metadata import version\n"
+        "print(*(version(p) for p in ('jupyter-server', 'jupyterlab', 'jupyterhub')))")
+    assert out.split() == [pinned("jupyter-server"), pinned("jupyterlab"), pinned("jupyterhub")]
+    server, lab = (tuple(int(x) for x in v.split(".")[:3]) for v in out.split()[:2])
+    assert server >= (2, 20, 0) and lab >= (4, 5, 7), out
+
+
 def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
     info = stack.inspect(stack.lab_container("alice"))
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
@@ -89,14 +101,3 @@ def test_work_folder_and_password_survive_down_and_up(stack, users, alice_lab, m
     assert out.strip() == "still here"
     again.stop(logs=stack.logs)
 
-
-def test_labs_run_the_pinned_patched_jupyter_server_and_lab(alice_lab):
-    """Whatever the base image had: the versions gpuhub/constraints.txt pins, with their fixes."""
-    from gpuhub.versions import pinned
-
-    out = alice_lab.run_code(
-        "from importlib.metadata import version\n"
-        "print(*(version(p) for p in ('jupyter-server', 'jupyterlab', 'jupyterhub')))")
-    assert out.split() == [pinned("jupyter-server"), pinned("jupyterlab"), pinned("jupyterhub")]
-    server, lab = (tuple(int(x) for x in v.split(".")[:3]) for v in out.split()[:2])
-    assert server >= (2, 20, 0) and lab >= (4, 5, 7), out
