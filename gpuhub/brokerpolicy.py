@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from . import names
@@ -168,7 +168,6 @@ class Policy:
     gpu_ids: frozenset[str] = frozenset()
     shared_dir: str = ""
     pids_limit: int = 1024
-    api_version: str = field(default="1.41")
 
     # --- names ---------------------------------------------------------------------
     @property
