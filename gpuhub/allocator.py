@@ -28,11 +28,13 @@ POLICIES = ("exclusive", "shared", "round-robin")
 
 
 class NoGpuAvailable(Exception):
-    """The request cannot be met now; ``str()`` is for the user, ``detail`` for admins."""
+    """The request cannot be met now; ``str()`` is for the user, ``detail`` for admins,
+    ``reason`` for the metrics (gpu_limit, no_gpus or gpus_busy)."""
 
-    def __init__(self, message: str, detail: str = ""):
+    def __init__(self, message: str, detail: str = "", reason: str = "gpu_limit"):
         super().__init__(message)
         self.detail = detail
+        self.reason = reason
 
 
 @dataclass
@@ -77,7 +79,8 @@ class GpuAllocator:
                 f"your limit is {limit} GPU(s) per lab and this profile asks for {count}; "
                 "choose a profile with fewer GPUs")
         if not self.devices:
-            raise NoGpuAvailable("this server has no GPUs; choose the CPU profile")
+            raise NoGpuAvailable("this server has no GPUs; choose the CPU profile",
+                                 reason="no_gpus")
         if user in self.pins:
             candidates = list(self.pins[user])
         else:
@@ -104,7 +107,7 @@ class GpuAllocator:
                 f"{in_use} {len(candidates)} GPUs you may use are in use "
                 f"({len(free)} free, this profile needs {count}); "
                 "choose the CPU profile or try later",
-                detail=f"held by {holders}" if holders else "")
+                detail=f"held by {holders}" if holders else "", reason="gpus_busy")
         return free[:count]
 
     def _least_loaded(self, candidates: list[str], others: Mapping[str, list[str]],

@@ -21,16 +21,17 @@ from .profiles import Profiles
 from .settings import Settings
 from .swarm import image_ref
 
-DATA_DIR = Path("/srv/jupyterhub/data")
+DATA_DIR = Path(names.HUB_DATA_DIR)
 PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
 TEMPLATES = Path("/srv/jupyterhub/templates")  # jupyterhub/templates in the hub image
-PROXY_TOKEN_FILE = Path("/run/secrets/proxy_auth_token")
+SECRETS_DIR = Path(names.HUB_SECRETS_DIR)  # compose's secrets: the proxy and metrics tokens
 # Where docker-compose.tls.yml mounts TLS_CERT and TLS_KEY in the proxy container.
 PROXY_TLS_CERT = "/run/secrets/tls_cert"
 PROXY_TLS_KEY = "/run/secrets/tls_key"
 LAB_HOME = names.LAB_HOME
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
+METRICS_SERVICE = "prometheus"
 HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
 # How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
 DOCKER_PROXY_URL = names.DOCKER_BROKER_URL
@@ -66,13 +67,14 @@ def remember_inventory(given: str, data_dir: Path) -> str:
     return saved.read_text() if saved.exists() else "[]"
 
 
-def read_proxy_token(path: Path) -> str:
+def read_token_file(path: Path, what: str) -> str:
+    """A token compose hands the hub as a secret file; a clear error if it is missing."""
     try:
         token = Path(path).read_text().strip()
     except OSError:
         token = ""
     if not token:
-        raise ValueError(f"the proxy token {str(path)!r} is missing or empty; start the stack "
+        raise ValueError(f"the {what} {str(path)!r} is missing or empty; start the stack "
                          "with `invoke up`, which creates it")
     return token
 
@@ -99,8 +101,7 @@ def check_docker_access(settings: Settings, env: Mapping[str, str],
                          "it with `invoke up` (by hand: add -f docker-compose.docker-socket.yml)")
 
 
-def update_hub(c, settings: Settings, data_dir: Path,
-               proxy_token_file: Path = PROXY_TOKEN_FILE) -> None:
+def update_hub(c, settings: Settings, data_dir: Path, secrets_dir: Path = SECRETS_DIR) -> None:
     """Hub process: where state lives, how labs reach the hub, logging."""
     c.JupyterHub.hub_ip = "0.0.0.0"
     c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
@@ -109,7 +110,7 @@ def update_hub(c, settings: Settings, data_dir: Path,
     # The proxy is its own compose service (routes survive hub restarts).
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = "http://proxy:8001"
-    c.ConfigurableHTTPProxy.auth_token = read_proxy_token(proxy_token_file)
+    c.ConfigurableHTTPProxy.auth_token = read_token_file(secrets_dir / names.PROXY_TOKEN_SECRET, "proxy token")
     c.JupyterHub.log_level = settings.log_level
     # gpuhub's pages: the hub's own, each with a little more (jupyterhub/templates).
     c.JupyterHub.template_paths = [str(TEMPLATES)]
@@ -235,30 +236,22 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
     c.GpuDockerSpawner.profiles_yaml = profiles_yaml
 
 
-def update_services(c, settings: Settings, data_dir: Path, inventory_json: str = "[]",
-                    docker_host: str = "") -> None:
-    """Hub-managed services: the idle culler, and the token `invoke` uses for user admin."""
+def update_services(c, settings: Settings, data_dir: Path,
+                    secrets_dir: Path = SECRETS_DIR) -> None:
+    """Hub services: the idle culler, the token `invoke` uses for user admin, and the
+    one Prometheus scrapes the metrics with."""
     admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
     services = [{"name": ADMIN_SERVICE, "api_token": admin_token}]
     # `invoke adduser --admin` grants admin rights, which only the admin role may do.
     roles = [{"name": "admin", "services": [ADMIN_SERVICE]}]
-    services.append({
-        "name": "gpus",
-        # Reached by the proxy container, so on the hub's labs-network name.
-        "url": "http://hub:10101",
-        "command": [sys.executable, "-m", "gpuhub.gpuservice"],
-        "display": True,
-        "oauth_no_confirm": True,
-        # Managed services inherit almost nothing from the hub's environment.
-        "environment": {"COMPOSE_PROJECT_NAME": settings.compose_project_name,
-                        "GPU_POLICY": settings.gpu_policy,
-                        "GPUHUB_GPU_INVENTORY": inventory_json,
-                        # It lists the labs the way the hub reaches Docker (docker-proxy).
-                        "DOCKER_HOST": docker_host,
-                        **{k: settings.raw_env()[k] for k in (
-                            "MODE", "REGISTRY", "SWARM_HOMES", "SWARM_GPU_RESOURCE")}},
-    })
-    roles.append({"name": "gpus-page", "scopes": ["read:users"], "services": ["gpus"]})
+    # Prometheus scrapes /hub/metrics with this service's token (JupyterHub asks for the
+    # read:metrics scope there); `invoke up` makes it under SECRETS_DIR for the scrape config.
+    c.JupyterHub.authenticate_prometheus = True
+    services.append({"name": METRICS_SERVICE,
+                     "api_token": read_token_file(secrets_dir / names.METRICS_TOKEN_SECRET,
+                                                  "metrics token")})
+    roles.append({"name": "metrics-scraper", "scopes": ["read:metrics"],
+                  "services": [METRICS_SERVICE]})
     if settings.idle_timeout:
         services.append({
             "name": "idle-culler",
@@ -274,9 +267,14 @@ def update_services(c, settings: Settings, data_dir: Path, inventory_json: str =
     c.JupyterHub.load_roles = roles
 
 
+def update_pages(c) -> None:
+    """gpuhub's own hub pages: /hub/gpus for admins (gpuhub.gpupage)."""
+    c.JupyterHub.extra_handlers = [("/gpus", "gpuhub.gpupage.GpuPage")]
+
+
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
                  data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH,
-                 proxy_token_file: Path = PROXY_TOKEN_FILE,
+                 secrets_dir: Path = SECRETS_DIR,
                  meminfo: Path = lablimits.MEMINFO) -> None:
     """Set everything gpuhub configures on ``c`` (a traitlets Config).
 
@@ -288,12 +286,12 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     profiles_yaml = Path(profiles_path).read_text() if Path(profiles_path).exists() else ""
     if profiles_yaml:
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
-    update_hub(c, settings, data_dir, proxy_token_file)
+    update_hub(c, settings, data_dir, secrets_dir)
     update_tls(c, settings)
     update_auth(c, settings)
     update_spawner(c, settings)
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
     update_swarm(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)
-    update_services(c, settings, data_dir, gpu_inventory.to_json(gpus),
-                    env.get("DOCKER_HOST", ""))
+    update_services(c, settings, data_dir, secrets_dir)
+    update_pages(c)

@@ -30,6 +30,24 @@ DOCKER_BROKER_PORT = 2375
 DOCKER_BROKER_URL = f"tcp://{DOCKER_BROKER_SERVICE}:{DOCKER_BROKER_PORT}"
 LAB_FIREWALL_SERVICE = "lab-firewall"
 
+# The hub's state (database, cookie secret, inventory, records) on the hub-data volume.
+HUB_DATA_DIR = "/srv/jupyterhub/data"
+# Every lab's start and stop (gpuhub/usage.py), a file in HUB_DATA_DIR; `invoke backup`
+# archives it as hub/<this name>.
+USAGE_JOURNAL_FILE = "usage.jsonl"
+
+# Secrets compose hands the hub (docker-compose.yml `secrets:`), in /run/secrets.
+HUB_SECRETS_DIR = "/run/secrets"
+PROXY_TOKEN_SECRET = "proxy_auth_token"
+METRICS_TOKEN_SECRET = "metrics_token"
+
+# The gpu-sampler service writes its readings of the GPUs here, on the gpu-telemetry
+# volume (the hub mounts it read-only at the same path).
+GPU_SAMPLER_SERVICE = "gpu-sampler"
+TELEMETRY_VOLUME = "gpu-telemetry"
+TELEMETRY_DIR = "/srv/gpuhub-telemetry"
+GPU_SAMPLES_FILE = f"{TELEMETRY_DIR}/gpus.json"
+
 # Labels Docker Compose writes on the services' containers.
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"

@@ -169,20 +169,28 @@ class Profiles:
             raise ProfileRejected(f"unknown profile {slug!r}; choose one of: {known}")
         return profile
 
-    def options_form(self) -> str:
-        """The spawn form (empty with one profile: JupyterHub then skips the form)."""
+    def options_form(self, free: int | None = None, total: int = 0) -> str:
+        """The spawn form (empty with one profile: JupyterHub then skips the form).
+
+        ``free`` of ``total`` GPUs are held by no lab right now; each GPU profile says so
+        ("1 GPU — 3 of 4 free"). None: not known, not said.
+        """
         if len(self.profiles) < 2:
             return ""
         default = self.default.slug
         rows = []
         for p in self.profiles:
             checked = " checked" if p.slug == default else ""
-            gpus = f"{p.gpus} GPU" + ("s" if p.gpus != 1 else "") if p.gpus else "CPU only"
+            size = f"{p.gpus} GPU" + ("s" if p.gpus != 1 else "") if p.gpus else "CPU only"
+            # "1 GPU (1 GPU)" said it twice: the size only when the name does not say it.
+            said = "" if size.lower() in p.display_name.lower() else f" ({size})"
+            if p.gpus and free is not None:
+                said += f" — {free} of {total} free"
             rows.append(
                 f'<label class="gpuhub-profile" style="display:block;margin:0.5em 0">'
                 f'<input type="radio" name="profile" value="{html.escape(p.slug)}"'
                 f' id="profile-{html.escape(p.slug)}"{checked}> '
-                f"<strong>{html.escape(p.display_name)}</strong> ({gpus})"
+                f"<strong>{html.escape(p.display_name)}</strong>{html.escape(said)}"
                 + (f"<br><small>{html.escape(p.description)}</small>" if p.description else "")
                 + "</label>")
         return "\n".join(rows)

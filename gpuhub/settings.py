@@ -70,6 +70,12 @@ def _count(raw: str) -> int:
     return int(raw)
 
 
+def _percent(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > 100:
+        raise ValueError("must be a whole number of percent from 0 to 100")
+    return int(raw)
+
+
 def _auto_or_count(raw: str) -> str | int:
     value = raw.strip().lower()
     if value == "auto":
@@ -401,6 +407,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPU_ALLOW_GROWTH", "auto", _yes_no_auto,
             "Set TF_FORCE_GPU_ALLOW_GROWTH=true in labs (auto: yes for shared and "
             "round-robin).", "GPUs"),
+    Setting("GPU_SAMPLE_INTERVAL", "5", _positive_seconds,
+            "Seconds between two readings of the GPUs' utilisation and memory by the "
+            "gpu-sampler service (the admin page, `invoke gpus` and the metrics show them).",
+            "GPUs"),
+    Setting("GPU_IDLE_UTILISATION", "5", _percent,
+            "A GPU below this utilisation (percent) counts as idle; the admin page and the "
+            "metrics say for how long.", "GPUs"),
     Setting("SWARM_HOMES", "", _optional_abs_path,
             "Swarm mode: a shared folder (NFS by default, see README) mounted at this same "
             "path on every node; each user's work folder is <path>/<user>.", "Swarm"),

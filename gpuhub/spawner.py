@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -31,6 +32,15 @@ from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
 from .profiles import Profile, ProfileRejected, Profiles
 from .startqueue import StartQueue
+from .telemetry import SPAWN_DURATION, SPAWNS_REFUSED
+
+
+class StartRefused(web.HTTPError):
+    """A start that failed before the lab served, with the reason the metrics count."""
+
+    def __init__(self, status: int, message: str, reason: str):
+        super().__init__(status, message)
+        self.reason = reason
 
 
 class GpuDockerSpawner(DockerSpawner):
@@ -109,6 +119,21 @@ class GpuDockerSpawner(DockerSpawner):
     def _default_options_form(self):
         return self.profiles.options_form() if self.profiles_yaml else ""
 
+    async def get_options_form(self):
+        """The form with how many GPUs are free right now, read from Docker."""
+        if not self.profiles_yaml:
+            return ""
+        try:
+            with self._grants.snapshot():
+                held = await self.held_gpus()
+                busy = {d for ids in held.values() for d in ids}
+                busy |= {d for ids in self._grants.held().values() for d in ids}
+            free = sum(1 for d in self.gpu_inventory if d not in busy)
+        except Exception as err:  # the form still works; it just cannot say what is free
+            self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
+            free = None
+        return self.profiles.options_form(free=free, total=len(self.gpu_inventory))
+
     @default("options_from_form")
     def _default_options_from_form(self):
         return lambda formdata: Profiles.options_from_form(formdata)
@@ -126,8 +151,9 @@ class GpuDockerSpawner(DockerSpawner):
             self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "
                            "not healthy (see `docker compose logs lab-firewall`)",
                            self.user.name, self.project)
-            raise web.HTTPError(503, "labs start only behind the lab firewall, which is not "
-                                     "running right now; ask an admin to run `invoke up`")
+            raise StartRefused(503, "labs start only behind the lab firewall, which is not "
+                                    "running right now; ask an admin to run `invoke up`",
+                               "lab_firewall_down")
 
     # --- what Docker says is held --------------------------------------------
     async def held_gpus(self) -> dict[str, list[str]]:
@@ -225,7 +251,7 @@ class GpuDockerSpawner(DockerSpawner):
             profile = self.profiles.resolve(self.user_options) if self.profiles_yaml else Profile(
                 slug="default", display_name="default", gpus=len(self.gpu_inventory))
         except ProfileRejected as err:
-            raise web.HTTPError(400, str(err)) from None
+            raise StartRefused(400, str(err), "bad_profile") from None
         # DockerSpawner would honour user_options["image"]; only the profile decides.
         self.user_options = {"profile": profile.slug} if self.profiles_yaml else {}
         self.apply_profile(profile)
@@ -235,10 +261,17 @@ class GpuDockerSpawner(DockerSpawner):
         self._start_slot = "not yet"
         # Said once more, in this start's progress; the home page no longer shows it.
         self._said_stop_reason, self.last_stop_reason = self.last_stop_reason, ""
+        began = time.monotonic()
         try:
-            return await self._start_lab()
+            served = await self._start_lab()
+        except Exception as err:
+            SPAWNS_REFUSED.labels(reason=getattr(err, "reason", None) or "error").inc()
+            raise
         finally:
             self._done_booting()  # also when the profile or the GPUs were refused
+        SPAWN_DURATION.labels(profile=self.user_options.get("profile", "default")).observe(
+            time.monotonic() - began)
+        return served
 
     async def _start_lab(self):
         profile = self.resolve_profile()
@@ -248,7 +281,7 @@ class GpuDockerSpawner(DockerSpawner):
         except NoGpuAvailable as err:
             if err.detail:
                 self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
-            raise web.HTTPError(409, str(err)) from None
+            raise StartRefused(409, str(err), err.reason) from None
         if self.gpu_ids:
             self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
         try:
@@ -308,8 +341,8 @@ class GpuDockerSpawner(DockerSpawner):
                 next_inspect = loop.time() + 1
                 await self._fail_if_dead()
             await asyncio.sleep(0.05)
-        raise web.HTTPError(500, f"your lab did not start within {self.start_timeout} s; "
-                                 "try again, or ask an admin to check `invoke logs`")
+        raise StartRefused(500, f"your lab did not start within {self.start_timeout} s; "
+                                "try again, or ask an admin to check `invoke logs`", "timeout")
 
     def why_stopped(self, state: dict) -> str:
         """Docker's record of a stopped lab in plain words, e.g. "out of memory (...)"."""
@@ -326,8 +359,9 @@ class GpuDockerSpawner(DockerSpawner):
         state = (info or {}).get("State") or {}
         if state.get("Running"):
             return
-        raise web.HTTPError(500, f"your lab stopped while starting ({self.why_stopped(state)}); "
-                                 "try another profile, or ask an admin to check `invoke logs`")
+        raise StartRefused(500, f"your lab stopped while starting ({self.why_stopped(state)}); "
+                                "try another profile, or ask an admin to check `invoke logs`",
+                           "lab_died")
 
     async def poll(self):
         """None while the lab runs; else keep why it stopped, for the user, and remove it."""

@@ -47,7 +47,8 @@ def resource_env(kind: str) -> str:
 
 
 def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
-               inventory_json: str, lab_host_memory: int = 0) -> dict:
+               metrics_secret_file: Path, inventory_json: str,
+               lab_host_memory: int = 0) -> dict:
     """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node.
 
     ``lab_host_memory``: bytes of the smallest node labs may run on (LAB_MEM_LIMIT=auto).
@@ -55,6 +56,7 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
     project = settings.compose_project_name
     # Swarm secrets cannot change; a new token (after a restore, say) gets a new name.
     digest = hashlib.sha256(Path(secret_file).read_bytes()).hexdigest()[:10]
+    metrics_digest = hashlib.sha256(Path(metrics_secret_file).read_bytes()).hexdigest()[:10]
     on_hub_node = {
         "constraints": ["node.role == manager", f"node.labels.{HUB_NODE_LABEL} == true"],
     }
@@ -77,7 +79,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                      "target": "/srv/jupyterhub/profiles.yaml", "read_only": True},
                     {"type": "bind", "source": settings.swarm_homes, "target": HOMES_MOUNT},
                 ],
-                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"}],
+                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"},
+                            {"source": "metrics_token", "target": "metrics_token"}],
                 "networks": {"labs": {"aliases": ["hub"]}},
                 "deploy": deploy,
             },
@@ -110,7 +113,9 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
             },
         },
         "secrets": {"proxy_auth_token": {"file": str(secret_file),
-                                         "name": f"{project}-proxy-token-{digest}"}},
+                                         "name": f"{project}-proxy-token-{digest}"},
+                    "metrics_token": {"file": str(metrics_secret_file),
+                                      "name": f"{project}-metrics-token-{metrics_digest}"}},
         "volumes": {"hub-data": {}},
         "networks": {"labs": {"name": f"{project}-labs", "driver": "overlay",
                               "attachable": True}},

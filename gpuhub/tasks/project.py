@@ -37,10 +37,11 @@ class Project:
     def name(self) -> str:
         return self.settings.compose_project_name
 
-    def compose(self, args: str) -> str:
-        """The ``docker compose`` command line for this project."""
+    def compose(self, args: str, extra_files: tuple[str, ...] = ()) -> str:
+        """The ``docker compose`` command line for this project (``extra_files``: more
+        overrides, which only change services, such as the sampler's GPUs)."""
         parts = ["docker", "compose", "--project-directory", str(self.root)]
-        for name in self.compose_files:
+        for name in [*self.compose_files, *extra_files]:
             parts += ["-f", str(self.root / name)]
         if self.env_file.exists():
             parts += ["--env-file", str(self.env_file)]

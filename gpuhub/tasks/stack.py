@@ -26,6 +26,8 @@ from .tls import check_files as check_tls_files
 from .tls import files_digest as tls_files_digest
 
 USERCLI = "python3 -m gpuhub.usercli"
+# Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
+GPU_SAMPLER_FILE = "docker-compose.gpu-sampler.yml"
 
 
 def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> list[str]:
@@ -175,6 +177,7 @@ def up(c, build=True, timeout=180):
     pull_profile_images(c, project, profiles)
     remove_switched_off(c, project)
     project.ensure_secret("proxy-token")
+    project.ensure_secret("metrics-token")
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
         _step(lablimits.auto_memory_note(memory))
@@ -182,8 +185,10 @@ def up(c, build=True, timeout=180):
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
     _step(f"starting project {project.name}")
-    result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}"),
-                   env=env, warn=True)
+    # The sampler gets the GPUs only when there are some (else Docker refuses it).
+    sampler_gpus = (GPU_SAMPLER_FILE,) if inventory else ()
+    result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
+                                   extra_files=sampler_gpus), env=env, warn=True)
     if result.failed:
         c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
         raise fail("the hub did not become healthy (its last log lines are above); "
@@ -442,12 +447,12 @@ def logs(c, follow=False, tail=200):
     c.run(project.compose(f"logs {flags} hub"), env=project.env(), pty=False)
 
 
-@task(help={"json": "Print JSON instead of a table."})
-def gpus(c, json=False):
-    """Show each GPU: model, memory, policy, who holds it and since when."""
+@task(help={"json": "Print JSON instead of a table.",
+            "watch": "Redraw the table every GPU_SAMPLE_INTERVAL seconds, until Ctrl-C."})
+def gpus(c, json=False, watch=False):
+    """Show each GPU: who holds it and since when, utilisation, memory and idle time."""
     import json as jsonlib
-
-    from ..gpureport import as_text, report
+    import time
 
     project = load()
     require_running(c, project)
@@ -455,48 +460,44 @@ def gpus(c, json=False):
         rows = swarmstack.gpus_report(c, project)
         print(jsonlib.dumps(rows, indent=2) if json else report_text(rows))
         return
-    inventory_json = c.run(project.exec_hub(f"cat /srv/jupyterhub/data/{gpu_inventory.INVENTORY_FILE}"),
-                           env=project.env(), hide=True, warn=True).stdout.strip() or "[]"
-    rows = report(gpu_inventory.from_json(inventory_json), running_lab_labels(c, project),
-                  project.settings.gpu_policy)
-    print(jsonlib.dumps(rows, indent=2) if json else as_text(rows))
+    interval = project.settings.gpu_sample_interval
+    try:
+        while True:
+            board = read_board(c, project)
+            text = jsonlib.dumps(board["rows"], indent=2) if json else board_text(board)
+            if not watch:
+                print(text)
+                return
+            # Clear the terminal, then the table: a live view without scrolling.
+            print(f"\033[H\033[2J{text}\n\n(every {interval} s; Ctrl-C stops)", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print()
 
 
-def running_lab_labels(c, project) -> list[dict[str, str]]:
-    """The labels of each running lab of the project, decoded from Docker's JSON.
-
-    Not `docker ps --format '{{json .Labels}}'`: that is one "k=v,k=v" string, which
-    cannot be split back when a value holds "," or "=" (gpuhub.gpus=0,1, or a label
-    the lab image brings, such as maintainer=Jupyter Project <...>).
-    """
+def read_board(c, project) -> dict:
+    """The hub's GPU table (gpuhub.telemetry, run in the hub container) as JSON."""
     import json as jsonlib
 
-    from ..labels import PROJECT as LABEL_PROJECT
-
-    listed = c.run(f"docker ps -q --filter label={LABEL_PROJECT}={project.name}",
-                   hide=True, warn=True)
-    if listed.failed:
-        raise fail(f"could not list the labs of {project.name}: {_stderr_tail(listed)}")
-    ids = listed.stdout.split()
-    if not ids:
-        return []
-    found = c.run("docker inspect --format '{{json .Config.Labels}}' " + " ".join(ids),
+    found = c.run(project.exec_hub("python3 -m gpuhub.telemetry"), env=project.env(),
                   hide=True, warn=True)
-    # A lab that stopped between both commands is "No such object": it holds no GPU.
-    problems = [ln for ln in _nonblank_lines(found.stderr) if "No such object" not in ln]
-    if found.failed and (problems or not _nonblank_lines(found.stderr)):
-        raise fail(f"could not read the labels of the labs of {project.name}: "
-                   f"{_stderr_tail(found)}")
-    labels = []
-    for line in _nonblank_lines(found.stdout):
-        try:
-            value = jsonlib.loads(line) or {}  # a container without labels: null
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            raise fail(f"docker inspect gave {line[:200]!r} where a lab's labels belong")
-        labels.append(value)
-    return labels
+    if found.failed:
+        raise fail(f"could not read the GPUs from the hub: {_stderr_tail(found)}")
+    try:
+        board = jsonlib.loads(found.stdout)
+        board["rows"]
+    except (ValueError, KeyError, TypeError):
+        raise fail(f"the hub printed no GPU table: {found.stdout.strip()[:200]!r}") from None
+    return board
+
+
+def board_text(board: dict) -> str:
+    from ..gpureport import as_text
+
+    text = as_text(board["rows"])
+    if board["rows"] and board.get("problem"):
+        text += f"\nNo utilisation: {board['problem']}."
+    return text
 
 
 def _nonblank_lines(text: str | None) -> list[str]:

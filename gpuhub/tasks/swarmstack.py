@@ -77,7 +77,9 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     secret = project.ensure_secret("proxy-token")
     profiles = Path(s.profiles_file)
     spec = swarm.stack_spec(s, profiles_path=profiles if profiles.is_absolute() else project.root / profiles,
-                            secret_file=secret, inventory_json=gpu_inventory.to_json(gpus),
+                            secret_file=secret,
+                            metrics_secret_file=project.ensure_secret("metrics-token"),
+                            inventory_json=gpu_inventory.to_json(gpus),
                             lab_host_memory=memory)
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
     c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)

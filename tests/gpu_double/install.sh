@@ -9,6 +9,8 @@
 #   /usr/local/lib/gpuhub-gpu-double/container/nvidia-smi               (copied into containers)
 #   /etc/gpuhub-gpu-double/inventory.json                               (the fake GPUs)
 #   /etc/gpuhub-gpu-double/inventory.tsv + .../host/nvidia-smi          (opt-in host view)
+#   /var/lib/gpuhub-gpu-double/state/  (tests write gpus.tsv here: utilisation, memory
+#                                       use, processes; bind-mounted into GPU containers)
 # Docker 20.10 enables `--gpus` only if nvidia-container-runtime-hook is on
 # dockerd's PATH when dockerd starts, so (re)start dockerd with
 #   PATH=/usr/local/lib/gpuhub-gpu-double/bin:$PATH dockerd ...
@@ -21,6 +23,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 PREFIX=/usr/local/lib/gpuhub-gpu-double
 ETC=/etc/gpuhub-gpu-double
+STATE=/var/lib/gpuhub-gpu-double/state   # the hook's default GPUHUB_GPU_DOUBLE_STATE
+VARLIB=${STATE%/*}
 MARKER='gpuhub NVIDIA \*test double\*'
 
 say() { printf '[gpu-double] %s\n' "$*"; }
@@ -52,11 +56,11 @@ real_nvidia() {
 }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
   --check-real) real_nvidia; exit $? ;;   # exit 0 = a real NVIDIA stack is present
   --uninstall)
-    rm -rf "$PREFIX" "$ETC"
-    say "removed $PREFIX and $ETC (restart dockerd without it on PATH to disable --gpus)"
+    rm -rf "$PREFIX" "$ETC" "$VARLIB"
+    say "removed $PREFIX, $ETC and $VARLIB (restart dockerd without it on PATH to disable --gpus)"
     exit 0 ;;
 esac
 
@@ -69,7 +73,7 @@ fi
 
 inventory=${1:-$here/inventory-4.json}
 [ -r "$inventory" ] || die "inventory $inventory not readable"
-install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$PREFIX/host" "$ETC"
+install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$PREFIX/host" "$ETC" "$VARLIB" "$STATE"
 ngpus=$(/usr/bin/python3 - "$inventory" "$ETC/inventory.tsv" <<'PY'
 import json, sys
 inv = json.load(open(sys.argv[1]))
@@ -100,6 +104,9 @@ install -m 0644 "$inventory" "$ETC/inventory.json"
 cat >"$PREFIX/host/nvidia-smi" <<SH
 #!/bin/sh
 # gpuhub NVIDIA test double: host-side view of ALL fake GPUs (opt-in; not on PATH).
+# Utilisation, memory use and processes come from the state the tests write, the
+# directory the hook bind-mounts into every GPU container: both sides agree.
+GPUHUB_FAKE_GPU_STATE="\${GPUHUB_FAKE_GPU_STATE:-\${GPUHUB_GPU_DOUBLE_STATE:-$STATE}/gpus.tsv}" \\
 GPUHUB_FAKE_GPUS_FILE=$ETC/inventory.tsv exec $PREFIX/container/nvidia-smi "\$@"
 SH
 chmod 0755 "$PREFIX/host/nvidia-smi"
@@ -107,6 +114,7 @@ say "installed fake hook  $PREFIX/bin/nvidia-container-runtime-hook"
 say "installed fake smi   $PREFIX/container/nvidia-smi (copied into --gpus containers)"
 say "inventory            $ETC/inventory.json ($ngpus fake GPUs, from $inventory)"
 say "opt-in host view     $PREFIX/host/nvidia-smi (not on PATH: the host stays GPU-less)"
+say "GPU state            $STATE/gpus.tsv (written by the tests; see tests/support/gpu_state.py)"
 say "hook log             /var/log/fake-nvidia-hook.log"
 
 # Does the running dockerd (if any) already see the hook?

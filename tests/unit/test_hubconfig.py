@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from jupyterhub.objects import Hub
+from support.hubsecrets import secrets_dir
 from traitlets.config import Config
 
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
@@ -23,13 +24,6 @@ from gpuhub.settings import validate
 from gpuhub.spawner import GpuDockerSpawner
 
 
-def proxy_token(tmp_path):
-    """The token file compose mounts at /run/secrets/proxy_auth_token."""
-    path = tmp_path / "proxy_auth_token"
-    path.write_text("proxy-token-for-tests\n")
-    return path
-
-
 def meminfo(tmp_path, gib: int):
     """A /proc/meminfo of a host with ``gib`` GiB (what the hub reads without invoke's word)."""
     path = tmp_path / f"meminfo-{gib}"
@@ -44,7 +38,7 @@ def configure(tmp_path):
     def configure(env=None, **settings):
         c = Config()
         apply_config(c, validate(settings), env=env or {}, data_dir=tmp_path,
-                     proxy_token_file=proxy_token(tmp_path), meminfo=meminfo(tmp_path, 16))
+                     secrets_dir=secrets_dir(tmp_path), meminfo=meminfo(tmp_path, 16))
         return c
 
     return configure
@@ -136,7 +130,7 @@ def test_none_means_no_limit(configure):
 def test_auto_memory_without_any_host_size_stops_the_hub_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="LAB_MEM_LIMIT=auto, but the memory .* unknown"):
         apply_config(Config(), validate({}), env={}, data_dir=tmp_path,
-                     proxy_token_file=proxy_token(tmp_path), meminfo=tmp_path / "no-meminfo")
+                     secrets_dir=secrets_dir(tmp_path), meminfo=tmp_path / "no-meminfo")
 
 
 def test_spawn_timeout_default_and_override(configure):
@@ -208,9 +202,9 @@ def test_applying_twice_gives_the_same_config(configure, tmp_path):
     settings = validate({"SHARED_DATA_DIR": "/srv/data", "ADMIN_USERS": "alice"})
     env = {"GPUHUB_GPU_INVENTORY": to_json([Gpu("0", "GPU-aaa")])}
     once, twice = Config(), Config()
-    apply_config(once, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
-    apply_config(twice, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
-    apply_config(twice, settings, env=env, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
+    apply_config(once, settings, env=env, data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
+    apply_config(twice, settings, env=env, data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
+    apply_config(twice, settings, env=env, data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
     assert twice == once
 
 
@@ -225,7 +219,7 @@ def test_admin_token_file_is_private_and_reused(configure, tmp_path):
 
 def test_admin_token_is_created_in_a_missing_data_dir(tmp_path):
     c = Config()
-    apply_config(c, validate({}), env={}, data_dir=tmp_path / "new", proxy_token_file=proxy_token(tmp_path))
+    apply_config(c, validate({}), env={}, data_dir=tmp_path / "new", secrets_dir=secrets_dir(tmp_path))
     assert services(c)[ADMIN_SERVICE]["api_token"] == (tmp_path / "new" / ADMIN_TOKEN_FILE).read_text().strip()
 
 
@@ -272,7 +266,7 @@ def test_a_missing_proxy_token_stops_the_hub_with_the_fix(tmp_path):
 
     with pytest.raises(ValueError, match="invoke up"):
         apply_config(Config(), validate({}), env={}, data_dir=tmp_path,
-                     proxy_token_file=tmp_path / "absent")
+                     secrets_dir=tmp_path / "absent")
 
 
 # --- how the hub reaches Docker, and the lab firewall --------------------------------
@@ -300,11 +294,16 @@ def test_without_the_proxy_the_hub_needs_the_socket(socket_file):
     check_docker_access(direct, {"DOCKER_HOST": ""}, socket_file)
 
 
-def test_the_gpu_page_reaches_docker_as_the_hub_does(configure):
-    # Managed services inherit almost nothing from the hub's environment.
-    proxied = configure(env={"DOCKER_HOST": DOCKER_PROXY_URL})
-    assert services(proxied)["gpus"]["environment"]["DOCKER_HOST"] == DOCKER_PROXY_URL
-    assert services(configure())["gpus"]["environment"]["DOCKER_HOST"] == ""
+def test_the_gpu_page_is_a_hub_page_and_prometheus_may_only_read_metrics(configure):
+    c = configure()
+    # In the hub (its layout, login and Docker access), not a service of its own.
+    assert c.JupyterHub.extra_handlers == [("/gpus", "gpuhub.gpupage.GpuPage")]
+    assert "gpus" not in services(c)
+    assert services(c)["prometheus"]["api_token"] == "metrics-token-for-tests"
+    assert c.JupyterHub.authenticate_prometheus is True
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["metrics-scraper"] == {"name": "metrics-scraper", "scopes": ["read:metrics"],
+                                        "services": ["prometheus"]}
 
 
 def test_labs_wait_for_the_lab_firewall_unless_it_is_off(configure):

@@ -237,7 +237,23 @@ def test_the_form_offers_each_profile_with_the_default_checked():
     assert form.count('type="radio" name="profile"') == 3
     assert 'value="gpu1" id="profile-gpu1" checked>' in form
     assert form.count(" checked") == 1
-    assert "(CPU only)" in form and "(1 GPU)" in form and "(2 GPUs)" in form
+    # The names say the size already: not "1 GPU (1 GPU)".
+    assert "<strong>1 GPU</strong></label>" in form and "(1 GPU)" not in form
+    assert "<strong>CPU only</strong></label>" in form
+
+
+def test_each_gpu_profile_says_how_many_gpus_are_free():
+    form = profiles().options_form(free=3, total=4)
+    assert "<strong>1 GPU</strong> — 3 of 4 free</label>" in form
+    assert "<strong>2 GPUs</strong> — 3 of 4 free</label>" in form
+    assert "<strong>CPU only</strong></label>" in form  # a CPU lab needs no GPU
+
+
+def test_a_name_that_does_not_say_the_size_gets_it():
+    form = profiles("- display_name: Small\n- display_name: Big\n  gpus: 2\n").options_form(
+        free=0, total=2)
+    assert "<strong>Small</strong> (CPU only)</label>" in form
+    assert "<strong>Big</strong> (2 GPUs) — 0 of 2 free</label>" in form
 
 
 def test_the_form_escapes_names_and_descriptions():

@@ -7,6 +7,7 @@ import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub
+from support.hubsecrets import secrets_dir
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu, to_json
@@ -18,18 +19,11 @@ from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
 GPUS = ["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50", "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"]
 
 
-def proxy_token(tmp_path):
-    """The token file compose mounts at /run/secrets/proxy_auth_token."""
-    path = tmp_path / "proxy_auth_token"
-    path.write_text("proxy-token-for-tests\n")
-    return path
-
-
 
 def make_config(tmp_path, gpus=(), **settings) -> Config:
     c = Config()
     inventory = to_json([Gpu(str(i), uuid) for i, uuid in enumerate(gpus)])
-    apply_config(c, validate(settings), env={"GPUHUB_GPU_INVENTORY": inventory}, data_dir=tmp_path, proxy_token_file=proxy_token(tmp_path))
+    apply_config(c, validate(settings), env={"GPUHUB_GPU_INVENTORY": inventory}, data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
     return c
 
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from jupyterhub.objects import Hub
+from support.hubsecrets import secrets_dir
 from tornado import web
 from traitlets.config import Config
 
@@ -79,7 +80,7 @@ def spec(tmp_path):
     secret.write_text("t0k3n\n")
     return swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
                             profiles_path=tmp_path / "profiles.yaml", secret_file=secret,
-                            inventory_json="[]")
+                            metrics_secret_file=secret, inventory_json="[]")
 
 
 def test_stack_pins_hub_and_proxy_to_the_hub_node(spec):
@@ -111,7 +112,7 @@ def test_stack_secret_name_follows_its_content(tmp_path, spec):
     (tmp_path / "token").write_text("another\n")
     again = swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
                              profiles_path=tmp_path / "p.yaml", secret_file=tmp_path / "token",
-                             inventory_json="[]")
+                             metrics_secret_file=tmp_path / "token", inventory_json="[]")
     assert again["secrets"]["proxy_auth_token"]["name"] != name  # secrets are immutable
     assert json.loads(swarm.stack_yaml(spec)) == spec
 
@@ -181,12 +182,10 @@ def test_profile_placement_is_validated():
 
 def make_swarm_spawner(tmp_path, env=None, **settings) -> GpuSwarmSpawner:
     c = Config()
-    token = tmp_path / "proxy_auth_token"
-    token.write_text("x\n")
     inventory = to_json([Gpu(f"n/{i}", u) for i, u in enumerate(UUIDS)])
     apply_config(c, validate({**SWARM, **settings}),
                  env={"GPUHUB_GPU_INVENTORY": inventory, **(env or {})},
-                 data_dir=tmp_path, proxy_token_file=token)
+                 data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
     assert c.JupyterHub.spawner_class == "gpuhub.swarmspawner.GpuSwarmSpawner"
     user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None, groups=[])
     spawner = GpuSwarmSpawner(user=user, hub=Hub(), config=c)
@@ -233,8 +232,8 @@ def test_auto_memory_fits_the_smallest_node_a_lab_may_land_on(tmp_path):
     secret = tmp_path / "token"
     secret.write_text("t0k3n\n")
     spec = swarm.stack_spec(validate(SWARM), profiles_path=tmp_path / "p.yaml",
-                            secret_file=secret, inventory_json="[]",
-                            lab_host_memory=32 * gib)
+                            secret_file=secret, metrics_secret_file=secret,
+                            inventory_json="[]", lab_host_memory=32 * gib)
     env = spec["services"]["hub"]["environment"]
     assert env["GPUHUB_LAB_HOST_MEMORY"] == str(32 * gib)
     # The hub on the manager (256 GiB) then limits every lab to what the 32 GiB node has.
@@ -318,8 +317,8 @@ def test_build_tags_and_pushes_to_the_registry(tmp_path):
     assert "label=com.docker.swarm.service.name=gpuhub_hub" in project.hub_container()
 
 
-def test_gpu_admin_page_reads_the_swarm(monkeypatch):
-    from gpuhub import gpuservice
+def test_gpu_board_reads_the_swarm():
+    from gpuhub import telemetry
 
     class FakeApi:
         def services(self, filters):
@@ -334,13 +333,11 @@ def test_gpu_admin_page_reads_the_swarm(monkeypatch):
         api = FakeApi()
         nodes = SimpleNamespace(list=lambda: [SimpleNamespace(attrs=n) for n in NODES])
 
-    monkeypatch.setattr(gpuservice.docker, "from_env", lambda: FakeClient())
-    monkeypatch.setattr(gpuservice.os, "environ", {**SWARM})
-    rows = gpuservice.current_rows()
-    assert [(r["node"], r["uuid"], r["held_by"]) for r in rows] == [
+    board = telemetry.swarm_board(validate(SWARM), FakeClient())
+    assert [(r["node"], r["uuid"], r["held_by"]) for r in board.rows] == [
         ("gpu-a", "GPU-aaaa", ["alice"]), ("gpu-a", "GPU-bbbb", [])]
-    page = gpuservice.swarm_html(rows)
-    assert "gpu-a" in page and "alice" in page and "free" in page
+    assert board.problem == "utilisation is not sampled in swarm mode"
+    assert all(r["utilisation"] is None for r in board.rows)
 
 
 def test_lab_command_is_looked_up_once_and_pulled_by_tag_when_missing(tmp_path, monkeypatch):

@@ -7,6 +7,8 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from invoke import Exit, MockContext, Result
@@ -46,6 +48,13 @@ def no_gpu_detection(monkeypatch):
 def compose(env_path, args: str) -> str:
     return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
             f"--env-file {env_path} {args}")
+
+
+def compose_up(env_path, timeout: int, gpus: bool = True) -> str:
+    """`invoke up`'s compose command; with GPUs, the sampler may read them."""
+    sampler = f"-f {ROOT / 'docker-compose.gpu-sampler.yml'} " if gpus else ""
+    return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
+            f"{sampler}--env-file {env_path} up -d --wait --wait-timeout {timeout}")
 
 
 def context(*pairs, running=True) -> MockContext:
@@ -234,7 +243,7 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     exists = compose(path, f"exec -T hub {USERCLI} exists admin")
     c = context((exists, Result()), (DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")), running=False)
     stack.up(c)
-    up = compose(path, "up -d --wait --wait-timeout 180")
+    up = compose_up(path, 180)
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
@@ -265,7 +274,7 @@ def test_up_hands_the_hub_the_docker_hosts_memory(env_file, free_port, no_gpu_de
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="", **settings)
     c = context((DOCKER_MEMORY, answer), running=False)
     stack.up(c, build=False)
-    env = call_for(c, compose(path, "up -d --wait --wait-timeout 180")).kwargs["env"]
+    env = call_for(c, compose_up(path, 180)).kwargs["env"]
     assert env["GPUHUB_LAB_HOST_MEMORY"] == passed
     assert ("labs may use up to 2048M of memory each" in capsys.readouterr().out) is noted
 
@@ -275,7 +284,7 @@ def test_up_no_build_and_timeout(env_file, free_port, no_gpu_detection):
     c = context(running=False)
     stack.up(c, build=False, timeout=30)
     assert not [cmd for cmd in commands(c) if cmd.startswith("docker build")]
-    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 30")
+    assert commands(c)[-1] == compose_up(path, 30)
 
 
 def test_up_creates_a_missing_admin_with_the_password_on_stdin(
@@ -339,7 +348,7 @@ def test_up_does_not_take_its_own_proxy_for_a_taken_port(env_file, no_gpu_detect
         c = context((compose(path, "ps --status running --quiet proxy"), Result("c0ffee\n")),
                     running=hub_running)
         stack.up(c, build=False)
-    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+    assert commands(c)[-1] == compose_up(path, 180)
 
 
 def test_restart_starts_the_stack_when_the_hub_is_not_running(env_file, free_port,
@@ -347,7 +356,7 @@ def test_restart_starts_the_stack_when_the_hub_is_not_running(env_file, free_por
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="")
     c = context(running=False)
     stack.restart(c)
-    assert commands(c)[-1] == compose(path, "up -d --wait --wait-timeout 180")
+    assert commands(c)[-1] == compose_up(path, 180)
     assert compose(path, "restart hub") not in commands(c)
     assert "the hub is not running: starting the stack" in capsys.readouterr().out
 
@@ -359,7 +368,7 @@ def test_up_after_the_proxy_exited_restarts_the_hub_for_its_routes(env_file, fre
                 ("docker inspect -f '{{.State.Health.Status}}' f00d", Result("healthy\n")),
                 running=True)
     stack.up(c, build=False)
-    up = compose(path, "up -d --wait --wait-timeout 180")
+    up = compose_up(path, 180)
     assert commands(c)[commands(c).index(up) + 1] == compose(path, "restart hub")
 
 
@@ -402,7 +411,8 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
     c = context((listed, Result("a1b2\n")), running=False)
     stack.up(c, build=False)
     up = (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-          f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} --env-file {path} "
+          f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} "
+          f"-f {ROOT / 'docker-compose.gpu-sampler.yml'} --env-file {path} "
           "up -d --wait --wait-timeout 180")
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
@@ -412,7 +422,7 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
 
 def test_up_shows_the_hub_logs_when_it_never_gets_healthy(env_file, free_port, no_gpu_detection):
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
-    c = context((compose(path, "up -d --wait --wait-timeout 180"), Result(exited=1)),
+    c = context((compose_up(path, 180), Result(exited=1)),
                 running=False)
     with pytest.raises(Exit) as info:
         stack.up(c, build=False)
@@ -795,79 +805,100 @@ def test_status_of_a_project_with_nothing_running(env_file, capsys):
 
 # --- gpus -------------------------------------------------------------------------------
 
-GPU_INVENTORY = json.dumps([{"index": str(i), "uuid": f"GPU-{u}", "name": "NVIDIA A100",
-                             "memory_mib": 40960} for i, u in enumerate(("aaa", "bbb", "ccc"))])
-LABS = "docker ps -q --filter label=gpuhub.project=gpuhub"
+BOARD_COMMAND = "exec -T hub python3 -m gpuhub.telemetry"
+INVENTORY = [Gpu(str(i), f"GPU-{u}", "NVIDIA A100", 40960) for i, u in enumerate(("aaa", "bbb", "ccc"))]
 # Labels as the lab image brings them too: values with "," and "=" in them, one of them
-# looking like gpuhub's own labels ("k=v,k=v" strings could not be split back).
-BOB_LABELS = {"gpuhub.project": "gpuhub", "gpuhub.user": "bob", "gpuhub.gpus": "GPU-aaa,GPU-bbb",
-              "gpuhub.since": "2026-05-01T10:00:00+00:00",
-              "maintainer": "Jupyter Project <jupyter@googlegroups.com>", "a": "b,c",
-              "org.example.note": "gpuhub.user=mallory,gpuhub.gpus=GPU-ccc"}
-CAROL_LABELS = {"gpuhub.project": "gpuhub", "gpuhub.user": "carol", "gpuhub.gpus": "GPU-ccc",
-                "gpuhub.since": "2026-05-01T11:00:00+00:00"}
+# looking like gpuhub's own labels.
+BOB = {"Id": "b0b" * 21 + "b", "Labels": {
+    "gpuhub.project": "gpuhub", "gpuhub.user": "bob", "gpuhub.gpus": "GPU-aaa,GPU-bbb",
+    "gpuhub.since": "2026-05-01T10:00:00+00:00", "gpuhub.profile": "gpu2",
+    "maintainer": "Jupyter Project <jupyter@googlegroups.com>",
+    "org.example.note": "gpuhub.user=mallory,gpuhub.gpus=GPU-ccc"}}
 
 
-def inspect_labels(*ids: str) -> str:
-    return "docker inspect --format '{{json .Config.Labels}}' " + " ".join(ids)
+def board_json(samples: dict | None = None, now: float = 1_000_000.0) -> str:
+    """What the hub prints: telemetry's board of INVENTORY, bob's lab and ``samples``."""
+    from gpuhub import telemetry
+
+    path = Path(tempfile.mkdtemp()) / "gpus.json"
+    if samples is not None:
+        path.write_text(json.dumps(samples))
+    board = telemetry.compose_board("gpuhub", "exclusive", INVENTORY, lambda: [BOB], path, now)
+    return json.dumps(board.as_json())
 
 
-def gpus_context(path, *pairs):
-    inventory = compose(path, "exec -T hub cat /srv/jupyterhub/data/gpu-inventory.json")
-    return context((inventory, Result(GPU_INVENTORY + "\n")), *pairs)
+SAMPLES = {"version": 1, "taken_at": 999_998.0, "interval": 5, "idle_below": 5, "error": "",
+           "gpus": [{"index": "0", "uuid": "GPU-aaa", "name": "NVIDIA A100", "utilisation": 85,
+                     "memory_used_mib": 9216, "memory_total_mib": 40960, "idle_since": None,
+                     "history": [[999_993.0, 80, 9000], [999_998.0, 85, 9216]]},
+                    {"index": "1", "uuid": "GPU-bbb", "name": "NVIDIA A100", "utilisation": 0,
+                     "memory_used_mib": 0, "memory_total_mib": 40960,
+                     "idle_since": 1_000_000.0 - 3900, "history": []}],
+           "processes": []}
 
 
-def test_gpus_reads_each_labs_labels_as_json(env_file, capsys):
+def test_gpus_prints_the_hubs_table_with_utilisation_and_idle_time(env_file, capsys):
     path = env_file()
-    c = gpus_context(path, (LABS, Result("b0b\nca401\n")), (inspect_labels("b0b", "ca401"), Result(
-        json.dumps(BOB_LABELS) + "\n" + json.dumps(CAROL_LABELS) + "\n")))
-    stack.gpus(c, json=True)
-    assert commands(c)[2:] == [
-        compose(path, "ps --status running --quiet hub"),
-        compose(path, "exec -T hub cat /srv/jupyterhub/data/gpu-inventory.json"),
-        LABS, inspect_labels("b0b", "ca401")]
-    rows = json.loads(capsys.readouterr().out)
-    assert [(r["uuid"], r["held_by"], r["since"]) for r in rows] == [
-        ("GPU-aaa", ["bob"], "2026-05-01T10:00:00+00:00"),
-        ("GPU-bbb", ["bob"], "2026-05-01T10:00:00+00:00"),
-        ("GPU-ccc", ["carol"], "2026-05-01T11:00:00+00:00"),
-    ]
-
-
-def test_gpus_table_names_the_holder_alone(env_file, capsys):
-    path = env_file()
-    c = gpus_context(path, (LABS, Result("b0b\n")),
-                     (inspect_labels("b0b"), Result(json.dumps(BOB_LABELS) + "\n")))
+    c = context((compose(path, BOARD_COMMAND), Result(board_json(SAMPLES))))
     stack.gpus(c)
+    assert commands(c)[2:] == [compose(path, "ps --status running --quiet hub"),
+                               compose(path, BOARD_COMMAND)]
     table = capsys.readouterr().out.splitlines()
-    assert [line.split()[-2] for line in table[1:]] == ["bob", "bob", "free"], table
-    assert "maintainer" not in "\n".join(table) and "mallory" not in "\n".join(table)
+    assert table[0].split() == ["GPU", "MODEL", "HELD", "BY", "SINCE", "UTIL", "MEMORY", "USED",
+                                "IDLE", "POLICY"]
+    assert "bob (gpu2)" in table[1] and "85 %" in table[1] and "9216 / 40960 MiB" in table[1]
+    assert "1 h 05 min" in table[2] and "0 %" in table[2]
+    # GPU-ccc: not sampled (the sampler did not report it), and free.
+    assert "free" in table[3] and "? / 40960 MiB" in table[3]
+    assert "mallory" not in "\n".join(table)
 
 
-def test_gpus_without_labs_asks_docker_nothing_more(env_file, capsys):
+def test_gpus_json_is_the_rows(env_file, capsys):
     path = env_file()
-    c = gpus_context(path, (LABS, Result("")))
+    c = context((compose(path, BOARD_COMMAND), Result(board_json(SAMPLES))))
     stack.gpus(c, json=True)
-    assert commands(c)[-1] == LABS
-    assert [r["held_by"] for r in json.loads(capsys.readouterr().out)] == [[], [], []]
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["uuid"], r["held_by"], r["utilisation"]) for r in rows] == [
+        ("GPU-aaa", ["bob"], 85), ("GPU-bbb", ["bob"], 0), ("GPU-ccc", [], None)]
+    assert rows[0]["holders"] == [{"user": "bob", "profile": "gpu2",
+                                   "since": "2026-05-01T10:00:00+00:00", "memory_used_mib": 9216}]
+    assert rows[0]["history"] == [80, 85]
 
 
-def test_gpus_skips_a_lab_that_stopped_meanwhile(env_file, capsys):
+def test_gpus_says_why_there_is_no_utilisation(env_file, capsys):
     path = env_file()
-    c = gpus_context(path, (LABS, Result("b0b\nca401\n")), (inspect_labels("b0b", "ca401"), Result(
-        json.dumps(BOB_LABELS) + "\n", stderr="Error: No such object: ca401\n", exited=1)))
-    stack.gpus(c, json=True)
-    assert [r["held_by"] for r in json.loads(capsys.readouterr().out)] == [["bob"], ["bob"], []]
+    c = context((compose(path, BOARD_COMMAND), Result(board_json(None))))
+    stack.gpus(c)
+    out = capsys.readouterr().out
+    assert "No utilisation: no reading yet: the gpu-sampler service has written none" in out
 
 
-def test_gpus_failing_docker_is_one_line(env_file):
+def test_gpus_watch_redraws_until_ctrl_c(env_file, capsys, monkeypatch):
+    import time
+
     path = env_file()
-    c = gpus_context(path, (LABS, Result("b0b\n")), (inspect_labels("b0b"), Result(
-        stderr="Cannot connect to the Docker daemon at unix:///var/run/docker.sock\n",
-        exited=1)))
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    c = context((compose(path, BOARD_COMMAND), Result(board_json(SAMPLES))))
+    stack.gpus(c, watch=True)
+    assert sleeps == [5, 5]
+    assert commands(c).count(compose(path, BOARD_COMMAND)) == 2
+    assert capsys.readouterr().out.count("\033[H\033[2J") == 2
+
+
+def test_gpus_failing_hub_is_one_line(env_file):
+    path = env_file()
+    c = context((compose(path, BOARD_COMMAND), Result(
+        stderr="error: could not read the GPUs: Cannot connect to the Docker daemon\n", exited=1)))
     with pytest.raises(Exit) as info:
         stack.gpus(c)
-    assert_one_line_error(info, "could not read the labels of the labs of gpuhub",
+    assert_one_line_error(info, "could not read the GPUs from the hub",
                           "Cannot connect to the Docker daemon")
 
 

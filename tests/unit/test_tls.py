@@ -12,6 +12,7 @@ import yaml
 from invoke import Config as InvokeConfig
 from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
+from support.hubsecrets import secrets_dir
 from support.mock_docker import commands, docker_context
 from traitlets.config import Config
 
@@ -168,10 +169,8 @@ def test_redirect_override_publishes_the_redirect_port_to_the_https_port():
 # --- hub config: https and Secure cookies ---------------------------------------------------
 
 def hub_config(tmp_path, **settings) -> Config:
-    token = tmp_path / "proxy_auth_token"
-    token.write_text("t\n")
     c = Config()
-    apply_config(c, validate(settings), env={}, data_dir=tmp_path, proxy_token_file=token)
+    apply_config(c, validate(settings), env={}, data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
     return c
 
 
@@ -213,8 +212,8 @@ def test_up_with_tls_starts_with_the_override_and_prints_https(
                     TLS_CERT=cert, TLS_KEY=key, HUB_HTTP_REDIRECT_PORT=redirect)
     c = context()
     stack.up(c, build=False)
-    up = compose_prefix(path, "docker-compose.tls.yml", "docker-compose.tls-redirect.yml") + (
-        " up -d --wait --wait-timeout 180")
+    up = compose_prefix(path, "docker-compose.tls.yml", "docker-compose.tls-redirect.yml",
+                        "docker-compose.gpu-sampler.yml") + " up -d --wait --wait-timeout 180"
     assert commands(c)[-1] == up
     env = c.run.call_args_list[-1].kwargs["env"]
     assert (env["TLS_CERT"], env["TLS_KEY"]) == (str(cert), str(key))

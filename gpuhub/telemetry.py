@@ -1,0 +1,286 @@
+"""GPU telemetry in the hub: the sampler's readings joined with who holds each GPU.
+
+The one interface the hub and the tasks read GPUs through:
+
+- :func:`read_samples` reads the gpu-sampler's file (``names.GPU_SAMPLES_FILE``) and
+  says plainly why there is no usable reading (missing, unreadable, stale, driver error);
+- :class:`GpuBoard` keeps the current table (:func:`gpuhub.gpureport.report`), refreshed
+  in a background thread every ``GPU_SAMPLE_INTERVAL``, for the admin page and the
+  metrics, so that neither blocks the hub's event loop on Docker;
+- ``python3 -m gpuhub.telemetry`` prints the same table as JSON (``invoke gpus`` runs it
+  in the hub container);
+- the Prometheus metrics (served by the hub's own ``/hub/metrics``, which JupyterHub
+  protects with the ``read:metrics`` scope) come from the board and from the spawner's
+  counters below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from . import gpus as gpu_inventory
+from . import names
+from .gpureport import labs_from_docker, report
+from .labels import PROJECT as LABEL_PROJECT
+
+FORMAT_VERSION = 1
+# A reading older than this many intervals (plus a margin) means the sampler stopped.
+STALE_INTERVALS = 3
+MIB = 1024 * 1024
+
+SPAWN_DURATION = Histogram(
+    "gpuhub_spawn_duration_seconds",
+    "Seconds from pressing Start until the lab served, for labs that started, by profile.",
+    ["profile"], buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+SPAWNS_REFUSED = Counter(
+    "gpuhub_spawns_refused",
+    "Starts refused or failed before the lab served, by reason (gpus_busy, gpu_limit, "
+    "no_gpus, bad_profile, lab_firewall_down, lab_died, timeout, error).", ["reason"])
+
+
+def read_samples(path: Path = Path(names.GPU_SAMPLES_FILE),
+                 now: float | None = None) -> tuple[dict | None, str]:
+    """The sampler's latest reading and the problem with it ("" when there is none).
+
+    No reading (None) when the file is missing, unreadable, of another format, or stale;
+    a reading with an empty GPU list and the driver's error when nvidia-smi failed.
+    """
+    now = time.time() if now is None else now
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None, ("no reading yet: the gpu-sampler service has written none "
+                      "(see `invoke status` and `docker compose logs gpu-sampler`)")
+    except (OSError, ValueError) as err:
+        return None, f"the gpu-sampler's readings cannot be read ({err})"
+    if (not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION
+            or not isinstance(doc.get("taken_at"), int | float)
+            or not isinstance(doc.get("gpus"), list)):
+        return None, "the gpu-sampler's readings are in a format this hub does not know"
+    age = now - doc["taken_at"]
+    if age > STALE_INTERVALS * float(doc.get("interval") or 5) + 10:
+        return None, (f"the last reading is {int(age)} s old: the gpu-sampler service is "
+                      "not running (see `invoke status`)")
+    return doc, str(doc.get("error") or "")
+
+
+@dataclass
+class Board:
+    """One refresh of the table: GPU rows, labs per profile, and what is missing."""
+
+    rows: list[dict] = field(default_factory=list)
+    labs_per_profile: dict[str, int] = field(default_factory=dict)
+    problem: str = "not read yet"
+    taken_at: float = 0.0
+    sampled: bool = False  # utilisation and memory are in the rows
+
+    def as_json(self) -> dict:
+        return {"rows": self.rows, "labs_per_profile": self.labs_per_profile,
+                "problem": self.problem, "taken_at": self.taken_at, "sampled": self.sampled}
+
+
+def compose_board(project: str, policy: str, inventory: list[gpu_inventory.Gpu],
+                  list_labs: Callable[[], list[dict]],
+                  samples_path: Path = Path(names.GPU_SAMPLES_FILE),
+                  now: float | None = None) -> Board:
+    """The board of a compose deployment: labs from Docker, readings from the sampler."""
+    now = time.time() if now is None else now
+    containers = list_labs()
+    labs = labs_from_docker(containers)
+    samples, problem = read_samples(samples_path, now) if inventory else (None, "")
+    return Board(rows=report(inventory, labs, policy, samples, now),
+                 labs_per_profile=dict(Tally(lab.profile or "default" for lab in labs)),
+                 problem=problem, taken_at=now, sampled=samples is not None)
+
+
+def docker_lab_lister(project: str) -> Callable[[], list[dict]]:
+    """Running labs of ``project`` as Docker lists them (through the hub's DOCKER_HOST)."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    return lambda: client.api.containers(filters={"label": f"{LABEL_PROJECT}={project}"})
+
+
+def swarm_board(settings, client=None) -> Board:
+    """Swarm mode: every node's GPUs and the running lab tasks holding them. The sampler
+    is a single-host service: Swarm nodes' utilisation is not read (README, Swarm)."""
+    import docker
+
+    from . import swarm
+
+    client = client or docker.from_env(timeout=10)
+    kind = settings.swarm_gpu_resource
+    tasks = []
+    for service in client.api.services(
+            filters={"label": f"{LABEL_PROJECT}={settings.compose_project_name}"}):
+        tasks += client.api.tasks(filters={"service": service["ID"], "desired-state": "running"})
+    nodes = [n.attrs for n in client.nodes.list()]
+    rows = []
+    for r in swarm.report(swarm.node_gpus(nodes, kind), tasks, kind):
+        rows.append({
+            "gpu": r["node"], "uuid": r["uuid"], "model": f"node {r['state']}/{r['availability']}",
+            "memory_mib": 0, "policy": "swarm", "held_by": r["held_by"],
+            "holders": [{"user": u, "profile": "", "since": r["since"], "memory_used_mib": None}
+                        for u in r["held_by"]],
+            "since": r["since"], "utilisation": None, "memory_used_mib": None, "history": [],
+            "idle_seconds": None, "unattributed_mib": None, "node": r["node"]})
+    return Board(rows=rows, problem="utilisation is not sampled in swarm mode",
+                 taken_at=time.time())
+
+
+def board_from_env(env=None, list_labs: Callable[[], list[dict]] | None = None) -> Board:
+    """One board, read now, from the hub's settings, inventory and Docker."""
+    from .settings import validate
+
+    settings = validate(os.environ if env is None else env)
+    if settings.mode == "swarm":
+        return swarm_board(settings)
+    inventory_file = Path(names.HUB_DATA_DIR) / gpu_inventory.INVENTORY_FILE
+    inventory = gpu_inventory.from_json(
+        inventory_file.read_text() if inventory_file.exists() else "[]")
+    project = settings.compose_project_name
+    return compose_board(project, settings.gpu_policy, inventory,
+                         list_labs or docker_lab_lister(project))
+
+
+def hub_fetch() -> tuple[Callable[[], Board], float]:
+    """The hub process's way to read boards (one Docker client), and how often."""
+    from .settings import validate
+
+    settings = validate(os.environ)
+    if settings.mode == "swarm":
+        return (lambda: swarm_board(settings)), float(settings.gpu_sample_interval)
+    lister = docker_lab_lister(settings.compose_project_name)
+    return (lambda: board_from_env(list_labs=lister)), float(settings.gpu_sample_interval)
+
+
+class GpuBoard:
+    """The current board, kept fresh by a daemon thread that starts on first use.
+
+    ``latest()`` never waits on Docker once a first board exists; a refresh that fails
+    keeps the last rows and says why in ``problem``.
+    """
+
+    def __init__(self, setup: Callable[[], tuple[Callable[[], Board], float]]):
+        self._setup = setup
+        self._fetch: Callable[[], Board] | None = None
+        self.interval = 5.0
+        self._board = Board()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> Board:
+        try:
+            if self._fetch is None:
+                self._fetch, self.interval = self._setup()
+            board = self._fetch()
+        except Exception as err:  # Docker or the broker is down: keep the last rows
+            board = Board(rows=self._board.rows, labs_per_profile=self._board.labs_per_profile,
+                          problem=f"could not read the labs from Docker ({err})",
+                          taken_at=self._board.taken_at)
+        with self._lock:
+            self._board = board
+        return board
+
+    def latest(self) -> Board:
+        """The newest board; the first call (of the process) reads it synchronously."""
+        with self._lock:
+            first = self._thread is None
+            if first:
+                self._thread = threading.Thread(target=self._run, name="gpuhub-gpu-board",
+                                                daemon=True)
+        if first:
+            self.refresh()
+            self._thread.start()
+        with self._lock:
+            return self._board
+
+    def cached(self) -> Board:
+        """The newest board without ever reading (the metrics scrape uses it)."""
+        with self._lock:
+            started = self._thread is not None
+            board = self._board
+        if not started:
+            threading.Thread(target=self.latest, daemon=True).start()
+        return board
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.refresh()
+
+
+# The hub process's board: the admin page and the metrics share it.
+BOARD = GpuBoard(hub_fetch)
+
+
+class BoardCollector:
+    """Prometheus gauges from the board: per GPU, per holder, labs per profile."""
+
+    def __init__(self, board: GpuBoard):
+        self.board = board
+
+    def describe(self):
+        return []  # collected fresh at each scrape: nothing to check at registration
+
+    def collect(self):
+        board = self.board.cached()
+        gpu = ["gpu", "uuid", "model"]
+        util = GaugeMetricFamily("gpuhub_gpu_utilisation_percent",
+                                 "GPU utilisation over the driver's last sample period.",
+                                 labels=gpu)
+        used = GaugeMetricFamily("gpuhub_gpu_memory_used_bytes", "GPU memory in use.",
+                                 labels=gpu)
+        total = GaugeMetricFamily("gpuhub_gpu_memory_total_bytes", "GPU memory in all.",
+                                  labels=gpu)
+        idle = GaugeMetricFamily("gpuhub_gpu_idle_seconds",
+                                 "Seconds the GPU has been below GPU_IDLE_UTILISATION.",
+                                 labels=gpu)
+        holder = GaugeMetricFamily("gpuhub_gpu_holder",
+                                   "1 for each lab holding the GPU (user, profile).",
+                                   labels=[*gpu, "user", "profile"])
+        for row in board.rows:
+            key = [row["gpu"], row["uuid"], row["model"]]
+            if row["memory_mib"]:
+                total.add_metric(key, row["memory_mib"] * MIB)
+            if row["utilisation"] is not None:
+                util.add_metric(key, row["utilisation"])
+            if row["memory_used_mib"] is not None:
+                used.add_metric(key, row["memory_used_mib"] * MIB)
+            if row["idle_seconds"] is not None:
+                idle.add_metric(key, row["idle_seconds"])
+            for h in row["holders"]:
+                holder.add_metric([*key, h["user"], h["profile"]], 1)
+        labs = GaugeMetricFamily("gpuhub_labs_running", "Running labs, by profile.",
+                                 labels=["profile"])
+        for profile, count in sorted(board.labs_per_profile.items()):
+            labs.add_metric([profile], count)
+        up = GaugeMetricFamily("gpuhub_gpu_sampler_up",
+                               "1 while the gpu-sampler's readings are fresh.")
+        up.add_metric([], 1 if board.sampled and not board.problem else 0)
+        yield from (util, used, total, idle, holder, labs, up)
+
+
+REGISTRY.register(BoardCollector(BOARD))
+
+
+def main() -> None:
+    try:
+        print(json.dumps(board_from_env().as_json()))
+    except Exception as err:
+        sys.exit(f"error: could not read the GPUs: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The NVIDIA test double reports the GPU state the tests script, and shares it with containers.
+
+No Docker: the fake ``nvidia-smi`` (sh + awk) runs here exactly as inside a container, on
+the inventory TSV the fake hook writes; the hook's bind mount is checked as a command.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import io
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from support import gpu_state
+
+DOUBLE = Path(__file__).resolve().parents[1] / "gpu_double"
+INVENTORY = json.loads((DOUBLE / "inventory-4.json").read_text())
+UUID = [g["uuid"] for g in INVENTORY["gpus"]]  # host order
+TOTAL = 15360
+SAMPLER_GPUS = ("--query-gpu=index,uuid,name,utilization.gpu,memory.used,memory.total",
+                "--format=csv,noheader,nounits")
+SAMPLER_APPS = ("--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits")
+
+
+def load_hook():
+    loader = importlib.machinery.SourceFileLoader(
+        "gpu_double_hook", str(DOUBLE / "nvidia-container-runtime-hook"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def hook(tmp_path, monkeypatch):
+    for name in ("LOG", "INVENTORY", "STATE", "SMI", "SWARM_RESOURCE"):
+        monkeypatch.delenv(f"GPUHUB_GPU_DOUBLE_{name}", raising=False)
+    module = load_hook()
+    monkeypatch.setattr(module, "LOG", str(tmp_path / "hook.log"))
+    return module
+
+
+@pytest.fixture
+def state(tmp_path) -> Path:
+    """The state file the fake nvidia-smi reads (absent until a test writes it)."""
+    return tmp_path / "state" / "gpus.tsv"
+
+
+@pytest.fixture
+def smi(tmp_path, hook, state):
+    """Run the fake nvidia-smi as in a container granted ``visible`` (the hook's TSV)."""
+
+    def run(*args: str, visible: str = "all", check: bool = True) -> subprocess.CompletedProcess:
+        inventory = tmp_path / "gpus.tsv"
+        inventory.write_bytes(hook.to_tsv(INVENTORY, visible))
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "GPUHUB_FAKE_GPUS_FILE": str(inventory), "GPUHUB_FAKE_GPU_STATE": str(state)}
+        done = subprocess.run(["sh", str(DOUBLE / "nvidia-smi"), *args], env=env,
+                              capture_output=True, text=True)
+        if check:
+            assert done.returncode == 0, f"nvidia-smi {args} failed: {done.stderr}"
+        return done
+
+    return run
+
+
+def write_state(state: Path, *lines: str) -> None:
+    state.parent.mkdir(exist_ok=True)
+    state.write_text("".join(line + "\n" for line in lines))
+
+
+def lines(done: subprocess.CompletedProcess) -> list[str]:
+    return done.stdout.splitlines()
+
+
+# --- fake nvidia-smi ------------------------------------------------------------------
+
+
+def test_utilisation_and_memory_come_from_the_state(smi, state):
+    write_state(state, f"gpu\t{UUID[1]}\t85\t9216")
+    out = lines(smi("--query-gpu=index,uuid,utilization.gpu,memory.used,memory.total,memory.free",
+                    "--format=csv,noheader,nounits"))
+    assert out == [f"0, {UUID[0]}, 0, 0, {TOTAL}, {TOTAL}",
+                   f"1, {UUID[1]}, 85, 9216, {TOTAL}, {TOTAL - 9216}",
+                   f"2, {UUID[2]}, 0, 0, {TOTAL}, {TOTAL}",
+                   f"3, {UUID[3]}, 0, 0, {TOTAL}, {TOTAL}"]
+
+
+def test_without_state_every_gpu_is_idle(smi, state):
+    assert not state.exists()
+    assert lines(smi(*SAMPLER_GPUS)) == [f"{i}, {u}, Tesla T4, 0, 0, {TOTAL}"
+                                         for i, u in enumerate(UUID)]
+    assert lines(smi(*SAMPLER_APPS)) == []
+
+
+def test_memory_is_clamped_to_total_and_utilisation_to_100(smi, state):
+    write_state(state, f"gpu\t{UUID[0]}\t250\t99999", f"proc\t{UUID[0]}\t7\t99999\tpython")
+    assert lines(smi("--query-gpu=utilization.gpu,memory.used,memory.free", "-i", "0",
+                     "--format=csv,noheader,nounits")) == [f"100, {TOTAL}, 0"]
+    assert lines(smi(*SAMPLER_APPS)) == [f"{UUID[0]}, 7, {TOTAL}"]
+
+
+def test_comments_malformed_lines_and_case_are_handled(smi, state):
+    write_state(state,
+                f"# gpu\t{UUID[0]}\t50\t50",
+                f"gpu\t{UUID[0]}\thigh\t10",          # not a number
+                f"gpu\t{UUID[1]}\t10",                # too short
+                f"gpu\t{UUID[2]}\t-5\t10",            # negative
+                f"proc\t{UUID[0]}\t1\t10",            # no process name column
+                "gpu\tGPU-unknown\t99\t99",           # not in the inventory
+                f"gpu\t{UUID[3].upper()}\t30\t300\r",  # UUIDs compare like nvidia-smi's
+                f"gpu\t{UUID[3]}\t40\t400")            # the last line for a GPU wins
+    out = lines(smi("--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"))
+    assert out == ["0, 0", "0, 0", "0, 0", "40, 400"]
+    assert lines(smi(*SAMPLER_APPS)) == []
+
+
+def test_query_units_and_header(smi, state):
+    write_state(state, f"gpu\t{UUID[0]}\t85\t9216")
+    out = lines(smi("--query-gpu=index,utilization.gpu,memory.used,memory.free", "-i", "0",
+                    "--format=csv"))
+    assert out == ["index, utilization.gpu [%], memory.used [MiB], memory.free [MiB]",
+                   f"0, 85 %, 9216 MiB, {TOTAL - 9216} MiB"]
+
+
+def test_compute_apps_only_on_visible_gpus_in_container_order(smi, state):
+    write_state(state,
+                f"proc\t{UUID[3]}\t300\t3000\tpython3",
+                f"proc\t{UUID[0]}\t100\t1000\tnot-granted",
+                f"proc\t{UUID[1]}\t200\t2000\tpython",
+                f"proc\t{UUID[3]}\t301\t3001\tjupyter")
+    out = lines(smi("--query-compute-apps=gpu_uuid,pid,used_memory,process_name",
+                    "--format=csv,noheader,nounits", visible="1,3"))
+    assert out == [f"{UUID[1]}, 200, 2000, python",  # host PIDs, as written
+                   f"{UUID[3]}, 300, 3000, python3",
+                   f"{UUID[3]}, 301, 3001, jupyter"]
+    assert lines(smi("--query-compute-apps=pid", "--format=csv,noheader", "-i", "1",
+                     visible="1,3")) == ["300", "301"]
+    assert len(lines(smi(*SAMPLER_APPS))) == 4  # the host view grants all
+
+
+def test_compute_apps_header_names_and_units_like_the_real_one(smi, state):
+    write_state(state, f"proc\t{UUID[2]}\t12345\t9000\tpython")
+    out = lines(smi("--query-compute-apps=gpu_uuid,pid,used_memory,name", "--format=csv"))
+    assert out == ["gpu_uuid, pid, used_gpu_memory [MiB], process_name",
+                   f"{UUID[2]}, 12345, 9000 MiB, python"]
+
+
+def test_compute_apps_without_processes(smi, state):
+    write_state(state, f"proc\t{UUID[0]}\t1\t10\tpython")
+    assert smi(*SAMPLER_APPS, visible="2").stdout == ""  # nothing at all with noheader
+    assert lines(smi("--query-compute-apps=pid,used_memory", "--format=csv",
+                     visible="2")) == ["pid, used_gpu_memory [MiB]"]
+
+
+def test_compute_apps_rejects_what_the_real_one_rejects(smi):
+    assert smi("--query-compute-apps=pid", check=False).returncode == 2  # no --format
+    bad = smi("--query-compute-apps=pid,utilization.gpu", "--format=csv", check=False)
+    assert bad.returncode == 2 and '"utilization.gpu" is not a valid field' in bad.stderr
+
+
+def test_containers_still_renumber_from_zero(smi, state):
+    write_state(state, f"gpu\t{UUID[3]}\t85\t9216", f"gpu\t{UUID[1]}\t10\t100")
+    out = lines(smi(*SAMPLER_GPUS, visible=f"{UUID[3]},1"))  # host order, whatever the order here
+    assert out == [f"0, {UUID[1]}, Tesla T4, 10, 100, {TOTAL}",
+                   f"1, {UUID[3]}, Tesla T4, 85, 9216, {TOTAL}"]
+    assert lines(smi("-L", visible="3")) == [f"GPU 0: Tesla T4 (UUID: {UUID[3]})"]
+
+
+def test_table_shows_utilisation_memory_and_processes(smi, state):
+    write_state(state, f"gpu\t{UUID[3]}\t85\t9216", f"proc\t{UUID[3]}\t12345\t9000\tpython")
+    table = smi(visible="3").stdout
+    assert "9216MiB / 15360MiB |     85%      Default |" in table
+    row = next(line for line in table.splitlines() if "12345" in line)
+    assert row.split() == ["|", "0", "N/A", "N/A", "12345", "C", "python", "9000MiB", "|"]
+    widths = {len(line) for line in table.splitlines() if line}
+    assert widths == {91}, f"ragged table:\n{table}"
+    idle = smi(visible="0").stdout
+    assert "0MiB / 15360MiB |      0%      Default |" in idle
+    assert "No running processes found" in idle
+
+
+# --- fake hook --------------------------------------------------------------------------
+
+
+def test_bind_mount_command_enters_the_containers_mount_namespace(hook):
+    cmd = hook.bind_mount_command(4242, "/var/lib/gpuhub-gpu-double/state",
+                                  "/run/bundle/rootfs/etc/gpuhub-gpu-double-state",
+                                  nsenter="/usr/bin/nsenter", mount="/usr/bin/mount")
+    assert cmd == ["/usr/bin/nsenter", "--target", "4242", "--mount", "--",
+                   "/usr/bin/mount", "--bind", "-o", "ro", "/var/lib/gpuhub-gpu-double/state",
+                   "/run/bundle/rootfs/etc/gpuhub-gpu-double-state"]
+
+
+def test_bind_mount_command_finds_util_linux_without_a_path(hook, monkeypatch):
+    monkeypatch.setenv("PATH", "")  # runc may give hooks no PATH at all
+    cmd = hook.bind_mount_command("17", "/src", "/dst")
+    assert os.path.isabs(cmd[0]) and os.path.basename(cmd[0]) == "nsenter"
+    assert os.path.isabs(cmd[5]) and os.path.basename(cmd[5]) == "mount"
+    assert cmd[2] == "17"
+
+
+def _bundle(tmp_path: Path, hook, monkeypatch) -> tuple[Path, dict]:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs" / "etc").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps(
+        {"root": {"path": "rootfs"}, "process": {"env": ["NVIDIA_VISIBLE_DEVICES=1"]}}))
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(INVENTORY))
+    monkeypatch.setattr(hook, "INVENTORY", str(inventory))
+    monkeypatch.setattr(hook, "STATE_DIR", str(tmp_path / "host" / "state"))
+    monkeypatch.setattr(os, "fchown", lambda *a: None)  # the hook runs as root; tests need not
+    # pid: ours, so that the check through /proc/<pid>/root sees this test's directories
+    return bundle, {"id": "c0ffee", "pid": os.getpid(), "bundle": str(bundle)}
+
+
+def _prestart(hook, monkeypatch, oci_state: dict) -> int:
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(oci_state)))
+    return hook.main(["nvidia-container-runtime-hook", "prestart"])
+
+
+def test_prestart_mounts_the_host_state_read_only(tmp_path, hook, monkeypatch):
+    bundle, oci_state = _bundle(tmp_path, hook, monkeypatch)
+    ran = []
+    monkeypatch.setattr(hook, "run", lambda cmd: ran.append(cmd) or SimpleNamespace(returncode=0))
+    assert _prestart(hook, monkeypatch, oci_state) == 0
+    target = bundle / "rootfs" / "etc" / "gpuhub-gpu-double-state"
+    assert target.is_dir()
+    host = tmp_path / "host" / "state"
+    assert stat.S_IMODE(host.stat().st_mode) == 0o755  # created, so the bind always works
+    assert ran == [hook.bind_mount_command(os.getpid(), str(host), str(target))]
+    assert ran[0][ran[0].index("--bind") + 1:] == ["-o", "ro", str(host), str(target)]
+    assert (bundle / "rootfs" / "usr" / "local" / "bin" / "nvidia-smi").is_file()
+
+
+@pytest.mark.parametrize("outcome, logged", [
+    (SimpleNamespace(returncode=32, stderr="mount: permission denied"), "failed (32): mount: perm"),
+    (FileNotFoundError("/usr/bin/nsenter"), "GPU state not mounted: FileNotFoundError"),
+    (subprocess.TimeoutExpired("nsenter", 10), "GPU state not mounted: TimeoutExpired"),
+])
+def test_a_failed_mount_never_fails_the_container_start(tmp_path, hook, monkeypatch, outcome,
+                                                        logged):
+    bundle, oci_state = _bundle(tmp_path, hook, monkeypatch)
+
+    def run(cmd):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(hook, "run", run)
+    assert _prestart(hook, monkeypatch, oci_state) == 0
+    log = Path(hook.LOG).read_text()
+    assert logged in log, log
+    assert (bundle / "rootfs" / "usr" / "local" / "bin" / "nvidia-smi").is_file()
+
+
+def test_no_mount_without_a_pid(tmp_path, hook, monkeypatch):
+    _, oci_state = _bundle(tmp_path, hook, monkeypatch)
+    del oci_state["pid"]
+    monkeypatch.setattr(hook, "run", lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert _prestart(hook, monkeypatch, oci_state) == 0
+    assert "no pid" in Path(hook.LOG).read_text()
+
+
+def test_mount_target_must_be_a_plain_directory_in_the_container(tmp_path, hook):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    pid = os.getpid()
+    assert hook.plain_dir_in(pid, str(tmp_path / "real"))
+    assert not hook.plain_dir_in(pid, str(tmp_path / "link"))
+    assert not hook.plain_dir_in(pid, str(tmp_path / "missing"))
+
+
+def test_the_state_paths_are_spelled_alike_everywhere(hook):
+    assert hook.STATE_DIR == gpu_state.STATE_DIR  # the default, with no env
+    assert hook.CONTAINER_STATE_DIR == gpu_state.CONTAINER_STATE_DIR
+    smi = (DOUBLE / "nvidia-smi").read_text()
+    assert f"{gpu_state.CONTAINER_STATE_DIR}/{gpu_state.STATE_FILE}" in smi
+    install = (DOUBLE / "install.sh").read_text()
+    assert f"STATE={gpu_state.STATE_DIR} " in install
+    assert f"$STATE}}/{gpu_state.STATE_FILE}" in install  # the host wrapper's state file
+
+
+# --- tests/support/gpu_state.py ---------------------------------------------------------
+
+
+def test_gpu_state_round_trip_through_the_fake_nvidia_smi(smi, state):
+    path = gpu_state.write({UUID[1]: (85, 9216)}, [(UUID[1], 12345, 9000, "python")],
+                           state_dir=state.parent)
+    assert path == state
+    assert stat.S_IMODE(state.stat().st_mode) == 0o644
+    assert os.listdir(state.parent) == ["gpus.tsv"]  # no temporary file left behind
+    assert lines(smi(*SAMPLER_GPUS, visible="1")) == [f"0, {UUID[1]}, Tesla T4, 85, 9216, {TOTAL}"]
+    assert lines(smi(*SAMPLER_APPS, visible="1")) == [f"{UUID[1]}, 12345, 9000"]
+    assert lines(smi(*SAMPLER_APPS, visible="0")) == []
+
+    gpu_state.write({UUID[1]: (5, 10)}, state_dir=state.parent)  # replaces, never appends
+    assert lines(smi(*SAMPLER_GPUS, visible="1")) == [f"0, {UUID[1]}, Tesla T4, 5, 10, {TOTAL}"]
+    assert lines(smi(*SAMPLER_APPS)) == []
+
+    gpu_state.clear(state_dir=state.parent)
+    gpu_state.clear(state_dir=state.parent)  # harmless twice
+    assert lines(smi(*SAMPLER_GPUS, visible="1")) == [f"0, {UUID[1]}, Tesla T4, 0, 0, {TOTAL}"]
+
+
+def test_gpu_state_defaults_to_the_hooks_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("GPUHUB_GPU_DOUBLE_STATE", raising=False)
+    assert gpu_state.host_state_dir() == Path(gpu_state.STATE_DIR)
+    monkeypatch.setenv("GPUHUB_GPU_DOUBLE_STATE", str(tmp_path))
+    assert gpu_state.write({UUID[0]: (1, 2)}) == tmp_path / "gpus.tsv"
+
+
+@pytest.mark.parametrize("gpus, processes", [
+    ({UUID[0]: (101, 0)}, ()),
+    ({UUID[0]: (50, -1)}, ()),
+    ({"GPU-a\tb": (50, 1)}, ()),
+    ({}, [(UUID[0], 1, 10, "two\nlines")]),
+    ({}, [(UUID[0], 1, 10, "")]),
+])
+def test_gpu_state_refuses_what_nvidia_smi_would_ignore(tmp_path, gpus, processes):
+    with pytest.raises(ValueError):
+        gpu_state.write(gpus, processes, state_dir=tmp_path)
+    assert not (tmp_path / "gpus.tsv").exists()
