@@ -180,6 +180,7 @@ def update_spawner(c, settings: Settings) -> None:
     c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
     c.GpuDockerSpawner.project = project
+    c.GpuDockerSpawner.usage_journal = str(Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE)
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
     c.GpuDockerSpawner.require_lab_firewall = settings.lab_firewall
     c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(settings.lab_start_concurrency)

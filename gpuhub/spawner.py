@@ -33,6 +33,7 @@ from .labels import USER as LABEL_USER
 from .profiles import Profile, ProfileRejected, Profiles
 from .startqueue import StartQueue
 from .telemetry import SPAWN_DURATION, SPAWNS_REFUSED
+from .usage import UsageJournal, parse_time
 
 
 class StartRefused(web.HTTPError):
@@ -71,6 +72,11 @@ class GpuDockerSpawner(DockerSpawner):
                 "connections; the others wait their turn. 0: no limit.",
     ).tag(config=True)
 
+    usage_journal = Unicode(
+        "", help="The file of every lab's start and stop (GPU-hours, `invoke usage`); "
+                 "empty: none kept.",
+    ).tag(config=True)
+
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
     _said_stop_reason = ""
     last_stop_reason = Unicode(
@@ -80,11 +86,13 @@ class GpuDockerSpawner(DockerSpawner):
     _give_back_start_slot: Callable[[], None] | None = None
     _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
     _grant: int | None = None  # this spawn's ticket in _grants
+    _since: datetime.datetime | None = None  # the SINCE label of the lab being started
 
     # Grants Docker's labels may not show yet. Shared by all spawners in the hub process.
     _grants: ClassVar[PendingGrants] = PendingGrants()
     _allocator: ClassVar[GpuAllocator | None] = None
     _start_queue: ClassVar[StartQueue | None] = None
+    _journals: ClassVar[dict[str, UsageJournal]] = {}
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -109,6 +117,16 @@ class GpuDockerSpawner(DockerSpawner):
                                           limits=dict(self.gpu_limits),
                                           pins={u: list(d) for u, d in self.gpu_pins.items()})
         return cls._allocator
+
+    async def record(self, event: str, *args) -> None:
+        """Append a start or stop to the usage journal (fsync'd, so off the event loop).
+        A failed write is logged by the journal and never fails the start or stop."""
+        if not self.usage_journal:
+            return
+        journal = self._journals.setdefault(self.usage_journal,
+                                            UsageJournal(self.usage_journal, log=self.log))
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, getattr(journal, event), *args)
 
     @property
     def profiles(self) -> Profiles:
@@ -211,11 +229,12 @@ class GpuDockerSpawner(DockerSpawner):
         ]}
 
     def gpu_labels(self) -> dict[str, str]:
+        self._since = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         return {
             LABEL_PROJECT: self.project,
             LABEL_USER: self.user.name,
             LABEL_GPUS: ",".join(self.gpu_ids),
-            LABEL_SINCE: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            LABEL_SINCE: self._since.isoformat(timespec="seconds"),
         }
 
     async def create_object(self):
@@ -296,13 +315,16 @@ class GpuDockerSpawner(DockerSpawner):
         try:
             ip, port = await DockerSpawner.start(self)
             await self.wait_until_serving(ip, port)
-            return ip, port
         except Exception:
             self._done_booting()
             # No half-created lab: remove it so its GPUs are free for others.
             await self._remove_quietly()
             self.gpu_ids = []
             raise
+        await self.record("started", self.object_id, self.user.name,
+                          self.user_options.get("profile", ""), list(self.gpu_ids),
+                          self._since or datetime.datetime.now(datetime.UTC))
+        return ip, port
 
     async def start_object(self):
         # The start slot is taken only now: pulling the image and creating the container
@@ -375,6 +397,8 @@ class GpuDockerSpawner(DockerSpawner):
             self.last_stop_reason = self.why_stopped(state)
             self.log.warning("The lab of %s stopped by itself: %s", self.user.name,
                              self.last_stop_reason)
+            await self.record("stopped", self.object_id, finished_at(state),
+                              self.last_stop_reason)
             await self._remove_quietly()
         return f"ExitCode={state.get('ExitCode')}"
 
@@ -418,7 +442,12 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def stop(self, now=False):
         self.last_stop_reason = ""  # said during the start after it; this stop is asked for
+        lab = self.object_id  # DockerSpawner forgets it in stop()
         await super().stop(now=now)
+        if lab:
+            # JupyterHub does not say who asked: the user, an admin or the idle culler.
+            await self.record("stopped", lab, datetime.datetime.now(datetime.UTC),
+                              "stopped by the hub")
         # With remove=True Docker deletes the container asynchronously; report "stopped"
         # only once it is gone, or an immediate Start fails on the container name.
         deadline = asyncio.get_running_loop().time() + 30
@@ -428,3 +457,14 @@ class GpuDockerSpawner(DockerSpawner):
                 break
             await asyncio.sleep(0.2)
         self.gpu_ids = []
+
+
+def finished_at(state: dict) -> datetime.datetime:
+    """When Docker says the lab stopped (its zero time, or none: now)."""
+    try:
+        finished = parse_time(state.get("FinishedAt") or "")
+    except ValueError:
+        finished = None
+    if finished is None or finished.year < 2000:
+        return datetime.datetime.now(datetime.UTC)
+    return finished

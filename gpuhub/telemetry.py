@@ -275,6 +275,47 @@ class BoardCollector:
 REGISTRY.register(BoardCollector(BOARD))
 
 
+def recover_usage_records(settings, journal_path: Path, log, client=None) -> None:
+    """At hub start: make the usage journal agree with the labs Docker has now.
+
+    A lab that stopped while the hub was down is usually still there, exited (labs are
+    not auto-removed): its record closes at the time Docker says it finished. Labs that
+    are gone entirely, and running labs the journal misses, are left to
+    :func:`gpuhub.usage.recover`. Swarm labs are services, not containers: their records
+    come from the hub's own starts and stops only. Never stops the hub.
+    """
+    from datetime import UTC, datetime
+
+    import docker
+
+    from .spawner import finished_at
+    from .usage import STOPPED_WHILE_DOWN, UsageJournal, intervals, recover
+
+    if settings.mode == "swarm":
+        return
+    journal = UsageJournal(journal_path, log=log)
+    try:
+        client = client or docker.from_env(timeout=10)
+        labs = client.api.containers(all=True, filters={
+            "label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
+        still_open = {i.lab for i in intervals(journal.read().events) if i.stop is None}
+        for lab in labs:
+            if lab.get("State") != "running" and lab["Id"] in still_open:
+                state = client.api.inspect_container(lab["Id"]).get("State") or {}
+                why = "out of memory" if state.get("OOMKilled") else (
+                    f"exit code {state.get('ExitCode')}")
+                journal.stopped(lab["Id"], finished_at(state), f"{STOPPED_WHILE_DOWN} ({why})")
+    except Exception as err:
+        log.warning("Usage records not checked against Docker at start: %s", err)
+        return
+    running = [{"id": c["Id"], "labels": c.get("Labels") or {}} for c in labs
+               if c.get("State") == "running"]
+    done = recover(journal, running, datetime.now(UTC))
+    if done.closed or done.opened:
+        log.info("Usage records recovered: %d lab(s) closed, %d opened", len(done.closed),
+                 len(done.opened))
+
+
 def main() -> None:
     try:
         print(json.dumps(board_from_env().as_json()))

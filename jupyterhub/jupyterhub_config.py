@@ -3,11 +3,15 @@
 All logic lives in the importable, unit-tested ``gpuhub`` package.
 """
 
+import logging
 import os
 import sys
+from pathlib import Path
 
+from gpuhub import names
 from gpuhub.hubconfig import apply_config, check_docker_access
 from gpuhub.settings import SettingsError, validate
+from gpuhub.telemetry import recover_usage_records
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -21,3 +25,7 @@ try:
     apply_config(c, settings)
 except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory or profiles
     sys.exit(f"gpuhub: {err}")
+
+# Once per hub start: labs that stopped while the hub was down close their records.
+recover_usage_records(settings, Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE,
+                      logging.getLogger("gpuhub"))

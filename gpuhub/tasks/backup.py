@@ -8,6 +8,8 @@ The archive (tar.gz, mode 0600: it holds bcrypt password hashes) contains:
   online backup API, so it is safe while the hub runs;
 - ``hub/jupyterhub_cookie_secret``: only with ``--include-secrets`` (restoring it keeps
   logged-in sessions valid; without it everyone logs in again, passwords unchanged);
+- ``hub/usage.jsonl``: the records of every lab's start and stop (GPU-hours, see
+  gpuhub/usage.py), once the hub has written any;
 - ``settings.env``: the settings file with secret values (DATABASE_URL, *TOKEN*, …) blanked;
 - ``profiles.yaml``: the spawn profiles;
 - ``volumes/home-<escaped user>.tar``: every work volume of the project, only with
@@ -48,6 +50,9 @@ FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
 DB_FILE = "jupyterhub.sqlite"
 COOKIE_SECRET_FILE = "jupyterhub_cookie_secret"
+USAGE_FILE = names.USAGE_JOURNAL_FILE
+# The hub-data files a backup carries (as hub/<name>) and a restore puts back.
+HUB_FILES = (DB_FILE, COOKIE_SECRET_FILE, USAGE_FILE)
 DEFAULT_DB_URL = f"sqlite:///{DATA_DIR}/{DB_FILE}"
 # Setting names whose values may be credentials: blanked in the archive's settings.env.
 # Names ending in _DIR, _FILE or _PATH say where a secret lives (SECRETS_DIR), not what it is.
@@ -59,13 +64,15 @@ WORK_VOLUME_SUFFIX = re.compile(r"home-[A-Za-z0-9_.-]*")
 # Archive members: the hub's files, settings, profiles, and one tar per work volume
 # (named by the volume; archives made before deleted users' folders were included named
 # them volumes/<user>.tar).
-ARCHIVE_MEMBER = re.compile(r"hub/(jupyterhub\.sqlite|jupyterhub_cookie_secret)|settings\.env"
+ARCHIVE_MEMBER = re.compile(r"hub/(" + "|".join(map(re.escape, HUB_FILES)) + r")|settings\.env"
                             r"|profiles\.yaml|volumes/(home-[A-Za-z0-9_.-]*|[a-z][a-z0-9_-]*)\.tar")
 
 # Runs in the hub image with the hub-data volume at /data; writes a tar to stdout:
-# hub.json (JupyterHub version, users and their work-volume names), the database copy
-# and, when asked, the cookie secret. DockerSpawner names the volumes, so it escapes too.
-HUB_DATA_SCRIPT = """\
+# hub.json (JupyterHub version, users and their work-volume names), the database copy,
+# the usage records if there are any and, when asked, the cookie secret. DockerSpawner
+# names the volumes, so it escapes too. The hub only appends to the usage records: a copy
+# made while it writes ends at most in a torn last line, which reading them skips.
+HUB_DATA_SCRIPT = f"USAGE = {'/data/' + USAGE_FILE!r}\n" + """\
 import io, json, os, sqlite3, sys, tarfile, tempfile
 import jupyterhub
 from dockerspawner import DockerSpawner
@@ -86,6 +93,8 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as out:
     member.size = len(info)
     out.addfile(member, io.BytesIO(info))
     out.add(copy, "jupyterhub.sqlite")
+    if os.path.isfile(USAGE):
+        out.add(USAGE, os.path.basename(USAGE))
     secret = "/data/jupyterhub_cookie_secret"
     if "--include-secrets" in sys.argv and os.path.isfile(secret):
         out.add(secret, "jupyterhub_cookie_secret")
@@ -272,7 +281,7 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
     (staging / "hub").mkdir()
     with tarfile.open(hub_tar) as tar:
         hub_info = json.load(tar.extractfile("hub.json"))
-        for name in (DB_FILE, COOKIE_SECRET_FILE):
+        for name in HUB_FILES:
             if name in tar.getnames():
                 (staging / "hub" / name).write_bytes(tar.extractfile(name).read())
     hub_tar.unlink()
@@ -461,7 +470,7 @@ def _hub_tar(staging: Path) -> Path:
     """The files that go onto hub-data, owned by root and readable only by it."""
     path = staging / "hub-data.tar"
     with tarfile.open(path, "w") as tar:
-        for name in (DB_FILE, COOKIE_SECRET_FILE):
+        for name in HUB_FILES:
             src = staging / "hub" / name
             if src.exists():
                 info = tar.gettarinfo(str(src), name)
@@ -544,8 +553,8 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
         if result.failed:
             for name in reversed(created):
                 c.run(f"docker volume rm {shlex.quote(name)}", hide=True, warn=True)
-            if hub_data_existed:
-                files = " ".join(f"/v/{n}" for n in (DB_FILE, COOKIE_SECRET_FILE))
+            if hub_data_existed:  # only the files this restore brought
+                files = " ".join(f"/v/{n}" for n in HUB_FILES if (staging / "hub" / n).exists())
                 c.run(_helper(image, hub_data, "/v", f"rm -f {files}"), hide=True, warn=True)
             raise fail(f"could not {what}: "
                        + _last_line(result, f"exit code {result.return_code}")

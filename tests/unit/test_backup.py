@@ -88,8 +88,9 @@ def hub_database(path):
     return path
 
 
-def fake_hub_data_tar(dest, tmp_path, include_secrets: bool):
-    """What HUB_DATA_SCRIPT prints: hub.json, the database copy, the cookie secret."""
+def fake_hub_data_tar(dest, tmp_path, include_secrets: bool, usage_records: bytes | None = None):
+    """What HUB_DATA_SCRIPT prints: hub.json, the database copy, the usage records (if the
+    hub wrote any), the cookie secret."""
     db = hub_database(tmp_path / "source.sqlite")
     info = json.dumps({"jupyterhub_version": "5.4.4", "users": [
         {"name": "admin", "admin": True, "volume": "home-admin"},
@@ -99,6 +100,10 @@ def fake_hub_data_tar(dest, tmp_path, include_secrets: bool):
         member.size = len(info)
         tar.addfile(member, io.BytesIO(info))
         tar.add(db, "jupyterhub.sqlite")
+        if usage_records is not None:
+            member = tarfile.TarInfo("usage.jsonl")
+            member.size = len(usage_records)
+            tar.addfile(member, io.BytesIO(usage_records))
         if include_secrets:
             secret = b"c00k1e-s3cret\n"
             member = tarfile.TarInfo("jupyterhub_cookie_secret")
@@ -114,12 +119,12 @@ def fake_volume_tar(dest, volume):
         tar.addfile(member, io.BytesIO(data))
 
 
-def docker_double(c, tmp_path, seen=None):
+def docker_double(c, tmp_path, seen=None, usage_records=None):
     """Commands that write or read a file do so, as the helper containers would."""
     def effect(command, **kwargs):
         if " python3 -c " in command and " > " in command:
             fake_hub_data_tar(redirect_target(command, ">"), tmp_path,
-                              " --include-secrets > " in command)
+                              " --include-secrets > " in command, usage_records)
         elif " tar -C /v --numeric-owner -cf - . > " in command:
             fake_volume_tar(redirect_target(command, ">"), command.split(" -v ")[1].split(":")[0])
         elif " -xf - < " in command and seen is not None:
@@ -157,12 +162,12 @@ def staging(tmp_path, monkeypatch):
     return made
 
 
-def make_backup(tmp_path, staging, volumes=LISTED_VOLUMES, **flags):
+def make_backup(tmp_path, staging, volumes=LISTED_VOLUMES, usage_records=None, **flags):
     out_dir = tmp_path / "out"
     out_dir.mkdir(exist_ok=True)
     out = out_dir / "b.tar.gz"
     c = docker_double(context((f"docker volume ls -q --filter name={PROJECT}-home-",
-                               Result(volumes))), tmp_path)
+                               Result(volumes))), tmp_path, usage_records=usage_records)
     bk.backup(c, output=str(out), **flags)
     return c, out
 
@@ -245,6 +250,43 @@ def test_backup_includes_the_cookie_secret_only_when_asked(env_file, tmp_path, s
     files = members(out)
     assert files["hub/jupyterhub_cookie_secret"] == b"c00k1e-s3cret\n"
     assert json.loads(files["manifest.json"])["includes_cookie_secret"] is True
+
+
+USAGE_RECORDS = (b'{"event":"start","lab":"c0ffee","user":"alice","profile":"gpu-1",'
+                 b'"gpus":["0"],"at":"2026-05-01T10:00:00+00:00"}\n')
+
+
+def test_backup_includes_the_usage_records(env_file, tmp_path, staging):
+    _, out = make_backup(tmp_path, staging, usage_records=USAGE_RECORDS)
+    files = members(out)
+    assert files["hub/usage.jsonl"] == USAGE_RECORDS
+    contents = json.loads(files["manifest.json"])["contents"]
+    assert [e["path"] for e in contents if e["path"].startswith("hub/")] == [
+        "hub/jupyterhub.sqlite", "hub/usage.jsonl"]
+
+
+def run_hub_data_script(tmp_path, *args) -> dict[str, bytes]:
+    """HUB_DATA_SCRIPT itself, with a folder standing in for the hub-data volume."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    script = bk.HUB_DATA_SCRIPT.replace("/data/", f"{data}/")
+    assert script.count(f"{data}/") == 3, "the script names the volume's files by /data/"
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                         check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def test_hub_data_script_adds_the_usage_records_when_the_hub_wrote_any(tmp_path):
+    (tmp_path / "data").mkdir()
+    hub_database(tmp_path / "data" / "jupyterhub.sqlite")
+    assert list(run_hub_data_script(tmp_path)) == ["hub.json", "jupyterhub.sqlite"]
+    (tmp_path / "data" / bk.names.USAGE_JOURNAL_FILE).write_bytes(USAGE_RECORDS)
+    files = run_hub_data_script(tmp_path)
+    assert list(files) == ["hub.json", "jupyterhub.sqlite", "usage.jsonl"]
+    assert files["usage.jsonl"] == USAGE_RECORDS
 
 
 def test_backup_warns_when_labs_run(env_file, tmp_path, staging, capsys):
@@ -404,6 +446,36 @@ def test_restore_fills_fresh_volumes_of_the_target_project(
     assert ("restored 2 user(s) (admin, alice) and 2 work folder(s) from project 'bktest' "
             "into project 'newhub'; start it with `invoke up`") in out
     assert "everyone logs in again" in out
+
+
+def test_restore_puts_the_usage_records_back(env_file, tmp_path, staging):
+    _, archive = make_backup(tmp_path, staging, usage_records=USAGE_RECORDS,
+                             with_work_volumes=True)
+    staging.clear()
+    env_file(COMPOSE_PROJECT_NAME="newhub")
+    seen = {}
+    bk.restore(docker_double(fresh_target(), tmp_path, seen), str(archive))
+    assert list(seen[NEW_HUB_DATA]) == ["jupyterhub.sqlite", "usage.jsonl"]
+    mode, uid, data = seen[NEW_HUB_DATA]["usage.jsonl"]
+    assert (mode, uid, data) == (0o600, 0, USAGE_RECORDS)
+
+
+def test_restore_into_an_empty_hub_data_volume_removes_only_what_it_brought(
+        env_file, tmp_path, staging):
+    _, archive = make_backup(tmp_path, staging, usage_records=USAGE_RECORDS,
+                             with_work_volumes=True)
+    staging.clear()
+    env_file(COMPOSE_PROJECT_NAME="newhub")
+    has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
+              "test -e /v/jupyterhub.sqlite")
+    c = docker_double(fresh_target(
+        (f"docker volume inspect {NEW_HUB_DATA}", Result()), (has_db, Result(exited=1)),
+        (re.compile(rf".* -v {NEW_ALICE}:/v .* -xf - < .*"),
+         Result(stderr="tar: write error: No space left on device\n", exited=2))), tmp_path)
+    with pytest.raises(Exit):
+        bk.restore(c, str(archive))
+    assert commands(c)[-1] == (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v "
+                               f"{HUB_IMAGE} rm -f /v/jupyterhub.sqlite /v/usage.jsonl")
 
 
 def test_restore_refuses_a_running_hub(archive, target):

@@ -51,3 +51,13 @@ def test_the_broker_allows_exactly_what_the_hub_creates():
     assert sorted(f"{s}:{t}:{m}" for s, (t, m) in binds.items()) == sorted(
         policy.allowed_binds(user).values())
     assert policy.work_volume_suffix(names.work_volume("lab7", "ann-lee")) == user
+
+
+def test_the_usage_records_live_on_the_hub_data_volume_and_go_into_the_backup():
+    from gpuhub import usage
+    from gpuhub.tasks import backup
+
+    assert usage.DEFAULT_JOURNAL == hubconfig.DATA_DIR / names.USAGE_JOURNAL_FILE
+    assert f"hub-data:{hubconfig.DATA_DIR}" in COMPOSE["services"]["hub"]["volumes"]
+    assert backup.ARCHIVE_MEMBER.fullmatch(f"hub/{names.USAGE_JOURNAL_FILE}")
+    assert f"/data/{names.USAGE_JOURNAL_FILE}" in backup.HUB_DATA_SCRIPT

@@ -1,0 +1,277 @@
+"""GPU telemetry: the sampler's parsing, attribution and idle time; the hub's table and metrics."""
+
+import json
+import subprocess
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.utils import floatToGoString
+
+from gpuhub import sampler, telemetry
+from gpuhub.gpureport import Lab, as_text, report
+from gpuhub.gpus import Gpu
+
+A, B = "GPU-aaaa", "GPU-bbbb"
+LAB_A = "a" * 64
+LAB_B = "b" * 64
+
+
+# --- the sampler -----------------------------------------------------------------------
+
+def test_parse_gpus_reads_numbers_and_names_with_commas():
+    text = ("0, GPU-aaaa, Tesla T4, 85, 9216, 15360\n"
+            "1, GPU-bbbb, NVIDIA A100-SXM4-40GB, MIG 1g.5gb, [N/A], 0, 40960\n")
+    gpus = sampler.parse_gpus(text)
+    assert gpus[0] == {"index": "0", "uuid": A, "name": "Tesla T4", "utilisation": 85,
+                       "memory_used_mib": 9216, "memory_total_mib": 15360}
+    assert gpus[1]["name"] == "NVIDIA A100-SXM4-40GB, MIG 1g.5gb"
+    assert gpus[1]["utilisation"] is None  # not reported: never counted idle
+
+
+def test_parse_gpus_refuses_a_line_it_does_not_understand():
+    with pytest.raises(ValueError, match="unexpected nvidia-smi line 'garbage'"):
+        sampler.parse_gpus("garbage\n")
+
+
+def test_parse_processes():
+    assert sampler.parse_processes(f"{A}, 4242, 9000\n\n") == [
+        {"gpu_uuid": A, "pid": 4242, "used_mib": 9000}]
+    with pytest.raises(ValueError):
+        sampler.parse_processes(f"{A}, not-a-pid, 9000\n")
+
+
+@pytest.mark.parametrize("cgroup", [
+    f"12:memory:/docker/{LAB_A}\n0::/docker/{LAB_A}\n",                  # cgroupfs driver
+    f"0::/system.slice/docker-{LAB_A}.scope\n",                          # systemd driver
+    f"0::/system.slice/docker-{LAB_A}.scope/init.scope\n",               # nested
+])
+def test_container_of_a_process_from_its_cgroup(tmp_path, cgroup):
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77" / "cgroup").write_text(cgroup)
+    assert sampler.container_of(77, tmp_path) == LAB_A
+
+
+def test_a_process_outside_docker_or_gone_has_no_container(tmp_path):
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "cgroup").write_text("0::/user.slice/user-1000.slice/session-3.scope\n")
+    assert sampler.container_of(5, tmp_path) == ""
+    assert sampler.container_of(6, tmp_path) == ""  # exited meanwhile
+
+
+def gpu(uuid=A, util=0, used=0):
+    return {"index": "0", "uuid": uuid, "name": "Tesla T4", "utilisation": util,
+            "memory_used_mib": used, "memory_total_mib": 15360}
+
+
+def test_idle_since_starts_below_the_threshold_and_ends_above_it():
+    s = sampler.Sampler(idle_below=5, interval=5)
+    assert s.snapshot([gpu(util=50)], [], now=100)["gpus"][0]["idle_since"] is None
+    assert s.snapshot([gpu(util=4)], [], now=105)["gpus"][0]["idle_since"] == 105
+    assert s.snapshot([gpu(util=0)], [], now=110)["gpus"][0]["idle_since"] == 105
+    assert s.snapshot([gpu(util=5)], [], now=115)["gpus"][0]["idle_since"] is None
+    unknown = gpu()
+    unknown["utilisation"] = None
+    assert s.snapshot([unknown], [], now=120)["gpus"][0]["idle_since"] is None
+
+
+def test_history_is_bounded_and_survives_a_restart():
+    s = sampler.Sampler(idle_below=5, interval=5)
+    for t in range(sampler.HISTORY_LENGTH + 10):
+        doc = s.snapshot([gpu(util=1)], [], now=float(t))
+    history = doc["gpus"][0]["history"]
+    assert len(history) == sampler.HISTORY_LENGTH and history[-1] == [float(t), 1, 0]
+    again = sampler.Sampler(idle_below=5, interval=5)
+    again.resume(json.loads(json.dumps(doc)))
+    resumed = again.snapshot([gpu(util=1)], [], now=1000.0)["gpus"][0]
+    assert resumed["idle_since"] == 0.0  # idle since before the restart
+    assert len(resumed["history"]) == sampler.HISTORY_LENGTH
+
+
+def test_snapshot_attributes_processes_to_containers(tmp_path):
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "cgroup").write_text(f"0::/docker/{LAB_A}\n")
+    doc = sampler.Sampler(5, 5).snapshot([gpu()], [{"gpu_uuid": A, "pid": 4242, "used_mib": 10}],
+                                         now=1, proc=tmp_path)
+    assert doc["processes"] == [{"gpu_uuid": A, "pid": 4242, "used_mib": 10, "container": LAB_A}]
+
+
+def test_written_atomically_and_readable_by_everyone(tmp_path):
+    path = tmp_path / "gpus.json"
+    sampler.write_atomically(path, {"version": 1})
+    assert json.loads(path.read_text()) == {"version": 1}
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["gpus.json"]  # no temp file left
+
+
+def test_read_gpus_says_why_it_read_nothing(monkeypatch):
+    def missing(*a, **k):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert sampler.read_gpus(2)[2].startswith("nvidia-smi is missing: the sampler has no GPU")
+
+    def failing(*a, **k):
+        return subprocess.CompletedProcess(a, 9, "", "NVIDIA-SMI has failed because it couldn't "
+                                                     "communicate with the NVIDIA driver.\n")
+
+    monkeypatch.setattr(subprocess, "run", failing)
+    assert sampler.read_gpus(2)[2] == ("nvidia-smi failed: NVIDIA-SMI has failed because it "
+                                       "couldn't communicate with the NVIDIA driver.")
+
+    def slow(*a, **k):
+        raise subprocess.TimeoutExpired(a, 2)
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    assert sampler.read_gpus(2)[2] == "nvidia-smi did not answer within 2 s"
+
+
+# --- reading the samples in the hub -------------------------------------------------------
+
+def samples(now=1000.0, gpus=None, processes=(), error=""):
+    return {"version": 1, "taken_at": now, "interval": 5, "idle_below": 5, "error": error,
+            "gpus": gpus if gpus is not None else [], "processes": list(processes)}
+
+
+def sampled(uuid, util, used, idle_since=None, index="0"):
+    return {**gpu(uuid, util, used), "index": index, "idle_since": idle_since,
+            "history": [[990.0, util, used], [995.0, util, used]]}
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no reading yet: the gpu-sampler service has written none"),
+    ("{not json", "the gpu-sampler's readings cannot be read"),
+    (json.dumps({"version": 99}), "in a format this hub does not know"),
+    (json.dumps(samples(now=900.0)), "the last reading is 100 s old: the gpu-sampler service "
+                                     "is not running"),
+])
+def test_no_usable_reading_says_why(tmp_path, content, problem):
+    path = tmp_path / "gpus.json"
+    if content is not None:
+        path.write_text(content)
+    doc, said = telemetry.read_samples(path, now=1000.0)
+    assert doc is None and problem in said
+
+
+def test_a_driver_error_is_said_with_the_reading(tmp_path):
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps(samples(error="nvidia-smi failed: no driver")))
+    doc, said = telemetry.read_samples(path, now=1001.0)
+    assert doc["gpus"] == [] and said == "nvidia-smi failed: no driver"
+
+
+# --- the table ------------------------------------------------------------------------
+
+INVENTORY = [Gpu("0", A, "Tesla T4", 15360), Gpu("1", B, "Tesla T4", 15360)]
+
+
+def lab(id_, user, gpus, profile="gpu1", since="2026-12-01T10:00:00+00:00"):
+    return Lab(id=id_, user=user, profile=profile, gpus=tuple(gpus), since=since)
+
+
+def test_exclusive_holder_gets_the_gpus_memory_and_idle_time():
+    doc = samples(gpus=[sampled(A, 85, 9216), sampled(B, 0, 0, idle_since=1000.0 - 3900,
+                                                       index="1")])
+    rows = report(INVENTORY, [lab(LAB_A, "alice", [A])], "exclusive", doc, now=1000.0)
+    assert rows[0]["holders"] == [{"user": "alice", "profile": "gpu1",
+                                   "since": "2026-12-01T10:00:00+00:00", "memory_used_mib": 9216}]
+    assert (rows[0]["utilisation"], rows[0]["idle_seconds"], rows[0]["history"]) == (85, 0, [85, 85])
+    assert rows[1]["held_by"] == [] and rows[1]["idle_seconds"] == 3900
+    text = as_text(rows)
+    assert "alice (gpu1)" in text and "9216 / 15360 MiB" in text and "1 h 05 min" in text
+
+
+def test_shared_gpu_memory_is_attributed_per_lab_from_its_processes():
+    doc = samples(gpus=[sampled(A, 60, 12000)], processes=[
+        {"gpu_uuid": A, "pid": 1, "used_mib": 7000, "container": LAB_A},
+        {"gpu_uuid": A, "pid": 2, "used_mib": 3000, "container": LAB_B},
+        {"gpu_uuid": A, "pid": 3, "used_mib": 2000, "container": ""},   # not in a lab
+    ])
+    labs = [lab(LAB_A, "alice", [A, B]), lab(LAB_B, "bob", [A, B])]
+    row = report(INVENTORY, labs, "shared", doc, now=1000.0)[0]
+    assert [(h["user"], h["memory_used_mib"]) for h in row["holders"]] == [
+        ("alice", 7000), ("bob", 3000)]
+    assert row["unattributed_mib"] == 2000
+
+
+def test_shared_without_processes_from_the_driver_attributes_nothing():
+    doc = samples(gpus=[sampled(A, 60, 12000)])
+    labs = [lab(LAB_A, "alice", [A]), lab(LAB_B, "bob", [A])]
+    row = report(INVENTORY, labs, "shared", doc, now=1000.0)[0]
+    assert [h["memory_used_mib"] for h in row["holders"]] == [None, None]
+    assert row["unattributed_mib"] == 12000
+
+
+def test_without_samples_the_table_still_says_who_holds_what():
+    rows = report(INVENTORY, [lab(LAB_A, "alice", [B])], "exclusive", None)
+    assert [r["held_by"] for r in rows] == [[], ["alice"]]
+    assert all(r["utilisation"] is None and r["idle_seconds"] is None for r in rows)
+    assert "? / 15360 MiB" in as_text(rows)
+
+
+def test_a_gpu_known_by_index_only_is_matched_by_index():
+    doc = samples(gpus=[sampled(B, 40, 100, index="1")])
+    rows = report([Gpu("1")], [lab(LAB_A, "alice", ["1"])], "exclusive", doc, now=1000.0)
+    assert rows[0]["utilisation"] == 40 and rows[0]["held_by"] == ["alice"]
+    assert rows[0]["memory_mib"] == 15360  # from the sampler when the inventory lacks it
+
+
+def test_compose_board_counts_labs_per_profile(tmp_path):
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps(samples(gpus=[sampled(A, 85, 9216)])))
+    containers = [{"Id": LAB_A, "Labels": {"gpuhub.user": "alice", "gpuhub.gpus": A,
+                                           "gpuhub.profile": "gpu1"}},
+                  {"Id": LAB_B, "Labels": {"gpuhub.user": "bob", "gpuhub.profile": "cpu"}},
+                  {"Id": "c" * 64, "Labels": {"gpuhub.user": "carol", "gpuhub.profile": "cpu"}}]
+    board = telemetry.compose_board("gpuhub", "exclusive", INVENTORY, lambda: containers, path,
+                                    now=1001.0)
+    assert board.labs_per_profile == {"gpu1": 1, "cpu": 2}
+    assert board.sampled and board.problem == ""
+    assert board.rows[0]["held_by"] == ["alice"]
+
+
+# --- the board and the metrics ----------------------------------------------------------
+
+def test_board_keeps_the_last_rows_when_docker_fails():
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        if len(calls) > 1:
+            raise ConnectionError("broker down")
+        return telemetry.Board(rows=[{"gpu": "0"}], problem="", taken_at=1.0, sampled=True)
+
+    board = telemetry.GpuBoard(lambda: (fetch, 3600.0))
+    assert board.latest().rows == [{"gpu": "0"}]
+    failed = board.refresh()
+    assert failed.rows == [{"gpu": "0"}]
+    assert failed.problem == "could not read the labs from Docker (broker down)"
+
+
+def test_metrics_carry_utilisation_memory_holders_idle_and_labs():
+    doc = samples(gpus=[sampled(A, 85, 9216), sampled(B, 0, 0, idle_since=700.0, index="1")])
+    rows = report(INVENTORY, [lab(LAB_A, "alice", [A])], "exclusive", doc, now=1000.0)
+    board = telemetry.GpuBoard(lambda: (lambda: telemetry.Board(
+        rows=rows, labs_per_profile={"gpu1": 1}, problem="", taken_at=1000.0, sampled=True),
+        3600.0))
+    board.latest()
+    registry = CollectorRegistry()
+    registry.register(telemetry.BoardCollector(board))
+    text = generate_latest(registry).decode()
+    key = f'gpu="0",model="Tesla T4",uuid="{A}"'
+    assert f"gpuhub_gpu_utilisation_percent{{{key}}} 85.0" in text
+    assert f"gpuhub_gpu_memory_used_bytes{{{key}}} {floatToGoString(9216 * 1024 * 1024)}" in text
+    assert f"gpuhub_gpu_memory_total_bytes{{{key}}} {floatToGoString(15360 * 1024 * 1024)}" in text
+    assert ('gpuhub_gpu_holder{gpu="0",model="Tesla T4",profile="gpu1",user="alice",'
+            f'uuid="{A}"}} 1.0') in text
+    assert f'gpuhub_gpu_idle_seconds{{gpu="1",model="Tesla T4",uuid="{B}"}} 300.0' in text
+    assert 'gpuhub_labs_running{profile="gpu1"} 1.0' in text
+    assert "gpuhub_gpu_sampler_up 1.0" in text
+
+
+def test_the_spawn_counters_are_in_the_hubs_registry():
+    from prometheus_client import REGISTRY
+
+    telemetry.SPAWNS_REFUSED.labels(reason="gpus_busy").inc()
+    text = generate_latest(REGISTRY).decode()
+    assert 'gpuhub_spawns_refused_total{reason="gpus_busy"}' in text
+    assert "gpuhub_spawn_duration_seconds_bucket" in text or "gpuhub_spawn_duration_seconds" in text
