@@ -56,6 +56,8 @@ class Stack:
             "DOCKER_PROXY_IMAGE": "gpuhub-docker-proxy:test",
             "LAB_FIREWALL_IMAGE": "gpuhub-lab-firewall:test",
             "SPAWN_TIMEOUT": "180",
+            # The telemetry tests wait for readings; the default is 5 s.
+            "GPU_SAMPLE_INTERVAL": "2",
             "SECRETS_DIR": str(workdir / "secrets"),
         }
         settings.update(test_settings_from_env())
