@@ -120,9 +120,9 @@ def test_the_spawn_form_says_how_many_gpus_are_free(stack, gpu_lab):
     stack.invoke("adduser", "formuser", "--password-stdin", stdin="formuser-pw-12345\n")
     other = HubUser(stack.url, "formuser")
     other.login("formuser-pw-12345")
-    form = other.http.get(f"{stack.url}/hub/spawn", timeout=30)
-    assert f"<strong>1 GPU</strong> — {4 - held} of 4 free" in form.text, form.text[-2000:]
-    assert "(1 GPU)" not in form.text
+    form = other.http.get(f"{stack.url}/hub/spawn", timeout=30).content.decode()
+    assert f"<strong>1 GPU</strong> — {4 - held} of 4 free" in form, form[-2000:]
+    assert "(1 GPU)" not in form
 
 
 @pytest.fixture
@@ -158,8 +158,13 @@ def test_prometheus_scrapes_gpu_use_holders_and_spawns(stack, gpu_lab, prometheu
     url, log = prometheus
     user, uuid, _ = gpu_lab
     gpu_state.write({uuid: (73, 4096)})
-    # A refused start, counted by reason.
-    assert user.start({"profile": "no-such-profile"}).status_code in (400, 409)
+    # A refused start (a profile that does not exist), counted by reason.
+    stack.invoke("adduser", "refused", "--password-stdin", stdin="refused-pw-12345\n")
+    other = HubUser(stack.url, "refused")
+    other.login("refused-pw-12345")
+    other.create_token()
+    refused = other.start({"profile": "no-such-profile"})
+    assert refused.status_code == 400, refused.text
 
     def scraped():
         util = query(url, f'gpuhub_gpu_utilisation_percent{{uuid="{uuid}"}}')
