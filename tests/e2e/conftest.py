@@ -23,7 +23,7 @@ from support.stack import ROOT, Stack
 
 from gpuhub import gpus as gpu_inventory
 from gpuhub.tasks import project as gpuhub_project
-from gpuhub.tasks.stack import detect_gpus
+from gpuhub.tasks.stack import GPU_SAMPLER_FILE, detect_gpus
 
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 PASSWORDS = {"alice": "alice-e2e-pw-4b1d", "bob": "bob-e2e-pw-9c2e", "admin": "admin-e2e-pw-71fa"}
@@ -87,6 +87,7 @@ def docker_compose_command(e2e_stack, gpu_mode) -> str:
     # The proxy token `invoke up` would create (compose mounts it as a secret).
     project = gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)})
     project.ensure_secret("proxy-token")
+    project.ensure_secret("metrics-token")
     env = {"GPUHUB_ENV_FILE": str(e2e_stack.env_file),
            "GPUHUB_GPU_INVENTORY": gpu_inventory.to_json(list(gpu_mode.inventory)),
            # The labs bridge lab-firewall guards (the project name is too long to be it).
@@ -97,8 +98,10 @@ def docker_compose_command(e2e_stack, gpu_mode) -> str:
 
 
 @pytest.fixture(scope="session")
-def docker_compose_file(e2e_stack) -> list[str]:
+def docker_compose_file(e2e_stack, gpu_mode) -> list[str]:
     files, _ = e2e_stack.compose_files_and_env()
+    if gpu_mode.inventory:  # as `invoke up` does: the sampler may read the GPUs
+        files = [*files, GPU_SAMPLER_FILE]
     return [str(ROOT / name) for name in files]
 
 

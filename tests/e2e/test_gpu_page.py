@@ -1,0 +1,63 @@
+"""The admin's GPU page in a real browser: the hub's layout, live utilisation from the
+NVIDIA test double (or the real GPUs), and a Stop button that uses the hub's API.
+
+It also takes the README's screenshot of the page (docs/images/gpu-page.png).
+"""
+
+import pytest
+from selenium.webdriver.common.by import By
+from support import gpu_state
+from support.stack import ROOT
+from support.wait import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOT = ROOT / "docs" / "images" / "gpu-page.png"
+
+
+def row_text(admin, uuid: str) -> str:
+    rows = admin.driver.find_elements(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')
+    return rows[0].text if rows else ""
+
+
+def test_the_gpu_page_shows_live_use_and_stops_a_lab(hub, browser, users, gpu_mode):
+    if not gpu_mode.inventory:
+        pytest.skip("the hub has no GPUs (--gpu=off): the page has nothing to show")
+    bob = browser("bob")
+    bob.login("bob", users["bob"])
+    bob.wait_at("/hub/spawn", "the spawn page")
+    bob.start_lab("gpu1")
+    uuid = hub.inspect(hub.lab_container("bob"))["Config"]["Labels"]["gpuhub.gpus"]
+
+    admin = browser("admin")
+    admin.login("admin", users["admin"])
+    # The hub's own navigation bar, with gpuhub's link for admins.
+    admin.driver.find_element(By.LINK_TEXT, "GPUs").click()
+    admin.wait_at("/hub/gpus", "the GPU page from the navigation bar")
+    admin.wait_for("#gpu-table tbody tr", "the GPU table")
+    assert admin.driver.find_element(By.ID, "logout").is_displayed()  # the hub's layout
+    rows = admin.driver.find_elements(By.CSS_SELECTOR, "#gpu-table tbody tr")
+    assert len(rows) == len(gpu_mode.inventory), [r.text for r in rows]
+
+    if not gpu_mode.real:  # the double reports what the test says; a real GPU, itself
+        for percent in (20, 55, 85):  # a few readings, so the sparkline has a shape
+            gpu_state.write({uuid: (percent, 9216)})
+            wait_until(lambda p=percent: f"{p} %" in row_text(admin, uuid), timeout=60,
+                       interval=0.5, what=f"the page to refresh itself to {percent} %",
+                       state=lambda: row_text(admin, uuid), logs=hub.logs)
+        assert "9.0 / 15.0 GiB" in row_text(admin, uuid)
+    text = row_text(admin, uuid)
+    assert "bob (gpu1)" in text, text
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    admin.driver.set_window_size(1280, 720)
+    admin.driver.save_screenshot(str(SCREENSHOT))
+
+    # Stop bob's lab from the page: the browser calls the hub's API as this admin.
+    row = admin.driver.find_element(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')
+    row.find_element(By.CSS_SELECTOR, 'button.gpu-stop[data-user="bob"]').click()
+    admin.driver.switch_to.alert.accept()
+    wait_until(lambda: "free" in row_text(admin, uuid), timeout=90, interval=0.5,
+               what="bob's GPU to show free after Stop", state=lambda: row_text(admin, uuid),
+               logs=hub.logs)
+    assert hub.docker("ps", "-q", "--filter", f"name={hub.lab_container('bob')}").stdout == ""
+    gpu_state.clear()
