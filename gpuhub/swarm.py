@@ -28,6 +28,9 @@ LAB_UID, LAB_GID = 1000, 100  # the Jupyter Docker Stacks user (jovyan:users)
 # As in docker-compose.yml: the cheap probe from the hub image (gpuhub/healthcheck.py).
 PROXY_HEALTHCHECK = ["CMD", "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
                      "http://127.0.0.1:8000/_chp_healthz"]
+# Not in the hub image: the gpu-sampler runs that image too, and needs none.
+HUB_HEALTHCHECK = ["CMD", "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+                   "http://127.0.0.1:8081/hub/health"]
 PROXY_COMMAND = [
     "sh", "-c",
     'CONFIGPROXY_AUTH_TOKEN="$$(cat /run/secrets/proxy_auth_token)" '
@@ -81,6 +84,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                 ],
                 "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"},
                             {"source": "metrics_token", "target": "metrics_token"}],
+                "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": "3s",
+                                "retries": 3, "start_period": "60s"},
                 "networks": {"labs": {"aliases": ["hub"]}},
                 "deploy": deploy,
             },

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gpuhub import healthcheck
-from gpuhub.swarm import PROXY_HEALTHCHECK
+from gpuhub.swarm import HUB_HEALTHCHECK, PROXY_HEALTHCHECK
 from gpuhub.tasks.tls import selfsigned_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,9 +70,14 @@ def test_it_runs_as_docker_runs_it_without_site_packages(server):
 
 
 def test_hub_and_proxy_use_it():
-    dockerfile = (ROOT / "jupyterhub" / "Dockerfile").read_text()
-    assert '"/opt/gpuhub/gpuhub/healthcheck.py", "http://127.0.0.1:8081/hub/health"' in dockerfile
-    proxy = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["proxy"]
-    assert proxy["healthcheck"]["test"] == PROXY_HEALTHCHECK  # compose and swarm alike
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    # compose and swarm alike
+    assert services["hub"]["healthcheck"]["test"] == HUB_HEALTHCHECK
+    assert services["proxy"]["healthcheck"]["test"] == PROXY_HEALTHCHECK
+    assert HUB_HEALTHCHECK[-1] == "http://127.0.0.1:8081/hub/health"
+    # The image has none: the gpu-sampler runs it too, and compose's --wait would wait
+    # for a health check it disables.
+    assert "HEALTHCHECK" not in (ROOT / "jupyterhub" / "Dockerfile").read_text()
+    assert "healthcheck" not in services["gpu-sampler"]
     assert PROXY_HEALTHCHECK[1:] == ["python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
                                      "http://127.0.0.1:8000/_chp_healthz"]
