@@ -116,6 +116,22 @@ def test_tensorflow_uses_exactly_the_allocated_real_gpus(alice_lab, gpu_mode):
         assert any(name in line for line in smi_lines), f"TF device {name!r} vs {smi_lines}"
 
 
+def test_the_lab_shows_its_own_gpus_in_nvidias_dashboards(alice_lab, gpu_mode):
+    """jupyterlab-nvdashboard in the lab: on a real GPU it sees exactly the lab's GPUs; on
+    the test double (no NVIDIA driver library) it shows none, and the lab is unharmed."""
+    alice = alice_lab.browser
+    alice.open("/user/alice/nvdashboard/accelerators/check")
+    seen = json.loads(alice.wait_for("body", "the dashboards' GPU check").text)
+    alice.open("/user/alice/lab")
+    alice.wait_for(".jp-LabShell", "JupyterLab again")
+    if gpu_mode.real:
+        assert seen["has_gpu"] and seen["ngpus"] == alice_lab.expected_gpus, seen
+    else:
+        if gpu_mode.option == "required":
+            pytest.fail("--gpu=required, but no real NVIDIA GPU on this host")
+        assert seen["ngpus"] == 0 and seen["has_gpu"] is False, seen
+
+
 def test_another_user_cannot_open_this_lab(hub, browser, users, alice_lab):
     bob = browser("bob")
     bob.login("bob", users["bob"])

@@ -91,6 +91,23 @@ def test_the_sampler_reports_what_the_gpu_reports_with_its_holder(stack, gpu_lab
     assert page.json()["labs_per_profile"].get("gpu1", 0) >= 1
 
 
+def test_the_lab_has_nvidias_gpu_dashboards_which_degrade_cleanly_on_the_double(stack, gpu_lab):
+    user, _, _ = gpu_lab
+
+    def lab_get(path: str) -> requests.Response:
+        return requests.get(f"{stack.url}/user/{NAME}{path}", timeout=60, allow_redirects=False,
+                            headers={"Authorization": f"token {user.token}"})
+
+    page = lab_get("/lab")
+    assert page.status_code == 200 and '"jupyterlab-nvdashboard"' in page.text  # installed
+    check = lab_get("/nvdashboard/accelerators/check")
+    assert check.status_code == 200, check.text[:300]
+    # The double fakes nvidia-smi, not NVIDIA's driver library: no GPU to show, and the
+    # lab's server works as before (tests/e2e/test_lab.py checks real GPUs on a runner).
+    assert check.json()["ngpus"] == 0 and check.json()["has_gpu"] is False
+    assert user.run_code("print(6 * 7)").strip() == "42"
+
+
 def test_an_idle_gpu_counts_its_idle_time(stack, gpu_lab):
     user, uuid, _ = gpu_lab
     gpu_state.write({uuid: (0, 300)})

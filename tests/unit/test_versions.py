@@ -92,8 +92,10 @@ def lab_install() -> list[str]:
 
 
 def test_the_lab_image_installs_the_pinned_jupyter_server_stack():
-    assert lab_install() == ["jupyterhub", "jupyter-server", "jupyterlab", "notebook"]
+    assert lab_install() == ["jupyterhub", "jupyter-server", "jupyterlab", "notebook",
+                             "jupyterlab-nvdashboard"]
     assert all(versions.canonical(n) in PINS for n in lab_install())
+    assert versions.canonical("nvidia-ml-py") in PINS  # what the dashboards read GPUs with
 
 
 def test_both_images_build_from_the_repository_root_with_the_constraints():
