@@ -175,7 +175,13 @@ def update_spawner(c, settings: Settings) -> None:
         "cap_drop": ["ALL"],
         "pids_limit": settings.lab_pids_limit,
     }
-    c.Spawner.start_timeout = settings.spawn_timeout
+    # JupyterHub's timeout covers the whole start, a wait in line for a GPU included: a
+    # wait is not a failed spawn. The lab's own boot has SPAWN_TIMEOUT (boot_timeout).
+    c.Spawner.start_timeout = settings.spawn_timeout + settings.gpu_queue_timeout
+    c.GpuDockerSpawner.boot_timeout = settings.spawn_timeout
+    c.GpuDockerSpawner.gpu_queue_timeout = settings.gpu_queue_timeout
+    c.GpuDockerSpawner.gpu_queue_max = settings.gpu_queue_max
+    c.GpuDockerSpawner.line_file = str(Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE)
     # A lab that dies is noticed within this many seconds (one cheap inspect per lab).
     c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
@@ -216,6 +222,9 @@ def update_swarm(c, settings: Settings) -> None:
     # Labs boot on many nodes: the hub's own cores say nothing about when to start the next.
     c.GpuSwarmSpawner.lab_start_concurrency = 0
     c.GpuSwarmSpawner.pids_limit = settings.lab_pids_limit
+    # Swarm places labs itself, with its own pending state: no line for GPUs (README).
+    c.Spawner.start_timeout = settings.spawn_timeout
+    c.GpuSwarmSpawner.gpu_queue_timeout = 0
 
 
 def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:

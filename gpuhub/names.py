@@ -35,6 +35,9 @@ HUB_DATA_DIR = "/srv/jupyterhub/data"
 # Every lab's start and stop (gpuhub/usage.py), a file in HUB_DATA_DIR; `invoke backup`
 # archives it as hub/<this name>.
 USAGE_JOURNAL_FILE = "usage.jsonl"
+# Who waits in line for a GPU (gpuhub/gpuqueue.py), so that after a hub restart they are
+# told their wait ended; a file in HUB_DATA_DIR.
+GPU_LINE_FILE = "gpu-line.json"
 
 # Secrets compose hands the hub (docker-compose.yml `secrets:`), in /run/secrets.
 HUB_SECRETS_DIR = "/run/secrets"

@@ -407,6 +407,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPU_ALLOW_GROWTH", "auto", _yes_no_auto,
             "Set TF_FORCE_GPU_ALLOW_GROWTH=true in labs (auto: yes for shared and "
             "round-robin).", "GPUs"),
+    Setting("GPU_QUEUE_TIMEOUT", "1800", _seconds,
+            "When no GPU is free, a start waits in line this many seconds for one (first "
+            "come, first served) before it gives up; 0: refuse at once.", "GPUs"),
+    Setting("GPU_QUEUE_MAX", "20", _count,
+            "Most users waiting in line for a GPU; the next one is refused with a message.",
+            "GPUs"),
     Setting("GPU_SAMPLE_INTERVAL", "5", _positive_seconds,
             "Seconds between two readings of the GPUs' utilisation and memory by the "
             "gpu-sampler service (the admin page, `invoke gpus` and the metrics show them).",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import ClassVar
 
 import docker
@@ -24,6 +26,7 @@ from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
+from .gpuqueue import GpuLine, LineFull, Waiter, waiting_message
 from .grants import PendingGrants
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
@@ -67,6 +70,19 @@ class GpuDockerSpawner(DockerSpawner):
                     "firewall was stopped or died.",
     ).tag(config=True)
 
+    boot_timeout = Integer(
+        300, help="Seconds a lab may take from its container's creation until it serves "
+                  "(SPAWN_TIMEOUT); a wait in line for a GPU comes before and is not counted.",
+    ).tag(config=True)
+    gpu_queue_timeout = Integer(
+        0, help="Seconds a start waits in line for a GPU when none is free (0: refuse at once).",
+    ).tag(config=True)
+    gpu_queue_max = Integer(20, help="Most users waiting in line for a GPU.").tag(config=True)
+    line_file = Unicode(
+        "", help="Where the hub keeps who waits in line (empty: nowhere), so that after a "
+                 "restart they are told their wait ended.",
+    ).tag(config=True)
+
     lab_start_concurrency = Integer(
         0, help="Labs that may boot at once, from `docker start` until the lab accepts "
                 "connections; the others wait their turn. 0: no limit.",
@@ -86,6 +102,8 @@ class GpuDockerSpawner(DockerSpawner):
     _give_back_start_slot: Callable[[], None] | None = None
     _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
     _grant: int | None = None  # this spawn's ticket in _grants
+    _waiter: Waiter | None = None  # this start's place in line, while it waits for a GPU
+    _choosing_gpus = False  # from the start until its GPUs are granted (or refused)
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
 
     # Grants Docker's labels may not show yet. Shared by all spawners in the hub process.
@@ -93,6 +111,11 @@ class GpuDockerSpawner(DockerSpawner):
     _allocator: ClassVar[GpuAllocator | None] = None
     _start_queue: ClassVar[StartQueue | None] = None
     _journals: ClassVar[dict[str, UsageJournal]] = {}
+    _line: ClassVar[GpuLine | None] = None
+    _line_pump: ClassVar[asyncio.Task | None] = None
+    _line_kick: ClassVar[asyncio.Event | None] = None
+    # Who waited when the hub last stopped (read once per hub process from line_file).
+    _waited_before_restart: ClassVar[set[str] | None] = None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -192,7 +215,111 @@ class GpuDockerSpawner(DockerSpawner):
         """
         with self._grants.snapshot():
             held = await self.held_gpus()
+            # Those in line first: a newcomer gets only GPUs nobody waiting may take.
+            self.line.offer(held)
             return self.grant_gpus(profile, held)
+
+    # --- waiting in line -----------------------------------------------------------
+    @property
+    def line(self) -> GpuLine:
+        cls = type(self)
+        if cls._line is None:
+            cls._line = GpuLine(self.gpu_queue_max)
+        return cls._line
+
+    def _try_grant(self, profile: Profile, held: dict[str, list[str]]) -> list[str] | None:
+        try:
+            return self.grant_gpus(profile, held)
+        except NoGpuAvailable:
+            return None
+
+    async def offer_to_line(self) -> None:
+        """Offer the GPUs Docker says are free to those in line (one snapshot, no await
+        between the check and the grants)."""
+        if not len(self.line):
+            return
+        with self._grants.snapshot():
+            held = await self.held_gpus()
+            self.line.offer(held)
+
+    @classmethod
+    def kick_line(cls) -> None:
+        """A lab stopped: offer its GPUs now rather than at the next round."""
+        if cls._line_kick is not None:
+            cls._line_kick.set()
+
+    async def _pump_line(self) -> None:
+        """While anyone waits: offer every few seconds (labs also end outside this hub:
+        killed, crashed, removed by hand), and at once when a lab of this hub stops."""
+        cls = type(self)
+        while len(self.line):
+            try:
+                await asyncio.wait_for(cls._line_kick.wait(), timeout=3)
+            except TimeoutError:
+                pass
+            cls._line_kick.clear()
+            try:
+                await self.offer_to_line()
+            except Exception as err:  # Docker unreachable for a moment: try again
+                self.log.warning("Could not offer GPUs to those in line: %s", err)
+        cls._line_pump = None
+
+    async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable) -> list[str]:
+        """Wait for GPUs, first come, first served; StartRefused when the line is full
+        or the wait is longer than gpu_queue_timeout. Cancel (Stop) leaves the line."""
+        cls = type(self)
+        try:
+            self._waiter = self.line.join(self.user.name, profile.gpus,
+                                          lambda held: self._try_grant(profile, held))
+        except LineFull:
+            raise StartRefused(409, f"{refusal}; {len(self.line)} users wait for a GPU "
+                                    "already, which is as many as may wait: try later",
+                               "queue_full") from None
+        self._save_line()
+        self.log.info("No GPU for %s now: waiting in line (%d waiting)", self.user.name,
+                      len(self.line))
+        if cls._line_kick is None:
+            cls._line_kick = asyncio.Event()
+        if cls._line_pump is None:
+            cls._line_pump = asyncio.ensure_future(self._pump_line())
+        cls._line_kick.set()  # a GPU may have been freed since the refusal
+        waiter = self._waiter
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.granted),
+                                          timeout=self.gpu_queue_timeout)
+        except TimeoutError:
+            minutes = max(1, round(self.gpu_queue_timeout / 60))
+            raise StartRefused(409, f"no GPU you may use became free within {minutes} min "
+                                    "of waiting; choose the CPU profile or try later",
+                               "queue_timeout") from None
+        finally:
+            if not waiter.granted.done():
+                waiter.granted.cancel()  # a later offer skips it
+            self.line.leave(waiter)
+            self._waiter = None
+            self._save_line()
+
+    def _save_line(self) -> None:
+        """Who waits now, on the hub's volume (read after a restart: see poll)."""
+        if not self.line_file:
+            return
+        try:
+            write_json_atomically(Path(self.line_file), [w.user for w in self.line.waiters])
+        except OSError as err:
+            self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
+
+    def waited_before_restart(self) -> bool:
+        """Whether this user was in line when the hub stopped last (asked once per user)."""
+        cls = type(self)
+        if cls._waited_before_restart is None:
+            try:
+                cls._waited_before_restart = set(json.loads(Path(self.line_file).read_text()))
+            except (OSError, ValueError, TypeError):
+                cls._waited_before_restart = set()
+        if self.user.name in cls._waited_before_restart:
+            cls._waited_before_restart.discard(self.user.name)
+            return True
+        return False
 
     def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
         """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
@@ -295,17 +422,23 @@ class GpuDockerSpawner(DockerSpawner):
     async def _start_lab(self):
         profile = self.resolve_profile()
         await self.check_lab_firewall()
+        self._choosing_gpus = True
         try:
-            self.gpu_ids = await self.grant_from_docker(profile)
-        except NoGpuAvailable as err:
-            if err.detail:
-                self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
-            raise StartRefused(409, str(err), err.reason) from None
-        if self.gpu_ids:
-            self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
-        try:
+            try:
+                self.gpu_ids = await self.grant_from_docker(profile)
+            except NoGpuAvailable as err:
+                if err.detail:
+                    self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
+                if err.reason != "gpus_busy" or not self.gpu_queue_timeout:
+                    raise StartRefused(409, str(err), err.reason) from None
+                self.gpu_ids = await self.wait_in_line(profile, err)
+            finally:
+                self._choosing_gpus = False
+            if self.gpu_ids:
+                self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
             return await self.start_lab()
         finally:
+            # Also when the wait in line ended (cancelled, out of time) after a grant.
             if self._grant is not None:
                 self._grants.end(self._grant)
                 self._grant = None
@@ -347,7 +480,7 @@ class GpuDockerSpawner(DockerSpawner):
         first second (wrong command, too little memory), and then report a generic 500.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline = loop.time() + self.boot_timeout
         next_inspect = loop.time()
         while loop.time() < deadline:
             try:
@@ -363,7 +496,7 @@ class GpuDockerSpawner(DockerSpawner):
                 next_inspect = loop.time() + 1
                 await self._fail_if_dead()
             await asyncio.sleep(0.05)
-        raise StartRefused(500, f"your lab did not start within {self.start_timeout} s; "
+        raise StartRefused(500, f"your lab did not start within {self.boot_timeout} s; "
                                 "try again, or ask an admin to check `invoke logs`", "timeout")
 
     def why_stopped(self, state: dict) -> str:
@@ -389,6 +522,9 @@ class GpuDockerSpawner(DockerSpawner):
         """None while the lab runs; else keep why it stopped, for the user, and remove it."""
         container = await self.get_object()
         if not container:
+            if not self._spawn_pending and self.line_file and self.waited_before_restart():
+                self.last_stop_reason = ("the hub restarted while you waited in line for a "
+                                         "GPU; press Start to take a place in line again")
             return 0
         state = container.get("State") or {}
         if state.get("Running"):
@@ -400,6 +536,7 @@ class GpuDockerSpawner(DockerSpawner):
             await self.record("stopped", self.object_id, finished_at(state),
                               self.last_stop_reason)
             await self._remove_quietly()
+            self.kick_line()
         return f"ExitCode={state.get('ExitCode')}"
 
     def get_state(self):
@@ -423,12 +560,21 @@ class GpuDockerSpawner(DockerSpawner):
         if self._said_stop_reason:
             yield {"progress": 10, "message": f"Your last lab stopped by itself: "
                                               f"{self._said_stop_reason}"}
+        said = ""
+        while self._spawn_pending and self._choosing_gpus:
+            waiter = self._waiter
+            position = self.line.position(waiter) if waiter is not None else None
+            if position is not None:
+                message = waiting_message(position, self.line.typical_wait())
+                if message != said:
+                    said = message
+                    yield {"progress": 20, "message": message}
+            await asyncio.sleep(0.5)
         if self.gpu_ids:
             yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
         elif self.gpu_inventory:
             yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
         # Until the lab has its start slot, say when it waits for one, and for how many.
-        said = ""
         while (self.lab_start_concurrency and self._spawn_pending
                and self._start_slot in ("not yet", "waiting")):
             if self._start_slot == "waiting":
@@ -448,6 +594,7 @@ class GpuDockerSpawner(DockerSpawner):
             # JupyterHub does not say who asked: the user, an admin or the idle culler.
             await self.record("stopped", lab, datetime.datetime.now(datetime.UTC),
                               "stopped by the hub")
+        self.kick_line()
         # With remove=True Docker deletes the container asynchronously; report "stopped"
         # only once it is gone, or an immediate Start fails on the container name.
         deadline = asyncio.get_running_loop().time() + 30
@@ -468,3 +615,9 @@ def finished_at(state: dict) -> datetime.datetime:
     if finished is None or finished.year < 2000:
         return datetime.datetime.now(datetime.UTC)
     return finished
+
+
+def write_json_atomically(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)

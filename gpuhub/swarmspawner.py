@@ -150,7 +150,7 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
     async def start_object(self):
         """Wait until Swarm runs the lab's task; fail at once when no node can take it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline = loop.time() + self.boot_timeout
         while loop.time() < deadline:
             task = await self.get_task()
             status = (task or {}).get("Status") or {}
@@ -167,7 +167,7 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
                 raise web.HTTPError(500, f"your lab could not start ({err or status.get('Message') or state}); "
                                          "ask an admin to check `invoke logs`")
             await asyncio.sleep(0.2)
-        raise web.HTTPError(500, f"your lab did not start within {self.start_timeout} s")
+        raise web.HTTPError(500, f"your lab did not start within {self.boot_timeout} s")
 
     async def _fail_if_dead(self) -> None:
         task = await self.get_task()

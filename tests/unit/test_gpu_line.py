@@ -1,0 +1,348 @@
+"""Waiting in line for a GPU: first come, first served, never double-booked.
+
+The line itself (gpuhub.gpuqueue) is pure; the spawner tests run real GpuDockerSpawners
+against a Docker double that lists the labs it started, with no gates: the line's pump
+and the spawns interleave as the event loop runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from types import SimpleNamespace
+
+import pytest
+from dockerspawner import DockerSpawner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jupyterhub.objects import Hub
+from tornado import web
+from traitlets.config import Config
+
+from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, waiting_message
+from gpuhub.grants import PendingGrants
+from gpuhub.profiles import Profile
+from gpuhub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
+
+GPUS = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]
+
+
+# --- the line ---------------------------------------------------------------------------
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_one_place_per_user_and_a_full_line_refuses():
+    async def main():
+        line = GpuLine(max_waiting=2)
+        line.join("alice", 1, lambda held: None)
+        with pytest.raises(ValueError):
+            line.join("alice", 1, lambda held: None)
+        line.join("bob", 1, lambda held: None)
+        with pytest.raises(LineFull):
+            line.join("carol", 1, lambda held: None)
+        assert [w.user for w in line.waiters] == ["alice", "bob"]
+    run(main())
+
+
+def test_offer_serves_in_order_and_skips_who_cannot_use_what_is_free():
+    async def main():
+        free = ["GPU-3"]
+
+        def taker(n):
+            def grant(held):
+                if len(free) < n:
+                    return None
+                got, free[:] = free[:n], free[n:]
+                return got
+            return grant
+
+        line = GpuLine(max_waiting=10)
+        big = line.join("big", 2, taker(2))       # needs two: only one is free
+        small = line.join("small", 1, taker(1))
+        late = line.join("late", 1, taker(1))
+        served = line.offer({})
+        assert served == [small] and small.granted.result() == ["GPU-3"]
+        assert line.position(big) == 1 and line.position(late) == 2
+        free.extend(["GPU-0", "GPU-1"])
+        assert line.offer({}) == [big]  # the first in line who may use them
+        assert [w.user for w in line.waiters] == ["late"]
+    run(main())
+
+
+def test_a_cancelled_waiter_is_skipped():
+    async def main():
+        line = GpuLine(max_waiting=10)
+        gone = line.join("gone", 1, lambda held: ["GPU-0"])
+        gone.granted.cancel()
+        nxt = line.join("next", 1, lambda held: ["GPU-0"])
+        assert line.offer({}) == [nxt] and not line.waiters
+    run(main())
+
+
+def test_the_message_says_the_place_and_an_estimate_once_there_is_history():
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st"]
+    assert waiting_message(2, None) == "Waiting for a GPU: 2nd in line"
+    assert waiting_message(1, 250.0) == ("Waiting for a GPU: 1st in line "
+                                         "(lately a wait took about 4 min)")
+
+    async def main():
+        clock = [0.0]
+        line = GpuLine(max_waiting=10, clock=lambda: clock[0])
+        for i, wait in enumerate((60.0, 120.0, 600.0)):
+            line.join(f"u{i}", 1, lambda held: ["GPU-0"])
+            clock[0] += wait
+            line.offer({})
+        assert line.typical_wait() == 120.0
+    run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("join"), st.integers(0, 7), st.integers(1, 3)),
+    st.tuples(st.just("free"), st.integers(0, 3)),
+), max_size=40))
+def test_property_never_two_holders_and_the_line_keeps_its_order(steps):
+    """Random joins and freed GPUs: no GPU ever has two holders, and among waiters who
+    ask for the same number of GPUs, the earlier is always served first."""
+    async def main():
+        holder: dict[str, str] = {}  # GPU -> user
+
+        def grant_for(user, n):
+            def grant(held):
+                free = [g for g in GPUS if g not in holder]
+                if len(free) < n:
+                    return None
+                for g in free[:n]:
+                    assert g not in holder
+                    holder[g] = user
+                return free[:n]
+            return grant
+
+        line = GpuLine(max_waiting=100)
+        order: list[tuple[str, int]] = []
+        served: list[tuple[str, int]] = []
+        for step in steps:
+            if step[0] == "join":
+                user = f"u{step[1]}"
+                if user in holder.values() or any(w.user == user for w in line.waiters):
+                    continue
+                line.join(user, step[2], grant_for(user, step[2]))
+                order.append((user, step[2]))
+            else:
+                holder.pop(GPUS[step[1]], None)
+            served += [(w.user, w.gpus) for w in line.offer({})]
+            assert len(set(holder)) == len(holder)
+        for n in (1, 2, 3):
+            asked = [u for u, k in order if k == n]
+            got = [u for u, k in served if k == n]
+            assert got == asked[:len(got)], (asked, got)
+    run(main())
+
+
+# --- the spawner: wait in line, on a Docker double -----------------------------------------
+
+class Engine:
+    """Running labs as Docker lists them: user -> labels."""
+
+    def __init__(self):
+        self.labs: dict[str, dict[str, str]] = {}
+
+    def end(self, user: str) -> str:
+        """A lab stops (the GPU it held is free now); returns its GPU."""
+        gpu = self.labs.pop(user)[LABEL_GPUS]
+        GpuDockerSpawner.kick_line()
+        return gpu
+
+
+@contextlib.contextmanager
+def hub(tmp_path, queue_timeout=60, queue_max=20):
+    engine = Engine()
+
+    async def create_and_start(self):
+        engine.labs[self.user.name] = self.gpu_labels()
+        return ("10.0.0.5", 8888)
+
+    async def listed(self, method, *args, **kwargs):
+        await asyncio.sleep(0)  # a real await, as the Docker API call is
+        return [{"Labels": dict(labels)} for labels in engine.labs.values()]
+
+    async def nothing(self, *args, **kwargs):
+        return None
+
+    config = Config()
+    config.GpuDockerSpawner.gpu_inventory = list(GPUS)
+    config.GpuDockerSpawner.gpu_policy = "exclusive"
+    config.GpuDockerSpawner.gpu_queue_timeout = queue_timeout
+    config.GpuDockerSpawner.gpu_queue_max = queue_max
+    config.GpuDockerSpawner.line_file = str(tmp_path / "gpu-line.json")
+
+    def spawner(name: str, asks: int = 1) -> GpuDockerSpawner:
+        user = SimpleNamespace(name=name, id=hash(name), url=f"/user/{name}/", server=None)
+        lab = GpuDockerSpawner(user=user, hub=Hub(), config=config)
+        lab.resolve_profile = lambda: Profile(slug="gpu1", display_name="1 GPU", gpus=asks)
+        lab._spawn_pending = True
+        return lab
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("_allocator", None), ("_grants", PendingGrants()),
+                            ("_start_queue", None), ("_line", None), ("_line_pump", None),
+                            ("_line_kick", None), ("_waited_before_restart", None)):
+            mp.setattr(GpuDockerSpawner, name, value)
+        mp.setattr(DockerSpawner, "start", create_and_start)
+        mp.setattr(GpuDockerSpawner, "docker", listed)
+        mp.setattr(GpuDockerSpawner, "wait_until_serving", nothing)
+        mp.setattr(GpuDockerSpawner, "_remove_quietly", nothing)
+        mp.setattr(GpuDockerSpawner, "record", nothing)
+        yield engine, spawner
+
+
+async def until(predicate, what: str, steps: int = 20_000):
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never: {what}")
+
+
+def test_six_users_four_gpus_two_wait_in_order_and_a_freed_gpu_goes_to_the_first(tmp_path):
+    async def main():
+        with hub(tmp_path) as (engine, spawner):
+            labs = [spawner(f"u{i}") for i in range(6)]
+            starts = []
+            for lab in labs:  # pressed Start one after the other, all at once
+                starts.append(asyncio.ensure_future(lab.start()))
+                await asyncio.sleep(0)
+            await until(lambda: len(engine.labs) == 4 and len(GpuDockerSpawner._line) == 2,
+                        "4 running and 2 in line")
+            line = GpuDockerSpawner._line
+            assert [w.user for w in line.waiters] == ["u4", "u5"]
+            assert json.loads((tmp_path / "gpu-line.json").read_text()) == ["u4", "u5"]
+            holders = {labels[LABEL_GPUS] for labels in engine.labs.values()}
+            assert holders == set(GPUS)
+            freed = engine.end("u1")
+            await until(lambda: "u4" in engine.labs, "u4 gets the freed GPU")
+            assert engine.labs["u4"][LABEL_GPUS] == freed
+            assert [w.user for w in line.waiters] == ["u5"]
+            assert "u5" not in engine.labs
+            # Cancel (Stop while waiting) leaves the line.
+            starts[5].cancel()
+            await until(lambda: not line.waiters, "u5 out of the line")
+            assert json.loads((tmp_path / "gpu-line.json").read_text()) == []
+            freed = engine.end("u2")
+            late = spawner("u6")
+            started = asyncio.ensure_future(late.start())
+            await until(started.done, "u6 starts at once: nobody waits")
+            assert engine.labs["u6"][LABEL_GPUS] == freed
+            for task in starts[:5]:
+                assert task.done() and task.result() == ("10.0.0.5", 8888)
+    asyncio.run(main())
+
+
+def test_a_newcomer_does_not_overtake_the_line(tmp_path):
+    async def main():
+        with hub(tmp_path) as (engine, spawner):
+            for i in range(4):
+                await spawner(f"u{i}").start()
+            waiting = asyncio.ensure_future(spawner("first").start())
+            await until(lambda: len(GpuDockerSpawner._line) == 1, "first in line")
+            # A GPU frees and, before the pump runs, a newcomer presses Start.
+            freed = engine.labs.pop("u0")[LABEL_GPUS]
+            newcomer = asyncio.ensure_future(spawner("newcomer").start())
+            await until(lambda: "first" in engine.labs, "first gets the GPU")
+            assert engine.labs["first"][LABEL_GPUS] == freed
+            await until(lambda: len(GpuDockerSpawner._line) == 1, "the newcomer waits")
+            assert GpuDockerSpawner._line.waiters[0].user == "newcomer"
+            assert waiting.done() and not newcomer.done()
+            newcomer.cancel()
+            await asyncio.sleep(0)
+    asyncio.run(main())
+
+
+def test_the_wait_limit_is_honoured_and_leaves_nothing(tmp_path):
+    async def main():
+        with hub(tmp_path, queue_timeout=1) as (engine, spawner):
+            for i in range(4):
+                await spawner(f"u{i}").start()
+            late = spawner("late")
+            with pytest.raises(StartRefused) as info:
+                await late.start()
+            assert info.value.status_code == 409 and info.value.reason == "queue_timeout"
+            assert "became free within 1 min of waiting" in info.value.log_message
+            assert not GpuDockerSpawner._line.waiters and "late" not in engine.labs
+            assert GpuDockerSpawner._grants.held() == {}
+    asyncio.run(main())
+
+
+def test_a_full_line_refuses_with_a_message(tmp_path):
+    async def main():
+        with hub(tmp_path, queue_max=1) as (engine, spawner):
+            for i in range(4):
+                await spawner(f"u{i}").start()
+            first = asyncio.ensure_future(spawner("w1").start())
+            await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
+            with pytest.raises(web.HTTPError) as info:
+                await spawner("w2").start()
+            assert info.value.status_code == 409 and "1 users wait" in info.value.log_message
+            first.cancel()
+            await asyncio.sleep(0)
+    asyncio.run(main())
+
+
+def test_no_line_when_the_timeout_is_zero_or_for_a_limit(tmp_path):
+    async def main():
+        with hub(tmp_path, queue_timeout=0) as (engine, spawner):
+            for i in range(4):
+                await spawner(f"u{i}").start()
+            with pytest.raises(StartRefused) as info:
+                await spawner("late").start()
+            assert info.value.reason == "gpus_busy" and "try later" in info.value.log_message
+            with pytest.raises(StartRefused) as info:  # more than there are: never waits
+                await spawner("greedy", asks=5).start()
+            assert info.value.reason == "gpu_limit"
+    asyncio.run(main())
+
+
+def test_after_a_restart_who_waited_is_told(tmp_path):
+    async def main():
+        (tmp_path / "gpu-line.json").write_text(json.dumps(["wanda"]))
+        with hub(tmp_path) as (engine, spawner):
+            wanda = spawner("wanda")
+            wanda._spawn_pending = False
+
+            async def no_container():
+                return None
+
+            wanda.get_object = no_container
+            assert await wanda.poll() == 0
+            assert "hub restarted while you waited in line" in wanda.last_stop_reason
+            other = spawner("otto")
+            other._spawn_pending = False
+            other.get_object = no_container
+            await other.poll()
+            assert other.last_stop_reason == ""
+    asyncio.run(main())
+
+
+def test_the_progress_page_says_the_place_in_line(tmp_path):
+    async def main():
+        with hub(tmp_path) as (engine, spawner):
+            for i in range(4):
+                await spawner(f"u{i}").start()
+            first, second = spawner("w1"), spawner("w2")
+            tasks = [asyncio.ensure_future(first.start())]
+            await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
+            tasks.append(asyncio.ensure_future(second.start()))
+            await until(lambda: len(GpuDockerSpawner._line) == 2, "w2 in line")
+            events = second.progress().__aiter__()
+            assert (await events.__anext__())["message"] == "Waiting for a GPU: 2nd in line"
+            engine.end("u0")
+            assert (await asyncio.wait_for(events.__anext__(), 10))["message"] == (
+                "Waiting for a GPU: 1st in line")
+            for task in tasks:
+                task.cancel()
+            await asyncio.sleep(0)
+    asyncio.run(main())
