@@ -2,8 +2,9 @@
 
 Against a running stack (``--project``), for ``--seconds`` on a quiet machine, it counts:
 - the gpu-sampler container's own CPU (nvidia-smi twice per GPU_SAMPLE_INTERVAL, the
-  JSON file, its health check's sh and find), from Docker's cgroup statistics;
-- its containerd-shim (which runs the health check's exec), from /proc;
+  JSON file), from Docker's cgroup statistics;
+- its containerd-shim, from /proc (it would run a health check's execs; the sampler has
+  none, see docs/bench/telemetry/sampler-cost-with-healthcheck.json for why);
 - the hub's GPU board, which refreshes every interval once the page or the metrics are
   used: the hub's and the broker's containers, measured with the page opened once
   before, as an upper bound (the hub's own idle work, culler and health checks, is in it).

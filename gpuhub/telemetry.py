@@ -46,7 +46,8 @@ SPAWN_DURATION = Histogram(
 SPAWNS_REFUSED = Counter(
     "gpuhub_spawns_refused",
     "Starts refused or failed before the lab served, by reason (gpus_busy, gpu_limit, "
-    "no_gpus, bad_profile, lab_firewall_down, lab_died, timeout, error).", ["reason"])
+    "no_gpus, queue_full, queue_timeout, bad_profile, lab_firewall_down, lab_died, timeout, "
+    "error).", ["reason"])
 
 
 def read_samples(path: Path = Path(names.GPU_SAMPLES_FILE),

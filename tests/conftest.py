@@ -59,8 +59,12 @@ def stack_factory(images, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stack(stack_factory, measure) -> Stack:
-    """The shared test stack, brought up with the real `invoke up`."""
-    s = stack_factory()
+    """The shared test stack, brought up with the real `invoke up`.
+
+    Without the line for GPUs (GPU_QUEUE_TIMEOUT=0): the allocation tests check the
+    immediate refusal; tests/integration/test_gpu_queue.py has a stack with the line.
+    """
+    s = stack_factory(GPU_QUEUE_TIMEOUT="0")
     started = time.monotonic()
     s.up("--no-build")
     measure("invoke up --no-build (images built)", time.monotonic() - started)

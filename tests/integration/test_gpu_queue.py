@@ -1,0 +1,115 @@
+"""Waiting in line for a GPU on a real stack: 4 fake GPUs, 6 users, 1-GPU profile.
+
+A stack of its own, with the line on (GPU_QUEUE_TIMEOUT short, so that the limit is
+reached within the test); the shared stack refuses at once instead.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+import requests
+from support.hub import HubUser
+from support.wait import wait_until
+
+SPAWN_TIMEOUT = 180
+QUEUE_TIMEOUT = 40
+USERS = [f"q{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def qstack(stack_factory):
+    s = stack_factory(GPU_QUEUE_TIMEOUT=str(QUEUE_TIMEOUT))
+    s.up("--no-build")
+    return s
+
+
+@pytest.fixture(scope="module")
+def qusers(qstack):
+    made = {}
+    for name in USERS:
+        qstack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+        user = HubUser(qstack.url, name)
+        user.login(f"{name}-pw-12345")
+        user.create_token()
+        made[name] = user
+    yield made
+    for user in made.values():
+        if user.server():
+            user.stop(logs=qstack.logs)
+
+
+def progress_messages(user: HubUser, until: str, timeout: float = 60) -> list[str]:
+    """The spawn's progress events (the progress page's stream) until one contains ``until``."""
+    messages = []
+    with requests.get(f"{user.base}/hub/api/users/{user.name}/server/progress", stream=True,
+                      headers={"Authorization": f"token {user.token}"},
+                      timeout=timeout) as stream:
+        deadline = time.monotonic() + timeout
+        for line in stream.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if until in messages[-1] or event.get("failed") or event.get("ready"):
+                    break
+            if time.monotonic() > deadline:
+                break
+    return messages
+
+
+def gpu_of(stack, name: str) -> str:
+    return stack.inspect(stack.lab_container(name))["Config"]["Labels"]["gpuhub.gpus"]
+
+
+def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qusers, measure):
+    running = [qusers[n] for n in USERS[:4]]
+    for user in running:
+        assert user.start({"profile": "gpu1"}).status_code in (201, 202)
+    for user in running:
+        user.wait_ready(SPAWN_TIMEOUT, logs=qstack.logs)
+    first, second = qusers["q4"], qusers["q5"]
+    assert first.start({"profile": "gpu1"}).status_code == 202
+    assert "1st in line" in progress_messages(first, "in line")[-1]
+    assert second.start({"profile": "gpu1"}).status_code == 202
+    assert "2nd in line" in progress_messages(second, "in line")[-1]
+    assert first.server().get("pending") == "spawn" and second.server().get("pending") == "spawn"
+    assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q4')}").stdout == ""
+
+    # The hub answers while two wait in line (and their progress streams are open).
+    latencies = []
+    for _ in range(40):
+        started = time.monotonic()
+        assert requests.get(f"{qstack.url}/hub/api/", timeout=10).ok
+        latencies.append(time.monotonic() - started)
+    p95 = statistics.quantiles(latencies, n=20)[-1]
+    measure("hub API p95 while 2 wait in line (s)", p95)
+    assert p95 < 1.0, latencies
+
+    freed = gpu_of(qstack, "q1")
+    qusers["q1"].stop(logs=qstack.logs)
+    first.wait_ready(SPAWN_TIMEOUT, logs=qstack.logs)
+    assert gpu_of(qstack, "q4") == freed
+    assert second.server().get("pending") == "spawn"
+    assert "1st in line" in progress_messages(second, "in line")[-1]
+
+
+def test_cancelling_leaves_the_line_and_the_wait_limit_is_honoured(qstack, qusers):
+    second = qusers["q5"]
+    assert second.server().get("pending") == "spawn", second.server()
+    second.stop(logs=qstack.logs)  # Cancel on the progress page: the same API call
+    assert not second.server()
+    assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q5')}").stdout == ""
+    # Back in line, now alone, until the limit.
+    started = time.monotonic()
+    assert second.start({"profile": "gpu1"}).status_code == 202
+    assert "1st in line" in progress_messages(second, "in line")[-1]
+    messages = progress_messages(second, "became free", timeout=QUEUE_TIMEOUT + 60)
+    waited = time.monotonic() - started
+    assert "no GPU you may use became free within 1 min of waiting" in messages[-1], messages
+    assert QUEUE_TIMEOUT - 2 <= waited <= QUEUE_TIMEOUT + 30, waited
+    wait_until(lambda: not second.server(), timeout=30, what="q5's failed start to end",
+               state=second.server, logs=qstack.logs)
+    assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q5')}").stdout == ""
