@@ -182,6 +182,7 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.gpu_queue_timeout = settings.gpu_queue_timeout
     c.GpuDockerSpawner.gpu_queue_max = settings.gpu_queue_max
     c.GpuDockerSpawner.line_file = str(Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE)
+    c.GpuDockerSpawner.stop_reasons_dir = str(Path(names.HUB_DATA_DIR) / names.STOP_REASONS_DIR)
     # A lab that dies is noticed within this many seconds (one cheap inspect per lab).
     c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)
@@ -247,7 +248,8 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
 
 
 def update_services(c, settings: Settings, data_dir: Path,
-                    secrets_dir: Path = SECRETS_DIR) -> None:
+                    secrets_dir: Path = SECRETS_DIR, docker_host: str = "",
+                    profiles_max_age: bool = False) -> None:
     """Hub services: the idle culler, the token `invoke` uses for user admin, and the
     one Prometheus scrapes the metrics with."""
     admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
@@ -262,6 +264,17 @@ def update_services(c, settings: Settings, data_dir: Path,
                                                   "metrics token")})
     roles.append({"name": "metrics-scraper", "scopes": ["read:metrics"],
                   "services": [METRICS_SERVICE]})
+    if settings.mode != "swarm" and (settings.gpu_idle_timeout or profiles_max_age):
+        # Stops GPU labs whose GPUs stay idle, and labs past their profile's max_age.
+        services.append({
+            "name": "gpu-reclaimer",
+            "command": [sys.executable, "-m", "gpuhub.reclaim"],
+            # Managed services inherit almost nothing from the hub: the settings whole, and
+            # Docker the way the hub reaches it.
+            "environment": {**settings.raw_env(), "DOCKER_HOST": docker_host},
+        })
+        roles.append({"name": "gpu-reclaimer", "scopes": ["delete:servers"],
+                      "services": ["gpu-reclaimer"]})
     if settings.idle_timeout:
         services.append({
             "name": "idle-culler",
@@ -303,5 +316,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
     update_swarm(c, settings)
     update_gpus(c, settings, gpus, profiles_yaml)
-    update_services(c, settings, data_dir, secrets_dir)
+    max_age = bool(profiles_yaml) and any(
+        p.max_age for p in Profiles.from_yaml(profiles_yaml, str(profiles_path)).profiles)
+    update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""), max_age)
     update_pages(c)

@@ -38,6 +38,8 @@ USAGE_JOURNAL_FILE = "usage.jsonl"
 # Who waits in line for a GPU (gpuhub/gpuqueue.py), so that after a hub restart they are
 # told their wait ended; a file in HUB_DATA_DIR.
 GPU_LINE_FILE = "gpu-line.json"
+# Why the gpu-reclaimer stops a lab, one file per user, for the spawner's stop().
+STOP_REASONS_DIR = "stop-reasons"
 
 # Secrets compose hands the hub (docker-compose.yml `secrets:`), in /run/secrets.
 HUB_SECRETS_DIR = "/run/secrets"

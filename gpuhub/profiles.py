@@ -1,7 +1,8 @@
 """Spawn profiles from ``profiles.yaml``, in the shape of zero-to-jupyterhub's profileList.
 
 Each profile: ``display_name`` (required), ``slug``, ``description``, ``default``,
-``image``, ``gpus``, ``cpu_limit``, ``mem_limit``, and in swarm mode ``placement``
+``image``, ``gpus``, ``cpu_limit``, ``mem_limit``, ``max_age`` (a lab older than this
+is stopped, e.g. ``12h``; see gpuhub.reclaim), and in swarm mode ``placement``
 (Swarm constraints such as ``node.labels.gpu == a100``). The list becomes the spawn form, and
 :meth:`Profiles.resolve` is the server-side check of what a user submitted: only a known
 profile slug is accepted, so a hand-crafted POST cannot pick another image or more GPUs
@@ -21,7 +22,9 @@ import yaml
 from .lablimits import parse_memory
 
 FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "cpu_limit",
-          "mem_limit", "placement"}
+          "mem_limit", "max_age", "placement"}
+_DURATION_RE = re.compile(r"(\d+)\s*([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Swarm placement constraints, e.g. node.labels.gpu == a100 (ignored in compose mode).
 _CONSTRAINT_RE = re.compile(r"^node\.[A-Za-z0-9_.-]+\s*(==|!=)\s*\S+$")
 
@@ -45,6 +48,17 @@ class Profile:
     cpu_limit: float | None = None
     mem_limit: str | None = None
     placement: tuple[str, ...] = ()
+    max_age: int | None = None  # seconds
+
+
+def parse_duration(value) -> int:
+    """``12h``, ``90m``, ``2d``, ``45s`` or whole seconds, as seconds (at least 1)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    found = _DURATION_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if not found or int(found.group(1)) == 0:
+        raise ValueError("must be a duration such as 12h, 90m, 2d or 45s (above 0)")
+    return int(found.group(1)) * _DURATION_UNITS[found.group(2)]
 
 
 def _slugify(name: str) -> str:
@@ -77,6 +91,12 @@ def _profile(item, where: str) -> Profile:
             mem = parse_memory(mem)
         except ValueError as err:
             raise ProfileError(f"{where}: mem_limit {err}, got {mem!r}") from None
+    max_age = item.get("max_age")
+    if max_age is not None:
+        try:
+            max_age = parse_duration(max_age)
+        except ValueError as err:
+            raise ProfileError(f"{where}: max_age {err}, got {max_age!r}") from None
     slug = item.get("slug") or _slugify(name)
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(slug)):
         raise ProfileError(f"{where}: slug must be lowercase letters, digits and '-', got {slug!r}")
@@ -95,7 +115,7 @@ def _profile(item, where: str) -> Profile:
                    description=str(item.get("description") or ""),
                    default=default, image=image, gpus=gpus,
                    cpu_limit=float(cpu) if cpu is not None else None,
-                   mem_limit=mem,
+                   mem_limit=mem, max_age=max_age,
                    placement=tuple(x.strip() for x in placement))
 
 

@@ -413,6 +413,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPU_QUEUE_MAX", "20", _count,
             "Most users waiting in line for a GPU; the next one is refused with a message.",
             "GPUs"),
+    Setting("GPU_IDLE_TIMEOUT", "3600", _seconds,
+            "A GPU lab whose GPUs have all been idle (under GPU_IDLE_UTILISATION) this many "
+            "seconds is stopped, its files kept, and the user told why; 0: never.", "GPUs"),
+    Setting("GPU_IDLE_TIMEOUT_WHEN_QUEUED", "900", _seconds,
+            "The same, while someone waits in line for a GPU (at most GPU_IDLE_TIMEOUT); "
+            "0: as GPU_IDLE_TIMEOUT.", "GPUs"),
     Setting("GPU_SAMPLE_INTERVAL", "5", _positive_seconds,
             "Seconds between two readings of the GPUs' utilisation and memory by the "
             "gpu-sampler service (the admin page, `invoke gpus` and the metrics show them).",

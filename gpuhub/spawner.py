@@ -34,6 +34,7 @@ from .labels import PROJECT as LABEL_PROJECT
 from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
 from .profiles import Profile, ProfileRejected, Profiles
+from .reclaim import take_reason
 from .startqueue import StartQueue
 from .telemetry import SPAWN_DURATION, SPAWNS_REFUSED
 from .usage import UsageJournal, parse_time
@@ -88,6 +89,10 @@ class GpuDockerSpawner(DockerSpawner):
                 "connections; the others wait their turn. 0: no limit.",
     ).tag(config=True)
 
+    stop_reasons_dir = Unicode(
+        "", help="Where the gpu-reclaimer leaves why it stops a lab (one file per user), for "
+                 "the user and the records; empty: none.",
+    ).tag(config=True)
     usage_journal = Unicode(
         "", help="The file of every lab's start and stop (GPU-hours, `invoke usage`); "
                  "empty: none kept.",
@@ -96,7 +101,8 @@ class GpuDockerSpawner(DockerSpawner):
     gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
     _said_stop_reason = ""
     last_stop_reason = Unicode(
-        "", help="Why the user's last lab stopped by itself (e.g. out of memory); said at "
+        "", help="Why the user's last lab ended, after 'Your last lab ' (e.g. 'stopped by "
+                 "itself: out of memory'); said at "
                  "their next start, then forgotten.")
     _configured: dict | None = None  # image and limits before any profile was applied
     _give_back_start_slot: Callable[[], None] | None = None
@@ -523,18 +529,18 @@ class GpuDockerSpawner(DockerSpawner):
         container = await self.get_object()
         if not container:
             if not self._spawn_pending and self.line_file and self.waited_before_restart():
-                self.last_stop_reason = ("the hub restarted while you waited in line for a "
-                                         "GPU; press Start to take a place in line again")
+                self.last_stop_reason = ("did not start: the hub restarted while you waited "
+                                         "in line for a GPU; press Start to take a place in "
+                                         "line again")
             return 0
         state = container.get("State") or {}
         if state.get("Running"):
             return None
         if not self._spawn_pending:  # a lab that stopped by itself, not one still starting
-            self.last_stop_reason = self.why_stopped(state)
-            self.log.warning("The lab of %s stopped by itself: %s", self.user.name,
-                             self.last_stop_reason)
-            await self.record("stopped", self.object_id, finished_at(state),
-                              self.last_stop_reason)
+            why = self.why_stopped(state)
+            self.last_stop_reason = f"stopped by itself: {why}"
+            self.log.warning("The lab of %s stopped by itself: %s", self.user.name, why)
+            await self.record("stopped", self.object_id, finished_at(state), why)
             await self._remove_quietly()
             self.kick_line()
         return f"ExitCode={state.get('ExitCode')}"
@@ -558,7 +564,7 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def progress(self):
         if self._said_stop_reason:
-            yield {"progress": 10, "message": f"Your last lab stopped by itself: "
+            yield {"progress": 10, "message": f"Your last lab "
                                               f"{self._said_stop_reason}"}
         said = ""
         while self._spawn_pending and self._choosing_gpus:
@@ -587,13 +593,18 @@ class GpuDockerSpawner(DockerSpawner):
             await asyncio.sleep(0.5)
 
     async def stop(self, now=False):
-        self.last_stop_reason = ""  # said during the start after it; this stop is asked for
+        # Asked for by the user, an admin or the idle culler (JupyterHub does not say
+        # which), or by the gpu-reclaimer, which leaves its reason for the user first.
+        reason = take_reason(self.user.name, Path(self.stop_reasons_dir)) \
+            if self.stop_reasons_dir else ""
+        self.last_stop_reason = f"was stopped: {reason}" if reason else ""
+        if reason:
+            self.log.warning("Stopping the lab of %s: %s", self.user.name, reason)
         lab = self.object_id  # DockerSpawner forgets it in stop()
         await super().stop(now=now)
         if lab:
-            # JupyterHub does not say who asked: the user, an admin or the idle culler.
             await self.record("stopped", lab, datetime.datetime.now(datetime.UTC),
-                              "stopped by the hub")
+                              reason or "stopped by the hub")
         self.kick_line()
         # With remove=True Docker deletes the container asynchronously; report "stopped"
         # only once it is gone, or an immediate Start fails on the container name.

@@ -227,6 +227,23 @@ def _gpu_notes(s: Settings, profiles: Profiles) -> list[str]:
     return paragraphs
 
 
+def _reclaim_notes(s: Settings, profiles: Profiles) -> list[str]:
+    """gpuhub's GPU reclaim and time limits: what the chart's culler can and cannot say."""
+    paragraphs = []
+    ages = sorted({p.max_age for p in profiles.profiles if p.max_age})
+    if ages:
+        paragraphs.append(
+            "Profiles' max_age is not exported: the chart's culler has one cull.maxAge "
+            f"(seconds) for every server, not one per profile (here: {', '.join(map(str, ages))} "
+            "s). Set cull.maxAge to the one you want for all, or run a culler per profile.")
+    if s.gpu_idle_timeout:
+        paragraphs.append(
+            f"GPU_IDLE_TIMEOUT={s.gpu_idle_timeout} (a lab whose GPUs stay under "
+            f"{s.gpu_idle_utilisation} % is stopped) has no chart equivalent: the culler reads "
+            "kernel activity only. NVIDIA's DCGM exporter gives the utilisation to build it on.")
+    return paragraphs
+
+
 def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
     """Comment paragraphs for each top-level section (and "" for the header): what does
     not map, and what to do instead."""
@@ -307,6 +324,7 @@ def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
             "storage.extraVolumes and storage.extraVolumeMounts (readOnly: true).")
     cull = ([f"Labs idle for IDLE_TIMEOUT={s.idle_timeout} seconds are stopped, as with gpuhub."]
             if s.idle_timeout else ["IDLE_TIMEOUT=0: labs are never culled, as with gpuhub."])
+    cull += _reclaim_notes(s, profiles)
     return {"": header, "hub": hub, "proxy": proxy, "singleuser": singleuser, "cull": cull}
 
 

@@ -324,3 +324,16 @@ def test_the_hub_serves_gpuhubs_pages_which_extend_its_own(configure):
     dockerfile = home.parents[1] / "Dockerfile"
     assert '{% extends "templates/home.html" %}' in home.read_text()
     assert f"COPY jupyterhub/templates {hubconfig.TEMPLATES}" in dockerfile.read_text()
+
+
+def test_the_gpu_reclaimer_may_only_stop_servers_and_reaches_docker_as_the_hub(configure):
+    c = configure(env={"DOCKER_HOST": DOCKER_PROXY_URL})
+    reclaimer = services(c)["gpu-reclaimer"]
+    assert reclaimer["command"][1:] == ["-m", "gpuhub.reclaim"]
+    # The settings whole (a new setting cannot silently fall back to its default there).
+    assert reclaimer["environment"]["GPU_IDLE_TIMEOUT"] == "3600"
+    assert reclaimer["environment"]["DOCKER_HOST"] == DOCKER_PROXY_URL
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["gpu-reclaimer"]["scopes"] == ["delete:servers"]
+    # Off when nothing asks for it (no profile here has max_age: the test has no profiles).
+    assert "gpu-reclaimer" not in services(configure(GPU_IDLE_TIMEOUT="0"))

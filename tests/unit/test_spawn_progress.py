@@ -30,7 +30,7 @@ def test_progress_is_silent_on_a_host_without_gpus():
 def test_progress_says_why_the_last_lab_stopped_by_itself():
     spawner = GpuDockerSpawner.__new__(GpuDockerSpawner)
     object.__setattr__(spawner, "_trait_values", {"gpu_ids": [], "gpu_inventory": []})
-    spawner._said_stop_reason = "out of memory (memory limit 536870912 bytes)"
+    spawner._said_stop_reason = "stopped by itself: out of memory (memory limit 536870912 bytes)"
 
     async def collect():
         return [event["message"] async for event in spawner.progress()]

@@ -1,0 +1,160 @@
+"""Reclaiming idle GPUs and profiles' time limits: who is stopped, when, and what they read."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jupyterhub.objects import Hub
+from traitlets.config import Config
+
+from gpuhub.gpureport import Lab
+from gpuhub.profiles import ProfileError, Profiles, parse_duration
+from gpuhub.reclaim import Reclaim, decide, leave_reason, take_reason
+from gpuhub.spawner import GpuDockerSpawner
+
+NOW = 1_000_000.0
+HOUR = 3600
+
+
+def iso(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+
+def lab(user="alice", gpus=("GPU-a",), profile="gpu1", started=NOW - 10 * HOUR):
+    return Lab(id=user * 8, user=user, profile=profile, gpus=tuple(gpus), since=iso(started))
+
+
+def reading(**gpus):
+    """gpus: uuid suffix -> (utilisation, idle_since)."""
+    return {"gpus": [{"uuid": f"GPU-{k}", "index": str(i), "utilisation": u, "idle_since": s}
+                     for i, (k, (u, s)) in enumerate(gpus.items())]}
+
+
+def run(labs, samples, queued=False, max_ages=None, timeout=HOUR, queued_timeout=900):
+    return decide(labs, samples, idle_below=5, idle_timeout=timeout,
+                  idle_timeout_queued=queued_timeout, queued=queued,
+                  max_ages=max_ages or {}, now=NOW)
+
+
+def test_a_lab_whose_gpu_idled_past_the_timeout_is_stopped_with_the_reason():
+    [todo] = run([lab()], reading(a=(0, NOW - HOUR - 5)))
+    assert todo == Reclaim("alice", "its GPUs were idle (under 5 % busy) for 1 h 00 min; "
+                                    "your files are kept")
+
+
+def test_a_busy_or_recently_idle_gpu_is_left_alone():
+    assert run([lab()], reading(a=(85, None))) == []
+    assert run([lab()], reading(a=(0, NOW - HOUR + 60))) == []
+
+
+def test_idle_time_counts_from_the_labs_start_when_the_gpu_idled_before_it():
+    fresh = lab(started=NOW - 600)  # the GPU has idled for days, the lab for 10 minutes
+    assert run([fresh], reading(a=(0, NOW - 50 * HOUR))) == []
+
+
+def test_missing_or_unknown_readings_never_stop_a_lab():
+    assert run([lab()], None) == []
+    assert run([lab()], reading(b=(0, NOW - 9 * HOUR))) == []  # its GPU not in the reading
+    assert run([lab()], reading(a=(None, None))) == []  # the driver reports no utilisation
+
+
+def test_all_of_a_labs_gpus_must_be_idle():
+    two = lab(gpus=("GPU-a", "GPU-b"))
+    assert run([two], reading(a=(0, NOW - 2 * HOUR), b=(40, None))) == []
+    assert len(run([two], reading(a=(0, NOW - 2 * HOUR), b=(1, NOW - 3 * HOUR)))) == 1
+
+
+def test_a_shorter_timeout_while_someone_waits():
+    samples = reading(a=(0, NOW - 1000))
+    assert run([lab()], samples) == []
+    [todo] = run([lab()], samples, queued=True)
+    assert "for 16 min while others waited for one" in todo.reason
+    assert run([lab()], samples, timeout=0) == []  # GPU_IDLE_TIMEOUT=0: off...
+    assert len(run([lab()], samples, timeout=0, queued=True)) == 1  # ...but for the line
+
+
+def test_cpu_labs_are_left_to_the_idle_culler():
+    assert run([lab(gpus=())], reading(a=(0, NOW - 9 * HOUR))) == []
+
+
+def test_max_age_stops_any_lab_of_that_profile():
+    old = lab(profile="gpu1", started=NOW - 13 * HOUR)
+    [todo] = run([old, lab("bob", profile="cpu", gpus=(), started=NOW - 30 * HOUR)],
+                 reading(a=(90, None)), max_ages={"gpu1": 12 * HOUR})
+    assert todo == Reclaim("alice", "it reached the 12 h 00 min time limit of its profile "
+                                    "(gpu1); your files are kept")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 100), st.one_of(st.none(), st.integers(0, 40 * HOUR))),
+                min_size=1, max_size=4),
+       st.integers(0, 40 * HOUR), st.booleans())
+def test_property_only_labs_whose_every_gpu_is_measured_idle_long_enough(gpus, age, queued):
+    names = "abcd"[:len(gpus)]
+    samples = reading(**{k: (u, NOW - s if s is not None else None) for k, (u, s) in zip(names, gpus)})
+    the_lab = lab(gpus=[f"GPU-{k}" for k in names], started=NOW - age)
+    stopped = bool(run([the_lab], samples, queued=queued))
+    timeout = 900 if queued else HOUR
+    idle_long_enough = all(u < 5 and s is not None and min(s, age) >= timeout for u, s in gpus)
+    assert stopped == idle_long_enough
+
+
+def test_max_age_in_profiles_is_validated():
+    assert parse_duration("12h") == 12 * HOUR and parse_duration("90m") == 5400
+    assert parse_duration("2d") == 2 * 86400 and parse_duration(45) == 45
+    text = "- display_name: A\n  max_age: {}\n- display_name: B\n"
+    assert Profiles.from_yaml(text.format("8h")).profiles[0].max_age == 8 * HOUR
+    for bad in ("soon", "0h", "-1", "true", "1.5h"):
+        with pytest.raises(ProfileError, match="max_age must be a duration such as 12h"):
+            Profiles.from_yaml(text.format(bad))
+
+
+def test_the_shipped_gpu_profiles_have_a_time_limit():
+    from support.stack import ROOT
+
+    shipped = Profiles.from_file(ROOT / "jupyterhub" / "profiles.yaml")
+    assert {p.slug: p.max_age for p in shipped.profiles} == {
+        "cpu": None, "gpu1": 12 * HOUR, "gpu2": 12 * HOUR}
+
+
+def test_the_reason_reaches_the_next_stop_once(tmp_path):
+    leave_reason("alice", "its GPUs were idle", tmp_path)
+    assert take_reason("alice", tmp_path) == "its GPUs were idle"
+    assert take_reason("alice", tmp_path) == ""
+
+
+def test_stop_tells_the_user_and_the_records_why(tmp_path, monkeypatch):
+    from dockerspawner import DockerSpawner
+
+    recorded = []
+
+    async def stopped(self, now=False):
+        self.object_id = ""
+
+    async def record(self, event, *args):
+        recorded.append((event, args[0], args[2]))
+
+    async def gone(self):
+        return None
+
+    monkeypatch.setattr(DockerSpawner, "stop", stopped)
+    monkeypatch.setattr(GpuDockerSpawner, "record", record)
+    monkeypatch.setattr(GpuDockerSpawner, "get_object", gone)
+    config = Config()
+    config.GpuDockerSpawner.stop_reasons_dir = str(tmp_path)
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None)
+    spawner = GpuDockerSpawner(user=user, hub=Hub(), config=config)
+    spawner.object_id = "c0ffee"
+    leave_reason("alice", "its GPUs were idle (under 5 % busy) for 1 h 00 min", tmp_path)
+    asyncio.run(spawner.stop())
+    assert spawner.last_stop_reason == ("was stopped: its GPUs were idle (under 5 % busy) "
+                                        "for 1 h 00 min")
+    assert recorded == [("stopped", "c0ffee", "its GPUs were idle (under 5 % busy) for 1 h 00 min")]
+    spawner.object_id = "c0ffee2"
+    asyncio.run(spawner.stop())  # a stop the user asked for
+    assert spawner.last_stop_reason == ""
+    assert recorded[-1] == ("stopped", "c0ffee2", "stopped by the hub")
