@@ -91,6 +91,13 @@ class GpuLine:
                 served.append(waiter)
         return served
 
+    def as_json(self) -> list[dict]:
+        """Who waits, in order, for how many GPUs, since when (epoch seconds): what the
+        hub's volume keeps, and `invoke gpus`, the GPU page and the metrics show."""
+        wall = time.time() - self.clock()  # this clock may be monotonic
+        return [{"user": w.user, "gpus": w.gpus, "since": round(w.joined + wall, 1)}
+                for w in self.waiters]
+
     def typical_wait(self) -> float | None:
         """The median wait of the last users served (at least 3), else None."""
         return statistics.median(self._waits) if len(self._waits) >= 3 else None

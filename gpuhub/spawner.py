@@ -310,7 +310,7 @@ class GpuDockerSpawner(DockerSpawner):
         if not self.line_file:
             return
         try:
-            write_json_atomically(Path(self.line_file), [w.user for w in self.line.waiters])
+            write_json_atomically(Path(self.line_file), self.line.as_json())
         except OSError as err:
             self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
 
@@ -319,8 +319,9 @@ class GpuDockerSpawner(DockerSpawner):
         cls = type(self)
         if cls._waited_before_restart is None:
             try:
-                cls._waited_before_restart = set(json.loads(Path(self.line_file).read_text()))
-            except (OSError, ValueError, TypeError):
+                cls._waited_before_restart = {
+                    w["user"] for w in json.loads(Path(self.line_file).read_text())}
+            except (OSError, ValueError, TypeError, KeyError):
                 cls._waited_before_restart = set()
         if self.user.name in cls._waited_before_restart:
             cls._waited_before_restart.discard(self.user.name)

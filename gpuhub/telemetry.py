@@ -85,16 +85,28 @@ class Board:
     problem: str = "not read yet"
     taken_at: float = 0.0
     sampled: bool = False  # utilisation and memory are in the rows
+    waiting: list[dict] = field(default_factory=list)  # the line for GPUs, in order
 
     def as_json(self) -> dict:
         return {"rows": self.rows, "labs_per_profile": self.labs_per_profile,
-                "problem": self.problem, "taken_at": self.taken_at, "sampled": self.sampled}
+                "problem": self.problem, "taken_at": self.taken_at, "sampled": self.sampled,
+                "waiting": self.waiting}
+
+
+def read_line(path: Path = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE) -> list[dict]:
+    """Who waits in line for GPUs (the hub keeps it on its volume); [] if unreadable."""
+    try:
+        waiting = json.loads(Path(path).read_text())
+        return [w for w in waiting if isinstance(w, dict) and "user" in w]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 def compose_board(project: str, policy: str, inventory: list[gpu_inventory.Gpu],
                   list_labs: Callable[[], list[dict]],
                   samples_path: Path = Path(names.GPU_SAMPLES_FILE),
-                  now: float | None = None) -> Board:
+                  now: float | None = None,
+                  line_path: Path = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE) -> Board:
     """The board of a compose deployment: labs from Docker, readings from the sampler."""
     now = time.time() if now is None else now
     containers = list_labs()
@@ -102,7 +114,8 @@ def compose_board(project: str, policy: str, inventory: list[gpu_inventory.Gpu],
     samples, problem = read_samples(samples_path, now) if inventory else (None, "")
     return Board(rows=report(inventory, labs, policy, samples, now),
                  labs_per_profile=dict(Tally(lab.profile or "default" for lab in labs)),
-                 problem=problem, taken_at=now, sampled=samples is not None)
+                 problem=problem, taken_at=now, sampled=samples is not None,
+                 waiting=read_line(line_path))
 
 
 def docker_lab_lister(project: str) -> Callable[[], list[dict]]:
@@ -267,10 +280,17 @@ class BoardCollector:
                                  labels=["profile"])
         for profile, count in sorted(board.labs_per_profile.items()):
             labs.add_metric([profile], count)
+        line = GaugeMetricFamily("gpuhub_gpu_queue_length",
+                                 "Users waiting in line for a GPU.")
+        line.add_metric([], len(board.waiting))
+        oldest = GaugeMetricFamily("gpuhub_gpu_queue_oldest_wait_seconds",
+                                   "How long the first in line has waited (0: nobody waits).")
+        oldest.add_metric([], max((time.time() - w.get("since", time.time())
+                                   for w in board.waiting), default=0))
         up = GaugeMetricFamily("gpuhub_gpu_sampler_up",
                                "1 while the gpu-sampler's readings are fresh.")
         up.add_metric([], 1 if board.sampled and not board.problem else 0)
-        yield from (util, used, total, idle, holder, labs, up)
+        yield from (util, used, total, idle, holder, labs, line, oldest, up)
 
 
 REGISTRY.register(BoardCollector(BOARD))

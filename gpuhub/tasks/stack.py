@@ -492,11 +492,19 @@ def read_board(c, project) -> dict:
 
 
 def board_text(board: dict) -> str:
-    from ..gpureport import as_text
+    import time
+
+    from ..gpureport import as_text, duration
 
     text = as_text(board["rows"])
     if board["rows"] and board.get("problem"):
         text += f"\nNo utilisation: {board['problem']}."
+    waiting = board.get("waiting") or []
+    if waiting:
+        text += "\n\nWaiting for a GPU, in order: " + ", ".join(
+            f"{w['user']} ({w.get('gpus', '?')} GPU{'s' if w.get('gpus') != 1 else ''}, "
+            f"{duration(int(time.time() - w['since'])) if w.get('since') else '?'})"
+            for w in waiting)
     return text
 
 

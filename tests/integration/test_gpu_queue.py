@@ -77,6 +77,11 @@ def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qus
     assert "2nd in line" in progress_messages(second, "in line")[-1]
     assert first.server().get("pending") == "spawn" and second.server().get("pending") == "spawn"
     assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q4')}").stdout == ""
+    # `invoke gpus` (and so the GPU page and the metrics, from the same board) show the line.
+    assert "Waiting for a GPU, in order: q4 (1 GPU, " in qstack.invoke("gpus").stdout
+    waiting = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
+                                        "gpuhub.telemetry").stdout)["waiting"]
+    assert [w["user"] for w in waiting] == ["q4", "q5"]
 
     # The hub answers while two wait in line (and their progress streams are open).
     latencies = []

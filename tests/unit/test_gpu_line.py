@@ -220,7 +220,8 @@ def test_six_users_four_gpus_two_wait_in_order_and_a_freed_gpu_goes_to_the_first
                         "4 running and 2 in line")
             line = GpuDockerSpawner._line
             assert [w.user for w in line.waiters] == ["u4", "u5"]
-            assert json.loads((tmp_path / "gpu-line.json").read_text()) == ["u4", "u5"]
+            kept = json.loads((tmp_path / "gpu-line.json").read_text())
+            assert [(w["user"], w["gpus"]) for w in kept] == [("u4", 1), ("u5", 1)]
             holders = {labels[LABEL_GPUS] for labels in engine.labs.values()}
             assert holders == set(GPUS)
             freed = engine.end("u1")
@@ -308,7 +309,8 @@ def test_no_line_when_the_timeout_is_zero_or_for_a_limit(tmp_path):
 
 def test_after_a_restart_who_waited_is_told(tmp_path):
     async def main():
-        (tmp_path / "gpu-line.json").write_text(json.dumps(["wanda"]))
+        (tmp_path / "gpu-line.json").write_text(json.dumps([{"user": "wanda", "gpus": 1,
+                                                             "since": 1.0}]))
         with hub(tmp_path) as (engine, spawner):
             wanda = spawner("wanda")
             wanda._spawn_pending = False

@@ -865,6 +865,19 @@ def test_gpus_json_is_the_rows(env_file, capsys):
     assert rows[0]["history"] == [80, 85]
 
 
+def test_gpus_shows_who_waits_in_line(env_file, capsys):
+    import time
+
+    path = env_file()
+    board = json.loads(board_json(SAMPLES))
+    board["waiting"] = [{"user": "q4", "gpus": 1, "since": time.time() - 125},
+                        {"user": "q5", "gpus": 2, "since": time.time() - 30}]
+    c = context((compose(path, BOARD_COMMAND), Result(json.dumps(board))))
+    stack.gpus(c)
+    out = capsys.readouterr().out
+    assert "Waiting for a GPU, in order: q4 (1 GPU, 2 min), q5 (2 GPUs, 30 s)" in out
+
+
 def test_gpus_says_why_there_is_no_utilisation(env_file, capsys):
     path = env_file()
     c = context((compose(path, BOARD_COMMAND), Result(board_json(None))))

@@ -275,3 +275,20 @@ def test_the_spawn_counters_are_in_the_hubs_registry():
     text = generate_latest(REGISTRY).decode()
     assert 'gpuhub_spawns_refused_total{reason="gpus_busy"}' in text
     assert "gpuhub_spawn_duration_seconds_bucket" in text or "gpuhub_spawn_duration_seconds" in text
+
+
+def test_the_board_and_the_metrics_show_the_line(tmp_path):
+    line = tmp_path / "gpu-line.json"
+    line.write_text(json.dumps([{"user": "q4", "gpus": 1, "since": 940.0},
+                                {"user": "q5", "gpus": 2, "since": 990.0}]))
+    board = telemetry.compose_board("gpuhub", "exclusive", INVENTORY, lambda: [],
+                                    tmp_path / "none.json", now=1000.0, line_path=line)
+    assert [w["user"] for w in board.waiting] == ["q4", "q5"]
+    assert board.as_json()["waiting"][1] == {"user": "q5", "gpus": 2, "since": 990.0}
+    gpus = telemetry.GpuBoard(lambda: (lambda: board, 3600.0))
+    gpus.latest()
+    registry = CollectorRegistry()
+    registry.register(telemetry.BoardCollector(gpus))
+    text = generate_latest(registry).decode()
+    assert "gpuhub_gpu_queue_length 2.0" in text
+    assert "gpuhub_gpu_queue_oldest_wait_seconds" in text
