@@ -290,6 +290,7 @@ class GpuDockerSpawner(DockerSpawner):
             cls._line_pump = asyncio.ensure_future(self._pump_line())
         cls._line_kick.set()  # a GPU may have been freed since the refusal
         waiter = self._waiter
+        cancelled = False
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.granted),
                                           timeout=self.gpu_queue_timeout)
@@ -298,24 +299,31 @@ class GpuDockerSpawner(DockerSpawner):
             raise StartRefused(409, f"no GPU you may use became free within {minutes} min "
                                     "of waiting; choose the CPU profile or try later",
                                "queue_timeout") from None
+        except asyncio.CancelledError:
+            # The user's Stop (stop() then saves the line without them), or the hub
+            # shutting down: then the saved line still names them for the next hub.
+            cancelled = True
+            raise
         finally:
             if not waiter.granted.done():
                 waiter.granted.cancel()  # a later offer skips it
             self.line.leave(waiter)
             self._waiter = None
-            self._save_line()
+            if not cancelled:
+                self._save_line()
 
     def _save_line(self) -> None:
         """Who waits now, on the hub's volume (read after a restart: see poll)."""
         if not self.line_file:
             return
+        self._read_line_before_restart()  # before this hub overwrites it
         try:
             write_json_atomically(Path(self.line_file), self.line.as_json())
         except OSError as err:
             self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
 
-    def waited_before_restart(self) -> bool:
-        """Whether this user was in line when the hub stopped last (asked once per user)."""
+    def _read_line_before_restart(self) -> None:
+        """Once per hub process, before it writes the file: who waited in the last one."""
         cls = type(self)
         if cls._waited_before_restart is None:
             try:
@@ -323,6 +331,11 @@ class GpuDockerSpawner(DockerSpawner):
                     w["user"] for w in json.loads(Path(self.line_file).read_text())}
             except (OSError, ValueError, TypeError, KeyError):
                 cls._waited_before_restart = set()
+
+    def waited_before_restart(self) -> bool:
+        """Whether this user was in line when the hub stopped last (asked once per user)."""
+        cls = type(self)
+        self._read_line_before_restart()
         if self.user.name in cls._waited_before_restart:
             cls._waited_before_restart.discard(self.user.name)
             return True
@@ -602,6 +615,8 @@ class GpuDockerSpawner(DockerSpawner):
         if reason:
             self.log.warning("Stopping the lab of %s: %s", self.user.name, reason)
         lab = self.object_id  # DockerSpawner forgets it in stop()
+        if self.line_file:
+            self._save_line()  # a Stop while waiting in line: out of the saved line too
         await super().stop(now=now)
         if lab:
             await self.record("stopped", lab, datetime.datetime.now(datetime.UTC),

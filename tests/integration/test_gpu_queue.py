@@ -118,3 +118,17 @@ def test_cancelling_leaves_the_line_and_the_wait_limit_is_honoured(qstack, quser
     wait_until(lambda: not second.server(), timeout=30, what="q5's failed start to end",
                state=second.server, logs=qstack.logs)
     assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q5')}").stdout == ""
+
+
+def test_a_hub_restart_ends_the_wait_with_a_message_and_leaves_nothing(qstack, qusers):
+    waiting = qusers["q5"]
+    assert waiting.start({"profile": "gpu1"}).status_code == 202
+    assert "1st in line" in progress_messages(waiting, "in line")[-1]
+    qstack.invoke("restart")
+    wait_until(lambda: not waiting.server(), timeout=60, what="q5's wait to have ended",
+               state=waiting.server, logs=qstack.logs)
+    assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q5')}").stdout == ""
+    waiting.login("q5-pw-12345")
+    home = waiting.http.get(f"{qstack.url}/hub/home", timeout=30).text
+    assert ("Your last lab did not start: the hub restarted while you waited in line for a "
+            "GPU") in home, home[-1500:]
