@@ -227,6 +227,16 @@ def test_gpu_policies_without_kubernetes_equivalent_are_explained():
     assert "GPU_LIMITS is set and not exported" in shared
 
 
+def test_time_limits_and_gpu_reclaim_say_what_the_chart_cannot_express():
+    default = z2jh.render(validate({}), SHIPPED_PROFILES)  # GPU profiles: max_age 12h
+    assert "Profiles' max_age is not exported" in default and "43200" in default
+    assert "GPU_IDLE_TIMEOUT=3600" in default and "DCGM exporter" in default
+    off = z2jh.render(validate({"GPU_IDLE_TIMEOUT": "0"}),
+                      Profiles.from_yaml("- display_name: Only\n"))
+    assert "max_age" not in off and "GPU_IDLE_TIMEOUT" not in off
+    assert "maxAge" not in exported()["cull"]  # one for every server would be a guess
+
+
 def test_native_authenticator_is_configured_as_gpuhub_configures_it():
     config = exported()["hub"]["config"]
     assert config["JupyterHub"]["authenticator_class"] == "native"
