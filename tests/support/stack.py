@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import ROOT
+
 PREFIX = "gpuhubtest-"
 BLOCKED_FOR_TESTS = "198.18.0.0/15"
 

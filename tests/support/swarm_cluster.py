@@ -28,7 +28,8 @@ from pathlib import Path
 
 from support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import ROOT
+
 DOUBLE = ROOT / "tests" / "gpu_double"
 SUBNET = "192.168.213"  # inside the test's own namespaces only
 RESOURCE = "NVIDIA-GPU"

@@ -1,8 +1,7 @@
 """Fixtures shared by the unit tests of the tasks."""
 
-import socket
-
 import pytest
+from support import stack
 
 
 @pytest.fixture
@@ -21,6 +20,4 @@ def env_file(tmp_path, monkeypatch):
 
 @pytest.fixture
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return stack.free_port()

@@ -17,6 +17,7 @@ from unittest.mock import DEFAULT
 import pytest
 from invoke import Exit, MockContext, Result
 from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
+from support.tasks import assert_one_line_error
 
 import tasks as tasks_py
 from gpuhub.tasks import backup as bk
@@ -55,15 +56,6 @@ def context(*pairs, running=False) -> MockContext:
 
 
 
-
-
-def assert_one_line_error(info, *fragments):
-    message = info.value.message
-    assert message.startswith("error: "), message
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert info.value.code == 1
 
 
 def redirect_target(command: str, op: str) -> str:

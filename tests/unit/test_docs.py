@@ -1,10 +1,10 @@
 """The README stays true to the code: its settings table and task list come from it."""
 
-from pathlib import Path
+
+from support import ROOT
 
 from gpuhub.settings import markdown_table
 
-ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 

@@ -6,16 +6,14 @@ import ssl
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 from gpuhub import healthcheck
 from gpuhub.swarm import HUB_HEALTHCHECK, PROXY_HEALTHCHECK
 from gpuhub.tasks.tls import selfsigned_command
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Status(http.server.BaseHTTPRequestHandler):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from dockerspawner import DockerSpawner
+from support import ROOT
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
 from gpuhub.brokerpolicy import Policy
 from gpuhub.settings import validate
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 

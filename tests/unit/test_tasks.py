@@ -21,6 +21,7 @@ from support.mock_docker import (
     labs_bridge_check,
     remove_firewall_rules,
 )
+from support.tasks import assert_one_line_error
 
 import tasks as tasks_py
 from gpuhub.gpus import Gpu
@@ -68,15 +69,6 @@ def context(*pairs, running=True) -> MockContext:
 def call_for(c, command: str):
     (call,) = [call for call in c.run.call_args_list if call.args[0] == command]
     return call
-
-
-def assert_one_line_error(info, *fragments):
-    message = info.value.message
-    assert message.startswith("error: "), message
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message
-    assert info.value.code == 1
 
 
 # --- the collection ---------------------------------------------------------------

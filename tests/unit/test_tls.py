@@ -14,6 +14,7 @@ from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
 from support.hubsecrets import secrets_dir
 from support.mock_docker import commands, docker_context
+from support.stack import free_port
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu
@@ -35,12 +36,6 @@ def pair(tmp_path):
     key.write_text(KEY_PEM)
     key.chmod(0o600)
     return cert, key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def problems(env: dict) -> list[str]:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from packaging.version import Version
+from support import ROOT
 
 from gpuhub import settings, versions
 
-ROOT = Path(__file__).resolve().parents[2]
 PINS = versions.read()
 # Where packages are installed from: each names its packages and takes the versions from
 # constraints.txt.

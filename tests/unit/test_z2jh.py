@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import yaml
 from invoke import Exit, MockContext
+from support.tasks import assert_one_line_error
 
 from gpuhub import z2jh
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
@@ -314,13 +315,6 @@ def test_every_comment_line_fits_and_every_section_is_commented():
 
 
 # --- the task ---------------------------------------------------------------------------
-
-def assert_one_line_error(info, *fragments):
-    message = info.value.message
-    assert message.startswith("error: ") and "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-
 
 def test_task_writes_the_values_file_without_docker_or_secrets(env_file, tmp_path, capsys):
     env_file(DATABASE_URL=POSTGRES_URL, TLS_CERT="a.pem", TLS_KEY="secret.key")
