@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 Held = dict[str, list[str]]
 
@@ -101,6 +102,20 @@ class GpuLine:
     def typical_wait(self) -> float | None:
         """The median wait of the last users served (at least 3), else None."""
         return statistics.median(self._waits) if len(self._waits) >= 3 else None
+
+
+def previous_line_file(line_file: Path) -> Path:
+    """Where a hub start moves the last hub's line (see :func:`roll_over`)."""
+    return line_file.with_name(line_file.stem + ".before-restart" + line_file.suffix)
+
+
+def roll_over(line_file: Path) -> None:
+    """At hub start: the last hub's line becomes ``previous_line_file`` (the spawner tells
+    those users their wait ended), and the live line is empty, not stale."""
+    try:
+        line_file.replace(previous_line_file(line_file))
+    except FileNotFoundError:
+        pass
 
 
 def ordinal(n: int) -> str:

@@ -60,9 +60,9 @@ def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeo
            idle_timeout_queued: int, queued: bool, max_ages: dict[str, int],
            now: float) -> list[Reclaim]:
     """Which labs to stop now, and why. Pure: the service gathers the inputs."""
-    timeout = idle_timeout
-    if queued and idle_timeout_queued:
-        timeout = min(idle_timeout, idle_timeout_queued) if idle_timeout else idle_timeout_queued
+    timeout = idle_timeout  # 0: never, in line or not
+    if queued and idle_timeout and idle_timeout_queued:
+        timeout = min(idle_timeout, idle_timeout_queued)
     found = []
     for lab in labs:
         started = _since(lab)

@@ -26,7 +26,7 @@ from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from .allocator import GpuAllocator, NoGpuAvailable
-from .gpuqueue import GpuLine, LineFull, Waiter, waiting_message
+from .gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
 from .grants import PendingGrants
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
@@ -316,19 +316,18 @@ class GpuDockerSpawner(DockerSpawner):
         """Who waits now, on the hub's volume (read after a restart: see poll)."""
         if not self.line_file:
             return
-        self._read_line_before_restart()  # before this hub overwrites it
         try:
             write_json_atomically(Path(self.line_file), self.line.as_json())
         except OSError as err:
             self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
 
     def _read_line_before_restart(self) -> None:
-        """Once per hub process, before it writes the file: who waited in the last one."""
+        """Once per hub process: who waited in line when the last hub stopped."""
         cls = type(self)
         if cls._waited_before_restart is None:
             try:
-                cls._waited_before_restart = {
-                    w["user"] for w in json.loads(Path(self.line_file).read_text())}
+                cls._waited_before_restart = {w["user"] for w in json.loads(
+                    previous_line_file(Path(self.line_file)).read_text())}
             except (OSError, ValueError, TypeError, KeyError):
                 cls._waited_before_restart = set()
 

@@ -132,3 +132,7 @@ def test_a_hub_restart_ends_the_wait_with_a_message_and_leaves_nothing(qstack, q
     home = waiting.http.get(f"{qstack.url}/hub/home", timeout=30).text
     assert ("Your last lab did not start: the hub restarted while you waited in line for a "
             "GPU") in home, home[-1500:]
+    # The new hub's line is empty, not the old one's.
+    board = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
+                                      "gpuhub.telemetry").stdout)
+    assert board["waiting"] == []

@@ -20,7 +20,7 @@ from jupyterhub.objects import Hub
 from tornado import web
 from traitlets.config import Config
 
-from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, waiting_message
+from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
 from gpuhub.grants import PendingGrants
 from gpuhub.profiles import Profile
 from gpuhub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
@@ -317,6 +317,8 @@ def test_after_a_restart_who_waited_is_told(tmp_path):
     async def main():
         (tmp_path / "gpu-line.json").write_text(json.dumps([{"user": "wanda", "gpus": 1,
                                                              "since": 1.0}]))
+        roll_over(tmp_path / "gpu-line.json")  # the hub's start
+        assert not (tmp_path / "gpu-line.json").exists()  # nobody waits in the new hub
         with hub(tmp_path) as (engine, spawner):
             wanda = spawner("wanda")
             wanda._spawn_pending = False

@@ -73,8 +73,9 @@ def test_a_shorter_timeout_while_someone_waits():
     assert run([lab()], samples) == []
     [todo] = run([lab()], samples, queued=True)
     assert "for 16 min while others waited for one" in todo.reason
-    assert run([lab()], samples, timeout=0) == []  # GPU_IDLE_TIMEOUT=0: off...
-    assert len(run([lab()], samples, timeout=0, queued=True)) == 1  # ...but for the line
+    assert run([lab()], samples, timeout=0) == []  # GPU_IDLE_TIMEOUT=0: never...
+    assert run([lab()], samples, timeout=0, queued=True) == []  # ...in line or not
+    assert run([lab()], samples, queued=True, queued_timeout=0) == []  # 0: as GPU_IDLE_TIMEOUT
 
 
 def test_cpu_labs_are_left_to_the_idle_culler():
