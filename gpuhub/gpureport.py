@@ -20,7 +20,8 @@ from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
 
 COLUMNS = ("gpu", "uuid", "model", "memory_mib", "policy", "held_by", "holders", "since",
-           "utilisation", "memory_used_mib", "history", "idle_seconds", "unattributed_mib")
+           "utilisation", "memory_used_mib", "history", "memory_history", "idle_seconds",
+           "unattributed_mib")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
             "utilisation": sampled.get("utilisation") if sampled else None,
             "memory_used_mib": used,
             "history": [point[1] for point in sampled.get("history", [])] if sampled else [],
+            "memory_history": ([point[2] for point in sampled.get("history", [])]
+                               if sampled else []),
             "idle_seconds": (max(0, int(now - idle_since)) if idle_since is not None
                              else (0 if sampled and sampled.get("utilisation") is not None
                                    else None)),

@@ -148,6 +148,7 @@ def swarm_board(settings, client=None) -> Board:
             "holders": [{"user": u, "profile": "", "since": r["since"], "memory_used_mib": None}
                         for u in r["held_by"]],
             "since": r["since"], "utilisation": None, "memory_used_mib": None, "history": [],
+            "memory_history": [],
             "idle_seconds": None, "unattributed_mib": None, "node": r["node"]})
     return Board(rows=rows, problem="utilisation is not sampled in swarm mode",
                  taken_at=time.time())

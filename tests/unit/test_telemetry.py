@@ -175,6 +175,7 @@ def test_exclusive_holder_gets_the_gpus_memory_and_idle_time():
     assert rows[0]["holders"] == [{"user": "alice", "profile": "gpu1",
                                    "since": "2026-12-01T10:00:00+00:00", "memory_used_mib": 9216}]
     assert (rows[0]["utilisation"], rows[0]["idle_seconds"], rows[0]["history"]) == (85, 0, [85, 85])
+    assert rows[0]["memory_history"] == [9216, 9216]
     assert rows[1]["held_by"] == [] and rows[1]["idle_seconds"] == 3900
     text = as_text(rows)
     assert "alice (gpu1)" in text and "9216 / 15360 MiB" in text and "1 h 05 min" in text
