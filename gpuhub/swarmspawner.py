@@ -82,6 +82,10 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         self.task_id = ""
 
     # --- the service -------------------------------------------------------------
+    async def get_options_form(self):
+        """The profiles without "N of M free": Swarm, not the hub, knows each node's GPUs."""
+        return self.profiles.options_form() if self.profiles_yaml else ""
+
     def gpu_env(self) -> dict[str, str]:
         # void whatever Swarm grants: the NVIDIA runtime's swarm-resource setting makes
         # DOCKER_RESOURCE_<KIND> win over it, and a node without that setting then

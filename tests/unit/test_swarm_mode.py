@@ -362,3 +362,11 @@ def test_lab_command_is_looked_up_once_and_pulled_by_tag_when_missing(tmp_path, 
     assert first[0] == "start-notebook.py" and first == second
     assert [m for m, _ in calls] == ["inspect_image", "pull", "inspect_image"]
     assert calls[1][1] == ("registry.example.org:5000/lab/gpuhub-lab", "latest")
+
+
+def test_the_swarm_spawn_form_does_not_claim_to_know_free_gpus(tmp_path):
+    profiles = "- display_name: CPU only\n- display_name: 1 GPU\n  gpus: 1\n"
+    spawner = make_swarm_spawner(tmp_path)
+    spawner.profiles_yaml = profiles
+    form = asyncio.run(spawner.get_options_form())
+    assert "<strong>1 GPU</strong></label>" in form and "free" not in form
