@@ -43,8 +43,7 @@ from invoke import task
 from .. import names
 from ..accounts import check_username
 from ..hubconfig import DATA_DIR
-from .project import Project, fail, hub_running, load, require_docker
-from .stack import _step
+from .project import Project, fail, hub_running, load, require_docker, step
 
 FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
@@ -271,7 +270,7 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
              with_work_volumes: bool, include_secrets: bool) -> dict:
     """Fill ``staging`` with every member of the archive; return the manifest."""
     image = project.settings.hub_image
-    _step("copying the hub database (SQLite online backup)")
+    step("copying the hub database (SQLite online backup)")
     hub_tar = staging / "hub-data.tar"
     result = c.run(hub_data_backup_command(project, hub_tar, include_secrets),
                    hide=True, warn=True, in_stream=False)
@@ -338,7 +337,7 @@ def _backup_volumes(c, project: Project, image: str, staging: Path, users: list)
         if suffix is None:
             continue  # another project's volume whose name merely contains the prefix
         volume = {"user": user_of.get(suffix), "path": f"volumes/{suffix}.tar", "volume": suffix}
-        _step(f"archiving the {whose(volume)} ({name})")
+        step(f"archiving the {whose(volume)} ({name})")
         result = c.run(volume_backup_command(image, name, staging / volume["path"]),
                        hide=True, warn=True, in_stream=False)
         if result.failed:
@@ -560,14 +559,14 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
                        + _last_line(result, f"exit code {result.return_code}")
                        + "; what this restore had made is removed again")
 
-    _step(f"restoring the hub database into {hub_data}")
+    step(f"restoring the hub database into {hub_data}")
     if not hub_data_existed:
         run(create_hub_data_command(project), f"create volume {hub_data}")
         created.append(hub_data)
     run(extract_command(image, hub_data, _hub_tar(staging)), f"fill volume {hub_data}")
     for volume in manifest["volumes"]:
         name = work_volume(project, volume["volume"])
-        _step(f"restoring the {whose(volume)} into {name}")
+        step(f"restoring the {whose(volume)} into {name}")
         run(f"docker volume create {shlex.quote(name)}", f"create volume {name}")
         created.append(name)
         run(extract_command(image, name, staging / volume["path"]), f"fill volume {name}")

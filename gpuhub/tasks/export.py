@@ -8,8 +8,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import z2jh
-from .project import fail, load
-from .stack import load_profiles
+from .project import fail, load, load_profiles
 
 DEFAULT_OUTPUT = "z2jh-values.yaml"
 

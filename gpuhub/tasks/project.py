@@ -15,6 +15,7 @@ from pathlib import Path
 from invoke.exceptions import Exit
 
 from ..labfirewall import bridge_name
+from ..profiles import ProfileError, Profiles
 from ..settings import Settings, SettingsError, read_env_file, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,3 +178,37 @@ def port_free(address: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# --- helpers every task module may use ------------------------------------------------
+
+USERCLI = "python3 -m gpuhub.usercli"
+
+
+def step(message: str) -> None:
+    """One line of a long task's progress."""
+    print(f"==> {message}", flush=True)
+
+
+def load_profiles(project) -> Profiles:
+    """Validate PROFILES_FILE on the host, before Docker is touched."""
+    path = Path(project.settings.profiles_file)
+    path = path if path.is_absolute() else project.root / path
+    try:
+        return Profiles.from_file(path)
+    except ProfileError as err:
+        raise fail(str(err)) from None
+
+
+def run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True):
+    """Run ``gpuhub.usercli`` in the hub; turn its refusal into the task's one-line error."""
+    import io
+
+    kwargs = {"in_stream": io.StringIO(stdin + "\n")} if stdin is not None else {"in_stream": False}
+    result = c.run(project.exec_hub(f"{USERCLI} {args}"), env=project.env(),
+                   hide=hide, warn=True, **kwargs)
+    if result.failed:
+        lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {result.return_code}"
+        raise fail(last[len("error: "):] if last.startswith("error: ") else last)
+    return result

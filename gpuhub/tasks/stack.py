@@ -11,21 +11,30 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from invoke import task
 
 from .. import gpus as gpu_inventory
 from .. import lablimits, names
 from .. import status as status_tables
-from ..profiles import ProfileError, Profiles
+from ..profiles import Profiles
 from ..swarm import image_ref, report_text
 from . import swarmstack
-from .project import fail, hub_running, load, port_free, require_docker, require_running
+from .project import (
+    USERCLI,
+    fail,
+    hub_running,
+    load,
+    load_profiles,
+    port_free,
+    require_docker,
+    require_running,
+    run_usercli,
+    step,
+)
 from .tls import check_files as check_tls_files
 from .tls import files_digest as tls_files_digest
 
-USERCLI = "python3 -m gpuhub.usercli"
 # Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
 GPU_SAMPLER_FILE = "docker-compose.gpu-sampler.yml"
 
@@ -101,13 +110,9 @@ def detect_gpus(project) -> list[gpu_inventory.Gpu]:
     return chosen
 
 
-def _step(message: str) -> None:
-    print(f"==> {message}", flush=True)
-
-
 def build_images(c, project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> None:
     for cmd in build_commands(project, hub=hub, lab=lab, no_cache=no_cache):
-        _step(cmd)
+        step(cmd)
         if c.run(cmd, env={"DOCKER_BUILDKIT": "1"}, warn=True, pty=False).failed:
             raise fail("image build failed (see the output above); if it could not reach "
                        "PyPI behind a proxy, set EXTRA_CA_CERTS in .env")
@@ -117,7 +122,7 @@ def push_images(c, project, hub: bool = True, lab: bool = True) -> None:
     if not project.settings.registry:
         raise fail("--push needs REGISTRY in .env (the registry every Swarm node pulls from)")
     for cmd in push_commands(project, hub=hub, lab=lab):
-        _step(cmd)
+        step(cmd)
         if c.run(cmd, warn=True, hide="out").failed:
             raise fail(f"push to {project.settings.registry} failed (see above); check that "
                        "the registry is reachable and that you are logged in (`docker login`)")
@@ -180,11 +185,11 @@ def up(c, build=True, timeout=180):
     project.ensure_secret("metrics-token")
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
-        _step(lablimits.auto_memory_note(memory))
+        step(lablimits.auto_memory_note(memory))
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
-    _step(f"starting project {project.name}")
+    step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).
     sampler_gpus = (GPU_SAMPLER_FILE,) if inventory else ()
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
@@ -196,7 +201,7 @@ def up(c, build=True, timeout=180):
     if hub_was_running and not proxy_was_running:
         # The proxy keeps the labs' routes in memory only; a hub adds them all back when
         # it starts (else only at its next check, within 5 minutes).
-        _step("restarting the hub, which gives the new proxy the labs' routes")
+        step("restarting the hub, which gives the new proxy the labs' routes")
         c.run(project.compose("restart hub"), env=env)
         wait_healthy(c, project, timeout)
     create_missing_admins(c, project)
@@ -261,21 +266,11 @@ def remove_switched_off(c, project) -> None:
                     f"--filter label=com.docker.compose.service={service}",
                     hide=True, warn=True).stdout.split()
         if ids:
-            _step(f"removing {service} (switched off in the settings)")
+            step(f"removing {service} (switched off in the settings)")
             c.run("docker stop -t 30 " + " ".join(ids), hide=True, warn=True)
             c.run("docker rm -f " + " ".join(ids), hide=True, warn=True)
             if service == "lab-firewall":  # its rules outlive it
                 remove_lab_firewall_rules(c, project)
-
-
-def load_profiles(project) -> Profiles:
-    """Validate PROFILES_FILE on the host, before Docker is touched."""
-    path = Path(project.settings.profiles_file)
-    path = path if path.is_absolute() else project.root / path
-    try:
-        return Profiles.from_file(path)
-    except ProfileError as err:
-        raise fail(str(err)) from None
 
 
 def pull_profile_images(c, project, profiles: Profiles) -> None:
@@ -286,7 +281,7 @@ def pull_profile_images(c, project, profiles: Profiles) -> None:
             continue
         if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).ok:
             continue
-        _step(f"pulling {image} (named in profiles)")
+        step(f"pulling {image} (named in profiles)")
         if c.run(f"docker pull {shlex.quote(image)}", warn=True).failed:
             raise fail(f"could not pull {image!r}, which a profile names; fix the image in "
                        f"{project.settings.profiles_file} or make it available")
@@ -304,24 +299,10 @@ def create_missing_admins(c, project) -> None:
             last = (exists.stderr.strip().splitlines() or [f"exit code {exists.return_code}"])[-1]
             raise fail(f"could not check admin {name!r}: {last[-300:]}")
         password = secrets.token_urlsafe(12)
-        _run_usercli(c, project, f"add {shlex.quote(name)} --admin", stdin=password)
+        run_usercli(c, project, f"add {shlex.quote(name)} --admin", stdin=password)
         print(f"created admin {name!r} with password: {password}\n"
               "  (shown only this once and stored only as a hash; "
               f"change it with `invoke passwd {name}`)")
-
-
-def _run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True):
-    """Run ``gpuhub.usercli`` in the hub; turn its refusal into the task's one-line error."""
-    import io
-
-    kwargs = {"in_stream": io.StringIO(stdin + "\n")} if stdin is not None else {"in_stream": False}
-    result = c.run(project.exec_hub(f"{USERCLI} {args}"), env=project.env(),
-                   hide=hide, warn=True, **kwargs)
-    if result.failed:
-        lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit code {result.return_code}"
-        raise fail(last[len("error: "):] if last.startswith("error: ") else last)
-    return result
 
 
 @task(help={"labs": "Also stop the users' lab containers (default: yes)."})
@@ -336,7 +317,7 @@ def down(c, labs=True):
         ids = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
                     hide=True, warn=True).stdout.split()
         if ids:
-            _step(f"stopping {len(ids)} lab(s)")
+            step(f"stopping {len(ids)} lab(s)")
             c.run("docker stop " + " ".join(ids), hide=True, warn=True)
     c.run(project.compose("down"), env=project.env())
     if project.settings.lab_firewall:

@@ -19,7 +19,7 @@ from .. import lablimits, swarm
 from .project import fail, load, require_docker
 
 
-def _step(message: str) -> None:
+def step(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
@@ -73,7 +73,7 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     gpus = inventory(c, project, found_nodes)
     memory = swarm.smallest_node_memory(found_nodes)
     if s.lab_mem_limit == "auto" and memory:
-        _step(lablimits.auto_memory_note(memory) + ", from the smallest node")
+        step(lablimits.auto_memory_note(memory) + ", from the smallest node")
     secret = project.ensure_secret("proxy-token")
     profiles = Path(s.profiles_file)
     spec = swarm.stack_spec(s, profiles_path=profiles if profiles.is_absolute() else project.root / profiles,
@@ -83,7 +83,7 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
                             lab_host_memory=memory)
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
     c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)
-    _step(f"deploying stack {project.name} (hub on this node)")
+    step(f"deploying stack {project.name} (hub on this node)")
     result = c.run(f"docker stack deploy --prune -c - {shlex.quote(project.name)}",
                    in_stream=io.StringIO(swarm.stack_yaml(spec)), warn=True, hide="out")
     if result.failed:
@@ -144,7 +144,7 @@ def remove(c, project, labs: bool) -> None:
     if labs:
         services = lab_services(c, project)
         if services:
-            _step(f"stopping {len(services)} lab(s)")
+            step(f"stopping {len(services)} lab(s)")
             c.run("docker service rm " + " ".join(services), hide=True, warn=True)
     c.run(f"docker stack rm {shlex.quote(project.name)}", warn=True)
     # stack rm returns at once; the next `invoke up` needs the network gone first.

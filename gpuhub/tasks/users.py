@@ -19,8 +19,7 @@ from invoke import task
 
 from .. import names
 from ..accounts import MIN_PASSWORD_LENGTH, check_username
-from .project import fail, load, require_running
-from .stack import USERCLI, _run_usercli
+from .project import USERCLI, fail, load, require_running, run_usercli
 
 
 def _valid_name(name: str) -> str:
@@ -120,7 +119,7 @@ def adduser(c, name, admin=False, password_stdin=False, reuse_data=False):
                    f"--purge-data` (or {folder.by_hand})")
     password = read_new_password(password_stdin)
     flag = " --admin" if admin else ""
-    print(_run_usercli(c, project, f"add {shlex.quote(name)}{flag}", stdin=password).stdout.strip())
+    print(run_usercli(c, project, f"add {shlex.quote(name)}{flag}", stdin=password).stdout.strip())
     if kept:
         print(f"{name} now has the {folder.what}, left by the earlier user of that name")
 
@@ -138,7 +137,7 @@ def passwd(c, name, password_stdin=False):
     if exists.return_code == 3:
         raise fail(f"no user {name!r}; see `invoke users`, or create it with `invoke adduser {name}`")
     password = read_new_password(password_stdin)
-    print(_run_usercli(c, project, f"passwd {shlex.quote(name)}", stdin=password).stdout.strip())
+    print(run_usercli(c, project, f"passwd {shlex.quote(name)}", stdin=password).stdout.strip())
 
 
 @task(help={"name": "User to delete (their lab is stopped first).",
@@ -151,7 +150,7 @@ def deluser(c, name, purge_data=False):
     name = _valid_name(name)
     require_running(c, project)
     flag = " --purge-data" if purge_data else ""
-    print(_run_usercli(c, project, f"delete {shlex.quote(name)}{flag}").stdout.strip())
+    print(run_usercli(c, project, f"delete {shlex.quote(name)}{flag}").stdout.strip())
 
 
 @task(help={"json": "Print JSON instead of a table."})
@@ -159,7 +158,7 @@ def users(c, json=False):
     """List users: admin flag, lab state, last activity."""
     project = load()
     require_running(c, project)
-    rows = jsonlib.loads(_run_usercli(c, project, "list").stdout)
+    rows = jsonlib.loads(run_usercli(c, project, "list").stdout)
     if json:
         print(jsonlib.dumps(rows, indent=2))
         return
