@@ -16,11 +16,7 @@ from invoke import task
 
 from .. import gpus as gpu_inventory
 from .. import lablimits, swarm
-from .project import fail, load, require_docker
-
-
-def step(message: str) -> None:
-    print(f"==> {message}", flush=True)
+from .project import fail, load, require_docker, step
 
 
 def require_manager(c) -> str:
