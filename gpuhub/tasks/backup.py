@@ -193,11 +193,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def profiles_path(project: Project) -> Path:
-    path = Path(project.settings.profiles_file)
-    return path if path.is_absolute() else project.root / path
-
-
 def _last_line(result, default: str) -> str:
     lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else default
@@ -288,8 +283,8 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
     env_text = project.env_file.read_text() if project.env_file.exists() else ""
     settings_env, blanked = blank_secrets(env_text)
     (staging / "settings.env").write_text(settings_env)
-    if profiles_path(project).is_file():
-        shutil.copyfile(profiles_path(project), staging / "profiles.yaml")
+    if project.profiles_path.is_file():
+        shutil.copyfile(project.profiles_path, staging / "profiles.yaml")
 
     volumes = []
     if with_work_volumes:
@@ -509,7 +504,7 @@ def restore(c, archive):
         print("note: the backup has no cookie secret, so everyone logs in again "
               "(passwords are unchanged)")
     if profiles_differ:
-        print(f"note: profiles.yaml in the backup differs from {profiles_path(project)}; "
+        print(f"note: profiles.yaml in the backup differs from {project.profiles_path}; "
               f"see it with `tar -xzOf {shlex.quote(str(path))} profiles.yaml`")
 
 
@@ -575,5 +570,5 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
 def _profiles_differ(project: Project, staging: Path) -> bool:
     """Settings and profiles are the admin's files: restore points out a difference only."""
     saved = staging / "profiles.yaml"
-    current = profiles_path(project)
+    current = project.profiles_path
     return saved.is_file() and (not current.is_file() or current.read_bytes() != saved.read_bytes())

@@ -80,10 +80,19 @@ class Project:
         env.update(extra)
         return env
 
+    def path(self, value: str) -> Path:
+        """A path from the settings as compose reads it: absolute, or relative to the
+        repository."""
+        path = Path(value)
+        return path if path.is_absolute() else self.root / path
+
     @property
     def secrets_dir(self) -> Path:
-        path = Path(self.settings.secrets_dir)
-        return path if path.is_absolute() else self.root / path
+        return self.path(self.settings.secrets_dir)
+
+    @property
+    def profiles_path(self) -> Path:
+        return self.path(self.settings.profiles_file)
 
     def ensure_secret(self, name: str) -> Path:
         """The secret file ``<project>-<name>`` under SECRETS_DIR, created (0600) if missing."""
@@ -192,10 +201,8 @@ def step(message: str) -> None:
 
 def load_profiles(project) -> Profiles:
     """Validate PROFILES_FILE on the host, before Docker is touched."""
-    path = Path(project.settings.profiles_file)
-    path = path if path.is_absolute() else project.root / path
     try:
-        return Profiles.from_file(path)
+        return Profiles.from_file(project.profiles_path)
     except ProfileError as err:
         raise fail(str(err)) from None
 

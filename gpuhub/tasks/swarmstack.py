@@ -71,8 +71,7 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory) + ", from the smallest node")
     secret = project.ensure_secret("proxy-token")
-    profiles = Path(s.profiles_file)
-    spec = swarm.stack_spec(s, profiles_path=profiles if profiles.is_absolute() else project.root / profiles,
+    spec = swarm.stack_spec(s, profiles_path=project.profiles_path,
                             secret_file=secret,
                             metrics_secret_file=project.ensure_secret("metrics-token"),
                             inventory_json=gpu_inventory.to_json(gpus),

@@ -27,8 +27,7 @@ _DNS_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A
 
 def resolve(project: Project, value: str) -> Path:
     """A TLS path as compose reads it: absolute, or relative to the repository."""
-    path = Path(value)
-    return path if path.is_absolute() else project.root / path
+    return project.path(value)
 
 
 def check_files(project: Project) -> None:
