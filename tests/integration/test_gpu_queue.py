@@ -42,24 +42,6 @@ def qusers(qstack):
             user.stop(logs=qstack.logs)
 
 
-def progress_messages(user: HubUser, until: str, timeout: float = 60) -> list[str]:
-    """The spawn's progress events (the progress page's stream) until one contains ``until``."""
-    messages = []
-    with requests.get(f"{user.base}/hub/api/users/{user.name}/server/progress", stream=True,
-                      headers={"Authorization": f"token {user.token}"},
-                      timeout=timeout) as stream:
-        deadline = time.monotonic() + timeout
-        for line in stream.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[5:])
-                messages.append(event.get("message", ""))
-                if until in messages[-1] or event.get("failed") or event.get("ready"):
-                    break
-            if time.monotonic() > deadline:
-                break
-    return messages
-
-
 def gpu_of(stack, name: str) -> str:
     return stack.inspect(stack.lab_container(name))["Config"]["Labels"]["gpuhub.gpus"]
 
@@ -72,9 +54,9 @@ def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qus
         user.wait_ready(SPAWN_TIMEOUT, logs=qstack.logs)
     first, second = qusers["q4"], qusers["q5"]
     assert first.start({"profile": "gpu1"}).status_code == 202
-    assert "1st in line" in progress_messages(first, "in line")[-1]
+    assert "1st in line" in first.progress_messages("in line")[-1]
     assert second.start({"profile": "gpu1"}).status_code == 202
-    assert "2nd in line" in progress_messages(second, "in line")[-1]
+    assert "2nd in line" in second.progress_messages("in line")[-1]
     assert first.server().get("pending") == "spawn" and second.server().get("pending") == "spawn"
     assert qstack.docker("ps", "-aq", "--filter", f"name={qstack.lab_container('q4')}").stdout == ""
     # `invoke gpus` (and so the GPU page and the metrics, from the same board) show the line.
@@ -98,7 +80,7 @@ def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qus
     first.wait_ready(SPAWN_TIMEOUT, logs=qstack.logs)
     assert gpu_of(qstack, "q4") == freed
     assert second.server().get("pending") == "spawn"
-    assert "1st in line" in progress_messages(second, "in line")[-1]
+    assert "1st in line" in second.progress_messages("in line")[-1]
 
 
 def test_cancelling_leaves_the_line_and_the_wait_limit_is_honoured(qstack, qusers):
@@ -110,8 +92,8 @@ def test_cancelling_leaves_the_line_and_the_wait_limit_is_honoured(qstack, quser
     # Back in line, now alone, until the limit.
     started = time.monotonic()
     assert second.start({"profile": "gpu1"}).status_code == 202
-    assert "1st in line" in progress_messages(second, "in line")[-1]
-    messages = progress_messages(second, "became free", timeout=QUEUE_TIMEOUT + 60)
+    assert "1st in line" in second.progress_messages("in line")[-1]
+    messages = second.progress_messages("became free", timeout=QUEUE_TIMEOUT + 60)
     waited = time.monotonic() - started
     assert "no GPU you may use became free within 1 min of waiting" in messages[-1], messages
     assert QUEUE_TIMEOUT - 2 <= waited <= QUEUE_TIMEOUT + 30, waited
@@ -123,7 +105,7 @@ def test_cancelling_leaves_the_line_and_the_wait_limit_is_honoured(qstack, quser
 def test_a_hub_restart_ends_the_wait_with_a_message_and_leaves_nothing(qstack, qusers):
     waiting = qusers["q5"]
     assert waiting.start({"profile": "gpu1"}).status_code == 202
-    assert "1st in line" in progress_messages(waiting, "in line")[-1]
+    assert "1st in line" in waiting.progress_messages("in line")[-1]
     qstack.invoke("restart")
     wait_until(lambda: not waiting.server(), timeout=60, what="q5's wait to have ended",
                state=waiting.server, logs=qstack.logs)

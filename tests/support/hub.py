@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import requests
@@ -87,6 +88,24 @@ class HubUser:
 
     def start(self, options: dict | None = None) -> requests.Response:
         return self.api("POST", f"/users/{self.name}/server", json=options or {})
+
+    def progress_messages(self, until: str, timeout: float = 60) -> list[str]:
+        """The spawn's progress events (what the progress page shows) until one contains
+        ``until``, the spawn is ready or it failed, or ``timeout`` seconds pass."""
+        messages = []
+        deadline = time.monotonic() + timeout
+        with requests.get(f"{self.base}/hub/api/users/{self.name}/server/progress",
+                          stream=True, headers={"Authorization": f"token {self.token}"},
+                          timeout=timeout, verify=self.verify) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    messages.append(event.get("message", ""))
+                    if until in messages[-1] or event.get("failed") or event.get("ready"):
+                        break
+                if time.monotonic() > deadline:
+                    break
+        return messages
 
     def wait_ready(self, timeout: float, logs=None) -> dict:
         # A short interval: spawn timings are read off this wait.
