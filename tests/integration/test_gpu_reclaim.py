@@ -14,7 +14,7 @@ from support.wait import wait_until
 
 SPAWN_TIMEOUT = 180
 IDLE_TIMEOUT = 15
-MAX_AGE = 40
+MAX_AGE = 25
 PROFILES = f"""
 - display_name: CPU only
   slug: cpu
