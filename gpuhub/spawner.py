@@ -41,11 +41,12 @@ from .usage import UsageJournal, parse_time
 
 
 class StartRefused(web.HTTPError):
-    """A start that failed before the lab served, with the reason the metrics count."""
+    """A start that failed before the lab served, with the reason the metrics count
+    (``refusal``: tornado's HTTPError has a ``reason`` of its own, the HTTP reason phrase)."""
 
-    def __init__(self, status: int, message: str, reason: str):
+    def __init__(self, status: int, message: str, refusal: str):
         super().__init__(status, message)
-        self.reason = reason
+        self.refusal = refusal
 
 
 class GpuDockerSpawner(DockerSpawner):
@@ -430,7 +431,7 @@ class GpuDockerSpawner(DockerSpawner):
         try:
             served = await self._start_lab()
         except Exception as err:
-            SPAWNS_REFUSED.labels(reason=getattr(err, "reason", None) or "error").inc()
+            SPAWNS_REFUSED.labels(reason=getattr(err, "refusal", None) or "error").inc()
             raise
         finally:
             self._done_booting()  # also when the profile or the GPUs were refused

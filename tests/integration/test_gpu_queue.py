@@ -16,7 +16,7 @@ from support.hub import HubUser
 from support.wait import wait_until
 
 SPAWN_TIMEOUT = 180
-QUEUE_TIMEOUT = 20
+QUEUE_TIMEOUT = 40
 USERS = [f"q{i}" for i in range(6)]
 
 

@@ -277,7 +277,7 @@ def test_the_wait_limit_is_honoured_and_leaves_nothing(tmp_path):
             late = spawner("late")
             with pytest.raises(StartRefused) as info:
                 await late.start()
-            assert info.value.status_code == 409 and info.value.reason == "queue_timeout"
+            assert info.value.status_code == 409 and info.value.refusal == "queue_timeout"
             assert "became free within 1 min of waiting" in info.value.log_message
             assert not GpuDockerSpawner._line.waiters and "late" not in engine.labs
             assert GpuDockerSpawner._grants.held() == {}
@@ -306,10 +306,10 @@ def test_no_line_when_the_timeout_is_zero_or_for_a_limit(tmp_path):
                 await spawner(f"u{i}").start()
             with pytest.raises(StartRefused) as info:
                 await spawner("late").start()
-            assert info.value.reason == "gpus_busy" and "try later" in info.value.log_message
+            assert info.value.refusal == "gpus_busy" and "try later" in info.value.log_message
             with pytest.raises(StartRefused) as info:  # more than there are: never waits
                 await spawner("greedy", asks=5).start()
-            assert info.value.reason == "gpu_limit"
+            assert info.value.refusal == "gpu_limit"
     asyncio.run(main())
 
 
@@ -356,3 +356,9 @@ def test_the_progress_page_says_the_place_in_line(tmp_path):
                 task.cancel()
             await asyncio.sleep(0)
     asyncio.run(main())
+
+
+def test_a_refusal_keeps_the_http_reason_phrase_and_counts_its_own():
+    refused = StartRefused(409, "no GPU you may use became free", "queue_timeout")
+    assert refused.reason is None  # tornado's phrase for 409 is used, not "queue_timeout"
+    assert refused.refusal == "queue_timeout"
