@@ -71,7 +71,7 @@ def test_an_idle_gpus_lab_is_stopped_a_busy_ones_is_not_and_max_age_holds(rstack
                what="the idle GPU's lab to be stopped", state=idler.server, logs=rstack.logs)
     assert busy.server().get("ready"), "a busy GPU's lab is not touched"
     assert "Your last lab was stopped: its GPUs were idle (under 5 % busy) for" in home_says(idler)
-    assert "Stopping the lab of idler: its GPUs were idle" in rstack.logs(tail=400)
+    assert "Stopping the lab of idler: its GPUs were idle" in rstack.logs(tail=2000, service="hub")
 
     wait_until(lambda: not aged.server(), timeout=MAX_AGE + 60, interval=1,
                what="the short profile's lab to reach max_age", state=aged.server,

@@ -240,7 +240,7 @@ def test_a_lab_whose_server_the_oom_killer_picks_stops_alone(limits_stack, hog, 
     # The hub kept why: in its log, on hog's home page, and in the next start's progress
     # (seen on the spawn page while that start is pending).
     reason = f"The lab of hog stopped by itself: out of memory (memory limit {LIMIT_BYTES} bytes)"
-    wait_until(lambda: reason in stack.logs(tail=400), timeout=30, interval=1,
+    wait_until(lambda: reason in stack.logs(tail=2000, service="hub"), timeout=30, interval=1,
                what="the hub to log why hog's lab stopped", logs=stack.logs)
     # What hog sees on coming back to the hub: why, on the home page, until the next start.
     home = hog.http.get(f"{hog.base}/hub/home", timeout=30)

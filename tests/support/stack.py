@@ -130,9 +130,12 @@ class Stack:
         env = {**os.environ, **variables}
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check)
 
-    def logs(self, tail: int = 150) -> str:
-        out = self.compose("logs", "--no-color", "--tail", str(tail))
-        return (out.stdout + out.stderr)[-12000:]
+    def logs(self, tail: int = 150, service: str | None = None) -> str:
+        """The last ``tail`` lines of every service (12 000 characters at most, for a failure
+        message), or all ``tail`` lines of one ``service``, for an assertion to search."""
+        out = self.compose("logs", "--no-color", "--tail", str(tail), *([service] if service else []))
+        text = out.stdout + out.stderr
+        return text if service else text[-12000:]
 
     def users(self) -> list[dict]:
         return json.loads(self.invoke("users", "--json").stdout)
