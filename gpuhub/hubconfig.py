@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -134,7 +135,19 @@ def update_tls(c, settings: Settings) -> None:
     c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
 
 
-def update_auth(c, settings: Settings) -> None:
+def update_auth(c, settings: Settings, secrets_dir: Path = SECRETS_DIR) -> None:
+    """The login method AUTHENTICATOR names; user names follow gpuhub's rules in all three."""
+    c.Authenticator.admin_users = set(settings.admin_users)
+    c.Authenticator.username_pattern = USERNAME_PATTERN
+    if settings.authenticator == "ldap":
+        update_ldap(c, settings, secrets_dir)
+    elif settings.authenticator == "oidc":
+        update_oidc(c, settings, secrets_dir)
+    else:
+        update_native(c, settings)
+
+
+def update_native(c, settings: Settings) -> None:
     """NativeAuthenticator: passwords hashed with bcrypt in the hub DB; admins create users."""
     c.JupyterHub.authenticator_class = "gpuhub.auth.GpuhubAuthenticator"
     c.NativeAuthenticator.enable_signup = False
@@ -142,14 +155,78 @@ def update_auth(c, settings: Settings) -> None:
     # NativeAuthenticator decides who may log in (its is_authorized flag, set by
     # `invoke adduser`); JupyterHub 5's own allow-list would refuse users created later.
     c.Authenticator.allow_all = True
-    c.Authenticator.admin_users = set(settings.admin_users)
-    c.Authenticator.username_pattern = USERNAME_PATTERN
     # Its traits are declared with .tag(default=...), so their documented defaults are
     # not the real ones: set every one we rely on.
     c.NativeAuthenticator.minimum_password_length = MIN_PASSWORD_LENGTH
     c.NativeAuthenticator.check_common_password = True
     c.NativeAuthenticator.allowed_failed_logins = settings.login_max_failures
     c.NativeAuthenticator.seconds_before_next_try = settings.login_lockout_seconds
+
+
+def _secret(secrets_dir: Path, name: str, what: str) -> str:
+    return read_token_file(secrets_dir / name, what)
+
+
+def update_ldap(c, settings: Settings, secrets_dir: Path) -> None:
+    """An LDAP or Active Directory server (gpuhub.directory.LdapAuthenticator)."""
+    c.JupyterHub.authenticator_class = "gpuhub.directory.LdapAuthenticator"
+    url = urllib.parse.urlsplit(settings.ldap_url)
+    ldaps = url.scheme == "ldaps"
+    c.LDAPAuthenticator.server_address = url.hostname
+    c.LDAPAuthenticator.server_port = url.port or (636 if ldaps else 389)
+    # ldaps: TLS from the first byte; ldap: StartTLS before any bind. Never in clear.
+    c.LDAPAuthenticator.tls_strategy = "on_connect" if ldaps else "before_bind"
+    # Its certificate is always verified (gpuhub.directory.VerifiedTls), against this.
+    c.LdapAuthenticator.ca_file = (str(secrets_dir / names.LDAP_CA_SECRET)
+                                   if settings.ldap_ca_file else "")
+    # The login name is looked up (LdapAuthenticator.look_up), never pasted into a DN.
+    c.LDAPAuthenticator.lookup_dn = True
+    c.LDAPAuthenticator.user_search_base = settings.ldap_user_base
+    c.LDAPAuthenticator.user_attribute = settings.ldap_user_attribute
+    c.LdapAuthenticator.user_filter = settings.ldap_user_filter
+    c.LdapAuthenticator.group_search_base = settings.ldap_group_base
+    if settings.ldap_bind_dn:
+        c.LDAPAuthenticator.lookup_dn_search_user = settings.ldap_bind_dn
+        c.LDAPAuthenticator.lookup_dn_search_password = _secret(
+            secrets_dir, names.LDAP_BIND_PASSWORD_SECRET, "LDAP bind password (LDAP_BIND_PASSWORD_FILE)")
+    # Who may log in and who is admin: LdapAuthenticator.authenticate, with messages.
+    c.Authenticator.allow_all = True
+    c.LdapAuthenticator.allowed_hub_groups = set(settings.allowed_groups)
+    c.LdapAuthenticator.admin_hub_groups = set(settings.admin_groups)
+    c.Authenticator.manage_groups = True
+
+
+def update_oidc(c, settings: Settings, secrets_dir: Path, discover=None) -> None:
+    """An OpenID Connect provider (gpuhub.directory.OidcAuthenticator)."""
+    from .directory import discover as read_configuration
+
+    c.JupyterHub.authenticator_class = "gpuhub.directory.OidcAuthenticator"
+    ca_file = str(secrets_dir / names.OIDC_CA_SECRET) if settings.oidc_ca_file else None
+    endpoints = (discover or read_configuration)(settings.oidc_issuer, ca_file)
+    c.GenericOAuthenticator.authorize_url = endpoints["authorization_endpoint"]
+    c.GenericOAuthenticator.token_url = endpoints["token_endpoint"]
+    c.GenericOAuthenticator.userdata_url = endpoints["userinfo_endpoint"]
+    c.GenericOAuthenticator.client_id = settings.oidc_client_id
+    c.GenericOAuthenticator.client_secret = _secret(
+        secrets_dir, names.OIDC_CLIENT_SECRET_SECRET, "OIDC client secret (OIDC_CLIENT_SECRET_FILE)")
+    c.GenericOAuthenticator.scope = settings.oidc_scopes.split()
+    c.GenericOAuthenticator.username_claim = settings.oidc_username_claim
+    c.GenericOAuthenticator.login_service = "your institution's account"
+    c.GenericOAuthenticator.enable_pkce = True
+    c.GenericOAuthenticator.validate_server_cert = True
+    if ca_file:
+        c.GenericOAuthenticator.http_request_kwargs = {"ca_certs": ca_file}
+    c.GenericOAuthenticator.manage_groups = True
+    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{settings.oidc_groups_claim}"
+    if settings.allowed_groups == ("*",):
+        c.GenericOAuthenticator.allow_all = True
+    else:
+        c.GenericOAuthenticator.allow_all = False
+        c.GenericOAuthenticator.allowed_groups = set(settings.allowed_groups)
+    c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
+    c.GenericOAuthenticator.custom_403_message = (
+        "Your account is not in a group allowed on this hub "
+        f"({', '.join(settings.allowed_groups)}). Ask the hub's admin.")
 
 
 def update_spawner(c, settings: Settings) -> None:
@@ -311,7 +388,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
     update_hub(c, settings, data_dir, secrets_dir)
     update_tls(c, settings)
-    update_auth(c, settings)
+    update_auth(c, settings, secrets_dir)
     update_spawner(c, settings)
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
     update_swarm(c, settings)

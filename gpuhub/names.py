@@ -45,6 +45,17 @@ STOP_REASONS_DIR = "stop-reasons"
 HUB_SECRETS_DIR = "/run/secrets"
 PROXY_TOKEN_SECRET = "proxy_auth_token"
 METRICS_TOKEN_SECRET = "metrics_token"
+# docker-compose.login.yml (AUTHENTICATOR=ldap or oidc): the files the settings name.
+LDAP_BIND_PASSWORD_SECRET = "ldap_bind_password"
+LDAP_CA_SECRET = "ldap_ca"
+OIDC_CLIENT_SECRET_SECRET = "oidc_client_secret"
+OIDC_CA_SECRET = "oidc_ca"
+
+
+def directory_network(project: str) -> str:
+    """The network the hub alone reaches the directory or OIDC provider through (not the
+    labs network, whose traffic the lab firewall limits)."""
+    return f"{project}-directory"
 
 # The gpu-sampler service writes its readings of the GPUs here, on the gpu-telemetry
 # volume (the hub mounts it read-only at the same path).

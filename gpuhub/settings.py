@@ -21,6 +21,9 @@ from .lablimits import parse_memory
 
 # Set in one place, constraints.txt, next to the versions of everything installed with it.
 DEFAULT_JUPYTERHUB_VERSION = versions.pinned("jupyterhub")
+AUTHENTICATORS = ("native", "ldap", "oidc")
+# A directory group or claim value that becomes a hub group (GPU_LIMITS names it @group).
+GROUP_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}"
 
 
 class SettingsError(ValueError):
@@ -281,6 +284,84 @@ def _log_level(raw: str) -> str:
     return value
 
 
+def _authenticator(raw: str) -> str:
+    value = raw.lower()
+    if value not in AUTHENTICATORS:
+        raise ValueError("must be native (gpuhub's own accounts), ldap (an LDAP or Active "
+                         "Directory server) or oidc (an OpenID Connect provider)")
+    return value
+
+
+def _group_names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(GROUP_NAME_PATTERN, name):
+            raise ValueError(f"{name!r} is not a group name (letters, digits, '.', '_', '-' "
+                             "and spaces; comma-separated), nor * (everyone)")
+    if "*" in names and len(names) > 1:
+        raise ValueError("* (everyone) stands alone")
+    return names
+
+
+def _ldap_url(raw: str) -> str:
+    if not raw:
+        return raw
+    match = re.fullmatch(r"(ldaps?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?/?", raw)
+    if not match or (match[3] and not 1 <= int(match[3]) <= 65535):
+        raise ValueError("must be ldaps://host[:port] (TLS from the start, port 636) or "
+                         "ldap://host[:port] (StartTLS before the password is sent, port 389); "
+                         "plain LDAP without TLS is not offered")
+    return raw
+
+
+def _ldap_dn(raw: str) -> str:
+    if raw and ("=" not in raw or "{" in raw or "}" in raw):
+        raise ValueError("must be a DN such as ou=people,dc=example,dc=org")
+    return raw
+
+
+def _ldap_attribute(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", raw):
+        raise ValueError("must be an attribute name such as uid (OpenLDAP) or "
+                         "sAMAccountName (Active Directory)")
+    return raw
+
+
+def _ldap_filter(raw: str) -> str:
+    if not raw:
+        return raw
+    depth = 0
+    for ch in raw:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if not (raw.startswith("(") and raw.endswith(")")) or depth != 0 or "{" in raw or "}" in raw:
+        raise ValueError("must be one LDAP filter in parentheses, such as "
+                         "(objectClass=person) or (!(loginShell=/usr/sbin/nologin)), or empty")
+    return raw
+
+
+def _https_url(raw: str) -> str:
+    if raw and not re.fullmatch(r"https://[A-Za-z0-9.\[\]:-]+(/[^\s?#]*)?", raw):
+        raise ValueError("must be the provider's https:// issuer URL, such as "
+                         "https://login.example.org/realms/lab (without a query)")
+    return raw.rstrip("/")
+
+
+def _claim(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]*", raw):
+        raise ValueError("must be a claim name such as preferred_username or groups")
+    return raw
+
+
+def _scopes(raw: str) -> str:
+    scopes = raw.split()
+    if "openid" not in scopes or any(not re.fullmatch(r"[!#-\[\]-~]+", s) for s in scopes):
+        raise ValueError("must be space-separated scopes that include openid, such as "
+                         "openid profile email groups")
+    return " ".join(scopes)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -318,8 +399,61 @@ SETTINGS: tuple[Setting, ...] = (
             "Host port where plain HTTP is redirected to HTTPS (needs TLS_CERT and TLS_KEY); "
             "empty: no redirect.", "Deployment"),
     Setting("ADMIN_USERS", "admin", _usernames,
-            "Comma-separated admin user names. `invoke up` creates each missing one with a "
-            "generated password, printed once.", "Users"),
+            "Comma-separated admin user names. native: `invoke up` creates each missing one "
+            "with a generated password, printed once. ldap and oidc: empty unless set (a "
+            "directory account named admin is not made an admin by default).", "Users"),
+    Setting("AUTHENTICATOR", "native", _authenticator,
+            "How users log in: native (accounts `invoke adduser` makes, passwords in the hub "
+            "database), ldap (an LDAP or Active Directory server, LDAP_*) or oidc (an OpenID "
+            "Connect provider, OIDC_*). See README, Logging in.", "Login"),
+    Setting("ALLOWED_GROUPS", "", _group_names,
+            "ldap and oidc: the directory groups whose members may log in, comma-separated, "
+            "or * for every account the directory or provider accepts. Required there.",
+            "Login"),
+    Setting("ADMIN_GROUPS", "", _group_names,
+            "ldap and oidc: members of these groups are hub admins (as are ADMIN_USERS); "
+            "checked at each login.", "Login"),
+    Setting("LDAP_URL", "", _ldap_url,
+            "ldap: the server, ldaps://host[:port] (TLS) or ldap://host[:port] (StartTLS); "
+            "its certificate is always checked.", "Login"),
+    Setting("LDAP_CA_FILE", "", _optional_file,
+            "ldap: PEM file of the CA(s) the server's certificate is checked against; empty: "
+            "the hub image's public CAs.", "Login"),
+    Setting("LDAP_BIND_DN", "", _ldap_dn,
+            "ldap: the search account that finds a user's entry and groups (empty: "
+            "anonymous search).", "Login"),
+    Setting("LDAP_BIND_PASSWORD_FILE", "", _optional_file,
+            "ldap: a file holding LDAP_BIND_DN's password (mode 0600; handed to the hub as a "
+            "secret file, never an environment variable).", "Login"),
+    Setting("LDAP_USER_BASE", "", _ldap_dn,
+            "ldap: where user entries are searched, e.g. ou=people,dc=example,dc=org.",
+            "Login"),
+    Setting("LDAP_USER_ATTRIBUTE", "uid", _ldap_attribute,
+            "ldap: the attribute holding the login name (Active Directory: sAMAccountName).",
+            "Login"),
+    Setting("LDAP_USER_FILTER", "", _ldap_filter,
+            "ldap: only entries that also match this filter may log in, e.g. "
+            "(!(userAccountControl:1.2.840.113556.1.4.803:=2)) to refuse disabled AD accounts.",
+            "Login"),
+    Setting("LDAP_GROUP_BASE", "", _ldap_dn,
+            "ldap: where groups are searched; a group whose member, uniqueMember or memberUid "
+            "names the user makes its cn one of the user's hub groups.", "Login"),
+    Setting("OIDC_ISSUER", "", _https_url,
+            "oidc: the provider's issuer URL; the hub reads its endpoints from "
+            "/.well-known/openid-configuration at start.", "Login"),
+    Setting("OIDC_CLIENT_ID", "", _text, "oidc: this hub's client id at the provider.", "Login"),
+    Setting("OIDC_CLIENT_SECRET_FILE", "", _optional_file,
+            "oidc: a file holding the client secret (mode 0600; a secret file in the hub).",
+            "Login"),
+    Setting("OIDC_CA_FILE", "", _optional_file,
+            "oidc: PEM file of the CA(s) the provider's certificate is checked against; "
+            "empty: the hub image's public CAs.", "Login"),
+    Setting("OIDC_SCOPES", "openid profile email groups", _scopes,
+            "oidc: the scopes the hub asks for (space-separated).", "Login"),
+    Setting("OIDC_USERNAME_CLAIM", "preferred_username", _claim,
+            "oidc: the claim that becomes the user name (made lowercase).", "Login"),
+    Setting("OIDC_GROUPS_CLAIM", "groups", _claim,
+            "oidc: the claim listing the user's groups (they become hub groups).", "Login"),
     Setting("JUPYTERHUB_VERSION", DEFAULT_JUPYTERHUB_VERSION, _text,
             "JupyterHub version installed in both images (hub and lab must match); the "
             "default is the pin in gpuhub/constraints.txt.", "Images"),
@@ -490,7 +624,10 @@ COMPOSE_ONLY_PROTECTION = ("DOCKER_SOCKET_PROXY", "LAB_FIREWALL")
 
 
 def _mode_defaults(values: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Swarm mode: host protection the settings do not ask for is off, as it really is."""
+    """Swarm mode: host protection the settings do not ask for is off, as it really is.
+    A directory's accounts: no admin by the default name, only those the settings name."""
+    if values["AUTHENTICATOR"] != "native" and not (env.get("ADMIN_USERS") or "").strip():
+        values["ADMIN_USERS"] = ()
     if values["MODE"] == "swarm":
         for name in COMPOSE_ONLY_PROTECTION:
             if not (env.get(name) or "").strip():
@@ -526,6 +663,53 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
                         "without quotes or backslashes (the proxy checks every mount): "
                         "use such a path (a symlink will do), or DOCKER_SOCKET_PROXY=false.")
     problems += _swarm_problems(values, raw)
+    problems += _login_problems(values, raw)
+    return problems
+
+
+LDAP_ONLY = ("LDAP_URL", "LDAP_CA_FILE", "LDAP_BIND_DN", "LDAP_BIND_PASSWORD_FILE",
+             "LDAP_USER_BASE", "LDAP_USER_FILTER", "LDAP_GROUP_BASE")
+OIDC_ONLY = ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET_FILE", "OIDC_CA_FILE")
+
+
+def _login_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    """What each AUTHENTICATOR needs, and settings of another one left behind."""
+    mode = values["AUTHENTICATOR"]
+    problems = []
+    needs = {"native": (), "ldap": ("LDAP_URL", "LDAP_USER_BASE", "ALLOWED_GROUPS"),
+             "oidc": ("OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET_FILE",
+                      "ALLOWED_GROUPS")}[mode]
+    examples = {"LDAP_URL": "ldaps://ldap.example.org", "LDAP_USER_BASE":
+                "ou=people,dc=example,dc=org", "ALLOWED_GROUPS": "gpu-users (or * for everyone)",
+                "OIDC_ISSUER": "https://login.example.org/realms/lab", "OIDC_CLIENT_ID": "gpuhub",
+                "OIDC_CLIENT_SECRET_FILE": "/etc/gpuhub/oidc-client-secret"}
+    for name in needs:
+        if not values[name]:
+            problems.append(f"AUTHENTICATOR={raw['AUTHENTICATOR']!r} in the settings needs "
+                            f"{name}, e.g. {name}={examples[name]}.")
+    unused = {"native": LDAP_ONLY + OIDC_ONLY + ("ALLOWED_GROUPS", "ADMIN_GROUPS"),
+              "ldap": OIDC_ONLY, "oidc": LDAP_ONLY}[mode]
+    for name in unused:
+        if values[name]:
+            problems.append(f"{name}={raw[name]!r} in the settings is not used with "
+                            f"AUTHENTICATOR={raw['AUTHENTICATOR'] or 'native'!r}: remove it, "
+                            "or set the AUTHENTICATOR it belongs to.")
+    if mode == "ldap":
+        if bool(values["LDAP_BIND_DN"]) != bool(values["LDAP_BIND_PASSWORD_FILE"]):
+            given = "LDAP_BIND_DN" if values["LDAP_BIND_DN"] else "LDAP_BIND_PASSWORD_FILE"
+            problems.append(f"{given}={raw[given]!r} in the settings: set LDAP_BIND_DN and "
+                            "LDAP_BIND_PASSWORD_FILE together (the search account and the "
+                            "file with its password), or neither for anonymous search.")
+        grouped = (values["ALLOWED_GROUPS"] not in ((), ("*",)) or values["ADMIN_GROUPS"]
+                   or any(key.startswith("@") for key in values["GPU_LIMITS"]))
+        if grouped and not values["LDAP_GROUP_BASE"]:
+            problems.append("ALLOWED_GROUPS, ADMIN_GROUPS or an @group in GPU_LIMITS need "
+                            "LDAP_GROUP_BASE (where the groups are), e.g. "
+                            "LDAP_GROUP_BASE=ou=groups,dc=example,dc=org.")
+    if mode != "native" and values["MODE"] == "swarm":
+        problems.append(f"AUTHENTICATOR={raw['AUTHENTICATOR']!r} in the settings: swarm mode "
+                        "logs in with native accounts only, for now; use "
+                        "AUTHENTICATOR=native or MODE=compose.")
     return problems
 
 

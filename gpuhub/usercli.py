@@ -255,6 +255,7 @@ def list_users(hub: Hub) -> list[dict]:
             "server": "ready" if server.get("ready") else ("starting" if server else "stopped"),
             "last_activity": u.get("last_activity"),
             "has_password": hub.user_info(u["name"]) is not None,
+            "groups": sorted(u.get("groups") or []),
         })
     return users
 

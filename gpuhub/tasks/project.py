@@ -64,6 +64,8 @@ class Project:
             files.append("docker-compose.tls.yml")
         if self.settings.hub_http_redirect_port:  # only allowed with TLS
             files.append("docker-compose.tls-redirect.yml")
+        if self.settings.authenticator != "native":
+            files.append("docker-compose.login.yml")
         return files
 
     @property

@@ -288,7 +288,10 @@ def pull_profile_images(c, project, profiles: Profiles) -> None:
 
 
 def create_missing_admins(c, project) -> None:
-    """Create each ADMIN_USERS account that does not exist yet; print its password once."""
+    """Create each ADMIN_USERS account that does not exist yet; print its password once.
+    (With a directory, ADMIN_USERS are made admins at their first login instead.)"""
+    if project.settings.authenticator != "native":
+        return
     for name in project.settings.admin_users:
         exists = c.run(project.exec_hub(f"{USERCLI} exists {shlex.quote(name)}"),
                        env=project.env(), hide=True, warn=True)

@@ -89,6 +89,18 @@ def _last_line(result) -> str:
     return (lines or [f"exit code {result.return_code}"])[-1][-300:]
 
 
+def native_accounts_only(project, task: str) -> None:
+    """Refuse a task that makes or changes passwords when accounts live in a directory."""
+    mode = project.settings.authenticator
+    if mode == "native":
+        return
+    where = project.settings.ldap_url if mode == "ldap" else project.settings.oidc_issuer
+    raise fail(f"AUTHENTICATOR={mode}: accounts and passwords live in the directory ({where}), "
+               f"not in gpuhub, so `invoke {task}` has nothing to do; add or change the "
+               "account there (and put it in ALLOWED_GROUPS): the hub user appears at its "
+               "first login (`invoke users` lists who has logged in)")
+
+
 def _has_account(c, project, name: str) -> bool:
     """Whether ``name`` has a password in the hub (`usercli exists`)."""
     found = c.run(project.exec_hub(f"{USERCLI} exists {shlex.quote(name)}"), env=project.env(),
@@ -107,6 +119,7 @@ def _has_account(c, project, name: str) -> bool:
 def adduser(c, name, admin=False, password_stdin=False, reuse_data=False):
     """Create a user who can log in at once (asks for the password twice, hidden)."""
     project = load()
+    native_accounts_only(project, "adduser")
     name = _valid_name(name)
     require_running(c, project)
     # A new person must not get a deleted user's files without the admin saying so.
@@ -129,6 +142,7 @@ def adduser(c, name, admin=False, password_stdin=False, reuse_data=False):
 def passwd(c, name, password_stdin=False):
     """Change a user's password."""
     project = load()
+    native_accounts_only(project, "passwd")
     name = _valid_name(name)
     require_running(c, project)
     # Refuse an unknown user before asking for a password nobody will use.
@@ -162,7 +176,7 @@ def users(c, json=False):
     if json:
         print(jsonlib.dumps(rows, indent=2))
         return
-    print(f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}LAST ACTIVITY")
+    print(f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}{'LAST ACTIVITY':<30}GROUPS")
     for r in rows:
         print(f"{r['name']:<24}{'yes' if r['admin'] else 'no':<7}{r['server']:<10}"
-              f"{r['last_activity'] or '-'}")
+              f"{r['last_activity'] or '-':<30}{','.join(r['groups']) or '-'}")

@@ -705,9 +705,9 @@ def test_deluser(env_file, capsys, purge, args):
 
 ROWS = [
     {"name": "admin", "admin": True, "server": "ready",
-     "last_activity": "2026-05-01T10:00:00Z", "has_password": True},
+     "last_activity": "2026-05-01T10:00:00Z", "has_password": True, "groups": []},
     {"name": "bob", "admin": False, "server": "stopped", "last_activity": None,
-     "has_password": True},
+     "has_password": True, "groups": ["gpu-users", "students"]},
 ]
 
 
@@ -723,9 +723,9 @@ def test_users_table(env_file, capsys):
     c = context((usercli(path, "list"), Result(json.dumps(ROWS) + "\n")))
     users.users(c)
     assert capsys.readouterr().out.splitlines() == [
-        f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}LAST ACTIVITY",
-        f"{'admin':<24}{'yes':<7}{'ready':<10}2026-05-01T10:00:00Z",
-        f"{'bob':<24}{'no':<7}{'stopped':<10}-",
+        f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}{'LAST ACTIVITY':<30}GROUPS",
+        f"{'admin':<24}{'yes':<7}{'ready':<10}{'2026-05-01T10:00:00Z':<30}-",
+        f"{'bob':<24}{'no':<7}{'stopped':<10}{'-':<30}gpu-users,students",
     ]
 
 

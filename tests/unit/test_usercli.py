@@ -261,16 +261,16 @@ def test_list_users(hub, monkeypatch, capsys):
     hub.users["zoe"]["servers"] = {"": {"ready": True}}
     hub.users["zoe"]["last_activity"] = "2026-05-01T10:00:00Z"
     hub.users["carl"] = {"name": "carl", "admin": False, "servers": {"": {"ready": False}},
-                         "last_activity": None}
+                         "last_activity": None, "groups": ["students", "gpu-users"]}
     code, out, _ = run_main(hub, monkeypatch, capsys, ["list"])
     assert code == 0
     assert json.loads(out) == [
         {"name": "bob", "admin": False, "server": "stopped", "last_activity": None,
-         "has_password": True},
+         "has_password": True, "groups": []},
         {"name": "carl", "admin": False, "server": "starting", "last_activity": None,
-         "has_password": False},
+         "has_password": False, "groups": ["gpu-users", "students"]},
         {"name": "zoe", "admin": True, "server": "ready",
-         "last_activity": "2026-05-01T10:00:00Z", "has_password": True},
+         "last_activity": "2026-05-01T10:00:00Z", "has_password": True, "groups": []},
     ]
 
 

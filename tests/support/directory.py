@@ -1,0 +1,193 @@
+"""A real LDAP directory for the tests: Debian's slapd, started by the test on an address
+it owns (loopback, or the gateway of a Docker network the test created), with TLS from a
+CA the test makes, and a small directory of people and groups (DIRECTORY below).
+
+``ldaps://`` on one port, ``ldap://`` (StartTLS) on another. The ppolicy overlay is on, so
+the locked account is locked the way OpenLDAP locks accounts (its bind is refused).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.stack import free_port
+from support.wait import wait_until
+
+SLAPD = "/usr/sbin/slapd"
+SLAPADD = "/usr/sbin/slapadd"
+SUFFIX = "dc=gpuhub,dc=test"
+PEOPLE = f"ou=people,{SUFFIX}"
+GROUPS = f"ou=groups,{SUFFIX}"
+SEARCH_DN = f"cn=search,{SUFFIX}"
+SEARCH_PASSWORD = "search-account-pw-5d1f"  # the leak tests look for it everywhere
+
+# uid: (password, groups). JSmith's name needs normalising (jsmith); o.brien's cannot be
+# a gpuhub user name; carol is in no allowed group; locked is locked (ppolicy).
+PEOPLE_ENTRIES = {
+    "alice": ("alice-ldap-pw-1", ["gpu-users", "students"]),
+    "JSmith": ("jsmith-ldap-pw-1", ["gpu-users"]),
+    "boss": ("boss-ldap-pw-1", ["gpu-users", "lab-admins"]),
+    "carol": ("carol-ldap-pw-1", ["visitors"]),
+    "locked": ("locked-ldap-pw-1", ["gpu-users"]),
+    "o.brien": ("obrien-ldap-pw-1", ["gpu-users"]),
+}
+# Three kinds of group, as directories hold them.
+GROUP_KINDS = {"gpu-users": "groupOfNames", "lab-admins": "groupOfUniqueNames",
+               "students": "posixGroup", "visitors": "groupOfNames"}
+
+
+def available() -> bool:
+    return Path(SLAPD).exists() and Path(SLAPADD).exists() and bool(shutil.which("openssl"))
+
+
+def _ldif() -> str:
+    entries = [
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: gpuhub\no: gpuhub test",
+        f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people",
+        f"dn: {GROUPS}\nobjectClass: organizationalUnit\nou: groups",
+        f"dn: ou=policies,{SUFFIX}\nobjectClass: organizationalUnit\nou: policies",
+        (f"dn: cn=default,ou=policies,{SUFFIX}\nobjectClass: device\nobjectClass: pwdPolicy\n"
+         "cn: default\npwdAttribute: userPassword\npwdLockout: TRUE\npwdMaxFailure: 0"),
+        (f"dn: {SEARCH_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+         f"cn: search\nuserPassword: {SEARCH_PASSWORD}"),
+    ]
+    for number, (uid, (password, _groups)) in enumerate(PEOPLE_ENTRIES.items(), 2000):
+        entry = (f"dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\n"
+                 f"uid: {uid}\ncn: {uid}\nsn: {uid}\nuidNumber: {number}\ngidNumber: {number}\n"
+                 f"homeDirectory: /home/{uid}\nuserPassword: {password}")
+        if uid == "locked":  # OpenLDAP's permanent lock
+            entry += "\npwdAccountLockedTime: 000001010000Z"
+        entries.append(entry)
+    for number, (group, kind) in enumerate(GROUP_KINDS.items(), 3000):
+        members = [uid for uid, (_pw, groups) in PEOPLE_ENTRIES.items() if group in groups]
+        entry = f"dn: cn={group},{GROUPS}\nobjectClass: {kind}\ncn: {group}"
+        if kind == "posixGroup":
+            entry += f"\ngidNumber: {number}" + "".join(f"\nmemberUid: {m}" for m in members)
+        else:
+            attribute = "uniqueMember" if kind == "groupOfUniqueNames" else "member"
+            entry += "".join(f"\n{attribute}: uid={m},{PEOPLE}" for m in members)
+        entries.append(entry)
+    return "\n\n".join(entries) + "\n"
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    """A CA of the test's own: (certificate, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes",
+                    "-days", "2", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def issue(folder: Path, ca: tuple[Path, Path], name: str, addresses: list[str]) -> tuple[Path, Path]:
+    """A server certificate for ``addresses`` (IPs or DNS names) signed by ``ca``."""
+    cert, key, csr = folder / f"{name}.crt", folder / f"{name}.key", folder / f"{name}.csr"
+    san = ",".join(("IP:" if a.replace(".", "").isdigit() else "DNS:") + a for a in addresses)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-sha256", "-nodes", "-subj",
+                    f"/CN={addresses[0]}", "-keyout", str(key), "-out", str(csr)],
+                   check=True, capture_output=True)
+    extensions = folder / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey",
+                    str(ca[1]), "-CAcreateserial", "-days", "2", "-sha256", "-extfile",
+                    str(extensions), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
+    return cert, key
+
+
+@dataclass
+class Directory:
+    """A running slapd: ``ldaps_url`` and ``starttls_url``, trusted by ``ca_file``."""
+
+    host: str
+    ldaps_port: int
+    starttls_port: int
+    ca_file: Path
+    process: subprocess.Popen
+    folder: Path
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://{self.host}:{self.ldaps_port}"
+
+    @property
+    def starttls_url(self) -> str:
+        return f"ldap://{self.host}:{self.starttls_port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return (self.folder / "slapd.log").read_text(errors="replace")[-4000:]
+
+
+def start(folder: Path, host: str = "127.0.0.1") -> Directory:
+    """Build the directory under ``folder`` and start slapd on ``host`` (two free ports)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = make_ca(folder / "tls", "gpuhub-test-directory-ca")
+    cert, key = issue(folder / "tls", ca, "slapd", [host])
+    data = folder / "data"
+    data.mkdir(exist_ok=True)
+    config = folder / "slapd.conf"
+    config.write_text(textwrap.dedent(f"""\
+        include /etc/ldap/schema/core.schema
+        include /etc/ldap/schema/cosine.schema
+        include /etc/ldap/schema/inetorgperson.schema
+        include /etc/ldap/schema/nis.schema
+        modulepath /usr/lib/ldap
+        moduleload back_mdb
+        moduleload ppolicy
+        pidfile {folder}/slapd.pid
+        TLSCACertificateFile {ca[0]}
+        TLSCertificateFile {cert}
+        TLSCertificateKeyFile {key}
+        # No password over a connection without TLS (StartTLS first on ldap://).
+        security simple_bind=128
+        database mdb
+        maxsize 104857600
+        suffix "{SUFFIX}"
+        rootdn "cn=admin,{SUFFIX}"
+        directory {data}
+        overlay ppolicy
+        ppolicy_default "cn=default,ou=policies,{SUFFIX}"
+        access to attrs=userPassword by anonymous auth by * none
+        access to * by dn.exact="{SEARCH_DN}" read by self read by * none
+        """))
+    (folder / "data.ldif").write_text(_ldif())
+    subprocess.run([SLAPADD, "-q", "-f", str(config), "-l", str(folder / "data.ldif")],
+                   check=True, capture_output=True, text=True)
+    ldaps, starttls = free_port(), free_port()
+    log = open(folder / "slapd.log", "w")
+    process = subprocess.Popen(
+        [SLAPD, "-d", "stats", "-f", str(config), "-h",
+         f"ldaps://{host}:{ldaps}/ ldap://{host}:{starttls}/"],
+        stdout=log, stderr=subprocess.STDOUT)
+    directory = Directory(host, ldaps, starttls, ca[0], process, folder)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"slapd exited ({process.returncode}): {directory.log()}")
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            return probe.connect_ex((host, ldaps)) == 0 and probe.close() is None
+    try:
+        wait_until(listening, timeout=30, interval=0.2, what="slapd to listen",
+                   state=directory.log)
+    except BaseException:
+        directory.stop()
+        raise
+    return directory
