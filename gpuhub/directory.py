@@ -19,10 +19,8 @@ hub's log); the server's certificate is always verified.
 
 from __future__ import annotations
 
-import json
 import re
 import ssl
-import urllib.request
 from collections.abc import Iterable
 
 import ldap3
@@ -213,28 +211,3 @@ class OidcAuthenticator(GenericOAuthenticator):
     def user_info_to_username(self, user_info):
         name = super().user_info_to_username(user_info)
         return hub_username(name)
-
-
-def discover(issuer: str, ca_file: str | None, timeout: float = 15) -> dict:
-    """The provider's endpoints from ``{issuer}/.well-known/openid-configuration``, with
-    its certificate checked (against ``ca_file`` if given); ValueError saying what is wrong."""
-    url = f"{issuer}/.well-known/openid-configuration"
-    context = ssl.create_default_context(cafile=ca_file or None)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
-            config = json.loads(answer.read(1_000_000))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"OIDC_ISSUER={issuer!r}: could not read {url}: {err}; check the "
-                         "URL, that the hub can reach it, and OIDC_CA_FILE") from None
-    if not isinstance(config, dict) or config.get("issuer") != issuer:
-        said = config.get("issuer") if isinstance(config, dict) else None
-        raise ValueError(f"OIDC_ISSUER={issuer!r}: the provider calls itself {said!r}; "
-                         "set OIDC_ISSUER to exactly that")
-    endpoints = {}
-    for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
-        value = config.get(key)
-        if not isinstance(value, str) or not value.startswith("https://"):
-            raise ValueError(f"OIDC_ISSUER={issuer!r}: its configuration has no https "
-                             f"{key} ({value!r})")
-        endpoints[key] = value
-    return endpoints

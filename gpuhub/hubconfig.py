@@ -7,10 +7,13 @@ and every function can be tested against a bare ``traitlets.config.Config()``.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import ssl
 import sys
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -135,98 +138,137 @@ def update_tls(c, settings: Settings) -> None:
     c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
 
 
-def update_auth(c, settings: Settings, secrets_dir: Path = SECRETS_DIR) -> None:
-    """The login method AUTHENTICATOR names; user names follow gpuhub's rules in all three."""
-    c.Authenticator.admin_users = set(settings.admin_users)
-    c.Authenticator.username_pattern = USERNAME_PATTERN
-    if settings.authenticator == "ldap":
-        update_ldap(c, settings, secrets_dir)
+def update_auth(c, settings: Settings, secrets_dir: Path = SECRETS_DIR,
+                discover=None) -> None:
+    """The login method AUTHENTICATOR names (auth_config), and its secrets, read from the
+    files compose mounts: never from the settings or the environment."""
+    endpoints = None
+    if settings.authenticator == "oidc":
+        ca_file = str(secrets_dir / names.OIDC_CA_SECRET) if settings.oidc_ca_file else None
+        endpoints = (discover or discover_oidc)(settings.oidc_issuer, ca_file)
+    for section, traits in auth_config(settings, secrets_dir, endpoints).items():
+        for trait, value in traits.items():
+            setattr(c[section], trait, value)
+    if settings.authenticator == "ldap" and settings.ldap_bind_dn:
+        c.LDAPAuthenticator.lookup_dn_search_password = read_token_file(
+            secrets_dir / names.LDAP_BIND_PASSWORD_SECRET,
+            "LDAP bind password (LDAP_BIND_PASSWORD_FILE)")
     elif settings.authenticator == "oidc":
-        update_oidc(c, settings, secrets_dir)
-    else:
-        update_native(c, settings)
+        c.GenericOAuthenticator.client_secret = read_token_file(
+            secrets_dir / names.OIDC_CLIENT_SECRET_SECRET,
+            "OIDC client secret (OIDC_CLIENT_SECRET_FILE)")
 
 
-def update_native(c, settings: Settings) -> None:
-    """NativeAuthenticator: passwords hashed with bcrypt in the hub DB; admins create users."""
-    c.JupyterHub.authenticator_class = "gpuhub.auth.GpuhubAuthenticator"
-    c.NativeAuthenticator.enable_signup = False
-    c.NativeAuthenticator.open_signup = False
-    # NativeAuthenticator decides who may log in (its is_authorized flag, set by
-    # `invoke adduser`); JupyterHub 5's own allow-list would refuse users created later.
-    c.Authenticator.allow_all = True
-    # Its traits are declared with .tag(default=...), so their documented defaults are
-    # not the real ones: set every one we rely on.
-    c.NativeAuthenticator.minimum_password_length = MIN_PASSWORD_LENGTH
-    c.NativeAuthenticator.check_common_password = True
-    c.NativeAuthenticator.allowed_failed_logins = settings.login_max_failures
-    c.NativeAuthenticator.seconds_before_next_try = settings.login_lockout_seconds
+def auth_config(settings: Settings, secrets_dir: Path = SECRETS_DIR,
+                endpoints: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """What AUTHENTICATOR configures, as {section: {trait: value}}, without any secret:
+    the hub applies it (update_auth adds the secrets), `invoke export-z2jh` exports it.
+    ``secrets_dir`` is where the CA files are; ``endpoints`` the OIDC provider's."""
+    common = {"admin_users": set(settings.admin_users), "username_pattern": USERNAME_PATTERN}
+    if settings.authenticator == "ldap":
+        return _ldap_config(settings, secrets_dir, common)
+    if settings.authenticator == "oidc":
+        return _oidc_config(settings, secrets_dir, common, endpoints or {})
+    return {
+        "JupyterHub": {"authenticator_class": "gpuhub.auth.GpuhubAuthenticator"},
+        # NativeAuthenticator decides who may log in (its is_authorized flag, set by
+        # `invoke adduser`); JupyterHub 5's own allow-list would refuse users created later.
+        "Authenticator": {**common, "allow_all": True},
+        # Its traits are declared with .tag(default=...), so their documented defaults are
+        # not the real ones: set every one we rely on.
+        "NativeAuthenticator": {
+            "enable_signup": False, "open_signup": False,
+            "minimum_password_length": MIN_PASSWORD_LENGTH, "check_common_password": True,
+            "allowed_failed_logins": settings.login_max_failures,
+            "seconds_before_next_try": settings.login_lockout_seconds,
+        },
+    }
 
 
-def _secret(secrets_dir: Path, name: str, what: str) -> str:
-    return read_token_file(secrets_dir / name, what)
-
-
-def update_ldap(c, settings: Settings, secrets_dir: Path) -> None:
+def _ldap_config(settings: Settings, secrets_dir: Path, common: dict) -> dict[str, dict]:
     """An LDAP or Active Directory server (gpuhub.directory.LdapAuthenticator)."""
-    c.JupyterHub.authenticator_class = "gpuhub.directory.LdapAuthenticator"
     url = urllib.parse.urlsplit(settings.ldap_url)
     ldaps = url.scheme == "ldaps"
-    c.LDAPAuthenticator.server_address = url.hostname
-    c.LDAPAuthenticator.server_port = url.port or (636 if ldaps else 389)
-    # ldaps: TLS from the first byte; ldap: StartTLS before any bind. Never in clear.
-    c.LDAPAuthenticator.tls_strategy = "on_connect" if ldaps else "before_bind"
-    # Its certificate is always verified (gpuhub.directory.VerifiedTls), against this.
-    c.LdapAuthenticator.ca_file = (str(secrets_dir / names.LDAP_CA_SECRET)
-                                   if settings.ldap_ca_file else "")
-    # The login name is looked up (LdapAuthenticator.look_up), never pasted into a DN.
-    c.LDAPAuthenticator.lookup_dn = True
-    c.LDAPAuthenticator.user_search_base = settings.ldap_user_base
-    c.LDAPAuthenticator.user_attribute = settings.ldap_user_attribute
-    c.LdapAuthenticator.user_filter = settings.ldap_user_filter
-    c.LdapAuthenticator.group_search_base = settings.ldap_group_base
+    ldap = {
+        "server_address": url.hostname,
+        "server_port": url.port or (636 if ldaps else 389),
+        # ldaps: TLS from the first byte; ldap: StartTLS before any bind. Never in clear.
+        "tls_strategy": "on_connect" if ldaps else "before_bind",
+        # The login name is looked up (LdapAuthenticator.look_up), never pasted into a DN.
+        "lookup_dn": True,
+        "user_search_base": settings.ldap_user_base,
+        "user_attribute": settings.ldap_user_attribute,
+    }
     if settings.ldap_bind_dn:
-        c.LDAPAuthenticator.lookup_dn_search_user = settings.ldap_bind_dn
-        c.LDAPAuthenticator.lookup_dn_search_password = _secret(
-            secrets_dir, names.LDAP_BIND_PASSWORD_SECRET, "LDAP bind password (LDAP_BIND_PASSWORD_FILE)")
-    # Who may log in and who is admin: LdapAuthenticator.authenticate, with messages.
-    c.Authenticator.allow_all = True
-    c.LdapAuthenticator.allowed_hub_groups = set(settings.allowed_groups)
-    c.LdapAuthenticator.admin_hub_groups = set(settings.admin_groups)
-    c.Authenticator.manage_groups = True
+        ldap["lookup_dn_search_user"] = settings.ldap_bind_dn
+    return {
+        "JupyterHub": {"authenticator_class": "gpuhub.directory.LdapAuthenticator"},
+        # Who may log in and who is admin: LdapAuthenticator.authenticate, with messages.
+        "Authenticator": {**common, "allow_all": True, "manage_groups": True},
+        "LDAPAuthenticator": ldap,
+        "LdapAuthenticator": {
+            # Its certificate is always verified (gpuhub.directory.VerifiedTls), against this.
+            "ca_file": str(secrets_dir / names.LDAP_CA_SECRET) if settings.ldap_ca_file else "",
+            "user_filter": settings.ldap_user_filter,
+            "group_search_base": settings.ldap_group_base,
+            "allowed_hub_groups": set(settings.allowed_groups),
+            "admin_hub_groups": set(settings.admin_groups),
+        },
+    }
 
 
-def update_oidc(c, settings: Settings, secrets_dir: Path, discover=None) -> None:
+def _oidc_config(settings: Settings, secrets_dir: Path, common: dict,
+                 endpoints: Mapping[str, str]) -> dict[str, dict]:
     """An OpenID Connect provider (gpuhub.directory.OidcAuthenticator)."""
-    from .directory import discover as read_configuration
+    everyone = settings.allowed_groups == ("*",)
+    oauth = {
+        "authorize_url": endpoints.get("authorization_endpoint", ""),
+        "token_url": endpoints.get("token_endpoint", ""),
+        "userdata_url": endpoints.get("userinfo_endpoint", ""),
+        "client_id": settings.oidc_client_id,
+        "scope": settings.oidc_scopes.split(),
+        "username_claim": settings.oidc_username_claim,
+        "login_service": "your institution's account",
+        "enable_pkce": True,
+        "validate_server_cert": True,
+        "manage_groups": True,
+        "auth_state_groups_key": f"oauth_user.{settings.oidc_groups_claim}",
+        "allow_all": everyone,
+        "admin_groups": set(settings.admin_groups),
+        "custom_403_message": ("Your account is not in a group allowed on this hub "
+                               f"({', '.join(settings.allowed_groups)}). Ask the hub's admin."),
+    }
+    if not everyone:
+        oauth["allowed_groups"] = set(settings.allowed_groups)
+    if settings.oidc_ca_file:
+        oauth["http_request_kwargs"] = {"ca_certs": str(secrets_dir / names.OIDC_CA_SECRET)}
+    return {"JupyterHub": {"authenticator_class": "gpuhub.directory.OidcAuthenticator"},
+            "Authenticator": common, "GenericOAuthenticator": oauth}
 
-    c.JupyterHub.authenticator_class = "gpuhub.directory.OidcAuthenticator"
-    ca_file = str(secrets_dir / names.OIDC_CA_SECRET) if settings.oidc_ca_file else None
-    endpoints = (discover or read_configuration)(settings.oidc_issuer, ca_file)
-    c.GenericOAuthenticator.authorize_url = endpoints["authorization_endpoint"]
-    c.GenericOAuthenticator.token_url = endpoints["token_endpoint"]
-    c.GenericOAuthenticator.userdata_url = endpoints["userinfo_endpoint"]
-    c.GenericOAuthenticator.client_id = settings.oidc_client_id
-    c.GenericOAuthenticator.client_secret = _secret(
-        secrets_dir, names.OIDC_CLIENT_SECRET_SECRET, "OIDC client secret (OIDC_CLIENT_SECRET_FILE)")
-    c.GenericOAuthenticator.scope = settings.oidc_scopes.split()
-    c.GenericOAuthenticator.username_claim = settings.oidc_username_claim
-    c.GenericOAuthenticator.login_service = "your institution's account"
-    c.GenericOAuthenticator.enable_pkce = True
-    c.GenericOAuthenticator.validate_server_cert = True
-    if ca_file:
-        c.GenericOAuthenticator.http_request_kwargs = {"ca_certs": ca_file}
-    c.GenericOAuthenticator.manage_groups = True
-    c.GenericOAuthenticator.auth_state_groups_key = f"oauth_user.{settings.oidc_groups_claim}"
-    if settings.allowed_groups == ("*",):
-        c.GenericOAuthenticator.allow_all = True
-    else:
-        c.GenericOAuthenticator.allow_all = False
-        c.GenericOAuthenticator.allowed_groups = set(settings.allowed_groups)
-    c.GenericOAuthenticator.admin_groups = set(settings.admin_groups)
-    c.GenericOAuthenticator.custom_403_message = (
-        "Your account is not in a group allowed on this hub "
-        f"({', '.join(settings.allowed_groups)}). Ask the hub's admin.")
+
+def discover_oidc(issuer: str, ca_file: str | None, timeout: float = 15) -> dict:
+    """The provider's endpoints from ``{issuer}/.well-known/openid-configuration``, with
+    its certificate checked (against ``ca_file`` if given); ValueError saying what is wrong."""
+    url = f"{issuer}/.well-known/openid-configuration"
+    context = ssl.create_default_context(cafile=ca_file or None)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
+            config = json.loads(answer.read(1_000_000))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"OIDC_ISSUER={issuer!r}: could not read {url}: {err}; check the "
+                         "URL, that the hub can reach it, and OIDC_CA_FILE") from None
+    if not isinstance(config, dict) or config.get("issuer") != issuer:
+        said = config.get("issuer") if isinstance(config, dict) else None
+        raise ValueError(f"OIDC_ISSUER={issuer!r}: the provider calls itself {said!r}; "
+                         "set OIDC_ISSUER to exactly that")
+    endpoints = {}
+    for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
+        value = config.get(key)
+        if not isinstance(value, str) or not value.startswith("https://"):
+            raise ValueError(f"OIDC_ISSUER={issuer!r}: its configuration has no https "
+                             f"{key} ({value!r})")
+        endpoints[key] = value
+    return endpoints
 
 
 def update_spawner(c, settings: Settings) -> None:

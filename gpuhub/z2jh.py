@@ -12,15 +12,18 @@ TLS key stay out, and the file says where they go instead.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from . import gpus, lablimits
-from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
-from .hubconfig import LAB_HOME
+from . import gpus, lablimits, names
+from .hubconfig import LAB_HOME, auth_config
 from .profiles import Profile, Profiles
 from .settings import Settings
+
+# Where the notes tell an admin to mount the login CA files in the chart's hub pod.
+K8S_SECRETS_DIR = Path("/etc/gpuhub/secrets")
 
 HELM_REPO = "https://hub.jupyter.org/helm-chart/"
 # JupyterHub version → the z2jh chart release whose hub image runs it (each tag's
@@ -130,7 +133,26 @@ def _database(url: str) -> dict:
     return {"type": "postgres", "url": urlunsplit((parts.scheme, netloc, parts.path, "", ""))}
 
 
-def chart_values(settings: Settings, profiles: Profiles) -> dict:
+def _plain(value):
+    """A value YAML can hold: sets as sorted lists."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def login_config(settings: Settings, endpoints: dict | None = None) -> dict[str, dict]:
+    """The hub's login config (hubconfig.auth_config: the same, minus secrets), with the
+    CA files where the notes say to mount them. native: the chart's own NativeAuthenticator
+    (its entry point ``native``), set up as gpuhub sets it up."""
+    config = _plain(auth_config(settings, K8S_SECRETS_DIR, endpoints))
+    if settings.authenticator == "native":
+        config["JupyterHub"]["authenticator_class"] = "native"
+    return config
+
+
+def chart_values(settings: Settings, profiles: Profiles, endpoints: dict | None = None) -> dict:
     """The Helm values: only what gpuhub configures, the chart's defaults for the rest."""
     s = settings
     name, tag = split_image(s.lab_image)
@@ -151,28 +173,15 @@ def chart_values(settings: Settings, profiles: Profiles) -> dict:
     growth = allow_growth(s)
     singleuser["profileList"] = [profile_entry(p, growth) for p in profiles.profiles]
 
+    auth = login_config(s, endpoints)
     hub = {
         "config": {
+            **auth,
             "JupyterHub": {
-                # NativeAuthenticator's entry point; the chart's hub image includes it.
-                "authenticator_class": "native",
+                **auth["JupyterHub"],
                 # The chart turns admin_access on; gpuhub's admins cannot open users' labs.
                 "admin_access": False,
                 "log_level": s.log_level,
-            },
-            "Authenticator": {
-                "admin_users": list(s.admin_users),
-                # NativeAuthenticator decides who may log in (its authorized flag).
-                "allow_all": True,
-                "username_pattern": USERNAME_PATTERN,
-            },
-            "NativeAuthenticator": {
-                "enable_signup": False,
-                "open_signup": False,
-                "minimum_password_length": MIN_PASSWORD_LENGTH,
-                "check_common_password": True,
-                "allowed_failed_logins": s.login_max_failures,
-                "seconds_before_next_try": s.login_lockout_seconds,
             },
         },
         "db": _database(s.database_url),
@@ -244,6 +253,34 @@ def _reclaim_notes(s: Settings, profiles: Profiles) -> list[str]:
     return paragraphs
 
 
+def _login_notes(s: Settings) -> list[str]:
+    if s.authenticator == "native":
+        return ["authenticator_class native is NativeAuthenticator, set up as gpuhub sets it "
+                "up; gpuhub's subclass (bcrypt checks off the event loop) needs a hub image "
+                "with gpuhub installed."]
+    mode = {"ldap": "LDAP (gpuhub.directory.LdapAuthenticator)",
+            "oidc": "OpenID Connect (gpuhub.directory.OidcAuthenticator)"}[s.authenticator]
+    secret = {"ldap": ("LDAPAuthenticator", "lookup_dn_search_password", "LDAP_BIND_PASSWORD_FILE"),
+              "oidc": ("GenericOAuthenticator", "client_secret", "OIDC_CLIENT_SECRET_FILE")}
+    section, trait, setting = secret[s.authenticator]
+    notes = [f"Login: {mode}, as gpuhub sets it up; it needs a hub image with gpuhub "
+             "installed (hub.image), and the chart's hub must reach the directory."]
+    if s.authenticator == "oidc" or s.ldap_bind_dn:
+        notes.append(f"No secret here: give {section}.{trait} (the content of {setting}) in a "
+                     "second values file kept apart from this one (mode 0600), as hub: "
+                     f"{{config: {{{section}: {{{trait}: ...}}}}}}.")
+    ca = s.ldap_ca_file if s.authenticator == "ldap" else s.oidc_ca_file
+    if ca:
+        name = names.LDAP_CA_SECRET if s.authenticator == "ldap" else names.OIDC_CA_SECRET
+        notes.append(f"The CA file ({ca}) is expected at {K8S_SECRETS_DIR}/{name} in the hub "
+                     "pod: mount it there from a Secret or ConfigMap with hub.extraVolumes and "
+                     "hub.extraVolumeMounts.")
+    if s.authenticator == "oidc":
+        notes.append(f"Register {{the hub's public URL}}/hub/oauth_callback as a redirect URI "
+                     f"of the client {s.oidc_client_id} at the provider.")
+    return notes
+
+
 def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
     """Comment paragraphs for each top-level section (and "" for the header): what does
     not map, and what to do instead."""
@@ -276,9 +313,7 @@ def notes(settings: Settings, profiles: Profiles) -> dict[str, list[str]]:
         "(push LAB_IMAGE and profile images to a registry the cluster pulls from) and "
         "LAB_PIDS_LIMIT (on Kubernetes a node-wide kubelet setting, podPidsLimit).",
     ]
-    hub = ["authenticator_class native is NativeAuthenticator, set up as gpuhub sets it up; "
-           "gpuhub's subclass (bcrypt checks off the event loop) needs a hub image with "
-           "gpuhub installed."]
+    hub = _login_notes(s)
     if not s.database_url:
         hub.append("hub.db: SQLite on the hub's volume, as with gpuhub; to keep users and "
                    "passwords, copy jupyterhub.sqlite from `invoke backup` onto it.")
@@ -339,9 +374,10 @@ def _comment(paragraphs: list[str]) -> str:
     return "".join(f"# {line}".rstrip() + "\n" for line in lines)
 
 
-def render(settings: Settings, profiles: Profiles) -> str:
-    """The values file: each top-level section under its comments."""
-    values = chart_values(settings, profiles)
+def render(settings: Settings, profiles: Profiles, endpoints: dict | None = None) -> str:
+    """The values file: each top-level section under its comments. ``endpoints``: the OIDC
+    provider's (AUTHENTICATOR=oidc), as hubconfig.discover_oidc reads them."""
+    values = chart_values(settings, profiles, endpoints)
     comments = notes(settings, profiles)
     parts = [_comment(comments[""])]
     for key, value in values.items():

@@ -8,6 +8,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import z2jh
+from ..hubconfig import discover_oidc
 from .project import fail, load, load_profiles
 
 DEFAULT_OUTPUT = "z2jh-values.yaml"
@@ -36,7 +37,15 @@ def export_z2jh(c, output=DEFAULT_OUTPUT, force=False):
     out = Path(output).resolve()
     if not out.parent.is_dir():
         raise fail(f"folder {out.parent} does not exist; create it or choose another --output")
-    write_text(out, z2jh.render(project.settings, profiles), force)
+    endpoints = None
+    if project.settings.authenticator == "oidc":  # the provider's public configuration
+        ca = project.settings.oidc_ca_file
+        try:
+            endpoints = discover_oidc(project.settings.oidc_issuer,
+                                      str(project.path(ca)) if ca else None)
+        except ValueError as err:
+            raise fail(str(err)) from None
+    write_text(out, z2jh.render(project.settings, profiles, endpoints), force)
     chart = z2jh.chart_version(project.settings.jupyterhub_version) or "(see the file)"
     print(f"wrote {out} for the jupyterhub Helm chart {chart}; its comments say what "
           "does not carry over to Kubernetes and what to do instead")

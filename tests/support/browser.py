@@ -30,11 +30,11 @@ LAB_TIMEOUT = 240  # spawn (SPAWN_TIMEOUT is 180) plus JupyterLab's first load
 CELL_TIMEOUT = 180  # first TensorFlow import in a fresh kernel
 
 
-def chromium(profile_dir: Path) -> webdriver.Chrome:
+def chromium(profile_dir: Path, extra_flags: tuple[str, ...] = ()) -> webdriver.Chrome:
     """Start headless Chromium with a fresh profile, from the system's own binaries."""
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ.get("CHROME_BIN", "/usr/bin/chromium")
-    for flag in CHROME_FLAGS:
+    for flag in (*CHROME_FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

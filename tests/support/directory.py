@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.stack import free_port
+from support.testca import issue, make_ca
 from support.wait import wait_until
 
 SLAPD = "/usr/sbin/slapd"
@@ -73,34 +74,6 @@ def _ldif() -> str:
             entry += "".join(f"\n{attribute}: uid={m},{PEOPLE}" for m in members)
         entries.append(entry)
     return "\n\n".join(entries) + "\n"
-
-
-def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
-    """A CA of the test's own: (certificate, key)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes",
-                    "-days", "2", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-                   check=True, capture_output=True)
-    return cert, key
-
-
-def issue(folder: Path, ca: tuple[Path, Path], name: str, addresses: list[str]) -> tuple[Path, Path]:
-    """A server certificate for ``addresses`` (IPs or DNS names) signed by ``ca``."""
-    cert, key, csr = folder / f"{name}.crt", folder / f"{name}.key", folder / f"{name}.csr"
-    san = ",".join(("IP:" if a.replace(".", "").isdigit() else "DNS:") + a for a in addresses)
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-sha256", "-nodes", "-subj",
-                    f"/CN={addresses[0]}", "-keyout", str(key), "-out", str(csr)],
-                   check=True, capture_output=True)
-    extensions = folder / f"{name}.ext"
-    extensions.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey",
-                    str(ca[1]), "-CAcreateserial", "-days", "2", "-sha256", "-extfile",
-                    str(extensions), "-out", str(cert)], check=True, capture_output=True)
-    key.chmod(0o600)
-    return cert, key
 
 
 @dataclass

@@ -149,6 +149,9 @@ class Stack:
     def inspect(self, name: str) -> dict:
         return json.loads(self.docker("inspect", name).stdout)[0]
 
+    def inspect_network(self, name: str) -> dict:
+        return json.loads(self.docker("network", "inspect", name).stdout)[0]
+
     def teardown(self) -> None:
         """Remove everything this project created: labs, hub, volumes, network."""
         labs = self.docker("ps", "-aq", "--filter", f"label=gpuhub.project={self.project}",
@@ -182,3 +185,16 @@ def build_images_once(workdir: Path) -> float:
     started = time.monotonic()
     builder.invoke("build")
     return time.monotonic() - started
+
+
+def secret_places(stack: Stack) -> dict[str, str]:
+    """Where a secret must never show: every service's log, each container's `docker
+    inspect` and process list, and the host's process list."""
+    places = {"compose logs": stack.logs(tail=100000)}
+    for container in stack.compose("ps", "-aq").stdout.split():
+        places[f"docker inspect {container}"] = stack.docker("inspect", container).stdout
+        places[f"ps in {container}"] = stack.docker("exec", container, "sh", "-c",
+                                                     "cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+                                                     check=False).stdout
+    places["host ps"] = subprocess.run(["ps", "auxww"], capture_output=True, text=True).stdout
+    return places

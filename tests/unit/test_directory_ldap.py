@@ -1,7 +1,7 @@
 """gpuhub's LDAP authenticator against a real directory: Debian's slapd on loopback
 (tests/support/directory.py), over LDAPS and StartTLS, with a CA the test makes.
 
-No Docker: the authenticator is the hub's own class, configured by hubconfig.update_ldap
+No Docker: the authenticator is the hub's own class, configured by hubconfig.update_auth
 from validated settings, as in the hub. The hub-level tests (the login form, admin and
 GPU limits by group) are in tests/integration/test_login_ldap.py.
 """
@@ -32,7 +32,7 @@ def slapd(tmp_path_factory):
 
 
 def authenticator(tmp_path, url: str, ca_file, **settings) -> LdapAuthenticator:
-    """The hub's LDAP authenticator, configured as update_ldap configures it."""
+    """The hub's LDAP authenticator, configured as update_auth configures it."""
     secrets = tmp_path / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / names.LDAP_BIND_PASSWORD_SECRET).write_text(directory.SEARCH_PASSWORD + "\n")

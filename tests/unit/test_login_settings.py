@@ -11,7 +11,7 @@ from support import ROOT
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
-from gpuhub.directory import discover
+from gpuhub.hubconfig import discover_oidc as discover
 from gpuhub.settings import SettingsError, validate
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import users
@@ -109,14 +109,14 @@ def test_ldap_config_always_tls_and_the_groups_managed_by_the_hub(tmp_path):
 
 def test_a_missing_secret_file_stops_the_hub_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="OIDC client secret .* is missing or empty"):
-        hubconfig.update_oidc(Config(), validate(OIDC), tmp_path, discover=lambda *_: ENDPOINTS)
+        hubconfig.update_auth(Config(), validate(OIDC), tmp_path, discover=lambda *_: ENDPOINTS)
 
 
 def test_oidc_config_from_discovery_and_groups_from_the_claim(tmp_path):
     (tmp_path / names.OIDC_CLIENT_SECRET_SECRET).write_text("client-s3cret\n")
     asked = []
     c = Config()
-    hubconfig.update_oidc(c, validate({**OIDC, "ADMIN_GROUPS": "lab-admins"}), tmp_path,
+    hubconfig.update_auth(c, validate({**OIDC, "ADMIN_GROUPS": "lab-admins"}), tmp_path,
                           discover=lambda issuer, ca: asked.append((issuer, ca)) or ENDPOINTS)
     assert asked == [("https://login.example.org/realms/lab", None)]
     g = c.GenericOAuthenticator

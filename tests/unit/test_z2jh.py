@@ -376,3 +376,49 @@ def test_task_stops_on_invalid_settings_before_writing(env_file, tmp_path):
         export.export_z2jh(MockContext(run={}), output=str(out))
     assert_one_line_error(info, "IDLE_TIMEOUT='soon'")
     assert not out.exists()
+
+
+LDAP_SETTINGS = {"AUTHENTICATOR": "ldap", "LDAP_URL": "ldap://ldap.example.org",
+                 "LDAP_CA_FILE": "./ldap-ca.pem", "LDAP_BIND_DN": "cn=search,dc=example,dc=org",
+                 "LDAP_BIND_PASSWORD_FILE": "/etc/gpuhub/bind", "LDAP_USER_BASE": "ou=people,dc=x",
+                 "LDAP_GROUP_BASE": "ou=groups,dc=x", "ALLOWED_GROUPS": "gpu-users",
+                 "ADMIN_GROUPS": "lab-admins"}
+OIDC_SETTINGS = {"AUTHENTICATOR": "oidc", "OIDC_ISSUER": "https://login.example.org",
+                 "OIDC_CLIENT_ID": "gpuhub", "OIDC_CLIENT_SECRET_FILE": "/etc/gpuhub/secret",
+                 "ALLOWED_GROUPS": "gpu-users"}
+ENDPOINTS = {"authorization_endpoint": "https://login.example.org/auth",
+             "token_endpoint": "https://login.example.org/token",
+             "userinfo_endpoint": "https://login.example.org/me"}
+
+
+def test_ldap_login_is_exported_as_the_hub_has_it_without_the_bind_password(assert_valid, tmp_path):
+    from traitlets.config import Config
+
+    from gpuhub import hubconfig, names
+
+    (tmp_path / names.LDAP_BIND_PASSWORD_SECRET).write_text("bind-s3cret\n")
+    settings = validate(LDAP_SETTINGS)
+    text = z2jh.render(settings, SHIPPED_PROFILES)
+    values = yaml.safe_load(text)
+    assert_valid(values)
+    config = values["hub"]["config"]
+    hub = Config()
+    hubconfig.update_auth(hub, settings, tmp_path)
+    assert config["LDAPAuthenticator"] == {k: v for k, v in hub.LDAPAuthenticator.items()
+                                           if k != "lookup_dn_search_password"}
+    assert config["LdapAuthenticator"]["allowed_hub_groups"] == ["gpu-users"]
+    assert config["LdapAuthenticator"]["ca_file"] == f"{z2jh.K8S_SECRETS_DIR}/{names.LDAP_CA_SECRET}"
+    assert config["JupyterHub"]["authenticator_class"] == "gpuhub.directory.LdapAuthenticator"
+    assert "bind-s3cret" not in text and "lookup_dn_search_password: ...}}}" in text.replace("\n# ", " ")
+
+
+def test_oidc_login_is_exported_with_the_providers_endpoints_and_no_secret(assert_valid):
+    text = z2jh.render(validate(OIDC_SETTINGS), SHIPPED_PROFILES, ENDPOINTS)
+    values = yaml.safe_load(text)
+    assert_valid(values)
+    oauth = values["hub"]["config"]["GenericOAuthenticator"]
+    assert (oauth["authorize_url"], oauth["token_url"], oauth["userdata_url"]) == tuple(
+        ENDPOINTS.values())
+    assert oauth["allowed_groups"] == ["gpu-users"] and oauth["manage_groups"] is True
+    assert "client_secret" not in oauth
+    assert "/hub/oauth_callback as a redirect URI of the client gpuhub" in text.replace("\n# ", " ")
