@@ -20,6 +20,8 @@ from .. import status as status_tables
 from ..profiles import Profiles
 from ..swarm import image_ref, report_text
 from . import swarmstack
+from .login import check_files as check_login_files
+from .login import files_stamp as login_files_stamp
 from .project import (
     USERCLI,
     fail,
@@ -153,6 +155,7 @@ def up(c, build=True, timeout=180):
                    "create it or empty the setting")
     profiles = load_profiles(project)
     check_tls_files(project)
+    check_login_files(project)
     require_docker(c)
     # The project's own proxy holds the ports while the hub is stopped or exited: up
     # then brings the rest back, it is not a port taken by someone else.
@@ -188,6 +191,7 @@ def up(c, build=True, timeout=180):
         step(lablimits.auto_memory_note(memory))
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
+                      GPUHUB_LOGIN_FILES=login_files_stamp(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
     step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).

@@ -11,6 +11,7 @@ from pathlib import Path
 from gpuhub import names
 from support import directory, oidc
 from support.stack import Stack
+from support.testca import make_ca
 
 
 def first_settings(folder: Path, **extra: str) -> dict[str, str]:
@@ -19,8 +20,7 @@ def first_settings(folder: Path, **extra: str) -> dict[str, str]:
     bind_password = folder / "ldap-bind-password"
     bind_password.write_text(directory.SEARCH_PASSWORD + "\n")
     bind_password.chmod(0o600)
-    placeholder_ca = folder / "placeholder-ca.pem"
-    placeholder_ca.write_text("")
+    placeholder_ca, _key = make_ca(folder / "placeholder", "placeholder-ca")
     return {"AUTHENTICATOR": "ldap", "ADMIN_USERS": "", "ALLOWED_GROUPS": "gpu-users",
             "ADMIN_GROUPS": "lab-admins", "LDAP_URL": "ldaps://directory.invalid",
             "LDAP_CA_FILE": str(placeholder_ca), **ldap_settings(folder), **extra}

@@ -160,7 +160,7 @@ def test_compose_adds_the_directory_network_and_secret_files(env_file):
     assert set(login["services"]["hub"]["secrets"]) == {
         names.LDAP_BIND_PASSWORD_SECRET, names.LDAP_CA_SECRET, names.OIDC_CLIENT_SECRET_SECRET,
         names.OIDC_CA_SECRET} == set(login["secrets"])
-    assert "environment" not in login["services"]["hub"]  # no secret as a variable
+    assert set(login["services"]["hub"]["environment"]) == {"GPUHUB_LOGIN_FILES"}  # no secret
     env_file()
     assert "docker-compose.login.yml" not in project_mod.load().compose_files
 
@@ -174,3 +174,29 @@ def test_account_tasks_refuse_with_a_directory_and_say_where_accounts_live(env_f
     assert message.startswith("error: AUTHENTICATOR=ldap: accounts and passwords live in the "
                               "directory (ldaps://ldap.example.org)")
     assert "\n" not in message
+
+
+def test_up_checks_the_login_files_before_docker_and_stamps_them_without_content(env_file, tmp_path):
+    from gpuhub.tasks import login
+
+    secret = tmp_path / "bind"
+    env_file(**LDAP, LDAP_GROUP_BASE="ou=groups,dc=x", LDAP_BIND_DN="cn=s,dc=x",
+             LDAP_BIND_PASSWORD_FILE=str(secret))
+    with pytest.raises(Exit, match=f"LDAP_BIND_PASSWORD_FILE='{secret}': there is no file"):
+        login.check_files(project_mod.load())
+    secret.write_text("")
+    with pytest.raises(Exit, match="is empty; put the secret in it"):
+        login.check_files(project_mod.load())
+    secret.write_text("hunter2-bind\n")
+    secret.chmod(0o600)
+    login.check_files(project_mod.load())
+    stamp = login.files_stamp(project_mod.load())
+    assert stamp and "hunter2" not in stamp
+    secret.unlink()
+    secret.write_text("rotated-bind\n")  # a new file: a new stamp, so a new hub
+    assert login.files_stamp(project_mod.load()) != stamp
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate")
+    env_file(**LDAP, LDAP_GROUP_BASE="ou=groups,dc=x", LDAP_CA_FILE=str(ca))
+    with pytest.raises(Exit, match="holds no PEM certificate"):
+        login.check_files(project_mod.load())
