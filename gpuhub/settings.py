@@ -173,8 +173,10 @@ def _gpu_devices(raw: str) -> str:
 
 
 def _policy(raw: str) -> str:
-    if raw not in ("exclusive", "shared", "round-robin"):
-        raise ValueError("must be exclusive, shared or round-robin")
+    from .allocator import POLICIES
+
+    if raw not in POLICIES:
+        raise ValueError(f"must be {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
     return raw
 
 
