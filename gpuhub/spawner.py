@@ -35,7 +35,7 @@ from .labels import SINCE as LABEL_SINCE
 from .labels import USER as LABEL_USER
 from .profiles import Profile, ProfileRejected, Profiles
 from .reclaim import take_reason
-from .startqueue import StartQueue
+from .startqueue import StartQueue, StartSlot
 from .telemetry import SPAWN_DURATION, SPAWNS_REFUSED
 from .usage import UsageJournal, parse_time
 
@@ -107,7 +107,7 @@ class GpuDockerSpawner(DockerSpawner):
                  "their next start, then forgotten.")
     _configured: dict | None = None  # image and limits before any profile was applied
     _give_back_start_slot: Callable[[], None] | None = None
-    _start_slot = "not yet"  # then "waiting", "held" (from docker start until it serves), "done"
+    _start_slot: StartSlot = StartSlot.NOT_YET
     _grant: int | None = None  # this spawn's ticket in _grants
     _waiter: Waiter | None = None  # this start's place in line, while it waits for a GPU
     _choosing_gpus = False  # from the start until its GPUs are granted (or refused)
@@ -424,12 +424,12 @@ class GpuDockerSpawner(DockerSpawner):
         return profile
 
     async def start(self):
-        self._start_slot = "not yet"
+        self._start_slot = StartSlot.NOT_YET
         # Said once more, in this start's progress; the home page no longer shows it.
         self._said_stop_reason, self.last_stop_reason = self.last_stop_reason, ""
         began = time.monotonic()
         try:
-            served = await self._start_lab()
+            served = await self.start_with_gpus()
         except Exception as err:
             SPAWNS_REFUSED.labels(reason=getattr(err, "refusal", None) or "error").inc()
             raise
@@ -439,7 +439,9 @@ class GpuDockerSpawner(DockerSpawner):
             time.monotonic() - began)
         return served
 
-    async def _start_lab(self):
+    async def start_with_gpus(self):
+        """The profile, the lab firewall, the lab's GPUs (waiting in line for them if need
+        be), then the lab itself (create_and_serve_lab)."""
         profile = self.resolve_profile()
         await self.check_lab_firewall()
         self._choosing_gpus = True
@@ -456,14 +458,14 @@ class GpuDockerSpawner(DockerSpawner):
                 self._choosing_gpus = False
             if self.gpu_ids:
                 self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
-            return await self.start_lab()
+            return await self.create_and_serve_lab()
         finally:
             # Also when the wait in line ended (cancelled, out of time) after a grant.
             if self._grant is not None:
                 self._grants.end(self._grant)
                 self._grant = None
 
-    async def start_lab(self) -> tuple[str, int]:
+    async def create_and_serve_lab(self) -> tuple[str, int]:
         """Create and start the lab, wait until it serves; on failure leave nothing behind."""
         try:
             ip, port = await DockerSpawner.start(self)
@@ -482,13 +484,13 @@ class GpuDockerSpawner(DockerSpawner):
     async def start_object(self):
         # The start slot is taken only now: pulling the image and creating the container
         # do not hold one; it is given back in start() once the lab accepts connections.
-        self._start_slot = "waiting"
+        self._start_slot = StartSlot.WAITING
         self._give_back_start_slot = await self.start_queue.acquire()
-        self._start_slot = "held"
+        self._start_slot = StartSlot.HELD
         await super().start_object()
 
     def _done_booting(self) -> None:
-        self._start_slot = "done"
+        self._start_slot = StartSlot.DONE
         if self._give_back_start_slot:
             self._give_back_start_slot()
             self._give_back_start_slot = None
@@ -596,8 +598,8 @@ class GpuDockerSpawner(DockerSpawner):
             yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
         # Until the lab has its start slot, say when it waits for one, and for how many.
         while (self.lab_start_concurrency and self._spawn_pending
-               and self._start_slot in ("not yet", "waiting")):
-            if self._start_slot == "waiting":
+               and self._start_slot in (StartSlot.NOT_YET, StartSlot.WAITING)):
+            if self._start_slot is StartSlot.WAITING:
                 queue = self.start_queue
                 message = (f"Waiting for a start slot ({queue.booting} starting, "
                            f"{queue.waiting} in line)")

@@ -13,8 +13,18 @@ than ``max_hold`` seconds: a lab that hangs while booting does not hold the othe
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import deque
 from collections.abc import Callable
+
+
+class StartSlot(enum.Enum):
+    """Where one start is with its slot: the spawn's progress says so while it waits."""
+
+    NOT_YET = "not yet"  # the start has not asked for one (profile, GPUs, image first)
+    WAITING = "waiting"  # asked, in line for a slot
+    HELD = "held"  # from `docker start` until the lab serves
+    DONE = "done"  # given back (served, failed or refused)
 
 
 class StartQueue:

@@ -204,4 +204,4 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         self.task_id = ""
         self.gpu_ids = []
         self.ensure_home()
-        return await self.start_lab()
+        return await self.create_and_serve_lab()
