@@ -15,6 +15,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.serverprocess import ServerProcess
 from support.stack import free_port
 from support.testca import issue, make_ca
 from support.wait import wait_until
@@ -77,15 +78,13 @@ def _ldif() -> str:
 
 
 @dataclass
-class Directory:
+class Directory(ServerProcess):
     """A running slapd: ``ldaps_url`` and ``starttls_url``, trusted by ``ca_file``."""
 
-    host: str
-    ldaps_port: int
-    starttls_port: int
-    ca_file: Path
-    process: subprocess.Popen
-    folder: Path
+    host: str = ""
+    ldaps_port: int = 0
+    starttls_port: int = 0
+    ca_file: Path = Path()
 
     @property
     def ldaps_url(self) -> str:
@@ -94,18 +93,6 @@ class Directory:
     @property
     def starttls_url(self) -> str:
         return f"ldap://{self.host}:{self.starttls_port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return (self.folder / "slapd.log").read_text(errors="replace")[-4000:]
 
 
 def start(folder: Path, host: str = "127.0.0.1") -> Directory:
@@ -149,7 +136,7 @@ def start(folder: Path, host: str = "127.0.0.1") -> Directory:
         [SLAPD, "-d", "stats", "-f", str(config), "-h",
          f"ldaps://{host}:{ldaps}/ ldap://{host}:{starttls}/"],
         stdout=log, stderr=subprocess.STDOUT)
-    directory = Directory(host, ldaps, starttls, ca[0], process, folder)
+    directory = Directory(process, folder / "slapd.log", host, ldaps, starttls, ca[0])
 
     def listening() -> bool:
         if process.poll() is not None:

@@ -25,12 +25,16 @@ class LoginForm:
         page.raise_for_status()
         self.xsrf = self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf")
 
-    def submit(self, password: str, timeout: float = 30) -> int:
-        """POST the form; the HTTP status, or LOGGED_IN when the hub granted a session."""
-        resp = self.http.post(
+    def post(self, password: str, timeout: float = 30) -> requests.Response:
+        """POST the form; the hub's answer (a refusal's page says why)."""
+        return self.http.post(
             f"{self.base}/hub/login?next=",
             data={"username": self.name, "password": password, "_xsrf": self.xsrf},
             allow_redirects=False, timeout=timeout)
+
+    def submit(self, password: str, timeout: float = 30) -> int:
+        """POST the form; the HTTP status, or LOGGED_IN when the hub granted a session."""
+        resp = self.post(password, timeout)
         logged_in = resp.status_code == 302 and any(
             c.name.startswith("jupyterhub-session") or c.name == "jupyterhub-hub-login"
             for c in self.http.cookies)

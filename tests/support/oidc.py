@@ -27,6 +27,7 @@ from urllib.parse import urljoin
 import requests
 
 from support import ROOT
+from support.serverprocess import ServerProcess
 from support.stack import free_port
 from support.testca import issue, make_ca
 from support.wait import wait_until
@@ -47,24 +48,10 @@ def available() -> bool:
 
 
 @dataclass
-class Provider:
-    issuer: str
-    ca_file: Path
-    cert: Path
-    process: subprocess.Popen
-    folder: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return (self.folder / "provider.log").read_text(errors="replace")[-4000:]
+class Provider(ServerProcess):
+    issuer: str = ""
+    ca_file: Path = Path()
+    cert: Path = Path()
 
 
 def start(folder: Path, host: str, redirect_uris: list[str]) -> Provider:
@@ -84,7 +71,7 @@ def start(folder: Path, host: str, redirect_uris: list[str]) -> Provider:
     log = open(folder / "provider.log", "w")
     process = subprocess.Popen(["node", str(PROVIDER_DIR / "provider.mjs"), str(config)],
                                cwd=PROVIDER_DIR, stdout=log, stderr=subprocess.STDOUT)
-    provider = Provider(issuer, ca[0], cert, process, folder)
+    provider = Provider(process, folder / "provider.log", issuer, ca[0], cert)
 
     def answering() -> bool:
         if process.poll() is not None:
