@@ -113,6 +113,14 @@ class Project:
         return self.settings.mode == "swarm"
 
     @property
+    def stack(self):
+        """This mode's stack: gpuhub.tasks.composestack or swarmstack, the same functions
+        (up, down, restart, status, logs, gpus) for what differs between the modes."""
+        from . import composestack, swarmstack
+
+        return swarmstack if self.swarm else composestack
+
+    @property
     def hub_service(self) -> str:
         """The hub's Swarm service (``docker stack deploy`` prefixes the stack name)."""
         return f"{self.name}_hub"

@@ -1,5 +1,8 @@
 """Swarm mode (MODE=swarm) of the stack tasks: deploy, remove and inspect the hub's stack.
 
+The same functions as gpuhub.tasks.composestack (up, down, restart, status, logs, gpus);
+`Project.stack` picks one, so the tasks never ask which mode they are in.
+
 Run these on the manager that keeps the hub (``invoke up`` labels it): the hub's
 container, its data volume and PROFILES_FILE live on that node.
 """
@@ -16,7 +19,8 @@ from invoke import task
 
 from .. import gpus as gpu_inventory
 from .. import lablimits, swarm
-from .project import fail, load, require_docker, step
+from .images import build_images, push_images
+from .project import fail, load, require_docker, require_running, step
 
 
 def require_manager(c) -> str:
@@ -134,7 +138,19 @@ def wait_healthy(c, project, timeout: float) -> None:
                "last log lines are above")
 
 
-def remove(c, project, labs: bool) -> None:
+def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bool,
+       proxy_was_running: bool) -> str:
+    """Build and push the images, then deploy the stack; what to tell the admin. (The
+    profiles' images are pulled by the nodes that run them.)"""
+    if build:
+        build_images(c, project)
+        push_images(c, project)
+    found = deploy(c, project, timeout)
+    return (f"gpuhub is up on the Swarm: http://<this node>:{project.settings.hub_port}/  "
+            f"({gpu_inventory.summary(found)})")
+
+
+def down(c, project, labs: bool) -> None:
     """Remove the stack (and the labs' services); volumes and homes are kept."""
     if labs:
         services = lab_services(c, project)
@@ -153,9 +169,11 @@ def remove(c, project, labs: bool) -> None:
             return  # labs kept: they keep the network
 
 
-def restart(c, project) -> None:
+def restart(c, project) -> bool:
+    require_running(c, project)
     c.run(f"docker service update --force --detach {project.hub_service}", hide=True)
     wait_healthy(c, project, 180)
+    return True
 
 
 def status(c, project) -> None:
@@ -171,6 +189,12 @@ def logs(c, project, follow: bool, tail: int) -> None:
 def gpus_report(c, project) -> list[dict]:
     kind = project.settings.swarm_gpu_resource
     return swarm.report(swarm.node_gpus(nodes(c), kind), running_lab_tasks(c, project), kind)
+
+
+def gpus(c, project, json_out: bool, watch: bool) -> None:
+    """Each GPU of the Swarm and the lab holding it (no utilisation yet: no sampler)."""
+    rows = gpus_report(c, project)
+    print(json.dumps(rows, indent=2) if json_out else swarm.report_text(rows))
 
 
 @task(help={"node": "Apply --label to this node (name or ID) now instead of only printing.",

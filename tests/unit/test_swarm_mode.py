@@ -17,7 +17,7 @@ from gpuhub.profiles import ProfileError, Profiles
 from gpuhub.settings import SettingsError, validate
 from gpuhub.swarmspawner import GpuSwarmSpawner, no_node_reason
 from gpuhub.tasks import project as project_mod
-from gpuhub.tasks.stack import build_commands, push_commands
+from gpuhub.tasks.images import build_commands, push_commands
 
 SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
          "SWARM_HOMES": "/srv/nfs/homes"}

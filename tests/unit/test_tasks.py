@@ -26,8 +26,8 @@ from support.tasks import assert_one_line_error
 import tasks as tasks_py
 from gpuhub.gpus import Gpu
 from gpuhub.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
+from gpuhub.tasks import composestack, stack, users
 from gpuhub.tasks import project as project_mod
-from gpuhub.tasks import stack, users
 
 ROOT = project_mod.ROOT
 USERCLI = "python3 -m gpuhub.usercli"
@@ -42,7 +42,7 @@ def no_gpu_detection(monkeypatch):
         calls.append(project)
         return [Gpu("0", "GPU-aaa")]
 
-    monkeypatch.setattr(stack, "detect_gpus", detect)
+    monkeypatch.setattr(composestack, "detect_gpus", detect)
     return calls
 
 
@@ -444,40 +444,40 @@ TWO_GPUS = "0, GPU-aaa, Tesla T4, 15360\n1, GPU-bbb, Tesla T4, 15360\n"
 
 def test_detect_gpus_uses_nvidia_smi(env_file, fake_nvidia_smi):
     fake_nvidia_smi(TWO_GPUS)
-    assert [g.device_id for g in stack.detect_gpus(project_mod.load())] == ["GPU-aaa", "GPU-bbb"]
+    assert [g.device_id for g in composestack.detect_gpus(project_mod.load())] == ["GPU-aaa", "GPU-bbb"]
 
 
 def test_detect_gpus_applies_gpu_devices(env_file, fake_nvidia_smi):
     env_file(GPU_DEVICES="1")
     fake_nvidia_smi(TWO_GPUS)
-    assert [g.device_id for g in stack.detect_gpus(project_mod.load())] == ["GPU-bbb"]
+    assert [g.device_id for g in composestack.detect_gpus(project_mod.load())] == ["GPU-bbb"]
 
 
 def test_detect_gpus_refuses_a_gpu_that_is_not_there(env_file, fake_nvidia_smi):
     env_file(GPU_DEVICES="0,4")
     fake_nvidia_smi(TWO_GPUS)
     with pytest.raises(Exit) as info:
-        stack.detect_gpus(project_mod.load())
+        composestack.detect_gpus(project_mod.load())
     assert_one_line_error(info, "GPU_DEVICES names '4'", "lists only GPUs 0, 1")
 
 
 def test_detect_gpus_without_nvidia_smi_warns_and_goes_cpu_only(env_file, tmp_path, monkeypatch,
                                                                  capsys):
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert stack.detect_gpus(project_mod.load()) == []
+    assert composestack.detect_gpus(project_mod.load()) == []
     assert "no NVIDIA GPU found on this host" in capsys.readouterr().err
 
 
 def test_detect_gpus_reports_a_failing_nvidia_smi(env_file, fake_nvidia_smi, capsys):
     fake_nvidia_smi("driver/library version mismatch", code=18)
-    assert stack.detect_gpus(project_mod.load()) == []
+    assert composestack.detect_gpus(project_mod.load()) == []
     assert "warning: nvidia-smi failed" in capsys.readouterr().err
 
 
 def test_gpu_devices_none_never_runs_nvidia_smi(env_file, fake_nvidia_smi, capsys):
     env_file(GPU_DEVICES="none")
     fake_nvidia_smi("this must not be parsed")
-    assert stack.detect_gpus(project_mod.load()) == []
+    assert composestack.detect_gpus(project_mod.load()) == []
     assert capsys.readouterr().err == ""
 
 
@@ -768,12 +768,12 @@ def test_restart_waits_until_healthy(env_file, capsys):
 
 
 def test_wait_healthy_times_out_with_the_last_state(env_file, monkeypatch):
-    monkeypatch.setattr(stack.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(composestack.time, "sleep", lambda seconds: None)
     path = env_file()
     c = context((compose(path, "ps -q hub"), Result("f00d\n")),
                 ("docker inspect -f '{{.State.Health.Status}}' f00d", Result("starting\n")))
     with pytest.raises(Exit) as info:
-        stack.wait_healthy(c, project_mod.load(), timeout=0.01)
+        composestack.wait_healthy(c, project_mod.load(), timeout=0.01)
     assert_one_line_error(info, "not healthy after 0s (last state: starting)")
     assert commands(c)[-1] == compose(path, "logs --tail 40 hub")
 

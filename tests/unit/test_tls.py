@@ -20,8 +20,8 @@ from traitlets.config import Config
 from gpuhub.gpus import Gpu
 from gpuhub.hubconfig import apply_config
 from gpuhub.settings import BY_NAME, SettingsError, validate
+from gpuhub.tasks import composestack, stack, tls
 from gpuhub.tasks import project as project_mod
-from gpuhub.tasks import stack, tls
 
 ROOT = project_mod.ROOT
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -196,7 +196,7 @@ def test_tls_config_is_idempotent(tmp_path):
 
 @pytest.fixture
 def no_gpu_detection(monkeypatch):
-    monkeypatch.setattr(stack, "detect_gpus", lambda project: [Gpu("0", "GPU-aaa")])
+    monkeypatch.setattr(composestack, "detect_gpus", lambda project: [Gpu("0", "GPU-aaa")])
 
 
 def test_up_with_tls_starts_with_the_override_and_prints_https(

@@ -1,0 +1,327 @@
+"""Compose mode (MODE=compose, the default) of the stack tasks: one Docker host.
+
+The same functions as gpuhub.tasks.swarmstack (up, down, restart, status, logs, gpus);
+`Project.stack` picks one, so the tasks never ask which mode they are in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json as jsonlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from .. import gpus as gpu_inventory
+from .. import lablimits, names
+from .. import status as status_tables
+from ..profiles import Profiles
+from .images import build_images
+from .login import files_stamp as login_files_stamp
+from .project import fail, hub_running, require_docker, step
+from .tls import files_digest as tls_files_digest
+
+# Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
+GPU_SAMPLER_FILE = "docker-compose.gpu-sampler.yml"
+
+
+def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
+       hub_was_running: bool, proxy_was_running: bool) -> str:
+    """Build, then start (or update) the compose project; what to tell the admin."""
+    s = project.settings
+    inventory = detect_gpus(project)
+    if s.lab_firewall:
+        check_labs_bridge(c, project)
+    if build:
+        build_images(c, project)
+    pull_profile_images(c, project, profiles)
+    remove_switched_off(c, project)
+    project.ensure_secret("proxy-token")
+    project.ensure_secret("metrics-token")
+    memory = docker_host_memory(c)
+    if s.lab_mem_limit == "auto" and memory:
+        step(lablimits.auto_memory_note(memory))
+    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
+                      GPUHUB_TLS_DIGEST=tls_files_digest(project),
+                      GPUHUB_LOGIN_FILES=login_files_stamp(project),
+                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
+    step(f"starting project {project.name}")
+    # The sampler gets the GPUs only when there are some (else Docker refuses it).
+    sampler_gpus = (GPU_SAMPLER_FILE,) if inventory else ()
+    result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
+                                   extra_files=sampler_gpus), env=env, warn=True)
+    if result.failed:
+        c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
+        raise fail("the hub did not become healthy (its last log lines are above); "
+                   "fix the cause and run `invoke up` again")
+    if hub_was_running and not proxy_was_running:
+        # The proxy keeps the labs' routes in memory only; a hub adds them all back when
+        # it starts (else only at its next check, within 5 minutes).
+        step("restarting the hub, which gives the new proxy the labs' routes")
+        c.run(project.compose("restart hub"), env=env)
+        wait_healthy(c, project, timeout)
+    host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
+    scheme = "https" if s.tls_cert else "http"
+    redirect = (f"; http://{host}:{s.hub_http_redirect_port}/ redirects there"
+                if s.hub_http_redirect_port else "")
+    return (f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  ({gpu_inventory.summary(inventory)}"
+            f"{redirect})")
+
+
+
+def detect_gpus(project) -> list[gpu_inventory.Gpu]:
+    """Discover host GPUs and apply GPU_DEVICES; warn once and go CPU-only when none."""
+    setting = project.settings.gpu_devices
+    if setting == "none":
+        return []
+    detected: list[gpu_inventory.Gpu] = []
+    smi = shutil.which(project.settings.nvidia_smi)
+    if smi:
+        out = subprocess.run([smi, *gpu_inventory.QUERY[1:]], capture_output=True, text=True)
+        if out.returncode == 0:
+            detected = gpu_inventory.parse_nvidia_smi(out.stdout)
+        else:
+            print(f"warning: nvidia-smi failed ({out.stderr.strip()[:200]})", file=sys.stderr)
+    try:
+        chosen = gpu_inventory.select(detected, setting)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if not chosen:
+        print("warning: no NVIDIA GPU found on this host; labs run CPU-only "
+              "(set GPU_DEVICES in .env if this is wrong)", file=sys.stderr)
+    return chosen
+
+
+def docker_host_memory(c) -> int:
+    """Bytes of memory of the machine the Docker engine (and so every lab) runs on; 0 if
+    Docker does not say. Docker's figure, not this shell's: the engine may be remote, or
+    in a VM (Docker Desktop) or an LXC container whose size LXCFS reports."""
+    found = c.run("docker info --format '{{.MemTotal}}'", hide=True, warn=True)
+    text = found.stdout.strip() if found.ok else ""
+    return int(text) if text.isdigit() else 0
+
+
+def proxy_running(c, project) -> bool:
+    """Whether the project's proxy container runs (it holds HUB_PORT)."""
+    found = c.run(project.compose("ps --status running --quiet proxy"), env=project.env(),
+                  hide=True, warn=True)
+    return bool(found.ok and found.stdout.strip())
+
+
+def check_labs_bridge(c, project) -> None:
+    """Refuse a labs network whose bridge is not the one lab-firewall's rules name.
+
+    Networks made before gpuhub named the bridge (or by hand, see docker-compose.yml)
+    keep Docker's ``br-<id>``; Docker cannot rename it, so the network must be made anew.
+    """
+    network = names.labs_network(project.name)
+    found = c.run("docker network inspect --format "
+                  "'{{index .Options \"com.docker.network.bridge.name\"}} {{.EnableIPv6}}' "
+                  + network, hide=True, warn=True)
+    if found.failed:
+        return  # not made yet: compose makes it with the right name
+    bridge, _, ipv6 = found.stdout.strip().rpartition(" ")
+    if ipv6 == "true":
+        raise fail(f"the labs network {network} has IPv6 on, which the lab firewall does not "
+                   "cover; it was made by hand: run `invoke down`, then `invoke up`")
+    if bridge != project.labs_bridge:
+        current = "Docker's br-<id>" if bridge in ("", "<no value>") else repr(bridge)
+        raise fail(f"the labs network {network} has the bridge {current}, but lab-firewall "
+                   f"guards {project.labs_bridge!r}: it was made by an older gpuhub or by "
+                   "hand; run `invoke down`, then `invoke up` (users, passwords and work "
+                   "folders are kept)")
+
+
+def remove_switched_off(c, project) -> None:
+    """Stop the helpers the settings have switched off since the last `invoke up`.
+
+    Compose leaves a service's container running when an override file disables it.
+    """
+    s = project.settings
+    off = [name for name, on in (("docker-proxy", s.docker_socket_proxy),
+                                 ("lab-firewall", s.lab_firewall)) if not on]
+    for service in off:
+        ids = c.run(f"docker ps -aq --filter label=com.docker.compose.project={project.name} "
+                    f"--filter label=com.docker.compose.service={service}",
+                    hide=True, warn=True).stdout.split()
+        if ids:
+            step(f"removing {service} (switched off in the settings)")
+            c.run("docker stop -t 30 " + " ".join(ids), hide=True, warn=True)
+            c.run("docker rm -f " + " ".join(ids), hide=True, warn=True)
+            if service == "lab-firewall":  # its rules outlive it
+                remove_lab_firewall_rules(c, project)
+
+
+def pull_profile_images(c, project, profiles: Profiles) -> None:
+    """Pull every other image a profile names now, so no first spawn waits on a pull."""
+    lab_image = project.settings.lab_image
+    for image in profiles.images(lab_image):
+        if image == lab_image:
+            continue
+        if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).ok:
+            continue
+        step(f"pulling {image} (named in profiles)")
+        if c.run(f"docker pull {shlex.quote(image)}", warn=True).failed:
+            raise fail(f"could not pull {image!r}, which a profile names; fix the image in "
+                       f"{project.settings.profiles_file} or make it available")
+
+
+def down(c, project, labs: bool) -> None:
+    """Stop the labs (unless not ``labs``), then the compose project; the lab firewall's
+    rules go once no lab runs."""
+    if labs:
+        ids = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                    hide=True, warn=True).stdout.split()
+        if ids:
+            step(f"stopping {len(ids)} lab(s)")
+            c.run("docker stop " + " ".join(ids), hide=True, warn=True)
+    c.run(project.compose("down"), env=project.env())
+    if project.settings.lab_firewall:
+        remove_lab_firewall_rules(c, project)
+
+
+
+def remove_lab_firewall_rules(c, project) -> None:
+    """Remove the lab firewall's rules, which outlive its container, once no lab runs.
+
+    lab-firewall leaves them in place when it stops or dies (labs still running stay
+    cut off); this is the deliberate end of them.
+    """
+    running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                    hide=True, warn=True).stdout.split()
+    if running:
+        print(f"lab firewall rules kept: {len(running)} lab(s) of {project.name} still run")
+        return
+    s = project.settings
+    removed = c.run(shlex.join([
+        "docker", "run", "--rm", "--network", "host", "--cap-drop", "ALL",
+        "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--security-opt", "no-new-privileges",
+        "-e", f"COMPOSE_PROJECT_NAME={project.name}", "-e", f"GPUHUB_LABS_BRIDGE={project.labs_bridge}",
+        s.lab_firewall_image, "python3", "/usr/local/lib/gpuhub/labfirewall.py", "remove"]),
+        hide=True, warn=True)
+    if removed.failed:
+        raise fail(f"the lab firewall's rules for {project.name} could not be removed "
+                   f"({removed.stderr.strip() or removed.stdout.strip()}); run `invoke down` again")
+
+
+def restart(c, project) -> bool:
+    """Restart the hub; False (and nothing done) when it is not running."""
+    require_docker(c)
+    if not hub_running(c, project):
+        return False
+    c.run(project.compose("restart hub"), env=project.env())
+    wait_healthy(c, project)
+    return True
+
+
+def wait_healthy(c, project, timeout: float = 180) -> None:
+    """Wait until Docker reports the hub container healthy; show its logs if it never is."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        cid = c.run(project.compose("ps -q hub"), env=project.env(), hide=True, warn=True).stdout.strip()
+        if cid:
+            state = c.run(f"docker inspect -f '{{{{.State.Health.Status}}}}' {cid}",
+                          hide=True, warn=True).stdout.strip() or "unknown"
+            if state == "healthy":
+                return
+        time.sleep(1)
+    c.run(project.compose("logs --tail 40 hub"), env=project.env(), warn=True)
+    raise fail(f"the hub is not healthy after {timeout:.0f}s (last state: {state}); "
+               "its last log lines are above")
+
+
+def status(c, project) -> None:
+    """The services (state, health, since) and the running labs."""
+    services = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name}",
+                     hide=True, warn=True).stdout.split()
+    labs = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
+                 hide=True, warn=True).stdout.split()
+    inspected = _inspect(c, services + labs)
+    now = datetime.datetime.now(datetime.UTC)
+    print(status_tables.services_table([i for i in inspected if i["Id"][:12] in
+                                        {x[:12] for x in services}], now))
+    print()
+    print(status_tables.labs_table([i for i in inspected if i["Id"][:12] in
+                                    {x[:12] for x in labs}], now))
+
+
+
+def _inspect(c, ids: list[str]) -> list[dict]:
+    """`docker inspect` of ``ids`` as JSON (labels as Docker holds them); [] for none."""
+    if not ids:
+        return []
+    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
+    try:
+        return jsonlib.loads(found.stdout) if found.stdout.strip() else []
+    except ValueError:
+        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
+
+
+def logs(c, project, follow: bool, tail: int) -> None:
+    flags = f"--tail {int(tail)}" + (" --follow" if follow else "")
+    c.run(project.compose(f"logs {flags} hub"), env=project.env(), pty=False)
+
+
+
+
+def gpus(c, project, json: bool, watch: bool) -> None:
+    """The hub's GPU table (holders, utilisation, memory, the line), once or redrawn."""
+    interval = project.settings.gpu_sample_interval
+    try:
+        while True:
+            board = read_board(c, project)
+            text = jsonlib.dumps(board["rows"], indent=2) if json else board_text(board)
+            if not watch:
+                print(text)
+                return
+            # Clear the terminal, then the table: a live view without scrolling.
+            print(f"\033[H\033[2J{text}\n\n(every {interval} s; Ctrl-C stops)", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print()
+
+
+
+def read_board(c, project) -> dict:
+    """The hub's GPU table (gpuhub.telemetry, run in the hub container) as JSON."""
+    import json as jsonlib
+
+    found = c.run(project.exec_hub("python3 -m gpuhub.telemetry"), env=project.env(),
+                  hide=True, warn=True)
+    if found.failed:
+        raise fail(f"could not read the GPUs from the hub: {_stderr_tail(found)}")
+    try:
+        board = jsonlib.loads(found.stdout)
+        board["rows"]
+    except (ValueError, KeyError, TypeError):
+        raise fail(f"the hub printed no GPU table: {found.stdout.strip()[:200]!r}") from None
+    return board
+
+
+def board_text(board: dict) -> str:
+    import time
+
+    from ..gpureport import as_text, duration
+
+    text = as_text(board["rows"])
+    if board["rows"] and board.get("problem"):
+        text += f"\nNo utilisation: {board['problem']}."
+    waiting = board.get("waiting") or []
+    if waiting:
+        text += "\n\nWaiting for a GPU, in order: " + ", ".join(
+            f"{w['user']} ({w.get('gpus', '?')} GPU{'s' if w.get('gpus') != 1 else ''}, "
+            f"{duration(int(time.time() - w['since'])) if w.get('since') else '?'})"
+            for w in waiting)
+    return text
+
+
+def _nonblank_lines(text: str | None) -> list[str]:
+    return [line for line in (text or "").splitlines() if line.strip()]
+
+
+def _stderr_tail(result) -> str:
+    """The last line a failed command wrote on stderr (or its exit code)."""
+    return (_nonblank_lines(result.stderr) or [f"exit code {result.return_code}"])[-1][-300:]
