@@ -192,7 +192,9 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
             return None
         return f"task {state}"
 
-    async def start(self):
+    async def start_with_gpus(self):
+        """Swarm chooses the GPUs (generic resources): only the user's limit is checked
+        here, then the service is created (GpuDockerSpawner.start does the rest)."""
         profile = self.resolve_profile()
         limit = self.allocator.limit_for(self.user.name,
                                          [g.name for g in getattr(self.user, "groups", [])])
