@@ -109,8 +109,8 @@ def update_hub(c, settings: Settings, data_dir: Path, secrets_dir: Path = SECRET
     """Hub process: where state lives, how labs reach the hub, logging."""
     c.JupyterHub.hub_ip = "0.0.0.0"
     c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
-    c.JupyterHub.db_url = settings.database_url or f"sqlite:///{data_dir}/jupyterhub.sqlite"
-    c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+    c.JupyterHub.db_url = names.hub_database_url(data_dir, settings.database_url)
+    c.JupyterHub.cookie_secret_file = str(data_dir / names.COOKIE_SECRET_FILE)
     # The proxy is its own compose service (routes survive hub restarts).
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = "http://proxy:8001"

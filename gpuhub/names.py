@@ -32,6 +32,14 @@ LAB_FIREWALL_SERVICE = "lab-firewall"
 
 # The hub's state (database, cookie secret, inventory, records) on the hub-data volume.
 HUB_DATA_DIR = "/srv/jupyterhub/data"
+# In HUB_DATA_DIR: the SQLite database (without DATABASE_URL) and the cookie secret.
+HUB_DATABASE_FILE = "jupyterhub.sqlite"
+COOKIE_SECRET_FILE = "jupyterhub_cookie_secret"
+
+
+def hub_database_url(data_dir, database_url: str = "") -> str:
+    """DATABASE_URL, or SQLite on the hub-data volume."""
+    return database_url or f"sqlite:///{data_dir}/{HUB_DATABASE_FILE}"
 # Every lab's start and stop (gpuhub/usage.py), a file in HUB_DATA_DIR; `invoke backup`
 # archives it as hub/<this name>.
 USAGE_JOURNAL_FILE = "usage.jsonl"

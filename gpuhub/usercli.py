@@ -53,7 +53,7 @@ class Hub:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {token}"
         settings = validate(os.environ)
-        self.db_url = settings.database_url or f"sqlite:///{data_dir}/jupyterhub.sqlite"
+        self.db_url = names.hub_database_url(data_dir, settings.database_url)
         self._db = None
 
     def request(self, method: str, path: str, **kw) -> requests.Response:

@@ -47,8 +47,8 @@ from .project import Project, fail, hub_running, load, require_docker, step
 
 FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
-DB_FILE = "jupyterhub.sqlite"
-COOKIE_SECRET_FILE = "jupyterhub_cookie_secret"
+DB_FILE = names.HUB_DATABASE_FILE
+COOKIE_SECRET_FILE = names.COOKIE_SECRET_FILE
 USAGE_FILE = names.USAGE_JOURNAL_FILE
 # The hub-data files a backup carries (as hub/<name>) and a restore puts back.
 HUB_FILES = (DB_FILE, COOKIE_SECRET_FILE, USAGE_FILE)
@@ -65,40 +65,6 @@ WORK_VOLUME_SUFFIX = re.compile(r"home-[A-Za-z0-9_.-]*")
 # them volumes/<user>.tar).
 ARCHIVE_MEMBER = re.compile(r"hub/(" + "|".join(map(re.escape, HUB_FILES)) + r")|settings\.env"
                             r"|profiles\.yaml|volumes/(home-[A-Za-z0-9_.-]*|[a-z][a-z0-9_-]*)\.tar")
-
-# Runs in the hub image with the hub-data volume at /data; writes a tar to stdout:
-# hub.json (JupyterHub version, users and their work-volume names), the database copy,
-# the usage records if there are any and, when asked, the cookie secret. DockerSpawner
-# names the volumes, so it escapes too. The hub only appends to the usage records: a copy
-# made while it writes ends at most in a torn last line, which reading them skips.
-HUB_DATA_SCRIPT = f"USAGE = {'/data/' + USAGE_FILE!r}\n" + """\
-import io, json, os, sqlite3, sys, tarfile, tempfile
-import jupyterhub
-from dockerspawner import DockerSpawner
-db = "/data/jupyterhub.sqlite"
-if not os.path.isfile(db):
-    sys.exit("error: the hub-data volume has no jupyterhub.sqlite")
-copy = os.path.join(tempfile.mkdtemp(), "jupyterhub.sqlite")
-src, dst = sqlite3.connect(db, timeout=60), sqlite3.connect(copy)
-src.backup(dst)
-src.close()
-rows = dst.execute("SELECT name, admin FROM users ORDER BY name").fetchall()
-dst.close()
-users = [{"name": n, "admin": bool(a), "volume": "home-" + DockerSpawner._escape(n)}
-         for n, a in rows]
-info = json.dumps({"jupyterhub_version": jupyterhub.__version__, "users": users}).encode()
-with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as out:
-    member = tarfile.TarInfo("hub.json")
-    member.size = len(info)
-    out.addfile(member, io.BytesIO(info))
-    out.add(copy, "jupyterhub.sqlite")
-    if os.path.isfile(USAGE):
-        out.add(USAGE, os.path.basename(USAGE))
-    secret = "/data/jupyterhub_cookie_secret"
-    if "--include-secrets" in sys.argv and os.path.isfile(secret):
-        out.add(secret, "jupyterhub_cookie_secret")
-"""
-
 
 # --- names and commands ------------------------------------------------------------
 
@@ -137,7 +103,8 @@ def _helper(image: str, volume: str, mount: str, args: str, stdin: bool = False)
 
 
 def hub_data_backup_command(project: Project, dest: Path, include_secrets: bool) -> str:
-    args = "python3 -c " + shlex.quote(HUB_DATA_SCRIPT)
+    """gpuhub.hubdata, in the hub image, with the hub-data volume at /data."""
+    args = "python3 -m gpuhub.hubdata /data"
     if include_secrets:
         args += " --include-secrets"
     return _helper(project.settings.hub_image, hub_data_volume(project), "/data",

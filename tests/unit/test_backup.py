@@ -81,7 +81,7 @@ def hub_database(path):
 
 
 def fake_hub_data_tar(dest, tmp_path, include_secrets: bool, usage_records: bytes | None = None):
-    """What HUB_DATA_SCRIPT prints: hub.json, the database copy, the usage records (if the
+    """What gpuhub.hubdata prints: hub.json, the database copy, the usage records (if the
     hub wrote any), the cookie secret."""
     db = hub_database(tmp_path / "source.sqlite")
     info = json.dumps({"jupyterhub_version": "5.4.4", "users": [
@@ -114,7 +114,7 @@ def fake_volume_tar(dest, volume):
 def docker_double(c, tmp_path, seen=None, usage_records=None):
     """Commands that write or read a file do so, as the helper containers would."""
     def effect(command, **kwargs):
-        if " python3 -c " in command and " > " in command:
+        if " python3 -m gpuhub.hubdata " in command and " > " in command:
             fake_hub_data_tar(redirect_target(command, ">"), tmp_path,
                               " --include-secrets > " in command, usage_records)
         elif " tar -C /v --numeric-owner -cf - . > " in command:
@@ -129,8 +129,8 @@ def docker_double(c, tmp_path, seen=None, usage_records=None):
 
 
 def hub_data_cmd(staging, include_secrets=False):
-    return (f"docker run --rm --network none -v {HUB_DATA}:/data {HUB_IMAGE} python3 -c "
-            + shlex.quote(bk.HUB_DATA_SCRIPT) + (" --include-secrets" if include_secrets else "")
+    return (f"docker run --rm --network none -v {HUB_DATA}:/data {HUB_IMAGE} "
+            "python3 -m gpuhub.hubdata /data" + (" --include-secrets" if include_secrets else "")
             + f" > {staging / 'hub-data.tar'}")
 
 
@@ -258,22 +258,41 @@ def test_backup_includes_the_usage_records(env_file, tmp_path, staging):
 
 
 def run_hub_data_script(tmp_path, *args) -> dict[str, bytes]:
-    """HUB_DATA_SCRIPT itself, with a folder standing in for the hub-data volume."""
+    """gpuhub.hubdata itself, with a folder standing in for the hub-data volume."""
     import subprocess
     import sys
 
-    data = tmp_path / "data"
-    script = bk.HUB_DATA_SCRIPT.replace("/data/", f"{data}/")
-    assert script.count(f"{data}/") == 3, "the script names the volume's files by /data/"
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "gpuhub.hubdata", str(tmp_path / "data"), *args],
+                         capture_output=True, check=True, cwd=ROOT).stdout
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar}
 
 
+def real_hub_database(path):
+    """A database as JupyterHub makes it (its ORM, its schema version), with two users."""
+    from jupyterhub import orm
+
+    db = orm.new_session_factory(f"sqlite:///{path}")()
+    db.add_all([orm.User(name="admin", admin=True), orm.User(name="ann.lee", admin=False)])
+    db.commit()
+    db.close()
+
+
+def test_hub_data_script_lists_the_users_and_their_volumes_from_jupyterhubs_orm(tmp_path):
+    (tmp_path / "data").mkdir()
+    real_hub_database(tmp_path / "data" / "jupyterhub.sqlite")
+    (tmp_path / "data" / "jupyterhub_cookie_secret").write_bytes(b"c00k1e\n")
+    files = run_hub_data_script(tmp_path)
+    assert list(files) == ["hub.json", "jupyterhub.sqlite"]  # no cookie secret unless asked
+    info = json.loads(files["hub.json"])
+    assert info["users"] == [{"name": "admin", "admin": True, "volume": "home-admin"},
+                             {"name": "ann.lee", "admin": False, "volume": "home-ann-2elee"}]
+    assert run_hub_data_script(tmp_path, "--include-secrets")["jupyterhub_cookie_secret"] == b"c00k1e\n"
+
+
 def test_hub_data_script_adds_the_usage_records_when_the_hub_wrote_any(tmp_path):
     (tmp_path / "data").mkdir()
-    hub_database(tmp_path / "data" / "jupyterhub.sqlite")
+    real_hub_database(tmp_path / "data" / "jupyterhub.sqlite")
     assert list(run_hub_data_script(tmp_path)) == ["hub.json", "jupyterhub.sqlite"]
     (tmp_path / "data" / bk.names.USAGE_JOURNAL_FILE).write_bytes(USAGE_RECORDS)
     files = run_hub_data_script(tmp_path)
@@ -351,7 +370,7 @@ def test_backup_of_a_project_that_never_ran(env_file, tmp_path):
 def test_backup_failure_leaves_no_archive_and_no_staging(env_file, tmp_path, staging):
     out = tmp_path / "out" / "b.tar.gz"
     out.parent.mkdir()
-    c = context((re.compile(r".* python3 -c "), Result(
+    c = context((re.compile(r".* python3 -m gpuhub.hubdata "), Result(
         stderr="error: the hub-data volume has no jupyterhub.sqlite\n", exited=1)))
     with pytest.raises(Exit) as info:
         bk.backup(c, output=str(out))
