@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import yaml
 from dockerspawner import DockerSpawner
@@ -58,4 +61,5 @@ def test_the_usage_records_live_on_the_hub_data_volume_and_go_into_the_backup():
     assert usage.DEFAULT_JOURNAL == hubconfig.DATA_DIR / names.USAGE_JOURNAL_FILE
     assert f"hub-data:{hubconfig.DATA_DIR}" in COMPOSE["services"]["hub"]["volumes"]
     assert backup.ARCHIVE_MEMBER.fullmatch(f"hub/{names.USAGE_JOURNAL_FILE}")
-    assert f"/data/{names.USAGE_JOURNAL_FILE}" in backup.HUB_DATA_SCRIPT
+    assert " python3 -m gpuhub.hubdata /data" in backup.hub_data_backup_command(
+        SimpleNamespace(settings=validate({}), name="p"), Path("/tmp/x"), False)
