@@ -106,9 +106,8 @@ def storm(stack, measure) -> None:
     measure("load: hub API max during storm", api_max)
     assert len(latencies) >= 10, latencies
     # p95 is the hub's responsiveness; on 2 cores booting 12 labs one sample may stall for
-    # a scheduling moment, so the max gets its own, looser bound. Measured: p95 0.13 s, max
-    # 0.45 s here; p95 0.59 s, max 1.65 s on the slower CI machine. A hub whose event loop
-    # waited for the storm's 20 bcrypt hashes (0.25 s each) or for Docker would stall for
-    # seconds, far past both bounds.
+    # a scheduling moment, so the max gets its own, looser bound (README: the figures). A
+    # hub whose event loop waited for the storm's 20 bcrypt hashes (0.25 s each) or for
+    # Docker would stall for seconds, far past both bounds.
     assert api_p95 < 1.0 and api_max < 3.0, (
         f"hub API p95 {api_p95:.2f} s, max {api_max:.2f} s during the storm")

@@ -20,9 +20,9 @@ from support.wait import wait_until
 
 GUESSES = 40
 FLOOD_CLIENTS = 30
-# A login alone takes one bcrypt hash (~0.25 s) plus two requests. CI measured 5.97 s with
-# the 30 flooding clients as threads of the test's own process (their Python lock and CPU
-# counted against the login); the flood now runs in a process of its own, niced.
+# A login alone takes one bcrypt hash (~0.25 s) plus two requests. The flood runs in a
+# process of its own, niced: as threads of the test's process, their Python lock and CPU
+# counted against the login being timed.
 LOGIN_BOUND = 5.0
 
 
