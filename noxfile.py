@@ -31,8 +31,9 @@ def tests(session: nox.Session) -> None:
     GPUHUB_RESTART_DOCKER_CMD says how to restart it.
     """
     _install(session)
+    # The slowest tests' times in CI's log: the full run must stay under 40 minutes.
     session.run("pytest", "tests/unit", "tests/integration", "-m", "not disruptive and not swarm",
-                *session.posargs)
+                "--durations=25", *session.posargs)
     if os.environ.get("GPUHUB_RESTART_DOCKER_CMD"):
         session.run("pytest", "tests/integration", "-m", "disruptive", *session.posargs)
 
@@ -48,7 +49,7 @@ def unit(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """Browser end-to-end suite: log in, spawn a lab, run a notebook cell, check GPUs."""
     _install(session)
-    session.run("pytest", "tests/e2e", *session.posargs)
+    session.run("pytest", "tests/e2e", "--durations=10", *session.posargs)
 
 
 @nox.session(default=False)
