@@ -31,7 +31,8 @@ def dstack(stack_factory, tmp_path_factory):
 
 
 def open_browser(dstack, tmp_path, label, extra_flags=()):
-    driver = chromium(tmp_path / f"chromium-{label}", extra_flags)
+    # The browser also reaches the directory network's gateway, where the provider is.
+    driver = chromium(tmp_path / f"chromium-{label}", extra_flags, also_reach=(dstack.gateway,))
     return HubBrowser(driver, dstack.stack.url, label, logs=dstack.stack.logs)
 
 

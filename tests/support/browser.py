@@ -23,18 +23,25 @@ CHROME_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-gpu",
     "--no-first-run", "--disable-sync", "--window-size=1400,1000", "--no-proxy-server",
-    # Any name but 127.0.0.1 fails to resolve: the browser cannot reach the internet.
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
+
+
+def host_resolver_rules(also: tuple[str, ...] = ()) -> str:
+    """Any name but 127.0.0.1 (and ``also``, addresses the test owns) fails to resolve:
+    the browser cannot reach the internet."""
+    return "--host-resolver-rules=MAP * ~NOTFOUND , " + " , ".join(
+        f"EXCLUDE {host}" for host in ("127.0.0.1", *also))
 LAB_TIMEOUT = 240  # spawn (SPAWN_TIMEOUT is 180) plus JupyterLab's first load
 CELL_TIMEOUT = 180  # first TensorFlow import in a fresh kernel
 
 
-def chromium(profile_dir: Path, extra_flags: tuple[str, ...] = ()) -> webdriver.Chrome:
-    """Start headless Chromium with a fresh profile, from the system's own binaries."""
+def chromium(profile_dir: Path, extra_flags: tuple[str, ...] = (),
+             also_reach: tuple[str, ...] = ()) -> webdriver.Chrome:
+    """Start headless Chromium with a fresh profile, from the system's own binaries; it
+    reaches 127.0.0.1 and the addresses ``also_reach`` only."""
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ.get("CHROME_BIN", "/usr/bin/chromium")
-    for flag in (*CHROME_FLAGS, *extra_flags):
+    for flag in (*CHROME_FLAGS, host_resolver_rules(also_reach), *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
