@@ -708,10 +708,6 @@ def _login_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
             problems.append("ALLOWED_GROUPS, ADMIN_GROUPS or an @group in GPU_LIMITS need "
                             "LDAP_GROUP_BASE (where the groups are), e.g. "
                             "LDAP_GROUP_BASE=ou=groups,dc=example,dc=org.")
-    if mode != "native" and values["MODE"] == "swarm":
-        problems.append(f"AUTHENTICATOR={raw['AUTHENTICATOR']!r} in the settings: swarm mode "
-                        "logs in with native accounts only, for now; use "
-                        "AUTHENTICATOR=native or MODE=compose.")
     return problems
 
 

@@ -51,10 +51,12 @@ def resource_env(kind: str) -> str:
 
 def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                metrics_secret_file: Path, inventory_json: str,
-               lab_host_memory: int = 0) -> dict:
+               lab_host_memory: int = 0, login_files: dict[str, Path] | None = None) -> dict:
     """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node.
 
     ``lab_host_memory``: bytes of the smallest node labs may run on (LAB_MEM_LIMIT=auto).
+    ``login_files``: the files a directory login names (AUTHENTICATOR=ldap or oidc), by
+    the secret name the hub reads them under (names.LDAP_BIND_PASSWORD_SECRET...).
     """
     project = settings.compose_project_name
     # Swarm secrets cannot change; a new token (after a restore, say) gets a new name.
@@ -68,6 +70,13 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
               "restart_policy": {"condition": "any"}}
     environment = {**settings.raw_env(), "GPUHUB_GPU_INVENTORY": inventory_json,
                    HOST_MEMORY_ENV: str(lab_host_memory or "")}
+    # As compose's secrets (docker-compose.login.yml): files in /run/secrets, named after
+    # their content's digest, since a Swarm secret cannot change.
+    login_secrets = {
+        name: {"file": str(path),
+               "name": f"{project}-{name.replace('_', '-')}-"
+                       f"{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]}"}
+        for name, path in (login_files or {}).items()}
     return {
         "version": "3.8",
         "services": {
@@ -83,7 +92,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                     {"type": "bind", "source": settings.swarm_homes, "target": HOMES_MOUNT},
                 ],
                 "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"},
-                            {"source": "metrics_token", "target": "metrics_token"}],
+                            {"source": "metrics_token", "target": "metrics_token"},
+                            *({"source": name, "target": name} for name in login_secrets)],
                 "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": "3s",
                                 "retries": 3, "start_period": "60s"},
                 "networks": {"labs": {"aliases": ["hub"]}},
@@ -120,7 +130,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
         "secrets": {"proxy_auth_token": {"file": str(secret_file),
                                          "name": f"{project}-proxy-token-{digest}"},
                     "metrics_token": {"file": str(metrics_secret_file),
-                                      "name": f"{project}-metrics-token-{metrics_digest}"}},
+                                      "name": f"{project}-metrics-token-{metrics_digest}"},
+                    **login_secrets},
         "volumes": {"hub-data": {}},
         "networks": {"labs": {"name": f"{project}-labs", "driver": "overlay",
                               "attachable": True}},

@@ -18,7 +18,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import gpus as gpu_inventory
-from .. import lablimits, swarm
+from .. import lablimits, names, swarm
 from .images import build_images, push_images
 from .project import fail, load, require_docker, require_running, step
 
@@ -76,6 +76,7 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
         step(lablimits.auto_memory_note(memory) + ", from the smallest node")
     secret = project.ensure_secret("proxy-token")
     spec = swarm.stack_spec(s, profiles_path=project.profiles_path,
+                            login_files=login_secret_files(project),
                             secret_file=secret,
                             metrics_secret_file=project.ensure_secret("metrics-token"),
                             inventory_json=gpu_inventory.to_json(gpus),
@@ -89,6 +90,16 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
         raise fail(f"docker stack deploy failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     wait_healthy(c, project, timeout)
     return gpus
+
+
+def login_secret_files(project) -> dict:
+    """The login files the settings name, by the secret name the hub reads each under."""
+    s = project.settings
+    named = {names.LDAP_BIND_PASSWORD_SECRET: s.ldap_bind_password_file,
+             names.LDAP_CA_SECRET: s.ldap_ca_file,
+             names.OIDC_CLIENT_SECRET_SECRET: s.oidc_client_secret_file,
+             names.OIDC_CA_SECRET: s.oidc_ca_file}
+    return {name: project.path(value) for name, value in named.items() if value}
 
 
 def _essence(spec: dict) -> str:

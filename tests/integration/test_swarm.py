@@ -14,7 +14,9 @@ import subprocess
 import time
 
 import pytest
+from support import directory, login_stack
 from support.hub import HubUser
+from support.loginform import LoginForm
 from support.stack import Stack
 from support.swarm_cluster import RESOURCE, SwarmCluster
 from support.wait import wait_until
@@ -272,6 +274,36 @@ def test_node_add_prints_what_a_gpu_node_needs(swarm):
     assert "docker swarm join --token SWMTKN-" in out
     assert f'"{RESOURCE}=" + u' in out and f"DOCKER_RESOURCE_{RESOURCE}" in out
     assert "--label-add gpu=t4" in out
+
+
+@pytest.mark.skipif(not directory.available(), reason="slapd is not installed (.ci/provision)")
+def test_an_ldap_login_works_the_same_in_swarm_mode(swarm, tmp_path):
+    """slapd in the manager's namespace (an address of the test's own); the hub, a Swarm
+    service there, gets the bind password and the CA as Swarm secrets."""
+    m = swarm.cluster.manager
+    slapd = directory.start(tmp_path / "slapd", m.address, netns=m.netns)
+    try:
+        settings = login_stack.ldap_settings(tmp_path)
+        (tmp_path / "ldap-bind-password").write_text(directory.SEARCH_PASSWORD + "\n")
+        swarm.stack.settings.update(AUTHENTICATOR="ldap", LDAP_URL=slapd.ldaps_url,
+                                    LDAP_CA_FILE=str(slapd.ca_file), ALLOWED_GROUPS="gpu-users",
+                                    ADMIN_GROUPS="lab-admins", **settings)
+        swarm.stack.write_env()
+        swarm.invoke("up", "--no-build")  # waits for the new spec's hub to be healthy
+
+        boss = HubUser(swarm.url, "boss")
+        wait_until(lambda: boss.login(directory.PEOPLE_ENTRIES["boss"][0]), timeout=120,
+                   interval=2, what="boss to log in through the directory", logs=swarm.logs)
+        rows = {u["name"]: u for u in json.loads(swarm.invoke("users", "--json").stdout)}
+        assert rows["boss"]["admin"] is True and rows["boss"]["groups"] == ["gpu-users", "lab-admins"]
+        refused = LoginForm(swarm.url, "carol").post(directory.PEOPLE_ENTRIES["carol"][0], 60)
+        assert refused.status_code == 403 and "not in a group allowed" in refused.text
+        hub = m.docker("ps", "-q", "--filter",
+                       f"label=com.docker.swarm.service.name={swarm.stack.project}_hub").stdout.split()[0]
+        inspected = m.docker("inspect", hub).stdout
+        assert directory.SEARCH_PASSWORD not in inspected + swarm.logs()
+    finally:
+        slapd.stop()
 
 
 def test_invoke_down_removes_the_stack_and_labs(swarm):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,9 @@ class Directory(ServerProcess):
         return f"ldap://{self.host}:{self.starttls_port}"
 
 
-def start(folder: Path, host: str = "127.0.0.1") -> Directory:
-    """Build the directory under ``folder`` and start slapd on ``host`` (two free ports)."""
+def start(folder: Path, host: str = "127.0.0.1", netns: str | None = None) -> Directory:
+    """Build the directory under ``folder`` and start slapd on ``host`` (two free ports),
+    in the network namespace ``netns`` if given (a Swarm test node's)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = make_ca(folder / "tls", "gpuhub-test-directory-ca")
     cert, key = issue(folder / "tls", ca, "slapd", [host])
@@ -132,8 +134,9 @@ def start(folder: Path, host: str = "127.0.0.1") -> Directory:
                    check=True, capture_output=True, text=True)
     ldaps, starttls = free_port(), free_port()
     log = open(folder / "slapd.log", "w")
+    inside = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     process = subprocess.Popen(
-        [SLAPD, "-d", "stats", "-f", str(config), "-h",
+        [*inside, SLAPD, "-d", "stats", "-f", str(config), "-h",
          f"ldaps://{host}:{ldaps}/ ldap://{host}:{starttls}/"],
         stdout=log, stderr=subprocess.STDOUT)
     directory = Directory(process, folder / "slapd.log", host, ldaps, starttls, ca[0])
@@ -141,6 +144,10 @@ def start(folder: Path, host: str = "127.0.0.1") -> Directory:
     def listening() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"slapd exited ({process.returncode}): {directory.log()}")
+        if netns:
+            return subprocess.run([*inside, sys.executable, "-c",
+                                   f"import socket; socket.create_connection(({host!r}, {ldaps}), 1)"],
+                                  capture_output=True).returncode == 0
         with socket.socket() as probe:
             probe.settimeout(1)
             return probe.connect_ex((host, ldaps)) == 0 and probe.close() is None

@@ -66,8 +66,6 @@ def test_a_directory_makes_no_admin_by_the_default_name_only_those_named():
     ({**OIDC, "OIDC_ISSUER": "http://login.example.org"}, "must be the provider's https:// issuer"),
     ({**OIDC, "OIDC_CLIENT_SECRET_FILE": ""}, "needs OIDC_CLIENT_SECRET_FILE"),
     ({**OIDC, "OIDC_SCOPES": "profile email"}, "scopes that include openid"),
-    ({**OIDC, "MODE": "swarm", "REGISTRY": "r.example.org", "SWARM_HOMES": "/srv/homes"},
-     "swarm mode logs in with native accounts only, for now"),
 ])
 def test_bad_login_settings_say_which_and_how_to_fix_them(given, says):
     assert says in problems(**given)
@@ -200,3 +198,42 @@ def test_up_checks_the_login_files_before_docker_and_stamps_them_without_content
     env_file(**LDAP, LDAP_GROUP_BASE="ou=groups,dc=x", LDAP_CA_FILE=str(ca))
     with pytest.raises(Exit, match="holds no PEM certificate"):
         login.check_files(project_mod.load())
+
+
+def test_swarm_mode_hands_the_hub_the_login_files_as_swarm_secrets(tmp_path):
+    from gpuhub import swarm
+
+    token, secret, ca = tmp_path / "token", tmp_path / "client-secret", tmp_path / "ca.pem"
+    token.write_text("t0k3n\n")
+    secret.write_text("client-s3cret\n")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = validate({**OIDC, "MODE": "swarm", "REGISTRY": "r.example.org",
+                         "SWARM_HOMES": "/srv/homes", "COMPOSE_PROJECT_NAME": "lab1",
+                         "OIDC_CLIENT_SECRET_FILE": str(secret), "OIDC_CA_FILE": str(ca)})
+    spec = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", secret_file=token,
+                            metrics_secret_file=token, inventory_json="[]",
+                            login_files={names.OIDC_CLIENT_SECRET_SECRET: secret,
+                                         names.OIDC_CA_SECRET: ca})
+    hub = spec["services"]["hub"]
+    assert {"source": names.OIDC_CLIENT_SECRET_SECRET,
+            "target": names.OIDC_CLIENT_SECRET_SECRET} in hub["secrets"]
+    assert spec["secrets"][names.OIDC_CA_SECRET]["file"] == str(ca)
+    name = spec["secrets"][names.OIDC_CLIENT_SECRET_SECRET]["name"]
+    assert name.startswith("lab1-oidc-client-secret-")
+    assert "client-s3cret" not in swarm.stack_yaml(spec)
+    secret.write_text("rotated-s3cret\n")  # Swarm secrets are immutable: a new name
+    again = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", secret_file=token,
+                             metrics_secret_file=token, inventory_json="[]",
+                             login_files={names.OIDC_CLIENT_SECRET_SECRET: secret})
+    assert again["secrets"][names.OIDC_CLIENT_SECRET_SECRET]["name"] != name
+
+
+def test_swarm_deploy_takes_the_login_files_the_settings_name(env_file, tmp_path):
+    from gpuhub.tasks import swarmstack
+
+    secret = tmp_path / "bind"
+    env_file(**LDAP, LDAP_GROUP_BASE="ou=groups,dc=x", LDAP_BIND_DN="cn=s,dc=x",
+             LDAP_BIND_PASSWORD_FILE=str(secret), MODE="swarm", REGISTRY="r.example.org",
+             SWARM_HOMES="/srv/homes")
+    assert swarmstack.login_secret_files(project_mod.load()) == {
+        names.LDAP_BIND_PASSWORD_SECRET: secret}
