@@ -9,17 +9,15 @@ the locked account is locked the way OpenLDAP locks accounts (its bind is refuse
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.serverprocess import ServerProcess
+from support.serverprocess import ServerProcess, port_open
 from support.stack import free_port
 from support.testca import issue, make_ca
-from support.wait import wait_until
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -142,19 +140,11 @@ def start(folder: Path, host: str = "127.0.0.1", netns: str | None = None) -> Di
     directory = Directory(process, folder / "slapd.log", host, ldaps, starttls, ca[0])
 
     def listening() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"slapd exited ({process.returncode}): {directory.log()}")
         if netns:
             return subprocess.run([*inside, sys.executable, "-c",
                                    f"import socket; socket.create_connection(({host!r}, {ldaps}), 1)"],
                                   capture_output=True).returncode == 0
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            return probe.connect_ex((host, ldaps)) == 0 and probe.close() is None
-    try:
-        wait_until(listening, timeout=30, interval=0.2, what="slapd to listen",
-                   state=directory.log)
-    except BaseException:
-        directory.stop()
-        raise
+        return port_open(host, ldaps)
+
+    directory.wait_until_ready(listening, "slapd to listen", timeout=30)
     return directory

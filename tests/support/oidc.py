@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -27,10 +26,9 @@ from urllib.parse import urljoin
 import requests
 
 from support import ROOT
-from support.serverprocess import ServerProcess
+from support.serverprocess import ServerProcess, port_open
 from support.stack import free_port
 from support.testca import issue, make_ca
-from support.wait import wait_until
 
 PROVIDER_DIR = ROOT / "tests" / "support" / "oidc_provider"
 CLIENT_ID = "gpuhub-test"
@@ -74,20 +72,11 @@ def start(folder: Path, host: str, redirect_uris: list[str]) -> Provider:
     provider = Provider(process, folder / "provider.log", issuer, ca[0], cert)
 
     def answering() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the OIDC provider exited ({process.returncode}): {provider.log()}")
-        with socket.socket() as probe:
-            probe.settimeout(1)
-            if probe.connect_ex((host, port)) != 0:
-                return False
-        return requests.get(f"{issuer}/.well-known/openid-configuration", timeout=5,
-                            verify=str(ca[0])).json()["issuer"] == issuer
-    try:
-        wait_until(answering, timeout=60, interval=0.3, what="the OIDC provider to answer",
-                   state=provider.log)
-    except BaseException:
-        provider.stop()
-        raise
+        return port_open(host, port) and requests.get(
+            f"{issuer}/.well-known/openid-configuration", timeout=5,
+            verify=str(ca[0])).json()["issuer"] == issuer
+
+    provider.wait_until_ready(answering, "the OIDC provider to answer", timeout=60)
     return provider
 
 
