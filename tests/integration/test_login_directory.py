@@ -156,6 +156,18 @@ def test_oidc_admin_by_group_and_a_name_made_lowercase(dstack, provider):
     assert user_row(dstack.stack, "jsmith")["groups"] == ["gpu-users"]
 
 
+def test_oidc_groups_feed_gpu_limits_and_a_bad_name_is_refused(dstack, provider):
+    alice = HubUser(dstack.stack.url, "alice")  # a student in the provider's claim too
+    oidc.log_in(alice.http, dstack.stack.url, provider, "alice")
+    alice.create_token()
+    answer = alice.start({"profile": "gpu2"})
+    assert answer.status_code == 409 and "your limit is 1 GPU(s) per lab" in answer.json()["message"]
+    refused = oidc.log_in(requests.Session(), dstack.stack.url, provider, "obrien")
+    assert refused.status_code == 403
+    assert "Your account name &#39;o.brien&#39; cannot be used on this hub" in refused.text
+    assert not [u for u in dstack.stack.users() if "brien" in u["name"]]
+
+
 def test_oidc_refuses_a_user_outside_the_allowed_groups(dstack, provider):
     answer = oidc.log_in(requests.Session(), dstack.stack.url, provider, "carol")
     assert answer.status_code == 403

@@ -38,6 +38,7 @@ ACCOUNTS = {
     "boss": {"groups": ["gpu-users", "lab-admins"]},
     "carol": {"groups": ["visitors"]},
     "JSmith": {"groups": ["gpu-users"], "username": "JSmith"},
+    "obrien": {"groups": ["gpu-users"], "username": "o.brien"},  # cannot be a user name
 }
 
 
