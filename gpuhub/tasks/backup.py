@@ -43,7 +43,7 @@ from invoke import task
 from .. import names
 from ..accounts import check_username
 from ..hubconfig import DATA_DIR
-from .project import Project, fail, hub_running, load, require_docker, step
+from .project import Project, fail, hub_running, load, require_docker, stderr_tail, step
 
 FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
@@ -160,12 +160,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _last_line(result, default: str) -> str:
-    lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else default
-    return last.removeprefix("error: ")[-300:]
-
-
 def _require_image(c, image: str) -> None:
     if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).failed:
         raise fail(f"the hub image {image!r} is not built on this host (HUB_IMAGE); "
@@ -238,7 +232,7 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
                    hide=True, warn=True, in_stream=False)
     if result.failed:
         raise fail("could not copy the hub database: "
-                   + _last_line(result, f"exit code {result.return_code}"))
+                   + stderr_tail(result, f"exit code {result.return_code}"))
     (staging / "hub").mkdir()
     with tarfile.open(hub_tar) as tar:
         hub_info = json.load(tar.extractfile("hub.json"))
@@ -284,7 +278,7 @@ def _backup_volumes(c, project: Project, image: str, staging: Path, users: list)
                    hide=True, warn=True)
     if listed.failed:
         raise fail("could not list the work volumes: "
-                   + _last_line(listed, f"exit code {listed.return_code}"))
+                   + stderr_tail(listed, f"exit code {listed.return_code}"))
     found = {n: work_volume_suffix(project, n) for n in sorted(set(listed.stdout.split()))}
     user_of = {u["volume"]: u["name"] for u in users}
     running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
@@ -304,7 +298,7 @@ def _backup_volumes(c, project: Project, image: str, staging: Path, users: list)
                        hide=True, warn=True, in_stream=False)
         if result.failed:
             raise fail(f"could not archive volume {name}: "
-                       + _last_line(result, f"exit code {result.return_code}"))
+                       + stderr_tail(result, f"exit code {result.return_code}"))
         volumes.append(volume)
     return volumes
 
@@ -518,7 +512,7 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
                 files = " ".join(f"/v/{n}" for n in HUB_FILES if (staging / "hub" / n).exists())
                 c.run(_helper(image, hub_data, "/v", f"rm -f {files}"), hide=True, warn=True)
             raise fail(f"could not {what}: "
-                       + _last_line(result, f"exit code {result.return_code}")
+                       + stderr_tail(result, f"exit code {result.return_code}")
                        + "; what this restore had made is removed again")
 
     step(f"restoring the hub database into {hub_data}")

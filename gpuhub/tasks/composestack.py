@@ -20,7 +20,7 @@ from .. import status as status_tables
 from ..profiles import Profiles
 from .images import build_images
 from .login import files_stamp as login_files_stamp
-from .project import fail, hub_running, require_docker, step
+from .project import fail, hub_running, require_docker, stderr_tail, step
 from .tls import files_digest as tls_files_digest
 
 # Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
@@ -292,7 +292,7 @@ def read_board(c, project) -> dict:
     found = c.run(project.exec_hub("python3 -m gpuhub.telemetry"), env=project.env(),
                   hide=True, warn=True)
     if found.failed:
-        raise fail(f"could not read the GPUs from the hub: {_stderr_tail(found)}")
+        raise fail(f"could not read the GPUs from the hub: {stderr_tail(found)}")
     try:
         board = jsonlib.loads(found.stdout)
         board["rows"]
@@ -318,10 +318,23 @@ def board_text(board: dict) -> str:
     return text
 
 
-def _nonblank_lines(text: str | None) -> list[str]:
-    return [line for line in (text or "").splitlines() if line.strip()]
+class WorkVolume:
+    """Compose mode: a user's work folder is a Docker volume on this host."""
+
+    def __init__(self, project, name: str):
+        self.volume = names.work_volume(project.name, name)
+        self.what = f"work volume {self.volume}"
+        self.by_hand = f"`docker volume rm {self.volume}`"
+
+    def exists(self, c) -> bool:
+        found = c.run(f"docker volume inspect {shlex.quote(self.volume)}", hide=True, warn=True,
+                      in_stream=False)
+        if found.ok:
+            return True
+        if "no such volume" in (found.stderr or "").lower():
+            return False
+        raise fail(f"could not check for a kept {self.what}: {stderr_tail(found)}")
 
 
-def _stderr_tail(result) -> str:
-    """The last line a failed command wrote on stderr (or its exit code)."""
-    return (_nonblank_lines(result.stderr) or [f"exit code {result.return_code}"])[-1][-300:]
+def work_folder(project, name: str) -> WorkVolume:
+    return WorkVolume(project, name)

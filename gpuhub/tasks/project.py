@@ -115,7 +115,8 @@ class Project:
     @property
     def stack(self):
         """This mode's stack: gpuhub.tasks.composestack or swarmstack, the same functions
-        (up, down, restart, status, logs, gpus) for what differs between the modes."""
+        (up, down, restart, status, logs, gpus, work_folder) for what differs between the
+        modes."""
         from . import composestack, swarmstack
 
         return swarmstack if self.swarm else composestack
@@ -217,6 +218,14 @@ def load_profiles(project) -> Profiles:
         raise fail(str(err)) from None
 
 
+def stderr_tail(result, default: str | None = None) -> str:
+    """The last line a failed command wrote on stderr (else ``default``, else its exit
+    code), without an "error: " of its own, at most 300 characters: for one-line errors."""
+    lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else (default or f"exit code {result.return_code}")
+    return last.removeprefix("error: ")[-300:]
+
+
 def run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True):
     """Run ``gpuhub.usercli`` in the hub; turn its refusal into the task's one-line error."""
     import io
@@ -225,7 +234,5 @@ def run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = Tr
     result = c.run(project.exec_hub(f"{USERCLI} {args}"), env=project.env(),
                    hide=hide, warn=True, **kwargs)
     if result.failed:
-        lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit code {result.return_code}"
-        raise fail(last[len("error: "):] if last.startswith("error: ") else last)
+        raise fail(stderr_tail(result))
     return result

@@ -23,6 +23,7 @@ from .project import (
     require_docker,
     require_running,
     run_usercli,
+    stderr_tail,
 )
 from .tls import check_files as check_tls_files
 
@@ -85,8 +86,7 @@ def create_missing_admins(c, project) -> None:
             continue
         if exists.return_code != 3:
             # The last line of a traceback says what went wrong; the error must be one line.
-            last = (exists.stderr.strip().splitlines() or [f"exit code {exists.return_code}"])[-1]
-            raise fail(f"could not check admin {name!r}: {last[-300:]}")
+            raise fail(f"could not check admin {name!r}: {stderr_tail(exists)}")
         password = secrets.token_urlsafe(12)
         run_usercli(c, project, f"add {shlex.quote(name)} --admin", stdin=password)
         print(f"created admin {name!r} with password: {password}\n"

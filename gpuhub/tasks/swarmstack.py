@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -206,6 +207,26 @@ def gpus(c, project, json_out: bool, watch: bool) -> None:
     """Each GPU of the Swarm and the lab holding it (no utilisation yet: no sampler)."""
     rows = gpus_report(c, project)
     print(json.dumps(rows, indent=2) if json_out else swarm.report_text(rows))
+
+
+class SwarmHome:
+    """Swarm mode: a user's work folder is SWARM_HOMES/<user>, mounted on this manager too."""
+
+    def __init__(self, project, name: str):
+        self.homes = Path(project.settings.swarm_homes)
+        self.path = self.homes / names.escape_user(name)
+        self.what = f"work folder {self.path}"
+        self.by_hand = f"`sudo rm -r {self.path}`"
+
+    def exists(self, c) -> bool:
+        if not self.homes.is_dir():
+            raise fail(f"SWARM_HOMES={str(self.homes)!r} is not a folder on this node; run "
+                       "invoke on the manager that runs the hub (it mounts SWARM_HOMES)")
+        return os.path.lexists(self.path)
+
+
+def work_folder(project, name: str) -> SwarmHome:
+    return SwarmHome(project, name)
 
 
 @task(help={"node": "Apply --label to this node (name or ID) now instead of only printing.",

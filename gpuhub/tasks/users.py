@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import getpass
 import json as jsonlib
-import os
 import shlex
 import sys
-from pathlib import Path
 
 from invoke import task
 
-from .. import names
 from ..accounts import MIN_PASSWORD_LENGTH, check_username
-from .project import USERCLI, fail, load, require_running, run_usercli
+from .project import USERCLI, fail, load, require_running, run_usercli, stderr_tail
 
 
 def _valid_name(name: str) -> str:
@@ -45,48 +42,9 @@ def read_new_password(password_stdin: bool, stream=None, prompt=getpass.getpass)
     return password
 
 
-class WorkVolume:
-    """Compose mode: a user's work folder is a Docker volume on this host."""
-
-    def __init__(self, project, name: str):
-        self.volume = names.work_volume(project.name, name)
-        self.what = f"work volume {self.volume}"
-        self.by_hand = f"`docker volume rm {self.volume}`"
-
-    def exists(self, c) -> bool:
-        found = c.run(f"docker volume inspect {shlex.quote(self.volume)}", hide=True, warn=True,
-                      in_stream=False)
-        if found.ok:
-            return True
-        if "no such volume" in (found.stderr or "").lower():
-            return False
-        raise fail(f"could not check for a kept {self.what}: {_last_line(found)}")
-
-
-class SwarmHome:
-    """Swarm mode: a user's work folder is SWARM_HOMES/<user>, mounted on this manager too."""
-
-    def __init__(self, project, name: str):
-        self.homes = Path(project.settings.swarm_homes)
-        self.path = self.homes / names.escape_user(name)
-        self.what = f"work folder {self.path}"
-        self.by_hand = f"`sudo rm -r {self.path}`"
-
-    def exists(self, c) -> bool:
-        if not self.homes.is_dir():
-            raise fail(f"SWARM_HOMES={str(self.homes)!r} is not a folder on this node; run "
-                       "invoke on the manager that runs the hub (it mounts SWARM_HOMES)")
-        return os.path.lexists(self.path)
-
-
-def work_folder(project, name: str) -> WorkVolume | SwarmHome:
+def work_folder(project, name: str):
     """Where ``name``'s work folder lives in this mode, as this host sees it."""
-    return SwarmHome(project, name) if project.swarm else WorkVolume(project, name)
-
-
-def _last_line(result) -> str:
-    lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
-    return (lines or [f"exit code {result.return_code}"])[-1][-300:]
+    return project.stack.work_folder(project, name)
 
 
 def native_accounts_only(project, task: str) -> None:
@@ -106,7 +64,7 @@ def _has_account(c, project, name: str) -> bool:
     found = c.run(project.exec_hub(f"{USERCLI} exists {shlex.quote(name)}"), env=project.env(),
                   hide=True, warn=True, in_stream=False)
     if found.return_code not in (0, 3):
-        raise fail(f"could not check whether user {name!r} exists: {_last_line(found)}")
+        raise fail(f"could not check whether user {name!r} exists: {stderr_tail(found)}")
     return found.return_code == 0
 
 
