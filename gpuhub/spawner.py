@@ -25,7 +25,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
-from .allocator import GpuAllocator, NoGpuAvailable
+from .allocator import POLICIES, GpuAllocator, NoGpuAvailable
 from .gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
 from .grants import PendingGrants
 from .labels import GPUS as LABEL_GPUS
@@ -55,7 +55,7 @@ class GpuDockerSpawner(DockerSpawner):
     gpu_inventory = List(
         Unicode(), help="Device IDs (UUIDs or indices) of the host GPUs labs may use.",
     ).tag(config=True)
-    gpu_policy = Unicode("exclusive", help="exclusive, shared or round-robin.").tag(config=True)
+    gpu_policy = Unicode("exclusive", help=f"One of {', '.join(POLICIES)}.").tag(config=True)
     gpu_limits = Dict(help="Most GPUs per lab: {user|@group|*: n}.").tag(config=True)
     gpu_pins = Dict(help="Reserved device IDs: {user: [device id, ...]}.").tag(config=True)
     gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
