@@ -164,3 +164,32 @@ def test_a_wrong_search_password_refuses_every_login(slapd, tmp_path):
     wrong.lookup_dn_search_password = "not-the-search-password"
     with pytest.raises(DirectoryUnavailable):
         login(wrong, "alice", directory.PEOPLE_ENTRIES["alice"][0])
+
+
+def test_logins_beyond_the_lookup_pool_are_answered_429_at_once(tmp_path, monkeypatch, slapd):
+    """A directory that hangs holds at most the pool: the next login is told to come back,
+    and the hub's event loop is never the one waiting."""
+    from gpuhub import directory as hub_directory
+    from gpuhub.auth import HashingBusy, HashingPool
+
+    monkeypatch.setattr(hub_directory, "LOOKUPS", HashingPool(workers=2, limit=2))
+    monkeypatch.setattr(hub_directory, "CONNECT_TIMEOUT", 3)
+    monkeypatch.setattr(hub_directory, "RECEIVE_TIMEOUT", 3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hung = authenticator(tmp_path, f"ldap://127.0.0.1:{silent.getsockname()[1]}", slapd.ca_file)
+
+        async def three_at_once():
+            logins = [asyncio.ensure_future(hung.authenticate(None, {"username": "alice",
+                                                                     "password": "x" * 9}))
+                      for _ in range(3)]
+            loop_free = await asyncio.wait_for(asyncio.sleep(0.2, "free"), timeout=1)
+            return loop_free, await asyncio.gather(*logins, return_exceptions=True)
+
+        loop_free, answers = asyncio.run(three_at_once())
+    assert loop_free == "free"  # the loop ran other work while two lookups hung
+    kinds = sorted(type(a).__name__ for a in answers)
+    assert kinds == ["DirectoryUnavailable", "DirectoryUnavailable", "HashingBusy"], answers
+    busy = next(a for a in answers if isinstance(a, HashingBusy))
+    assert busy.status_code == 429 and busy.headers["Retry-After"]
