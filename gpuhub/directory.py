@@ -103,7 +103,8 @@ def hub_account(directory_name: str, groups: Iterable[str], allowed: set[str],
 
 
 class LdapAuthenticator(LDAPAuthenticator):
-    """ldapauthenticator's connections (TLS, binds), with gpuhub's lookup, groups and names.
+    """ldapauthenticator's settings (server, TLS strategy, search base and account), with
+    gpuhub's own connections (always verified TLS, timeouts), lookup, groups and names.
 
     One search account (or an anonymous search) finds the single entry whose
     ``user_attribute`` is the login name and that matches ``user_filter``, and the groups
