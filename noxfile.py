@@ -19,7 +19,7 @@ def _install(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Static checks (ruff) over the package, tasks, tests and tools."""
     session.install("-c", CONSTRAINTS, "ruff")
-    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "bench", "tools",
+    session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "harness", "bench", "tools",
                 "jupyterhub/jupyterhub_config.py", *session.posargs)
 
 
@@ -64,8 +64,8 @@ def bench(session: nox.Session) -> None:
     """Spawn latency vs the bare-container floor and a stock DockerSpawner hub (`-- --smoke`)."""
     _install(session)
     session.install("-c", CONSTRAINTS, "matplotlib")
-    session.run("python", "bench/broker_overhead.py")
-    session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "-m", "bench.broker_overhead")
+    session.run("python", "-m", "bench.run", *session.posargs)
 
 
 @nox.session(default=False)

@@ -1,4 +1,4 @@
-"""The Docker broker's own cost per call: `python bench/broker_overhead.py [--calls N]`.
+"""The Docker broker's own cost per call: `python -m bench.broker_overhead [--calls N]`.
 
 The broker (gpuhub/broker.py) runs in front of the recording fake daemon of the unit
 tests, on loopback, so Docker's own time is not in the figures. For each call gpuhub
@@ -20,13 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from support.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness  # noqa: E402
-from support.hostile_docker import gpuhub_create  # noqa: E402
-
-from gpuhub.broker import Broker  # noqa: E402
+from gpuhub.broker import Broker
+from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
+from harness.hostile_docker import gpuhub_create
 
 TARGET_MS = 5.0
 LAB = f"{PROJECT}-lab-bob"

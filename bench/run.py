@@ -1,6 +1,6 @@
 """Measure spawn latency: the bare `docker run` floor, gpuhub, and a stock DockerSpawner hub.
 
-    python bench/run.py [--users 1,5,10,20] [--floor-reps 5] [--cold] [--smoke]
+    python -m bench.run [--users 1,5,10,20] [--floor-reps 5] [--cold] [--smoke]
 
 (`nox -s bench -- --smoke` runs it in a prepared environment.) Everything runs on this
 machine with the same lab image, under compose projects named ``gpuhubbench-<random>-*``,
@@ -25,14 +25,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the real-stack harness: support.stack, support.hub
-sys.path.insert(0, str(ROOT))  # gpuhub, which the harness uses to run compose as invoke does
-
-import report  # noqa: E402
-from hostcpu import EngineCpu  # noqa: E402
-from probes import docker_client  # noqa: E402
-from spawns import (  # noqa: E402
+from bench import report
+from bench.hostcpu import EngineCpu
+from bench.probes import docker_client
+from bench.spawns import (
     Round,
     floor_once,
     merge,
@@ -40,11 +36,11 @@ from spawns import (  # noqa: E402
     singleuser_env,
     storm,
 )
-from stockhub import StockHub  # noqa: E402
-from support.hub import HubUser  # noqa: E402
-from support.stack import Stack, build_images_once  # noqa: E402
-
-from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION  # noqa: E402
+from bench.stockhub import StockHub
+from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION
+from harness import ROOT
+from harness.hub import HubUser
+from harness.stack import Stack, build_images_once
 
 PREFIX = "gpuhubbench-"
 SPAWN_TIMEOUT = 180.0
@@ -52,7 +48,7 @@ SPAWN_TIMEOUT = 180.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench/run.py", description=__doc__.split("\n\n")[0],
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", default="1,5,10,20", type=_counts,
                         help="comma-separated numbers of users who start their labs at once "

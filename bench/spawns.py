@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
-from hostcpu import EngineCpu, machine_busy
-from probes import HubApiProbe, MemoryProbe, cpu_seconds
-from support.hub import HubUser
-from support.stack import free_port
-from support.wait import wait_until
+
+from bench.hostcpu import EngineCpu, machine_busy
+from bench.probes import HubApiProbe, MemoryProbe, cpu_seconds
+from harness.hub import HubUser
+from harness.stack import free_port
+from harness.wait import wait_until
 
 FLOOR_COMMAND = ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
                  "--ServerApp.token=", "--ServerApp.password="]

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import docker
 import requests
-from support.stack import free_port
-from support.wait import wait_until
+
+from harness.stack import free_port
+from harness.wait import wait_until
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE / "stock-compose.yml"

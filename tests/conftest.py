@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from support.stack import Stack, build_images_once
+
+from harness.stack import Stack, build_images_once
 
 
 def pytest_addoption(parser):

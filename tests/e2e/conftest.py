@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.browser import HubBrowser, chromium
-from support.stack import ROOT, Stack
 
 from gpuhub import gpus as gpu_inventory
 from gpuhub.tasks import project as gpuhub_project
 from gpuhub.tasks.composestack import GPU_SAMPLER_FILE, detect_gpus
+from harness.stack import ROOT, Stack
+from support.browser import HubBrowser, chromium
 
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 PASSWORDS = {"alice": "alice-e2e-pw-4b1d", "bob": "bob-e2e-pw-9c2e", "admin": "admin-e2e-pw-71fa"}

@@ -2,7 +2,8 @@
 
 import pytest
 from selenium.webdriver.common.by import By
-from support.wait import wait_until
+
+from harness.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,10 @@ It also takes the README's screenshot of the page (docs/images/gpu-page.png).
 
 import pytest
 from selenium.webdriver.common.by import By
+
+from harness.stack import ROOT
+from harness.wait import wait_until
 from support import gpu_state
-from support.stack import ROOT
-from support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 

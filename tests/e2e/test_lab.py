@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 from selenium.webdriver.common.by import By
-from support.browser import HubBrowser
-from support.stack import ROOT
 
 from gpuhub.profiles import Profiles
+from harness.stack import ROOT
+from support.browser import HubBrowser
 
 pytestmark = pytest.mark.e2e
 

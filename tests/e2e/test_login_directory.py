@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 from selenium.webdriver.common.by import By
+
+from harness.wait import wait_until
 from support import directory, login_stack, oidc
 from support.browser import HubBrowser, chromium
 from support.testca import spki_hash
-from support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(
     not (directory.available() and oidc.available()),

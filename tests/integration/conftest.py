@@ -1,7 +1,8 @@
 """Integration tier: a real stack, reached over HTTP and the Hub REST API."""
 
 import pytest
-from support.hub import HubUser
+
+from harness.hub import HubUser
 
 PASSWORDS = {"alice": "alice-pw-8c1f2e", "bob": "bob-pw-77d0a9"}
 

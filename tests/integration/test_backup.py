@@ -7,7 +7,8 @@ import tarfile
 import time
 
 import pytest
-from support.hub import HubUser
+
+from harness.hub import HubUser
 
 SPAWN_TIMEOUT = 180
 FILE_TEXT = "kept across backup and restore"

@@ -11,8 +11,9 @@ import shlex
 import subprocess
 
 import pytest
-from support.hub import HubUser
-from support.wait import wait_until
+
+from harness.hub import HubUser
+from harness.wait import wait_until
 
 pytestmark = pytest.mark.disruptive
 

@@ -12,9 +12,10 @@ import signal
 import time
 
 import pytest
-from support.hub import HubUser
-from support.stack import Stack, test_settings_from_env
-from support.wait import wait_until
+
+from harness.hub import HubUser
+from harness.stack import Stack, test_settings_from_env
+from harness.wait import wait_until
 
 SPAWN_TIMEOUT = 60
 FAULT_PROFILES = """

@@ -8,7 +8,8 @@ import concurrent.futures
 import json
 
 import pytest
-from support.hub import HubUser
+
+from harness.hub import HubUser
 
 GPU_USERS = ["gpu1user", "gpu2user", "gpu3user", "gpu4user", "gpu5user"]
 SPAWN_TIMEOUT = 180

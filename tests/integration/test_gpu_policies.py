@@ -3,7 +3,7 @@
 import collections
 import concurrent.futures
 
-from support.hub import HubUser
+from harness.hub import HubUser
 
 SPAWN_TIMEOUT = 180
 

@@ -12,8 +12,9 @@ import time
 
 import pytest
 import requests
-from support.hub import HubUser
-from support.wait import wait_until
+
+from harness.hub import HubUser
+from harness.wait import wait_until
 
 SPAWN_TIMEOUT = 180
 QUEUE_TIMEOUT = 40

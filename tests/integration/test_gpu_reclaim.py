@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from harness.hub import HubUser
+from harness.wait import wait_until
 from support import gpu_state
-from support.hub import HubUser
-from support.wait import wait_until
 
 SPAWN_TIMEOUT = 180
 IDLE_TIMEOUT = 15

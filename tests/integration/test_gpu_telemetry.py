@@ -15,10 +15,11 @@ import subprocess
 
 import pytest
 import requests
+
+from harness.hub import HubUser
+from harness.stack import free_port
+from harness.wait import wait_until
 from support import gpu_state
-from support.hub import HubUser
-from support.stack import free_port
-from support.wait import wait_until
 
 SPAWN_TIMEOUT = 180
 NAME = "teleuser"

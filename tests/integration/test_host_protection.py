@@ -20,13 +20,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.hostile_docker import hostile_requests
-from support.hostnet import Listener, NamespacedService
-from support.hub import HubUser
-from support.stack import BLOCKED_FOR_TESTS
-from support.wait import wait_until
 
 from gpuhub.labfirewall import METADATA_ADDRESSES, Firewall, Ruleset, bridge_name, choose_backend
+from harness.hostile_docker import hostile_requests
+from harness.hub import HubUser
+from harness.stack import BLOCKED_FOR_TESTS
+from harness.wait import wait_until
+from support.hostnet import Listener, NamespacedService
 
 SPAWN_TIMEOUT = 180
 PROBE = Path(__file__).resolve().parents[1] / "support" / "docker_probe.py"

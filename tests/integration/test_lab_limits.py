@@ -14,10 +14,10 @@ import time
 
 import pytest
 import websocket
-from support.hub import HubUser, _execute_request
-from support.wait import wait_until
 
 from gpuhub import lablimits
+from harness.hub import HubUser, _execute_request
+from harness.wait import wait_until
 
 SPAWN_TIMEOUT = 180
 LIMIT = "512M"

@@ -9,7 +9,7 @@ SPAWN_TIMEOUT = 180
 
 @pytest.fixture(scope="module")
 def alice_lab(stack, users, measure):
-    from support.hub import HubUser
+    from harness.hub import HubUser
 
     alice = HubUser(stack.url, "alice")
     alice.login(users["alice"])
@@ -64,7 +64,7 @@ def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
 
 
 def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):
-    from support.hub import HubUser
+    from harness.hub import HubUser
 
     bob = HubUser(stack.url, "bob")
     bob.login(users["bob"])
@@ -90,7 +90,7 @@ def test_work_folder_and_password_survive_down_and_up(stack, users, alice_lab, m
     measure("invoke up --no-build after down (warm)", time.monotonic() - started)
     assert "password" not in result.stdout, "admin must not be re-created"
 
-    from support.hub import HubUser
+    from harness.hub import HubUser
 
     again = HubUser(stack.url, "alice")
     again.login(users["alice"])

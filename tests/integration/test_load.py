@@ -14,7 +14,8 @@ import threading
 import time
 
 import requests
-from support.hub import HubUser
+
+from harness.hub import HubUser
 
 SPAWN_TIMEOUT = 180
 GPU_USERS = [f"load{i:02d}" for i in range(12)]

@@ -15,12 +15,12 @@ import tarfile
 
 import pytest
 import requests
-from support import directory, login_stack, oidc
-from support.hub import HubUser, LoginFailed
-from support.loginform import LOGGED_IN, LoginForm
-from support.stack import secret_places
 
 from gpuhub import names
+from harness.hub import HubUser, LoginFailed
+from harness.stack import secret_places
+from support import directory, login_stack, oidc
+from support.loginform import LOGGED_IN, LoginForm
 
 pytestmark = pytest.mark.skipif(
     not (directory.available() and oidc.available()),

@@ -14,9 +14,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from support.hub import HubUser
+
+from harness.hub import HubUser
+from harness.wait import wait_until
 from support.loginform import LOGGED_IN, LoginForm, guess_flood
-from support.wait import wait_until
 
 GUESSES = 40
 FLOOD_CLIENTS = 30

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.hub import HubUser
-from support.wait import wait_until
+
+from harness.hub import HubUser
+from harness.wait import wait_until
 
 SERVICES = ("hub", "proxy", "docker-proxy", "lab-firewall")
 

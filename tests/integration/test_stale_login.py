@@ -16,7 +16,8 @@ import time
 
 import pytest
 import requests
-from support.wait import wait_until
+
+from harness.wait import wait_until
 
 # What a browser sends with a form it submits (JupyterHub words its refusal for these).
 FORM_SUBMIT = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "same-origin",

@@ -14,12 +14,13 @@ import subprocess
 import time
 
 import pytest
+
+from harness.hub import HubUser
+from harness.stack import Stack
+from harness.wait import wait_until
 from support import directory, login_stack
-from support.hub import HubUser
 from support.loginform import LoginForm
-from support.stack import Stack
 from support.swarm_cluster import RESOURCE, SwarmCluster
-from support.wait import wait_until
 
 pytestmark = pytest.mark.swarm
 

@@ -10,8 +10,9 @@ import time
 
 import pytest
 import requests
-from support.hub import HubUser
-from support.stack import ROOT, free_port
+
+from harness.hub import HubUser
+from harness.stack import ROOT, free_port
 
 SPAWN_TIMEOUT = 180
 CAROL = ("carol", "carol-pw-5e1b7c")

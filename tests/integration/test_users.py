@@ -5,8 +5,9 @@ import socket
 import time
 
 import pytest
-from support.hub import HubUser, LoginFailed
-from support.stack import secret_places
+
+from harness.hub import HubUser, LoginFailed
+from harness.stack import secret_places
 
 
 def test_up_prints_each_admin_password_once_and_it_works(stack):

@@ -1,5 +1,5 @@
-"""Shared test machinery: the one wait helper, the test stack, and a Hub/lab client."""
+"""Test-only helpers: identity servers, the browser, the GPU double's state, mock Docker.
 
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository
+The stack harness that the benchmark shares (stack, Hub client, ``wait_until``) is the
+top-level package ``harness``.
+"""

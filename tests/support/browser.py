@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from .wait import WaitTimeout, wait_until
+from harness.wait import WaitTimeout, wait_until
 
 CHROME_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",

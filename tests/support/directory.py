@@ -15,8 +15,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.stack import free_port
 from support.serverprocess import ServerProcess, port_open
-from support.stack import free_port
 from support.testca import issue, make_ca
 
 SLAPD = "/usr/sbin/slapd"

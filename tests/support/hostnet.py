@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 
-from .wait import wait_until
+from harness.wait import wait_until
 
 TEST_RANGE = ipaddress.ip_network("198.18.0.0/15")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpuhub import names
+from harness.stack import Stack
 from support import directory, oidc
-from support.stack import Stack
 from support.testca import make_ca
 
 

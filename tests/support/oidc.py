@@ -25,9 +25,9 @@ from urllib.parse import urljoin
 
 import requests
 
-from support import ROOT
+from harness import ROOT
+from harness.stack import free_port
 from support.serverprocess import ServerProcess, port_open
-from support.stack import free_port
 from support.testca import issue, make_ca
 
 PROVIDER_DIR = ROOT / "tests" / "support" / "oidc_provider"

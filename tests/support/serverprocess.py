@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.wait import wait_until
+from harness.wait import wait_until
 
 
 def port_open(host: str, port: int) -> bool:

@@ -26,9 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.wait import wait_until
-
-from . import ROOT
+from harness import ROOT
+from harness.wait import wait_until
 
 DOUBLE = ROOT / "tests" / "gpu_double"
 SUBNET = "192.168.213"  # inside the test's own namespaces only

@@ -1,7 +1,8 @@
 """Fixtures shared by the unit tests of the tasks."""
 
 import pytest
-from support import stack
+
+from harness import stack
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from unittest.mock import DEFAULT
 
 import pytest
 from invoke import Exit, MockContext, Result
-from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
-from support.tasks import assert_one_line_error
 
 import tasks as tasks_py
 from gpuhub.tasks import backup as bk
 from gpuhub.tasks import project as project_mod
+from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
+from support.tasks import assert_one_line_error
 
 ROOT = project_mod.ROOT
 PROJECT = "bktest"

@@ -11,10 +11,10 @@ import copy
 import json
 
 import pytest
-from support.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
-from support.hostile_docker import gpuhub_create, hostile_requests
 
 from gpuhub.brokerpolicy import REFUSED
+from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
+from harness.hostile_docker import gpuhub_create, hostile_requests
 
 LAB = f"{PROJECT}-lab-bob"
 CREATE = f"/v1.41/containers/create?name={LAB}"

@@ -11,10 +11,10 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
-from support.hostile_docker import gpuhub_create
 
 from gpuhub.brokerpolicy import Call, Refused
+from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
+from harness.hostile_docker import gpuhub_create
 
 LAB = f"{PROJECT}-lab-bob"
 BASE = gpuhub_create(PROJECT, LAB_IMAGE, GPUS[0], SHARED)

@@ -13,12 +13,12 @@ import socket
 import threading
 
 import pytest
-from support import directory
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
 from gpuhub.directory import DirectoryUnavailable, LdapAuthenticator, LoginRefused
 from gpuhub.settings import validate
+from support import directory
 
 pytestmark = pytest.mark.skipif(not directory.available(),
                                 reason="slapd is not installed (.ci/provision installs it)")

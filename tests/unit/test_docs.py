@@ -1,9 +1,8 @@
 """The README stays true to the code: its settings table and task list come from it."""
 
 
-from support import ROOT
-
 from gpuhub.settings import markdown_table
+from harness import ROOT
 
 README = (ROOT / "README.md").read_text()
 

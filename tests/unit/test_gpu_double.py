@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from support import gpu_state
 
 DOUBLE = Path(__file__).resolve().parents[1] / "gpu_double"

@@ -9,11 +9,11 @@ import threading
 
 import pytest
 import yaml
-from support import ROOT
 
 from gpuhub import healthcheck
 from gpuhub.swarm import HUB_HEALTHCHECK, PROXY_HEALTHCHECK
 from gpuhub.tasks.tls import selfsigned_command
+from harness import ROOT
 
 
 class Status(http.server.BaseHTTPRequestHandler):

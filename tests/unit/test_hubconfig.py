@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 from jupyterhub.objects import Hub
-from support.hubsecrets import secrets_dir
 from traitlets.config import Config
 
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
@@ -22,6 +21,7 @@ from gpuhub.hubconfig import (
 )
 from gpuhub.settings import validate
 from gpuhub.spawner import GpuDockerSpawner
+from support.hubsecrets import secrets_dir
 
 
 def meminfo(tmp_path, gib: int):

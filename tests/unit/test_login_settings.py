@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import yaml
 from invoke import Context, Exit
-from support import ROOT
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
@@ -15,6 +14,7 @@ from gpuhub.hubconfig import discover_oidc as discover
 from gpuhub.settings import SettingsError, validate
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import users
+from harness import ROOT
 
 LDAP = {"AUTHENTICATOR": "ldap", "LDAP_URL": "ldaps://ldap.example.org",
         "LDAP_USER_BASE": "ou=people,dc=example,dc=org", "ALLOWED_GROUPS": "gpu-users"}

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from dockerspawner import DockerSpawner
-from support import ROOT
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
 from gpuhub.brokerpolicy import Policy
 from gpuhub.settings import validate
+from harness import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 

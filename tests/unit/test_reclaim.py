@@ -115,7 +115,7 @@ def test_max_age_in_profiles_is_validated():
 
 
 def test_the_shipped_gpu_profiles_have_a_time_limit():
-    from support.stack import ROOT
+    from harness.stack import ROOT
 
     shipped = Profiles.from_file(ROOT / "jupyterhub" / "profiles.yaml")
     assert {p.slug: p.max_age for p in shipped.profiles} == {

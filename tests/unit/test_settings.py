@@ -4,10 +4,10 @@ import re
 from pathlib import Path
 
 import pytest
-from support import ROOT
 
 from gpuhub import settings
 from gpuhub.settings import SETTINGS, SettingsError, read_env_file, validate
+from harness import ROOT
 
 # Variables compose interpolates that are not user settings: `invoke up` sets them.
 COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY", "GPUHUB_LABS_BRIDGE",

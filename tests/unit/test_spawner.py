@@ -7,7 +7,6 @@ import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub
-from support.hubsecrets import secrets_dir
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu, to_json
@@ -15,6 +14,7 @@ from gpuhub.grants import PendingGrants
 from gpuhub.hubconfig import apply_config
 from gpuhub.settings import validate
 from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
+from support.hubsecrets import secrets_dir
 
 GPUS = ["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50", "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"]
 

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 from jupyterhub.objects import Hub
-from support.hubsecrets import secrets_dir
 from tornado import web
 from traitlets.config import Config
 
@@ -18,6 +17,7 @@ from gpuhub.settings import SettingsError, validate
 from gpuhub.swarmspawner import GpuSwarmSpawner, no_node_reason
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks.images import build_commands, push_commands
+from support.hubsecrets import secrets_dir
 
 SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
          "SWARM_HOMES": "/srv/nfs/homes"}

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 from invoke import Exit, MockContext, Result
+
+import tasks as tasks_py
+from gpuhub.gpus import Gpu
+from gpuhub.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
+from gpuhub.tasks import composestack, stack, users
+from gpuhub.tasks import project as project_mod
 from support.mock_docker import (
     COMPOSE_VERSION,
     DOCKER_INFO,
@@ -22,12 +28,6 @@ from support.mock_docker import (
     remove_firewall_rules,
 )
 from support.tasks import assert_one_line_error
-
-import tasks as tasks_py
-from gpuhub.gpus import Gpu
-from gpuhub.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
-from gpuhub.tasks import composestack, stack, users
-from gpuhub.tasks import project as project_mod
 
 ROOT = project_mod.ROOT
 USERCLI = "python3 -m gpuhub.usercli"

@@ -12,9 +12,6 @@ import yaml
 from invoke import Config as InvokeConfig
 from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
-from support.hubsecrets import secrets_dir
-from support.mock_docker import commands, docker_context
-from support.stack import free_port
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu
@@ -22,6 +19,9 @@ from gpuhub.hubconfig import apply_config
 from gpuhub.settings import BY_NAME, SettingsError, validate
 from gpuhub.tasks import composestack, stack, tls
 from gpuhub.tasks import project as project_mod
+from harness.stack import free_port
+from support.hubsecrets import secrets_dir
+from support.mock_docker import commands, docker_context
 
 ROOT = project_mod.ROOT
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from invoke import Exit, Result
-from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
 
 import tasks as tasks_py
 from gpuhub import labels, usage
@@ -33,6 +32,7 @@ from gpuhub.usage import (
     recover,
     report,
 )
+from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
 
 ROOT = project_mod.ROOT
 LAB_A = "a" * 64  # Docker's full container IDs

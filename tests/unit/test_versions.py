@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from packaging.version import Version
-from support import ROOT
 
 from gpuhub import settings, versions
+from harness import ROOT
 
 PINS = versions.read()
 # Where packages are installed from: each names its packages and takes the versions from

@@ -10,7 +10,6 @@ import jsonschema
 import pytest
 import yaml
 from invoke import Exit, MockContext
-from support.tasks import assert_one_line_error
 
 from gpuhub import z2jh
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
@@ -18,6 +17,7 @@ from gpuhub.profiles import Profiles
 from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION, validate
 from gpuhub.tasks import export
 from gpuhub.tasks import project as project_mod
+from support.tasks import assert_one_line_error
 
 ROOT = project_mod.ROOT
 CHART_DATA = Path(__file__).resolve().parents[1] / "data" / "z2jh"

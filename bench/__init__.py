@@ -1,0 +1,1 @@
+"""The spawn benchmark and the broker's micro-benchmark: run as ``python -m bench.run`` from the repository."""
