@@ -154,32 +154,6 @@ def swarm_board(settings, client=None) -> Board:
                  taken_at=time.time())
 
 
-def board_from_env(env=None, list_labs: Callable[[], list[dict]] | None = None) -> Board:
-    """One board, read now, from the hub's settings, inventory and Docker."""
-    from .settings import validate
-
-    settings = validate(os.environ if env is None else env)
-    if settings.mode == "swarm":
-        return swarm_board(settings)
-    inventory_file = Path(names.HUB_DATA_DIR) / gpu_inventory.INVENTORY_FILE
-    inventory = gpu_inventory.from_json(
-        inventory_file.read_text() if inventory_file.exists() else "[]")
-    project = settings.compose_project_name
-    return compose_board(project, settings.gpu_policy, inventory,
-                         list_labs or docker_lab_lister(project))
-
-
-def hub_fetch() -> tuple[Callable[[], Board], float]:
-    """The hub process's way to read boards (one Docker client), and how often."""
-    from .settings import validate
-
-    settings = validate(os.environ)
-    if settings.mode == "swarm":
-        return (lambda: swarm_board(settings)), float(settings.gpu_sample_interval)
-    lister = docker_lab_lister(settings.compose_project_name)
-    return (lambda: board_from_env(list_labs=lister)), float(settings.gpu_sample_interval)
-
-
 class GpuBoard:
     """The current board, kept fresh by a daemon thread that starts on first use.
 
@@ -237,7 +211,15 @@ class GpuBoard:
 
 
 # The hub process's board: the admin page and the metrics share it.
-BOARD = GpuBoard(hub_fetch)
+def _hub_mode(settings=None):
+    """This hub's mode (late import: gpuhub.hubmodes builds its boards from this module)."""
+    from .hubmodes import hub_mode
+    from .settings import validate
+
+    return hub_mode(settings or validate(os.environ))
+
+
+BOARD = GpuBoard(lambda: _hub_mode().board_source())
 
 
 class BoardCollector:
@@ -297,50 +279,12 @@ class BoardCollector:
 REGISTRY.register(BoardCollector(BOARD))
 
 
-def recover_usage_records(settings, journal_path: Path, log, client=None) -> None:
-    """At hub start: make the usage journal agree with the labs Docker has now.
-
-    A lab that stopped while the hub was down is usually still there, exited (labs are
-    not auto-removed): its record closes at the time Docker says it finished. Labs that
-    are gone entirely, and running labs the journal misses, are left to
-    :func:`gpuhub.usage.recover`. Swarm labs are services, not containers: their records
-    come from the hub's own starts and stops only. Never stops the hub.
-    """
-    from datetime import UTC, datetime
-
-    import docker
-
-    from .spawner import finished_at
-    from .usage import STOPPED_WHILE_DOWN, UsageJournal, intervals, recover
-
-    if settings.mode == "swarm":
-        return
-    journal = UsageJournal(journal_path, log=log)
-    try:
-        client = client or docker.from_env(timeout=10)
-        labs = client.api.containers(all=True, filters={
-            "label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
-        still_open = {i.lab for i in intervals(journal.read().events) if i.stop is None}
-        for lab in labs:
-            if lab.get("State") != "running" and lab["Id"] in still_open:
-                state = client.api.inspect_container(lab["Id"]).get("State") or {}
-                why = "out of memory" if state.get("OOMKilled") else (
-                    f"exit code {state.get('ExitCode')}")
-                journal.stopped(lab["Id"], finished_at(state), f"{STOPPED_WHILE_DOWN} ({why})")
-    except Exception as err:
-        log.warning("Usage records not checked against Docker at start: %s", err)
-        return
-    running = [{"id": c["Id"], "labels": c.get("Labels") or {}} for c in labs
-               if c.get("State") == "running"]
-    done = recover(journal, running, datetime.now(UTC))
-    if done.closed or done.opened:
-        log.info("Usage records recovered: %d lab(s) closed, %d opened", len(done.closed),
-                 len(done.opened))
-
-
 def main() -> None:
     try:
-        print(json.dumps(board_from_env().as_json()))
+        from .settings import validate
+
+        read, _ = _hub_mode(validate(os.environ)).board_source()
+        print(json.dumps(read().as_json()))
     except Exception as err:
         sys.exit(f"error: could not read the GPUs: {err}")
 

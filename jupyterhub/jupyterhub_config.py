@@ -11,8 +11,8 @@ from pathlib import Path
 from gpuhub import names
 from gpuhub.gpuqueue import roll_over
 from gpuhub.hubconfig import apply_config, check_docker_access
+from gpuhub.hubmodes import hub_mode
 from gpuhub.settings import SettingsError, validate
-from gpuhub.telemetry import recover_usage_records
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -29,6 +29,6 @@ except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory 
 
 # Once per hub start: labs that stopped while the hub was down close their records, and
 # the last hub's line for GPUs is put aside (its users are told their wait ended).
-recover_usage_records(settings, Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE,
-                      logging.getLogger("gpuhub"))
+hub_mode(settings).recover_usage(Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE,
+                                 logging.getLogger("gpuhub"))
 roll_over(Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE)

@@ -9,7 +9,7 @@ import pytest
 import requests
 from nativeauthenticator.orm import UserInfo
 
-from gpuhub import usercli
+from gpuhub import hubmodes, usercli
 from gpuhub.hubconfig import ADMIN_TOKEN_FILE
 from gpuhub.settings import SETTINGS
 from gpuhub.usercli import Refused
@@ -358,7 +358,7 @@ def homes(tmp_path, monkeypatch):
     (mount / "alice" / "notebooks").mkdir(parents=True)
     (mount / "alice" / "notebooks" / "thesis.ipynb").write_text("{}")
     (mount / "bob").mkdir()
-    monkeypatch.setattr(usercli, "HOMES_MOUNT", str(mount))
+    monkeypatch.setattr(hubmodes, "HOMES_MOUNT", str(mount))
     return mount
 
 
@@ -406,7 +406,7 @@ def test_swarm_purge_data_that_fails_says_what_is_left_in_one_line(hub, homes, m
 
 def test_swarm_purge_without_the_homes_mounted_says_so(hub, homes, monkeypatch):
     usercli.add(hub, "alice", GOOD, admin=False)
-    monkeypatch.setattr(usercli, "HOMES_MOUNT", str(homes / "not-mounted"))
+    monkeypatch.setattr(hubmodes, "HOMES_MOUNT", str(homes / "not-mounted"))
     with pytest.raises(usercli.Unfinished, match="SWARM_HOMES is not mounted in the hub"):
         usercli.delete(hub, "alice", purge_data=True)
 
