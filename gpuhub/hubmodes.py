@@ -4,12 +4,17 @@ The hub's callers (user admin, the GPU board, usage records at start) take
 ``hub_mode(settings)`` and never ask which mode they are in. The tasks' side of the same
 seam is ``gpuhub/tasks/composestack.py`` and ``swarmstack.py``; the spawner's is
 ``GpuSwarmSpawner``'s hooks.
+
+``python3 -m gpuhub.hubmodes`` prints this hub's GPU board as JSON (``invoke gpus`` runs
+it in the hub container).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,3 +182,17 @@ class SwarmHub:
 def hub_mode(settings: Settings) -> ComposeHub | SwarmHub:
     """The hub's side of ``settings.mode``."""
     return SwarmHub(settings) if settings.mode == "swarm" else ComposeHub(settings)
+
+
+def main() -> None:
+    from .settings import validate
+
+    try:
+        read, _ = hub_mode(validate(os.environ)).board_source()
+        print(json.dumps(read().as_json()))
+    except Exception as err:
+        sys.exit(f"error: could not read the GPUs: {err}")
+
+
+if __name__ == "__main__":
+    main()

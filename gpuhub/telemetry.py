@@ -7,7 +7,7 @@ The one interface the hub and the tasks read GPUs through:
 - :class:`GpuBoard` keeps the current table (:func:`gpuhub.gpureport.report`), refreshed
   in a background thread every ``GPU_SAMPLE_INTERVAL``, for the admin page and the
   metrics, so that neither blocks the hub's event loop on Docker;
-- ``python3 -m gpuhub.telemetry`` prints the same table as JSON (``invoke gpus`` runs it
+- ``python3 -m gpuhub.hubmodes`` prints the same table as JSON (``invoke gpus`` runs it
   in the hub container);
 - the Prometheus metrics (served by the hub's own ``/hub/metrics``, which JupyterHub
   protects with the ``read:metrics`` scope) come from the board and from the spawner's
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from collections import Counter as Tally
@@ -277,17 +276,3 @@ class BoardCollector:
 
 
 REGISTRY.register(BoardCollector(BOARD))
-
-
-def main() -> None:
-    try:
-        from .settings import validate
-
-        read, _ = _hub_mode(validate(os.environ)).board_source()
-        print(json.dumps(read().as_json()))
-    except Exception as err:
-        sys.exit(f"error: could not read the GPUs: {err}")
-
-
-if __name__ == "__main__":
-    main()

@@ -286,10 +286,10 @@ def gpus(c, project, json: bool, watch: bool) -> None:
 
 
 def read_board(c, project) -> dict:
-    """The hub's GPU table (gpuhub.telemetry, run in the hub container) as JSON."""
+    """The hub's GPU table (gpuhub.hubmodes, run in the hub container) as JSON."""
     import json as jsonlib
 
-    found = c.run(project.exec_hub("python3 -m gpuhub.telemetry"), env=project.env(),
+    found = c.run(project.exec_hub("python3 -m gpuhub.hubmodes"), env=project.env(),
                   hide=True, warn=True)
     if found.failed:
         raise fail(f"could not read the GPUs from the hub: {stderr_tail(found)}")

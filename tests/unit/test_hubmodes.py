@@ -1,12 +1,16 @@
 """The hub's mode seam: each mode's work folders, GPU board and usage recovery."""
 
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from gpuhub import hubmodes
 from gpuhub.gpus import Gpu, to_json
 from gpuhub.settings import validate
 from gpuhub.usage import UsageJournal
+from harness import ROOT
 
 SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
          "SWARM_HOMES": "/srv/nfs/homes"}
@@ -47,3 +51,15 @@ def test_swarm_mode_leaves_usage_records_to_the_hubs_own_starts_and_stops(tmp_pa
     hubmodes.hub_mode(validate(SWARM)).recover_usage(journal, logging.getLogger("t"),
                                                      client=NoDocker())
     assert journal.read_bytes() == before
+
+
+def test_the_board_command_runs_as_a_program_and_names_what_failed(tmp_path):
+    # `invoke gpus` runs it in the hub: importing the metrics twice (as __main__ and as
+    # gpuhub.telemetry) once made every call fail with "Duplicated timeseries".
+    env = {"PATH": os.environ["PATH"], "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = subprocess.run([sys.executable, "-m", "gpuhub.hubmodes"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: could not read the GPUs: "), done.stderr
+    assert "no-docker.sock" in done.stderr or "Connection" in done.stderr, done.stderr
+    assert "Duplicated" not in done.stderr

@@ -797,7 +797,7 @@ def test_status_of_a_project_with_nothing_running(env_file, capsys):
 
 # --- gpus -------------------------------------------------------------------------------
 
-BOARD_COMMAND = "exec -T hub python3 -m gpuhub.telemetry"
+BOARD_COMMAND = "exec -T hub python3 -m gpuhub.hubmodes"
 INVENTORY = [Gpu(str(i), f"GPU-{u}", "NVIDIA A100", 40960) for i, u in enumerate(("aaa", "bbb", "ccc"))]
 # Labels as the lab image brings them too: values with "," and "=" in them, one of them
 # looking like gpuhub's own labels.
