@@ -279,8 +279,10 @@ class GpuDockerSpawner(DockerSpawner):
             self._waiter = self.line.join(self.user.name, profile.gpus,
                                           lambda held: self._try_grant(profile, held))
         except LineFull:
-            raise StartRefused(409, f"{refusal}; {len(self.line)} users wait for a GPU "
-                                    "already, which is as many as may wait: try later",
+            waiting = f"{len(self.line)} user waits" if len(self.line) == 1 else (
+                f"{len(self.line)} users wait")
+            raise StartRefused(409, f"{refusal}; {waiting} for a GPU already, which is as "
+                                    "many as may wait: try later",
                                "queue_full") from None
         self._save_line()
         self.log.info("No GPU for %s now: waiting in line (%d waiting)", self.user.name,

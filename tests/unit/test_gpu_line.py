@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from dockerspawner import DockerSpawner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub
 from tornado import web
@@ -150,6 +150,7 @@ class Engine:
 
     def __init__(self):
         self.labs: dict[str, dict[str, str]] = {}
+        self.started: list[str] = []  # users, in the order their labs were created
 
     def end(self, user: str) -> str:
         """A lab stops (the GPU it held is free now); returns its GPU."""
@@ -159,11 +160,12 @@ class Engine:
 
 
 @contextlib.contextmanager
-def hub(tmp_path, queue_timeout=60, queue_max=20):
+def hub(tmp_path, queue_timeout=60, queue_max=20, pins=None):
     engine = Engine()
 
     async def create_and_start(self):
         engine.labs[self.user.name] = self.gpu_labels()
+        engine.started.append(self.user.name)
         return ("10.0.0.5", 8888)
 
     async def listed(self, method, *args, **kwargs):
@@ -179,6 +181,7 @@ def hub(tmp_path, queue_timeout=60, queue_max=20):
     config.GpuDockerSpawner.gpu_queue_timeout = queue_timeout
     config.GpuDockerSpawner.gpu_queue_max = queue_max
     config.GpuDockerSpawner.line_file = str(tmp_path / "gpu-line.json")
+    config.GpuDockerSpawner.gpu_pins = pins or {}
 
     def spawner(name: str, asks: int = 1) -> GpuDockerSpawner:
         user = SimpleNamespace(name=name, id=hash(name), url=f"/user/{name}/", server=None)
@@ -293,7 +296,7 @@ def test_a_full_line_refuses_with_a_message(tmp_path):
             await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
             with pytest.raises(web.HTTPError) as info:
                 await spawner("w2").start()
-            assert info.value.status_code == 409 and "1 users wait" in info.value.log_message
+            assert info.value.status_code == 409 and "1 user waits for a GPU already" in info.value.log_message
             first.cancel()
             await asyncio.sleep(0)
     asyncio.run(main())
@@ -362,3 +365,91 @@ def test_a_refusal_keeps_the_http_reason_phrase_and_counts_its_own():
     refused = StartRefused(409, "no GPU you may use became free", "queue_timeout")
     assert refused.reason is None  # tornado's phrase for 409 is used, not "queue_timeout"
     assert refused.refusal == "queue_timeout"
+
+
+def test_a_freed_pinned_gpu_goes_to_the_first_in_line_who_may_use_it(tmp_path):
+    """GPU-3 is reserved for p and q (GPU_PINS): when p's lab ends, q gets GPU-3 although
+    u3 waited longer, and u3 keeps its place for the next unpinned GPU."""
+    async def main():
+        with hub(tmp_path, pins={"p": ["GPU-3"], "q": ["GPU-3"]}) as (engine, spawner):
+            for user in ("u0", "u1", "u2", "p"):
+                await spawner(user).start()
+            assert engine.labs["p"][LABEL_GPUS] == "GPU-3"
+            u3 = asyncio.ensure_future(spawner("u3").start())
+            await until(lambda: len(GpuDockerSpawner._line) == 1, "u3 in line")
+            q = asyncio.ensure_future(spawner("q").start())
+            await until(lambda: len(GpuDockerSpawner._line) == 2, "q in line behind u3")
+            assert engine.end("p") == "GPU-3"
+            await until(lambda: "q" in engine.labs, "q gets its reserved GPU")
+            assert engine.labs["q"][LABEL_GPUS] == "GPU-3"
+            assert [w.user for w in GpuDockerSpawner._line.waiters] == ["u3"]
+            freed = engine.end("u0")
+            await until(lambda: "u3" in engine.labs, "u3 gets the next unpinned GPU")
+            assert engine.labs["u3"][LABEL_GPUS] == freed
+            assert u3.done() and q.done()
+    asyncio.run(main())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["start", "end", "stop"]), st.integers(0, 6),
+                          st.integers(1, 2), st.booleans()), min_size=8, max_size=30))
+@example(steps=[("start", i, 1, False) for i in range(6)] + [("end", 0, 1, False)])
+def test_property_real_spawners_never_share_a_gpu_and_serve_the_line_in_order(tmp_path_factory,
+                                                                             steps):
+    """Random Starts (1 or 2 GPUs), labs ending and Stops while waiting, some of them at
+    the same moment, through real GpuDockerSpawners (allocator, pending grants, the line
+    and its pump): no GPU is ever in two labs, and nobody who waits for n GPUs is passed
+    by someone who joined the line after them for n GPUs."""
+    async def settle():
+        for _ in range(200):
+            await asyncio.sleep(0)
+
+    granted: list[str] = []  # users, in the order the spawner granted their GPUs
+    grant_gpus = GpuDockerSpawner.grant_gpus
+
+    def recording_grant(self, profile, held):
+        ids = grant_gpus(self, profile, held)
+        granted.append(self.user.name)
+        return ids
+
+    async def main():
+        with hub(tmp_path_factory.mktemp("line")) as (engine, spawner), \
+                pytest.MonkeyPatch.context() as mp:
+            mp.setattr(GpuDockerSpawner, "grant_gpus", recording_grant)
+            starts: dict[str, asyncio.Future] = {}
+            joined: list[str] = []  # who was ever in line, in the order they joined
+            left: set[str] = set()  # who pressed Stop while waiting
+            asks: dict[str, int] = {}
+            checked = 0
+            for action, i, n, at_once in steps:
+                user = f"u{i}"
+                if action == "start" and user not in starts:  # one Start per user
+                    asks[user] = n
+                    starts[user] = asyncio.ensure_future(spawner(user, asks=n).start())
+                elif action == "end" and user in engine.labs:
+                    engine.end(user)
+                elif action == "stop" and user in starts and not starts[user].done():
+                    starts[user].cancel()
+                    left.add(user)
+                if at_once:  # the next step happens before this one has run its course
+                    continue
+                await settle()
+                line = GpuDockerSpawner._line
+                for w in (line.waiters if line else []):
+                    if w.user not in joined:
+                        joined.append(w.user)
+                held = [g for labels in engine.labs.values()
+                        for g in labels[LABEL_GPUS].split(",") if g]
+                assert len(held) == len(set(held)), engine.labs
+                for user in granted[checked:]:
+                    if user in joined:
+                        before = granted[:granted.index(user)]
+                        passed = [u for u in joined[:joined.index(user)]
+                                  if asks[u] == asks[user] and u not in before
+                                  and u not in left]
+                        assert not passed, f"{user} was served before {passed}"
+                checked = len(granted)
+            for task in starts.values():
+                task.cancel()
+            await settle()
+    asyncio.run(main())
