@@ -63,7 +63,7 @@ def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qus
     # `invoke gpus` (and so the GPU page and the metrics, from the same board) show the line.
     assert "Waiting for a GPU, in order: q4 (1 GPU, " in qstack.invoke("gpus").stdout
     waiting = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
-                                        "gpuhub.telemetry").stdout)["waiting"]
+                                        "gpuhub.hubmodes").stdout)["waiting"]
     assert [w["user"] for w in waiting] == ["q4", "q5"]
 
     # The hub answers while two wait in line (and their progress streams are open).
@@ -117,5 +117,5 @@ def test_a_hub_restart_ends_the_wait_with_a_message_and_leaves_nothing(qstack, q
             "GPU") in home, home[-1500:]
     # The new hub's line is empty, not the old one's.
     board = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
-                                      "gpuhub.telemetry").stdout)
+                                      "gpuhub.hubmodes").stdout)
     assert board["waiting"] == []
