@@ -31,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_settings_from_env(environ=os.environ) -> dict[str, str]:
+def settings_from_env(environ=os.environ) -> dict[str, str]:
     """Settings a test stack inherits from GPUHUB_TEST_* variables."""
     return {k[len("GPUHUB_TEST_"):]: v for k, v in environ.items() if k.startswith("GPUHUB_TEST_")}
 
@@ -61,7 +61,7 @@ class Stack:
             "GPU_SAMPLE_INTERVAL": "2",
             "SECRETS_DIR": str(workdir / "secrets"),
         }
-        settings.update(test_settings_from_env())
+        settings.update(settings_from_env())
         settings.update(overrides)
         if settings.get("MODE", "compose") == "compose":  # swarm mode has no lab firewall
             # A benchmarking range (RFC 2544) no real network uses: the lab firewall's test

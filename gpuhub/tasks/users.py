@@ -82,7 +82,8 @@ def adduser(c, name, admin=False, password_stdin=False, reuse_data=False):
     require_running(c, project)
     # A new person must not get a deleted user's files without the admin saying so.
     folder = work_folder(project, name)
-    kept = not _has_account(c, project, name) and folder.exists(c)
+    # The folder first: asking the hub whether the account exists is the slower check.
+    kept = folder.exists(c) and not _has_account(c, project, name)
     if kept and not reuse_data:
         raise fail(f"{folder.what} already exists, kept from an earlier user named {name!r}: "
                    f"give those files to the new user with `invoke adduser {name} "

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness.hub import HubUser
-from harness.stack import Stack, test_settings_from_env
+from harness.stack import Stack, settings_from_env
 from harness.wait import wait_until
 
 SPAWN_TIMEOUT = 60
@@ -30,7 +30,7 @@ FAULT_PROFILES = """
 @pytest.fixture(scope="module")
 def fault_stack(stack_factory, tmp_path_factory):
     # The lab image the test stacks use (GPUHUB_TEST_LAB_IMAGE may name another tag).
-    lab_image = test_settings_from_env().get("LAB_IMAGE", "gpuhub-lab:test")
+    lab_image = settings_from_env().get("LAB_IMAGE", "gpuhub-lab:test")
     suffix = os.urandom(3).hex()
     images = {"exits": f"gpuhubtest-exits:{suffix}", "gone": f"gpuhubtest-gone:{suffix}"}
     workdir = tmp_path_factory.mktemp("faults")

@@ -8,6 +8,7 @@ once are far past the limit, and the lockout outlasts the test.
 from __future__ import annotations
 
 import multiprocessing
+import statistics
 import threading
 import time
 from collections import Counter
@@ -23,8 +24,11 @@ GUESSES = 40
 FLOOD_CLIENTS = 30
 # A login alone takes one bcrypt hash (~0.25 s) plus two requests. The flood runs in a
 # process of its own, niced: as threads of the test's process, their Python lock and CPU
-# counted against the login being timed.
-LOGIN_BOUND = 5.0
+# counted against the login being timed. The bound is relative to a login on the quiet hub
+# of the same machine (CI machines differ threefold in speed). When each refused guess was
+# hashed on the event loop, each of the login's requests queued behind up to 30 hashes of
+# ~0.25 s: some 15 s, about 50 times a quiet login (an estimate from those figures).
+SLOWDOWN_BOUND = 10
 
 
 def test_guesses_sent_together_cannot_outrun_the_lockout(stack):
@@ -68,9 +72,7 @@ def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
     attacker = processes.Process(target=guess_flood, daemon=True,
                                  args=(stack.url, FLOOD_CLIENTS, answered, stop, results))
     try:
-        started = time.monotonic()
-        HubUser(stack.url, "calm").login("calm-pw-12345")
-        alone = time.monotonic() - started
+        alone = statistics.median(timed_login(stack) for _ in range(3))
 
         attacker.start()
         try:
@@ -81,20 +83,19 @@ def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
             # its error), and guesses at once all passed the lockout: ~0.25 s of the loop
             # per guess, and this login queued behind every one of them.
             before = answered.value
-            started = time.monotonic()
-            HubUser(stack.url, "calm").login("calm-pw-12345")
-            during = time.monotonic() - started
+            during = statistics.median(timed_login(stack) for _ in range(3))
             meanwhile = answered.value - before
         finally:
             stop.set()
             answers = Counter(results.get(timeout=180))
             attacker.join(timeout=30)
-        measure("login: one user alone", alone)
-        measure(f"login: one user while {FLOOD_CLIENTS} clients guess", during)
-        assert during < LOGIN_BOUND, (
-            f"a normal login took {during:.2f} s while {FLOOD_CLIENTS} clients guessed "
-            f"(alone: {alone:.2f} s; bound {LOGIN_BOUND} s); {meanwhile} guesses answered "
-            f"meanwhile, all: {dict(answers)}")
+        measure("login: one user alone (median of 3)", alone)
+        measure(f"login: one user while {FLOOD_CLIENTS} clients guess (median of 3)", during)
+        assert during < SLOWDOWN_BOUND * alone, (
+            f"a normal login took {during:.2f} s (median of 3) while {FLOOD_CLIENTS} clients guessed, "
+            f"{during / alone:.1f} times as long as alone ({alone:.2f} s; bound "
+            f"{SLOWDOWN_BOUND} times); {meanwhile} guesses answered meanwhile, "
+            f"all: {dict(answers)}")
         assert meanwhile > 0, "the flood went on while the normal login was timed"
         assert LOGGED_IN not in answers, answers
         assert all(status < 500 for status in answers), answers
@@ -103,6 +104,13 @@ def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
             attacker.kill()
         stack.invoke("deluser", "floody")
         stack.invoke("deluser", "calm")
+
+
+def timed_login(stack) -> float:
+    """Seconds for calm's login through the form (page, post, session cookie)."""
+    started = time.monotonic()
+    HubUser(stack.url, "calm").login("calm-pw-12345")
+    return time.monotonic() - started
 
 
 def test_changing_passwords_through_the_form_does_not_stall_the_hub(stack, measure):

@@ -594,37 +594,39 @@ def test_adduser_of_a_new_name_checks_its_escaped_volume_and_goes_on(env_file, m
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
     add = usercli(path, "add ann-lee")
     inspect = "docker volume inspect gpuhub-home-ann-2dlee"
-    c = context((usercli(path, "exists ann-lee"), Result(exited=3)),
-                (inspect, Result(stderr="Error response from daemon: get gpuhub-home-ann-2dlee: "
+    c = context((inspect, Result(stderr="Error response from daemon: get gpuhub-home-ann-2dlee: "
                                         "no such volume\n", exited=1)),
                 (add, Result("created user ann-lee\n")))
     users.adduser(c, "ann-lee", password_stdin=True)
-    assert commands(c)[-3:] == [usercli(path, "exists ann-lee"), inspect, add]
+    # No kept volume: nobody's files to hand over, so the hub is not asked who exists.
+    assert commands(c)[-2:] == [inspect, add]
     assert capsys.readouterr().out == "created user ann-lee\n"
 
 
 def test_adduser_of_an_existing_user_leaves_the_refusal_to_the_hub(env_file, monkeypatch):
     path = env_file()
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
-    c = context((usercli(path, "exists alice"), Result()),
+    c = context((VOLUME_INSPECT, Result('[{"Name": "gpuhub-home-alice"}]\n')),
+                (usercli(path, "exists alice"), Result()),
                 (usercli(path, "add alice"), Result(stderr="error: user 'alice' already exists\n",
                                                     exited=2)))
     with pytest.raises(Exit) as info:
         users.adduser(c, "alice", password_stdin=True)
+    # alice's own volume is no earlier user's: the refusal is the hub's, not --reuse-data's.
     assert info.value.message == "error: user 'alice' already exists"
-    assert VOLUME_INSPECT not in commands(c), "alice's own volume is no earlier user's"
 
 
-@pytest.mark.parametrize(("exists", "inspect", "says"), [
-    (Result(stderr="Traceback...\nrequests.ConnectionError: hub down\n", exited=1), None,
+@pytest.mark.parametrize(("inspect", "exists", "says"), [
+    (Result('[{"Name": "gpuhub-home-alice"}]\n'),
+     Result(stderr="Traceback...\nrequests.ConnectionError: hub down\n", exited=1),
      "could not check whether user 'alice' exists: requests.ConnectionError: hub down"),
-    (Result(exited=3), Result(stderr="permission denied while trying to connect\n", exited=1),
+    (Result(stderr="permission denied while trying to connect\n", exited=1), None,
      "could not check for a kept work volume gpuhub-home-alice: permission denied"),
 ])
-def test_adduser_that_cannot_check_refuses(env_file, monkeypatch, exists, inspect, says):
+def test_adduser_that_cannot_check_refuses(env_file, monkeypatch, inspect, exists, says):
     path = env_file()
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse 42\n"))
-    pairs = [(usercli(path, "exists alice"), exists)] + ([(VOLUME_INSPECT, inspect)] if inspect is not None else [])
+    pairs = [(VOLUME_INSPECT, inspect)] + ([(usercli(path, "exists alice"), exists)] if exists is not None else [])
     c = context(*pairs)
     with pytest.raises(Exit) as info:
         users.adduser(c, "alice", password_stdin=True)
