@@ -280,15 +280,24 @@ def test_labs_cannot_reach_the_host_but_reach_the_hub(stack, hana, open_stack, o
     finally:
         here.close()
         there.close()
-    # Still reachable: the hub's API (on the labs network), and names on it.
+    # Still reachable: the hub's API (on the labs network), and names on it. The hub API
+    # (8081) and the proxy API (8001) answer a lab, and refuse it without their tokens.
     out = hana.run_code(
-        "import os, socket, urllib.request\n"
-        "req = urllib.request.Request(os.environ['JUPYTERHUB_API_URL'] + '/user', headers="
-        "{'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
-        "print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "import os, socket, urllib.error, urllib.request\n"
+        "def status(url, token=None):\n"
+        "    headers = {'Authorization': 'token ' + token} if token else {}\n"
+        "    try:\n"
+        "        return urllib.request.urlopen(urllib.request.Request(url, headers=headers),"
+        " timeout=10).status\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        return e.code\n"
+        "api, token = os.environ['JUPYTERHUB_API_URL'], os.environ['JUPYTERHUB_API_TOKEN']\n"
+        "print(status(api + '/user', token), status(api + '/users'), status(api + '/users', token))\n"
+        "print(status('http://proxy:8001/api/routes'),"
+        " status('http://proxy:8001/api/routes', token))\n"
         "try:\n    socket.getaddrinfo('docker-proxy', 2375); print('docker-proxy found')\n"
         "except OSError:\n    print('no docker-proxy')\n")
-    assert out.splitlines() == ["200", "no docker-proxy"], out
+    assert out.splitlines() == ["200 403 403", "403 403", "no docker-proxy"], out
 
 
 def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_metadata):

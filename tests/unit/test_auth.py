@@ -145,6 +145,14 @@ def test_the_right_password_among_the_first_guesses_still_logs_in(monkeypatch):
     assert asyncio.run(burst())[0] == "alice"
 
 
+def test_the_hubs_pool_has_a_thread_per_two_cores_and_32_waiting_per_thread():
+    """The README's figures: hashes never take every core, and 32 wait per thread."""
+    import os
+
+    assert gpuhub.auth.HASHING.workers == max(1, (os.cpu_count() or 2) // 2)
+    assert gpuhub.auth.HASHING.limit == 32 * gpuhub.auth.HASHING.workers
+
+
 def test_a_full_pool_refuses_at_once_with_429_and_retry_after(auth, monkeypatch):
     monkeypatch.setattr(gpuhub.auth, "HASHING", HashingPool(workers=1, limit=1))
     release = threading.Event()

@@ -23,3 +23,29 @@ def test_readme_lists_every_task():
 def test_readme_opens_with_the_two_command_lines():
     head = README[:1500]
     assert "invoke up" in head and "nox" in head
+
+
+def security_model_citations() -> list[tuple[str, str]]:
+    """(file, test) for each test the Security model names; `::name` is in the file last named."""
+    import re
+
+    section = README.split("\n## Security model\n", 1)[1].split("\n## ", 1)[0]
+    cited, last = [], None
+    for path, name in re.findall(r"`((?:tests|harness)/[\w/]+\.py)?::(\w+)`", section):
+        last = path or last
+        cited.append((last, name))
+    return cited
+
+
+def test_every_test_the_security_model_names_exists():
+    import ast
+
+    cited = security_model_citations()
+    assert len(cited) > 100, len(cited)
+    defined: dict[str, set[str]] = {}
+    for path in {path for path, _ in cited}:
+        tree = ast.parse((ROOT / path).read_text())
+        defined[path] = {node.name for node in ast.walk(tree)
+                         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    missing = [f"{path}::{name}" for path, name in cited if name not in defined[path]]
+    assert not missing, f"the Security model names tests that do not exist: {missing}"
