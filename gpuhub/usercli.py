@@ -83,7 +83,12 @@ def check_not_common(password: str) -> None:
     import nativeauthenticator
 
     path = Path(nativeauthenticator.__file__).with_name("common-credentials.txt")
-    if path.exists() and password in set(path.read_text().splitlines()):
+    try:
+        common = set(path.read_text().splitlines())
+    except OSError as e:  # fail closed: a password not checked is not taken
+        raise Refused(f"cannot check the password against the common-password list "
+                      f"({path}: {e.strerror}); nothing was changed") from e
+    if password in common:
         raise Refused("that password is on the list of common passwords; choose another")
 
 

@@ -154,6 +154,32 @@ def test_weak_password_is_refused_and_nothing_written(hub, monkeypatch, capsys, 
     assert not [c for c in hub.calls if c[0] != "GET"]
 
 
+def test_a_common_password_is_refused_by_add_and_passwd_and_nothing_written(hub, monkeypatch,
+                                                                            capsys):
+    """NativeAuthenticator's list, as the web form checks it ("password" is on it)."""
+    code, _, err = run_main(hub, monkeypatch, capsys, ["add", "alice"], stdin="password\n")
+    assert (code, err) == (2, "error: that password is on the list of common passwords; "
+                              "choose another\n")
+    assert rows(hub) == []
+    usercli.add(hub, "alice", GOOD, admin=False)
+    with pytest.raises(usercli.Refused, match="list of common passwords"):
+        usercli.passwd(hub, "alice", "12345678")
+    hub.db.rollback()
+    assert UserInfo.find(hub.db, "alice").is_valid_password(GOOD)
+
+
+def test_without_the_common_password_list_no_password_is_taken(hub, monkeypatch, capsys,
+                                                                tmp_path):
+    import nativeauthenticator
+
+    monkeypatch.setattr(nativeauthenticator, "__file__", str(tmp_path / "__init__.py"))
+    code, _, err = run_main(hub, monkeypatch, capsys, ["add", "alice"], stdin=GOOD + "\n")
+    assert code == 2
+    assert err.startswith("error: cannot check the password against the common-password list")
+    assert err.endswith("nothing was changed\n") and err.count("\n") == 1
+    assert rows(hub) == []
+
+
 @pytest.mark.parametrize("name", ["Alice", "../etc", "a b"])
 def test_bad_name_is_refused_before_the_database(hub, monkeypatch, capsys, name):
     code, _, err = run_main(hub, monkeypatch, capsys, ["add", name], stdin=GOOD + "\n")
