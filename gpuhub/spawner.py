@@ -27,6 +27,7 @@ from traitlets import Bool, Dict, Integer, List, Unicode, default
 
 from .allocator import POLICIES, GpuAllocator, NoGpuAvailable
 from .gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
+from .gpureport import duration
 from .grants import PendingGrants
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
@@ -298,8 +299,8 @@ class GpuDockerSpawner(DockerSpawner):
             return await asyncio.wait_for(asyncio.shield(waiter.granted),
                                           timeout=self.gpu_queue_timeout)
         except TimeoutError:
-            minutes = max(1, round(self.gpu_queue_timeout / 60))
-            raise StartRefused(409, f"no GPU you may use became free within {minutes} min "
+            waited = duration(int(self.gpu_queue_timeout))
+            raise StartRefused(409, f"no GPU you may use became free within {waited} "
                                     "of waiting; choose the CPU profile or try later",
                                "queue_timeout") from None
         except asyncio.CancelledError:

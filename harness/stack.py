@@ -120,7 +120,8 @@ class Stack:
             return ["docker-compose.yml"], {**self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
         return project.compose_files, project.env()
 
-    def compose(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, check: bool = False,
+                stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run compose by hand, as an admin would: the files and variables invoke uses."""
         files, variables = self.compose_files_and_env()
         cmd = ["docker", "compose", "--project-directory", str(ROOT)]
@@ -128,7 +129,8 @@ class Stack:
             cmd += ["-f", str(ROOT / name)]
         cmd += ["--env-file", str(self.env_file), *args]
         env = {**os.environ, **variables}
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check,
+                              input=stdin)
 
     def logs(self, tail: int = 150, service: str | None = None) -> str:
         """The last ``tail`` lines of every service (12 000 characters at most, for a failure
@@ -136,6 +138,29 @@ class Stack:
         out = self.compose("logs", "--no-color", "--tail", str(tail), *([service] if service else []))
         text = out.stdout + out.stderr
         return text if service else text[-12000:]
+
+    def add_users(self, passwords: dict[str, str]) -> None:
+        """Test setup for many users at once: gpuhub.usercli's `add`, as `invoke adduser`
+        runs it in the hub, for each name in one process (a task per user costs seconds;
+        `invoke adduser` itself is tested in test_users.py). Passwords go on stdin."""
+        self._usercli_each("add", passwords)
+
+    def remove_users(self, names: list[str]) -> None:
+        """`invoke deluser` for many users in one process (as add_users)."""
+        self._usercli_each("delete", dict.fromkeys(names, ""))
+
+    def _usercli_each(self, command: str, passwords: dict[str, str]) -> None:
+        script = ("import io, sys\nfrom gpuhub import usercli\n"
+                  "for line in sys.stdin.read().splitlines():\n"
+                  "    name, password = line.split(' ', 1)\n"
+                  "    sys.stdin = io.StringIO(password + '\\n')\n"
+                  f"    if usercli.main([{command!r}, name]) != 0:\n"
+                  "        sys.exit('failed for ' + name)\n")
+        lines = "".join(f"{name} {password}\n" for name, password in passwords.items())
+        result = self.compose("exec", "-T", "hub", "python3", "-c", script, stdin=lines)
+        if result.returncode != 0:
+            raise AssertionError(f"usercli {command} for {sorted(passwords)} failed:\n"
+                                 f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
     def users(self) -> list[dict]:
         return json.loads(self.invoke("users", "--json").stdout)

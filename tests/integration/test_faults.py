@@ -51,8 +51,9 @@ def fault_stack(stack_factory, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fault_users(fault_stack):
     users = {}
-    for name in ("ann", "ben", "cat", "dan"):
-        fault_stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    names = ("ann", "ben", "cat", "dan")
+    fault_stack.add_users({name: f"{name}-pw-12345" for name in names})
+    for name in names:
         user = HubUser(fault_stack.url, name)
         user.login(f"{name}-pw-12345")
         user.create_token()

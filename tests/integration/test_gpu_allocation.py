@@ -41,8 +41,7 @@ def _user(stack, name) -> HubUser:
 
 @pytest.fixture(scope="module")
 def gpu_users(stack, inventory):
-    for name in GPU_USERS + ["latecomer"]:
-        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    stack.add_users({name: f"{name}-pw-12345" for name in GPU_USERS + ["latecomer"]})
     users = {name: _user(stack, name) for name in GPU_USERS + ["latecomer"]}
     yield users
     for user in users.values():

@@ -10,8 +10,8 @@ SPAWN_TIMEOUT = 180
 
 def _start_all(stack, names, profile="gpu1"):
     users = []
+    stack.add_users({name: f"{name}-pw-12345" for name in names})
     for name in names:
-        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
         user = HubUser(stack.url, name)
         user.login(f"{name}-pw-12345")
         user.create_token()

@@ -37,8 +37,7 @@ def test_twenty_users_start_at_once(stack_factory, measure):
 
 
 def storm(stack, measure) -> None:
-    for name in GPU_USERS + CPU_USERS:
-        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
+    stack.add_users({name: f"{name}-pw-12345" for name in GPU_USERS + CPU_USERS})
     admin = HubUser(stack.url, "admin")
     admin.login(stack.admin_passwords["admin"])
     admin.create_token()

@@ -117,8 +117,7 @@ def test_changing_passwords_through_the_form_does_not_stall_the_hub(stack, measu
     """Each change hashes with bcrypt (~0.25 s of CPU): ten at once on the event loop
     would hold every other request for seconds. Off the loop, the hub answers meanwhile."""
     names = [f"changer{i}" for i in range(10)]
-    for name in names:
-        stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-old-pw-123\n")
+    stack.add_users({name: f"{name}-old-pw-123" for name in names})
     try:
         users = [HubUser(stack.url, name) for name in names]
         for user in users:
@@ -149,5 +148,4 @@ def test_changing_passwords_through_the_form_does_not_stall_the_hub(stack, measu
             HubUser(stack.url, name).login(f"{name}-new-pw-456")
         assert LoginForm(stack.url, names[1]).submit(f"{names[1]}-old-pw-123") != LOGGED_IN
     finally:
-        for name in names:
-            stack.invoke("deluser", name)
+        stack.remove_users(names)
