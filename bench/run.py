@@ -113,6 +113,7 @@ class Bench:
         self.engine = EngineCpu()
         self.load_at_start = os.getloadavg()
         self.rounds: dict[str, list[Round]] = {}
+        self.diagnostics: list[str] = []  # what a stack said when its starts failed
         self.others_at_start = self.others_running()
         self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
         self.lab_image = self.stack.settings["LAB_IMAGE"]
@@ -186,6 +187,11 @@ class Bench:
         services = stack.compose("ps", "-q", check=True).stdout.split()
         self.rounds["gpuhub"] = self._storms("gpuhub", users, {"profile": "cpu"}, hub,
                                              services, stack.lab_container)
+        if any(r.errors for r in self.rounds["gpuhub"]):
+            # What the stack said, before it is removed: errors.txt then shows why.
+            state = stack.compose("ps", "--all").stdout
+            self.diagnostics.append(f"gpuhub stack after the failed starts:\n{state}\n"
+                                    f"{stack.logs(tail=60)}")
         step("removing the gpuhub stack")
         stack.teardown()
 
@@ -317,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         errors += bench.teardown()
     errors += [f"{hub} N={r.n}: {e}" for hub, rounds in bench.rounds.items()
                for r in rounds for e in r.errors]
+    errors += bench.diagnostics
     bench.timings["benchmark wall time"] = time.monotonic() - wall
     # The run id keeps two runs started in the same second apart.
     out = ROOT / "artifacts" / "bench" / f"{bench.started:%Y%m%dT%H%M%SZ}-{bench.run_id}"
