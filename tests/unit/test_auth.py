@@ -1,6 +1,7 @@
 """GpuhubAuthenticator: NativeAuthenticator's checks, with every bcrypt hash off the event loop."""
 
 import asyncio
+import os
 import threading
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -147,8 +148,6 @@ def test_the_right_password_among_the_first_guesses_still_logs_in(monkeypatch):
 
 def test_the_hubs_pool_has_a_thread_per_two_cores_and_32_waiting_per_thread():
     """The README's figures: hashes never take every core, and 32 wait per thread."""
-    import os
-
     assert gpuhub.auth.HASHING.workers == max(1, (os.cpu_count() or 2) // 2)
     assert gpuhub.auth.HASHING.limit == 32 * gpuhub.auth.HASHING.workers
 

@@ -7,7 +7,6 @@ service onto a network is caught wherever it is written.
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
 from harness import ROOT
@@ -42,10 +41,9 @@ def test_only_the_proxy_publishes_ports_the_https_redirect_only_with_its_file():
     assert not [key for key, spec in services().items() if spec.get("expose")]
 
 
-@pytest.mark.parametrize("api", ["--api-port=8001", "--api-ip=0.0.0.0"])
-def test_the_proxy_api_listens_inside_only_and_with_the_token(api):
+def test_the_proxy_api_listens_inside_only_and_with_the_token():
     command = " ".join(BASE["proxy"]["command"])
-    assert api in command
+    assert "--api-ip=0.0.0.0 --api-port=8001" in command
     assert 'CONFIGPROXY_AUTH_TOKEN="$$(cat /run/secrets/proxy_auth_token)"' in command
     assert BASE["proxy"]["networks"] == {"labs": {"aliases": ["proxy"]}}
 
@@ -94,3 +92,15 @@ def test_only_the_broker_mounts_the_socket_unless_the_socket_file_says_so():
             "${DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock:ro"],
         ("docker-compose.docker-socket.yml", "hub"): [
             "${DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock"]}
+
+
+def test_only_the_sampler_gets_gpus_and_only_the_drivers_utility_capability():
+    """The sampler needs nvidia-smi (utility), not CUDA (compute); the hub gets no GPU."""
+    requests = {}
+    for key, spec in services().items():
+        devices = (((spec.get("deploy") or {}).get("resources") or {})
+                   .get("reservations") or {}).get("devices")
+        if devices or spec.get("runtime") or spec.get("gpus"):
+            requests[key] = devices
+    assert requests == {("docker-compose.gpu-sampler.yml", "gpu-sampler"): [
+        {"driver": "nvidia", "count": "all", "capabilities": ["utility"]}]}

@@ -1,5 +1,7 @@
 """The README stays true to the code: its settings table and task list come from it."""
 
+import ast
+import re
 
 from gpuhub.settings import markdown_table
 from harness import ROOT
@@ -27,8 +29,6 @@ def test_readme_opens_with_the_two_command_lines():
 
 def security_model_citations() -> list[tuple[str, str]]:
     """(file, test) for each test the Security model names; `::name` is in the file last named."""
-    import re
-
     section = README.split("\n## Security model\n", 1)[1].split("\n## ", 1)[0]
     cited, last = [], None
     for path, name in re.findall(r"`((?:tests|harness)/[\w/]+\.py)?::(\w+)`", section):
@@ -38,8 +38,6 @@ def security_model_citations() -> list[tuple[str, str]]:
 
 
 def test_every_test_the_security_model_names_exists():
-    import ast
-
     cited = security_model_citations()
     assert len(cited) > 100, len(cited)
     defined: dict[str, set[str]] = {}

@@ -293,20 +293,3 @@ def test_the_board_and_the_metrics_show_the_line(tmp_path):
     text = generate_latest(registry).decode()
     assert "gpuhub_gpu_queue_length 2.0" in text
     assert "gpuhub_gpu_queue_oldest_wait_seconds" in text
-
-
-def test_only_the_sampler_gets_gpus_and_only_the_drivers_utility_capability():
-    """The sampler needs nvidia-smi (utility), not CUDA (compute); the hub gets no GPU."""
-    import yaml
-
-    from harness import ROOT
-
-    requests = {}
-    for path in sorted(ROOT.glob("docker-compose*.yml")):
-        for name, service in (yaml.safe_load(path.read_text()).get("services") or {}).items():
-            devices = (((service.get("deploy") or {}).get("resources") or {})
-                       .get("reservations") or {}).get("devices")
-            if devices or service.get("runtime") or service.get("gpus"):
-                requests[(path.name, name)] = devices
-    assert requests == {("docker-compose.gpu-sampler.yml", "gpu-sampler"): [
-        {"driver": "nvidia", "count": "all", "capabilities": ["utility"]}]}
