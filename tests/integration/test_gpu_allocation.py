@@ -10,6 +10,7 @@ import json
 import pytest
 
 from harness.hub import HubUser
+from harness.wait import wait_until
 
 GPU_USERS = ["gpu1user", "gpu2user", "gpu3user", "gpu4user", "gpu5user"]
 SPAWN_TIMEOUT = 180
@@ -136,9 +137,15 @@ def test_a_lab_that_dies_frees_its_gpu_at_once(stack, gpu_users):
 def test_admin_gpu_page_shows_holders_and_refuses_non_admins(stack, gpu_users):
     admin = HubUser(stack.url, "admin")
     admin.login(stack.admin_passwords["admin"])
-    page = admin.http.get(f"{stack.url}/hub/gpus?format=json", timeout=30)
-    assert page.status_code == 200, page.text[:500]
-    assert _holders(page.json()["rows"]) == _holders(_gpus(stack))
+    expected = _holders(_gpus(stack))
+
+    def on_page():  # the hub's board refreshes every GPU_SAMPLE_INTERVAL: one may be due
+        page = admin.http.get(f"{stack.url}/hub/gpus?format=json", timeout=30)
+        assert page.status_code == 200, page.text[:500]
+        return _holders(page.json()["rows"]) == expected
+
+    wait_until(on_page, timeout=20, interval=1, what=f"the admin page's holders {expected}",
+               logs=stack.logs)
     html = admin.http.get(f"{stack.url}/hub/gpus", timeout=30)
     assert 'id="gpu-table"' in html.text and "Tesla T4" in html.text
     plain = HubUser(stack.url, "latecomer")
