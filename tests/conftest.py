@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -43,9 +44,9 @@ def images(docker_required, tmp_path_factory, measure):
     measure("invoke build (this session)", build_images_once(tmp_path_factory.mktemp("images")))
 
 
-@pytest.fixture(scope="session")
-def stack_factory(images, tmp_path_factory):
-    """Make extra stacks (own project, port, volumes); all removed at session end."""
+@contextlib.contextmanager
+def _stacks(tmp_path_factory):
+    """A maker of stacks (own project, port, volumes), all removed when the block ends."""
     made: list[Stack] = []
 
     def make(**overrides: str) -> Stack:
@@ -53,19 +54,42 @@ def stack_factory(images, tmp_path_factory):
         made.append(stack)
         return stack
 
-    yield make
-    for stack in made:
-        stack.teardown()
+    try:
+        yield make
+    finally:
+        for stack in made:
+            stack.teardown()
+
+
+@pytest.fixture(scope="module")
+def stack_factory(images, tmp_path_factory):
+    """Make extra stacks for one test module; they are removed when the module ends, so
+    that no module's stack (its hub, sampler and labs) loads the machine for the next."""
+    with _stacks(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture
+def test_stacks(images, tmp_path_factory):
+    """Make stacks for one test; they are removed when the test ends."""
+    with _stacks(tmp_path_factory) as make:
+        yield make
 
 
 @pytest.fixture(scope="session")
-def stack(stack_factory, measure) -> Stack:
+def _session_stacks(images, tmp_path_factory):
+    with _stacks(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def stack(_session_stacks, measure) -> Stack:
     """The shared test stack, brought up with the real `invoke up`.
 
     Without the line for GPUs (GPU_QUEUE_TIMEOUT=0): the allocation tests check the
     immediate refusal; tests/integration/test_gpu_queue.py has a stack with the line.
     """
-    s = stack_factory(GPU_QUEUE_TIMEOUT="0")
+    s = _session_stacks(GPU_QUEUE_TIMEOUT="0")
     started = time.monotonic()
     s.up("--no-build")
     measure("invoke up --no-build (images built)", time.monotonic() - started)

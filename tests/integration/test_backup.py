@@ -77,8 +77,8 @@ def test_backup_refuses_postgresql(stack, tmp_path):
 
 
 def test_restore_onto_a_new_project_brings_users_and_files_back(
-        archive, stack_factory, users, measure):
-    target = stack_factory()
+        archive, test_stacks, users, measure):
+    target = test_stacks()
     started = time.monotonic()
     result = target.invoke("restore", str(archive))
     measure("invoke restore", time.monotonic() - started)
@@ -109,14 +109,14 @@ def test_restore_onto_a_new_project_brings_users_and_files_back(
     assert len(populated.stderr.strip().splitlines()) == 1, populated.stderr
 
 
-def test_include_secrets_keeps_sessions_valid(stack, users, stack_factory, tmp_path):
+def test_include_secrets_keeps_sessions_valid(stack, users, test_stacks, tmp_path):
     alice = HubUser(stack.url, "alice")
     alice.login(users["alice"])
     out = tmp_path / "with-secrets.tar.gz"
     stack.invoke("backup", "--include-secrets", "--output", str(out))
     with tarfile.open(out, "r:gz") as tar:
         assert "hub/jupyterhub_cookie_secret" in tar.getnames()
-    target = stack_factory()
+    target = test_stacks()
     target.invoke("restore", str(out))
     target.up("--no-build")
     # The session cookie the old hub signed opens the restored hub's pages without a login.
@@ -127,7 +127,7 @@ def test_include_secrets_keeps_sessions_valid(stack, users, stack_factory, tmp_p
                              timeout=30).status_code == 302
 
 
-def test_a_deleted_users_work_folder_survives_backup_and_restore(stack, stack_factory, tmp_path):
+def test_a_deleted_users_work_folder_survives_backup_and_restore(stack, test_stacks, tmp_path):
     volume = f"{stack.project}-home-{GONE_USER}"
     stack.invoke("adduser", GONE_USER, "--password-stdin", stdin=GONE_PASSWORD + "\n")
     try:
@@ -153,7 +153,7 @@ def test_a_deleted_users_work_folder_survives_backup_and_restore(stack, stack_fa
         stack.invoke("deluser", GONE_USER, check=False)
         stack.docker("volume", "rm", "-f", volume, check=False)
 
-    target = stack_factory()
+    target = test_stacks()
     restored = target.invoke("restore", str(out))
     assert (f"restoring the work folder of a deleted user into {target.project}-home-{GONE_USER}"
             in restored.stdout), restored.stdout

@@ -62,9 +62,12 @@ def home_says(user: HubUser) -> str:
 
 def test_an_idle_gpus_lab_is_stopped_a_busy_ones_is_not_and_max_age_holds(rstack):
     busy = started(rstack, "busy", "gpu1")
+    # busy's GPU computes from its start (the next start may take longer than the idle
+    # timeout on a slow machine), then aged's too; every other GPU reads 0 %.
+    computing = {gpu_of(rstack, "busy"): (90, 8000)}
+    gpu_state.write(computing)
     aged = started(rstack, "aged", "short")
-    # busy's and aged's GPUs compute; every other GPU reads 0 %.
-    gpu_state.write({gpu_of(rstack, "busy"): (90, 8000), gpu_of(rstack, "aged"): (70, 4000)})
+    gpu_state.write(computing | {gpu_of(rstack, "aged"): (70, 4000)})
     idler = started(rstack, "idler", "gpu1")
     assert idler.run_code("print(open('work/kept.txt', 'w').write('kept'))").strip() == "4"
 
