@@ -25,6 +25,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 POLICIES = ("exclusive", "shared", "round-robin")
+# The default, and the one policy under which a GPU belongs to one lab at a time.
+EXCLUSIVE = POLICIES[0]
+
+
+def one_lab_per_gpu(policy: str) -> bool:
+    """Whether ``policy`` gives each GPU to one lab at a time (the others share GPUs)."""
+    return policy == EXCLUSIVE
 
 
 class NoGpuAvailable(Exception):
@@ -61,6 +68,14 @@ class GpuAllocator:
             return max(group_limits)
         return self.limits.get("*")
 
+    def check_limit(self, user: str, count: int, groups: Iterable[str] = ()) -> None:
+        """Raise NoGpuAvailable if one lab of ``user`` may not hold ``count`` GPUs."""
+        limit = self.limit_for(user, groups)
+        if limit is not None and count > limit:
+            raise NoGpuAvailable(
+                f"your limit is {limit} GPU(s) per lab and this profile asks for {count}; "
+                "choose a profile with fewer GPUs")
+
     def allocate(self, user: str, count: int, held: Mapping[str, list[str]],
                  groups: Iterable[str] = ()) -> list[str]:
         """Choose ``count`` device IDs for ``user``'s lab, given what others hold now.
@@ -73,11 +88,7 @@ class GpuAllocator:
             raise ValueError("count must be 0 or more")
         if count == 0:
             return []
-        limit = self.limit_for(user, groups)
-        if limit is not None and count > limit:
-            raise NoGpuAvailable(
-                f"your limit is {limit} GPU(s) per lab and this profile asks for {count}; "
-                "choose a profile with fewer GPUs")
+        self.check_limit(user, count, groups)
         if not self.devices:
             raise NoGpuAvailable("this server has no GPUs; choose the CPU profile",
                                  reason="no_gpus")

@@ -26,10 +26,10 @@ from yarl import URL
 
 from . import gpus as gpu_inventory
 from .brokerpolicy import MAX_BODY, Call, Plan, Policy, Refused
-from .names import DOCKER_BROKER_PORT
+from .names import DOCKER_BROKER_PORT, DOCKER_SOCKET_MOUNT, HUB_PROFILES_PATH
 
-SOCKET = "/var/run/docker.sock"
-PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")  # where compose mounts PROFILES_FILE
+SOCKET = DOCKER_SOCKET_MOUNT
+PROFILES_PATH = Path(HUB_PROFILES_PATH)  # where compose mounts PROFILES_FILE
 MAX_ANSWER = 32 * 1024 * 1024  # a container list of a busy host is well under this
 # `docker stop` waits for the lab to exit: DockerSpawner allows 10 s, an admin may set more.
 DOCKER_TIMEOUT = ClientTimeout(total=660, connect=10)

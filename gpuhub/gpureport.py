@@ -13,6 +13,7 @@ import datetime
 import html
 from dataclasses import dataclass
 
+from .allocator import one_lab_per_gpu
 from .gpus import Gpu
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROFILE as LABEL_PROFILE
@@ -78,7 +79,7 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
         for lab in sorted(holding, key=lambda lab: lab.user):
             if used is None:
                 memory = None
-            elif policy == "exclusive" and len(holding) == 1:
+            elif one_lab_per_gpu(policy) and len(holding) == 1:
                 memory = used
             elif on_gpu:
                 memory = sum(p.get("used_mib") or 0 for p in on_gpu

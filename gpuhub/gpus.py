@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from .allocator import one_lab_per_gpu
+
 # Where the hub keeps the inventory it was last given, on the hub-data volume.
 INVENTORY_FILE = "gpu-inventory.json"
 
@@ -108,4 +110,5 @@ def from_json(text: str) -> list[Gpu]:
 
 def allow_growth(policy: str, gpu_allow_growth: str) -> bool:
     """Whether labs get TF_FORCE_GPU_ALLOW_GROWTH=true (GPU_ALLOW_GROWTH; auto: GPUs shared)."""
-    return gpu_allow_growth == "yes" or (gpu_allow_growth == "auto" and policy != "exclusive")
+    return gpu_allow_growth == "yes" or (gpu_allow_growth == "auto"
+                                         and not one_lab_per_gpu(policy))

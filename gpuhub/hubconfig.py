@@ -20,18 +20,18 @@ from pathlib import Path
 from . import gpus as gpu_inventory
 from . import lablimits, names
 from .accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from .hubmodes import hub_mode
 from .labels import PROJECT as LABEL_PROJECT
 from .profiles import Profiles
 from .settings import Settings
-from .swarm import image_ref
 
 DATA_DIR = Path(names.HUB_DATA_DIR)
-PROFILES_PATH = Path("/srv/jupyterhub/profiles.yaml")
-TEMPLATES = Path("/srv/jupyterhub/templates")  # jupyterhub/templates in the hub image
+PROFILES_PATH = Path(names.HUB_PROFILES_PATH)
+TEMPLATES = Path(names.HUB_TEMPLATES_DIR)  # jupyterhub/templates in the hub image
 SECRETS_DIR = Path(names.HUB_SECRETS_DIR)  # compose's secrets: the proxy and metrics tokens
 # Where docker-compose.tls.yml mounts TLS_CERT and TLS_KEY in the proxy container.
-PROXY_TLS_CERT = "/run/secrets/tls_cert"
-PROXY_TLS_KEY = "/run/secrets/tls_key"
+PROXY_TLS_CERT = f"{names.HUB_SECRETS_DIR}/{names.TLS_CERT_SECRET}"
+PROXY_TLS_KEY = f"{names.HUB_SECRETS_DIR}/{names.TLS_KEY_SECRET}"
 LAB_HOME = names.LAB_HOME
 ADMIN_SERVICE = "gpuhub-admin"
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
@@ -39,7 +39,7 @@ METRICS_SERVICE = "prometheus"
 HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs network
 # How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
 DOCKER_PROXY_URL = names.DOCKER_BROKER_URL
-HUB_DOCKER_SOCKET = Path("/var/run/docker.sock")  # where the socket is mounted, if it is
+HUB_DOCKER_SOCKET = Path(names.DOCKER_SOCKET_MOUNT)  # where the socket is mounted, if it is
 
 
 def read_or_create_secret(path: Path) -> str:
@@ -325,28 +325,6 @@ def lab_start_slots(setting: str | int) -> int:
     return len(os.sched_getaffinity(0)) if setting == "auto" else setting
 
 
-def update_swarm(c, settings: Settings) -> None:
-    """Swarm mode: labs as Swarm services anywhere in the Swarm, homes on SWARM_HOMES."""
-    if settings.mode != "swarm":
-        return
-    c.JupyterHub.spawner_class = "gpuhub.swarmspawner.GpuSwarmSpawner"
-    # Every node pulls the lab image from REGISTRY (the hub image comes from there too).
-    c.DockerSpawner.image = image_ref(settings, settings.lab_image)
-    # A folder on the shared filesystem, the same path on every node, instead of a
-    # per-node Docker volume: the user's files follow the lab to whichever node runs it.
-    volumes: dict = {f"{settings.swarm_homes}/{{username}}": f"{LAB_HOME}/work"}
-    if settings.shared_data_dir:
-        volumes[settings.shared_data_dir] = {"bind": f"{LAB_HOME}/shared", "mode": "ro"}
-    c.DockerSpawner.volumes = volumes
-    c.GpuSwarmSpawner.gpu_resource = settings.swarm_gpu_resource
-    # Labs boot on many nodes: the hub's own cores say nothing about when to start the next.
-    c.GpuSwarmSpawner.lab_start_concurrency = 0
-    c.GpuSwarmSpawner.pids_limit = settings.lab_pids_limit
-    # Swarm places labs itself, with its own pending state: no line for GPUs (README).
-    c.Spawner.start_timeout = settings.spawn_timeout
-    c.GpuSwarmSpawner.gpu_queue_timeout = 0
-
-
 def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:
     """Inventory, policy, limits, pins and profiles for the GPU allocator."""
     by_key = {g.index: g.device_id for g in gpus} | {g.uuid: g.device_id for g in gpus if g.uuid}
@@ -383,7 +361,7 @@ def update_services(c, settings: Settings, data_dir: Path,
                                                   "metrics token")})
     roles.append({"name": "metrics-scraper", "scopes": ["read:metrics"],
                   "services": [METRICS_SERVICE]})
-    if settings.mode != "swarm" and (settings.gpu_idle_timeout or profiles_max_age):
+    if hub_mode(settings).reclaims_idle_gpus and (settings.gpu_idle_timeout or profiles_max_age):
         # Stops GPU labs whose GPUs stay idle, and labs past their profile's max_age.
         services.append({
             "name": "gpu-reclaimer",
@@ -433,7 +411,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_auth(c, settings, secrets_dir)
     update_spawner(c, settings)
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
-    update_swarm(c, settings)
+    hub_mode(settings).update_config(c)
     update_gpus(c, settings, gpus, profiles_yaml)
     max_age = bool(profiles_yaml) and any(
         p.max_age for p in Profiles.from_yaml(profiles_yaml, str(profiles_path)).profiles)

@@ -22,7 +22,7 @@ from . import gpus as gpu_inventory
 from . import names
 from .labels import PROJECT as LABEL_PROJECT
 from .settings import Settings
-from .swarm import HOMES_MOUNT
+from .swarm import HOMES_MOUNT, image_ref
 from .telemetry import Board, compose_board, docker_lab_lister, swarm_board
 
 
@@ -100,8 +100,14 @@ class SwarmHome:
 class ComposeHub:
     """Compose mode: labs are containers on this Docker host, work folders are volumes."""
 
+    # The gpu-sampler reads this host's GPUs: the reclaimer can tell idle ones.
+    reclaims_idle_gpus = True
+
     def __init__(self, settings: Settings):
         self.settings = settings
+
+    def update_config(self, c) -> None:
+        """Nothing to add: gpuhub.hubconfig's configuration is compose mode's."""
 
     def work_folder(self, name: str) -> WorkVolume:
         return WorkVolume(self.settings, name)
@@ -163,8 +169,31 @@ class ComposeHub:
 class SwarmHub:
     """Swarm mode: labs are Swarm services on any node, work folders are under SWARM_HOMES."""
 
+    # The gpu-sampler is single-host: nothing tells the reclaimer which node's GPU is idle.
+    reclaims_idle_gpus = False
+
     def __init__(self, settings: Settings):
         self.settings = settings
+
+    def update_config(self, c) -> None:
+        """Labs as Swarm services anywhere in the Swarm, homes on SWARM_HOMES."""
+        s = self.settings
+        c.JupyterHub.spawner_class = "gpuhub.swarmspawner.GpuSwarmSpawner"
+        # Every node pulls the lab image from REGISTRY (the hub image comes from there too).
+        c.DockerSpawner.image = image_ref(s, s.lab_image)
+        # A folder on the shared filesystem, the same path on every node, instead of a
+        # per-node Docker volume: the user's files follow the lab to whichever node runs it.
+        volumes: dict = {f"{s.swarm_homes}/{{username}}": names.WORK_MOUNT}
+        if s.shared_data_dir:
+            volumes[s.shared_data_dir] = {"bind": names.SHARED_MOUNT, "mode": "ro"}
+        c.DockerSpawner.volumes = volumes
+        c.GpuSwarmSpawner.gpu_resource = s.swarm_gpu_resource
+        # Labs boot on many nodes: the hub's own cores say nothing about when to start the next.
+        c.GpuSwarmSpawner.lab_start_concurrency = 0
+        c.GpuSwarmSpawner.pids_limit = s.lab_pids_limit
+        # Swarm places labs itself, with its own pending state: no line for GPUs (README).
+        c.Spawner.start_timeout = s.spawn_timeout
+        c.GpuSwarmSpawner.gpu_queue_timeout = 0
 
     def work_folder(self, name: str) -> SwarmHome:
         return SwarmHome(self.settings, name)

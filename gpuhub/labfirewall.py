@@ -19,7 +19,9 @@ in place when the service stops or dies, so labs that still run stay cut off: on
 deliberate ``invoke down`` (``labfirewall.py remove``, once no lab runs) removes them.
 
 This file runs alone in the lab-firewall image (python3-minimal), so it imports only the
-standard library; the tasks import :func:`bridge_name` from it.
+standard library, not even gpuhub/names.py: ``tests/unit/test_names.py`` checks that its
+names (the bridge, the status file) agree with that module, compose and the image. The
+tasks import :func:`bridge_name` from it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def bridge_name(project: str) -> str:
     docker-compose.yml falls back to ``<project>-labs`` when `invoke` does not say, so
     a hand-run compose with a short project name (the default ``gpuhub``) agrees.
     """
-    name = f"{project}-labs"
+    name = f"{project}-labs"  # names.labs_network(project); tests/unit/test_names.py checks
     if len(name) <= IFNAMSIZ:
         return name
     return "gpuhub-" + hashlib.sha256(project.encode()).hexdigest()[:IFNAMSIZ - len("gpuhub-")]

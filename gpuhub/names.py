@@ -2,7 +2,7 @@
 
 The hub creates labs and work volumes under these names, and the Docker broker allows
 exactly these names, so the two cannot drift apart. Places that are not Python
-(docker-compose.yml, the lab firewall's image) are checked against this module by
+(the compose files, the lab firewall's image) are checked against this module by
 ``tests/unit/test_names.py``.
 
 Only the standard library: the Docker broker's image imports it without the hub's
@@ -29,9 +29,29 @@ DOCKER_BROKER_SERVICE = "docker-proxy"
 DOCKER_BROKER_PORT = 2375
 DOCKER_BROKER_URL = f"tcp://{DOCKER_BROKER_SERVICE}:{DOCKER_BROKER_PORT}"
 LAB_FIREWALL_SERVICE = "lab-firewall"
+# Where the lab-firewall image keeps gpuhub/labfirewall.py (its Dockerfile's COPY and CMD).
+LAB_FIREWALL_SCRIPT = "/usr/local/lib/gpuhub/labfirewall.py"
+
+# Where the containers that hold the Docker socket have it: the Docker broker, or the hub
+# itself with DOCKER_SOCKET_PROXY=false (docker-compose.docker-socket.yml) and in swarm mode.
+DOCKER_SOCKET_MOUNT = "/var/run/docker.sock"
+
+# The hub's folder in its image (jupyterhub/Dockerfile's WORKDIR).
+HUB_DIR = "/srv/jupyterhub"
+HUB_TEMPLATES_DIR = f"{HUB_DIR}/templates"  # jupyterhub/templates, gpuhub's pages
+# PROFILES_FILE, where compose mounts it read-only in the hub and the Docker broker.
+HUB_PROFILES_PATH = f"{HUB_DIR}/profiles.yaml"
+# Swarm mode: SWARM_HOMES as mounted in the hub, which creates users' folders there.
+SWARM_HOMES_MOUNT = "/srv/gpuhub/homes"
 
 # The hub's state (database, cookie secret, inventory, records) on the hub-data volume.
-HUB_DATA_DIR = "/srv/jupyterhub/data"
+HUB_DATA_VOLUME = "hub-data"
+
+
+def hub_data_volume(project: str) -> str:
+    """The hub-data volume as compose (and `docker stack deploy`) name it."""
+    return f"{project}_{HUB_DATA_VOLUME}"
+HUB_DATA_DIR = f"{HUB_DIR}/data"
 # In HUB_DATA_DIR: the SQLite database (without DATABASE_URL) and the cookie secret.
 HUB_DATABASE_FILE = "jupyterhub.sqlite"
 COOKIE_SECRET_FILE = "jupyterhub_cookie_secret"
@@ -52,7 +72,14 @@ STOP_REASONS_DIR = "stop-reasons"
 # Secrets compose hands the hub (docker-compose.yml `secrets:`), in /run/secrets.
 HUB_SECRETS_DIR = "/run/secrets"
 PROXY_TOKEN_SECRET = "proxy_auth_token"
+# The files under SECRETS_DIR that hold them (docker-compose.yml's `secrets:`):
+# <project>-<name>.
+PROXY_TOKEN_FILE = "proxy-token"
+METRICS_TOKEN_FILE = "metrics-token"
 METRICS_TOKEN_SECRET = "metrics_token"
+# docker-compose.tls.yml (TLS_CERT and TLS_KEY set): the proxy's certificate and key.
+TLS_CERT_SECRET = "tls_cert"
+TLS_KEY_SECRET = "tls_key"
 # docker-compose.login.yml (AUTHENTICATOR=ldap or oidc): the files the settings name.
 LDAP_BIND_PASSWORD_SECRET = "ldap_bind_password"
 LDAP_CA_SECRET = "ldap_ca"

@@ -129,7 +129,7 @@ def main() -> None:  # the service's loop; its decisions are tested in decide()
     except SettingsError as err:
         sys.exit(f"gpu-reclaimer: {err}")
     api, token = os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
-    max_ages = _profiles_max_ages(Path("/srv/jupyterhub/profiles.yaml"))
+    max_ages = _profiles_max_ages(Path(names.HUB_PROFILES_PATH))
     line_file = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE
     client = docker.from_env(timeout=10)
     asked: dict[str, float] = {}

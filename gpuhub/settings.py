@@ -712,6 +712,7 @@ def _login_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
 
 
 def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    from .allocator import one_lab_per_gpu
     """What swarm mode needs, and the single-host features it cannot offer."""
     if values["MODE"] != "swarm":
         return []
@@ -725,7 +726,7 @@ def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
                         "every node (an NFS mount at the same path), so a user's files "
                         "follow their lab to any node.")
     # Swarm itself hands out GPUs (generic resources): exclusive, no pins.
-    if values["GPU_POLICY"] != "exclusive":
+    if not one_lab_per_gpu(values["GPU_POLICY"]):
         problems.append(f"GPU_POLICY={raw['GPU_POLICY']!r} in the settings: swarm mode hands "
                         "each GPU to one lab at a time (Swarm generic resources); use "
                         "GPU_POLICY=exclusive or MODE=compose.")

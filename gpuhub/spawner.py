@@ -25,7 +25,8 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Bool, Dict, Integer, List, Unicode, default
 
-from .allocator import POLICIES, GpuAllocator, NoGpuAvailable
+from . import names
+from .allocator import EXCLUSIVE, POLICIES, GpuAllocator, NoGpuAvailable
 from .gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
 from .gpureport import duration
 from .grants import PendingGrants
@@ -56,7 +57,7 @@ class GpuDockerSpawner(DockerSpawner):
     gpu_inventory = List(
         Unicode(), help="Device IDs (UUIDs or indices) of the host GPUs labs may use.",
     ).tag(config=True)
-    gpu_policy = Unicode("exclusive", help=f"One of {', '.join(POLICIES)}.").tag(config=True)
+    gpu_policy = Unicode(EXCLUSIVE, help=f"One of {', '.join(POLICIES)}.").tag(config=True)
     gpu_limits = Dict(help="Most GPUs per lab: {user|@group|*: n}.").tag(config=True)
     gpu_pins = Dict(help="Reserved device IDs: {user: [device id, ...]}.").tag(config=True)
     gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
@@ -193,8 +194,8 @@ class GpuDockerSpawner(DockerSpawner):
         if not self.require_lab_firewall:
             return
         healthy = await self.docker("containers", filters={
-            "label": [f"com.docker.compose.project={self.project}",
-                      "com.docker.compose.service=lab-firewall"],
+            "label": [f"{names.COMPOSE_PROJECT_LABEL}={self.project}",
+                      f"{names.COMPOSE_SERVICE_LABEL}={names.LAB_FIREWALL_SERVICE}"],
             "health": "healthy"})
         if not healthy:
             self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "

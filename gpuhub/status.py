@@ -48,6 +48,26 @@ def services_table(containers: list[dict], now: datetime.datetime) -> str:
     return _table(rows) if len(rows) > 1 else "No service of this project exists: `invoke up`."
 
 
+def swarm_services_table(tasks: list[dict], service_names: dict[str, str],
+                         node_names: dict[str, str], health: dict[str, str],
+                         now: datetime.datetime) -> str:
+    """One line per task of the stack's services: service, node, state, health and since.
+
+    ``service_names`` and ``node_names`` map Swarm's IDs to names; ``health`` maps a
+    container ID to its health, for the containers this node can inspect (the others
+    say "-").
+    """
+    rows = [("SERVICE", "NODE", "STATE", "HEALTH", "SINCE")]
+    for task in sorted(tasks, key=lambda t: (service_names.get(t.get("ServiceID"), ""),
+                                             t.get("Slot") or 0)):
+        status = task.get("Status") or {}
+        container = (status.get("ContainerStatus") or {}).get("ContainerID", "")
+        rows.append((service_names.get(task.get("ServiceID"), "?"),
+                     node_names.get(task.get("NodeID"), "?"), status.get("State", "?"),
+                     health.get(container, "-"), _since(status.get("Timestamp") or "", now)))
+    return _table(rows) if len(rows) > 1 else "No service of this stack runs: `invoke up`."
+
+
 def labs_table(labs: list[dict], now: datetime.datetime) -> str:
     """One line per running lab: its user, profile, GPUs and since when."""
     if not labs:

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import names
 from .labels import GPUS as LABEL_GPUS
 from .labels import PROJECT as LABEL_PROJECT
 from .labels import SINCE as LABEL_SINCE
@@ -23,17 +24,18 @@ from .lablimits import HOST_MEMORY_ENV
 from .settings import Settings
 
 HUB_NODE_LABEL = "gpuhub.hub"  # the node that keeps the hub-data volume
-HOMES_MOUNT = "/srv/gpuhub/homes"  # SWARM_HOMES inside the hub, which creates users' folders
+HOMES_MOUNT = names.SWARM_HOMES_MOUNT  # SWARM_HOMES inside the hub
 LAB_UID, LAB_GID = 1000, 100  # the Jupyter Docker Stacks user (jovyan:users)
 # As in docker-compose.yml: the cheap probe from the hub image (gpuhub/healthcheck.py).
-PROXY_HEALTHCHECK = ["CMD", "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+HEALTHCHECK_SCRIPT = "/opt/gpuhub/gpuhub/healthcheck.py"
+PROXY_HEALTHCHECK = ["CMD", "python3", "-I", "-S", HEALTHCHECK_SCRIPT,
                      "http://127.0.0.1:8000/_chp_healthz"]
 # Not in the hub image: the gpu-sampler runs that image too, and needs none.
-HUB_HEALTHCHECK = ["CMD", "python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+HUB_HEALTHCHECK = ["CMD", "python3", "-I", "-S", HEALTHCHECK_SCRIPT,
                    "http://127.0.0.1:8081/hub/health"]
 PROXY_COMMAND = [
     "sh", "-c",
-    'CONFIGPROXY_AUTH_TOKEN="$$(cat /run/secrets/proxy_auth_token)" '
+    f'CONFIGPROXY_AUTH_TOKEN="$$(cat {names.HUB_SECRETS_DIR}/{names.PROXY_TOKEN_SECRET})" '
     "exec configurable-http-proxy --ip=0.0.0.0 --port=8000 --api-ip=0.0.0.0 --api-port=8001 "
     "--default-target=http://hub:8081 --error-target=http://hub:8081/hub/error",
 ]
@@ -85,15 +87,16 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                 "environment": environment,
                 "volumes": [
                     {"type": "bind", "source": settings.docker_socket,
-                     "target": "/var/run/docker.sock"},
-                    {"type": "volume", "source": "hub-data", "target": "/srv/jupyterhub/data"},
+                     "target": names.DOCKER_SOCKET_MOUNT},
+                    {"type": "volume", "source": names.HUB_DATA_VOLUME,
+                     "target": names.HUB_DATA_DIR},
                     {"type": "bind", "source": str(profiles_path),
-                     "target": "/srv/jupyterhub/profiles.yaml", "read_only": True},
+                     "target": names.HUB_PROFILES_PATH, "read_only": True},
                     {"type": "bind", "source": settings.swarm_homes, "target": HOMES_MOUNT},
                 ],
-                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"},
-                            {"source": "metrics_token", "target": "metrics_token"},
-                            *({"source": name, "target": name} for name in login_secrets)],
+                "secrets": [{"source": name, "target": name}
+                            for name in (names.PROXY_TOKEN_SECRET, names.METRICS_TOKEN_SECRET,
+                                         *login_secrets)],
                 "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": "3s",
                                 "retries": 3, "start_period": "60s"},
                 "networks": {"labs": {"aliases": ["hub"]}},
@@ -104,7 +107,8 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                 "command": PROXY_COMMAND,
                 "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": "2s",
                                 "timeout": "3s", "retries": 3},
-                "secrets": [{"source": "proxy_auth_token", "target": "proxy_auth_token"}],
+                "secrets": [{"source": names.PROXY_TOKEN_SECRET,
+                             "target": names.PROXY_TOKEN_SECRET}],
                 # mode host: published on the hub node itself, not through the routing
                 # mesh, so the proxy sees real client addresses.
                 "ports": [{"target": 8000, "published": settings.hub_port,
@@ -127,13 +131,14 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                            "resources": {"limits": {"memory": "16M"}}},
             },
         },
-        "secrets": {"proxy_auth_token": {"file": str(secret_file),
-                                         "name": f"{project}-proxy-token-{digest}"},
-                    "metrics_token": {"file": str(metrics_secret_file),
-                                      "name": f"{project}-metrics-token-{metrics_digest}"},
+        "secrets": {names.PROXY_TOKEN_SECRET: {"file": str(secret_file),
+                                               "name": f"{project}-proxy-token-{digest}"},
+                    names.METRICS_TOKEN_SECRET: {
+                        "file": str(metrics_secret_file),
+                        "name": f"{project}-metrics-token-{metrics_digest}"},
                     **login_secrets},
-        "volumes": {"hub-data": {}},
-        "networks": {"labs": {"name": f"{project}-labs", "driver": "overlay",
+        "volumes": {names.HUB_DATA_VOLUME: {}},
+        "networks": {"labs": {"name": names.labs_network(project), "driver": "overlay",
                               "attachable": True}},
     }
 

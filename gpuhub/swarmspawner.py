@@ -28,6 +28,7 @@ from dockerspawner import SwarmSpawner
 from tornado import web
 from traitlets import Integer, List, Unicode
 
+from .allocator import NoGpuAvailable
 from .labels import PROFILE as LABEL_PROFILE
 from .spawner import GpuDockerSpawner
 from .swarm import HOMES_MOUNT, LAB_GID, LAB_UID, assigned_gpus
@@ -196,11 +197,11 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         """Swarm chooses the GPUs (generic resources): only the user's limit is checked
         here, then the service is created (GpuDockerSpawner.start does the rest)."""
         profile = self.resolve_profile()
-        limit = self.allocator.limit_for(self.user.name,
-                                         [g.name for g in getattr(self.user, "groups", [])])
-        if limit is not None and profile.gpus > limit:
-            raise web.HTTPError(409, f"profile {profile.display_name!r} asks for {profile.gpus} "
-                                     f"GPUs; your limit is {limit}")
+        try:
+            self.allocator.check_limit(self.user.name, profile.gpus,
+                                       [g.name for g in getattr(self.user, "groups", [])])
+        except NoGpuAvailable as err:
+            raise web.HTTPError(409, str(err)) from None
         self.gpu_count = profile.gpus
         self.placement = list(profile.placement)
         self.task_id = ""

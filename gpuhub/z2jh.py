@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from . import gpus, lablimits, names
+from .allocator import one_lab_per_gpu
 from .hubconfig import LAB_HOME, auth_config
 from .profiles import Profile, Profiles
 from .settings import Settings
@@ -218,7 +219,7 @@ def _gpu_notes(s: Settings, profiles: Profiles) -> list[str]:
         "tolerations) in kubespawner_override, and offer it only to its users with a "
         "profile_list callable in hub.extraConfig.",
     ]
-    if s.gpu_policy != "exclusive":
+    if not one_lab_per_gpu(s.gpu_policy):
         paragraphs.append(f"This hub uses GPU_POLICY={s.gpu_policy}: until time-slicing is "
                           "on, each GPU lab gets GPUs of its own.")
     if s.gpu_pins:

@@ -12,9 +12,11 @@ The archive (tar.gz, mode 0600: it holds bcrypt password hashes) contains:
   gpuhub/usage.py), once the hub has written any;
 - ``settings.env``: the settings file with secret values (DATABASE_URL, *TOKEN*, …) blanked;
 - ``profiles.yaml``: the spawn profiles;
-- ``volumes/home-<escaped user>.tar``: every work volume of the project, only with
+- ``volumes/home-<escaped user>.tar``: every work folder of the project, only with
   ``--with-work-volumes``; those of deleted users too (``invoke deluser`` keeps them), so
-  a restore brings their folders back for when they return.
+  a restore brings their folders back for when they return. Where the folders are is the
+  stack's (`Project.stack`): Docker volumes in compose mode, folders under SWARM_HOMES in
+  swarm mode; the archive is the same, so a backup of one mode restores into the other.
 
 Docker work runs in short-lived helper containers of the hub image (``--network none``),
 so backup works whether the hub is up or down and the host needs neither root nor tar.
@@ -43,7 +45,16 @@ from invoke import task
 from .. import names
 from ..accounts import check_username
 from ..hubconfig import DATA_DIR
-from .project import Project, fail, hub_running, load, require_docker, stderr_tail, step
+from .project import (
+    Project,
+    fail,
+    helper_container,
+    hub_running,
+    load,
+    require_docker,
+    stderr_tail,
+    step,
+)
 
 FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
@@ -57,8 +68,7 @@ DEFAULT_DB_URL = f"sqlite:///{DATA_DIR}/{DB_FILE}"
 # Names ending in _DIR, _FILE or _PATH say where a secret lives (SECRETS_DIR), not what it is.
 SECRET_SETTING = re.compile(r"DATABASE_URL|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|KEY")
 SECRET_LOCATION = re.compile(r".*_(DIR|FILE|PATH)")
-# A work volume's name after "<project>-": DockerSpawner's escaped user name, or anything
-# else Docker allows in a volume name that starts like one (it is backed up all the same).
+# A work folder in the archive: "home-" and the stack's key (the escaped user name).
 WORK_VOLUME_SUFFIX = re.compile(r"home-[A-Za-z0-9_.-]*")
 # Archive members: the hub's files, settings, profiles, and one tar per work volume
 # (named by the volume; archives made before deleted users' folders were included named
@@ -70,23 +80,7 @@ ARCHIVE_MEMBER = re.compile(r"hub/(" + "|".join(map(re.escape, HUB_FILES)) + r")
 
 def hub_data_volume(project: Project) -> str:
     """The compose-made volume of the ``hub-data`` service volume."""
-    return f"{project.name}_hub-data"
-
-
-def work_volume(project: Project, suffix: str) -> str:
-    """A user's work volume in ``project`` (``suffix`` is ``home-<escaped user>``)."""
-    return f"{project.name}-{suffix}"
-
-
-def work_volume_suffix(project: Project, name: str) -> str | None:
-    """``home-<escaped user>`` of one of ``project``'s work volumes; None for other volumes.
-
-    Docker's ``--filter name=`` matches anywhere in a name, so its answer is checked here.
-    """
-    prefix = names.work_volume_prefix(project.name)
-    suffix = name[len(project.name) + 1:]
-    ok = name.startswith(prefix) and WORK_VOLUME_SUFFIX.fullmatch(suffix)
-    return suffix if ok else None
+    return names.hub_data_volume(project.name)
 
 
 def whose(volume: dict) -> str:
@@ -95,42 +89,35 @@ def whose(volume: dict) -> str:
         "work folder of a deleted user")
 
 
-def _helper(image: str, volume: str, mount: str, args: str, stdin: bool = False) -> str:
-    """A throw-away container of ``image`` with ``volume`` at ``mount``, no network."""
-    flags = "--rm -i" if stdin else "--rm"
-    return (f"docker run {flags} --network none -v {shlex.quote(volume + ':' + mount)} "
-            f"{shlex.quote(image)} {args}")
-
-
-def hub_data_backup_command(project: Project, dest: Path, include_secrets: bool) -> str:
+def hub_data_backup_command(project: Project, image: str, dest: Path,
+                            include_secrets: bool) -> str:
     """gpuhub.hubdata, in the hub image, with the hub-data volume at /data."""
     args = "python3 -m gpuhub.hubdata /data"
     if include_secrets:
         args += " --include-secrets"
-    return _helper(project.settings.hub_image, hub_data_volume(project), "/data",
-                   args) + f" > {shlex.quote(str(dest))}"
+    return helper_container(image, hub_data_volume(project), "/data", args) + f" > {shlex.quote(str(dest))}"
 
 
 def volume_backup_command(image: str, volume: str, dest: Path) -> str:
     # Numeric owners: the lab user's uid, whatever names the helper image knows.
-    return (_helper(image, volume, "/v:ro", "tar -C /v --numeric-owner -cf - .")
+    return (helper_container(image, volume, "/v:ro", "tar -C /v --numeric-owner -cf - .")
             + f" > {shlex.quote(str(dest))}")
 
 
 def extract_command(image: str, volume: str, source: Path) -> str:
-    return (_helper(image, volume, "/v", "tar -C /v --numeric-owner -xf -", stdin=True)
+    return (helper_container(image, volume, "/v", "tar -C /v --numeric-owner -xf -", stdin=True)
             + f" < {shlex.quote(str(source))}")
 
 
 def has_database_command(image: str, volume: str) -> str:
-    return _helper(image, volume, "/v:ro", f"test -e /v/{DB_FILE}")
+    return helper_container(image, volume, "/v:ro", f"test -e /v/{DB_FILE}")
 
 
 def create_hub_data_command(project: Project) -> str:
     # Compose's own labels, so `invoke up` adopts the volume as if it had made it.
     return ("docker volume create --label "
-            + shlex.quote(f"com.docker.compose.project={project.name}")
-            + " --label com.docker.compose.volume=hub-data "
+            + shlex.quote(f"{names.COMPOSE_PROJECT_LABEL}={project.name}")
+            + f" --label com.docker.compose.volume={names.HUB_DATA_VOLUME} "
             + shlex.quote(hub_data_volume(project)))
 
 
@@ -160,12 +147,6 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _require_image(c, image: str) -> None:
-    if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).failed:
-        raise fail(f"the hub image {image!r} is not built on this host (HUB_IMAGE); "
-                   "run `invoke build` first, then try again")
-
-
 def _require_sqlite(project: Project, action: str) -> None:
     url = project.settings.database_url
     if not url or url == DEFAULT_DB_URL:
@@ -187,7 +168,8 @@ def _volume_exists(c, name: str) -> bool:
 @task(help={"output": "Archive to write (default: gpuhub-backup-<project>-<UTC time>.tar.gz "
                       "in the current folder); never overwritten.",
             "with-work-volumes": "Also archive every work folder of the project (each "
-                                 "<project>-home-* volume), deleted users' included.",
+                                 "<project>-home-* volume; swarm mode: each folder "
+                                 "under SWARM_HOMES), deleted users' included.",
             "include-secrets": "Also archive the hub's cookie secret, so restored sessions "
                                "stay logged in (default: no; users log in again)."})
 def backup(c, output=None, with_work_volumes=False, include_secrets=False):
@@ -205,12 +187,12 @@ def backup(c, output=None, with_work_volumes=False, include_secrets=False):
         raise fail(f"project {project.name!r} has no hub-data volume "
                    f"({hub_data_volume(project)}): nothing to back up; check "
                    "COMPOSE_PROJECT_NAME in the settings")
-    image = project.settings.hub_image
-    _require_image(c, image)
+    image = project.stack.helper_image(c, project)
     # Beside the archive, not in /tmp: work folders can be larger than a tmpfs.
     staging = Path(tempfile.mkdtemp(prefix=".gpuhub-backup-", dir=out.parent))
     try:
-        manifest = _collect(c, project, staging, stamp, with_work_volumes, include_secrets)
+        manifest = _collect(c, project, image, staging, stamp, with_work_volumes,
+                            include_secrets)
         _write_archive(out, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,13 +204,12 @@ def backup(c, output=None, with_work_volumes=False, include_secrets=False):
           + f"; cookie secret: {'included' if include_secrets else 'not included'})")
 
 
-def _collect(c, project: Project, staging: Path, stamp: datetime,
+def _collect(c, project: Project, image: str, staging: Path, stamp: datetime,
              with_work_volumes: bool, include_secrets: bool) -> dict:
     """Fill ``staging`` with every member of the archive; return the manifest."""
-    image = project.settings.hub_image
     step("copying the hub database (SQLite online backup)")
     hub_tar = staging / "hub-data.tar"
-    result = c.run(hub_data_backup_command(project, hub_tar, include_secrets),
+    result = c.run(hub_data_backup_command(project, image, hub_tar, include_secrets),
                    hide=True, warn=True, in_stream=False)
     if result.failed:
         raise fail("could not copy the hub database: "
@@ -272,32 +253,24 @@ def _collect(c, project: Project, staging: Path, stamp: datetime,
 
 
 def _backup_volumes(c, project: Project, image: str, staging: Path, users: list) -> list:
-    """Archive every work volume of the project, whether or not its user still exists."""
-    prefix = names.work_volume_prefix(project.name)
-    listed = c.run(f"docker volume ls -q --filter name={shlex.quote(prefix)}",
-                   hide=True, warn=True)
-    if listed.failed:
-        raise fail("could not list the work volumes: "
-                   + stderr_tail(listed, f"exit code {listed.return_code}"))
-    found = {n: work_volume_suffix(project, n) for n in sorted(set(listed.stdout.split()))}
+    """Archive every work folder of the project, whether or not its user still exists."""
+    folders = project.stack.work_folders(c, project)
     user_of = {u["volume"]: u["name"] for u in users}
-    running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
-                    hide=True, warn=True).stdout.split()
+    running = project.stack.running_labs(c, project)
     if running:
         print(f"warning: {len(running)} lab(s) are running; files written during the "
               "backup may be copied half-written (stop the labs for a clean copy)",
               file=sys.stderr)
     (staging / "volumes").mkdir()
     volumes = []
-    for name, suffix in found.items():
-        if suffix is None:
-            continue  # another project's volume whose name merely contains the prefix
+    for folder in folders:
+        suffix = f"home-{folder.key}"
         volume = {"user": user_of.get(suffix), "path": f"volumes/{suffix}.tar", "volume": suffix}
-        step(f"archiving the {whose(volume)} ({name})")
-        result = c.run(volume_backup_command(image, name, staging / volume["path"]),
+        step(f"archiving the {whose(volume)} ({folder.mount})")
+        result = c.run(volume_backup_command(image, folder.mount, staging / volume["path"]),
                        hide=True, warn=True, in_stream=False)
         if result.failed:
-            raise fail(f"could not archive volume {name}: "
+            raise fail(f"could not archive {folder.what}: "
                        + stderr_tail(result, f"exit code {result.return_code}"))
         volumes.append(volume)
     return volumes
@@ -452,8 +425,8 @@ def restore(c, archive):
         check_database(db)
         forget_running_labs(db)
         require_docker(c)
-        hub_data_existed = _check_target(c, project, manifest)
-        _put_in_place(c, project, manifest, staging, hub_data_existed)
+        image, hub_data_existed = _check_target(c, project, manifest)
+        _put_in_place(c, project, image, manifest, staging, hub_data_existed)
         profiles_differ = _profiles_differ(project, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -469,17 +442,17 @@ def restore(c, archive):
               f"see it with `tar -xzOf {shlex.quote(str(path))} profiles.yaml`")
 
 
-def _check_target(c, project: Project, manifest: dict) -> bool:
+def _check_target(c, project: Project, manifest: dict) -> tuple[str, bool]:
     """Refuse, before changing anything, unless the target is stopped and empty.
 
-    Returns whether the hub-data volume exists already (empty of a database).
+    Returns the image for the helpers, and whether the hub-data volume exists already
+    (empty of a database).
     """
     if hub_running(c, project):
         raise fail(f"the hub of project {project.name!r} is running; restore works on a "
                    "stopped, empty project: run `invoke down` first (or restore into "
                    "another COMPOSE_PROJECT_NAME)")
-    image = project.settings.hub_image
-    _require_image(c, image)
+    image = project.stack.helper_image(c, project)
     hub_data = hub_data_volume(project)
     exists = _volume_exists(c, hub_data)
     if exists and c.run(has_database_command(image, hub_data), hide=True, warn=True).ok:
@@ -488,29 +461,33 @@ def _check_target(c, project: Project, manifest: dict) -> bool:
                    f"or delete this project's state with `docker volume rm {hub_data}` "
                    "(its users and passwords are lost) and run `invoke restore` again")
     for volume in manifest["volumes"]:
-        name = work_volume(project, volume["volume"])
-        if _volume_exists(c, name):
-            raise fail(f"volume {name} ({whose(volume)}) already exists; "
-                       f"restore never overwrites: remove it with `docker volume rm {name}` "
+        folder = _archived_folder(project, volume)
+        if folder.exists(c):
+            raise fail(f"{folder.what} ({whose(volume)}) already exists; "
+                       f"restore never overwrites: remove it with {folder.by_hand} "
                        "or set a new COMPOSE_PROJECT_NAME, then run `invoke restore` again")
-    return exists
+    return image, exists
 
 
-def _put_in_place(c, project: Project, manifest: dict, staging: Path,
+def _archived_folder(project: Project, volume: dict):
+    """Where the stack keeps the work folder of a manifest entry (``home-<key>``)."""
+    return project.stack.archived_work_folder(project, volume["volume"].removeprefix("home-"))
+
+
+def _put_in_place(c, project: Project, image: str, manifest: dict, staging: Path,
                   hub_data_existed: bool) -> None:
     """Create the volumes and fill them; on any failure remove what this restore made."""
-    image = project.settings.hub_image
     hub_data = hub_data_volume(project)
-    created: list[str] = []
+    undo: list[str] = []  # the commands that remove what this restore made
 
     def run(cmd: str, what: str) -> None:
         result = c.run(cmd, hide=True, warn=True, in_stream=False)
         if result.failed:
-            for name in reversed(created):
-                c.run(f"docker volume rm {shlex.quote(name)}", hide=True, warn=True)
+            for command in reversed(undo):
+                c.run(command, hide=True, warn=True)
             if hub_data_existed:  # only the files this restore brought
                 files = " ".join(f"/v/{n}" for n in HUB_FILES if (staging / "hub" / n).exists())
-                c.run(_helper(image, hub_data, "/v", f"rm -f {files}"), hide=True, warn=True)
+                c.run(helper_container(image, hub_data, "/v", f"rm -f {files}"), hide=True, warn=True)
             raise fail(f"could not {what}: "
                        + stderr_tail(result, f"exit code {result.return_code}")
                        + "; what this restore had made is removed again")
@@ -518,14 +495,14 @@ def _put_in_place(c, project: Project, manifest: dict, staging: Path,
     step(f"restoring the hub database into {hub_data}")
     if not hub_data_existed:
         run(create_hub_data_command(project), f"create volume {hub_data}")
-        created.append(hub_data)
+        undo.append(f"docker volume rm {shlex.quote(hub_data)}")
     run(extract_command(image, hub_data, _hub_tar(staging)), f"fill volume {hub_data}")
     for volume in manifest["volumes"]:
-        name = work_volume(project, volume["volume"])
-        step(f"restoring the {whose(volume)} into {name}")
-        run(f"docker volume create {shlex.quote(name)}", f"create volume {name}")
-        created.append(name)
-        run(extract_command(image, name, staging / volume["path"]), f"fill volume {name}")
+        folder = _archived_folder(project, volume)
+        step(f"restoring the {whose(volume)} into {folder.mount}")
+        run(folder.create_command(image), f"create {folder.what}")
+        undo.append(folder.remove_command(image))
+        run(extract_command(image, folder.mount, staging / volume["path"]), f"fill {folder.what}")
 
 
 def _profiles_differ(project: Project, staging: Path) -> bool:

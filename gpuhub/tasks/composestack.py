@@ -38,8 +38,8 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
         build_images(c, project)
     pull_profile_images(c, project, profiles)
     remove_switched_off(c, project)
-    project.ensure_secret("proxy-token")
-    project.ensure_secret("metrics-token")
+    project.ensure_secret(names.PROXY_TOKEN_FILE)
+    project.ensure_secret(names.METRICS_TOKEN_FILE)
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory))
@@ -103,6 +103,16 @@ def docker_host_memory(c) -> int:
     return int(text) if text.isdigit() else 0
 
 
+def hub_container(project) -> str:
+    """Command printing the running hub container's ID."""
+    return project.compose("ps --status running --quiet hub")
+
+
+def exec_hub(project, args: str) -> str:
+    """Run a command inside the hub container (no TTY, stdin passed through)."""
+    return project.compose(f"exec -T hub {args}")
+
+
 def proxy_running(c, project) -> bool:
     """Whether the project's proxy container runs (it holds HUB_PORT)."""
     found = c.run(project.compose("ps --status running --quiet proxy"), env=project.env(),
@@ -140,17 +150,17 @@ def remove_switched_off(c, project) -> None:
     Compose leaves a service's container running when an override file disables it.
     """
     s = project.settings
-    off = [name for name, on in (("docker-proxy", s.docker_socket_proxy),
-                                 ("lab-firewall", s.lab_firewall)) if not on]
+    off = [name for name, on in ((names.DOCKER_BROKER_SERVICE, s.docker_socket_proxy),
+                                 (names.LAB_FIREWALL_SERVICE, s.lab_firewall)) if not on]
     for service in off:
-        ids = c.run(f"docker ps -aq --filter label=com.docker.compose.project={project.name} "
-                    f"--filter label=com.docker.compose.service={service}",
+        ids = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name} "
+                    f"--filter label={names.COMPOSE_SERVICE_LABEL}={service}",
                     hide=True, warn=True).stdout.split()
         if ids:
             step(f"removing {service} (switched off in the settings)")
             c.run("docker stop -t 30 " + " ".join(ids), hide=True, warn=True)
             c.run("docker rm -f " + " ".join(ids), hide=True, warn=True)
-            if service == "lab-firewall":  # its rules outlive it
+            if service == names.LAB_FIREWALL_SERVICE:  # its rules outlive it
                 remove_lab_firewall_rules(c, project)
 
 
@@ -172,8 +182,7 @@ def down(c, project, labs: bool) -> None:
     """Stop the labs (unless not ``labs``), then the compose project; the lab firewall's
     rules go once no lab runs."""
     if labs:
-        ids = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
-                    hide=True, warn=True).stdout.split()
+        ids = running_labs(c, project)
         if ids:
             step(f"stopping {len(ids)} lab(s)")
             c.run("docker stop " + " ".join(ids), hide=True, warn=True)
@@ -189,8 +198,7 @@ def remove_lab_firewall_rules(c, project) -> None:
     lab-firewall leaves them in place when it stops or dies (labs still running stay
     cut off); this is the deliberate end of them.
     """
-    running = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
-                    hide=True, warn=True).stdout.split()
+    running = running_labs(c, project)
     if running:
         print(f"lab firewall rules kept: {len(running)} lab(s) of {project.name} still run")
         return
@@ -199,7 +207,7 @@ def remove_lab_firewall_rules(c, project) -> None:
         "docker", "run", "--rm", "--network", "host", "--cap-drop", "ALL",
         "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW", "--security-opt", "no-new-privileges",
         "-e", f"COMPOSE_PROJECT_NAME={project.name}", "-e", f"GPUHUB_LABS_BRIDGE={project.labs_bridge}",
-        s.lab_firewall_image, "python3", "/usr/local/lib/gpuhub/labfirewall.py", "remove"]),
+        s.lab_firewall_image, "python3", names.LAB_FIREWALL_SCRIPT, "remove"]),
         hide=True, warn=True)
     if removed.failed:
         raise fail(f"the lab firewall's rules for {project.name} could not be removed "
@@ -237,8 +245,7 @@ def status(c, project) -> None:
     """The services (state, health, since) and the running labs."""
     services = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name}",
                      hide=True, warn=True).stdout.split()
-    labs = c.run(f"docker ps -q --filter label=gpuhub.project={project.name}",
-                 hide=True, warn=True).stdout.split()
+    labs = running_labs(c, project)
     inspected = _inspect(c, services + labs)
     now = datetime.datetime.now(datetime.UTC)
     print(status_tables.services_table([i for i in inspected if i["Id"][:12] in
@@ -267,13 +274,13 @@ def logs(c, project, follow: bool, tail: int) -> None:
 
 
 
-def gpus(c, project, json: bool, watch: bool) -> None:
+def gpus(c, project, json_out: bool, watch: bool) -> None:
     """The hub's GPU table (holders, utilisation, memory, the line), once or redrawn."""
     interval = project.settings.gpu_sample_interval
     try:
         while True:
             board = read_board(c, project)
-            text = jsonlib.dumps(board["rows"], indent=2) if json else board_text(board)
+            text = jsonlib.dumps(board["rows"], indent=2) if json_out else board_text(board)
             if not watch:
                 print(text)
                 return
@@ -319,10 +326,13 @@ def board_text(board: dict) -> str:
 
 
 class WorkVolume:
-    """Compose mode: a user's work folder is a Docker volume on this host."""
+    """Compose mode: a user's work folder is a Docker volume on this host,
+    ``<project>-home-<key>`` (``key`` is DockerSpawner's escaped user name)."""
 
-    def __init__(self, project, name: str):
-        self.volume = names.work_volume(project.name, name)
+    def __init__(self, project, key: str):
+        self.key = key
+        self.volume = names.work_volume_prefix(project.name) + key
+        self.mount = self.volume  # what a helper container's `-v <mount>:...` names
         self.what = f"work volume {self.volume}"
         self.by_hand = f"`docker volume rm {self.volume}`"
 
@@ -335,6 +345,49 @@ class WorkVolume:
             return False
         raise fail(f"could not check for a kept {self.what}: {stderr_tail(found)}")
 
+    def create_command(self, image: str) -> str:
+        """(``image`` is for modes that need a helper container: Docker makes volumes.)"""
+        return f"docker volume create {shlex.quote(self.volume)}"
+
+    def remove_command(self, image: str) -> str:
+        return f"docker volume rm {shlex.quote(self.volume)}"
+
 
 def work_folder(project, name: str) -> WorkVolume:
-    return WorkVolume(project, name)
+    """The work folder of user ``name``."""
+    return WorkVolume(project, names.escape_user(name))
+
+
+def archived_work_folder(project, key: str) -> WorkVolume:
+    """The work folder a backup's ``home-<key>`` member goes back into."""
+    return WorkVolume(project, key)
+
+
+def work_folders(c, project) -> list[WorkVolume]:
+    """Every work volume of the project, deleted users' too (`invoke deluser` keeps them)."""
+    prefix = names.work_volume_prefix(project.name)
+    listed = c.run(f"docker volume ls -q --filter name={shlex.quote(prefix)}",
+                   hide=True, warn=True)
+    if listed.failed:
+        raise fail("could not list the work volumes: "
+                   + stderr_tail(listed, f"exit code {listed.return_code}"))
+    # Docker's `--filter name=` matches anywhere in a name: keep only what starts with
+    # the prefix (another project's volume may merely contain it).
+    return [WorkVolume(project, name[len(prefix):]) for name in sorted(set(listed.stdout.split()))
+            if name.startswith(prefix)]
+
+
+def helper_image(c, project) -> str:
+    """The image backup and restore run their short-lived helpers from: the hub's, built
+    on this host."""
+    image = project.settings.hub_image
+    if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).failed:
+        raise fail(f"the hub image {image!r} is not built on this host (HUB_IMAGE); "
+                   "run `invoke build` first, then try again")
+    return image
+
+
+def running_labs(c, project) -> list[str]:
+    """The IDs of the project's running labs."""
+    return c.run(f"docker ps -q --filter label={names.LABEL_PROJECT}={project.name}",
+                 hide=True, warn=True).stdout.split()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import yaml
 from invoke import task
 
+from .. import names
 from .project import load
 
 SCRAPE_PATH = "/hub/metrics"
@@ -25,7 +26,8 @@ def scrape_config(project, host: str | None = None) -> str:
         "metrics_path": SCRAPE_PATH,
         "scheme": "https" if s.tls_cert else "http",
         "authorization": {"type": "Bearer",
-                          "credentials_file": str(project.secrets_dir / f"{project.name}-metrics-token")},
+                          "credentials_file": str(project.secrets_dir
+                                                  / f"{project.name}-{names.METRICS_TOKEN_FILE}")},
         "static_configs": [{"targets": [f"{host}:{s.hub_port}"]}],
     }
     return yaml.safe_dump({"scrape_configs": [job]}, sort_keys=False)

@@ -115,8 +115,9 @@ class Project:
     @property
     def stack(self):
         """This mode's stack: gpuhub.tasks.composestack or swarmstack, the same functions
-        (up, down, restart, status, logs, gpus, work_folder) for what differs between the
-        modes."""
+        for what differs between the modes: up, down, restart, status, logs, gpus, the
+        hub container, the proxy, and the work folders (purge, backup, restore).
+        tests/unit/test_stack_seam.py checks that both have the same functions."""
         from . import composestack, swarmstack
 
         return swarmstack if self.swarm else composestack
@@ -126,20 +127,13 @@ class Project:
         """The hub's Swarm service (``docker stack deploy`` prefixes the stack name)."""
         return f"{self.name}_hub"
 
-    def hub_container(self, healthy: bool = False) -> str:
+    def hub_container(self) -> str:
         """Command printing the running hub container's ID (swarm: on this node)."""
-        if not self.swarm:
-            return self.compose("ps --status running --quiet hub")
-        health = " --filter health=healthy" if healthy else ""
-        return (f"docker ps --quiet --filter status=running{health} --filter "
-                f"label=com.docker.swarm.service.name={shlex.quote(self.hub_service)}")
+        return self.stack.hub_container(self)
 
     def exec_hub(self, args: str) -> str:
         """Run a command inside the hub container (no TTY, stdin passed through)."""
-        if self.swarm:
-            # The hub runs on the node labelled for it: the manager invoke talks to.
-            return f"docker exec -i \"$({self.hub_container()} | head -n 1)\" {args}"
-        return self.compose(f"exec -T hub {args}")
+        return self.stack.exec_hub(self, args)
 
 
 def load(root: Path = ROOT, environ: dict | None = None) -> Project:
@@ -176,6 +170,14 @@ def require_docker(c) -> None:
         raise fail(f"Docker Compose {found} is too old: gpuhub needs "
                    f"{'.'.join(map(str, MIN_COMPOSE))} or newer (docker-compose.yml uses "
                    "optional dependencies); update the docker-compose-plugin package")
+
+
+def helper_container(image: str, source: str, mount: str, args: str, stdin: bool = False) -> str:
+    """A throw-away container of ``image``, no network, with ``source`` (a volume or a host
+    folder) at ``mount``: Docker work on files the host's user may not read."""
+    flags = "--rm -i" if stdin else "--rm"
+    return (f"docker run {flags} --network none -v {shlex.quote(source + ':' + mount)} "
+            f"{shlex.quote(image)} {args}")
 
 
 def hub_running(c, project: Project) -> bool:

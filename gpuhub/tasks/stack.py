@@ -10,7 +10,6 @@ import shlex
 
 from invoke import task
 
-from .composestack import proxy_running
 from .images import build_images, push_images
 from .login import check_files as check_login_files
 from .project import (
@@ -58,7 +57,8 @@ def up(c, build=True, timeout=180):
     require_docker(c)
     # The project's own proxy holds the ports while the hub is stopped or exited: up
     # then brings the rest back, it is not a port taken by someone else.
-    hub_was_running, proxy_was_running = hub_running(c, project), proxy_running(c, project)
+    hub_was_running = hub_running(c, project)
+    proxy_was_running = project.stack.proxy_running(c, project)
     running = hub_was_running or proxy_was_running
     if not running and not port_free(s.hub_bind_address, s.hub_port):
         raise fail(f"port {s.hub_port} on {s.hub_bind_address} is already in use; "

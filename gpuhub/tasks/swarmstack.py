@@ -9,10 +9,13 @@ container, its data volume and PROFILES_FILE live on that node.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
+import re
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -20,8 +23,9 @@ from invoke import task
 
 from .. import gpus as gpu_inventory
 from .. import lablimits, names, swarm
+from .. import status as status_tables
 from .images import build_images, push_images
-from .project import fail, load, require_docker, require_running, step
+from .project import fail, helper_container, load, require_docker, require_running, step
 
 
 def require_manager(c) -> str:
@@ -75,11 +79,11 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     memory = swarm.smallest_node_memory(found_nodes)
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory) + ", from the smallest node")
-    secret = project.ensure_secret("proxy-token")
+    secret = project.ensure_secret(names.PROXY_TOKEN_FILE)
     spec = swarm.stack_spec(s, profiles_path=project.profiles_path,
                             login_files=login_secret_files(project),
                             secret_file=secret,
-                            metrics_secret_file=project.ensure_secret("metrics-token"),
+                            metrics_secret_file=project.ensure_secret(names.METRICS_TOKEN_FILE),
                             inventory_json=gpu_inventory.to_json(gpus),
                             lab_host_memory=memory)
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
@@ -173,7 +177,8 @@ def down(c, project, labs: bool) -> None:
     # stack rm returns at once; the next `invoke up` needs the network gone first.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if c.run(f"docker network inspect {project.name}-labs", hide=True, warn=True).failed:
+        if c.run(f"docker network inspect {names.labs_network(project.name)}", hide=True,
+                 warn=True).failed:
             return
         if labs or not lab_services(c, project):
             time.sleep(0.5)
@@ -189,8 +194,41 @@ def restart(c, project) -> bool:
 
 
 def status(c, project) -> None:
-    c.run(f"docker stack ps --filter desired-state=running {shlex.quote(project.name)}", warn=True)
-    c.run(f"docker service ls --filter {swarm.project_filter(project.name)}", warn=True)
+    """The stack's services (node, state, health, since) and the running labs."""
+    ids = c.run(f"docker stack ps -q --filter desired-state=running {shlex.quote(project.name)}",
+                hide=True, warn=True).stdout.split()
+    tasks = _inspect(c, ids)
+    services = {sid: name.removeprefix(f"{project.name}_") for sid, name in (
+        line.split(" ", 1) for line in c.run(
+            f"docker service ls --filter label=com.docker.stack.namespace={project.name} "
+            "--format '{{.ID}} {{.Name}}'", hide=True, warn=True).stdout.splitlines()
+        if " " in line)}
+    # `docker service ls` prints short IDs; tasks carry the full ones.
+    service_names = {t["ServiceID"]: next((n for sid, n in services.items()
+                                           if t["ServiceID"].startswith(sid)), "?")
+                     for t in tasks if t.get("ServiceID")}
+    node_names = {n["ID"]: n.get("Description", {}).get("Hostname", "?") for n in nodes(c)}
+    containers = [cid for t in tasks if (cid := ((t.get("Status") or {}).get(
+        "ContainerStatus") or {}).get("ContainerID"))]
+    health = {i["Id"]: (i.get("State", {}).get("Health") or {}).get("Status", "-")
+              for i in _inspect(c, containers)}  # this node's containers only
+    now = datetime.datetime.now(datetime.UTC)
+    print(status_tables.swarm_services_table(tasks, service_names, node_names, health, now))
+    print()
+    kind = project.settings.swarm_gpu_resource
+    print(status_tables.labs_table([{"Config": {"Labels": swarm.lab_labels(t, kind)}}
+                                    for t in running_lab_tasks(c, project)], now))
+
+
+def _inspect(c, ids: list[str]) -> list[dict]:
+    """`docker inspect` of ``ids`` as JSON: what this engine knows of them ([] for none)."""
+    if not ids:
+        return []
+    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
+    try:  # an ID this node does not know fails the command; the others are still printed
+        return json.loads(found.stdout) if found.stdout.strip() else []
+    except ValueError:
+        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
 def logs(c, project, follow: bool, tail: int) -> None:
@@ -209,12 +247,33 @@ def gpus(c, project, json_out: bool, watch: bool) -> None:
     print(json.dumps(rows, indent=2) if json_out else swarm.report_text(rows))
 
 
-class SwarmHome:
-    """Swarm mode: a user's work folder is SWARM_HOMES/<user>, mounted on this manager too."""
+def hub_container(project) -> str:
+    """Command printing the running hub container's ID on this node."""
+    return (f"docker ps --quiet --filter status=running --filter "
+            f"label=com.docker.swarm.service.name={shlex.quote(project.hub_service)}")
 
-    def __init__(self, project, name: str):
+
+def exec_hub(project, args: str) -> str:
+    """Run a command inside the hub container (no TTY, stdin passed through). The hub runs
+    on the node labelled for it: the manager invoke talks to."""
+    return f"docker exec -i \"$({hub_container(project)} | head -n 1)\" {args}"
+
+
+def proxy_running(c, project) -> bool:
+    """Whether the proxy's service exists: Swarm's routing mesh then holds HUB_PORT."""
+    return c.run(f"docker service inspect {shlex.quote(project.name + '_proxy')}",
+                 hide=True, warn=True).ok
+
+
+class SwarmHome:
+    """Swarm mode: a user's work folder is SWARM_HOMES/<key>, mounted on this manager too
+    (``key`` is DockerSpawner's escaped user name)."""
+
+    def __init__(self, project, key: str):
         self.homes = Path(project.settings.swarm_homes)
-        self.path = self.homes / names.escape_user(name)
+        self.key = key
+        self.path = self.homes / key
+        self.mount = str(self.path)  # what a helper container's `-v <mount>:...` names
         self.what = f"work folder {self.path}"
         self.by_hand = f"`sudo rm -r {self.path}`"
 
@@ -224,9 +283,80 @@ class SwarmHome:
                        "invoke on the manager that runs the hub (it mounts SWARM_HOMES)")
         return os.path.lexists(self.path)
 
+    def _in_homes(self, image: str, args: str) -> str:
+        # As root in a helper container: the folders belong to the labs' user.
+        return helper_container(image, str(self.homes), "/homes", args)
+
+    def create_command(self, image: str) -> str:
+        return self._in_homes(image, f"mkdir -- /homes/{shlex.quote(self.key)}")
+
+    def remove_command(self, image: str) -> str:
+        return self._in_homes(image, f"rm -rf -- /homes/{shlex.quote(self.key)}")
+
 
 def work_folder(project, name: str) -> SwarmHome:
-    return SwarmHome(project, name)
+    """The work folder of user ``name``."""
+    return SwarmHome(project, names.escape_user(name))
+
+
+# A folder name under SWARM_HOMES that backup takes and restore makes: never ".", ".."
+# or a path.
+FOLDER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def archived_work_folder(project, key: str) -> SwarmHome:
+    """The folder a backup's ``home-<key>`` member goes back into."""
+    if not FOLDER_KEY.fullmatch(key):
+        raise fail(f"the backup's work folder {key!r} cannot be a folder under SWARM_HOMES; "
+                   "nothing was changed")
+    return SwarmHome(project, key)
+
+
+def work_folders(c, project) -> list[SwarmHome]:
+    """Every folder under SWARM_HOMES, deleted users' too (`invoke deluser` keeps them).
+
+    Links and files there are left out, with a warning: a backup copies folders only,
+    never what a link points to.
+    """
+    homes = Path(project.settings.swarm_homes)
+    if not homes.is_dir():
+        raise fail(f"SWARM_HOMES={str(homes)!r} is not a folder on this node; run invoke on "
+                   "the manager that runs the hub (it mounts SWARM_HOMES)")
+    found = []
+    for entry in sorted(os.scandir(homes), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False) and FOLDER_KEY.fullmatch(entry.name):
+            found.append(SwarmHome(project, entry.name))
+        else:
+            print(f"warning: {entry.path} is not a work folder (a link, a file or an odd "
+                  "name); not backed up", file=sys.stderr)
+    return found
+
+
+def helper_image(c, project) -> str:
+    """The image backup and restore run their short-lived helpers from: the hub's, as the
+    hub's service runs it on this manager (Swarm pulls it by digest, untagged), or else
+    pulled from REGISTRY."""
+    found = c.run("docker service inspect --format "
+                  "'{{.Spec.TaskTemplate.ContainerSpec.Image}}' " + shlex.quote(project.hub_service),
+                  hide=True, warn=True)
+    running = found.stdout.strip() if found.ok else ""
+    if running and c.run(f"docker image inspect {shlex.quote(running)}", hide=True, warn=True).ok:
+        return running
+    image = swarm.image_ref(project.settings, project.settings.hub_image)
+    if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).ok:
+        return image
+    step(f"pulling {image} (the hub image, for the helper containers)")
+    pulled = c.run(f"docker pull {shlex.quote(image)}", hide=True, warn=True)
+    if pulled.failed:
+        raise fail(f"could not pull the hub image {image!r} from REGISTRY "
+                   f"({(pulled.stderr.strip().splitlines() or ['?'])[-1]}); run "
+                   "`invoke build --push` first, then try again")
+    return image
+
+
+def running_labs(c, project) -> list[str]:
+    """The IDs of the project's running lab tasks, on any node."""
+    return [t["ID"] for t in running_lab_tasks(c, project)]
 
 
 @task(help={"node": "Apply --label to this node (name or ID) now instead of only printing.",

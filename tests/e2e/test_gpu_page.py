@@ -4,6 +4,8 @@ NVIDIA test double (or the real GPUs), and a Stop button that uses the hub's API
 It also takes the README's screenshot of the page (docs/images/gpu-page.png).
 """
 
+import re
+
 import pytest
 from selenium.webdriver.common.by import By
 
@@ -19,6 +21,20 @@ SCREENSHOT = ROOT / "docs" / "images" / "gpu-page.png"
 def row_text(admin, uuid: str) -> str:
     rows = admin.driver.find_elements(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')
     return rows[0].text if rows else ""
+
+
+def cells(admin, uuid: str) -> list[str]:
+    """The texts of a GPU's row: GPU, model, held by, since, utilisation, memory, idle."""
+    row = admin.driver.find_element(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')
+    return [td.text.strip() for td in row.find_elements(By.TAG_NAME, "td")]
+
+
+def sparkline_heights(admin, uuid: str) -> list[float]:
+    """The utilisation sparkline's points, as heights above its bottom (newest last)."""
+    line = admin.driver.find_element(
+        By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"] td.gpu-utilisation polyline')
+    svg_height = 24
+    return [svg_height - float(p.split(",")[1]) for p in line.get_attribute("points").split()]
 
 
 def test_the_gpu_page_shows_live_use_and_stops_a_lab(hub, browser, users, gpu_mode):
@@ -49,9 +65,23 @@ def test_the_gpu_page_shows_live_use_and_stops_a_lab(hub, browser, users, gpu_mo
         assert "9.0 / 15.0 GiB" in row_text(admin, uuid)
     text = row_text(admin, uuid)
     assert "bob (gpu1)" in text, text
+    gpu, model, held, since, utilisation, memory, idle = cells(admin, uuid)
+    given = next(g for g in gpu_mode.inventory if g.uuid == uuid)
+    assert model.startswith(given.name) and uuid in model, model
+    assert re.fullmatch(r".+ \(\d+ (s|min)\)", since), f"since when bob holds it: {since!r}"
+    assert admin.driver.find_element(By.CSS_SELECTOR, "#gpu-line li").text == "nobody"
+    if not gpu_mode.real:
+        assert idle == "0 s", f"a GPU at 85 % is not idle: {idle!r}"
+        heights = sparkline_heights(admin, uuid)  # the readings 20, 55 and 85 %, as drawn
+        assert len(heights) >= 3 and heights[-1] > min(heights), heights
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     admin.driver.set_window_size(1280, 720)
     admin.driver.save_screenshot(str(SCREENSHOT))
+    if not gpu_mode.real:  # the page counts the idle time once the GPU goes quiet
+        gpu_state.write({uuid: (0, 9216)})
+        wait_until(lambda: re.fullmatch(r"[1-9]\d* s|\d+ min", cells(admin, uuid)[6]), timeout=60,
+                   interval=0.5, what="the page to show bob's GPU idle, and for how long",
+                   state=lambda: row_text(admin, uuid), logs=hub.logs)
 
     # Stop bob's lab from the page: the browser calls the hub's API as this admin.
     row = admin.driver.find_element(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')

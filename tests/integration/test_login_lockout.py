@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from gpuhub.auth import HASHING
 from harness.hub import HubUser
 from harness.wait import wait_until
 from support.loginform import LOGGED_IN, LoginForm, guess_flood
@@ -25,9 +26,9 @@ FLOOD_CLIENTS = 30
 # A login alone takes one bcrypt hash (~0.25 s) plus two requests. The flood runs in a
 # process of its own, niced: as threads of the test's process, their Python lock and CPU
 # counted against the login being timed. The bound is relative to a login on the quiet hub
-# of the same machine (CI machines differ threefold in speed). When each refused guess was
-# hashed on the event loop, each of the login's requests queued behind up to 30 hashes of
-# ~0.25 s: some 15 s, about 50 times a quiet login (an estimate from those figures).
+# of the same machine (CI machines differ threefold in speed). A hub that hashed refused
+# guesses on its event loop would queue each of the login's requests behind up to 30
+# hashes of ~0.25 s, some 50 times a quiet login: far past the bound.
 SLOWDOWN_BOUND = 10
 
 
@@ -48,9 +49,9 @@ def test_guesses_sent_together_cannot_outrun_the_lockout(stack):
 
         with ThreadPoolExecutor(GUESSES) as pool:
             answers = [pool.submit(guess, form) for form in wrong]
-            # The right password goes in while most wrong ones are still in flight. When
-            # the hub counted a failure only after its hash, every guess waiting for the
-            # hashing pool had already passed the lockout check, and so did this one.
+            # The right password goes in while most wrong ones are still in flight. A hub
+            # that counted a failure only after its hash would let every guess waiting for
+            # the hashing pool pass the lockout check, and this one too.
             assert first_answer.wait(timeout=120), "no wrong guess was answered"
             right_answer = right.submit("burst-pw-12345", timeout=120)
             wrong_answers = Counter(a.result() for a in answers)
@@ -79,9 +80,6 @@ def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
             wait_until(lambda: answered.value >= FLOOD_CLIENTS, timeout=120, interval=0.1,
                        what="the flood of guesses to be under way",
                        state=lambda: answered.value, logs=stack.logs)
-            # Before, each refused guess was hashed again on the hub's event loop (to word
-            # its error), and guesses at once all passed the lockout: ~0.25 s of the loop
-            # per guess, and this login queued behind every one of them.
             before = answered.value
             during = statistics.median(timed_login(stack) for _ in range(3))
             meanwhile = answered.value - before
@@ -104,6 +102,39 @@ def test_a_flood_of_guesses_does_not_hold_up_a_normal_login(stack, measure):
             attacker.kill()
         stack.invoke("deluser", "floody")
         stack.invoke("deluser", "calm")
+
+
+def test_a_full_hashing_pool_answers_429_with_retry_after_and_counts_no_guess(stack):
+    """More logins at once than the pool may queue, each a different user's first wrong
+    password: those over the bound get 429 and Retry-After at once, and none is counted."""
+    users = {f"pool{i:02d}": f"pool-pw-{i:02d}-12345" for i in range(HASHING.limit + 16)}
+    stack.add_users(users)
+    try:
+        forms = {name: LoginForm(stack.url, name) for name in users}
+        barrier = threading.Barrier(len(forms))
+
+        def guess(form: LoginForm) -> requests.Response:
+            barrier.wait()
+            return form.post("wrong-password", timeout=120)
+
+        with ThreadPoolExecutor(len(forms)) as pool:
+            answers = dict(zip(forms, pool.map(guess, forms.values())))
+        statuses = Counter(r.status_code for r in answers.values())
+        busy = [name for name, r in answers.items() if r.status_code == 429]
+        # The others were checked and refused: the login page again (a login is a 302).
+        assert busy and set(statuses) == {200, 429}, statuses
+        assert all(int(answers[n].headers["Retry-After"]) >= 1 for n in busy), [
+            answers[n].headers.get("Retry-After") for n in busy]
+        # A refused-busy guess was never checked: LOGIN_MAX_FAILURES - 1 more wrong ones
+        # leave the account open (the first wrong one of the others did count).
+        name = busy[0]
+        time.sleep(int(answers[name].headers["Retry-After"]))
+        for _ in range(4):
+            assert LoginForm(stack.url, name).submit("wrong-password") == 200
+        assert LoginForm(stack.url, name).submit(users[name]) == LOGGED_IN, (
+            f"{name} was locked out: the 429 counted as a failure")
+    finally:
+        stack.remove_users(list(users))
 
 
 def timed_login(stack) -> float:

@@ -56,6 +56,18 @@ def test_one_task_brings_the_stack_back_with_its_labs(stack, rosa, service, how,
     stack.docker(how, stack.compose("ps", "-q", service).stdout.strip())
     wait_until(lambda: service not in _running(stack), timeout=30, interval=0.5,
                what=f"{service} to be down", state=lambda: _running(stack))
+    # What the admin sees of the broken stack: the service down, the lab still there.
+    services, labs = stack.invoke("status").stdout.split("\n\n")
+    states = {line.split()[0]: line.split()[1] for line in services.splitlines()[1:]}
+    assert states[service] == "exited" and states["hub" if service != "hub" else "proxy"] == (
+        "running"), services
+    lab_rows = {line.split()[0]: line.split() for line in labs.splitlines()[1:]}
+    assert lab_rows["rosa"][1:3] == ["gpu1", next(g for g, h in held.items() if h == ["rosa"])], (
+        labs)
+    if service == "hub":  # a task that needs the hub names the fix, which works (below)
+        refused = stack.invoke("users", check=False)
+        assert refused.returncode == 1 and "start it with `invoke up`" in refused.stderr, (
+            refused.stderr)
 
     result = stack.invoke(*((task, "--no-build") if task == "up" else (task,)))
     assert "gpuhub is up" in result.stdout, result.stdout + result.stderr

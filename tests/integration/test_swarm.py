@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
 
 import pytest
@@ -45,9 +46,10 @@ class SwarmStack:
         self.stack = stack
         self.url = ""
 
-    def invoke(self, *args: str, **kw) -> subprocess.CompletedProcess:
+    def invoke(self, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
         """A task run on the manager (DOCKER_HOST points at its engine)."""
-        return self.stack.invoke(*args, env={"DOCKER_HOST": self.cluster.manager.host}, **kw)
+        return self.stack.invoke(*args, env={"DOCKER_HOST": self.cluster.manager.host,
+                                             **(env or {})}, **kw)
 
     def service(self, user: str) -> str:
         return f"{self.stack.project}-lab-{user}"
@@ -255,6 +257,57 @@ def test_hub_restart_keeps_the_labs(swarm, sessions):
         assert swarm.running_task(user)["ID"] == task_id, user
         assert sessions[user].server().get("ready"), user
         assert sessions[user].lab("GET", "/status").status_code == 200, user
+
+
+def test_status_is_the_same_two_short_tables_in_swarm_mode(swarm):
+    out = swarm.invoke("status").stdout
+    services, labs = out.split("\n\n")
+    rows = {line.split()[0]: line.split() for line in services.splitlines()[1:]}
+    assert services.splitlines()[0].split() == ["SERVICE", "NODE", "STATE", "HEALTH", "SINCE"]
+    manager = swarm.cluster.manager.name
+    assert rows["hub"][1:4] == [manager, "running", "healthy"], out
+    assert labs.splitlines()[0].split() == ["USER", "PROFILE", "GPUS", "SINCE"], out
+    running = {u for u in USERS if swarm.tasks(u)}
+    assert {line.split()[0] for line in labs.splitlines()[1:]} == running, out
+    assert max(len(line) for line in out.splitlines()) < 120, out
+
+
+def test_backup_takes_the_folders_under_swarm_homes_and_restore_puts_them_back(
+        swarm, tmp_path):
+    """Backup on the manager (helpers of the image the hub's service runs); restore into
+    another project whose SWARM_HOMES is a new folder, then once more, which refuses."""
+    homes = swarm.stack.settings["SWARM_HOMES"]
+    folders = sorted(os.listdir(homes))
+    assert "alice" in folders and os.path.isfile(os.path.join(homes, "alice", "notes.txt"))
+    archive = tmp_path / "swarm-backup.tar.gz"
+    out = swarm.invoke("backup", "--with-work-volumes", "--output", str(archive)).stdout
+    assert f"work folders: {len(folders)}" in out, out
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        assert sorted(v["volume"] for v in manifest["volumes"]) == [f"home-{f}" for f in folders]
+        with tarfile.open(fileobj=tar.extractfile("volumes/home-alice.tar")) as alice:
+            assert alice.extractfile("./notes.txt").read() == b"kept across nodes"
+
+    target = dict(swarm.stack.settings, COMPOSE_PROJECT_NAME=f"{swarm.stack.project}r",
+                  SWARM_HOMES=str(tmp_path / "new-homes"))
+    os.mkdir(target["SWARM_HOMES"])
+    env_file = tmp_path / "target.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in target.items()))
+    env = {"GPUHUB_ENV_FILE": str(env_file)}
+    m = swarm.cluster.manager
+    try:
+        swarm.invoke("restore", str(archive), env=env)
+        restored = os.path.join(target["SWARM_HOMES"], "alice")
+        with open(os.path.join(restored, "notes.txt")) as f:
+            assert f.read() == "kept across nodes"
+        kept = os.stat(os.path.join(homes, "alice"))
+        assert (os.stat(restored).st_uid, os.stat(restored).st_gid) == (kept.st_uid, kept.st_gid)
+        assert sorted(os.listdir(target["SWARM_HOMES"])) == folders
+        again = swarm.invoke("restore", str(archive), env=env, check=False)
+        assert again.returncode == 1 and "restore never overwrites" in again.stderr, again.stderr
+    finally:
+        m.docker("volume", "rm", f"{target['COMPOSE_PROJECT_NAME']}_hub-data", check=False)
+        shutil.rmtree(target["SWARM_HOMES"], ignore_errors=True)
 
 
 def test_deluser_purge_data_removes_the_folder_under_swarm_homes(swarm, sessions):

@@ -27,17 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import ROOT
+from harness.stack import free_port
 from harness.wait import wait_until
 
 DOUBLE = ROOT / "tests" / "gpu_double"
 SUBNET = "192.168.213"  # inside the test's own namespaces only
 RESOURCE = "NVIDIA-GPU"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -82,7 +77,7 @@ class SwarmCluster:
         self.workdir = workdir
         self.switch = f"gs-{self.id}-sw"
         self.host_netns = f"gs-{self.id}-host"  # a name for this machine's own namespace
-        self.registry_port = _free_port()
+        self.registry_port = free_port()
         self.registry_dir = self.root / "registry"
         self.homes = self.root / "homes"
         self.processes: list[subprocess.Popen] = []
@@ -174,7 +169,7 @@ class SwarmCluster:
 
     def relay_to_manager(self, port: int) -> int:
         """A loopback port here that reaches ``port`` on the manager's address."""
-        local = _free_port()
+        local = free_port()
         self._spawn(["socat", f"TCP-LISTEN:{local},bind=127.0.0.1,fork,reuseaddr",
                      f"EXEC:nsenter --net=/run/netns/{self.manager.netns} "
                      f"socat STDIO TCP\\:{self.manager.address}\\:{port}"],

@@ -407,10 +407,15 @@ NEW_ALICE = "newhub-home-alice"
 NEW_CAROL = "newhub-home-carol"
 
 
+def no_such_volume(name: str) -> Result:
+    """What Docker answers `docker volume inspect` of a volume that does not exist."""
+    return Result(stderr=f"Error: No such volume: {name}\n", exited=1)
+
+
 def fresh_target(*pairs, running=False):
     return context((f"docker volume inspect {NEW_HUB_DATA}", Result(exited=1)),
-                   (f"docker volume inspect {NEW_ALICE}", Result(exited=1)),
-                   (f"docker volume inspect {NEW_CAROL}", Result(exited=1)), *pairs,
+                   (f"docker volume inspect {NEW_ALICE}", no_such_volume(NEW_ALICE)),
+                   (f"docker volume inspect {NEW_CAROL}", no_such_volume(NEW_CAROL)), *pairs,
                    running=running)
 
 
@@ -525,6 +530,16 @@ def test_restore_refuses_an_existing_work_volume(archive, target):
     assert not [cmd for cmd in commands(c) if "volume create" in cmd]
 
 
+def test_restore_refuses_when_docker_cannot_say_whether_a_work_volume_exists(archive, target):
+    c = fresh_target((f"docker volume inspect {NEW_ALICE}",
+                      Result(stderr="permission denied while trying to connect\n", exited=1)))
+    with pytest.raises(Exit) as info:
+        bk.restore(c, str(archive))
+    assert_one_line_error(info, f"could not check for a kept work volume {NEW_ALICE}",
+                          "permission denied")
+    assert not [cmd for cmd in commands(c) if "volume create" in cmd]
+
+
 def test_restore_removes_what_it_made_when_a_step_fails(archive, target, tmp_path):
     c = docker_double(fresh_target(
         (re.compile(rf".* -v {NEW_ALICE}:/v .* -xf - < .*"),
@@ -532,7 +547,7 @@ def test_restore_removes_what_it_made_when_a_step_fails(archive, target, tmp_pat
     with pytest.raises(Exit) as info:
         bk.restore(c, str(archive))
     assert info.value.message == (
-        f"error: could not fill volume {NEW_ALICE}: tar: write error: No space left on "
+        f"error: could not fill work volume {NEW_ALICE}: tar: write error: No space left on "
         "device; what this restore had made is removed again")
     assert commands(c)[-2:] == [f"docker volume rm {NEW_ALICE}",
                                 f"docker volume rm {NEW_HUB_DATA}"]

@@ -47,3 +47,11 @@ def test_every_test_the_security_model_names_exists():
                          if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     missing = [f"{path}::{name}" for path, name in cited if name not in defined[path]]
     assert not missing, f"the Security model names tests that do not exist: {missing}"
+
+
+def test_the_readme_counts_the_hostile_requests_there_are():
+    from harness.hostile_docker import hostile_requests
+
+    count = len(hostile_requests("p", "gpuhub-lab:test", "GPU-0"))
+    said = {int(n) for n in re.findall(r"(\d+) hostile requests", README)}
+    assert said == {count}, f"README says {sorted(said)} hostile requests; there are {count}"

@@ -27,7 +27,7 @@ from support.mock_docker import (
     labs_bridge_check,
     remove_firewall_rules,
 )
-from support.tasks import assert_one_line_error
+from support.tasks import assert_one_line_error, compose
 
 ROOT = project_mod.ROOT
 USERCLI = "python3 -m gpuhub.usercli"
@@ -46,16 +46,10 @@ def no_gpu_detection(monkeypatch):
     return calls
 
 
-def compose(env_path, args: str) -> str:
-    return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-            f"--env-file {env_path} {args}")
-
-
 def compose_up(env_path, timeout: int, gpus: bool = True) -> str:
     """`invoke up`'s compose command; with GPUs, the sampler may read them."""
-    sampler = f"-f {ROOT / 'docker-compose.gpu-sampler.yml'} " if gpus else ""
-    return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-            f"{sampler}--env-file {env_path} up -d --wait --wait-timeout {timeout}")
+    sampler = ["docker-compose.gpu-sampler.yml"] if gpus else []
+    return compose(env_path, f"up -d --wait --wait-timeout {timeout}", sampler)
 
 
 def context(*pairs, running=True) -> MockContext:
@@ -402,10 +396,8 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
               "--filter label=com.docker.compose.service=lab-firewall")
     c = context((listed, Result("a1b2\n")), running=False)
     stack.up(c, build=False)
-    up = (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-          f"-f {ROOT / 'docker-compose.no-lab-firewall.yml'} "
-          f"-f {ROOT / 'docker-compose.gpu-sampler.yml'} --env-file {path} "
-          "up -d --wait --wait-timeout 180")
+    up = compose(path, "up -d --wait --wait-timeout 180",
+                 ["docker-compose.no-lab-firewall.yml", "docker-compose.gpu-sampler.yml"])
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
                                remove_firewall_rules(), DOCKER_MEMORY, up]
