@@ -1,22 +1,21 @@
 """A leaner start for the lab's Jupyter server: the same server, without two import costs.
 
-Installed into the lab image's site-packages. Measured in the lab image (JupyterHub 5.4,
-jupyter_server 2.21): importing ``jupyterhub.singleuser`` costs 1.30 CPU-seconds, of which
+Installed into the lab image's site-packages. Importing ``jupyterhub.singleuser`` pays, at
+every lab start, for two imports that the start does not need:
 
-- about 0.6 s is ``rfc3987_syntax``, which builds a Lark grammar when imported. jsonschema
-  imports it for its ``iri`` format check, jupyter_events imports jsonschema, and so every
-  Jupyter server start pays it although no Jupyter schema uses that format
+- ``rfc3987_syntax``, which builds a Lark grammar when imported. jsonschema imports it for
+  its ``iri`` format check, jupyter_events imports jsonschema, and so every Jupyter server
+  start pays it although no Jupyter schema uses that format
   (python-jsonschema/jsonschema#1428). ``defer_rfc3987_syntax()`` makes the import lazy:
   the grammar is built on the first ``iri`` check, if one ever comes. The lab image calls it
   from a ``.pth`` file, so every Python in a lab (server and kernels) has it.
-- about 0.3 s is the Hub's database layer (``jupyterhub.orm``, SQLAlchemy, Alembic), which
+- the Hub's database layer (``jupyterhub.orm``, SQLAlchemy, Alembic), which
   ``jupyterhub.singleuser`` pulls in only because ``jupyterhub.log`` checks whether a request
   was the Hub's own health check. ``main()`` imports ``jupyterhub.log`` without it: a lab has
   no Hub health-check handler, so that check is false either way.
 
 Both are undone by themselves when something really needs the module, and ``main()`` falls
 back to the plain import (with a warning) if a JupyterHub version no longer matches.
-Left together: 1.30 -> 0.36 CPU-seconds, for every lab start.
 """
 
 from __future__ import annotations

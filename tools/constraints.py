@@ -19,9 +19,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gpuhub.tasks.project import ROOT
 from gpuhub.versions import CONSTRAINTS, Pin, canonical, read, with_versions
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 TABLE_HEADER = "| setting | default | meaning |"

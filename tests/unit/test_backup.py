@@ -21,7 +21,7 @@ import tasks as tasks_py
 from gpuhub.tasks import backup as bk
 from gpuhub.tasks import project as project_mod
 from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
-from support.tasks import assert_one_line_error
+from support.tasks import assert_one_line_error, compose
 
 ROOT = project_mod.ROOT
 PROJECT = "bktest"
@@ -428,8 +428,7 @@ def test_restore_fills_fresh_volumes_of_the_target_project(
     hub_tar = stage / "hub-data.tar"
     alice_tar, carol_tar = stage / "volumes" / "home-alice.tar", stage / "volumes" / "home-carol.tar"
     assert commands(c)[2:] == [
-        f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-        f"--env-file {tmp_path / 'test.env'} ps --status running --quiet hub",
+        compose(tmp_path / "test.env", "ps --status running --quiet hub"),
         f"docker image inspect {HUB_IMAGE}",
         f"docker volume inspect {NEW_HUB_DATA}",
         f"docker volume inspect {NEW_ALICE}",

@@ -155,8 +155,9 @@ def test_an_ended_grant_is_kept_until_every_older_snapshot_is_used():
 
 def test_a_lab_created_while_another_spawn_lists_the_labs_keeps_its_gpu():
     """alice holds a grant; bob's list misses alice's container, which is created after
-    Docker took its snapshot; alice's spawn ends (which used to forget her grant at
-    once); only then is bob's list answered. bob must not be given alice's GPU."""
+    Docker took its snapshot; alice's spawn ends, which must not drop her grant while
+    bob's list, asked for before, is unanswered; only then is bob's list answered. bob
+    must not be given alice's GPU."""
     async def main():
         with scripted_hub(["GPU-0"]) as (docker, spawner):
             alice, bob = spawner("alice", 1), spawner("bob", 1)

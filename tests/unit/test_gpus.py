@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpuhub.gpus import Gpu, from_json, parse_nvidia_smi, select, to_json
+from gpuhub.gpus import Gpu, from_json, parse_nvidia_smi, select, summary, to_json
 
 UUID0 = "GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50"
 UUID1 = "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"
@@ -73,6 +73,21 @@ def test_select_unknown_device_says_what_exists_and_the_fix(dev):
     assert str(info.value) == (
         f"GPU_DEVICES names {dev!r}, but nvidia-smi lists only GPUs 0, 1; fix GPU_DEVICES in .env"
     )
+
+
+A100 = "NVIDIA A100-SXM4-40GB"
+
+
+@pytest.mark.parametrize("gpus, expected", [
+    ([Gpu(str(i), name="Tesla T4") for i in range(4)], "4 GPUs (4× Tesla T4)"),
+    # Models in the order they first appear, each counted over the whole inventory.
+    ([Gpu("0", name="Tesla T4"), Gpu("1", name=A100), Gpu("2", name="Tesla T4")],
+     f"3 GPUs (2× Tesla T4, 1× {A100})"),
+    ([Gpu("0", UUID0, "Tesla T4", 15360)], "1 GPU (1× Tesla T4)"),
+    ([], "no GPUs (CPU-only)"),
+], ids=["identical", "mixed", "one", "none"])
+def test_summary_counts_the_gpus_by_model(gpus, expected):
+    assert summary(gpus) == expected
 
 
 def test_json_round_trip():

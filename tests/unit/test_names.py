@@ -15,6 +15,7 @@ from gpuhub import hubconfig, labfirewall, names, swarm
 from gpuhub.brokerpolicy import Policy
 from gpuhub.settings import validate
 from harness import ROOT
+from support.dockerfiles import instructions
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 LOGIN = yaml.safe_load((ROOT / "docker-compose.login.yml").read_text())
@@ -35,23 +36,6 @@ def mounts(service: dict) -> dict[str, tuple[str, str]]:
             mode, (rest, _, target) = target, rest.rpartition(":")
         found[target] = (rest, mode)
     return found
-
-
-def dockerfile(path: Path) -> list[tuple[str, str]]:
-    """A Dockerfile's instructions as (INSTRUCTION, arguments): continuations joined and
-    comment lines dropped, as Docker reads them."""
-    steps, line = [], ""
-    for raw in path.read_text().splitlines():
-        if raw.lstrip().startswith("#") or not raw.strip():
-            continue
-        line += raw.strip()
-        if line.endswith("\\"):
-            line = line[:-1]
-            continue
-        keyword, _, args = line.partition(" ")
-        steps.append((keyword.upper(), args.strip()))
-        line = ""
-    return steps
 
 
 @pytest.mark.parametrize("user", ["bob", "ann-lee", "x_1", "a.b", "zoë", "UPPER"])
@@ -171,14 +155,14 @@ def test_the_lab_firewall_names_the_labs_bridge_as_compose_and_names_do():
 
 
 def test_the_hub_image_keeps_the_hubs_files_where_names_says():
-    steps = dockerfile(ROOT / "jupyterhub" / "Dockerfile")
+    steps = instructions(ROOT / "jupyterhub" / "Dockerfile")
     assert ("WORKDIR", names.HUB_DIR) in steps
     assert ("COPY", f"jupyterhub/templates {names.HUB_TEMPLATES_DIR}") in steps
     assert str(hubconfig.TEMPLATES) == names.HUB_TEMPLATES_DIR
 
 
 def test_the_lab_firewall_image_runs_the_script_where_names_says_and_checks_its_status_file():
-    steps = dockerfile(LAB_FIREWALL_IMAGE)
+    steps = instructions(LAB_FIREWALL_IMAGE)
     assert ("COPY", f"gpuhub/labfirewall.py {names.LAB_FIREWALL_SCRIPT}") in steps
     assert [json.loads(args) for step, args in steps if step == "CMD"] == [
         ["python3", names.LAB_FIREWALL_SCRIPT, "run"]]

@@ -22,6 +22,7 @@ from gpuhub.tasks import project as project_mod
 from harness.stack import free_port
 from support.hubsecrets import secrets_dir
 from support.mock_docker import commands, docker_context
+from support.tasks import compose
 
 ROOT = project_mod.ROOT
 CERT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -42,11 +43,6 @@ def problems(env: dict) -> list[str]:
     with pytest.raises(SettingsError) as info:
         validate(env)
     return info.value.problems
-
-
-def compose_prefix(env_path, *files: str) -> str:
-    parts = " ".join(f"-f {ROOT / f}" for f in ("docker-compose.yml", *files))
-    return f"docker compose --project-directory {ROOT} {parts} --env-file {env_path}"
 
 
 def context(running=False) -> MockContext:
@@ -115,19 +111,18 @@ def test_compose_uses_only_the_base_file_without_tls(env_file):
     path = env_file()
     project = project_mod.load()
     assert project.compose_files == ["docker-compose.yml"]
-    assert project.compose("ps") == compose_prefix(path) + " ps"
+    assert project.compose("ps") == compose(path, "ps")
 
 
 def test_compose_adds_the_tls_override_when_tls_is_on(env_file):
     path = env_file(TLS_CERT="c.pem", TLS_KEY="k.pem")
-    assert project_mod.load().compose("ps") == (
-        compose_prefix(path, "docker-compose.tls.yml") + " ps")
+    assert project_mod.load().compose("ps") == compose(path, "ps", ["docker-compose.tls.yml"])
 
 
 def test_compose_adds_the_redirect_override_with_a_redirect_port(env_file):
     path = env_file(TLS_CERT="c.pem", TLS_KEY="k.pem", HUB_HTTP_REDIRECT_PORT="8080")
-    assert project_mod.load().compose("ps") == compose_prefix(
-        path, "docker-compose.tls.yml", "docker-compose.tls-redirect.yml") + " ps"
+    assert project_mod.load().compose("ps") == compose(
+        path, "ps", ["docker-compose.tls.yml", "docker-compose.tls-redirect.yml"])
 
 
 def test_override_files_exist_and_use_only_settings():
@@ -207,8 +202,9 @@ def test_up_with_tls_starts_with_the_override_and_prints_https(
                     TLS_CERT=cert, TLS_KEY=key, HUB_HTTP_REDIRECT_PORT=redirect)
     c = context()
     stack.up(c, build=False)
-    up = compose_prefix(path, "docker-compose.tls.yml", "docker-compose.tls-redirect.yml",
-                        "docker-compose.gpu-sampler.yml") + " up -d --wait --wait-timeout 180"
+    up = compose(path, "up -d --wait --wait-timeout 180",
+                 ["docker-compose.tls.yml", "docker-compose.tls-redirect.yml",
+                  "docker-compose.gpu-sampler.yml"])
     assert commands(c)[-1] == up
     env = c.run.call_args_list[-1].kwargs["env"]
     assert (env["TLS_CERT"], env["TLS_KEY"]) == (str(cert), str(key))

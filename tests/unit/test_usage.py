@@ -33,6 +33,7 @@ from gpuhub.usage import (
     report,
 )
 from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
+from support.tasks import compose
 
 ROOT = project_mod.ROOT
 LAB_A = "a" * 64  # Docker's full container IDs
@@ -441,11 +442,6 @@ def test_default_journal_is_in_the_hub_data_folder():
 
 
 # --- invoke usage ----------------------------------------------------------------------------
-
-def compose(env_path, args: str) -> str:
-    return (f"docker compose --project-directory {ROOT} -f {ROOT / 'docker-compose.yml'} "
-            f"--env-file {env_path} {args}")
-
 
 def test_usage_is_a_task():
     assert "usage" in tasks_py.ns.task_names

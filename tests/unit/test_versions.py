@@ -10,6 +10,7 @@ from packaging.version import Version
 
 from gpuhub import settings, versions
 from harness import ROOT
+from support import dockerfiles
 
 PINS = versions.read()
 # Where packages are installed from: each names its packages and takes the versions from
@@ -106,6 +107,22 @@ def test_both_images_build_from_the_repository_root_with_the_constraints():
     assert "COPY gpuhub/versions.py gpuhub/constraints.txt /tmp/gpuhub-versions/" in hub
     lab = (ROOT / "jupyterlab" / "Dockerfile").read_text()
     assert "--mount=type=bind,source=gpuhub,target=/tmp/gpuhub-versions" in lab
+
+
+# The helper images invoke builds with --build-arg BASE_IMAGE=$DEBIAN_BASE_IMAGE
+# (tests/unit/test_tasks.py checks those commands).
+DEBIAN_DOCKERFILES = ["jupyterhub/docker-proxy/Dockerfile", "jupyterhub/lab-firewall/Dockerfile"]
+
+
+@pytest.mark.parametrize("name", DEBIAN_DOCKERFILES)
+def test_a_debian_helper_image_builds_by_hand_on_the_debian_base_image_setting(name):
+    """`docker build` without invoke's --build-arg starts from DEBIAN_BASE_IMAGE's default."""
+    path = ROOT / name
+    assert dockerfiles.base_images(path) == ["${BASE_IMAGE}"], name
+    declared = dockerfiles.global_args(path)
+    assert declared.get("BASE_IMAGE") == settings.BY_NAME["DEBIAN_BASE_IMAGE"].default, (
+        f"{name}: ARG BASE_IMAGE={declared.get('BASE_IMAGE')}; make it DEBIAN_BASE_IMAGE's "
+        "default in gpuhub/settings.py")
 
 
 # --- the module and its script -------------------------------------------------------
