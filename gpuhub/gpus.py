@@ -45,19 +45,26 @@ def summary(gpus: list[Gpu]) -> str:
     return f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({each})"
 
 
+def split_smi_line(line: str, trailing: int) -> tuple[str, str, str, list[str]]:
+    """One line of nvidia-smi's ``--format=csv,noheader`` output for a query that starts with
+    index, uuid, name and ends with ``trailing`` more fields: those four parts, stripped. A
+    model name may itself hold ", " (nvidia-smi does not quote it): it is everything between
+    the uuid and the trailing fields. A line with too few fields is a ValueError naming it."""
+    raw = line.split(",")
+    if len(raw) < 3 + trailing:
+        raise ValueError(f"unexpected nvidia-smi line {line!r}")
+    end = len(raw) - trailing
+    return (raw[0].strip(), raw[1].strip(), ",".join(raw[2:end]).strip(),
+            [part.strip() for part in raw[end:]])
+
+
 def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
     """Parse ``nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits``."""
     gpus = []
     for line in csv_text.splitlines():
         if not line.strip():
             continue
-        raw = line.split(",")
-        parts = [p.strip() for p in raw]
-        if len(parts) < 4:
-            raise ValueError(f"unexpected nvidia-smi line {line!r}")
-        index, uuid, memory = parts[0], parts[1], parts[-1]
-        # A name may itself contain ", ": rejoin the raw pieces to keep it as nvidia-smi shows it.
-        name = ",".join(raw[2:-1]).strip()
+        index, uuid, name, (memory,) = split_smi_line(line, trailing=1)
         try:
             memory_mib = int(float(memory.split()[0]))
         except (ValueError, IndexError):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import names
+from .gpus import split_smi_line
 from .settings import SettingsError, validate
 
 QUERY_GPUS = ["nvidia-smi",
@@ -61,17 +62,13 @@ def parse_gpus(csv_text: str) -> list[dict]:
     for line in csv_text.splitlines():
         if not line.strip():
             continue
-        parts = line.split(",")
-        if len(parts) < 6:
-            raise ValueError(f"unexpected nvidia-smi line {line!r}")
-        total = _number(parts[-1])
-        used = _number(parts[-2])
+        index, uuid, name, (utilisation, used, total) = split_smi_line(line, trailing=3)
+        total, used = _number(total), _number(used)
         gpus.append({
-            "index": parts[0].strip(),
-            "uuid": parts[1].strip(),
-            # A model name may itself hold ", ": it is everything between uuid and the numbers.
-            "name": ",".join(parts[2:-3]).strip(),
-            "utilisation": _number(parts[-3]),
+            "index": index,
+            "uuid": uuid,
+            "name": name,
+            "utilisation": _number(utilisation),
             "memory_used_mib": min(used, total) if used is not None and total else used,
             "memory_total_mib": total,
         })

@@ -8,6 +8,7 @@ import pytest
 
 from harness.hub import HubUser, LoginFailed
 from harness.stack import secret_places
+from support.tasks import assert_one_line_error
 
 
 def test_up_prints_each_admin_password_once_and_it_works(stack):
@@ -35,7 +36,7 @@ def test_adduser_admin_flag(stack):
         stack.invoke("deluser", "carol")
 
 
-def test_wrong_password_is_refused(stack, users):
+def test_wrong_password_isassert_one_line_error(stack, users):
     with pytest.raises(LoginFailed):
         HubUser(stack.url, "alice").login("not-alices-password")
 
@@ -68,14 +69,6 @@ def test_deluser_removes_login_and_purge_removes_the_work_volume(stack):
     assert stack.docker("volume", "inspect", volume, check=False).returncode != 0
 
 
-def _refused(result, *words):
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    assert result.returncode != 0, result
-    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 BAD_NAMES = ["Alice", "two words", "../x", "x" * 300, "", "9lives", "bob;rm", "zoë"]
 
 
@@ -84,7 +77,7 @@ def test_adduser_refuses_names_jupyterhub_would_reject_or_rename(stack, users, n
     before = stack.users()
     result = stack.invoke("adduser", name, "--password-stdin", stdin="good-password-1\n",
                           check=False)
-    _refused(result, "invalid user name")
+    assert_one_line_error(result, "invalid user name")
     assert stack.users() == before
 
 
@@ -99,7 +92,7 @@ def test_adduser_refuses_names_jupyterhub_would_reject_or_rename(stack, users, n
 ])
 def test_bad_requests_are_refused_with_one_line_and_change_nothing(stack, users, args, stdin, words):
     before = stack.users()
-    _refused(stack.invoke(*args, stdin=stdin, check=False), *words)
+    assert_one_line_error(stack.invoke(*args, stdin=stdin, check=False), *words)
     assert stack.users() == before
 
 
@@ -107,13 +100,13 @@ def test_user_tasks_refuse_while_the_stack_is_down(stack_factory):
     down = stack_factory()  # settings written, never started
     result = down.invoke("adduser", "gina", "--password-stdin", stdin="gina-pw-12345\n",
                          check=False)
-    _refused(result, "not running", "invoke up")
+    assert_one_line_error(result, "not running", "invoke up")
 
 
 def test_docker_not_running_is_one_clear_line(stack):
     result = stack.invoke("up", "--no-build", check=False,
                           env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    _refused(result, "Docker is not running")
+    assert_one_line_error(result, "Docker is not running")
 
 
 def test_port_in_use_is_refused_before_anything_is_created(stack_factory):
@@ -123,14 +116,14 @@ def test_port_in_use_is_refused_before_anything_is_created(stack_factory):
         port = blocker.getsockname()[1]
         other = stack_factory(HUB_PORT=str(port))
         result = other.invoke("up", "--no-build", check=False)
-    _refused(result, f"port {port}", "HUB_PORT")
+    assert_one_line_error(result, f"port {port}", "HUB_PORT")
     assert other.compose("ps", "-aq").stdout.strip() == ""
 
 
 def test_invalid_setting_stops_before_docker(stack_factory):
     bad = stack_factory(HUB_PORT="99999")
     result = bad.invoke("up", "--no-build", check=False)
-    _refused(result, "HUB_PORT='99999'", "65535")
+    assert_one_line_error(result, "HUB_PORT='99999'", "65535")
 
 
 def test_users_and_gpu_inventory_survive_a_hand_run_force_recreate(stack, users):
@@ -196,7 +189,7 @@ def test_a_new_user_never_silently_gets_a_deleted_users_work_volume(stack):
     # The same name for someone new: refused before anything is created, both ways out named.
     refused = stack.invoke("adduser", "fay", "--password-stdin", stdin="new-fay-pw-123\n",
                            check=False)
-    _refused(refused, f"work volume {volume} already exists", "invoke adduser fay --reuse-data",
+    assert_one_line_error(refused, f"work volume {volume} already exists", "invoke adduser fay --reuse-data",
              "invoke deluser fay --purge-data", f"docker volume rm {volume}")
     assert "fay" not in {u["name"] for u in stack.users()}
     assert stack.docker("volume", "inspect", volume, check=False).returncode == 0

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import SimpleNamespace
 
 import pytest
 from dockerspawner import DockerSpawner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jupyterhub.objects import Hub
 from tornado import web
 from traitlets.config import Config
 
 from gpuhub.grants import PendingGrants
 from gpuhub.profiles import Profile
 from gpuhub.spawner import LABEL_GPUS, LABEL_PROJECT, LABEL_USER, GpuDockerSpawner
+from support.spawners import fresh_hub_process, user_spawner
 
 SENT, ANSWERED, CREATED = "list sent", "list answered", "container created"
 
@@ -110,16 +109,13 @@ def scripted_hub(gpus: list[str]):
     config.GpuDockerSpawner.require_lab_firewall = False
 
     def spawner(name: str, asks: int) -> GpuDockerSpawner:
-        user = SimpleNamespace(name=name, id=hash(name), url=f"/user/{name}/", server=None)
-        lab = GpuDockerSpawner(user=user, hub=Hub(), config=config)
+        lab = user_spawner(config, name)
         lab.docker = docker.api_for(lab)
         lab.resolve_profile = lambda: Profile(slug="gpu", display_name="GPU", gpus=asks)
         return lab
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GpuDockerSpawner, "_allocator", None)
-        mp.setattr(GpuDockerSpawner, "_grants", PendingGrants())
-        mp.setattr(GpuDockerSpawner, "_start_queue", None)
+        fresh_hub_process(mp)
         mp.setattr(DockerSpawner, "start", create_and_start)
         mp.setattr(DockerSpawner, "stop", removed)
         mp.setattr(DockerSpawner, "get_object", gone)

@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from types import SimpleNamespace
 
 import pytest
 from dockerspawner import DockerSpawner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from jupyterhub.objects import Hub
 from tornado import web
 from traitlets.config import Config
 
 from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
-from gpuhub.grants import PendingGrants
 from gpuhub.profiles import Profile
 from gpuhub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
+from support.spawners import fresh_hub_process, user_spawner
 
 GPUS = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]
 
@@ -184,17 +182,13 @@ def hub(tmp_path, queue_timeout=60, queue_max=20, pins=None):
     config.GpuDockerSpawner.gpu_pins = pins or {}
 
     def spawner(name: str, asks: int = 1) -> GpuDockerSpawner:
-        user = SimpleNamespace(name=name, id=hash(name), url=f"/user/{name}/", server=None)
-        lab = GpuDockerSpawner(user=user, hub=Hub(), config=config)
+        lab = user_spawner(config, name)
         lab.resolve_profile = lambda: Profile(slug="gpu1", display_name="1 GPU", gpus=asks)
         lab._spawn_pending = True
         return lab
 
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in (("_allocator", None), ("_grants", PendingGrants()),
-                            ("_start_queue", None), ("_line", None), ("_line_pump", None),
-                            ("_line_kick", None), ("_waited_before_restart", None)):
-            mp.setattr(GpuDockerSpawner, name, value)
+        fresh_hub_process(mp)
         mp.setattr(DockerSpawner, "start", create_and_start)
         mp.setattr(DockerSpawner, "stop", nothing)
         mp.setattr(DockerSpawner, "get_object", nothing)

@@ -3,10 +3,8 @@
 import os
 import stat
 import sys
-from types import SimpleNamespace
 
 import pytest
-from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
@@ -22,6 +20,7 @@ from gpuhub.hubconfig import (
 from gpuhub.settings import validate
 from gpuhub.spawner import GpuDockerSpawner
 from support.hubsecrets import secrets_dir
+from support.spawners import user_spawner
 
 
 def meminfo(tmp_path, gib: int):
@@ -233,8 +232,7 @@ def test_empty_admin_token_file_is_replaced(configure, tmp_path):
 
 def spawner_for(c) -> GpuDockerSpawner:
     """Build the spawner the hub would build from ``c``: this is when traits are validated."""
-    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None)
-    return GpuDockerSpawner(user=user, hub=Hub(), config=c)
+    return user_spawner(c)
 
 
 def test_the_spawner_accepts_the_defaults(configure):

@@ -1,18 +1,17 @@
 """Reclaiming idle GPUs and profiles' time limits: who is stopped, when, and what they read."""
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from gpuhub.gpureport import Lab
 from gpuhub.profiles import ProfileError, Profiles, parse_duration
 from gpuhub.reclaim import Reclaim, decide, leave_reason, take_reason
 from gpuhub.spawner import GpuDockerSpawner
+from support.spawners import user_spawner
 
 NOW = 1_000_000.0
 HOUR = 3600
@@ -147,8 +146,7 @@ def test_stop_tells_the_user_and_the_records_why(tmp_path, monkeypatch):
     monkeypatch.setattr(GpuDockerSpawner, "get_object", gone)
     config = Config()
     config.GpuDockerSpawner.stop_reasons_dir = str(tmp_path)
-    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None)
-    spawner = GpuDockerSpawner(user=user, hub=Hub(), config=config)
+    spawner = user_spawner(config)
     spawner.object_id = "c0ffee"
     leave_reason("alice", "its GPUs were idle (under 5 % busy) for 1 h 00 min", tmp_path)
     asyncio.run(spawner.stop())

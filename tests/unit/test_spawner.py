@@ -1,20 +1,18 @@
 """GpuDockerSpawner without Docker: the environment, device requests and labels of a lab."""
 
 import asyncio
-from types import SimpleNamespace
 
 import docker
 import pytest
 from dockerspawner import DockerSpawner
-from jupyterhub.objects import Hub
 from traitlets.config import Config
 
 from gpuhub.gpus import Gpu, to_json
-from gpuhub.grants import PendingGrants
 from gpuhub.hubconfig import apply_config
 from gpuhub.settings import validate
 from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
 from support.hubsecrets import secrets_dir
+from support.spawners import fresh_hub_process, user_spawner
 
 GPUS = ["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50", "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"]
 
@@ -28,16 +26,13 @@ def make_config(tmp_path, gpus=(), **settings) -> Config:
 
 
 def make_spawner(config: Config, name: str = "alice") -> GpuDockerSpawner:
-    user = SimpleNamespace(name=name, id=1, url=f"/user/{name}/", server=None)
-    return GpuDockerSpawner(user=user, hub=Hub(), config=config)
+    return user_spawner(config, name)
 
 
 @pytest.fixture(autouse=True)
 def fresh_spawner_class(monkeypatch):
-    """The allocator and in-flight grants live on the class: give each test its own."""
-    monkeypatch.setattr(GpuDockerSpawner, "_allocator", None)
-    monkeypatch.setattr(GpuDockerSpawner, "_grants", PendingGrants())
-    monkeypatch.setattr(GpuDockerSpawner, "_start_queue", None)
+    """The allocator, in-flight grants and the line live on the class: each test its own."""
+    fresh_hub_process(monkeypatch)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from jupyterhub.objects import Hub
 from tornado import web
 from traitlets.config import Config
 
@@ -18,6 +17,7 @@ from gpuhub.swarmspawner import GpuSwarmSpawner, no_node_reason
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks.images import build_commands, push_commands
 from support.hubsecrets import secrets_dir
+from support.spawners import user_spawner
 
 SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
          "SWARM_HOMES": "/srv/nfs/homes"}
@@ -187,8 +187,7 @@ def make_swarm_spawner(tmp_path, env=None, **settings) -> GpuSwarmSpawner:
                  env={"GPUHUB_GPU_INVENTORY": inventory, **(env or {})},
                  data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
     assert c.JupyterHub.spawner_class == "gpuhub.swarmspawner.GpuSwarmSpawner"
-    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", server=None, groups=[])
-    spawner = GpuSwarmSpawner(user=user, hub=Hub(), config=c)
+    spawner = user_spawner(c, cls=GpuSwarmSpawner, groups=[])
     spawner._command = ["jupyterhub-singleuser"]
     return spawner
 

@@ -151,7 +151,7 @@ def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: 
 # The defaults' versions live in one place (gpuhub/constraints.txt, settings.py).
 HUB_BASE = f"quay.io/jupyterhub/jupyterhub:{DEFAULT_JUPYTERHUB_VERSION}"
 LAB_BASE = BY_NAME["LAB_BASE_IMAGE"].default
-DEBIAN_BASE = "debian:bookworm-20251229-slim"
+DEBIAN_BASE = BY_NAME["DEBIAN_BASE_IMAGE"].default
 HUB = build_command("jupyterhub", HUB_BASE, "gpuhub-hub:latest", ROOT)
 LAB = build_command("jupyterlab", LAB_BASE, "gpuhub-lab:latest", ROOT)
 DOCKER_PROXY = (f"docker build --build-arg BASE_IMAGE={DEBIAN_BASE} "
