@@ -20,7 +20,7 @@ from .. import status as status_tables
 from ..profiles import Profiles
 from .images import build_images
 from .login import files_stamp as login_files_stamp
-from .project import fail, hub_running, require_docker, stderr_tail, step
+from .project import docker_inspect, fail, hub_running, require_docker, stderr_tail, step
 from .tls import files_digest as tls_files_digest
 
 # Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
@@ -246,7 +246,7 @@ def status(c, project) -> None:
     services = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name}",
                      hide=True, warn=True).stdout.split()
     labs = running_labs(c, project)
-    inspected = _inspect(c, services + labs)
+    inspected = docker_inspect(c, services + labs)
     now = datetime.datetime.now(datetime.UTC)
     print(status_tables.services_table([i for i in inspected if i["Id"][:12] in
                                         {x[:12] for x in services}], now))
@@ -254,17 +254,6 @@ def status(c, project) -> None:
     print(status_tables.labs_table([i for i in inspected if i["Id"][:12] in
                                     {x[:12] for x in labs}], now))
 
-
-
-def _inspect(c, ids: list[str]) -> list[dict]:
-    """`docker inspect` of ``ids`` as JSON (labels as Docker holds them); [] for none."""
-    if not ids:
-        return []
-    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
-    try:
-        return jsonlib.loads(found.stdout) if found.stdout.strip() else []
-    except ValueError:
-        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
 def logs(c, project, follow: bool, tail: int) -> None:

@@ -5,6 +5,7 @@ Every task starts with :func:`load`, so a bad setting stops before Docker is tou
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -218,6 +219,19 @@ def load_profiles(project) -> Profiles:
         return Profiles.from_file(project.profiles_path)
     except ProfileError as err:
         raise fail(str(err)) from None
+
+
+def docker_inspect(c, ids: list[str]) -> list[dict]:
+    """`docker inspect` of ``ids`` as JSON: what this engine knows of them, labels as Docker
+    holds them ([] for none). An ID the engine does not know fails the command, but the
+    others are still printed; output that is not JSON is the task's one-line error."""
+    if not ids:
+        return []
+    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
+    try:
+        return json.loads(found.stdout) if found.stdout.strip() else []
+    except ValueError:
+        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
 def stderr_tail(result, default: str | None = None) -> str:

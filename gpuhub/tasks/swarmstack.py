@@ -25,7 +25,15 @@ from .. import gpus as gpu_inventory
 from .. import lablimits, names, swarm
 from .. import status as status_tables
 from .images import build_images, push_images
-from .project import fail, helper_container, load, require_docker, require_running, step
+from .project import (
+    docker_inspect,
+    fail,
+    helper_container,
+    load,
+    require_docker,
+    require_running,
+    step,
+)
 
 
 def require_manager(c) -> str:
@@ -197,7 +205,7 @@ def status(c, project) -> None:
     """The stack's services (node, state, health, since) and the running labs."""
     ids = c.run(f"docker stack ps -q --filter desired-state=running {shlex.quote(project.name)}",
                 hide=True, warn=True).stdout.split()
-    tasks = _inspect(c, ids)
+    tasks = docker_inspect(c, ids)
     services = {sid: name.removeprefix(f"{project.name}_") for sid, name in (
         line.split(" ", 1) for line in c.run(
             f"docker service ls --filter label=com.docker.stack.namespace={project.name} "
@@ -211,24 +219,13 @@ def status(c, project) -> None:
     containers = [cid for t in tasks if (cid := ((t.get("Status") or {}).get(
         "ContainerStatus") or {}).get("ContainerID"))]
     health = {i["Id"]: (i.get("State", {}).get("Health") or {}).get("Status", "-")
-              for i in _inspect(c, containers)}  # this node's containers only
+              for i in docker_inspect(c, containers)}  # this node's containers only
     now = datetime.datetime.now(datetime.UTC)
     print(status_tables.swarm_services_table(tasks, service_names, node_names, health, now))
     print()
     kind = project.settings.swarm_gpu_resource
     print(status_tables.labs_table([{"Config": {"Labels": swarm.lab_labels(t, kind)}}
                                     for t in running_lab_tasks(c, project)], now))
-
-
-def _inspect(c, ids: list[str]) -> list[dict]:
-    """`docker inspect` of ``ids`` as JSON: what this engine knows of them ([] for none)."""
-    if not ids:
-        return []
-    found = c.run("docker inspect " + " ".join(shlex.quote(i) for i in ids), hide=True, warn=True)
-    try:  # an ID this node does not know fails the command; the others are still printed
-        return json.loads(found.stdout) if found.stdout.strip() else []
-    except ValueError:
-        raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
 def logs(c, project, follow: bool, tail: int) -> None:
