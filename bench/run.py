@@ -179,8 +179,7 @@ class Bench:
         users = []
         for i in range(1, max(self.args.users) + 1):
             name, password = f"bench{i}", secrets.token_urlsafe(16)
-            stack.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
-            users.append(self._login(stack.url, name, password))
+            users.append(stack.signed_up(name, password))
         hub = stack.compose("ps", "-q", "hub", check=True).stdout.strip()
         # The hub's CPU is that of every service of the stack: hub, proxy, docker-proxy,
         # lab-firewall (labs are not compose services).
@@ -204,18 +203,12 @@ class Bench:
         stock.up()
         self.timings["stock hub: compose up until /hub/health"] = time.monotonic() - started
         # allow_all: the first login creates the user, as on a stock deployment.
-        users = [self._login(stock.url, f"bench{i}", stock.password)
+        users = [HubUser.signed_in(stock.url, f"bench{i}", stock.password)
                  for i in range(1, max(self.args.users) + 1)]
         hub = stock.hub_container()  # configurable-http-proxy runs inside it
         self.rounds["stock"] = self._storms("stock", users, {}, hub, [hub], stock.lab_container)
         step("removing the stock hub")
         stock.teardown(self.client)
-
-    def _login(self, url: str, name: str, password: str) -> HubUser:
-        user = HubUser(url, name)
-        user.login(password)
-        user.create_token()
-        return user
 
     def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
                 service_containers: list[str], lab_container: Callable[[str], str]

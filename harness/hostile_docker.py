@@ -35,6 +35,40 @@ def gpuhub_create(project: str, image: str, gpu: str, shared: str) -> dict:
     }
 
 
+class Variants:
+    """Changed copies of one create body (gpuhub's own), for the cases built from it."""
+
+    def __init__(self, create: dict):
+        self.create = create
+
+    def body(self, **top) -> dict:
+        """The body with top-level fields changed (None removes one)."""
+        out = copy.deepcopy(self.create)
+        for key, value in top.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
+
+    def host(self, **fields) -> dict:
+        """The body with HostConfig fields changed."""
+        out = self.body()
+        out["HostConfig"].update(fields)
+        return out
+
+    def labels(self, **fields) -> dict:
+        """The body with labels changed (``gpuhub_user`` is the label gpuhub.user)."""
+        out = self.body()
+        out["Labels"].update({k.replace("_", "."): v for k, v in fields.items()})
+        return out
+
+    def raw_host(self, text: str) -> str:
+        """The body as text with ``text`` spliced in as the first HostConfig entry."""
+        encoded = json.dumps(self.create)
+        return encoded.replace('"HostConfig": {', '"HostConfig": {' + text + ", ", 1)
+
+
 def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/shared-data",
                      hub: str = "hub", firewall: str = "lab-firewall",
                      other: str = "elsewhere") -> list[tuple[str, str, str, object]]:
@@ -48,32 +82,8 @@ def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/sha
     LAB = f"{PROJECT}-lab-bob"
     CREATE = f"/v1.41/containers/create?name={LAB}"
 
-    def body(**top) -> dict:
-        """gpuhub's create body with top-level fields changed (None removes one)."""
-        out = copy.deepcopy(GPUHUB_CREATE)
-        for key, value in top.items():
-            if value is None:
-                out.pop(key, None)
-            else:
-                out[key] = value
-        return out
-
-    def host(**fields) -> dict:
-        """gpuhub's create body with HostConfig fields changed."""
-        out = body()
-        out["HostConfig"].update(fields)
-        return out
-
-    def labels(**fields) -> dict:
-        out = body()
-        out["Labels"].update({k.replace("_", "."): v for k, v in fields.items()})
-        return out
-
-    def raw_host(text: str) -> str:
-        """gpuhub's body as text with ``text`` spliced in as the first HostConfig entry."""
-        encoded = json.dumps(GPUHUB_CREATE)
-        return encoded.replace('"HostConfig": {', '"HostConfig": {' + text + ", ", 1)
-
+    variant = Variants(GPUHUB_CREATE)
+    body, host, labels, raw_host = variant.body, variant.host, variant.labels, variant.raw_host
     GPU_REQUEST = GPUHUB_CREATE["HostConfig"]["DeviceRequests"][0]
 
     # (case, method, target, body): every one must be refused, and nothing may change.

@@ -37,6 +37,15 @@ class HubUser:
             self.http.trust_env = False
         self.token: str | None = None
 
+    @classmethod
+    def signed_in(cls, base_url: str, name: str, password: str,
+                  verify: bool | str = True) -> HubUser:
+        """A user logged in through the login form, holding a fresh API token."""
+        user = cls(base_url, name, verify=verify)
+        user.login(password)
+        user.create_token()
+        return user
+
     # --- login form ---------------------------------------------------------
     def login(self, password: str) -> requests.Response:
         page = self.http.get(f"{self.base}/hub/login", timeout=30)
@@ -106,6 +115,15 @@ class HubUser:
                 if time.monotonic() > deadline:
                     break
         return messages
+
+    def start_ready(self, options: dict | None, timeout: float, logs=None) -> dict:
+        """Start the lab with ``options``, assert the hub took the request (201 or 202), and
+        wait up to ``timeout`` seconds for it to be ready; return the server's model."""
+        answer = self.start(options)
+        assert answer.status_code in (201, 202), (
+            f"start of {self.name}'s lab: HTTP {answer.status_code} {answer.text}"
+            + (f"\nhub logs:\n{logs()}" if logs else ""))
+        return self.wait_ready(timeout, logs=logs)
 
     def wait_ready(self, timeout: float, logs=None) -> dict:
         # A short interval: spawn timings are read off this wait.

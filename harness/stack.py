@@ -18,8 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import ROOT
+
+if TYPE_CHECKING:
+    from .hub import HubUser
 
 PREFIX = "gpuhubtest-"
 BLOCKED_FOR_TESTS = "198.18.0.0/15"
@@ -138,6 +142,15 @@ class Stack:
         out = self.compose("logs", "--no-color", "--tail", str(tail), *([service] if service else []))
         text = out.stdout + out.stderr
         return text if service else text[-12000:]
+
+    def signed_up(self, name: str, password: str | None = None) -> HubUser:
+        """A new account made with the real `invoke adduser --password-stdin` (password
+        ``<name>-pw-12345`` unless given), logged in through the form, with an API token."""
+        from .hub import HubUser
+
+        password = password if password is not None else f"{name}-pw-12345"
+        self.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
+        return HubUser.signed_in(self.url, name, password)
 
     def add_users(self, passwords: dict[str, str]) -> None:
         """Test setup for many users at once: gpuhub.usercli's `add`, as `invoke adduser`

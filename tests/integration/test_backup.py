@@ -19,12 +19,8 @@ GONE_TEXT = "written by gwen before her account was deleted"
 
 
 def start_lab(url: str, name: str, password: str, logs) -> HubUser:
-    user = HubUser(url, name)
-    user.login(password)
-    user.create_token()
-    resp = user.start({"profile": "cpu"})
-    assert resp.status_code in (201, 202), resp.text
-    user.wait_ready(SPAWN_TIMEOUT, logs=logs)
+    user = HubUser.signed_in(url, name, password)
+    user.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=logs)
     return user
 
 

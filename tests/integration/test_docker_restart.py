@@ -30,12 +30,8 @@ def restart_cmd():
 def test_after_a_daemon_restart_status_tells_the_truth_and_up_recovers(stack_factory, restart_cmd):
     stack = stack_factory()
     stack.up("--no-build")
-    stack.invoke("adduser", "rita", "--password-stdin", stdin="rita-pw-12345\n")
-    rita = HubUser(stack.url, "rita")
-    rita.login("rita-pw-12345")
-    rita.create_token()
-    assert rita.start({"profile": "gpu1"}).status_code in (201, 202)
-    rita.wait_ready(120, logs=stack.logs)
+    rita = stack.signed_up("rita")
+    rita.start_ready({"profile": "gpu1"}, 120, logs=stack.logs)
 
     subprocess.run(restart_cmd, check=True, timeout=300)
 
@@ -52,9 +48,6 @@ def test_after_a_daemon_restart_status_tells_the_truth_and_up_recovers(stack_fac
                what="the hub to notice rita's lab is gone", state=rita.server, logs=stack.logs)
     held = json.loads(stack.invoke("gpus", "--json").stdout)
     assert not any(row["held_by"] for row in held), held
-    again = HubUser(stack.url, "rita")
-    again.login("rita-pw-12345")
-    again.create_token()
-    assert again.start({"profile": "gpu1"}).status_code in (201, 202)
-    again.wait_ready(120, logs=stack.logs)
+    again = HubUser.signed_in(stack.url, "rita", "rita-pw-12345")
+    again.start_ready({"profile": "gpu1"}, 120, logs=stack.logs)
     stack.teardown()

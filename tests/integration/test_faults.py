@@ -54,10 +54,7 @@ def fault_users(fault_stack):
     names = ("ann", "ben", "cat", "dan")
     fault_stack.add_users({name: f"{name}-pw-12345" for name in names})
     for name in names:
-        user = HubUser(fault_stack.url, name)
-        user.login(f"{name}-pw-12345")
-        user.create_token()
-        users[name] = user
+        users[name] = HubUser.signed_in(fault_stack.url, name, f"{name}-pw-12345")
     return users
 
 
@@ -109,8 +106,7 @@ def test_hub_restart_and_crash_keep_labs_sessions_and_gpu_holders(fault_stack, f
     assert running[0].kernel_state(busy) == "busy", "the busy kernel must survive"
     # A new GPU spawn gets the one free GPU, not a held one.
     dan = fault_users["dan"]
-    assert dan.start({"profile": "gpu1"}).status_code in (201, 202)
-    dan.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    dan.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     after = _holders(stack)
     assert sorted(sum(after.values(), [])) == ["ann", "ben", "cat", "dan"], after
     dan.stop(logs=stack.logs)
@@ -123,8 +119,7 @@ def test_a_lab_killed_from_outside_is_noticed_and_can_start_again(fault_stack, f
     wait_until(lambda: not ben.server(), timeout=45, interval=1,
                what="the hub to notice ben's lab died", state=ben.server, logs=stack.logs)
     assert "ben" not in sum(_holders(stack).values(), [])
-    assert ben.start({"profile": "gpu1"}).status_code in (201, 202)
-    ben.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    ben.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
 
 
 def _fails_cleanly(stack, user: HubUser, profile: str) -> str:
@@ -153,8 +148,7 @@ def test_failed_spawns_report_free_their_gpu_and_leave_nothing(fault_stack, faul
     _fails_cleanly(stack, fault_users["dan"], profile)
     # The user can still start a working lab right after.
     dan = fault_users["dan"]
-    assert dan.start({"profile": "cpu"}).status_code in (201, 202)
-    dan.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    dan.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     dan.stop(logs=stack.logs)
 
 

@@ -33,17 +33,11 @@ def _holders(rows: list[dict]) -> list[tuple]:
     return [(r["uuid"], r["held_by"], r["since"]) for r in rows]
 
 
-def _user(stack, name) -> HubUser:
-    user = HubUser(stack.url, name)
-    user.login(f"{name}-pw-12345")
-    user.create_token()
-    return user
-
-
 @pytest.fixture(scope="module")
 def gpu_users(stack, inventory):
     stack.add_users({name: f"{name}-pw-12345" for name in GPU_USERS + ["latecomer"]})
-    users = {name: _user(stack, name) for name in GPU_USERS + ["latecomer"]}
+    users = {name: HubUser.signed_in(stack.url, name, f"{name}-pw-12345")
+             for name in GPU_USERS + ["latecomer"]}
     yield users
     for user in users.values():
         if user.server():
@@ -99,8 +93,7 @@ def test_stopping_a_lab_frees_its_gpu_for_the_waiting_user(stack, gpu_users):
     leaver, waiter = running[0], waiting[0]
     freed = stack.inspect(stack.lab_container(leaver.name))["Config"]["Labels"]["gpuhub.gpus"]
     leaver.stop(logs=stack.logs)
-    assert waiter.start({"profile": "gpu1"}).status_code in (201, 202)
-    waiter.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    waiter.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     assert _lab_view(waiter)["NVIDIA_VISIBLE_DEVICES"] == freed
 
 
@@ -115,8 +108,7 @@ def test_hub_restart_keeps_holders_and_never_double_books(stack, gpu_users):
     answer = late.start({"profile": "gpu1"})
     assert answer.status_code == 409, answer.text
     # A CPU lab still starts while every GPU is held.
-    assert late.start({"profile": "cpu"}).status_code in (201, 202)
-    late.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    late.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == "void"
     late.stop(logs=stack.logs)
 
@@ -128,8 +120,7 @@ def test_a_lab_that_dies_frees_its_gpu_at_once(stack, gpu_users):
     stack.docker("kill", container)
     late = gpu_users["latecomer"]
     # Docker is the record: the dead lab's GPU is free before the hub even polls it.
-    assert late.start({"profile": "gpu1"}).status_code in (201, 202)
-    late.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    late.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == freed
     late.stop(logs=stack.logs)
 

@@ -12,10 +12,7 @@ def _start_all(stack, names, profile="gpu1"):
     users = []
     stack.add_users({name: f"{name}-pw-12345" for name in names})
     for name in names:
-        user = HubUser(stack.url, name)
-        user.login(f"{name}-pw-12345")
-        user.create_token()
-        users.append(user)
+        users.append(HubUser.signed_in(stack.url, name, f"{name}-pw-12345"))
     with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
         answers = list(pool.map(lambda u: u.start({"profile": profile}), users))
     assert all(a.status_code in (201, 202) for a in answers), [a.text for a in answers]

@@ -37,10 +37,7 @@ def qusers(qstack):
     made = {}
     qstack.add_users({name: f"{name}-pw-12345" for name in USERS})
     for name in USERS:
-        user = HubUser(qstack.url, name)
-        user.login(f"{name}-pw-12345")
-        user.create_token()
-        made[name] = user
+        made[name] = HubUser.signed_in(qstack.url, name, f"{name}-pw-12345")
     yield made
     for user in made.values():
         if user.server():

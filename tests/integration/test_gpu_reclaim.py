@@ -41,12 +41,8 @@ def rstack(stack_factory, tmp_path_factory):
 
 
 def started(stack, name: str, profile: str) -> HubUser:
-    stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
-    user = HubUser(stack.url, name)
-    user.login(f"{name}-pw-12345")
-    user.create_token()
-    assert user.start({"profile": profile}).status_code in (201, 202)
-    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    user = stack.signed_up(name)
+    user.start_ready({"profile": profile}, SPAWN_TIMEOUT, logs=stack.logs)
     return user
 
 
@@ -91,8 +87,7 @@ def test_an_idle_gpus_lab_is_stopped_a_busy_ones_is_not_and_max_age_holds(rstack
     assert any(r.startswith(f"it reached the {MAX_AGE} s time limit") for r in reasons), reasons
 
     # The idle lab's files are kept: a new lab has them.
-    assert idler.start({"profile": "cpu"}).status_code in (201, 202)
-    idler.wait_ready(SPAWN_TIMEOUT, logs=rstack.logs)
+    idler.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=rstack.logs)
     assert idler.run_code("print(open('work/kept.txt').read())").strip() == "kept"
     for user in (idler, busy):
         user.stop(logs=rstack.logs)

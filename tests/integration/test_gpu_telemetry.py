@@ -29,12 +29,8 @@ PASSWORD = "teleuser-pw-12345"
 @pytest.fixture(scope="module")
 def gpu_lab(stack):
     """teleuser's 1-GPU lab: (user, its GPU's UUID, the lab container's inspect)."""
-    stack.invoke("adduser", NAME, "--password-stdin", stdin=PASSWORD + "\n")
-    user = HubUser(stack.url, NAME)
-    user.login(PASSWORD)
-    user.create_token()
-    assert user.start({"profile": "gpu1"}).status_code in (201, 202)
-    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    user = stack.signed_up(NAME, PASSWORD)
+    user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     info = stack.inspect(stack.lab_container(NAME))
     yield user, info["Config"]["Labels"]["gpuhub.gpus"], info
     gpu_state.clear()
@@ -183,10 +179,7 @@ def test_prometheus_scrapes_gpu_use_holders_and_spawns(stack, gpu_lab, prometheu
     user, uuid, _ = gpu_lab
     gpu_state.write({uuid: (73, 4096)})
     # A refused start (a profile that does not exist), counted by reason.
-    stack.invoke("adduser", "refused", "--password-stdin", stdin="refused-pw-12345\n")
-    other = HubUser(stack.url, "refused")
-    other.login("refused-pw-12345")
-    other.create_token()
+    other = stack.signed_up("refused")
     refused = other.start({"profile": "no-such-profile"})
     assert refused.status_code == 400, refused.text
 

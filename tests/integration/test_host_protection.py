@@ -53,13 +53,8 @@ def as_root():
 
 
 def _lab_user(stack, name: str, profile: str) -> HubUser:
-    stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
-    user = HubUser(stack.url, name)
-    user.login(f"{name}-pw-12345")
-    user.create_token()
-    answer = user.start({"profile": profile})
-    assert answer.status_code in (201, 202), f"{answer.text}\n{stack.logs()}"
-    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    user = stack.signed_up(name)
+    user.start_ready({"profile": profile}, SPAWN_TIMEOUT, logs=stack.logs)
     return user
 
 
@@ -368,17 +363,13 @@ def test_labs_stay_cut_off_when_the_lab_firewall_dies_or_stops(stack, as_root):
     finally:
         here.close()
     # New labs are refused while it is not running.
-    stack.invoke("adduser", "jana", "--password-stdin", stdin="jana-pw-12345\n")
-    jana = HubUser(stack.url, "jana")
-    jana.login("jana-pw-12345")
-    jana.create_token()
+    jana = stack.signed_up("jana")
     refused = jana.start({"profile": "cpu"})
     assert refused.status_code == 503 and "lab firewall" in refused.json()["message"], refused.text
     assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container('jana')}").stdout == ""
     stack.up("--no-build")
     assert firewall.missing() == []
-    assert jana.start({"profile": "cpu"}).status_code in (201, 202)
-    jana.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    jana.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     jana.stop(logs=stack.logs)
     ivan.stop(logs=stack.logs)
 

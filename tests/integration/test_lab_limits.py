@@ -105,30 +105,20 @@ def limits_stack(stack_factory, tmp_path_factory):
     return stack
 
 
-def _user(stack, name: str) -> HubUser:
-    stack.invoke("adduser", name, "--password-stdin", stdin=f"{name}-pw-12345\n")
-    user = HubUser(stack.url, name)
-    user.login(f"{name}-pw-12345")
-    user.create_token()
-    return user
-
-
 def _running_lab(stack, user: HubUser) -> HubUser:
     if not user.server().get("ready"):
-        answer = user.start({"profile": "cpu"})
-        assert answer.status_code in (201, 202), answer.text
-        user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+        user.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     return user
 
 
 @pytest.fixture(scope="module")
 def hog(limits_stack):
-    return _user(limits_stack, "hog")
+    return limits_stack.signed_up("hog")
 
 
 @pytest.fixture(scope="module")
 def calm(limits_stack):
-    return _user(limits_stack, "calm")
+    return limits_stack.signed_up("calm")
 
 
 def _state(stack, user: str) -> dict:
@@ -152,7 +142,7 @@ def test_labs_are_limited_to_the_hosts_memory_less_a_reserve_by_default(stack):
     """LAB_MEM_LIMIT=auto, the default: the shared stack sets no limit of its own."""
     assert "LAB_MEM_LIMIT" not in stack.settings, "GPUHUB_TEST_LAB_MEM_LIMIT is set"
     host = int(stack.docker("info", "--format", "{{.MemTotal}}").stdout)
-    lima = _running_lab(stack, _user(stack, "lima"))
+    lima = _running_lab(stack, stack.signed_up("lima"))
     try:
         memory = stack.inspect(stack.lab_container("lima"))["HostConfig"]["Memory"]
         assert memory == lablimits.memory_bytes(lablimits.auto_memory(host)), (memory, host)
@@ -250,9 +240,7 @@ def test_a_lab_whose_server_the_oom_killer_picks_stops_alone(limits_stack, hog, 
     home = hog.http.get(f"{hog.base}/hub/home", timeout=30)
     assert home.status_code == 200 and ("Your last lab stopped by itself: out of memory"
                                         in home.text), home.text[-3000:]
-    answer = hog.start({"profile": "cpu"})
-    assert answer.status_code in (201, 202), answer.text
-    hog.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    hog.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     assert "gpuhub-last-stop" not in hog.http.get(f"{hog.base}/hub/home", timeout=30).text
     assert stack.docker("ps", "-aq", "--filter", "status=exited", "--filter",
                         f"name={stack.lab_container('hog')}").stdout == "", "no dead lab is left"

@@ -11,13 +11,9 @@ SPAWN_TIMEOUT = 180
 def alice_lab(stack, users, measure):
     from harness.hub import HubUser
 
-    alice = HubUser(stack.url, "alice")
-    alice.login(users["alice"])
-    alice.create_token()
+    alice = HubUser.signed_in(stack.url, "alice", users["alice"])
     started = time.monotonic()
-    resp = alice.start({"profile": "cpu"})
-    assert resp.status_code in (201, 202), resp.text
-    alice.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    alice.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     measure("one spawn (REST start to ready)", time.monotonic() - started)
     return alice
 
@@ -66,9 +62,7 @@ def test_lab_container_is_configured_as_settings_say(stack, alice_lab):
 def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):
     from harness.hub import HubUser
 
-    bob = HubUser(stack.url, "bob")
-    bob.login(users["bob"])
-    bob.create_token()
+    bob = HubUser.signed_in(stack.url, "bob", users["bob"])
     # The hub answers 404 rather than 403 so a token cannot even probe who exists.
     assert bob.api("POST", "/users/alice/server").status_code in (403, 404)
     assert bob.api("DELETE", "/users/alice/server").status_code in (403, 404)
@@ -92,11 +86,8 @@ def test_work_folder_and_password_survive_down_and_up(stack, users, alice_lab, m
 
     from harness.hub import HubUser
 
-    again = HubUser(stack.url, "alice")
-    again.login(users["alice"])
-    again.create_token()
-    assert again.start({"profile": "cpu"}).status_code in (201, 202)
-    again.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    again = HubUser.signed_in(stack.url, "alice", users["alice"])
+    again.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
     out = again.run_code("print(open('/home/jovyan/work/kept.txt').read())")
     assert out.strip() == "still here"
     again.stop(logs=stack.logs)

@@ -38,9 +38,7 @@ def test_twenty_users_start_at_once(stack_factory, measure):
 
 def storm(stack, measure) -> None:
     stack.add_users({name: f"{name}-pw-12345" for name in GPU_USERS + CPU_USERS})
-    admin = HubUser(stack.url, "admin")
-    admin.login(stack.admin_passwords["admin"])
-    admin.create_token()
+    admin = HubUser.signed_in(stack.url, "admin", stack.admin_passwords["admin"])
 
     latencies: list[float] = []
     storm_over = threading.Event()
@@ -57,9 +55,8 @@ def storm(stack, measure) -> None:
     users: dict[str, HubUser] = {}
 
     def one_user(name):
-        user = users[name] = HubUser(stack.url, name)
-        user.login(f"{name}-pw-12345")  # the HTML login form, like a browser
-        user.create_token()
+        # The HTML login form, like a browser.
+        user = users[name] = HubUser.signed_in(stack.url, name, f"{name}-pw-12345")
         profile = "gpu1" if name in GPU_USERS else "cpu"
         started = time.monotonic()
         answer = user.start({"profile": profile})

@@ -103,17 +103,12 @@ def test_a_name_is_normalised_or_refused_and_never_half_created(dstack):
 
 
 def test_a_gpu_limit_by_directory_group(dstack):
-    alice = HubUser(dstack.stack.url, "alice")  # a student: @students=1
-    alice.login(PASSWORD["alice"])
-    alice.create_token()
+    alice = HubUser.signed_in(dstack.stack.url, "alice", PASSWORD["alice"])  # @students=1
     answer = alice.start({"profile": "gpu2"})
     assert answer.status_code == 409, answer.text
     assert "your limit is 1 GPU(s) per lab" in answer.json()["message"]
-    jsmith = HubUser(dstack.stack.url, "jsmith")  # not a student: no limit
-    jsmith.login(PASSWORD["JSmith"])
-    jsmith.create_token()
-    assert jsmith.start({"profile": "gpu2"}).status_code in (201, 202)
-    jsmith.wait_ready(SPAWN_TIMEOUT, logs=dstack.stack.logs)
+    jsmith = HubUser.signed_in(dstack.stack.url, "jsmith", PASSWORD["JSmith"])  # no limit
+    jsmith.start_ready({"profile": "gpu2"}, SPAWN_TIMEOUT, logs=dstack.stack.logs)
     jsmith.stop(logs=dstack.stack.logs)
 
 

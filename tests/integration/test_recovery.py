@@ -12,7 +12,6 @@ import json
 
 import pytest
 
-from harness.hub import HubUser
 from harness.wait import wait_until
 
 SERVICES = ("hub", "proxy", "docker-proxy", "lab-firewall")
@@ -20,13 +19,8 @@ SERVICES = ("hub", "proxy", "docker-proxy", "lab-firewall")
 
 @pytest.fixture(scope="module")
 def rosa(stack):
-    stack.invoke("adduser", "rosa", "--password-stdin", stdin="rosa-pw-12345\n")
-    user = HubUser(stack.url, "rosa")
-    user.login("rosa-pw-12345")
-    user.create_token()
-    answer = user.start({"profile": "gpu1"})
-    assert answer.status_code in (201, 202), answer.text
-    user.wait_ready(180, logs=stack.logs)
+    user = stack.signed_up("rosa")
+    user.start_ready({"profile": "gpu1"}, 180, logs=stack.logs)
     yield user
     if user.server():
         user.stop(logs=stack.logs)

@@ -88,18 +88,9 @@ class SwarmStack:
                                           f"{self.stack.project}_hub", check=False)
         return (out.stdout + out.stderr)[-8000:]
 
-    def user(self, name: str) -> HubUser:
-        user = HubUser(self.url, name)
-        user.login(PASSWORD)
-        user.create_token()
-        return user
-
     def spawn(self, user: HubUser, profile: str) -> float:
         started = time.monotonic()
-        resp = user.start({"profile": profile})
-        assert resp.status_code in (201, 202), (
-            f"{user.name}: {resp.status_code} {resp.text}\nhub logs:\n{self.logs()}")
-        user.wait_ready(240, logs=self.logs)
+        user.start_ready({"profile": profile}, 240, logs=self.logs)
         return time.monotonic() - started
 
 
@@ -159,7 +150,7 @@ def swarm(images, tmp_path_factory, measure):
 
 @pytest.fixture(scope="module")
 def sessions(swarm):
-    return {name: swarm.user(name) for name in USERS}
+    return {name: HubUser.signed_in(swarm.url, name, PASSWORD) for name in USERS}
 
 
 def test_gpu_labs_land_on_different_nodes_with_their_own_gpus(swarm, sessions, measure):

@@ -88,12 +88,8 @@ def test_plain_http_on_the_redirect_port_redirects_to_https(tls_stack, https_url
 def test_a_lab_spawns_and_answers_through_https(tls_stack, https_url, selfsigned_pair):
     name, password = CAROL
     tls_stack.invoke("adduser", name, "--password-stdin", stdin=password + "\n")
-    carol = HubUser(https_url, name, verify=selfsigned_pair[0])
-    carol.login(password)
-    carol.create_token()
-    resp = carol.start({"profile": "cpu"})
-    assert resp.status_code in (201, 202), resp.text
-    carol.wait_ready(SPAWN_TIMEOUT, logs=tls_stack.logs)
+    carol = HubUser.signed_in(https_url, name, password, verify=selfsigned_pair[0])
+    carol.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=tls_stack.logs)
     status = carol.lab("GET", "/status")
     assert status.status_code == 200, f"{status.status_code} {status.text[:300]}"
     # The browser path: the lab's OAuth round trip stays on https:// and its cookie is Secure.

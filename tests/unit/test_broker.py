@@ -7,14 +7,13 @@ anything. gpuhub's own calls go through, rebuilt.
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 
 from gpuhub.brokerpolicy import REFUSED
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
-from harness.hostile_docker import gpuhub_create, hostile_requests
+from harness.hostile_docker import Variants, gpuhub_create, hostile_requests
 
 LAB = f"{PROJECT}-lab-bob"
 CREATE = f"/v1.41/containers/create?name={LAB}"
@@ -22,21 +21,8 @@ GPUHUB_CREATE = gpuhub_create(PROJECT, LAB_IMAGE, GPUS[0], SHARED)
 HOSTILE = hostile_requests(PROJECT, LAB_IMAGE, GPUS[0], SHARED, hub="id-hub")
 
 
-def body(**top) -> dict:
-    """gpuhub's create body with top-level fields changed."""
-    return {**copy.deepcopy(GPUHUB_CREATE), **top}
-
-
-def host(**fields) -> dict:
-    """gpuhub's create body with HostConfig fields changed."""
-    out = body()
-    out["HostConfig"].update(fields)
-    return out
-
-
-def raw_host(text: str) -> str:
-    """gpuhub's body as text with ``text`` spliced in as the first HostConfig entry."""
-    return json.dumps(GPUHUB_CREATE).replace('"HostConfig": {', '"HostConfig": {' + text + ", ", 1)
+VARIANT = Variants(GPUHUB_CREATE)
+body, host, raw_host = VARIANT.body, VARIANT.host, VARIANT.raw_host
 
 
 @pytest.fixture(scope="module")
