@@ -36,16 +36,12 @@ GIT = f"git -C {ROOT} describe --always --dirty"
 
 
 @pytest.fixture
-def env_file(tmp_path, monkeypatch):
-    """The tasks' settings file; call it to write settings (project and image preset)."""
-    path = tmp_path / "test.env"
+def env_file(env_file):
+    """The tasks' settings file (tests/unit/conftest.py's), with project and image preset."""
 
     def write(**settings):
-        settings = {"COMPOSE_PROJECT_NAME": PROJECT, "HUB_IMAGE": HUB_IMAGE, **settings}
-        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        return path
+        return env_file(**{"COMPOSE_PROJECT_NAME": PROJECT, "HUB_IMAGE": HUB_IMAGE, **settings})
 
-    monkeypatch.setenv("GPUHUB_ENV_FILE", str(path))
     write()
     return write
 

@@ -199,6 +199,12 @@ def hub(tmp_path, queue_timeout=60, queue_max=20, pins=None):
         yield engine, spawner
 
 
+async def hold_every_gpu(spawner) -> None:
+    """Users u0, u1, ... start a 1-GPU lab each until no GPU is free."""
+    for i in range(len(GPUS)):
+        await spawner(f"u{i}").start()
+
+
 async def until(predicate, what: str, steps: int = 20_000):
     for _ in range(steps):
         if predicate():
@@ -249,8 +255,7 @@ def test_six_users_four_gpus_two_wait_in_order_and_a_freed_gpu_goes_to_the_first
 def test_a_newcomer_does_not_overtake_the_line(tmp_path):
     async def main():
         with hub(tmp_path) as (engine, spawner):
-            for i in range(4):
-                await spawner(f"u{i}").start()
+            await hold_every_gpu(spawner)
             waiting = asyncio.ensure_future(spawner("first").start())
             await until(lambda: len(GpuDockerSpawner._line) == 1, "first in line")
             # A GPU frees and, before the pump runs, a newcomer presses Start.
@@ -269,8 +274,7 @@ def test_a_newcomer_does_not_overtake_the_line(tmp_path):
 def test_the_wait_limit_is_honoured_and_leaves_nothing(tmp_path):
     async def main():
         with hub(tmp_path, queue_timeout=1) as (engine, spawner):
-            for i in range(4):
-                await spawner(f"u{i}").start()
+            await hold_every_gpu(spawner)
             late = spawner("late")
             with pytest.raises(StartRefused) as info:
                 await late.start()
@@ -284,8 +288,7 @@ def test_the_wait_limit_is_honoured_and_leaves_nothing(tmp_path):
 def test_a_full_line_refuses_with_a_message(tmp_path):
     async def main():
         with hub(tmp_path, queue_max=1) as (engine, spawner):
-            for i in range(4):
-                await spawner(f"u{i}").start()
+            await hold_every_gpu(spawner)
             first = asyncio.ensure_future(spawner("w1").start())
             await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
             with pytest.raises(web.HTTPError) as info:
@@ -299,8 +302,7 @@ def test_a_full_line_refuses_with_a_message(tmp_path):
 def test_no_line_when_the_timeout_is_zero_or_for_a_limit(tmp_path):
     async def main():
         with hub(tmp_path, queue_timeout=0) as (engine, spawner):
-            for i in range(4):
-                await spawner(f"u{i}").start()
+            await hold_every_gpu(spawner)
             with pytest.raises(StartRefused) as info:
                 await spawner("late").start()
             assert info.value.refusal == "gpus_busy" and "try later" in info.value.log_message
@@ -337,8 +339,7 @@ def test_after_a_restart_who_waited_is_told(tmp_path):
 def test_the_progress_page_says_the_place_in_line(tmp_path):
     async def main():
         with hub(tmp_path) as (engine, spawner):
-            for i in range(4):
-                await spawner(f"u{i}").start()
+            await hold_every_gpu(spawner)
             first, second = spawner("w1"), spawner("w2")
             tasks = [asyncio.ensure_future(first.start())]
             await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
