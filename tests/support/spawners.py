@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub
 
 from gpuhub.spawner import GpuDockerSpawner
@@ -21,6 +22,20 @@ def fresh_hub_process(mp) -> None:
     start queue, journals, the line), a new ClassVar included without listing it here."""
     for name, declared in _DECLARED.items():
         mp.setattr(GpuDockerSpawner, name, None if declared is None else type(declared)())
+
+
+def on_engine(mp, *, create_and_start, stop, get_object, serving, remove_quietly,
+              **more) -> None:
+    """Through the pytest MonkeyPatch ``mp``, give every lab these stand-ins where the
+    spawner meets Docker: DockerSpawner's start (create and start the container), stop and
+    get_object, and GpuDockerSpawner's wait_until_serving, _remove_quietly and any ``more``."""
+    mp.setattr(DockerSpawner, "start", create_and_start)
+    mp.setattr(DockerSpawner, "stop", stop)
+    mp.setattr(DockerSpawner, "get_object", get_object)
+    mp.setattr(GpuDockerSpawner, "wait_until_serving", serving)
+    mp.setattr(GpuDockerSpawner, "_remove_quietly", remove_quietly)
+    for name, value in more.items():
+        mp.setattr(GpuDockerSpawner, name, value)
 
 
 def user_spawner(config, name: str = "alice", cls=GpuDockerSpawner, **user):

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 
 import pytest
-from dockerspawner import DockerSpawner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado import web
@@ -22,7 +21,7 @@ from traitlets.config import Config
 from gpuhub.grants import PendingGrants
 from gpuhub.profiles import Profile
 from gpuhub.spawner import LABEL_GPUS, LABEL_PROJECT, LABEL_USER, GpuDockerSpawner
-from support.spawners import fresh_hub_process, user_spawner
+from support.spawners import fresh_hub_process, on_engine, user_spawner
 
 SENT, ANSWERED, CREATED = "list sent", "list answered", "container created"
 
@@ -116,11 +115,8 @@ def scripted_hub(gpus: list[str]):
 
     with pytest.MonkeyPatch.context() as mp:
         fresh_hub_process(mp)
-        mp.setattr(DockerSpawner, "start", create_and_start)
-        mp.setattr(DockerSpawner, "stop", removed)
-        mp.setattr(DockerSpawner, "get_object", gone)
-        mp.setattr(GpuDockerSpawner, "wait_until_serving", serving)
-        mp.setattr(GpuDockerSpawner, "_remove_quietly", remove_quietly)
+        on_engine(mp, create_and_start=create_and_start, stop=removed, get_object=gone,
+                  serving=serving, remove_quietly=remove_quietly)
         yield docker, spawner
 
 

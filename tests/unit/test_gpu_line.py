@@ -12,7 +12,6 @@ import contextlib
 import json
 
 import pytest
-from dockerspawner import DockerSpawner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tornado import web
@@ -21,7 +20,7 @@ from traitlets.config import Config
 from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
 from gpuhub.profiles import Profile
 from gpuhub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
-from support.spawners import fresh_hub_process, user_spawner
+from support.spawners import fresh_hub_process, on_engine, user_spawner
 
 GPUS = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]
 
@@ -189,13 +188,8 @@ def hub(tmp_path, queue_timeout=60, queue_max=20, pins=None):
 
     with pytest.MonkeyPatch.context() as mp:
         fresh_hub_process(mp)
-        mp.setattr(DockerSpawner, "start", create_and_start)
-        mp.setattr(DockerSpawner, "stop", nothing)
-        mp.setattr(DockerSpawner, "get_object", nothing)
-        mp.setattr(GpuDockerSpawner, "docker", listed)
-        mp.setattr(GpuDockerSpawner, "wait_until_serving", nothing)
-        mp.setattr(GpuDockerSpawner, "_remove_quietly", nothing)
-        mp.setattr(GpuDockerSpawner, "record", nothing)
+        on_engine(mp, create_and_start=create_and_start, stop=nothing, get_object=nothing,
+                  serving=nothing, remove_quietly=nothing, docker=listed, record=nothing)
         yield engine, spawner
 
 
