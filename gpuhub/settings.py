@@ -17,6 +17,7 @@ from typing import Any
 
 from . import versions
 from .accounts import check_username
+from .allocator import EXCLUSIVE, POLICIES, one_lab_per_gpu
 from .lablimits import parse_memory
 
 # Set in one place, constraints.txt, next to the versions of everything installed with it.
@@ -173,8 +174,6 @@ def _gpu_devices(raw: str) -> str:
 
 
 def _policy(raw: str) -> str:
-    from .allocator import POLICIES
-
     if raw not in POLICIES:
         raise ValueError(f"must be {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
     return raw
@@ -532,7 +531,7 @@ SETTINGS: tuple[Setting, ...] = (
             "such as 0,1.", "GPUs"),
     Setting("NVIDIA_SMI", "nvidia-smi", _text,
             "The nvidia-smi command `invoke up` uses to discover GPUs.", "GPUs"),
-    Setting("GPU_POLICY", "exclusive", _policy,
+    Setting("GPU_POLICY", EXCLUSIVE, _policy,
             "exclusive (each lab its own GPUs), shared (every GPU lab sees all GPUs) or "
             "round-robin (least-loaded first, sharing allowed).", "GPUs"),
     Setting("GPU_LIMITS", "", _limits,
@@ -712,7 +711,6 @@ def _login_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
 
 
 def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
-    from .allocator import one_lab_per_gpu
     """What swarm mode needs, and the single-host features it cannot offer."""
     if values["MODE"] != "swarm":
         return []
