@@ -19,7 +19,8 @@ import yaml
 
 from . import gpus, lablimits, names
 from .allocator import one_lab_per_gpu
-from .hubconfig import LAB_HOME, auth_config
+from .authconfig import auth_config
+from .names import LAB_HOME
 from .profiles import Profile, Profiles
 from .settings import Settings
 
@@ -144,7 +145,7 @@ def _plain(value):
 
 
 def login_config(settings: Settings, endpoints: dict | None = None) -> dict[str, dict]:
-    """The hub's login config (hubconfig.auth_config: the same, minus secrets), with the
+    """The hub's login config (authconfig.auth_config: the same, minus secrets), with the
     CA files where the notes say to mount them. native: the chart's own NativeAuthenticator
     (its entry point ``native``), set up as gpuhub sets it up."""
     config = _plain(auth_config(settings, K8S_SECRETS_DIR, endpoints))
@@ -377,7 +378,7 @@ def _comment(paragraphs: list[str]) -> str:
 
 def render(settings: Settings, profiles: Profiles, endpoints: dict | None = None) -> str:
     """The values file: each top-level section under its comments. ``endpoints``: the OIDC
-    provider's (AUTHENTICATOR=oidc), as hubconfig.discover_oidc reads them."""
+    provider's (AUTHENTICATOR=oidc), as authconfig.discover_oidc reads them."""
     values = chart_values(settings, profiles, endpoints)
     comments = notes(settings, profiles)
     parts = [_comment(comments[""])]

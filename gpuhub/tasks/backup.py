@@ -44,7 +44,6 @@ from invoke import task
 
 from .. import names
 from ..accounts import check_username
-from ..hubconfig import DATA_DIR
 from .project import (
     Project,
     fail,
@@ -56,6 +55,7 @@ from .project import (
     step,
 )
 
+DATA_DIR = Path(names.HUB_DATA_DIR)  # in the hub container
 FORMAT = "gpuhub-backup"
 FORMAT_VERSION = 1
 DB_FILE = names.HUB_DATABASE_FILE

@@ -8,7 +8,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import z2jh
-from ..hubconfig import discover_oidc
+from ..authconfig import discover_oidc
 from .project import fail, load, load_profiles
 
 DEFAULT_OUTPUT = "z2jh-values.yaml"

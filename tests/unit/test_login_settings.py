@@ -10,7 +10,7 @@ from invoke import Context, Exit
 from traitlets.config import Config
 
 from gpuhub import hubconfig, names
-from gpuhub.hubconfig import discover_oidc as discover
+from gpuhub.authconfig import discover_oidc as discover
 from gpuhub.settings import SettingsError, validate
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import users
