@@ -8,7 +8,7 @@ nox.needs_version = ">=2024.3.2"
 nox.options.sessions = ["lint", "tests", "e2e"]  # bench and unit run on request
 nox.options.reuse_venv = "yes"
 # Every version gpuhub pins (python -m tools.constraints refresh moves them all).
-CONSTRAINTS = "gpuhub/constraints.txt"
+CONSTRAINTS = "gpuhub/core/constraints.txt"
 
 
 def _install(session: nox.Session) -> None:
@@ -17,10 +17,15 @@ def _install(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Static checks (ruff) over the package, tasks, tests and tools."""
-    session.install("-c", CONSTRAINTS, "ruff")
+    """Static checks: ruff; the runtimes' import borders (import-linter's contracts in
+    pyproject.toml, and each runtime's allow-list and no cycles: tools/importborders.py);
+    mypy over the package (pyproject.toml says what it holds)."""
+    session.install("-c", CONSTRAINTS, "ruff", "import-linter", "grimp", "mypy")
     session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "harness", "bench", "tools",
                 "jupyterhub/jupyterhub_config.py", *session.posargs)
+    session.run("lint-imports", "--no-cache")
+    session.run("python", "-m", "tools.importborders")
+    session.run("mypy")
 
 
 @nox.session

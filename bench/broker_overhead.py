@@ -1,6 +1,6 @@
 """The Docker broker's own cost per call: `python -m bench.broker_overhead [--calls N]`.
 
-The broker (gpuhub/broker.py) runs in front of the recording fake daemon of the unit
+The broker (gpuhub/broker/server.py) runs in front of the recording fake daemon of the unit
 tests, on loopback, so Docker's own time is not in the figures. For each call gpuhub
 makes, it times N calls as the hub sees them (through the broker) and the same calls
 straight to the fake daemon, and the broker's own part of each call: its time from
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpuhub.broker import Broker
+from gpuhub.broker.server import Broker
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
 from harness.hostile_docker import gpuhub_create
 

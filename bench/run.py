@@ -37,7 +37,7 @@ from bench.spawns import (
     storm,
 )
 from bench.stockhub import StockHub
-from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION
+from gpuhub.core.settings import DEFAULT_JUPYTERHUB_VERSION
 from harness import ROOT
 from harness.hub import HubUser
 from harness.stack import Stack, build_images_once

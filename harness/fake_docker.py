@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gpuhub.broker import Broker
-from gpuhub.brokerpolicy import Policy
+from gpuhub.broker.policy import Policy
+from gpuhub.broker.server import Broker
 
 PROJECT = "gpuhub"
 LAB_IMAGE = "gpuhub-lab:latest"

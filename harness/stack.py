@@ -153,7 +153,7 @@ class Stack:
         return HubUser.signed_in(self.url, name, password)
 
     def add_users(self, passwords: dict[str, str]) -> None:
-        """Test setup for many users at once: gpuhub.usercli's `add`, as `invoke adduser`
+        """Test setup for many users at once: gpuhub.services.usercli's `add`, as `invoke adduser`
         runs it in the hub, for each name in one process (a task per user costs seconds;
         `invoke adduser` itself is tested in test_users.py). Passwords go on stdin."""
         self._usercli_each("add", passwords)
@@ -207,7 +207,7 @@ class Stack:
 
 def remove_firewall_rules(project: str) -> None:
     """The lab firewall's rules outlive its container (`invoke down` removes them)."""
-    from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend
+    from gpuhub.labfirewall.service import Firewall, Ruleset, bridge_name, choose_backend
 
     if os.geteuid() != 0:
         return  # only root made them (the lab firewall's tests need root)

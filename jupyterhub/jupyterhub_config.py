@@ -8,11 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from gpuhub import names
-from gpuhub.gpuqueue import roll_over
-from gpuhub.hubconfig import apply_config, check_docker_access
-from gpuhub.hubmodes import hub_mode
-from gpuhub.settings import SettingsError, validate
+from gpuhub.core import names
+from gpuhub.core.settings import SettingsError, validate
+from gpuhub.hub.gpuqueue import roll_over
+from gpuhub.hub.hubconfig import apply_config, check_docker_access
+from gpuhub.hub.hubmodes import hub_mode
+from gpuhub.hub.telemetry import install as install_telemetry
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -26,6 +27,9 @@ try:
     apply_config(c, settings)
 except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory or profiles
     sys.exit(f"gpuhub: {err}")
+
+# The GPU board (admin page, metrics) and the spawner's counters, in the hub's registry.
+install_telemetry(hub_mode(settings).board_source)
 
 # Once per hub start: labs that stopped while the hub was down close their records, and
 # the last hub's line for GPUs is put aside (its users are told their wait ended).

@@ -1,4 +1,4 @@
-"""Refresh gpuhub/constraints.txt: every pin to the newest release, in one command.
+"""Refresh gpuhub/core/constraints.txt: every pin to the newest release, in one command.
 
     python -m tools.constraints refresh [--dry-run]
 
@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gpuhub.core.versions import CONSTRAINTS, Pin, canonical, read, with_versions
 from gpuhub.tasks.project import ROOT
-from gpuhub.versions import CONSTRAINTS, Pin, canonical, read, with_versions
 
 README = ROOT / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -84,7 +84,7 @@ def with_table(readme: str, table: str) -> str:
 def generated(runner: Runner = run) -> tuple[str, str]:
     """``.env.example`` and the README table, from the settings as they read the file now.
 
-    In a new interpreter: this one may have imported gpuhub.settings before the rewrite.
+    In a new interpreter: this one may have imported gpuhub.core.settings before the rewrite.
     """
     result = runner([sys.executable, "-c", "import json; from gpuhub import settings; print("
                      "json.dumps([settings.env_example(), settings.markdown_table()]))"])

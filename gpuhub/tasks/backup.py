@@ -9,7 +9,7 @@ The archive (tar.gz, mode 0600: it holds bcrypt password hashes) contains:
 - ``hub/jupyterhub_cookie_secret``: only with ``--include-secrets`` (restoring it keeps
   logged-in sessions valid; without it everyone logs in again, passwords unchanged);
 - ``hub/usage.jsonl``: the records of every lab's start and stop (GPU-hours, see
-  gpuhub/usage.py), once the hub has written any;
+  gpuhub/core/usage.py), once the hub has written any;
 - ``settings.env``: the settings file with secret values (DATABASE_URL, *TOKEN*, …) blanked;
 - ``profiles.yaml``: the spawn profiles;
 - ``volumes/home-<escaped user>.tar``: every work folder of the project, only with
@@ -42,18 +42,18 @@ from pathlib import Path
 
 from invoke import task
 
-from .. import names
-from ..accounts import check_username
-from .project import (
+from gpuhub.core import names
+from gpuhub.core.accounts import check_username
+from gpuhub.tasks.deployment import (
     Project,
     fail,
     helper_container,
     hub_running,
-    load,
     require_docker,
     stderr_tail,
     step,
 )
+from gpuhub.tasks.project import load
 
 DATA_DIR = Path(names.HUB_DATA_DIR)  # in the hub container
 FORMAT = "gpuhub-backup"
@@ -91,8 +91,8 @@ def whose(volume: dict) -> str:
 
 def hub_data_backup_command(project: Project, image: str, dest: Path,
                             include_secrets: bool) -> str:
-    """gpuhub.hubdata, in the hub image, with the hub-data volume at /data."""
-    args = "python3 -m gpuhub.hubdata /data"
+    """gpuhub.services.hubdata, in the hub image, with the hub-data volume at /data."""
+    args = "python3 -m gpuhub.services.hubdata /data"
     if include_secrets:
         args += " --include-secrets"
     return helper_container(image, hub_data_volume(project), "/data", args) + f" > {shlex.quote(str(dest))}"

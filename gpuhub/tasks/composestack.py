@@ -14,14 +14,21 @@ import subprocess
 import sys
 import time
 
-from .. import gpus as gpu_inventory
-from .. import lablimits, names
-from .. import status as status_tables
-from ..profiles import Profiles
-from .images import build_images
-from .login import files_stamp as login_files_stamp
-from .project import docker_inspect, fail, hub_running, require_docker, stderr_tail, step
-from .tls import files_digest as tls_files_digest
+from gpuhub.core import gpus as gpu_inventory
+from gpuhub.core import lablimits, names
+from gpuhub.core.profiles import Profiles
+from gpuhub.tasks import statustables as status_tables
+from gpuhub.tasks.deployment import (
+    docker_inspect,
+    fail,
+    hub_running,
+    require_docker,
+    stderr_tail,
+    step,
+)
+from gpuhub.tasks.images import build_images
+from gpuhub.tasks.login import files_stamp as login_files_stamp
+from gpuhub.tasks.tlsfiles import files_digest as tls_files_digest
 
 # Added to `docker compose up` when the inventory has GPUs (the sampler may read them).
 GPU_SAMPLER_FILE = "docker-compose.gpu-sampler.yml"
@@ -282,10 +289,10 @@ def gpus(c, project, json_out: bool, watch: bool) -> None:
 
 
 def read_board(c, project) -> dict:
-    """The hub's GPU table (gpuhub.hubmodes, run in the hub container) as JSON."""
+    """The hub's GPU table (gpuhub.hub.hubmodes, run in the hub container) as JSON."""
     import json as jsonlib
 
-    found = c.run(project.exec_hub("python3 -m gpuhub.hubmodes"), env=project.env(),
+    found = c.run(project.exec_hub("python3 -m gpuhub.hub.hubmodes"), env=project.env(),
                   hide=True, warn=True)
     if found.failed:
         raise fail(f"could not read the GPUs from the hub: {stderr_tail(found)}")
@@ -300,7 +307,7 @@ def read_board(c, project) -> dict:
 def board_text(board: dict) -> str:
     import time
 
-    from ..gpureport import as_text, duration
+    from gpuhub.core.gpureport import as_text, duration
 
     text = as_text(board["rows"])
     if board["rows"] and board.get("problem"):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from invoke import task
 
-from .. import z2jh
-from ..authconfig import discover_oidc
-from .project import fail, load, load_profiles
+from gpuhub.core.authconfig import discover_oidc
+from gpuhub.tasks import z2jh
+from gpuhub.tasks.deployment import fail, load_profiles
+from gpuhub.tasks.project import load
 
 DEFAULT_OUTPUT = "z2jh-values.yaml"
 

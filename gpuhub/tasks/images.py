@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from ..swarm import image_ref
-from .project import fail, step
+from gpuhub.core.swarm import image_ref
+from gpuhub.tasks.deployment import fail, step
 
 
 def build_commands(project, hub: bool = True, lab: bool = True, no_cache: bool = False) -> list[str]:

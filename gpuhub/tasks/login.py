@@ -9,7 +9,7 @@ import os
 import stat
 import sys
 
-from .project import Project, fail
+from gpuhub.tasks.deployment import Project, fail
 
 SECRET_FILES = ("LDAP_BIND_PASSWORD_FILE", "OIDC_CLIENT_SECRET_FILE")
 CA_FILES = ("LDAP_CA_FILE", "OIDC_CA_FILE")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import yaml
 from invoke import task
 
-from .. import names
-from .project import load
+from gpuhub.core import names
+from gpuhub.tasks.project import load
 
 SCRAPE_PATH = "/hub/metrics"
 

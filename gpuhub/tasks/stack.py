@@ -10,13 +10,10 @@ import shlex
 
 from invoke import task
 
-from .images import build_images, push_images
-from .login import check_files as check_login_files
-from .project import (
+from gpuhub.tasks.deployment import (
     USERCLI,
     fail,
     hub_running,
-    load,
     load_profiles,
     port_free,
     require_docker,
@@ -24,7 +21,10 @@ from .project import (
     run_usercli,
     stderr_tail,
 )
-from .tls import check_files as check_tls_files
+from gpuhub.tasks.images import build_images, push_images
+from gpuhub.tasks.login import check_files as check_login_files
+from gpuhub.tasks.project import load
+from gpuhub.tasks.tlsfiles import check_files as check_tls_files
 
 
 @task(help={"hub": "Build the hub image and its helpers, docker-proxy and lab-firewall, as "

@@ -19,21 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-from invoke import task
-
-from .. import gpus as gpu_inventory
-from .. import lablimits, names, swarm
-from .. import status as status_tables
-from .images import build_images, push_images
-from .project import (
+from gpuhub.core import gpus as gpu_inventory
+from gpuhub.core import lablimits, names, swarm
+from gpuhub.tasks import statustables as status_tables
+from gpuhub.tasks.deployment import (
     docker_inspect,
     fail,
     helper_container,
-    load,
-    require_docker,
     require_running,
     step,
 )
+from gpuhub.tasks.images import build_images, push_images
 
 
 def require_manager(c) -> str:
@@ -354,32 +350,3 @@ def helper_image(c, project) -> str:
 def running_labs(c, project) -> list[str]:
     """The IDs of the project's running lab tasks, on any node."""
     return [t["ID"] for t in running_lab_tasks(c, project)]
-
-
-@task(help={"node": "Apply --label to this node (name or ID) now instead of only printing.",
-            "label": "A node label KEY=VALUE for profiles' placement (repeatable).",
-            "manager": "Print the manager join command instead of the worker one."},
-      iterable=["label"])
-def node_add(c, node="", label=None, manager=False):
-    """Print what a new GPU node needs to join this Swarm (daemon.json, join command)."""
-    project = load()
-    if not project.swarm:
-        raise fail("node-add is for swarm mode: set MODE=swarm in .env (see README, "
-                   "'Beyond one server')")
-    require_docker(c)
-    require_manager(c)
-    labels = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--label {item!r}: expected KEY=VALUE, e.g. --label gpu=a100")
-        labels[key] = value
-    role = "manager" if manager else "worker"
-    join = c.run(f"docker swarm join-token {role}", hide=True).stdout
-    command = next((ln.strip() for ln in join.splitlines() if "docker swarm join" in ln), "")
-    print(swarm.node_add_text(join_command=command, kind=project.settings.swarm_gpu_resource,
-                              labels=labels))
-    if node and labels:
-        args = " ".join(f"--label-add {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
-        c.run(f"docker node update {args} {shlex.quote(node)}", hide=True)
-        print(f"labelled node {node}: {', '.join(f'{k}={v}' for k, v in labels.items())}")

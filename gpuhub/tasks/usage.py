@@ -1,6 +1,6 @@
 """`invoke usage`: GPU-hours and lab-hours per user and per profile, from the hub's records.
 
-The records (``usage.jsonl``) are on the hub-data volume; ``gpuhub.usage`` reads them
+The records (``usage.jsonl``) are on the hub-data volume; ``gpuhub.core.usage`` reads them
 inside the running hub container, so the report is the hub's own view.
 """
 
@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 from invoke import task
 
-from ..usage import SINCE_FORMS, parse_since
-from .project import fail, load, require_running
+from gpuhub.core.usage import SINCE_FORMS, parse_since
+from gpuhub.tasks.deployment import fail, require_running
+from gpuhub.tasks.project import load
 
-USAGE_CLI = "python3 -m gpuhub.usage report"
+USAGE_CLI = "python3 -m gpuhub.core.usage report"
 
 
 def report_command(since: str | None, csv: bool) -> str:
@@ -45,7 +46,7 @@ def usage(c, since=None, csv=False):
     if result.failed:
         lines = [ln for ln in (result.stderr or "").strip().splitlines() if ln.strip()]
         last = lines[-1] if lines else f"exit code {result.return_code}"
-        if "No module named gpuhub.usage" in last:
+        if "No module named gpuhub.core.usage" in last:
             raise fail("the running hub predates `invoke usage`; rebuild and restart it "
                        "with `invoke up`")
         raise fail(last.removeprefix("error: ")[-300:])

@@ -15,8 +15,9 @@ import sys
 
 from invoke import task
 
-from ..accounts import MIN_PASSWORD_LENGTH, check_username
-from .project import USERCLI, fail, load, require_running, run_usercli, stderr_tail
+from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, check_username
+from gpuhub.tasks.deployment import USERCLI, fail, require_running, run_usercli, stderr_tail
+from gpuhub.tasks.project import load
 
 
 def _valid_name(name: str) -> str:
@@ -105,7 +106,7 @@ def passwd(c, name, password_stdin=False):
     name = _valid_name(name)
     require_running(c, project)
     # Refuse an unknown user before asking for a password nobody will use.
-    exists = c.run(project.exec_hub(f"python3 -m gpuhub.usercli exists {shlex.quote(name)}"),
+    exists = c.run(project.exec_hub(f"python3 -m gpuhub.services.usercli exists {shlex.quote(name)}"),
                    env=project.env(), hide=True, warn=True, in_stream=False)
     if exists.return_code == 3:
         raise fail(f"no user {name!r}; see `invoke users`, or create it with `invoke adduser {name}`")

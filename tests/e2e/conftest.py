@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gpuhub import gpus as gpu_inventory
+from gpuhub.core import gpus as gpu_inventory
 from gpuhub.tasks import project as gpuhub_project
 from gpuhub.tasks.composestack import GPU_SAMPLER_FILE, detect_gpus
 from harness.stack import ROOT, Stack

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 from selenium.webdriver.common.by import By
 
-from gpuhub.profiles import Profiles
+from gpuhub.core.profiles import Profiles
 from harness.stack import ROOT
 from support.browser import HubBrowser
 

@@ -13,9 +13,20 @@ from support import directory, login_stack, oidc
 from support.browser import HubBrowser, chromium
 from support.testca import spki_hash
 
-pytestmark = pytest.mark.skipif(
-    not (directory.available() and oidc.available()),
-    reason="slapd or the OIDC provider is not installed (.ci/provision installs both)")
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _directory_servers_installed():
+    """slapd and the OIDC provider are provisioned (.ci/provision): missing, these tests
+    fail, never skip quietly (session scope: checked before any image is built)."""
+    missing = [what for what, there in (
+        ("slapd: apt-get install slapd ldap-utils", directory.available()),
+        ("the OIDC provider: npm ci in tests/support/oidc_provider (Node.js 20.19+)",
+         oidc.available())) if not there]
+    if missing:
+        pytest.fail(f"not installed: {'; '.join(missing)} (.ci/provision installs both)",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -153,6 +153,6 @@ def test_failed_spawns_report_free_their_gpu_and_leave_nothing(fault_stack, faul
 
 
 def _image_of(stack, slug: str) -> str:
-    from gpuhub.profiles import Profiles
+    from gpuhub.core.profiles import Profiles
 
     return Profiles.from_file(stack.settings["PROFILES_FILE"]).by_slug(slug).image

@@ -15,7 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuhub.gpureport import duration
+from gpuhub.core.gpureport import duration
 from harness.hub import HubUser
 from harness.wait import wait_until
 
@@ -65,7 +65,7 @@ def test_four_run_two_wait_in_order_and_the_first_gets_the_freed_gpu(qstack, qus
     # `invoke gpus` (and so the GPU page and the metrics, from the same board) show the line.
     assert "Waiting for a GPU, in order: q4 (1 GPU, " in qstack.invoke("gpus").stdout
     waiting = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
-                                        "gpuhub.hubmodes").stdout)["waiting"]
+                                        "gpuhub.hub.hubmodes").stdout)["waiting"]
     assert [w["user"] for w in waiting] == ["q4", "q5"]
     # The admin page's data and the metrics (Prometheus's view, with its token) come from
     # the hub's board, refreshed every GPU_SAMPLE_INTERVAL: they may be one refresh behind.
@@ -147,5 +147,5 @@ def test_a_hub_restart_ends_the_wait_with_a_message_and_leaves_nothing(qstack, q
             "GPU") in home, home[-1500:]
     # The new hub's line is empty, not the old one's.
     board = json.loads(qstack.compose("exec", "-T", "hub", "python3", "-m",
-                                      "gpuhub.hubmodes").stdout)
+                                      "gpuhub.hub.hubmodes").stdout)
     assert board["waiting"] == []

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from gpuhub.labfirewall import METADATA_ADDRESSES, Firewall, Ruleset, bridge_name, choose_backend
+from gpuhub.labfirewall.service import (
+    METADATA_ADDRESSES,
+    Firewall,
+    Ruleset,
+    bridge_name,
+    choose_backend,
+)
 from harness.hostile_docker import hostile_requests
 from harness.hub import HubUser
 from harness.stack import BLOCKED_FOR_TESTS

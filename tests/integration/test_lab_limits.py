@@ -15,7 +15,7 @@ import time
 import pytest
 import websocket
 
-from gpuhub import lablimits
+from gpuhub.core import lablimits
 from harness.hub import HubUser, _execute_request
 from harness.wait import wait_until
 

@@ -28,8 +28,8 @@ def test_lab_runs_code_as_the_lab_user_with_an_owned_work_folder(alice_lab):
 
 
 def test_labs_run_the_pinned_patched_jupyter_server_and_lab(alice_lab):
-    """Whatever the base image had: the versions gpuhub/constraints.txt pins, with their fixes."""
-    from gpuhub.versions import pinned
+    """Whatever the base image had: the versions gpuhub/core/constraints.txt pins, with their fixes."""
+    from gpuhub.core.versions import pinned
 
     out = alice_lab.run_code(
         "from importlib.metadata import version\n"

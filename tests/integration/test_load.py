@@ -18,6 +18,10 @@ import requests
 from harness.hub import HubUser
 
 SPAWN_TIMEOUT = 180
+# A user's thread: logins and the start (30-60 s request timeouts), the line's progress
+# stream and the wait for a ready lab (SPAWN_TIMEOUT each). Past this, it hangs: a failure.
+STORM_DEADLINE = 2 * SPAWN_TIMEOUT + 120
+PROBE_DEADLINE = 15  # after the storm: the prober's last request (10 s timeout) and sleep
 GPU_USERS = [f"load{i:02d}" for i in range(12)]
 CPU_USERS = [f"load{i:02d}" for i in range(12, 20)]
 
@@ -25,6 +29,27 @@ CPU_USERS = [f"load{i:02d}" for i in range(12, 20)]
 def _percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _gather(futures: dict[concurrent.futures.Future, str], deadline: float, what: str) -> dict:
+    """Each thread's result, in the test's own thread. An assert in a thread cannot fail the
+    test: here a thread's failed check or error, and a thread not done by ``deadline``
+    seconds, fail it, all of them named."""
+    done, not_done = concurrent.futures.wait(futures, timeout=deadline)
+    problems = [f"{futures[f]}: did not finish within {deadline:.0f} s" for f in not_done]
+    first_error = None
+    results = {}
+    for future in done:
+        error = future.exception()
+        if error is None:
+            results[futures[future]] = future.result()
+        else:
+            first_error = first_error or error
+            problems.append(f"{futures[future]}: {type(error).__name__}: {error}")
+    if problems:
+        raise AssertionError(f"{what}: {len(problems)} of {len(futures)} failed\n"
+                             + "\n".join(sorted(problems))) from first_error
+    return results
 
 
 def test_twenty_users_start_at_once(stack_factory, measure):
@@ -40,17 +65,18 @@ def storm(stack, measure) -> None:
     stack.add_users({name: f"{name}-pw-12345" for name in GPU_USERS + CPU_USERS})
     admin = HubUser.signed_in(stack.url, "admin", stack.admin_passwords["admin"])
 
-    latencies: list[float] = []
     storm_over = threading.Event()
 
-    def probe_api():
+    def probe_api() -> list[float]:  # checked in the test's thread, through _gather
+        latencies = []
         while not storm_over.is_set():
             started = time.monotonic()
             answer = requests.get(f"{stack.url}/hub/api/users/admin", timeout=10,
                                   headers={"Authorization": f"token {admin.token}"})
             latencies.append(time.monotonic() - started)
-            assert answer.status_code == 200
+            assert answer.status_code == 200, (answer.status_code, answer.text[:300])
             time.sleep(0.1)
+        return latencies
 
     users: dict[str, HubUser] = {}
 
@@ -69,16 +95,22 @@ def storm(stack, measure) -> None:
         assert user.lab("GET", "/status").status_code == 200
         return name, "ready", profile, time.monotonic() - started
 
-    prober = threading.Thread(target=probe_api, daemon=True)
-    prober.start()
+    prober = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="load-probe")
+    starters = concurrent.futures.ThreadPoolExecutor(20, thread_name_prefix="load-user")
+    probe = prober.submit(probe_api)
     storm_started = time.monotonic()
     try:
-        with concurrent.futures.ThreadPoolExecutor(20) as pool:
-            outcomes = list(pool.map(one_user, GPU_USERS + CPU_USERS))
-    finally:
+        starts = {starters.submit(one_user, name): name for name in GPU_USERS + CPU_USERS}
+        by_name = _gather(starts, STORM_DEADLINE, "users starting at once")
         storm_over.set()
-        prober.join(timeout=15)
+        latencies = _gather({probe: "hub API prober"}, PROBE_DEADLINE,
+                            "the hub API prober (after the storm)")["hub API prober"]
+    finally:  # never wait here for a hung thread: _gather has already named it
+        storm_over.set()
+        starters.shutdown(wait=False, cancel_futures=True)
+        prober.shutdown(wait=False, cancel_futures=True)
     storm = time.monotonic() - storm_started
+    outcomes = [by_name[name] for name in GPU_USERS + CPU_USERS]
 
     ready = [o for o in outcomes if o[1] == "ready"]
     waiting = [o for o in outcomes if o[1] == "waiting"]

@@ -16,15 +16,25 @@ import tarfile
 import pytest
 import requests
 
-from gpuhub import names
+from gpuhub.core import names
 from harness.hub import HubUser, LoginFailed
 from harness.stack import secret_places
 from support import directory, login_stack, oidc
 from support.loginform import LOGGED_IN, LoginForm
 
-pytestmark = pytest.mark.skipif(
-    not (directory.available() and oidc.available()),
-    reason="slapd or the OIDC provider is not installed (.ci/provision installs both)")
+
+@pytest.fixture(scope="session", autouse=True)
+def _directory_servers_installed():
+    """slapd and the OIDC provider are provisioned (.ci/provision): missing, these tests
+    fail, never skip quietly (session scope: checked before any image is built)."""
+    missing = [what for what, there in (
+        ("slapd: apt-get install slapd ldap-utils", directory.available()),
+        ("the OIDC provider: npm ci in tests/support/oidc_provider (Node.js 20.19+)",
+         oidc.available())) if not there]
+    if missing:
+        pytest.fail(f"not installed: {'; '.join(missing)} (.ci/provision installs both)",
+                    pytrace=False)
+
 
 SPAWN_TIMEOUT = 180
 PASSWORD = {uid: pw for uid, (pw, _groups) in directory.PEOPLE_ENTRIES.items()}

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from gpuhub.auth import HASHING
+from gpuhub.hub.auth import HASHING
 from harness.hub import HubUser
 from harness.wait import wait_until
 from support.loginform import LOGGED_IN, LoginForm, guess_flood

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gpuhub import names
+from gpuhub.core import names
 
 
 def secrets_dir(tmp_path: Path) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuhub import names
+from gpuhub.core import names
 from harness.stack import Stack
 from support import directory, oidc
 from support.testca import make_ca

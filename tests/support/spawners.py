@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub
 
-from gpuhub.spawner import GpuDockerSpawner
+from gpuhub.hub.spawner import GpuDockerSpawner
 
 # What the class declares before any test runs: its process-wide state (ClassVar), whose
 # values a test must not hand to the next.
@@ -19,7 +19,8 @@ _DECLARED = {name: vars(GpuDockerSpawner)[name]
 def fresh_hub_process(mp) -> None:
     """Give GpuDockerSpawner, through the pytest MonkeyPatch ``mp``, the class-level state of
     a hub process that has just started: every ClassVar anew (allocator, grants in flight,
-    start queue, journals, the line), a new ClassVar included without listing it here."""
+    start queue, journals, the line), a new ClassVar included without listing it here.
+    (The hub's telemetry: tests/unit/conftest.py's hub_telemetry.)"""
     for name, declared in _DECLARED.items():
         mp.setattr(GpuDockerSpawner, name, None if declared is None else type(declared)())
 

@@ -1,8 +1,18 @@
-"""Fixtures shared by the unit tests of the tasks."""
+"""Fixtures shared by the unit tests."""
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from gpuhub.hub import telemetry
 from harness import stack
+
+
+@pytest.fixture(autouse=True)
+def hub_telemetry(monkeypatch):
+    """The hub's telemetry as jupyterhub_config.py installs it, in a registry of each test's
+    own (the spawners count their starts in it)."""
+    monkeypatch.setattr(telemetry, "_installed", None)
+    return telemetry.install(lambda: (telemetry.Board, 3600.0), registry=CollectorRegistry())
 
 
 @pytest.fixture

@@ -2,12 +2,7 @@
 
 import pytest
 
-from gpuhub.accounts import (
-    MIN_PASSWORD_LENGTH,
-    USERNAME_RULE,
-    check_password,
-    check_username,
-)
+from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, USERNAME_RULE, check_password, check_username
 
 
 @pytest.mark.parametrize("name", ["alice", "a", "bob-2", "data_team", "x" * 32])

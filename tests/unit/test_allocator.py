@@ -19,7 +19,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from gpuhub.allocator import POLICIES, GpuAllocator, NoGpuAvailable, parse_assignments
+from gpuhub.core.allocator import POLICIES, GpuAllocator, NoGpuAvailable, parse_assignments
 
 FOUR = ["0", "1", "2", "3"]
 

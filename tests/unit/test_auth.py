@@ -13,9 +13,9 @@ from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator import handlers as native
 from tornado import web
 
-import gpuhub.auth
-from gpuhub.accounts import MIN_PASSWORD_LENGTH
-from gpuhub.auth import (
+import gpuhub.hub.auth
+from gpuhub.core.accounts import MIN_PASSWORD_LENGTH
+from gpuhub.hub.auth import (
     ChangePasswordAdminHandler,
     ChangePasswordHandler,
     GpuhubAuthenticator,
@@ -39,7 +39,7 @@ def make_auth(monkeypatch, allowed_failed_logins=2):
     authenticator = GpuhubAuthenticator(add_new_table=False)
     authenticator.allowed_failed_logins = allowed_failed_logins
     authenticator.seconds_before_next_try = 600
-    # As gpuhub.hubconfig.update_auth sets them.
+    # As gpuhub.hub.hubconfig.update_auth sets them.
     authenticator.minimum_password_length = MIN_PASSWORD_LENGTH
     authenticator.check_common_password = True
     authenticator.db = SimpleNamespace(commit=lambda: None)
@@ -148,12 +148,12 @@ def test_the_right_password_among_the_first_guesses_still_logs_in(monkeypatch):
 
 def test_the_hubs_pool_has_a_thread_per_two_cores_and_32_waiting_per_thread():
     """The README's figures: hashes never take every core, and 32 wait per thread."""
-    assert gpuhub.auth.HASHING.workers == max(1, (os.cpu_count() or 2) // 2)
-    assert gpuhub.auth.HASHING.limit == 32 * gpuhub.auth.HASHING.workers
+    assert gpuhub.hub.auth.HASHING.workers == max(1, (os.cpu_count() or 2) // 2)
+    assert gpuhub.hub.auth.HASHING.limit == 32 * gpuhub.hub.auth.HASHING.workers
 
 
 def test_a_full_pool_refuses_at_once_with_429_and_retry_after(auth, monkeypatch):
-    monkeypatch.setattr(gpuhub.auth, "HASHING", HashingPool(workers=1, limit=1))
+    monkeypatch.setattr(gpuhub.hub.auth, "HASHING", HashingPool(workers=1, limit=1))
     release = threading.Event()
     real = bcrypt.checkpw
     monkeypatch.setattr(bcrypt, "checkpw", lambda pw, hashed: release.wait(10) and real(pw, hashed))
@@ -174,12 +174,12 @@ def test_a_full_pool_refuses_at_once_with_429_and_retry_after(auth, monkeypatch)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1, refused.headers
     assert "bob" not in auth.login_attempts, "a guess never checked is not a failure"
-    assert gpuhub.auth.HASHING.admitted == 0, "every slot is given back"
+    assert gpuhub.hub.auth.HASHING.admitted == 0, "every slot is given back"
 
 
 def test_the_default_pool_lets_twenty_users_log_in_at_once():
     # The load test logs 20 users in at the same moment; the hub may have 2 cores.
-    assert gpuhub.auth.HASHING.limit >= 20, gpuhub.auth.HASHING.limit
+    assert gpuhub.hub.auth.HASHING.limit >= 20, gpuhub.hub.auth.HASHING.limit
 
 
 def test_retry_after_is_the_time_to_clear_the_queue():
@@ -272,7 +272,7 @@ def test_the_login_form_still_tells_an_unauthorized_user_why(auth, hash_threads)
 def test_a_full_pool_gives_the_login_form_429_with_retry_after(auth, monkeypatch):
     full = HashingPool(workers=1, limit=1)
     full.admitted = 1  # its one slot taken
-    monkeypatch.setattr(gpuhub.auth, "HASHING", full)
+    monkeypatch.setattr(gpuhub.hub.auth, "HASHING", full)
     form = login_form(auth, "alice", "right-password")
     assert form.status == 429
     assert form.headers["Retry-After"].isdigit() and int(form.headers["Retry-After"]) >= 1
@@ -287,7 +287,7 @@ def test_our_pages_replace_the_native_ones_that_hash(auth):
     assert ours["/login"] is LoginHandler
     assert ours["/change-password"] is ChangePasswordHandler
     assert ours["/change-password/([^/]+)"] is ChangePasswordAdminHandler
-    assert {r: h for r, h in ours.items() if h.__module__ != "gpuhub.auth"} == {
+    assert {r: h for r, h in ours.items() if h.__module__ != "gpuhub.hub.auth"} == {
         r: h for r, h in native_routes.items()
         if h not in (native.LoginHandler, native.ChangePasswordHandler,
                      native.ChangePasswordAdminHandler)}
@@ -366,7 +366,7 @@ def test_the_change_password_forms_keep_their_guards(auth):
 def test_a_full_pool_gives_the_change_password_form_429(auth, monkeypatch):
     full = HashingPool(workers=1, limit=1)
     full.admitted = 1
-    monkeypatch.setattr(gpuhub.auth, "HASHING", full)
+    monkeypatch.setattr(gpuhub.hub.auth, "HASHING", full)
     fields = {"old_password": "right-password", "new_password": GOOD_NEW,
               "new_password_confirmation": GOOD_NEW}
     with pytest.raises(HashingBusy) as busy:

@@ -77,7 +77,7 @@ def hub_database(path):
 
 
 def fake_hub_data_tar(dest, tmp_path, include_secrets: bool, usage_records: bytes | None = None):
-    """What gpuhub.hubdata prints: hub.json, the database copy, the usage records (if the
+    """What gpuhub.services.hubdata prints: hub.json, the database copy, the usage records (if the
     hub wrote any), the cookie secret."""
     db = hub_database(tmp_path / "source.sqlite")
     info = json.dumps({"jupyterhub_version": "5.4.4", "users": [
@@ -110,7 +110,7 @@ def fake_volume_tar(dest, volume):
 def docker_double(c, tmp_path, seen=None, usage_records=None):
     """Commands that write or read a file do so, as the helper containers would."""
     def effect(command, **kwargs):
-        if " python3 -m gpuhub.hubdata " in command and " > " in command:
+        if " python3 -m gpuhub.services.hubdata " in command and " > " in command:
             fake_hub_data_tar(redirect_target(command, ">"), tmp_path,
                               " --include-secrets > " in command, usage_records)
         elif " tar -C /v --numeric-owner -cf - . > " in command:
@@ -126,7 +126,7 @@ def docker_double(c, tmp_path, seen=None, usage_records=None):
 
 def hub_data_cmd(staging, include_secrets=False):
     return (f"docker run --rm --network none -v {HUB_DATA}:/data {HUB_IMAGE} "
-            "python3 -m gpuhub.hubdata /data" + (" --include-secrets" if include_secrets else "")
+            "python3 -m gpuhub.services.hubdata /data" + (" --include-secrets" if include_secrets else "")
             + f" > {staging / 'hub-data.tar'}")
 
 
@@ -254,11 +254,11 @@ def test_backup_includes_the_usage_records(env_file, tmp_path, staging):
 
 
 def run_hub_data_script(tmp_path, *args) -> dict[str, bytes]:
-    """gpuhub.hubdata itself, with a folder standing in for the hub-data volume."""
+    """gpuhub.services.hubdata itself, with a folder standing in for the hub-data volume."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "gpuhub.hubdata", str(tmp_path / "data"), *args],
+    out = subprocess.run([sys.executable, "-m", "gpuhub.services.hubdata", str(tmp_path / "data"), *args],
                          capture_output=True, check=True, cwd=ROOT).stdout
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar}
@@ -366,7 +366,7 @@ def test_backup_of_a_project_that_never_ran(env_file, tmp_path):
 def test_backup_failure_leaves_no_archive_and_no_staging(env_file, tmp_path, staging):
     out = tmp_path / "out" / "b.tar.gz"
     out.parent.mkdir()
-    c = context((re.compile(r".* python3 -m gpuhub.hubdata "), Result(
+    c = context((re.compile(r".* python3 -m gpuhub.services.hubdata "), Result(
         stderr="error: the hub-data volume has no jupyterhub.sqlite\n", exited=1)))
     with pytest.raises(Exit) as info:
         bk.backup(c, output=str(out))

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from gpuhub.brokerpolicy import REFUSED
+from gpuhub.broker.policy import REFUSED
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
 from harness.hostile_docker import Variants, gpuhub_create, hostile_requests
 

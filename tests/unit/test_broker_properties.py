@@ -12,7 +12,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuhub.brokerpolicy import Call, Refused
+from gpuhub.broker.policy import Call, Refused
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
 from harness.hostile_docker import gpuhub_create
 

@@ -15,17 +15,20 @@ import threading
 import pytest
 from traitlets.config import Config
 
-from gpuhub import hubconfig, names
-from gpuhub.directory import DirectoryUnavailable, LdapAuthenticator, LoginRefused
-from gpuhub.settings import validate
+from gpuhub.core import names
+from gpuhub.core.settings import validate
+from gpuhub.hub import hubconfig
+from gpuhub.hub.directory import DirectoryUnavailable, LdapAuthenticator, LoginRefused
 from support import directory
-
-pytestmark = pytest.mark.skipif(not directory.available(),
-                                reason="slapd is not installed (.ci/provision installs it)")
 
 
 @pytest.fixture(scope="module")
 def slapd(tmp_path_factory):
+    # Every test here needs it. A missing slapd fails them (never a quiet skip): these are
+    # the TLS and lockout checks of the hub's logins.
+    if not directory.available():
+        pytest.fail("slapd is not installed (/usr/sbin/slapd, slapadd and openssl): "
+                    "apt-get install slapd ldap-utils (.ci/provision installs it)", pytrace=False)
     running = directory.start(tmp_path_factory.mktemp("slapd"))
     yield running
     running.stop()
@@ -147,7 +150,7 @@ def test_a_certificate_for_another_name_is_refused(slapd, tmp_path):
 
 
 def test_a_directory_that_does_not_answer_refuses_within_the_timeout(tmp_path, monkeypatch, slapd):
-    monkeypatch.setattr("gpuhub.directory.RECEIVE_TIMEOUT", 2)
+    monkeypatch.setattr("gpuhub.hub.directory.RECEIVE_TIMEOUT", 2)
     with socket.socket() as silent:  # accepts the connection, never says a word
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -169,8 +172,8 @@ def test_a_wrong_search_password_refuses_every_login(slapd, tmp_path):
 def test_logins_beyond_the_lookup_pool_are_answered_429_at_once(tmp_path, monkeypatch, slapd):
     """A directory that hangs holds at most the pool: the next login is told to come back,
     and the hub's event loop is never the one waiting."""
-    from gpuhub import directory as hub_directory
-    from gpuhub.auth import HashingBusy, HashingPool
+    from gpuhub.hub import directory as hub_directory
+    from gpuhub.hub.auth import HashingBusy, HashingPool
 
     monkeypatch.setattr(hub_directory, "LOOKUPS", HashingPool(workers=2, limit=2))
     monkeypatch.setattr(hub_directory, "CONNECT_TIMEOUT", 3)

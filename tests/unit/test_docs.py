@@ -3,7 +3,7 @@
 import ast
 import re
 
-from gpuhub.settings import markdown_table
+from gpuhub.core.settings import markdown_table
 from harness import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 def test_readme_settings_table_is_generated_from_settings():
     assert markdown_table() in README, (
         "README's settings table is stale; regenerate it with "
-        "python -c 'from gpuhub.settings import markdown_table; print(markdown_table())'")
+        "python -c 'from gpuhub.core.settings import markdown_table; print(markdown_table())'")
 
 
 def test_readme_lists_every_task():

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from tornado import web
 from traitlets.config import Config
 
-from gpuhub.grants import PendingGrants
-from gpuhub.profiles import Profile
-from gpuhub.spawner import LABEL_GPUS, LABEL_PROJECT, LABEL_USER, GpuDockerSpawner
+from gpuhub.core.profiles import Profile
+from gpuhub.hub.grants import PendingGrants
+from gpuhub.hub.spawner import LABEL_GPUS, LABEL_PROJECT, LABEL_USER, GpuDockerSpawner
 from support.spawners import fresh_hub_process, on_engine, user_spawner
 
 SENT, ANSWERED, CREATED = "list sent", "list answered", "container created"

@@ -1,6 +1,6 @@
 """Waiting in line for a GPU: first come, first served, never double-booked.
 
-The line itself (gpuhub.gpuqueue) is pure; the spawner tests run real GpuDockerSpawners
+The line itself (gpuhub.hub.gpuqueue) is pure; the spawner tests run real GpuDockerSpawners
 against a Docker double that lists the labs it started, with no gates: the line's pump
 and the spawns interleave as the event loop runs them.
 """
@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from tornado import web
 from traitlets.config import Config
 
-from gpuhub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
-from gpuhub.profiles import Profile
-from gpuhub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
+from gpuhub.core.profiles import Profile
+from gpuhub.hub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
+from gpuhub.hub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
 from support.spawners import fresh_hub_process, on_engine, user_spawner
 
 GPUS = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]

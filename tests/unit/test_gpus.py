@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpuhub.gpus import Gpu, from_json, parse_nvidia_smi, select, summary, to_json
+from gpuhub.core.gpus import Gpu, from_json, parse_nvidia_smi, select, summary, to_json
 
 UUID0 = "GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50"
 UUID1 = "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"

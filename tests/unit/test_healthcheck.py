@@ -10,8 +10,8 @@ import threading
 import pytest
 import yaml
 
-from gpuhub import healthcheck
-from gpuhub.swarm import HUB_HEALTHCHECK, PROXY_HEALTHCHECK
+from gpuhub.core.swarm import HUB_HEALTHCHECK, PROXY_HEALTHCHECK
+from gpuhub.services import healthcheck
 from gpuhub.tasks.tls import selfsigned_command
 from harness import ROOT
 
@@ -61,7 +61,7 @@ def test_nothing_listening_is_unhealthy(free_port):
 
 
 def test_it_runs_as_docker_runs_it_without_site_packages(server):
-    script = str(ROOT / "gpuhub" / "healthcheck.py")
+    script = str(ROOT / "gpuhub" / "services" / "healthcheck.py")
     run = [sys.executable, "-I", "-S", script]
     assert subprocess.run([*run, f"{server}/status/200"]).returncode == 0
     assert subprocess.run([*run, f"{server}/status/500"]).returncode == 1
@@ -77,5 +77,5 @@ def test_hub_and_proxy_use_it():
     # for a health check it disables.
     assert "HEALTHCHECK" not in (ROOT / "jupyterhub" / "Dockerfile").read_text()
     assert "healthcheck" not in services["gpu-sampler"]
-    assert PROXY_HEALTHCHECK[1:] == ["python3", "-I", "-S", "/opt/gpuhub/gpuhub/healthcheck.py",
+    assert PROXY_HEALTHCHECK[1:] == ["python3", "-I", "-S", "/opt/gpuhub/gpuhub/services/healthcheck.py",
                                      "http://127.0.0.1:8000/_chp_healthz"]

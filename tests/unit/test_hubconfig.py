@@ -7,9 +7,10 @@ import sys
 import pytest
 from traitlets.config import Config
 
-from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
-from gpuhub.gpus import Gpu, to_json
-from gpuhub.hubconfig import (
+from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from gpuhub.core.gpus import Gpu, to_json
+from gpuhub.core.settings import validate
+from gpuhub.hub.hubconfig import (
     ADMIN_SERVICE,
     ADMIN_TOKEN_FILE,
     DOCKER_PROXY_URL,
@@ -17,8 +18,7 @@ from gpuhub.hubconfig import (
     apply_config,
     check_docker_access,
 )
-from gpuhub.settings import validate
-from gpuhub.spawner import GpuDockerSpawner
+from gpuhub.hub.spawner import GpuDockerSpawner
 from support.hubsecrets import secrets_dir
 from support.spawners import user_spawner
 
@@ -174,7 +174,7 @@ def test_admin_users_default_and_override(configure):
 
 def test_native_authenticator_is_set_explicitly(configure):
     c = configure()
-    assert c.JupyterHub.authenticator_class == "gpuhub.auth.GpuhubAuthenticator"
+    assert c.JupyterHub.authenticator_class == "gpuhub.hub.auth.GpuhubAuthenticator"
     assert c.Authenticator.allow_all is True
     assert c.Authenticator.username_pattern == USERNAME_PATTERN
     assert c.NativeAuthenticator.enable_signup is False
@@ -191,7 +191,7 @@ def test_no_gpus_without_an_inventory(configure):
 def test_gpu_inventory_from_the_environment(configure):
     inventory = to_json([Gpu("0", "GPU-aaa"), Gpu("1")])
     c = configure(env={"GPUHUB_GPU_INVENTORY": inventory})
-    assert c.JupyterHub.spawner_class == "gpuhub.spawner.GpuDockerSpawner"
+    assert c.JupyterHub.spawner_class == "gpuhub.hub.spawner.GpuDockerSpawner"
     assert c.GpuDockerSpawner.gpu_inventory == ["GPU-aaa", "1"]
 
 
@@ -253,7 +253,7 @@ def test_the_spawner_accepts_limits_and_shared_data(configure):
 
 
 def test_a_profiles_own_limits_win_over_auto(configure):
-    from gpuhub.profiles import Profile
+    from gpuhub.core.profiles import Profile
 
     spawner = spawner_for(configure())
     spawner.apply_profile(Profile(slug="big", display_name="Big", mem_limit="64G", cpu_limit=8.0))
@@ -298,7 +298,7 @@ def test_without_the_proxy_the_hub_needs_the_socket(socket_file):
 def test_the_gpu_page_is_a_hub_page_and_prometheus_may_only_read_metrics(configure):
     c = configure()
     # In the hub (its layout, login and Docker access), not a service of its own.
-    assert c.JupyterHub.extra_handlers == [("/gpus", "gpuhub.gpupage.GpuPage")]
+    assert c.JupyterHub.extra_handlers == [("/gpus", "gpuhub.hub.gpupage.GpuPage")]
     assert "gpus" not in services(c)
     assert services(c)["prometheus"]["api_token"] == "metrics-token-for-tests"
     assert c.JupyterHub.authenticate_prometheus is True
@@ -315,7 +315,7 @@ def test_labs_wait_for_the_lab_firewall_unless_it_is_off(configure):
 def test_the_hub_serves_gpuhubs_pages_which_extend_its_own(configure):
     from pathlib import Path
 
-    from gpuhub import hubconfig
+    from gpuhub.hub import hubconfig
 
     assert configure().JupyterHub.template_paths == [str(hubconfig.TEMPLATES)]
     home = Path(__file__).resolve().parents[2] / "jupyterhub" / "templates" / "home.html"
@@ -327,7 +327,7 @@ def test_the_hub_serves_gpuhubs_pages_which_extend_its_own(configure):
 def test_the_gpu_reclaimer_may_only_stop_servers_and_reaches_docker_as_the_hub(configure):
     c = configure(env={"DOCKER_HOST": DOCKER_PROXY_URL})
     reclaimer = services(c)["gpu-reclaimer"]
-    assert reclaimer["command"][1:] == ["-m", "gpuhub.reclaim"]
+    assert reclaimer["command"][1:] == ["-m", "gpuhub.services.reclaim"]
     # The settings whole (a new setting cannot silently fall back to its default there).
     assert reclaimer["environment"]["GPU_IDLE_TIMEOUT"] == "3600"
     assert reclaimer["environment"]["DOCKER_HOST"] == DOCKER_PROXY_URL

@@ -6,10 +6,11 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-from gpuhub import hubmodes
-from gpuhub.gpus import Gpu, to_json
-from gpuhub.settings import validate
-from gpuhub.usage import UsageJournal
+from gpuhub.core.gpus import Gpu, to_json
+from gpuhub.core.settings import validate
+from gpuhub.core.usage import UsageJournal
+from gpuhub.hub import hubmodes
+from gpuhub.services.workfolders import work_folder
 from harness import ROOT
 
 SWARM = {"MODE": "swarm", "REGISTRY": "registry.example.org:5000/lab",
@@ -21,8 +22,8 @@ def test_each_mode_has_its_own_work_folders():
     compose, swarm = hubmodes.hub_mode(validate({})), hubmodes.hub_mode(validate(SWARM))
     assert isinstance(compose, hubmodes.ComposeHub)
     assert isinstance(swarm, hubmodes.SwarmHub)
-    assert compose.work_folder("bob.smith").volume == "gpuhub-home-bob-2esmith"
-    assert swarm.work_folder("bob.smith").on_nodes == "/srv/nfs/homes/bob-2esmith"
+    assert work_folder(validate({}), "bob.smith").volume == "gpuhub-home-bob-2esmith"
+    assert work_folder(validate(SWARM), "bob.smith").on_nodes == "/srv/nfs/homes/bob-2esmith"
 
 
 def test_the_compose_board_reads_the_inventory_and_the_labs_at_each_read(tmp_path):
@@ -55,9 +56,9 @@ def test_swarm_mode_leaves_usage_records_to_the_hubs_own_starts_and_stops(tmp_pa
 
 def test_the_board_command_runs_as_a_program_and_names_what_failed(tmp_path):
     # `invoke gpus` runs it in the hub: importing the metrics twice (as __main__ and as
-    # gpuhub.telemetry) once made every call fail with "Duplicated timeseries".
+    # gpuhub.hub.telemetry) once made every call fail with "Duplicated timeseries".
     env = {"PATH": os.environ["PATH"], "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    done = subprocess.run([sys.executable, "-m", "gpuhub.hubmodes"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "gpuhub.hub.hubmodes"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith("error: could not read the GPUs: "), done.stderr

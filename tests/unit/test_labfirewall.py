@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from gpuhub import labfirewall
-from gpuhub.labfirewall import Firewall, Ruleset, bridge_name, choose_backend, ruleset_from_env
+from gpuhub.core.names import bridge_name
+from gpuhub.labfirewall import service as labfirewall
+from gpuhub.labfirewall.service import Firewall, Ruleset, choose_backend, ruleset_from_env
 
 
 class FakeIptables:
@@ -107,6 +108,7 @@ def test_jumps_come_from_the_bridge_and_carry_the_project():
 
 def test_the_ruleset_comes_from_the_compose_environment():
     rules = ruleset_from_env({"COMPOSE_PROJECT_NAME": "gpuhubtest-abcdef",
+                              "GPUHUB_LABS_BRIDGE": bridge_name("gpuhubtest-abcdef"),
                               "LAB_BLOCKED_NETWORKS": "10.0.0.0/8, 203.0.113.7"})
     assert rules == Ruleset("gpuhubtest-abcdef", bridge_name("gpuhubtest-abcdef"),
                             ("10.0.0.0/8", "203.0.113.7/32"))
@@ -116,8 +118,10 @@ def test_the_ruleset_comes_from_the_compose_environment():
 
 @pytest.mark.parametrize("env, words", [
     ({}, "COMPOSE_PROJECT_NAME is empty"),
+    ({"COMPOSE_PROJECT_NAME": "p"}, "GPUHUB_LABS_BRIDGE is empty"),
     ({"COMPOSE_PROJECT_NAME": "p", "GPUHUB_LABS_BRIDGE": "x" * 16}, "longer than 15"),
-    ({"COMPOSE_PROJECT_NAME": "p", "LAB_BLOCKED_NETWORKS": "10.0.0.1/8"}, "'10.0.0.1/8'"),
+    ({"COMPOSE_PROJECT_NAME": "p", "GPUHUB_LABS_BRIDGE": "p-labs",
+      "LAB_BLOCKED_NETWORKS": "10.0.0.1/8"}, "'10.0.0.1/8'"),
 ])
 def test_a_bad_environment_names_the_setting(env, words):
     with pytest.raises(ValueError, match=words):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpuhub import lablimits
+from gpuhub.core import lablimits
 
 GIB = 1024 ** 3
 

@@ -176,7 +176,7 @@ def test_a_hub_log_that_needs_more_falls_back_to_the_plain_import(tmp_path: Path
 
 def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_database(tmp_path):
     # The stand-ins above copy what jupyterhub/log.py imports; this checks the JupyterHub
-    # the unit tests run with (the pin in gpuhub/constraints.txt), as the lab image does.
+    # the unit tests run with (the pin in gpuhub/core/constraints.txt), as the lab image does.
     result = run(tmp_path, """
         import sys, gpuhub_labstart
         from importlib.metadata import version
@@ -189,7 +189,7 @@ def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_databas
     lean, loaded, hub = result.stdout.splitlines()
     assert (lean, loaded) == ("True", "False []"), (
         f"JupyterHub {hub}: jupyterhub.log needs more than gpuhub_labstart stands in for")
-    from gpuhub.versions import pinned
+    from gpuhub.core.versions import pinned
     assert hub == pinned("jupyterhub"), (
         f"the tests run with JupyterHub {hub}, not the pinned one: pip install -r "
         "requirements-dev.txt")

@@ -9,9 +9,10 @@ import yaml
 from invoke import Context, Exit
 from traitlets.config import Config
 
-from gpuhub import hubconfig, names
-from gpuhub.authconfig import discover_oidc as discover
-from gpuhub.settings import SettingsError, validate
+from gpuhub.core import names
+from gpuhub.core.authconfig import discover_oidc as discover
+from gpuhub.core.settings import SettingsError, validate
+from gpuhub.hub import hubconfig
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import users
 from harness import ROOT
@@ -88,7 +89,7 @@ def ldap_config(tmp_path, **extra) -> Config:
 
 def test_ldap_config_always_tls_and_the_groups_managed_by_the_hub(tmp_path):
     c = ldap_config(tmp_path)
-    assert c.JupyterHub.authenticator_class == "gpuhub.directory.LdapAuthenticator"
+    assert c.JupyterHub.authenticator_class == "gpuhub.hub.directory.LdapAuthenticator"
     assert (c.LDAPAuthenticator.server_address, c.LDAPAuthenticator.server_port,
             c.LDAPAuthenticator.tls_strategy) == ("ldap.example.org", 636, "on_connect")
     assert c.LdapAuthenticator.ca_file == ""  # the image's public CAs
@@ -201,7 +202,7 @@ def test_up_checks_the_login_files_before_docker_and_stamps_them_without_content
 
 
 def test_swarm_mode_hands_the_hub_the_login_files_as_swarm_secrets(tmp_path):
-    from gpuhub import swarm
+    from gpuhub.core import swarm
 
     token, secret, ca = tmp_path / "token", tmp_path / "client-secret", tmp_path / "ca.pem"
     token.write_text("t0k3n\n")

@@ -1,4 +1,4 @@
-"""One home for names: the places that are not Python agree with gpuhub/names.py."""
+"""One home for names: the places that are not Python agree with gpuhub/core/names.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import yaml
 from dockerspawner import DockerSpawner
 from traitlets.config import Config
 
-from gpuhub import hubconfig, labfirewall, names, swarm
-from gpuhub.brokerpolicy import Policy
-from gpuhub.settings import validate
+from gpuhub.broker.policy import Policy
+from gpuhub.core import names, swarm
+from gpuhub.core.settings import validate
+from gpuhub.hub import hubconfig
+from gpuhub.labfirewall import service as labfirewall
 from harness import ROOT
 from support.dockerfiles import instructions
 
@@ -75,14 +77,14 @@ def test_the_broker_allows_exactly_what_the_hub_creates():
 
 
 def test_the_usage_records_live_on_the_hub_data_volume_and_go_into_the_backup():
-    from gpuhub import usage
+    from gpuhub.core import usage
     from gpuhub.tasks import backup
 
     assert usage.DEFAULT_JOURNAL == hubconfig.DATA_DIR / names.USAGE_JOURNAL_FILE
     hub_mounts = mounts(COMPOSE["services"]["hub"])
     assert hub_mounts[str(hubconfig.DATA_DIR)] == (names.HUB_DATA_VOLUME, "rw")
     assert backup.ARCHIVE_MEMBER.fullmatch(f"hub/{names.USAGE_JOURNAL_FILE}")
-    assert " python3 -m gpuhub.hubdata /data" in backup.hub_data_backup_command(
+    assert " python3 -m gpuhub.services.hubdata /data" in backup.hub_data_backup_command(
         SimpleNamespace(settings=validate({}), name="p"), "hub-image", Path("/tmp/x"), False)
 
 
@@ -148,10 +150,8 @@ def test_the_lab_firewall_names_the_labs_bridge_as_compose_and_names_do():
     assert service["environment"]["GPUHUB_LABS_BRIDGE"] == bridge
     assert COMPOSE["networks"]["labs"]["driver_opts"]["com.docker.network.bridge.name"] == bridge
     # Without GPUHUB_LABS_BRIDGE (compose by hand), a name that fits is the network's.
-    for project in ("gpuhub", "lab-a", "p" * (labfirewall.IFNAMSIZ - len("-labs"))):
-        assert labfirewall.bridge_name(project) == names.labs_network(project)
-    rules = labfirewall.ruleset_from_env({"COMPOSE_PROJECT_NAME": "gpuhub"})
-    assert rules.bridge == names.labs_network("gpuhub")
+    for project in ("gpuhub", "lab-a", "p" * (names.IFNAMSIZ - len("-labs"))):
+        assert names.bridge_name(project) == names.labs_network(project)
 
 
 def test_the_hub_image_keeps_the_hubs_files_where_names_says():
@@ -163,7 +163,7 @@ def test_the_hub_image_keeps_the_hubs_files_where_names_says():
 
 def test_the_lab_firewall_image_runs_the_script_where_names_says_and_checks_its_status_file():
     steps = instructions(LAB_FIREWALL_IMAGE)
-    assert ("COPY", f"gpuhub/labfirewall.py {names.LAB_FIREWALL_SCRIPT}") in steps
+    assert ("COPY", f"gpuhub/labfirewall/service.py {names.LAB_FIREWALL_SCRIPT}") in steps
     assert [json.loads(args) for step, args in steps if step == "CMD"] == [
         ["python3", names.LAB_FIREWALL_SCRIPT, "run"]]
     [healthcheck] = [args for step, args in steps if step == "HEALTHCHECK"]

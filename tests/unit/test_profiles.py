@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuhub.profiles import Profile, ProfileError, ProfileRejected, Profiles
+from gpuhub.core.profiles import Profile, ProfileError, ProfileRejected, Profiles
 
 SHIPPED = Path(__file__).resolve().parents[2] / "jupyterhub" / "profiles.yaml"
 
@@ -96,7 +96,7 @@ BAD_FIELDS = [
 @pytest.mark.parametrize("size", ["16g", "1.5G", "512M", "6M", "1T", "16", "1073741824", "8GB",
                                   "0G", "5M", "lots", "-1G", ""])
 def test_a_memory_size_passes_in_profiles_exactly_when_it_passes_in_the_settings(size):
-    from gpuhub.settings import SettingsError, validate
+    from gpuhub.core.settings import SettingsError, validate
 
     try:
         in_settings = validate({"LAB_MEM_LIMIT": size}).lab_mem_limit

@@ -7,10 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from traitlets.config import Config
 
-from gpuhub.gpureport import Lab
-from gpuhub.profiles import ProfileError, Profiles, parse_duration
-from gpuhub.reclaim import Reclaim, decide, leave_reason, take_reason
-from gpuhub.spawner import GpuDockerSpawner
+from gpuhub.core.gpureport import Lab
+from gpuhub.core.profiles import ProfileError, Profiles, parse_duration
+from gpuhub.core.stopreasons import leave_reason, take_reason
+from gpuhub.hub.spawner import GpuDockerSpawner
+from gpuhub.services.reclaim import Reclaim, decide
 from support.spawners import user_spawner
 
 NOW = 1_000_000.0

@@ -1,12 +1,13 @@
 """Settings: defaults, one clear message per bad value, the .env reader, generated files."""
 
+import ast
 import re
 from pathlib import Path
 
 import pytest
 
-from gpuhub import settings
-from gpuhub.settings import SETTINGS, SettingsError, read_env_file, validate
+from gpuhub.core import settings
+from gpuhub.core.settings import SETTINGS, SettingsError, read_env_file, validate
 from harness import ROOT
 
 # Variables compose interpolates that are not user settings: `invoke up` sets them.
@@ -253,16 +254,29 @@ def test_compose_defaults_equal_the_settings_defaults():
     for m in found:
         name = m["name"]
         assert name in settings.BY_NAME or name in COMPOSE_ONLY, (
-            f"docker-compose.yml uses ${{{name}}}, which is not a setting in gpuhub/settings.py"
+            f"docker-compose.yml uses ${{{name}}}, which is not a setting in gpuhub/core/settings.py"
         )
         assert m["op"] == ":-", f"${{{name}}} in docker-compose.yml needs a :-default"
         if name in settings.BY_NAME:
             assert m["default"] == settings.BY_NAME[name].default, (
                 f"docker-compose.yml defaults {name} to {m['default']!r}, "
-                f"gpuhub/settings.py to {settings.BY_NAME[name].default!r}"
+                f"gpuhub/core/settings.py to {settings.BY_NAME[name].default!r}"
             )
 
 
 def test_compose_publishes_the_hub_port_settings():
     names = {m["name"] for m in compose_variables()}
     assert {"COMPOSE_PROJECT_NAME", "HUB_IMAGE", "HUB_BIND_ADDRESS", "HUB_PORT"} <= names
+
+
+def test_every_setting_is_declared_with_its_parsers_type_for_the_type_checker():
+    """Settings' attributes come from __getattr__; the class declares each for editors and
+    mypy (under TYPE_CHECKING). The declarations are the SETTINGS list, with the types its
+    parsers return."""
+    tree = ast.parse(Path(settings.__file__).read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
+    [block] = [n for n in cls.body if isinstance(n, ast.If)
+               and ast.unparse(n.test) == "TYPE_CHECKING"]
+    declared = {n.target.id: ast.unparse(n.annotation) for n in block.body}
+    assert declared == {s.name.lower(): s.parse.__annotations__["return"]
+                        for s in settings.SETTINGS}

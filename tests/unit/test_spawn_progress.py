@@ -2,7 +2,7 @@
 
 import asyncio
 
-from gpuhub.spawner import GpuDockerSpawner
+from gpuhub.hub.spawner import GpuDockerSpawner
 
 
 def _messages(gpu_ids, inventory):

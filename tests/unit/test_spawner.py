@@ -7,10 +7,10 @@ import pytest
 from dockerspawner import DockerSpawner
 from traitlets.config import Config
 
-from gpuhub.gpus import Gpu, to_json
-from gpuhub.hubconfig import apply_config
-from gpuhub.settings import validate
-from gpuhub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
+from gpuhub.core.gpus import Gpu, to_json
+from gpuhub.core.settings import validate
+from gpuhub.hub.hubconfig import apply_config
+from gpuhub.hub.spawner import LABEL_GPUS, LABEL_SINCE, LABEL_USER, GpuDockerSpawner
 from support.hubsecrets import secrets_dir
 from support.spawners import fresh_hub_process, user_spawner
 
@@ -287,7 +287,7 @@ def test_cpu_only_container_has_no_device_requests(cpu_lab, monkeypatch):
 
 
 def test_a_profile_image_or_limit_does_not_leak_into_the_next_start(tmp_path):
-    from gpuhub.profiles import Profile
+    from gpuhub.core.profiles import Profile
 
     spawner = make_spawner(make_config(tmp_path, GPUS, LAB_MEM_LIMIT="4G"))
     default_image = spawner.image
@@ -412,7 +412,7 @@ def test_progress_ends_when_the_start_is_refused_before_booting(tmp_path, monkey
 
 
 def _refuse(self, profile, held):
-    from gpuhub.allocator import NoGpuAvailable
+    from gpuhub.core.allocator import NoGpuAvailable
     raise NoGpuAvailable("no GPU free")
 
 

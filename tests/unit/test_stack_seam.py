@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from invoke import Exit, Result
 
-from gpuhub import status as status_tables
 from gpuhub.tasks import composestack, swarmstack
 from gpuhub.tasks import project as project_mod
+from gpuhub.tasks import statustables as status_tables
 from support.mock_docker import commands, docker_context
 from support.tasks import assert_one_line_error
 

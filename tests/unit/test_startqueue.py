@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from gpuhub.startqueue import StartQueue
+from gpuhub.hub.startqueue import StartQueue
 
 
 def test_no_limit_never_waits():

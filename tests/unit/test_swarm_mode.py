@@ -8,12 +8,12 @@ import pytest
 from tornado import web
 from traitlets.config import Config
 
-from gpuhub import swarm
-from gpuhub.gpus import Gpu, to_json
-from gpuhub.hubconfig import apply_config
-from gpuhub.profiles import ProfileError, Profiles
-from gpuhub.settings import SettingsError, validate
-from gpuhub.swarmspawner import GpuSwarmSpawner, no_node_reason
+from gpuhub.core import swarm
+from gpuhub.core.gpus import Gpu, to_json
+from gpuhub.core.profiles import ProfileError, Profiles
+from gpuhub.core.settings import SettingsError, validate
+from gpuhub.hub.hubconfig import apply_config
+from gpuhub.hub.swarmspawner import GpuSwarmSpawner, no_node_reason
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks.images import build_commands, push_commands
 from support.hubsecrets import secrets_dir
@@ -186,7 +186,7 @@ def make_swarm_spawner(tmp_path, env=None, **settings) -> GpuSwarmSpawner:
     apply_config(c, validate({**SWARM, **settings}),
                  env={"GPUHUB_GPU_INVENTORY": inventory, **(env or {})},
                  data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
-    assert c.JupyterHub.spawner_class == "gpuhub.swarmspawner.GpuSwarmSpawner"
+    assert c.JupyterHub.spawner_class == "gpuhub.hub.swarmspawner.GpuSwarmSpawner"
     spawner = user_spawner(c, cls=GpuSwarmSpawner, groups=[])
     spawner._command = ["jupyterhub-singleuser"]
     return spawner
@@ -317,7 +317,7 @@ def test_build_tags_and_pushes_to_the_registry(tmp_path):
 
 
 def test_gpu_board_reads_the_swarm():
-    from gpuhub import telemetry
+    from gpuhub.hub import telemetry
 
     class FakeApi:
         def services(self, filters):

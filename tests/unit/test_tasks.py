@@ -14,8 +14,8 @@ import pytest
 from invoke import Exit, MockContext, Result
 
 import tasks as tasks_py
-from gpuhub.gpus import Gpu
-from gpuhub.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
+from gpuhub.core.gpus import Gpu
+from gpuhub.core.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
 from gpuhub.tasks import composestack, stack, users
 from gpuhub.tasks import project as project_mod
 from support.mock_docker import (
@@ -30,7 +30,7 @@ from support.mock_docker import (
 from support.tasks import assert_one_line_error, compose
 
 ROOT = project_mod.ROOT
-USERCLI = "python3 -m gpuhub.usercli"
+USERCLI = "python3 -m gpuhub.services.usercli"
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def build_command(dockerfile_dir: str, base: str, tag: str, context_dir, extra: 
             f"-t {tag} {context_dir}")
 
 
-# The defaults' versions live in one place (gpuhub/constraints.txt, settings.py).
+# The defaults' versions live in one place (gpuhub/core/constraints.txt, settings.py).
 HUB_BASE = f"quay.io/jupyterhub/jupyterhub:{DEFAULT_JUPYTERHUB_VERSION}"
 LAB_BASE = BY_NAME["LAB_BASE_IMAGE"].default
 DEBIAN_BASE = BY_NAME["DEBIAN_BASE_IMAGE"].default
@@ -791,7 +791,7 @@ def test_status_of_a_project_with_nothing_running(env_file, capsys):
 
 # --- gpus -------------------------------------------------------------------------------
 
-BOARD_COMMAND = "exec -T hub python3 -m gpuhub.hubmodes"
+BOARD_COMMAND = "exec -T hub python3 -m gpuhub.hub.hubmodes"
 INVENTORY = [Gpu(str(i), f"GPU-{u}", "NVIDIA A100", 40960) for i, u in enumerate(("aaa", "bbb", "ccc"))]
 # Labels as the lab image brings them too: values with "," and "=" in them, one of them
 # looking like gpuhub's own labels.
@@ -804,7 +804,7 @@ BOB = {"Id": "b0b" * 21 + "b", "Labels": {
 
 def board_json(samples: dict | None = None, now: float = 1_000_000.0) -> str:
     """What the hub prints: telemetry's board of INVENTORY, bob's lab and ``samples``."""
-    from gpuhub import telemetry
+    from gpuhub.hub import telemetry
 
     path = Path(tempfile.mkdtemp()) / "gpus.json"
     if samples is not None:

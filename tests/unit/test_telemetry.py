@@ -2,14 +2,17 @@
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from gpuhub import sampler, telemetry
-from gpuhub.gpureport import Lab, as_text, report
-from gpuhub.gpus import Gpu
+from gpuhub.core.gpureport import Lab, as_text, report
+from gpuhub.core.gpus import Gpu
+from gpuhub.hub import telemetry
+from gpuhub.sampler import service as sampler
 
 A, B = "GPU-aaaa", "GPU-bbbb"
 LAB_A = "a" * 64
@@ -269,13 +272,28 @@ def test_metrics_carry_utilisation_memory_holders_idle_and_labs():
     assert "gpuhub_gpu_sampler_up 1.0" in text
 
 
-def test_the_spawn_counters_are_in_the_hubs_registry():
-    from prometheus_client import REGISTRY
+def test_the_hubs_telemetry_is_made_by_install_not_at_import(monkeypatch):
+    monkeypatch.setattr(telemetry, "_installed", None)
+    with pytest.raises(RuntimeError, match="not installed"):
+        telemetry.installed()
+    registry = CollectorRegistry()
+    installed = telemetry.install(lambda: (telemetry.Board, 3600.0), registry=registry)
+    assert telemetry.installed() is installed
+    installed.spawns_refused.labels(reason="gpus_busy").inc()
+    text = generate_latest(registry).decode()
+    assert 'gpuhub_spawns_refused_total{reason="gpus_busy"} 1.0' in text
+    assert "# TYPE gpuhub_spawn_duration_seconds histogram" in text
+    assert "gpuhub_gpu_sampler_up 0.0" in text  # the board's collector is registered too
 
-    telemetry.SPAWNS_REFUSED.labels(reason="gpus_busy").inc()
-    text = generate_latest(REGISTRY).decode()
-    assert 'gpuhub_spawns_refused_total{reason="gpus_busy"}' in text
-    assert "gpuhub_spawn_duration_seconds_bucket" in text or "gpuhub_spawn_duration_seconds" in text
+
+def test_importing_the_hub_modules_fills_no_registry_and_starts_no_thread():
+    # (JupyterHub registers its own metrics at import; gpuhub's come only from install.)
+    code = ("import threading, prometheus_client as p;"
+            " import gpuhub.hub.spawner, gpuhub.hub.gpupage, gpuhub.hub.hubmodes, gpuhub.hub.hubconfig;"
+            " ours = [n for n in p.REGISTRY._names_to_collectors if n.startswith('gpuhub')];"
+            " assert not ours, ours;"
+            " assert threading.active_count() == 1, threading.enumerate()")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_the_board_and_the_metrics_show_the_line(tmp_path):

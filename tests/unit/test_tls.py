@@ -14,9 +14,9 @@ from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
 from traitlets.config import Config
 
-from gpuhub.gpus import Gpu
-from gpuhub.hubconfig import apply_config
-from gpuhub.settings import BY_NAME, SettingsError, validate
+from gpuhub.core.gpus import Gpu
+from gpuhub.core.settings import BY_NAME, SettingsError, validate
+from gpuhub.hub.hubconfig import apply_config
 from gpuhub.tasks import composestack, stack, tls
 from gpuhub.tasks import project as project_mod
 from harness.stack import free_port

@@ -16,10 +16,8 @@ import pytest
 from invoke import Exit, Result
 
 import tasks as tasks_py
-from gpuhub import labels, usage
-from gpuhub.tasks import project as project_mod
-from gpuhub.tasks import usage as usage_task
-from gpuhub.usage import (
+from gpuhub.core import labels, usage
+from gpuhub.core.usage import (
     START,
     STOP,
     STOPPED_WHILE_DOWN,
@@ -32,6 +30,8 @@ from gpuhub.usage import (
     recover,
     report,
 )
+from gpuhub.tasks import project as project_mod
+from gpuhub.tasks import usage as usage_task
 from support.mock_docker import COMPOSE_VERSION, DOCKER_INFO, commands, docker_context
 from support.tasks import compose
 
@@ -431,7 +431,7 @@ def test_cli_usage_errors_are_one_line(capsys):
 
 def test_cli_runs_as_a_module(journal):
     journal.started(LAB_A, "alice", "cpu", [], at("08:00"))
-    done = subprocess.run([sys.executable, "-m", "gpuhub.usage", "report", "--journal",
+    done = subprocess.run([sys.executable, "-m", "gpuhub.core.usage", "report", "--journal",
                            str(journal.path), "--csv"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1].startswith("user,alice,1,")
@@ -448,10 +448,10 @@ def test_usage_is_a_task():
 
 
 @pytest.mark.parametrize("flags, cli", [
-    ({}, "python3 -m gpuhub.usage report"),
-    ({"since": "30d", "csv": True}, "python3 -m gpuhub.usage report --since 30d --csv"),
+    ({}, "python3 -m gpuhub.core.usage report"),
+    ({"since": "30d", "csv": True}, "python3 -m gpuhub.core.usage report --since 30d --csv"),
     ({"since": "2026-05-01T10:00:00+02:00"},
-     "python3 -m gpuhub.usage report --since 2026-05-01T10:00:00+02:00"),
+     "python3 -m gpuhub.core.usage report --since 2026-05-01T10:00:00+02:00"),
 ])
 def test_usage_runs_the_report_in_the_hub(env_file, capsys, flags, cli):
     path = env_file()
@@ -489,13 +489,13 @@ def test_usage_needs_the_hub_running(env_file):
      "Permission denied\n",
      "error: could not read the usage records /srv/jupyterhub/data/usage.jsonl: "
      "Permission denied"),
-    ("/usr/local/bin/python3: No module named gpuhub.usage\n",
+    ("/usr/local/bin/python3: No module named gpuhub.core.usage\n",
      "error: the running hub predates `invoke usage`; rebuild and restart it with `invoke up`"),
     ("", "error: exit code 1"),
 ])
 def test_usage_failure_is_one_line(env_file, stderr, message):
     path = env_file()
-    c = docker_context((compose(path, "exec -T hub python3 -m gpuhub.usage report"),
+    c = docker_context((compose(path, "exec -T hub python3 -m gpuhub.core.usage report"),
                         Result(stderr=stderr, exited=1)), running=True)
     with pytest.raises(Exit) as info:
         usage_task.usage(c)

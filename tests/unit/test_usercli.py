@@ -9,10 +9,10 @@ import pytest
 import requests
 from nativeauthenticator.orm import UserInfo
 
-from gpuhub import hubmodes, usercli
-from gpuhub.hubconfig import ADMIN_TOKEN_FILE
-from gpuhub.settings import SETTINGS
-from gpuhub.usercli import Refused
+from gpuhub.core.names import ADMIN_TOKEN_FILE
+from gpuhub.core.settings import SETTINGS
+from gpuhub.services import usercli, workfolders
+from gpuhub.services.usercli import Refused
 
 GOOD = "correct horse 42"
 
@@ -384,7 +384,7 @@ def homes(tmp_path, monkeypatch):
     (mount / "alice" / "notebooks").mkdir(parents=True)
     (mount / "alice" / "notebooks" / "thesis.ipynb").write_text("{}")
     (mount / "bob").mkdir()
-    monkeypatch.setattr(hubmodes, "HOMES_MOUNT", str(mount))
+    monkeypatch.setattr(workfolders, "HOMES_MOUNT", str(mount))
     return mount
 
 
@@ -432,7 +432,7 @@ def test_swarm_purge_data_that_fails_says_what_is_left_in_one_line(hub, homes, m
 
 def test_swarm_purge_without_the_homes_mounted_says_so(hub, homes, monkeypatch):
     usercli.add(hub, "alice", GOOD, admin=False)
-    monkeypatch.setattr(hubmodes, "HOMES_MOUNT", str(homes / "not-mounted"))
+    monkeypatch.setattr(workfolders, "HOMES_MOUNT", str(homes / "not-mounted"))
     with pytest.raises(usercli.Unfinished, match="SWARM_HOMES is not mounted in the hub"):
         usercli.delete(hub, "alice", purge_data=True)
 

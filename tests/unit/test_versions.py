@@ -1,4 +1,4 @@
-"""gpuhub/constraints.txt is the one place versions are set, and pins patched releases."""
+"""gpuhub/core/constraints.txt is the one place versions are set, and pins patched releases."""
 
 import re
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from gpuhub import settings, versions
+from gpuhub.core import settings, versions
 from harness import ROOT
 from support import dockerfiles
 
@@ -66,19 +66,19 @@ def test_requirement_files_name_pinned_packages_without_versions(name):
     names = requirement_names(path)
     assert names and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names), names
     missing = [n for n in names if versions.canonical(n) not in PINS]
-    assert not missing, f"{name} installs {missing}; pin them in gpuhub/constraints.txt"
+    assert not missing, f"{name} installs {missing}; pin them in gpuhub/core/constraints.txt"
 
 
 def test_the_requirement_files_read_the_constraints():
     for name in ["requirements.txt", "requirements-dev.txt"]:
-        assert "-c gpuhub/constraints.txt" in (ROOT / name).read_text().splitlines(), name
+        assert "-c gpuhub/core/constraints.txt" in (ROOT / name).read_text().splitlines(), name
 
 
 @pytest.mark.parametrize("name", INSTALLERS)
 def test_no_installer_pins_a_version_of_its_own(name):
     text = (ROOT / name).read_text()
     pinned_here = re.findall(r"\b[A-Za-z][A-Za-z0-9._-]*==[0-9][A-Za-z0-9.+!_-]*", text)
-    assert not pinned_here, f"{name} pins {pinned_here}; move them to gpuhub/constraints.txt"
+    assert not pinned_here, f"{name} pins {pinned_here}; move them to gpuhub/core/constraints.txt"
     for arg in re.findall(r"ARG (\w*VERSION)=(\S+)", text):
         assert arg[0] == "CONFIGURABLE_HTTP_PROXY_VERSION", (  # npm, not pip
             f"{name}: ARG {arg[0]}={arg[1]} repeats a version; leave it empty")
@@ -102,9 +102,9 @@ def test_the_lab_image_installs_the_pinned_jupyter_server_stack():
 def test_both_images_build_from_the_repository_root_with_the_constraints():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert {"!gpuhub/", "!jupyterhub/", "!jupyterlab/"} <= set(ignore)
-    assert "gpuhub/constraints.txt" not in ignore and "gpuhub/versions.py" not in ignore
+    assert "gpuhub/core/constraints.txt" not in ignore and "gpuhub/core/versions.py" not in ignore
     hub = (ROOT / "jupyterhub" / "Dockerfile").read_text()
-    assert "COPY gpuhub/versions.py gpuhub/constraints.txt /tmp/gpuhub-versions/" in hub
+    assert "COPY gpuhub/core/versions.py gpuhub/core/constraints.txt /tmp/gpuhub-versions/" in hub
     lab = (ROOT / "jupyterlab" / "Dockerfile").read_text()
     assert "--mount=type=bind,source=gpuhub,target=/tmp/gpuhub-versions" in lab
 
@@ -122,7 +122,7 @@ def test_a_debian_helper_image_builds_by_hand_on_the_debian_base_image_setting(n
     declared = dockerfiles.global_args(path)
     assert declared.get("BASE_IMAGE") == settings.BY_NAME["DEBIAN_BASE_IMAGE"].default, (
         f"{name}: ARG BASE_IMAGE={declared.get('BASE_IMAGE')}; make it DEBIAN_BASE_IMAGE's "
-        "default in gpuhub/settings.py")
+        "default in gpuhub/core/settings.py")
 
 
 # --- the module and its script -------------------------------------------------------

@@ -11,11 +11,10 @@ import pytest
 import yaml
 from invoke import Exit, MockContext
 
-from gpuhub import z2jh
-from gpuhub.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
-from gpuhub.profiles import Profiles
-from gpuhub.settings import DEFAULT_JUPYTERHUB_VERSION, validate
-from gpuhub.tasks import export
+from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
+from gpuhub.core.profiles import Profiles
+from gpuhub.core.settings import DEFAULT_JUPYTERHUB_VERSION, validate
+from gpuhub.tasks import export, z2jh
 from gpuhub.tasks import project as project_mod
 from support.tasks import assert_one_line_error
 
@@ -394,7 +393,8 @@ ENDPOINTS = {"authorization_endpoint": "https://login.example.org/auth",
 def test_ldap_login_is_exported_as_the_hub_has_it_without_the_bind_password(assert_valid, tmp_path):
     from traitlets.config import Config
 
-    from gpuhub import hubconfig, names
+    from gpuhub.core import names
+    from gpuhub.hub import hubconfig
 
     (tmp_path / names.LDAP_BIND_PASSWORD_SECRET).write_text("bind-s3cret\n")
     settings = validate(LDAP_SETTINGS)
@@ -408,7 +408,7 @@ def test_ldap_login_is_exported_as_the_hub_has_it_without_the_bind_password(asse
                                            if k != "lookup_dn_search_password"}
     assert config["LdapAuthenticator"]["allowed_hub_groups"] == ["gpu-users"]
     assert config["LdapAuthenticator"]["ca_file"] == f"{z2jh.K8S_SECRETS_DIR}/{names.LDAP_CA_SECRET}"
-    assert config["JupyterHub"]["authenticator_class"] == "gpuhub.directory.LdapAuthenticator"
+    assert config["JupyterHub"]["authenticator_class"] == "gpuhub.hub.directory.LdapAuthenticator"
     assert "bind-s3cret" not in text and "lookup_dn_search_password: ...}}}" in text.replace("\n# ", " ")
 
 

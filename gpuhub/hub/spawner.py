@@ -1,0 +1,658 @@
+"""The lab spawner: DockerSpawner plus profiles and GPUs handed over as device requests.
+
+Each lab gets exactly the device IDs in ``gpu_ids`` and ``NVIDIA_VISIBLE_DEVICES`` set
+explicitly (``void`` for none): CUDA base images set it to ``all``, and on hosts whose
+default runtime is ``nvidia`` that variable alone would expose every GPU.
+The grant is written on the container as labels, so Docker is the record of who holds
+which GPU; the allocator reads it back before every grant, together with the grants of
+spawns whose containers Docker may not list yet (``grants.PendingGrants``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
+
+import docker
+from docker.types import DeviceRequest
+from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import Bool, Dict, Integer, List, Unicode, default
+
+from gpuhub.core import names
+from gpuhub.core.allocator import EXCLUSIVE, POLICIES, GpuAllocator, NoGpuAvailable
+from gpuhub.core.gpureport import duration
+from gpuhub.core.labels import GPUS as LABEL_GPUS
+from gpuhub.core.labels import PROFILE as LABEL_PROFILE
+from gpuhub.core.labels import PROJECT as LABEL_PROJECT
+from gpuhub.core.labels import SINCE as LABEL_SINCE
+from gpuhub.core.labels import USER as LABEL_USER
+from gpuhub.core.profiles import Profile, ProfileRejected, Profiles
+from gpuhub.core.stopreasons import take_reason
+from gpuhub.core.usage import UsageJournal, parse_time
+from gpuhub.hub import telemetry
+from gpuhub.hub.gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
+from gpuhub.hub.grants import PendingGrants
+from gpuhub.hub.startqueue import StartQueue, StartSlot
+
+
+class StartRefused(web.HTTPError):
+    """A start that failed before the lab served, with the reason the metrics count
+    (``refusal``: tornado's HTTPError has a ``reason`` of its own, the HTTP reason phrase)."""
+
+    def __init__(self, status: int, message: str, refusal: str):
+        super().__init__(status, message)
+        self.refusal = refusal
+
+
+class GpuDockerSpawner(DockerSpawner):
+    """DockerSpawner that applies a validated profile and gives the lab its GPUs."""
+
+    gpu_inventory = List(
+        Unicode(), help="Device IDs (UUIDs or indices) of the host GPUs labs may use.",
+    ).tag(config=True)
+    gpu_policy = Unicode(EXCLUSIVE, help=f"One of {', '.join(POLICIES)}.").tag(config=True)
+    gpu_limits = Dict(help="Most GPUs per lab: {user|@group|*: n}.").tag(config=True)
+    gpu_pins = Dict(help="Reserved device IDs: {user: [device id, ...]}.").tag(config=True)
+    gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
+    profiles_yaml = Unicode(help="The text of profiles.yaml (validated at hub start).").tag(config=True)
+    project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
+
+    docker_threads = Integer(
+        8, help="Threads for Docker API calls. DockerSpawner uses one for every user, so "
+                "ten users pressing Start queue behind each other's calls.",
+    ).tag(config=True)
+    require_lab_firewall = Bool(
+        False, help="Start a lab only while the project's lab-firewall service is healthy "
+                    "(its rules are in place): labs never run unprotected, even when the "
+                    "firewall was stopped or died.",
+    ).tag(config=True)
+
+    boot_timeout = Integer(
+        300, help="Seconds a lab may take from its container's creation until it serves "
+                  "(SPAWN_TIMEOUT); a wait in line for a GPU comes before and is not counted.",
+    ).tag(config=True)
+    gpu_queue_timeout = Integer(
+        0, help="Seconds a start waits in line for a GPU when none is free (0: refuse at once).",
+    ).tag(config=True)
+    gpu_queue_max = Integer(20, help="Most users waiting in line for a GPU.").tag(config=True)
+    line_file = Unicode(
+        "", help="Where the hub keeps who waits in line (empty: nowhere), so that after a "
+                 "restart they are told their wait ended.",
+    ).tag(config=True)
+
+    lab_start_concurrency = Integer(
+        0, help="Labs that may boot at once, from `docker start` until the lab accepts "
+                "connections; the others wait their turn. 0: no limit.",
+    ).tag(config=True)
+
+    stop_reasons_dir = Unicode(
+        "", help="Where the gpu-reclaimer leaves why it stops a lab (one file per user), for "
+                 "the user and the records; empty: none.",
+    ).tag(config=True)
+    usage_journal = Unicode(
+        "", help="The file of every lab's start and stop (GPU-hours, `invoke usage`); "
+                 "empty: none kept.",
+    ).tag(config=True)
+
+    gpu_ids = List(Unicode(), help="Device IDs granted to this lab while it runs.")
+    _said_stop_reason = ""
+    last_stop_reason = Unicode(
+        "", help="Why the user's last lab ended, after 'Your last lab ' (e.g. 'stopped by "
+                 "itself: out of memory'); said at "
+                 "their next start, then forgotten.")
+    _configured: dict | None = None  # image and limits before any profile was applied
+    _give_back_start_slot: Callable[[], None] | None = None
+    _start_slot: StartSlot = StartSlot.NOT_YET
+    _grant: int | None = None  # this spawn's ticket in _grants
+    _waiter: Waiter | None = None  # this start's place in line, while it waits for a GPU
+    _choosing_gpus = False  # from the start until its GPUs are granted (or refused)
+    _since: datetime.datetime | None = None  # the SINCE label of the lab being started
+
+    # Grants Docker's labels may not show yet. Shared by all spawners in the hub process.
+    _grants: ClassVar[PendingGrants] = PendingGrants()
+    _allocator: ClassVar[GpuAllocator | None] = None
+    _start_queue: ClassVar[StartQueue | None] = None
+    _journals: ClassVar[dict[str, UsageJournal]] = {}
+    _line: ClassVar[GpuLine | None] = None
+    _line_pump: ClassVar[asyncio.Task | None] = None
+    _line_kick: ClassVar[asyncio.Event | None] = None
+    # Who waited when the hub last stopped (read once per hub process from line_file).
+    _waited_before_restart: ClassVar[set[str] | None] = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        cls = type(self)
+        if cls._executor is None:
+            cls._executor = ThreadPoolExecutor(self.docker_threads,
+                                               thread_name_prefix="gpuhub-docker")
+        return cls._executor
+
+    @property
+    def start_queue(self) -> StartQueue:
+        cls = type(self)
+        if cls._start_queue is None:
+            cls._start_queue = StartQueue(self.lab_start_concurrency)
+        return cls._start_queue
+
+    @property
+    def allocator(self) -> GpuAllocator:
+        cls = type(self)
+        if cls._allocator is None:
+            cls._allocator = GpuAllocator(devices=list(self.gpu_inventory), policy=self.gpu_policy,
+                                          limits=dict(self.gpu_limits),
+                                          pins={u: list(d) for u, d in self.gpu_pins.items()})
+        return cls._allocator
+
+    async def record(self, event: str, *args) -> None:
+        """Append a start or stop to the usage journal (fsync'd, so off the event loop).
+        A failed write is logged by the journal and never fails the start or stop."""
+        if not self.usage_journal:
+            return
+        journal = self._journals.setdefault(self.usage_journal,
+                                            UsageJournal(self.usage_journal, log=self.log))
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, getattr(journal, event), *args)
+
+    @property
+    def profiles(self) -> Profiles:
+        return Profiles.from_yaml(self.profiles_yaml, "profiles.yaml").usable(
+            len(self.gpu_inventory))
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self.profiles.options_form() if self.profiles_yaml else ""
+
+    async def get_options_form(self):
+        """The form with how many GPUs are free right now, read from Docker."""
+        if not self.profiles_yaml:
+            return ""
+        try:
+            with self._grants.snapshot():
+                held = await self.held_gpus()
+                busy = {d for ids in held.values() for d in ids}
+                busy |= {d for ids in self._grants.held().values() for d in ids}
+            free = sum(1 for d in self.gpu_inventory if d not in busy)
+        except Exception as err:  # the form still works; it just cannot say what is free
+            self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
+            free = None
+        return self.profiles.options_form(free=free, total=len(self.gpu_inventory))
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return lambda formdata: Profiles.options_from_form(formdata)
+
+    # --- the lab firewall ----------------------------------------------------------
+    async def check_lab_firewall(self) -> None:
+        """Refuse the spawn (503) unless the project's lab-firewall container is healthy."""
+        if not self.require_lab_firewall:
+            return
+        healthy = await self.docker("containers", filters={
+            "label": [f"{names.COMPOSE_PROJECT_LABEL}={self.project}",
+                      f"{names.COMPOSE_SERVICE_LABEL}={names.LAB_FIREWALL_SERVICE}"],
+            "health": "healthy"})
+        if not healthy:
+            self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "
+                           "not healthy (see `docker compose logs lab-firewall`)",
+                           self.user.name, self.project)
+            raise StartRefused(503, "labs start only behind the lab firewall, which is not "
+                                    "running right now; ask an admin to run `invoke up`",
+                               "lab_firewall_down")
+
+    # --- what Docker says is held --------------------------------------------
+    async def held_gpus(self) -> dict[str, list[str]]:
+        """Device IDs held by running labs of this project, by user, from container labels."""
+        containers = await self.docker("containers", filters={"label": f"{LABEL_PROJECT}={self.project}"})
+        held: dict[str, list[str]] = {}
+        for c in containers:
+            labels = c.get("Labels") or {}
+            ids = [d for d in (labels.get(LABEL_GPUS) or "").split(",") if d]
+            if ids and labels.get(LABEL_USER):
+                held.setdefault(labels[LABEL_USER], []).extend(ids)
+        return held
+
+    async def grant_from_docker(self, profile: Profile) -> list[str]:
+        """Ask Docker what is held, then choose this lab's GPUs; raises NoGpuAvailable.
+
+        One snapshot spans both: no grant it may have missed is forgotten meanwhile.
+        """
+        with self._grants.snapshot():
+            held = await self.held_gpus()
+            # Those in line first: a newcomer gets only GPUs nobody waiting may take.
+            self.line.offer(held)
+            return self.grant_gpus(profile, held)
+
+    # --- waiting in line -----------------------------------------------------------
+    @property
+    def line(self) -> GpuLine:
+        cls = type(self)
+        if cls._line is None:
+            cls._line = GpuLine(self.gpu_queue_max)
+        return cls._line
+
+    def _try_grant(self, profile: Profile, held: dict[str, list[str]]) -> list[str] | None:
+        try:
+            return self.grant_gpus(profile, held)
+        except NoGpuAvailable:
+            return None
+
+    async def offer_to_line(self) -> None:
+        """Offer the GPUs Docker says are free to those in line (one snapshot, no await
+        between the check and the grants)."""
+        if not len(self.line):
+            return
+        with self._grants.snapshot():
+            held = await self.held_gpus()
+            self.line.offer(held)
+
+    @classmethod
+    def kick_line(cls) -> None:
+        """A lab stopped: offer its GPUs now rather than at the next round."""
+        if cls._line_kick is not None:
+            cls._line_kick.set()
+
+    async def _pump_line(self) -> None:
+        """While anyone waits: offer every few seconds (labs also end outside this hub:
+        killed, crashed, removed by hand), and at once when a lab of this hub stops."""
+        cls = type(self)
+        while len(self.line):
+            try:
+                await asyncio.wait_for(cls._line_kick.wait(), timeout=3)
+            except TimeoutError:
+                pass
+            cls._line_kick.clear()
+            try:
+                await self.offer_to_line()
+            except Exception as err:  # Docker unreachable for a moment: try again
+                self.log.warning("Could not offer GPUs to those in line: %s", err)
+        cls._line_pump = None
+
+    async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable) -> list[str]:
+        """Wait for GPUs, first come, first served; StartRefused when the line is full
+        or the wait is longer than gpu_queue_timeout. Cancel (Stop) leaves the line."""
+        cls = type(self)
+        try:
+            self._waiter = self.line.join(self.user.name, profile.gpus,
+                                          lambda held: self._try_grant(profile, held))
+        except LineFull:
+            waiting = f"{len(self.line)} user waits" if len(self.line) == 1 else (
+                f"{len(self.line)} users wait")
+            raise StartRefused(409, f"{refusal}; {waiting} for a GPU already, which is as "
+                                    "many as may wait: try later",
+                               "queue_full") from None
+        self._save_line()
+        self.log.info("No GPU for %s now: waiting in line (%d waiting)", self.user.name,
+                      len(self.line))
+        if cls._line_kick is None:
+            cls._line_kick = asyncio.Event()
+        if cls._line_pump is None:
+            cls._line_pump = asyncio.ensure_future(self._pump_line())
+        cls._line_kick.set()  # a GPU may have been freed since the refusal
+        waiter = self._waiter
+        cancelled = False
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.granted),
+                                          timeout=self.gpu_queue_timeout)
+        except TimeoutError:
+            waited = duration(int(self.gpu_queue_timeout))
+            raise StartRefused(409, f"no GPU you may use became free within {waited} "
+                                    "of waiting; choose the CPU profile or try later",
+                               "queue_timeout") from None
+        except asyncio.CancelledError:
+            # The user's Stop (stop() then saves the line without them), or the hub
+            # shutting down: then the saved line still names them for the next hub.
+            cancelled = True
+            raise
+        finally:
+            if not waiter.granted.done():
+                waiter.granted.cancel()  # a later offer skips it
+            self.line.leave(waiter)
+            self._waiter = None
+            if not cancelled:
+                self._save_line()
+
+    def _save_line(self) -> None:
+        """Who waits now, on the hub's volume (read after a restart: see poll)."""
+        if not self.line_file:
+            return
+        try:
+            write_json_atomically(Path(self.line_file), self.line.as_json())
+        except OSError as err:
+            self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
+
+    def _read_line_before_restart(self) -> None:
+        """Once per hub process: who waited in line when the last hub stopped."""
+        cls = type(self)
+        if cls._waited_before_restart is None:
+            try:
+                cls._waited_before_restart = {w["user"] for w in json.loads(
+                    previous_line_file(Path(self.line_file)).read_text())}
+            except (OSError, ValueError, TypeError, KeyError):
+                cls._waited_before_restart = set()
+
+    def waited_before_restart(self) -> bool:
+        """Whether this user was in line when the hub stopped last (asked once per user)."""
+        cls = type(self)
+        self._read_line_before_restart()
+        if self.user.name in cls._waited_before_restart:
+            cls._waited_before_restart.discard(self.user.name)
+            return True
+        return False
+
+    def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
+        """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
+        everyone = {u: list(ds) for u, ds in held.items()}
+        for user, ids in self._grants.held().items():
+            everyone.setdefault(user, []).extend(ids)
+        groups = [g.name for g in getattr(self.user, "groups", [])]
+        ids = self.allocator.allocate(self.user.name, profile.gpus, everyone, groups)
+        if ids:
+            self._grant = self._grants.add(self.user.name, ids)
+        return ids
+
+    # --- the container ---------------------------------------------------------
+    def gpu_env(self) -> dict[str, str]:
+        env = {
+            "NVIDIA_VISIBLE_DEVICES": ",".join(self.gpu_ids) or "void",
+            "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+            "GPUHUB_GPUS": ",".join(self.gpu_ids),
+        }
+        if self.gpu_ids:
+            env.update(self.gpu_env_extra)
+        return env
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(self.gpu_env())
+        return env
+
+    def gpu_host_config(self) -> dict:
+        if not self.gpu_ids:
+            return {}
+        return {"device_requests": [
+            DeviceRequest(driver="nvidia", device_ids=list(self.gpu_ids), capabilities=[["gpu"]])
+        ]}
+
+    def gpu_labels(self) -> dict[str, str]:
+        self._since = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        return {
+            LABEL_PROJECT: self.project,
+            LABEL_USER: self.user.name,
+            LABEL_GPUS: ",".join(self.gpu_ids),
+            LABEL_SINCE: self._since.isoformat(timespec="seconds"),
+        }
+
+    async def create_object(self):
+        # Instance-level copies: the class-wide config values stay untouched.
+        base_host = self._eval_if_callable(self.extra_host_config) or {}
+        base_create = self._eval_if_callable(self.extra_create_kwargs) or {}
+        # Not removed by Docker when it exits: poll() reads why it stopped (OOMKilled, exit
+        # code) and removes it then; stop() removes it too (remove=True).
+        self.extra_host_config = {**base_host, **self.gpu_host_config(), "auto_remove": False}
+        labels = {**base_create.get("labels", {}), **self.gpu_labels()}
+        if self.user_options.get("profile"):
+            labels[LABEL_PROFILE] = self.user_options["profile"]
+        self.extra_create_kwargs = {**base_create, "labels": labels}
+        return await super().create_object()
+
+    def apply_profile(self, profile: Profile) -> None:
+        """Set image and limits from the profile, else from the settings.
+
+        The spawner object lives as long as the user: without going back to the
+        configured values, one profile's image or limits would leak into the next start.
+        """
+        if self._configured is None:
+            self._configured = {"image": self.image, "cpu_limit": self.cpu_limit,
+                                "mem_limit": self.mem_limit}
+        base = self._configured
+        self.image = profile.image or base["image"]
+        self.cpu_limit = profile.cpu_limit if profile.cpu_limit is not None else base["cpu_limit"]
+        self.mem_limit = profile.mem_limit if profile.mem_limit is not None else base["mem_limit"]
+
+    def resolve_profile(self) -> Profile:
+        """The profile this start uses (400 for a tampered choice), applied to the spawner."""
+        try:
+            profile = self.profiles.resolve(self.user_options) if self.profiles_yaml else Profile(
+                slug="default", display_name="default", gpus=len(self.gpu_inventory))
+        except ProfileRejected as err:
+            raise StartRefused(400, str(err), "bad_profile") from None
+        # DockerSpawner would honour user_options["image"]; only the profile decides.
+        self.user_options = {"profile": profile.slug} if self.profiles_yaml else {}
+        self.apply_profile(profile)
+        return profile
+
+    async def start(self):
+        self._start_slot = StartSlot.NOT_YET
+        # Said once more, in this start's progress; the home page no longer shows it.
+        self._said_stop_reason, self.last_stop_reason = self.last_stop_reason, ""
+        began = time.monotonic()
+        try:
+            served = await self.start_with_gpus()
+        except Exception as err:
+            refusal = getattr(err, "refusal", None) or "error"
+            telemetry.installed().spawns_refused.labels(reason=refusal).inc()
+            raise
+        finally:
+            self._done_booting()  # also when the profile or the GPUs were refused
+        profile = self.user_options.get("profile", "default")
+        telemetry.installed().spawn_duration.labels(profile=profile).observe(
+            time.monotonic() - began)
+        return served
+
+    async def start_with_gpus(self):
+        """The profile, the lab firewall, the lab's GPUs (waiting in line for them if need
+        be), then the lab itself (create_and_serve_lab)."""
+        profile = self.resolve_profile()
+        await self.check_lab_firewall()
+        self._choosing_gpus = True
+        try:
+            try:
+                self.gpu_ids = await self.grant_from_docker(profile)
+            except NoGpuAvailable as err:
+                if err.detail:
+                    self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
+                if err.reason != "gpus_busy" or not self.gpu_queue_timeout:
+                    raise StartRefused(409, str(err), err.reason) from None
+                self.gpu_ids = await self.wait_in_line(profile, err)
+            finally:
+                self._choosing_gpus = False
+            if self.gpu_ids:
+                self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
+            return await self.create_and_serve_lab()
+        finally:
+            # Also when the wait in line ended (cancelled, out of time) after a grant.
+            if self._grant is not None:
+                self._grants.end(self._grant)
+                self._grant = None
+
+    async def create_and_serve_lab(self) -> tuple[str, int]:
+        """Create and start the lab, wait until it serves; on failure leave nothing behind."""
+        try:
+            ip, port = await DockerSpawner.start(self)
+            await self.wait_until_serving(ip, port)
+        except Exception:
+            self._done_booting()
+            # No half-created lab: remove it so its GPUs are free for others.
+            await self._remove_quietly()
+            self.gpu_ids = []
+            raise
+        await self.record("started", self.object_id, self.user.name,
+                          self.user_options.get("profile", ""), list(self.gpu_ids),
+                          self._since or datetime.datetime.now(datetime.UTC))
+        return ip, port
+
+    async def start_object(self):
+        # The start slot is taken only now: pulling the image and creating the container
+        # do not hold one; it is given back in start() once the lab accepts connections.
+        self._start_slot = StartSlot.WAITING
+        self._give_back_start_slot = await self.start_queue.acquire()
+        self._start_slot = StartSlot.HELD
+        await super().start_object()
+
+    def _done_booting(self) -> None:
+        self._start_slot = StartSlot.DONE
+        if self._give_back_start_slot:
+            self._give_back_start_slot()
+            self._give_back_start_slot = None
+
+    async def wait_until_serving(self, ip: str, port: int) -> None:
+        """Return once the lab accepts connections; fail at once, clearly, if it dies.
+
+        JupyterHub alone would wait the whole http_timeout for a lab that exited in its
+        first second (wrong command, too little memory), and then report a generic 500.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.boot_timeout
+        next_inspect = loop.time()
+        while loop.time() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
+                writer.close()
+                return
+            except (TimeoutError, OSError):
+                pass
+            # Connecting is cheap and local (only the labs holding a start slot try), so
+            # every 50 ms: the hub notices a ready lab 25 ms later on average. A Docker
+            # inspect once a second is enough to notice a lab that died.
+            if loop.time() >= next_inspect:
+                next_inspect = loop.time() + 1
+                await self._fail_if_dead()
+            await asyncio.sleep(0.05)
+        raise StartRefused(500, f"your lab did not start within {self.boot_timeout} s; "
+                                "try again, or ask an admin to check `invoke logs`", "timeout")
+
+    def why_stopped(self, state: dict) -> str:
+        """Docker's record of a stopped lab in plain words, e.g. "out of memory (...)"."""
+        if state.get("OOMKilled"):
+            limit = f" (memory limit {self.mem_limit} bytes)" if self.mem_limit else ""
+            return f"out of memory{limit}"
+        return f"exit code {state['ExitCode']}" if "ExitCode" in state else "it is gone"
+
+    async def _fail_if_dead(self) -> None:
+        try:
+            info = await self.docker("inspect_container", self.object_id)
+        except docker.errors.NotFound:
+            info = None
+        state = (info or {}).get("State") or {}
+        if state.get("Running"):
+            return
+        raise StartRefused(500, f"your lab stopped while starting ({self.why_stopped(state)}); "
+                                "try another profile, or ask an admin to check `invoke logs`",
+                           "lab_died")
+
+    async def poll(self):
+        """None while the lab runs; else keep why it stopped, for the user, and remove it."""
+        container = await self.get_object()
+        if not container:
+            if not self._spawn_pending and self.line_file and self.waited_before_restart():
+                self.last_stop_reason = ("did not start: the hub restarted while you waited "
+                                         "in line for a GPU; press Start to take a place in "
+                                         "line again")
+            return 0
+        state = container.get("State") or {}
+        if state.get("Running"):
+            return None
+        if not self._spawn_pending:  # a lab that stopped by itself, not one still starting
+            why = self.why_stopped(state)
+            self.last_stop_reason = f"stopped by itself: {why}"
+            self.log.warning("The lab of %s stopped by itself: %s", self.user.name, why)
+            await self.record("stopped", self.object_id, finished_at(state), why)
+            await self._remove_quietly()
+            self.kick_line()
+        return f"ExitCode={state.get('ExitCode')}"
+
+    def get_state(self):
+        state = super().get_state()
+        if self.last_stop_reason:
+            state["last_stop_reason"] = self.last_stop_reason
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.last_stop_reason = state.get("last_stop_reason", "")
+
+    async def _remove_quietly(self) -> None:
+        try:
+            if await self.get_object():
+                await self.remove_object()
+        except Exception as err:  # the start error matters more than this one
+            self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
+
+    async def progress(self):
+        if self._said_stop_reason:
+            yield {"progress": 10, "message": f"Your last lab "
+                                              f"{self._said_stop_reason}"}
+        said = ""
+        while self._spawn_pending and self._choosing_gpus:
+            waiter = self._waiter
+            position = self.line.position(waiter) if waiter is not None else None
+            if position is not None:
+                message = waiting_message(position, self.line.typical_wait())
+                if message != said:
+                    said = message
+                    yield {"progress": 20, "message": message}
+            await asyncio.sleep(0.5)
+        if self.gpu_ids:
+            yield {"progress": 40, "message": f"GPUs granted: {', '.join(self.gpu_ids)}"}
+        elif self.gpu_inventory:
+            yield {"progress": 40, "message": "No GPU for this lab (CPU profile)"}
+        # Until the lab has its start slot, say when it waits for one, and for how many.
+        while (self.lab_start_concurrency and self._spawn_pending
+               and self._start_slot in (StartSlot.NOT_YET, StartSlot.WAITING)):
+            if self._start_slot is StartSlot.WAITING:
+                queue = self.start_queue
+                message = (f"Waiting for a start slot ({queue.booting} starting, "
+                           f"{queue.waiting} in line)")
+                if message != said:
+                    said = message
+                    yield {"progress": 50, "message": message}
+            await asyncio.sleep(0.5)
+
+    async def stop(self, now=False):
+        # Asked for by the user, an admin or the idle culler (JupyterHub does not say
+        # which), or by the gpu-reclaimer, which leaves its reason for the user first.
+        reason = take_reason(self.user.name, Path(self.stop_reasons_dir)) \
+            if self.stop_reasons_dir else ""
+        self.last_stop_reason = f"was stopped: {reason}" if reason else ""
+        if reason:
+            self.log.warning("Stopping the lab of %s: %s", self.user.name, reason)
+        lab = self.object_id  # DockerSpawner forgets it in stop()
+        if self.line_file:
+            self._save_line()  # a Stop while waiting in line: out of the saved line too
+        await super().stop(now=now)
+        if lab:
+            await self.record("stopped", lab, datetime.datetime.now(datetime.UTC),
+                              reason or "stopped by the hub")
+        self.kick_line()
+        # With remove=True Docker deletes the container asynchronously; report "stopped"
+        # only once it is gone, or an immediate Start fails on the container name.
+        deadline = asyncio.get_running_loop().time() + 30
+        while await self.get_object() is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                self.log.warning("Container of %s still present 30 s after stop", self.user.name)
+                break
+            await asyncio.sleep(0.2)
+        self.gpu_ids = []
+
+
+def finished_at(state: dict) -> datetime.datetime:
+    """When Docker says the lab stopped (its zero time, or none: now)."""
+    try:
+        finished = parse_time(state.get("FinishedAt") or "")
+    except ValueError:
+        finished = None
+    if finished is None or finished.year < 2000:
+        return datetime.datetime.now(datetime.UTC)
+    return finished
+
+
+def write_json_atomically(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)

@@ -1,0 +1,210 @@
+"""The lab spawner of swarm mode: one Swarm service per lab, GPUs as generic resources.
+
+Swarm, not gpuhub, picks the node and the GPUs (each GPU goes to one lab at a time).
+What stays gpuhub's: profiles (image, limits, GPU count, placement), the per-user GPU
+limit, hardening, a home folder on the shared SWARM_HOMES, failing fast and clearly when
+no node can take the lab, and treating a lab that Swarm moved (node drained or lost) as
+stopped: its kernel is gone, its files are on the shared folder, the user starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import docker
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Placement,
+    Resources,
+    RestartPolicy,
+    TaskTemplate,
+)
+from docker.utils import parse_repository_tag
+from dockerspawner import SwarmSpawner
+from tornado import web
+from traitlets import Integer, List, Unicode
+
+from gpuhub.core.allocator import NoGpuAvailable
+from gpuhub.core.labels import PROFILE as LABEL_PROFILE
+from gpuhub.core.swarm import HOMES_MOUNT, LAB_GID, LAB_UID, assigned_gpus
+from gpuhub.hub.spawner import GpuDockerSpawner
+
+# Task states on the way to running; anything else after the start means the lab is gone.
+_STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready",
+             "starting"}
+_ENDED = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
+
+
+def no_node_reason(err: str, gpus: int, total_gpus: int) -> tuple[int, str] | None:
+    """The user's message when Swarm's scheduler found no node for the lab, else None."""
+    if "no suitable node" not in err:
+        return None
+    if "insufficient resources" in err and gpus:
+        return 409, (f"no node has {gpus} free GPU(s) right now (the Swarm has {total_gpus} "
+                     "in all, some in use or on drained nodes); choose the CPU profile or "
+                     "try later")
+    if "insufficient resources" in err:
+        return 409, "no node has room for your lab right now; try later"
+    return 409, (f"no node can run this profile ({err}); ask an admin to check the "
+                 "profile's placement and the nodes' labels")
+
+
+class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
+    """SwarmSpawner with gpuhub's profiles, GPU requests and hardening."""
+
+    gpu_resource = Unicode("NVIDIA-GPU", help="Generic resource name of the nodes' GPUs.").tag(
+        config=True)
+    homes_dir = Unicode(HOMES_MOUNT, help="SWARM_HOMES as mounted in the hub.").tag(config=True)
+    pids_limit = Integer(1024, help="Most processes per lab.").tag(config=True)
+    task_id = Unicode(help="The Swarm task the lab was started as.")
+    gpu_count = Integer(0, help="GPUs this lab asked for.")
+    placement = List(Unicode(), help="Placement constraints of this lab's profile.")
+
+    # Each image's CMD, looked up once per hub process (not once per spawn).
+    _image_commands: ClassVar[dict[str, list[str]]] = {}
+
+    # --- state across hub restarts ---------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.task_id:
+            state["task_id"] = self.task_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.task_id = state.get("task_id", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.task_id = ""
+
+    # --- the service -------------------------------------------------------------
+    async def get_options_form(self):
+        """The profiles without "N of M free": Swarm, not the hub, knows each node's GPUs."""
+        return self.profiles.options_form() if self.profiles_yaml else ""
+
+    def gpu_env(self) -> dict[str, str]:
+        # void whatever Swarm grants: the NVIDIA runtime's swarm-resource setting makes
+        # DOCKER_RESOURCE_<KIND> win over it, and a node without that setting then
+        # exposes no GPU instead of every GPU (CUDA images set NVIDIA_VISIBLE_DEVICES=all).
+        env = {"NVIDIA_VISIBLE_DEVICES": "void", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+        if self.gpu_count:
+            env.update(self.gpu_env_extra)
+        return env
+
+    def ensure_home(self) -> None:
+        """Create the user's folder on the shared homes, owned by the lab user."""
+        home = Path(self.homes_dir) / self.template_namespace()["username"]
+        if not home.is_dir():
+            home.mkdir(mode=0o750)
+            os.chown(home, LAB_UID, LAB_GID)
+
+    def service_specs(self) -> dict:
+        """Keyword arguments of ``create_service`` for this lab (no Docker call)."""
+        labels = self.gpu_labels()
+        if self.user_options.get("profile"):
+            labels[LABEL_PROFILE] = self.user_options["profile"]
+        resources = Resources(
+            mem_limit=self.mem_limit, cpu_limit=int(self.cpu_limit * 1e9) if self.cpu_limit else None,
+            generic_resources={self.gpu_resource: self.gpu_count} if self.gpu_count else None)
+        resources.setdefault("Limits", {})["Pids"] = self.pids_limit
+        return {
+            "name": self.object_name,
+            "labels": labels,
+            "task_template": TaskTemplate(
+                container_spec=ContainerSpec(
+                    image=self.image, env=self.get_env(), args=self._command, labels=labels,
+                    mounts=self.mounts, cap_drop=["ALL"]),
+                resources=resources,
+                # A lab that exits or loses its node stays stopped: restarting it elsewhere
+                # would silently lose the kernel and could move it to other GPUs.
+                restart_policy=RestartPolicy(condition="none"),
+                placement=Placement(constraints=list(self.placement) or None),
+                networks=[self.network_name] if self.network_name else [],
+            ),
+            "endpoint_spec": EndpointSpec(mode="dnsrr"),
+        }
+
+    async def get_command(self):
+        """The image's CMD plus the spawner's arguments.
+
+        Swarm pulls images by digest and leaves no tag on the node, so the manager may
+        have the layers (the labs-network keeper runs the lab image) but not the tag:
+        pulling the tag then only adds it.
+        """
+        if self.cmd:
+            return self.cmd + self.get_args()
+        cmd = type(self)._image_commands.get(self.image)
+        if cmd is None:
+            try:
+                info = await self.docker("inspect_image", self.image)
+            except docker.errors.ImageNotFound:
+                await self.docker("pull", *parse_repository_tag(self.image))
+                info = await self.docker("inspect_image", self.image)
+            cmd = type(self)._image_commands[self.image] = list(info["Config"]["Cmd"] or [])
+        return cmd + self.get_args()
+
+    async def create_object(self):
+        self._command = await self.get_command()
+        return await self.docker("create_service", **self.service_specs())
+
+    async def start_object(self):
+        """Wait until Swarm runs the lab's task; fail at once when no node can take it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.boot_timeout
+        while loop.time() < deadline:
+            task = await self.get_task()
+            status = (task or {}).get("Status") or {}
+            state = status.get("State", "")
+            err = status.get("Err") or ""
+            if state == "running":
+                self.task_id = task["ID"]
+                self.gpu_ids = assigned_gpus(task, self.gpu_resource)
+                return
+            reason = no_node_reason(err, self.gpu_count, len(self.gpu_inventory))
+            if state == "pending" and reason:
+                raise web.HTTPError(*reason)
+            if state in _ENDED:
+                raise web.HTTPError(500, f"your lab could not start ({err or status.get('Message') or state}); "
+                                         "ask an admin to check `invoke logs`")
+            await asyncio.sleep(0.2)
+        raise web.HTTPError(500, f"your lab did not start within {self.boot_timeout} s")
+
+    async def _fail_if_dead(self) -> None:
+        task = await self.get_task()
+        status = (task or {}).get("Status") or {}
+        if task is None or status.get("State") in _ENDED:
+            why = status.get("Err") or status.get("Message") or "it is gone"
+            raise web.HTTPError(500, f"your lab stopped while starting ({why}); try again, or "
+                                     "ask an admin to check `invoke logs`")
+
+    async def poll(self):
+        task = await self.get_task()
+        if task is None:
+            return 0
+        state = task.get("Status", {}).get("State", "")
+        if self.task_id and task["ID"] != self.task_id:
+            return f"moved by Swarm to task {task['ID'][:12]} ({state}); stopped"
+        if state == "running" or (state in _STARTING and not self.task_id):
+            return None
+        return f"task {state}"
+
+    async def start_with_gpus(self):
+        """Swarm chooses the GPUs (generic resources): only the user's limit is checked
+        here, then the service is created (GpuDockerSpawner.start does the rest)."""
+        profile = self.resolve_profile()
+        try:
+            self.allocator.check_limit(self.user.name, profile.gpus,
+                                       [g.name for g in getattr(self.user, "groups", [])])
+        except NoGpuAvailable as err:
+            raise web.HTTPError(409, str(err)) from None
+        self.gpu_count = profile.gpus
+        self.placement = list(profile.placement)
+        self.task_id = ""
+        self.gpu_ids = []
+        self.ensure_home()
+        return await self.create_and_serve_lab()

@@ -1,0 +1,1 @@
+"""The gpu-sampler service: ``python3 -m gpuhub.sampler``. Imports the core only."""

@@ -1,0 +1,150 @@
+"""Reclaim idle GPUs and enforce profiles' time limits: the hub's gpu-reclaimer service.
+
+A hub-managed service (like the idle culler), every GPU_SAMPLE_INTERVAL seconds:
+
+- a GPU lab whose GPUs have *all* been idle (utilisation under GPU_IDLE_UTILISATION, as
+  the gpu-sampler reads it) for GPU_IDLE_TIMEOUT is stopped, or for the shorter
+  GPU_IDLE_TIMEOUT_WHEN_QUEUED while someone waits in line for a GPU. Idle time counts
+  from when the GPU went idle or the lab started, whichever is later. No reading, a stale
+  reading, or a GPU whose utilisation the driver does not report: never idle (a lab is
+  never stopped on missing data). Under GPU_POLICY=shared every GPU lab holds every GPU,
+  so labs are reclaimed only while all GPUs are idle.
+- a lab older than its profile's ``max_age`` is stopped.
+
+Stopping goes through the hub's REST API (the ``delete:servers`` scope), so JupyterHub
+stops the lab the normal way and the user's work folder is kept. The reason is written
+first into ``stop-reasons/<user>`` on the hub's volume; the spawner's stop() takes it, puts
+it in the hub log and the GPU-hours records, and the user reads it on their home page.
+CPU labs are left to the idle culler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpuhub.core import names
+from gpuhub.core.gpureport import Lab, duration
+from gpuhub.core.stopreasons import leave_reason
+from gpuhub.core.usage import parse_time
+
+# Do not ask again for a lab whose stop was asked for this recently (stopping takes time).
+ASKED_AGAIN_AFTER = 120
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    user: str
+    reason: str  # for the user: why their lab was stopped
+
+
+def _since(lab: Lab) -> float | None:
+    try:
+        return parse_time(lab.since).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _sample_of(device: str, samples: dict) -> dict | None:
+    for gpu in samples.get("gpus", []):
+        if device in (gpu.get("uuid"), gpu.get("index")):
+            return gpu
+    return None
+
+
+def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeout: int,
+           idle_timeout_queued: int, queued: bool, max_ages: dict[str, int],
+           now: float) -> list[Reclaim]:
+    """Which labs to stop now, and why. Pure: the service gathers the inputs."""
+    timeout = idle_timeout  # 0: never, in line or not
+    if queued and idle_timeout and idle_timeout_queued:
+        timeout = min(idle_timeout, idle_timeout_queued)
+    found = []
+    for lab in labs:
+        started = _since(lab)
+        limit = max_ages.get(lab.profile)
+        if limit and started is not None and now - started >= limit:
+            found.append(Reclaim(lab.user, f"it reached the {duration(limit)} time limit of "
+                                           f"its profile ({lab.profile}); your files are kept"))
+            continue
+        if not (lab.gpus and timeout and samples and started is not None):
+            continue
+        idle_for = []
+        for device in lab.gpus:
+            gpu = _sample_of(device, samples)
+            util = gpu.get("utilisation") if gpu else None
+            if util is None or util >= idle_below or gpu.get("idle_since") is None:
+                break
+            idle_for.append(now - max(gpu["idle_since"], started))
+        else:
+            if idle_for and min(idle_for) >= timeout:
+                while_queued = " while others waited for one" if timeout != idle_timeout else ""
+                found.append(Reclaim(lab.user, (
+                    f"its GPUs were idle (under {idle_below} % busy) for "
+                    f"{duration(int(min(idle_for)))}{while_queued}; your files are kept")))
+    return found
+
+
+def _profiles_max_ages(path: Path) -> dict[str, int]:
+    from gpuhub.core.profiles import Profiles
+
+    if not path.exists():
+        return {}
+    return {p.slug: p.max_age for p in Profiles.from_file(path).profiles if p.max_age}
+
+
+def main() -> None:  # the service's loop; its decisions are tested in decide()
+    import docker
+    import requests
+
+    from gpuhub.core.labels import PROJECT as LABEL_PROJECT
+    from gpuhub.core.samples import read_samples
+    from gpuhub.core.settings import SettingsError, validate
+
+    try:
+        settings = validate(os.environ)
+    except SettingsError as err:
+        sys.exit(f"gpu-reclaimer: {err}")
+    api, token = os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
+    max_ages = _profiles_max_ages(Path(names.HUB_PROFILES_PATH))
+    line_file = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE
+    client = docker.from_env(timeout=10)
+    asked: dict[str, float] = {}
+    print(f"gpu-reclaimer: GPU labs idle {settings.gpu_idle_timeout} s "
+          f"({settings.gpu_idle_timeout_when_queued} s while others wait) under "
+          f"{settings.gpu_idle_utilisation} %, profiles' max_age {max_ages or 'none'}",
+          flush=True)
+    while True:
+        time.sleep(settings.gpu_sample_interval)
+        try:
+            containers = client.api.containers(
+                filters={"label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
+            try:
+                queued = bool(json.loads(line_file.read_text()))
+            except (OSError, ValueError):
+                queued = False
+            samples, _ = read_samples(now=time.time())
+            labs = [Lab.from_labels(c["Id"], c.get("Labels") or {}) for c in containers]
+            now = time.time()
+            for todo in decide(labs, samples, idle_below=settings.gpu_idle_utilisation,
+                               idle_timeout=settings.gpu_idle_timeout,
+                               idle_timeout_queued=settings.gpu_idle_timeout_when_queued,
+                               queued=queued, max_ages=max_ages, now=now):
+                if now - asked.get(todo.user, 0) < ASKED_AGAIN_AFTER:
+                    continue
+                asked[todo.user] = now
+                leave_reason(todo.user, todo.reason)
+                answer = requests.delete(f"{api}/users/{todo.user}/server", timeout=30,
+                                         headers={"Authorization": f"token {token}"})
+                print(f"gpu-reclaimer: stopping the lab of {todo.user}: {todo.reason} "
+                      f"(HTTP {answer.status_code})", flush=True)
+        except Exception as err:  # Docker or the hub away for a moment: next round
+            print(f"gpu-reclaimer: this round failed: {err}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
