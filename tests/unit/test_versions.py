@@ -106,7 +106,7 @@ def test_both_images_build_from_the_repository_root_with_the_constraints():
     hub = (ROOT / "jupyterhub" / "Dockerfile").read_text()
     assert "COPY gpuhub/core/versions.py gpuhub/core/constraints.txt /tmp/gpuhub-versions/" in hub
     lab = (ROOT / "jupyterlab" / "Dockerfile").read_text()
-    assert "--mount=type=bind,source=gpuhub,target=/tmp/gpuhub-versions" in lab
+    assert "--mount=type=bind,source=gpuhub/core,target=/tmp/gpuhub-versions" in lab
 
 
 # The helper images invoke builds with --build-arg BASE_IMAGE=$DEBIAN_BASE_IMAGE
