@@ -25,15 +25,8 @@ from support.loginform import LOGGED_IN, LoginForm
 
 @pytest.fixture(scope="session", autouse=True)
 def _directory_servers_installed():
-    """slapd and the OIDC provider are provisioned (.ci/provision): missing, these tests
-    fail, never skip quietly (session scope: checked before any image is built)."""
-    missing = [what for what, there in (
-        ("slapd: apt-get install slapd ldap-utils", directory.available()),
-        ("the OIDC provider: npm ci in tests/support/oidc_provider (Node.js 20.19+)",
-         oidc.available())) if not there]
-    if missing:
-        pytest.fail(f"not installed: {'; '.join(missing)} (.ci/provision installs both)",
-                    pytrace=False)
+    """Checked before any image is built: missing, these tests fail, never skip."""
+    login_stack.require_servers()
 
 
 SPAWN_TIMEOUT = 180

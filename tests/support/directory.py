@@ -15,6 +15,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from harness.stack import free_port
 from support.serverprocess import ServerProcess, port_open
 from support.testca import issue, make_ca
@@ -44,6 +46,15 @@ GROUP_KINDS = {"gpu-users": "groupOfNames", "lab-admins": "groupOfUniqueNames",
 
 def available() -> bool:
     return Path(SLAPD).exists() and Path(SLAPADD).exists() and bool(shutil.which("openssl"))
+
+
+MISSING = "slapd: apt-get install slapd ldap-utils (/usr/sbin/slapd, slapadd and openssl)"
+
+
+def require() -> None:
+    """Fail the test (never a quiet skip) where slapd is missing: .ci/provision installs it."""
+    if not available():
+        pytest.fail(f"not installed: {MISSING} (.ci/provision installs it)", pytrace=False)
 
 
 def _ldif() -> str:

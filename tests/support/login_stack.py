@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gpuhub.core import names
 from harness.stack import Stack
 from support import directory, oidc
@@ -73,3 +75,15 @@ class DirectoryStack:
         for server in (self.slapd, self.provider):
             if server:
                 server.stop()
+
+
+def require_servers() -> None:
+    """Fail (never a quiet skip) where slapd or the OIDC provider is missing: both are
+    provisioned (.ci/provision)."""
+    missing = [what for what, there in (
+        (directory.MISSING, directory.available()),
+        ("the OIDC provider: npm ci in tests/support/oidc_provider (Node.js 20.19+)",
+         oidc.available())) if not there]
+    if missing:
+        pytest.fail(f"not installed: {'; '.join(missing)} (.ci/provision installs both)",
+                    pytrace=False)

@@ -24,11 +24,8 @@ from support import directory
 
 @pytest.fixture(scope="module")
 def slapd(tmp_path_factory):
-    # Every test here needs it. A missing slapd fails them (never a quiet skip): these are
-    # the TLS and lockout checks of the hub's logins.
-    if not directory.available():
-        pytest.fail("slapd is not installed (/usr/sbin/slapd, slapadd and openssl): "
-                    "apt-get install slapd ldap-utils (.ci/provision installs it)", pytrace=False)
+    # Every test here needs it (the TLS and lockout checks of the hub's logins).
+    directory.require()
     running = directory.start(tmp_path_factory.mktemp("slapd"))
     yield running
     running.stop()
