@@ -207,7 +207,8 @@ class Stack:
 
 def remove_firewall_rules(project: str) -> None:
     """The lab firewall's rules outlive its container (`invoke down` removes them)."""
-    from gpuhub.labfirewall.service import Firewall, Ruleset, bridge_name, choose_backend
+    from gpuhub.core.names import bridge_name
+    from gpuhub.labfirewall.service import Firewall, Ruleset, choose_backend
 
     if os.geteuid() != 0:
         return  # only root made them (the lab firewall's tests need root)

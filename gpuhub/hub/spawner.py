@@ -5,14 +5,14 @@ explicitly (``void`` for none): CUDA base images set it to ``all``, and on hosts
 default runtime is ``nvidia`` that variable alone would expose every GPU.
 The grant is written on the container as labels, so Docker is the record of who holds
 which GPU; the allocator reads it back before every grant, together with the grants of
-spawns whose containers Docker may not list yet (``grants.PendingGrants``).
+spawns whose containers Docker may not list yet, kept with the line and the start slots in
+the hub's one GPU state (``gpustate.GpuState``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +35,10 @@ from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
 from gpuhub.core.profiles import Profile, ProfileRejected, Profiles
 from gpuhub.core.stopreasons import take_reason
-from gpuhub.core.usage import UsageJournal, parse_time
+from gpuhub.core.usage import parse_time
 from gpuhub.hub import telemetry
-from gpuhub.hub.gpuqueue import GpuLine, LineFull, Waiter, previous_line_file, waiting_message
-from gpuhub.hub.grants import PendingGrants
+from gpuhub.hub.gpuqueue import GpuLine, LineFull, Waiter, waiting_message
+from gpuhub.hub.gpustate import GpuState
 from gpuhub.hub.startqueue import StartQueue, StartSlot
 
 
@@ -110,21 +110,14 @@ class GpuDockerSpawner(DockerSpawner):
     _configured: dict | None = None  # image and limits before any profile was applied
     _give_back_start_slot: Callable[[], None] | None = None
     _start_slot: StartSlot = StartSlot.NOT_YET
-    _grant: int | None = None  # this spawn's ticket in _grants
+    _grant: int | None = None  # this spawn's ticket in gpu_state.grants
     _waiter: Waiter | None = None  # this start's place in line, while it waits for a GPU
     _choosing_gpus = False  # from the start until its GPUs are granted (or refused)
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
 
-    # Grants Docker's labels may not show yet. Shared by all spawners in the hub process.
-    _grants: ClassVar[PendingGrants] = PendingGrants()
-    _allocator: ClassVar[GpuAllocator | None] = None
-    _start_queue: ClassVar[StartQueue | None] = None
-    _journals: ClassVar[dict[str, UsageJournal]] = {}
-    _line: ClassVar[GpuLine | None] = None
-    _line_pump: ClassVar[asyncio.Task | None] = None
-    _line_kick: ClassVar[asyncio.Event | None] = None
-    # Who waited when the hub last stopped (read once per hub process from line_file).
-    _waited_before_restart: ClassVar[set[str] | None] = None
+    # The hub's GPU state (grants in flight, the line, start slots, usage journals): one per
+    # hub process, made from the first spawner's configuration (the same for every user).
+    _gpu_state: ClassVar[GpuState | None] = None
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -135,28 +128,35 @@ class GpuDockerSpawner(DockerSpawner):
         return cls._executor
 
     @property
+    def gpu_state(self) -> GpuState:
+        """The hub's GPU state, which every spawner of the hub process shares."""
+        cls = GpuDockerSpawner
+        if cls._gpu_state is None:
+            cls._gpu_state = GpuState(
+                devices=list(self.gpu_inventory), policy=self.gpu_policy,
+                limits=dict(self.gpu_limits), pins=dict(self.gpu_pins),
+                line_max=self.gpu_queue_max, start_concurrency=self.lab_start_concurrency,
+                line_file=self.line_file)
+        return cls._gpu_state
+
+    @property
     def start_queue(self) -> StartQueue:
-        cls = type(self)
-        if cls._start_queue is None:
-            cls._start_queue = StartQueue(self.lab_start_concurrency)
-        return cls._start_queue
+        return self.gpu_state.start_queue
 
     @property
     def allocator(self) -> GpuAllocator:
-        cls = type(self)
-        if cls._allocator is None:
-            cls._allocator = GpuAllocator(devices=list(self.gpu_inventory), policy=self.gpu_policy,
-                                          limits=dict(self.gpu_limits),
-                                          pins={u: list(d) for u, d in self.gpu_pins.items()})
-        return cls._allocator
+        return self.gpu_state.allocator
+
+    @property
+    def line(self) -> GpuLine:
+        return self.gpu_state.line
 
     async def record(self, event: str, *args) -> None:
         """Append a start or stop to the usage journal (fsync'd, so off the event loop).
         A failed write is logged by the journal and never fails the start or stop."""
         if not self.usage_journal:
             return
-        journal = self._journals.setdefault(self.usage_journal,
-                                            UsageJournal(self.usage_journal, log=self.log))
+        journal = self.gpu_state.journal(self.usage_journal, self.log)
         await asyncio.get_running_loop().run_in_executor(
             self.executor, getattr(journal, event), *args)
 
@@ -174,10 +174,10 @@ class GpuDockerSpawner(DockerSpawner):
         if not self.profiles_yaml:
             return ""
         try:
-            with self._grants.snapshot():
+            with self.gpu_state.grants.snapshot():
                 held = await self.held_gpus()
                 busy = {d for ids in held.values() for d in ids}
-                busy |= {d for ids in self._grants.held().values() for d in ids}
+                busy |= {d for ids in self.gpu_state.grants.held().values() for d in ids}
             free = sum(1 for d in self.gpu_inventory if d not in busy)
         except Exception as err:  # the form still works; it just cannot say what is free
             self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
@@ -222,20 +222,13 @@ class GpuDockerSpawner(DockerSpawner):
 
         One snapshot spans both: no grant it may have missed is forgotten meanwhile.
         """
-        with self._grants.snapshot():
+        with self.gpu_state.grants.snapshot():
             held = await self.held_gpus()
             # Those in line first: a newcomer gets only GPUs nobody waiting may take.
             self.line.offer(held)
             return self.grant_gpus(profile, held)
 
     # --- waiting in line -----------------------------------------------------------
-    @property
-    def line(self) -> GpuLine:
-        cls = type(self)
-        if cls._line is None:
-            cls._line = GpuLine(self.gpu_queue_max)
-        return cls._line
-
     def _try_grant(self, profile: Profile, held: dict[str, list[str]]) -> list[str] | None:
         try:
             return self.grant_gpus(profile, held)
@@ -247,36 +240,19 @@ class GpuDockerSpawner(DockerSpawner):
         between the check and the grants)."""
         if not len(self.line):
             return
-        with self._grants.snapshot():
+        with self.gpu_state.grants.snapshot():
             held = await self.held_gpus()
             self.line.offer(held)
 
     @classmethod
     def kick_line(cls) -> None:
         """A lab stopped: offer its GPUs now rather than at the next round."""
-        if cls._line_kick is not None:
-            cls._line_kick.set()
-
-    async def _pump_line(self) -> None:
-        """While anyone waits: offer every few seconds (labs also end outside this hub:
-        killed, crashed, removed by hand), and at once when a lab of this hub stops."""
-        cls = type(self)
-        while len(self.line):
-            try:
-                await asyncio.wait_for(cls._line_kick.wait(), timeout=3)
-            except TimeoutError:
-                pass
-            cls._line_kick.clear()
-            try:
-                await self.offer_to_line()
-            except Exception as err:  # Docker unreachable for a moment: try again
-                self.log.warning("Could not offer GPUs to those in line: %s", err)
-        cls._line_pump = None
+        if GpuDockerSpawner._gpu_state is not None:
+            GpuDockerSpawner._gpu_state.kick_line()
 
     async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable) -> list[str]:
         """Wait for GPUs, first come, first served; StartRefused when the line is full
         or the wait is longer than gpu_queue_timeout. Cancel (Stop) leaves the line."""
-        cls = type(self)
         try:
             self._waiter = self.line.join(self.user.name, profile.gpus,
                                           lambda held: self._try_grant(profile, held))
@@ -289,11 +265,7 @@ class GpuDockerSpawner(DockerSpawner):
         self._save_line()
         self.log.info("No GPU for %s now: waiting in line (%d waiting)", self.user.name,
                       len(self.line))
-        if cls._line_kick is None:
-            cls._line_kick = asyncio.Event()
-        if cls._line_pump is None:
-            cls._line_pump = asyncio.ensure_future(self._pump_line())
-        cls._line_kick.set()  # a GPU may have been freed since the refusal
+        self.gpu_state.pump_line(self.offer_to_line, self.log)
         waiter = self._waiter
         cancelled = False
         try:
@@ -319,41 +291,12 @@ class GpuDockerSpawner(DockerSpawner):
 
     def _save_line(self) -> None:
         """Who waits now, on the hub's volume (read after a restart: see poll)."""
-        if not self.line_file:
-            return
-        try:
-            write_json_atomically(Path(self.line_file), self.line.as_json())
-        except OSError as err:
-            self.log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
-
-    def _read_line_before_restart(self) -> None:
-        """Once per hub process: who waited in line when the last hub stopped."""
-        cls = type(self)
-        if cls._waited_before_restart is None:
-            try:
-                cls._waited_before_restart = {w["user"] for w in json.loads(
-                    previous_line_file(Path(self.line_file)).read_text())}
-            except (OSError, ValueError, TypeError, KeyError):
-                cls._waited_before_restart = set()
-
-    def waited_before_restart(self) -> bool:
-        """Whether this user was in line when the hub stopped last (asked once per user)."""
-        cls = type(self)
-        self._read_line_before_restart()
-        if self.user.name in cls._waited_before_restart:
-            cls._waited_before_restart.discard(self.user.name)
-            return True
-        return False
+        self.gpu_state.save_line(self.log)
 
     def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
         """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
-        everyone = {u: list(ds) for u, ds in held.items()}
-        for user, ids in self._grants.held().items():
-            everyone.setdefault(user, []).extend(ids)
         groups = [g.name for g in getattr(self.user, "groups", [])]
-        ids = self.allocator.allocate(self.user.name, profile.gpus, everyone, groups)
-        if ids:
-            self._grant = self._grants.add(self.user.name, ids)
+        ids, self._grant = self.gpu_state.grant(self.user.name, groups, profile.gpus, held)
         return ids
 
     # --- the container ---------------------------------------------------------
@@ -468,7 +411,7 @@ class GpuDockerSpawner(DockerSpawner):
         finally:
             # Also when the wait in line ended (cancelled, out of time) after a grant.
             if self._grant is not None:
-                self._grants.end(self._grant)
+                self.gpu_state.grants.end(self._grant)
                 self._grant = None
 
     async def create_and_serve_lab(self) -> tuple[str, int]:
@@ -550,7 +493,7 @@ class GpuDockerSpawner(DockerSpawner):
         """None while the lab runs; else keep why it stopped, for the user, and remove it."""
         container = await self.get_object()
         if not container:
-            if not self._spawn_pending and self.line_file and self.waited_before_restart():
+            if not self._spawn_pending and self.gpu_state.waited_before_restart(self.user.name):
                 self.last_stop_reason = ("did not start: the hub restarted while you waited "
                                          "in line for a GPU; press Start to take a place in "
                                          "line again")
@@ -651,8 +594,3 @@ def finished_at(state: dict) -> datetime.datetime:
         return datetime.datetime.now(datetime.UTC)
     return finished
 
-
-def write_json_atomically(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)

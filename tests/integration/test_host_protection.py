@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from gpuhub.core.names import bridge_name
 from gpuhub.labfirewall.service import (
     METADATA_ADDRESSES,
     Firewall,
     Ruleset,
-    bridge_name,
     choose_backend,
 )
 from harness.hostile_docker import hostile_requests

@@ -42,8 +42,17 @@ ACCOUNTS = {
 }
 
 
+# Where .ci/provision installs it (outside any checkout, so a fresh clone finds it too).
+INSTALLED = Path("/usr/local/lib/gpuhub-test-oidc-provider/node_modules")
+
+
 def available() -> bool:
-    return bool(shutil.which("node")) and (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir()
+    """Node.js and oidc-provider: in this checkout (npm ci here), or as provisioned, which
+    this checkout's node_modules then links to (provider.mjs imports it from there)."""
+    modules = PROVIDER_DIR / "node_modules"
+    if not modules.exists() and not modules.is_symlink() and (INSTALLED / "oidc-provider").is_dir():
+        modules.symlink_to(INSTALLED, target_is_directory=True)
+    return bool(shutil.which("node")) and (modules / "oidc-provider").is_dir()
 
 
 @dataclass

@@ -5,12 +5,15 @@ from prometheus_client import CollectorRegistry
 
 from gpuhub.hub import telemetry
 from harness import stack
+from support.spawners import fresh_hub_process
 
 
 @pytest.fixture(autouse=True)
-def hub_telemetry(monkeypatch):
-    """The hub's telemetry as jupyterhub_config.py installs it, in a registry of each test's
-    own (the spawners count their starts in it)."""
+def hub_process(monkeypatch):
+    """Each test as in a hub process of its own: the spawners' process-wide state anew
+    (the GPU state among it), and the hub's telemetry as jupyterhub_config.py installs it,
+    in a registry of the test's own (the spawners count their starts in it)."""
+    fresh_hub_process(monkeypatch)
     monkeypatch.setattr(telemetry, "_installed", None)
     return telemetry.install(lambda: (telemetry.Board, 3600.0), registry=CollectorRegistry())
 

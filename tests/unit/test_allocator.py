@@ -279,7 +279,7 @@ class Hub(RuleBasedStateMachine):
         self.devices, self.policy, self.limits, self.pins = config
         self.allocator = self._new_allocator()
         self.running: dict[str, list[str]] = {}   # what Docker labels say
-        self.pending: dict[str, list[str]] = {}   # GpuDockerSpawner._grants
+        self.pending: dict[str, list[str]] = {}   # GpuDockerSpawner._gpu_state.grants
         self.asked: dict[str, int] = {}
         self.ever_released = False
 

@@ -215,9 +215,9 @@ def test_six_users_four_gpus_two_wait_in_order_and_a_freed_gpu_goes_to_the_first
             for lab in labs:  # pressed Start one after the other, all at once
                 starts.append(asyncio.ensure_future(lab.start()))
                 await asyncio.sleep(0)
-            await until(lambda: len(engine.labs) == 4 and len(GpuDockerSpawner._line) == 2,
+            await until(lambda: len(engine.labs) == 4 and len(GpuDockerSpawner._gpu_state.line) == 2,
                         "4 running and 2 in line")
-            line = GpuDockerSpawner._line
+            line = GpuDockerSpawner._gpu_state.line
             assert [w.user for w in line.waiters] == ["u4", "u5"]
             kept = json.loads((tmp_path / "gpu-line.json").read_text())
             assert [(w["user"], w["gpus"]) for w in kept] == [("u4", 1), ("u5", 1)]
@@ -251,14 +251,14 @@ def test_a_newcomer_does_not_overtake_the_line(tmp_path):
         with hub(tmp_path) as (engine, spawner):
             await hold_every_gpu(spawner)
             waiting = asyncio.ensure_future(spawner("first").start())
-            await until(lambda: len(GpuDockerSpawner._line) == 1, "first in line")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 1, "first in line")
             # A GPU frees and, before the pump runs, a newcomer presses Start.
             freed = engine.labs.pop("u0")[LABEL_GPUS]
             newcomer = asyncio.ensure_future(spawner("newcomer").start())
             await until(lambda: "first" in engine.labs, "first gets the GPU")
             assert engine.labs["first"][LABEL_GPUS] == freed
-            await until(lambda: len(GpuDockerSpawner._line) == 1, "the newcomer waits")
-            assert GpuDockerSpawner._line.waiters[0].user == "newcomer"
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 1, "the newcomer waits")
+            assert GpuDockerSpawner._gpu_state.line.waiters[0].user == "newcomer"
             assert waiting.done() and not newcomer.done()
             newcomer.cancel()
             await asyncio.sleep(0)
@@ -274,8 +274,8 @@ def test_the_wait_limit_is_honoured_and_leaves_nothing(tmp_path):
                 await late.start()
             assert info.value.status_code == 409 and info.value.refusal == "queue_timeout"
             assert "became free within 1 s of waiting" in info.value.log_message
-            assert not GpuDockerSpawner._line.waiters and "late" not in engine.labs
-            assert GpuDockerSpawner._grants.held() == {}
+            assert not GpuDockerSpawner._gpu_state.line.waiters and "late" not in engine.labs
+            assert GpuDockerSpawner._gpu_state.grants.held() == {}
     asyncio.run(main())
 
 
@@ -284,7 +284,7 @@ def test_a_full_line_refuses_with_a_message(tmp_path):
         with hub(tmp_path, queue_max=1) as (engine, spawner):
             await hold_every_gpu(spawner)
             first = asyncio.ensure_future(spawner("w1").start())
-            await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 1, "w1 in line")
             with pytest.raises(web.HTTPError) as info:
                 await spawner("w2").start()
             assert info.value.status_code == 409 and "1 user waits for a GPU already" in info.value.log_message
@@ -336,9 +336,9 @@ def test_the_progress_page_says_the_place_in_line(tmp_path):
             await hold_every_gpu(spawner)
             first, second = spawner("w1"), spawner("w2")
             tasks = [asyncio.ensure_future(first.start())]
-            await until(lambda: len(GpuDockerSpawner._line) == 1, "w1 in line")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 1, "w1 in line")
             tasks.append(asyncio.ensure_future(second.start()))
-            await until(lambda: len(GpuDockerSpawner._line) == 2, "w2 in line")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 2, "w2 in line")
             events = second.progress().__aiter__()
             assert (await events.__anext__())["message"] == "Waiting for a GPU: 2nd in line"
             engine.end("u0")
@@ -365,13 +365,13 @@ def test_a_freed_pinned_gpu_goes_to_the_first_in_line_who_may_use_it(tmp_path):
                 await spawner(user).start()
             assert engine.labs["p"][LABEL_GPUS] == "GPU-3"
             u3 = asyncio.ensure_future(spawner("u3").start())
-            await until(lambda: len(GpuDockerSpawner._line) == 1, "u3 in line")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 1, "u3 in line")
             q = asyncio.ensure_future(spawner("q").start())
-            await until(lambda: len(GpuDockerSpawner._line) == 2, "q in line behind u3")
+            await until(lambda: len(GpuDockerSpawner._gpu_state.line) == 2, "q in line behind u3")
             assert engine.end("p") == "GPU-3"
             await until(lambda: "q" in engine.labs, "q gets its reserved GPU")
             assert engine.labs["q"][LABEL_GPUS] == "GPU-3"
-            assert [w.user for w in GpuDockerSpawner._line.waiters] == ["u3"]
+            assert [w.user for w in GpuDockerSpawner._gpu_state.line.waiters] == ["u3"]
             freed = engine.end("u0")
             await until(lambda: "u3" in engine.labs, "u3 gets the next unpinned GPU")
             assert engine.labs["u3"][LABEL_GPUS] == freed
@@ -423,8 +423,8 @@ def test_property_real_spawners_never_share_a_gpu_and_serve_the_line_in_order(tm
                 if at_once:  # the next step happens before this one has run its course
                     continue
                 await settle()
-                line = GpuDockerSpawner._line
-                for w in (line.waiters if line else []):
+                state = GpuDockerSpawner._gpu_state  # None until the first spawner asks
+                for w in (state.line.waiters if state else []):
                     if w.user not in joined:
                         joined.append(w.user)
                 held = [g for labels in engine.labs.values()

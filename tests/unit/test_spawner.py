@@ -127,7 +127,7 @@ def test_start_grants_and_stop_releases(tmp_path, monkeypatch):
     asyncio.run(spawner.stop())
     assert seen == {"at start": GPUS, "at stop": GPUS}
     assert spawner.gpu_ids == []
-    assert GpuDockerSpawner._grants.held() == {}
+    assert GpuDockerSpawner._gpu_state.grants.held() == {}
 
 
 FIREWALL = [{"Id": "f1", "Labels": {"com.docker.compose.service": "lab-firewall"}}]
@@ -171,7 +171,7 @@ def test_no_lab_starts_while_the_lab_firewall_is_not_healthy(tmp_path, monkeypat
     assert kwargs["filters"] == {"label": ["com.docker.compose.project=gpuhub",
                                            "com.docker.compose.service=lab-firewall"],
                                  "health": "healthy"}
-    assert spawner.gpu_ids == [] and GpuDockerSpawner._grants.held() == {}
+    assert spawner.gpu_ids == [] and spawner.gpu_state.grants.held() == {}
 
 
 def test_with_the_lab_firewall_off_labs_start_without_asking(tmp_path, monkeypatch):

@@ -1,0 +1,117 @@
+"""The hub's GPU state: one object per hub process, which every lab spawner asks.
+
+Who holds which GPU is Docker's record (the labs' labels); what Docker cannot show yet lives
+here: grants of starts in flight, the line of users waiting for a GPU, the start slots, and
+the usage journals. Grants are decided by :meth:`GpuState.grant` with no ``await``, so a
+check and the grant it allows are atomic in the hub's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gpuhub.core.allocator import GpuAllocator
+from gpuhub.core.usage import UsageJournal
+from gpuhub.hub.gpuqueue import GpuLine, previous_line_file
+from gpuhub.hub.grants import PendingGrants
+from gpuhub.hub.startqueue import StartQueue
+
+# While anyone waits, GPUs are offered this often (labs also end outside the hub: killed,
+# crashed, removed by hand), and at once when a lab of this hub stops.
+LINE_ROUND_SECONDS = 3
+
+
+class GpuState:
+    """Grants in flight, the line, start slots and usage journals, for the whole hub."""
+
+    def __init__(self, *, devices: list[str], policy: str, limits: dict[str, int],
+                 pins: dict[str, list[str]], line_max: int, start_concurrency: int,
+                 line_file: str = ""):
+        self.allocator = GpuAllocator(devices=list(devices), policy=policy, limits=dict(limits),
+                                      pins={u: list(d) for u, d in pins.items()})
+        self.grants = PendingGrants()
+        self.line = GpuLine(line_max)
+        self.start_queue = StartQueue(start_concurrency)
+        self.line_file = Path(line_file) if line_file else None
+        self._journals: dict[str, UsageJournal] = {}
+        self._line_pump: asyncio.Task | None = None
+        self._line_kick: asyncio.Event | None = None
+        # Who waited when the hub last stopped (read once from the previous line file).
+        self._waited_before_restart: set[str] | None = None
+
+    # --- grants ----------------------------------------------------------------
+    def grant(self, user: str, groups: list[str], gpus: int,
+              held: dict[str, list[str]]) -> tuple[list[str], int | None]:
+        """Choose ``user``'s GPUs given what Docker says is ``held`` and the grants in
+        flight: (device IDs, the grant's ticket or None). Raises NoGpuAvailable. No await."""
+        everyone = {u: list(ds) for u, ds in held.items()}
+        for holder, ids in self.grants.held().items():
+            everyone.setdefault(holder, []).extend(ids)
+        ids = self.allocator.allocate(user, gpus, everyone, groups)
+        return ids, (self.grants.add(user, ids) if ids else None)
+
+    # --- the line ------------------------------------------------------------------
+    def kick_line(self) -> None:
+        """A lab stopped: offer its GPUs now rather than at the next round."""
+        if self._line_kick is not None:
+            self._line_kick.set()
+
+    def pump_line(self, offer: Callable[[], Awaitable[None]], log: logging.Logger) -> None:
+        """Keep offering GPUs to those in line (``offer``: one round) while anyone waits."""
+        if self._line_kick is None:
+            self._line_kick = asyncio.Event()
+        if self._line_pump is None:
+            self._line_pump = asyncio.ensure_future(self._pump(offer, log))
+        self._line_kick.set()  # a GPU may have been freed since the refusal
+
+    async def _pump(self, offer: Callable[[], Awaitable[None]], log: logging.Logger) -> None:
+        kick = self._line_kick
+        assert kick is not None  # set by pump_line before the task starts
+        while len(self.line):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINE_ROUND_SECONDS):
+                    await kick.wait()
+            kick.clear()
+            try:
+                await offer()
+            except Exception as err:  # Docker unreachable for a moment: try again
+                log.warning("Could not offer GPUs to those in line: %s", err)
+        self._line_pump = None
+
+    def save_line(self, log: logging.Logger) -> None:
+        """Who waits now, on the hub's volume (read after a restart: waited_before_restart)."""
+        if self.line_file is None:
+            return
+        tmp = self.line_file.with_name(f".{self.line_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.line.as_json()))
+            tmp.replace(self.line_file)
+        except OSError as err:
+            log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
+
+    def waited_before_restart(self, user: str) -> bool:
+        """Whether ``user`` was in line when the hub last stopped (true once per user)."""
+        if self.line_file is None:
+            return False
+        if self._waited_before_restart is None:
+            try:
+                self._waited_before_restart = {w["user"] for w in json.loads(
+                    previous_line_file(self.line_file).read_text())}
+            except (OSError, ValueError, TypeError, KeyError):
+                self._waited_before_restart = set()
+        if user in self._waited_before_restart:
+            self._waited_before_restart.discard(user)
+            return True
+        return False
+
+    # --- usage records ---------------------------------------------------------
+    def journal(self, path: str, log: logging.Logger) -> UsageJournal:
+        """The usage journal at ``path`` (one object per file and hub process)."""
+        if path not in self._journals:
+            self._journals[path] = UsageJournal(path, log=log)
+        return self._journals[path]
