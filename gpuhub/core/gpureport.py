@@ -10,19 +10,14 @@ only is matched by index (the sampler sees the host's numbering).
 from __future__ import annotations
 
 import datetime
-import html
 from dataclasses import dataclass
 
 from gpuhub.core.allocator import one_lab_per_gpu
 from gpuhub.core.gpus import Gpu
-from gpuhub.core.labels import GPUS as LABEL_GPUS
 from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
-
-COLUMNS = ("gpu", "uuid", "model", "memory_mib", "policy", "held_by", "holders", "since",
-           "utilisation", "memory_used_mib", "history", "memory_history", "idle_seconds",
-           "unattributed_mib")
+from gpuhub.core.labels import gpus_of
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class Lab:
     def from_labels(cls, container_id: str, labels: dict) -> Lab:
         return cls(id=container_id, user=labels.get(LABEL_USER, "?"),
                    profile=labels.get(LABEL_PROFILE, ""),
-                   gpus=tuple(d for d in (labels.get(LABEL_GPUS) or "").split(",") if d),
+                   gpus=tuple(gpus_of(labels)),
                    since=labels.get(LABEL_SINCE, ""))
 
 
@@ -150,17 +145,3 @@ def as_text(rows: list[dict]) -> str:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
                      for row in table)
-
-
-def as_html(rows: list[dict]) -> str:
-    """The table without the page around it (the admin page renders its own)."""
-    head = "".join(f"<th>{h}</th>" for h in ("GPU", "Model", "Held by", "Since", "Utilisation",
-                                               "Memory used", "Idle"))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-            r["gpu"], r["model"], holders_text(r), r["since"] or "-", utilisation_text(r),
-            memory_text(r), duration(r["idle_seconds"]))) + "</tr>"
-        for r in rows)
-    return (f'<table class="table" id="gpu-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body or '<tr><td colspan=7>No GPUs: labs run CPU-only.</td></tr>'}"
-            "</tbody></table>")

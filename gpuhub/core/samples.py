@@ -1,18 +1,17 @@
 """The gpu-sampler's readings file (``names.GPU_SAMPLES_FILE``): its one format.
 
-The sampler writes it (:func:`write_atomically`); the hub's telemetry and the reclaimer read
+The sampler writes it (:func:`write_samples`); the hub's telemetry and the reclaimer read
 it (:func:`read_samples`), which says plainly why there is no usable reading.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from gpuhub.core import names
+from gpuhub.core.files import write_atomically
 
 FORMAT_VERSION = 1
 # A reading older than this many intervals (plus a margin) means the sampler stopped.
@@ -45,14 +44,6 @@ def read_samples(path: Path = Path(names.GPU_SAMPLES_FILE),
     return doc, str(doc.get("error") or "")
 
 
-def write_atomically(path: Path, document: dict) -> None:
-    """Replace ``path`` in one step: the hub never reads half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpus-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, separators=(",", ":"))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_samples(path: Path, document: dict) -> None:
+    """Replace the readings in one step: the hub never reads half a file."""
+    write_atomically(path, json.dumps(document, separators=(",", ":")))

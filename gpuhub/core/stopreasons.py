@@ -8,16 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpuhub.core import names
+from gpuhub.core.files import write_atomically
 
 REASONS_DIR = Path(names.HUB_DATA_DIR) / names.STOP_REASONS_DIR
 
 
 def leave_reason(user: str, reason: str, folder: Path = REASONS_DIR) -> None:
     """Where the spawner's stop() finds why (names are checked: letters, digits, _ and -)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{user}.tmp"
-    tmp.write_text(reason)
-    tmp.replace(folder / user)
+    write_atomically(folder / user, reason, mode=0o600)
 
 
 def take_reason(user: str, folder: Path = REASONS_DIR) -> str:

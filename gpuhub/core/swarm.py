@@ -20,6 +20,7 @@ from gpuhub.core.labels import GPUS as LABEL_GPUS
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
+from gpuhub.core.labels import gpus_of
 from gpuhub.core.lablimits import HOST_MEMORY_ENV
 from gpuhub.core.settings import Settings
 
@@ -203,7 +204,7 @@ def report(gpus: list[NodeGpu], tasks: list[dict], kind: str) -> list[dict]:
     holders: dict[str, list[tuple[str, str]]] = {}
     for task in tasks:
         labels = lab_labels(task, kind)
-        for uuid in filter(None, labels[LABEL_GPUS].split(",")):
+        for uuid in gpus_of(labels):
             holders.setdefault(uuid, []).append((labels.get(LABEL_USER, "?"),
                                                  labels.get(LABEL_SINCE, "")))
     return [{"node": g.node, "uuid": g.uuid, "availability": g.availability,

@@ -38,10 +38,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gpuhub.core import names
-from gpuhub.core.labels import GPUS as LABEL_GPUS
 from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
+from gpuhub.core.labels import gpus_of
 
 DEFAULT_JOURNAL = Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE
 START, STOP = "start", "stop"
@@ -325,7 +325,7 @@ def recover(journal: UsageJournal, running: Sequence[Mapping], now: datetime) ->
                 continue
             since = _since(labels, lab, now, journal.log)
             stops = [at for known, at in last_stop.items() if _same_container(lab, known)]
-            gpus = [d for d in (labels.get(LABEL_GPUS) or "").split(",") if d]
+            gpus = gpus_of(labels)
             if journal.started(lab, labels[LABEL_USER], labels.get(LABEL_PROFILE) or "", gpus,
                                max([since, *stops])):
                 done.opened.append(lab)

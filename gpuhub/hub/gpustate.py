@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gpuhub.core.allocator import GpuAllocator
+from gpuhub.core.files import write_atomically
 from gpuhub.core.usage import UsageJournal
 from gpuhub.hub.gpuqueue import GpuLine, previous_line_file
 from gpuhub.hub.grants import PendingGrants
@@ -87,10 +88,8 @@ class GpuState:
         """Who waits now, on the hub's volume (read after a restart: waited_before_restart)."""
         if self.line_file is None:
             return
-        tmp = self.line_file.with_name(f".{self.line_file.name}.tmp")
         try:
-            tmp.write_text(json.dumps(self.line.as_json()))
-            tmp.replace(self.line_file)
+            write_atomically(self.line_file, json.dumps(self.line.as_json()), mode=0o600)
         except OSError as err:
             log.warning("Could not save who waits for a GPU to %s: %s", self.line_file, err)
 

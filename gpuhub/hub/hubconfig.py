@@ -8,7 +8,6 @@ and every function can be tested against a bare ``traitlets.config.Config()``.
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names
 from gpuhub.core.authconfig import auth_config, discover_oidc
+from gpuhub.core.files import read_or_create_secret, write_atomically
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.profiles import Profiles
 from gpuhub.core.settings import Settings
@@ -38,20 +38,6 @@ DOCKER_PROXY_URL = names.DOCKER_BROKER_URL
 HUB_DOCKER_SOCKET = Path(names.DOCKER_SOCKET_MOUNT)  # where the socket is mounted, if it is
 
 
-def read_or_create_secret(path: Path) -> str:
-    """Return the token stored in ``path``, creating it (mode 0600) on first use."""
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
 def remember_inventory(given: str, data_dir: Path) -> str:
     """The GPU inventory: as `invoke up` gave it, else as last given (kept on the volume).
 
@@ -61,8 +47,7 @@ def remember_inventory(given: str, data_dir: Path) -> str:
     saved = data_dir / gpu_inventory.INVENTORY_FILE
     if given.strip():
         gpu_inventory.from_json(given)  # refuse a broken value before saving it
-        data_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(given)
+        write_atomically(saved, given)
         return given
     return saved.read_text() if saved.exists() else "[]"
 

@@ -33,6 +33,7 @@ from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
+from gpuhub.core.labels import gpus_of
 from gpuhub.core.profiles import Profile, ProfileRejected, Profiles
 from gpuhub.core.stopreasons import take_reason
 from gpuhub.core.usage import parse_time
@@ -212,7 +213,7 @@ class GpuDockerSpawner(DockerSpawner):
         held: dict[str, list[str]] = {}
         for c in containers:
             labels = c.get("Labels") or {}
-            ids = [d for d in (labels.get(LABEL_GPUS) or "").split(",") if d]
+            ids = gpus_of(labels)
             if ids and labels.get(LABEL_USER):
                 held.setdefault(labels[LABEL_USER], []).extend(ids)
         return held

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gpuhub.core import names
 from gpuhub.core.gpus import split_smi_line
-from gpuhub.core.samples import FORMAT_VERSION, write_atomically
+from gpuhub.core.samples import FORMAT_VERSION, write_samples
 from gpuhub.core.settings import SettingsError, validate
 
 QUERY_GPUS = ["nvidia-smi",
@@ -197,7 +197,7 @@ def main() -> None:
         if error != said:  # each change of state once in the log, not every interval
             print(f"gpu-sampler: {error or f'reading {len(gpus)} GPUs'}", flush=True)
             said = error
-        write_atomically(path, sampler.snapshot(gpus, processes, time.time(), error))
+        write_samples(path, sampler.snapshot(gpus, processes, time.time(), error))
         next_tick += interval
         time.sleep(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() - next_tick > interval:  # fell behind (host suspended): skip

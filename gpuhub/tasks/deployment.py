@@ -10,7 +10,6 @@ type checker holds each mode's module to).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import socket
@@ -22,6 +21,7 @@ from typing import Protocol
 from invoke.exceptions import Exit
 
 from gpuhub.core import names
+from gpuhub.core.files import read_or_create_secret
 from gpuhub.core.profiles import ProfileError, Profiles
 from gpuhub.core.settings import Settings
 
@@ -107,14 +107,9 @@ class Project:
 
     def ensure_secret(self, name: str) -> Path:
         """The secret file ``<project>-<name>`` under SECRETS_DIR, created (0600) if missing."""
-        import secrets
-
         self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.secrets_dir / f"{self.name}-{name}"
-        if not path.exists() or not path.read_text().strip():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
+        read_or_create_secret(path)
         return path
 
     @property

@@ -10,7 +10,7 @@ import datetime
 import re
 from collections.abc import Sequence
 
-from gpuhub.core.labels import GPUS, PROFILE, SINCE, USER
+from gpuhub.core.labels import PROFILE, SINCE, USER, gpus_of
 from gpuhub.core.names import COMPOSE_SERVICE_LABEL
 
 
@@ -76,7 +76,7 @@ def labs_table(labs: list[dict], now: datetime.datetime) -> str:
     rows = [("USER", "PROFILE", "GPUS", "SINCE")]
     for info in sorted(labs, key=lambda i: i["Config"]["Labels"].get(USER, "")):
         labels = info["Config"]["Labels"]
-        gpus = [g for g in (labels.get(GPUS) or "").split(",") if g]
+        gpus = gpus_of(labels)
         rows.append((labels.get(USER, "?"), labels.get(PROFILE, "-"),
                      ", ".join(gpus) or "none", _since(labels.get(SINCE, ""), now)))
     return _table(rows)

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from gpuhub.core import files
 from gpuhub.core.gpureport import Lab, as_text, report
 from gpuhub.core.gpus import Gpu
 from gpuhub.hub import telemetry
@@ -100,7 +101,7 @@ def test_snapshot_attributes_processes_to_containers(tmp_path):
 
 def test_written_atomically_and_readable_by_everyone(tmp_path):
     path = tmp_path / "gpus.json"
-    sampler.write_atomically(path, {"version": 1})
+    sampler.write_samples(path, {"version": 1})
     assert json.loads(path.read_text()) == {"version": 1}
     assert path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["gpus.json"]  # no temp file left
@@ -311,3 +312,17 @@ def test_the_board_and_the_metrics_show_the_line(tmp_path):
     text = generate_latest(registry).decode()
     assert "gpuhub_gpu_queue_length 2.0" in text
     assert "gpuhub_gpu_queue_oldest_wait_seconds" in text
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "gpu-line.json"
+    files.write_atomically(path, "old", mode=0o600)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", full_disk)
+    with pytest.raises(OSError):
+        files.write_atomically(path, "new")
+    assert path.read_text() == "old" and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu-line.json"]
