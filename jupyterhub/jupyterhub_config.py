@@ -11,7 +11,7 @@ from pathlib import Path
 from gpuhub.core import names
 from gpuhub.core.settings import SettingsError, validate
 from gpuhub.hub.gpuqueue import roll_over
-from gpuhub.hub.hubconfig import apply_config, check_docker_access
+from gpuhub.hub.hubconfig import apply_config, check_docker_access, load_admin_config
 from gpuhub.hub.hubmodes import hub_mode
 from gpuhub.hub.telemetry import install as install_telemetry
 
@@ -25,6 +25,9 @@ except SettingsError as err:
 try:
     check_docker_access(settings, os.environ)
     apply_config(c, settings)
+    # Then the admin's own settings (jupyterhub_config.d/*.py), which may override gpuhub's.
+    for name in load_admin_config(c):
+        logging.getLogger("gpuhub").info("Loaded the admin's %s", name)
 except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory or profiles
     sys.exit(f"gpuhub: {err}")
 

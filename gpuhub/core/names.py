@@ -42,6 +42,10 @@ HUB_DIR = "/srv/jupyterhub"
 HUB_TEMPLATES_DIR = f"{HUB_DIR}/templates"  # jupyterhub/templates, gpuhub's pages
 # PROFILES_FILE, where compose mounts it read-only in the hub and the Docker broker.
 HUB_PROFILES_PATH = f"{HUB_DIR}/profiles.yaml"
+# The admin's own JupyterHub settings (*.py, run after gpuhub's): the repository's folder,
+# mounted read-only in the hub.
+CONFIG_D_FOLDER = "jupyterhub_config.d"
+HUB_CONFIG_D = f"{HUB_DIR}/{CONFIG_D_FOLDER}"
 # Swarm mode: SWARM_HOMES as mounted in the hub, which creates users' folders there.
 SWARM_HOMES_MOUNT = "/srv/gpuhub/homes"
 

@@ -52,7 +52,7 @@ def resource_env(kind: str) -> str:
     return f"DOCKER_RESOURCE_{kind}"
 
 
-def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
+def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secret_file: Path,
                metrics_secret_file: Path, inventory_json: str,
                lab_host_memory: int = 0, login_files: dict[str, Path] | None = None) -> dict:
     """The compose-format file ``docker stack deploy`` runs: hub and proxy on the hub node.
@@ -93,6 +93,9 @@ def stack_spec(settings: Settings, *, profiles_path: Path, secret_file: Path,
                      "target": names.HUB_DATA_DIR},
                     {"type": "bind", "source": str(profiles_path),
                      "target": names.HUB_PROFILES_PATH, "read_only": True},
+                    # The hub runs on this node (on_hub_node): the repository's folder.
+                    {"type": "bind", "source": str(config_d),
+                     "target": names.HUB_CONFIG_D, "read_only": True},
                     {"type": "bind", "source": settings.swarm_homes, "target": HOMES_MOUNT},
                 ],
                 "secrets": [{"source": name, "target": name}

@@ -286,3 +286,19 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
         p.max_age for p in Profiles.from_yaml(profiles_yaml, str(profiles_path)).profiles)
     update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""), max_age)
     update_pages(c)
+
+
+def load_admin_config(c, folder: Path = Path(names.HUB_CONFIG_D)) -> list[str]:
+    """Run the admin's own ``*.py`` files (jupyterhub_config.d), in name order, after
+    gpuhub's configuration, with ``c`` in scope; the files run. A file that fails raises a
+    ValueError naming it (the hub then does not start)."""
+    ran = []
+    for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
+        try:
+            code = compile(path.read_text(), str(path), "exec")
+            exec(code, {"c": c, "get_config": lambda: c, "__file__": str(path)})
+        except Exception as err:
+            raise ValueError(f"{names.CONFIG_D_FOLDER}/{path.name} failed: "
+                             f"{type(err).__name__}: {err}") from None
+        ran.append(path.name)
+    return ran

@@ -85,6 +85,7 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
         step(lablimits.auto_memory_note(memory) + ", from the smallest node")
     secret = project.ensure_secret(names.PROXY_TOKEN_FILE)
     spec = swarm.stack_spec(s, profiles_path=project.profiles_path,
+                            config_d=project.root / names.CONFIG_D_FOLDER,
                             login_files=login_secret_files(project),
                             secret_file=secret,
                             metrics_secret_file=project.ensure_secret(names.METRICS_TOKEN_FILE),

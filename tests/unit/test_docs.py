@@ -55,3 +55,14 @@ def test_the_readme_counts_the_hostile_requests_there_are():
     count = len(hostile_requests("p", "gpuhub-lab:test", "GPU-0"))
     said = {int(n) for n in re.findall(r"(\d+) hostile requests", README)}
     assert said == {count}, f"README says {sorted(said)} hostile requests; there are {count}"
+
+
+def test_the_version_is_said_once_and_the_changelog_has_it():
+    import gpuhub
+
+    version = gpuhub.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+)?", version), version
+    release = version.split(".dev")[0]
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {release} " in changelog, f"CHANGELOG.md has no section for {release}"
+    assert "dynamic = [\"version\"]" in (ROOT / "pyproject.toml").read_text()

@@ -5,8 +5,10 @@ import stat
 import sys
 
 import pytest
+import yaml
 from traitlets.config import Config
 
+from gpuhub.core import names
 from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 from gpuhub.core.gpus import Gpu, to_json
 from gpuhub.core.settings import validate
@@ -17,8 +19,10 @@ from gpuhub.hub.hubconfig import (
     LAB_HOME,
     apply_config,
     check_docker_access,
+    load_admin_config,
 )
 from gpuhub.hub.spawner import GpuDockerSpawner
+from harness import ROOT
 from support.hubsecrets import secrets_dir
 from support.spawners import user_spawner
 
@@ -335,3 +339,29 @@ def test_the_gpu_reclaimer_may_only_stop_servers_and_reaches_docker_as_the_hub(c
     assert roles["gpu-reclaimer"]["scopes"] == ["delete:servers"]
     # Off when nothing asks for it (no profile here has max_age: the test has no profiles).
     assert "gpu-reclaimer" not in services(configure(GPU_IDLE_TIMEOUT="0"))
+
+
+def test_the_admins_own_settings_run_after_gpuhubs_in_name_order(tmp_path):
+    c = Config()
+    c.JupyterHub.log_level = "INFO"  # as gpuhub set it
+    (tmp_path / "20-later.py").write_text(
+        "c.JupyterHub.template_vars = {'order': c.JupyterHub.template_vars['order'] + ',20'}\n")
+    (tmp_path / "10-first.py").write_text("c.JupyterHub.template_vars = {'order': '10'}\n"
+                                          "c.JupyterHub.log_level = 'DEBUG'\n")
+    (tmp_path / "notes.txt").write_text("not python: not run")
+    assert load_admin_config(c, tmp_path) == ["10-first.py", "20-later.py"]
+    assert c.JupyterHub.log_level == "DEBUG"  # overrides gpuhub's
+    assert c.JupyterHub.template_vars == {"order": "10,20"}
+
+
+def test_a_failing_admin_file_stops_the_hub_with_its_name(tmp_path):
+    (tmp_path / "10-typo.py").write_text("c.JupyterHub.log_level = undefined_name\n")
+    with pytest.raises(ValueError, match=r"jupyterhub_config.d/10-typo.py failed: NameError"):
+        load_admin_config(Config(), tmp_path)
+    assert load_admin_config(Config(), tmp_path / "missing") == []
+
+
+def test_compose_mounts_the_admins_folder_read_only_in_the_hub():
+    hub = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["hub"]
+    assert f"./{names.CONFIG_D_FOLDER}:{names.HUB_CONFIG_D}:ro" in hub["volumes"]
+    assert (ROOT / names.CONFIG_D_FOLDER / "README.md").is_file()  # the folder exists

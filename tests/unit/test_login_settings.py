@@ -211,7 +211,7 @@ def test_swarm_mode_hands_the_hub_the_login_files_as_swarm_secrets(tmp_path):
     settings = validate({**OIDC, "MODE": "swarm", "REGISTRY": "r.example.org",
                          "SWARM_HOMES": "/srv/homes", "COMPOSE_PROJECT_NAME": "lab1",
                          "OIDC_CLIENT_SECRET_FILE": str(secret), "OIDC_CA_FILE": str(ca)})
-    spec = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", secret_file=token,
+    spec = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", config_d=tmp_path, secret_file=token,
                             metrics_secret_file=token, inventory_json="[]",
                             login_files={names.OIDC_CLIENT_SECRET_SECRET: secret,
                                          names.OIDC_CA_SECRET: ca})
@@ -223,7 +223,7 @@ def test_swarm_mode_hands_the_hub_the_login_files_as_swarm_secrets(tmp_path):
     assert name.startswith("lab1-oidc-client-secret-")
     assert "client-s3cret" not in swarm.stack_yaml(spec)
     secret.write_text("rotated-s3cret\n")  # Swarm secrets are immutable: a new name
-    again = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", secret_file=token,
+    again = swarm.stack_spec(settings, profiles_path=tmp_path / "p.yaml", config_d=tmp_path, secret_file=token,
                              metrics_secret_file=token, inventory_json="[]",
                              login_files={names.OIDC_CLIENT_SECRET_SECRET: secret})
     assert again["secrets"][names.OIDC_CLIENT_SECRET_SECRET]["name"] != name

@@ -79,7 +79,7 @@ def spec(tmp_path):
     secret = tmp_path / "token"
     secret.write_text("t0k3n\n")
     return swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
-                            profiles_path=tmp_path / "profiles.yaml", secret_file=secret,
+                            profiles_path=tmp_path / "profiles.yaml", config_d=tmp_path, secret_file=secret,
                             metrics_secret_file=secret, inventory_json="[]")
 
 
@@ -111,7 +111,8 @@ def test_stack_secret_name_follows_its_content(tmp_path, spec):
     assert name.startswith("lab1-proxy-token-")
     (tmp_path / "token").write_text("another\n")
     again = swarm.stack_spec(validate({**SWARM, "COMPOSE_PROJECT_NAME": "lab1"}),
-                             profiles_path=tmp_path / "p.yaml", secret_file=tmp_path / "token",
+                             profiles_path=tmp_path / "p.yaml", config_d=tmp_path,
+                             secret_file=tmp_path / "token",
                              metrics_secret_file=tmp_path / "token", inventory_json="[]")
     assert again["secrets"]["proxy_auth_token"]["name"] != name  # secrets are immutable
     assert json.loads(swarm.stack_yaml(spec)) == spec
@@ -230,7 +231,7 @@ def test_auto_memory_fits_the_smallest_node_a_lab_may_land_on(tmp_path):
     assert swarm.smallest_node_memory([_node(8 * gib, "drain")]) == 0
     secret = tmp_path / "token"
     secret.write_text("t0k3n\n")
-    spec = swarm.stack_spec(validate(SWARM), profiles_path=tmp_path / "p.yaml",
+    spec = swarm.stack_spec(validate(SWARM), profiles_path=tmp_path / "p.yaml", config_d=tmp_path,
                             secret_file=secret, metrics_secret_file=secret,
                             inventory_json="[]", lab_host_memory=32 * gib)
     env = spec["services"]["hub"]["environment"]
