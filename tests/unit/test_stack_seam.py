@@ -1,11 +1,12 @@
-"""The seam between the modes: composestack and swarmstack offer the same functions, and
-`Project.stack` is the one place that picks between them."""
+"""The seam between the modes: composestack and swarmstack offer the same functions
+(deployment.StackMode), and `project.load` is the one place that picks between them."""
 
-import ast
 import datetime
-import inspect
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,44 +15,30 @@ from invoke import Exit, Result
 from gpuhub.tasks import composestack, swarmstack
 from gpuhub.tasks import project as project_mod
 from gpuhub.tasks import statustables as status_tables
+from harness import ROOT
 from support.mock_docker import commands, docker_context
 from support.tasks import assert_one_line_error
 
-TASKS = Path(project_mod.__file__).parent
-# The functions the tasks reach through `project.stack`: what differs between the modes.
-SEAM = ("up", "down", "restart", "status", "logs", "gpus", "hub_container", "exec_hub",
-        "proxy_running", "work_folder", "work_folders", "archived_work_folder",
-        "helper_image", "running_labs")
+# The seam itself is gpuhub.tasks.deployment.StackMode, a Protocol that mypy (nox -s lint)
+# holds both modules to, and an import contract (pyproject.toml) lets only project pick a
+# mode; test_a_mode_that_leaves_the_seam_fails_the_type_check sees the first fail.
 # What the tasks use of a work folder (purge, backup, restore).
 FOLDER = ("key", "mount", "what", "by_hand", "exists", "create_command", "remove_command")
 
 
-def stack_calls() -> set[str]:
-    """Every ``<x>.stack.<name>`` the task modules call."""
-    called = set()
-    for path in TASKS.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                    and node.value.attr == "stack"):
-                called.add(node.attr)
-    return called
-
-
-def test_the_tasks_reach_the_modes_only_through_the_seam():
-    assert stack_calls() == set(SEAM)
-    for path in TASKS.glob("*.py"):
-        if path.name not in ("composestack.py", "swarmstack.py", "project.py"):
-            tree = ast.parse(path.read_text())
-            imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                        and n.module in ("composestack", "swarmstack") for a in n.names}
-            assert not imported, f"{path.name} imports {imported} from a mode's module"
-
-
-@pytest.mark.parametrize("name", SEAM)
-def test_both_modes_have_each_function_of_the_seam_with_the_same_parameters(name):
-    compose, swarm = getattr(composestack, name), getattr(swarmstack, name)
-    assert (list(inspect.signature(compose).parameters)
-            == list(inspect.signature(swarm).parameters)), name
+def test_a_mode_that_leaves_the_seam_fails_the_type_check(tmp_path):
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "gpuhub", copy / "gpuhub", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    mode = copy / "gpuhub" / "tasks" / "swarmstack.py"
+    text = mode.read_text()
+    assert "def logs(c, project, follow: bool, tail: int)" in text
+    mode.write_text(text.replace("def logs(c, project, follow: bool, tail: int)",
+                                 "def logs(c, project, follow: bool)"))
+    mypy = Path(sys.executable).with_name("mypy")
+    result = subprocess.run([str(mypy), "--no-incremental"], cwd=copy, capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and "StackMode" in result.stdout, result.stdout
 
 
 def project(tmp_path, **settings):
