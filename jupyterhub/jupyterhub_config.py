@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gpuhub.core import names
 from gpuhub.core.settings import SettingsError, validate
-from gpuhub.hub.gpuqueue import roll_over
+from gpuhub.hub.gpuline import roll_over
 from gpuhub.hub.hubconfig import apply_config, check_docker_access, load_admin_config
 from gpuhub.hub.hubmodes import hub_mode
 from gpuhub.hub.telemetry import install as install_telemetry

@@ -86,10 +86,10 @@ def _session_stacks(images, tmp_path_factory):
 def stack(_session_stacks, measure) -> Stack:
     """The shared test stack, brought up with the real `invoke up`.
 
-    Without the line for GPUs (GPU_QUEUE_TIMEOUT=0): the allocation tests check the
-    immediate refusal; tests/integration/test_gpu_queue.py has a stack with the line.
+    Without the line for GPUs (GPU_LINE_TIMEOUT=0): the allocation tests check the
+    immediate refusal; tests/integration/test_waiting_line.py has a stack with the line.
     """
-    s = _session_stacks(GPU_QUEUE_TIMEOUT="0")
+    s = _session_stacks(GPU_LINE_TIMEOUT="0")
     started = time.monotonic()
     s.up("--no-build")
     measure("invoke up --no-build (images built)", time.monotonic() - started)

@@ -68,7 +68,7 @@ def hub_database_url(data_dir, database_url: str = "") -> str:
 # Every lab's start and stop (gpuhub/core/usage.py), a file in HUB_DATA_DIR; `invoke backup`
 # archives it as hub/<this name>.
 USAGE_JOURNAL_FILE = "usage.jsonl"
-# Who waits in line for a GPU (gpuhub/hub/gpuqueue.py), so that after a hub restart they are
+# Who waits in line for a GPU (gpuhub/hub/gpuline.py), so that after a hub restart they are
 # told their wait ended; a file in HUB_DATA_DIR.
 GPU_LINE_FILE = "gpu-line.json"
 # Why the gpu-reclaimer stops a lab, one file per user, for the spawner's stop().

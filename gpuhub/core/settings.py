@@ -542,16 +542,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPU_ALLOW_GROWTH", "auto", _yes_no_auto,
             "Set TF_FORCE_GPU_ALLOW_GROWTH=true in labs (auto: yes for shared and "
             "round-robin).", "GPUs"),
-    Setting("GPU_QUEUE_TIMEOUT", "1800", _seconds,
+    Setting("GPU_LINE_TIMEOUT", "1800", _seconds,
             "When no GPU is free, a start waits in line this many seconds for one (first "
             "come, first served) before it gives up; 0: refuse at once.", "GPUs"),
-    Setting("GPU_QUEUE_MAX", "20", _count,
+    Setting("GPU_LINE_MAX", "20", _count,
             "Most users waiting in line for a GPU; the next one is refused with a message.",
             "GPUs"),
     Setting("GPU_IDLE_TIMEOUT", "3600", _seconds,
             "A GPU lab whose GPUs have all been idle (under GPU_IDLE_UTILISATION) this many "
             "seconds is stopped, its files kept, and the user told why; 0: never.", "GPUs"),
-    Setting("GPU_IDLE_TIMEOUT_WHEN_QUEUED", "900", _seconds,
+    Setting("GPU_IDLE_TIMEOUT_WHILE_WAITING", "900", _seconds,
             "The same, while someone waits in line for a GPU (at most GPU_IDLE_TIMEOUT); "
             "0: as GPU_IDLE_TIMEOUT.", "GPUs"),
     Setting("GPU_SAMPLE_INTERVAL", "5", _positive_seconds,
@@ -655,10 +655,10 @@ class Settings:
         gpu_limits: dict[str, int]
         gpu_pins: dict[str, list[str]]
         gpu_allow_growth: str
-        gpu_queue_timeout: int
-        gpu_queue_max: int
+        gpu_line_timeout: int
+        gpu_line_max: int
         gpu_idle_timeout: int
-        gpu_idle_timeout_when_queued: int
+        gpu_idle_timeout_while_waiting: int
         gpu_sample_interval: int
         gpu_idle_utilisation: int
         swarm_homes: str | None
@@ -688,9 +688,29 @@ def _to_env(value: Any) -> str:
     return str(value)
 
 
+# Settings that were renamed (one word per concept: the *line* of users waiting for a GPU).
+# An admin's .env may still say the old name: it is read as the new one.
+RENAMED = {"GPU_QUEUE_TIMEOUT": "GPU_LINE_TIMEOUT", "GPU_QUEUE_MAX": "GPU_LINE_MAX",
+           "GPU_IDLE_TIMEOUT_WHEN_QUEUED": "GPU_IDLE_TIMEOUT_WHILE_WAITING"}
+
+
+def _renamed(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``env`` with old names read as the new ones; a problem where both disagree."""
+    env, problems = dict(env), []
+    for old, new in RENAMED.items():
+        if old not in env:
+            continue
+        if new in env and env[new].strip() != env[old].strip():
+            problems.append(f"{old}={env[old]!r} and {new}={env[new]!r} in the settings: "
+                            f"{old} is the old name of {new}; keep only {new}")
+        env.setdefault(new, env[old])
+    return env, problems
+
+
 def validate(env: Mapping[str, str]) -> Settings:
     """Parse every setting from ``env`` (defaults fill the gaps); raise SettingsError."""
-    problems, values = [], {}
+    env, problems = _renamed(env)
+    values: dict[str, Any] = {}
     for s in SETTINGS:
         raw = env.get(s.name)
         raw = s.default if raw is None else raw.strip()
@@ -859,7 +879,7 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
-        if key not in BY_NAME and not key.startswith("GPUHUB_"):
+        if key not in BY_NAME and key not in RENAMED and not key.startswith("GPUHUB_"):
             close = [n for n in BY_NAME if n.split("_")[0] == key.split("_")[0]]
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise SettingsError([

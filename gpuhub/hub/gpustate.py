@@ -18,9 +18,9 @@ from pathlib import Path
 from gpuhub.core.allocator import GpuAllocator
 from gpuhub.core.files import write_atomically
 from gpuhub.core.usage import UsageJournal
-from gpuhub.hub.gpuqueue import GpuLine, previous_line_file
+from gpuhub.hub.gpuline import GpuLine, previous_line_file
 from gpuhub.hub.grants import PendingGrants
-from gpuhub.hub.startqueue import StartQueue
+from gpuhub.hub.startslots import StartSlots
 
 # While anyone waits, GPUs are offered this often (labs also end outside the hub: killed,
 # crashed, removed by hand), and at once when a lab of this hub stops.
@@ -37,7 +37,7 @@ class GpuState:
                                       pins={u: list(d) for u, d in pins.items()})
         self.grants = PendingGrants()
         self.line = GpuLine(line_max)
-        self.start_queue = StartQueue(start_concurrency)
+        self.start_slots = StartSlots(start_concurrency)
         self.line_file = Path(line_file) if line_file else None
         self._journals: dict[str, UsageJournal] = {}
         self._line_pump: asyncio.Task | None = None

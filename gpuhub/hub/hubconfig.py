@@ -165,10 +165,10 @@ def update_spawner(c, settings: Settings) -> None:
     }
     # JupyterHub's timeout covers the whole start, a wait in line for a GPU included: a
     # wait is not a failed spawn. The lab's own boot has SPAWN_TIMEOUT (boot_timeout).
-    c.Spawner.start_timeout = settings.spawn_timeout + settings.gpu_queue_timeout
+    c.Spawner.start_timeout = settings.spawn_timeout + settings.gpu_line_timeout
     c.GpuDockerSpawner.boot_timeout = settings.spawn_timeout
-    c.GpuDockerSpawner.gpu_queue_timeout = settings.gpu_queue_timeout
-    c.GpuDockerSpawner.gpu_queue_max = settings.gpu_queue_max
+    c.GpuDockerSpawner.gpu_line_timeout = settings.gpu_line_timeout
+    c.GpuDockerSpawner.gpu_line_max = settings.gpu_line_max
     c.GpuDockerSpawner.line_file = str(Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE)
     c.GpuDockerSpawner.stop_reasons_dir = str(Path(names.HUB_DATA_DIR) / names.STOP_REASONS_DIR)
     # A lab that dies is noticed within this many seconds (one cheap inspect per lab).

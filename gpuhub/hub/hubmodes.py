@@ -118,7 +118,7 @@ class SwarmHub:
         c.GpuSwarmSpawner.pids_limit = s.lab_pids_limit
         # Swarm places labs itself, with its own pending state: no line for GPUs (README).
         c.Spawner.start_timeout = s.spawn_timeout
-        c.GpuSwarmSpawner.gpu_queue_timeout = 0
+        c.GpuSwarmSpawner.gpu_line_timeout = 0
 
     def board_source(self) -> tuple[Callable[[], Board], float]:
         """Every node's GPUs and the lab tasks holding them (no utilisation: the sampler is

@@ -38,9 +38,9 @@ from gpuhub.core.profiles import Profile, ProfileRejected, Profiles
 from gpuhub.core.stopreasons import take_reason
 from gpuhub.core.usage import parse_time
 from gpuhub.hub import telemetry
-from gpuhub.hub.gpuqueue import GpuLine, LineFull, Waiter, waiting_message
+from gpuhub.hub.gpuline import GpuLine, LineFull, Waiter, waiting_message
 from gpuhub.hub.gpustate import GpuState
-from gpuhub.hub.startqueue import StartQueue, StartSlot
+from gpuhub.hub.startslots import StartSlot, StartSlots
 
 
 class StartRefused(web.HTTPError):
@@ -79,10 +79,10 @@ class GpuDockerSpawner(DockerSpawner):
         300, help="Seconds a lab may take from its container's creation until it serves "
                   "(SPAWN_TIMEOUT); a wait in line for a GPU comes before and is not counted.",
     ).tag(config=True)
-    gpu_queue_timeout = Integer(
+    gpu_line_timeout = Integer(
         0, help="Seconds a start waits in line for a GPU when none is free (0: refuse at once).",
     ).tag(config=True)
-    gpu_queue_max = Integer(20, help="Most users waiting in line for a GPU.").tag(config=True)
+    gpu_line_max = Integer(20, help="Most users waiting in line for a GPU.").tag(config=True)
     line_file = Unicode(
         "", help="Where the hub keeps who waits in line (empty: nowhere), so that after a "
                  "restart they are told their wait ended.",
@@ -136,13 +136,13 @@ class GpuDockerSpawner(DockerSpawner):
             cls._gpu_state = GpuState(
                 devices=list(self.gpu_inventory), policy=self.gpu_policy,
                 limits=dict(self.gpu_limits), pins=dict(self.gpu_pins),
-                line_max=self.gpu_queue_max, start_concurrency=self.lab_start_concurrency,
+                line_max=self.gpu_line_max, start_concurrency=self.lab_start_concurrency,
                 line_file=self.line_file)
         return cls._gpu_state
 
     @property
-    def start_queue(self) -> StartQueue:
-        return self.gpu_state.start_queue
+    def start_slots(self) -> StartSlots:
+        return self.gpu_state.start_slots
 
     @property
     def allocator(self) -> GpuAllocator:
@@ -253,7 +253,7 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable) -> list[str]:
         """Wait for GPUs, first come, first served; StartRefused when the line is full
-        or the wait is longer than gpu_queue_timeout. Cancel (Stop) leaves the line."""
+        or the wait is longer than gpu_line_timeout. Cancel (Stop) leaves the line."""
         try:
             self._waiter = self.line.join(self.user.name, profile.gpus,
                                           lambda held: self._try_grant(profile, held))
@@ -271,9 +271,9 @@ class GpuDockerSpawner(DockerSpawner):
         cancelled = False
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.granted),
-                                          timeout=self.gpu_queue_timeout)
+                                          timeout=self.gpu_line_timeout)
         except TimeoutError:
-            waited = duration(int(self.gpu_queue_timeout))
+            waited = duration(int(self.gpu_line_timeout))
             raise StartRefused(409, f"no GPU you may use became free within {waited} "
                                     "of waiting; choose the CPU profile or try later",
                                "queue_timeout") from None
@@ -401,7 +401,7 @@ class GpuDockerSpawner(DockerSpawner):
             except NoGpuAvailable as err:
                 if err.detail:
                     self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
-                if err.reason != "gpus_busy" or not self.gpu_queue_timeout:
+                if err.reason != "gpus_busy" or not self.gpu_line_timeout:
                     raise StartRefused(409, str(err), err.reason) from None
                 self.gpu_ids = await self.wait_in_line(profile, err)
             finally:
@@ -435,7 +435,7 @@ class GpuDockerSpawner(DockerSpawner):
         # The start slot is taken only now: pulling the image and creating the container
         # do not hold one; it is given back in start() once the lab accepts connections.
         self._start_slot = StartSlot.WAITING
-        self._give_back_start_slot = await self.start_queue.acquire()
+        self._give_back_start_slot = await self.start_slots.acquire()
         self._start_slot = StartSlot.HELD
         await super().start_object()
 
@@ -550,7 +550,7 @@ class GpuDockerSpawner(DockerSpawner):
         while (self.lab_start_concurrency and self._spawn_pending
                and self._start_slot in (StartSlot.NOT_YET, StartSlot.WAITING)):
             if self._start_slot is StartSlot.WAITING:
-                queue = self.start_queue
+                queue = self.start_slots
                 message = (f"Waiting for a start slot ({queue.booting} starting, "
                            f"{queue.waiting} in line)")
                 if message != said:

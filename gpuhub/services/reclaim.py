@@ -4,7 +4,7 @@ A hub-managed service (like the idle culler), every GPU_SAMPLE_INTERVAL seconds:
 
 - a GPU lab whose GPUs have *all* been idle (utilisation under GPU_IDLE_UTILISATION, as
   the gpu-sampler reads it) for GPU_IDLE_TIMEOUT is stopped, or for the shorter
-  GPU_IDLE_TIMEOUT_WHEN_QUEUED while someone waits in line for a GPU. Idle time counts
+  GPU_IDLE_TIMEOUT_WHILE_WAITING while someone waits in line for a GPU. Idle time counts
   from when the GPU went idle or the lab started, whichever is later. No reading, a stale
   reading, or a GPU whose utilisation the driver does not report: never idle (a lab is
   never stopped on missing data). Under GPU_POLICY=shared every GPU lab holds every GPU,
@@ -57,12 +57,12 @@ def _sample_of(device: str, samples: dict) -> dict | None:
 
 
 def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeout: int,
-           idle_timeout_queued: int, queued: bool, max_ages: dict[str, int],
+           idle_timeout_waiting: int, waiting: bool, max_ages: dict[str, int],
            now: float) -> list[Reclaim]:
     """Which labs to stop now, and why. Pure: the service gathers the inputs."""
     timeout = idle_timeout  # 0: never, in line or not
-    if queued and idle_timeout and idle_timeout_queued:
-        timeout = min(idle_timeout, idle_timeout_queued)
+    if waiting and idle_timeout and idle_timeout_waiting:
+        timeout = min(idle_timeout, idle_timeout_waiting)
     found = []
     for lab in labs:
         started = _since(lab)
@@ -82,10 +82,10 @@ def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeo
             idle_for.append(now - max(gpu["idle_since"], started))
         else:
             if idle_for and min(idle_for) >= timeout:
-                while_queued = " while others waited for one" if timeout != idle_timeout else ""
+                while_waiting = " while others waited for one" if timeout != idle_timeout else ""
                 found.append(Reclaim(lab.user, (
                     f"its GPUs were idle (under {idle_below} % busy) for "
-                    f"{duration(int(min(idle_for)))}{while_queued}; your files are kept")))
+                    f"{duration(int(min(idle_for)))}{while_waiting}; your files are kept")))
     return found
 
 
@@ -115,7 +115,7 @@ def main() -> None:  # the service's loop; its decisions are tested in decide()
     client = docker.from_env(timeout=10)
     asked: dict[str, float] = {}
     print(f"gpu-reclaimer: GPU labs idle {settings.gpu_idle_timeout} s "
-          f"({settings.gpu_idle_timeout_when_queued} s while others wait) under "
+          f"({settings.gpu_idle_timeout_while_waiting} s while others wait) under "
           f"{settings.gpu_idle_utilisation} %, profiles' max_age {max_ages or 'none'}",
           flush=True)
     while True:
@@ -124,16 +124,16 @@ def main() -> None:  # the service's loop; its decisions are tested in decide()
             containers = client.api.containers(
                 filters={"label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
             try:
-                queued = bool(json.loads(line_file.read_text()))
+                waiting = bool(json.loads(line_file.read_text()))
             except (OSError, ValueError):
-                queued = False
+                waiting = False
             samples, _ = read_samples(now=time.time())
             labs = [Lab.from_labels(c["Id"], c.get("Labels") or {}) for c in containers]
             now = time.time()
             for todo in decide(labs, samples, idle_below=settings.gpu_idle_utilisation,
                                idle_timeout=settings.gpu_idle_timeout,
-                               idle_timeout_queued=settings.gpu_idle_timeout_when_queued,
-                               queued=queued, max_ages=max_ages, now=now):
+                               idle_timeout_waiting=settings.gpu_idle_timeout_while_waiting,
+                               waiting=waiting, max_ages=max_ages, now=now):
                 if now - asked.get(todo.user, 0) < ASKED_AGAIN_AFTER:
                     continue
                 asked[todo.user] = now

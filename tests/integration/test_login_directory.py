@@ -37,7 +37,7 @@ PASSWORD = {uid: pw for uid, (pw, _groups) in directory.PEOPLE_ENTRIES.items()}
 def dstack(stack_factory, tmp_path_factory):
     folder = tmp_path_factory.mktemp("directory")
     stack = stack_factory(**login_stack.first_settings(folder, GPU_LIMITS="@students=1",
-                                                       GPU_QUEUE_TIMEOUT="0"))
+                                                       GPU_LINE_TIMEOUT="0"))
     stack.up("--no-build")
     d = login_stack.DirectoryStack(stack, folder)
     try:

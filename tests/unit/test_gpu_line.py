@@ -1,6 +1,6 @@
 """Waiting in line for a GPU: first come, first served, never double-booked.
 
-The line itself (gpuhub.hub.gpuqueue) is pure; the spawner tests run real GpuDockerSpawners
+The line itself (gpuhub.hub.gpuline) is pure; the spawner tests run real GpuDockerSpawners
 against a Docker double that lists the labs it started, with no gates: the line's pump
 and the spawns interleave as the event loop runs them.
 """
@@ -18,7 +18,7 @@ from tornado import web
 from traitlets.config import Config
 
 from gpuhub.core.profiles import Profile
-from gpuhub.hub.gpuqueue import GpuLine, LineFull, ordinal, roll_over, waiting_message
+from gpuhub.hub.gpuline import GpuLine, LineFull, ordinal, roll_over, waiting_message
 from gpuhub.hub.spawner import LABEL_GPUS, GpuDockerSpawner, StartRefused
 from support.spawners import fresh_hub_process, on_engine, user_spawner
 
@@ -175,8 +175,8 @@ def hub(tmp_path, queue_timeout=60, queue_max=20, pins=None):
     config = Config()
     config.GpuDockerSpawner.gpu_inventory = list(GPUS)
     config.GpuDockerSpawner.gpu_policy = "exclusive"
-    config.GpuDockerSpawner.gpu_queue_timeout = queue_timeout
-    config.GpuDockerSpawner.gpu_queue_max = queue_max
+    config.GpuDockerSpawner.gpu_line_timeout = queue_timeout
+    config.GpuDockerSpawner.gpu_line_max = queue_max
     config.GpuDockerSpawner.line_file = str(tmp_path / "gpu-line.json")
     config.GpuDockerSpawner.gpu_pins = pins or {}
 

@@ -141,9 +141,9 @@ def test_spawn_timeout_default_and_override(configure):
     # JupyterHub's timeout covers a wait in line too; the lab's boot has SPAWN_TIMEOUT.
     assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (300 + 1800, 120)
     assert c.GpuDockerSpawner.boot_timeout == 300
-    c = configure(SPAWN_TIMEOUT="60", GPU_QUEUE_TIMEOUT="0")
+    c = configure(SPAWN_TIMEOUT="60", GPU_LINE_TIMEOUT="0")
     assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (60, 60)
-    assert (c.GpuDockerSpawner.boot_timeout, c.GpuDockerSpawner.gpu_queue_timeout) == (60, 0)
+    assert (c.GpuDockerSpawner.boot_timeout, c.GpuDockerSpawner.gpu_line_timeout) == (60, 0)
 
 
 def test_labs_boot_one_per_core_by_default_or_as_many_as_set(configure):

@@ -34,9 +34,9 @@ def reading(**gpus):
                      for i, (k, (u, s)) in enumerate(gpus.items())]}
 
 
-def run(labs, samples, queued=False, max_ages=None, timeout=HOUR, queued_timeout=900):
+def run(labs, samples, waiting=False, max_ages=None, timeout=HOUR, waiting_timeout=900):
     return decide(labs, samples, idle_below=5, idle_timeout=timeout,
-                  idle_timeout_queued=queued_timeout, queued=queued,
+                  idle_timeout_waiting=waiting_timeout, waiting=waiting,
                   max_ages=max_ages or {}, now=NOW)
 
 
@@ -71,11 +71,11 @@ def test_all_of_a_labs_gpus_must_be_idle():
 def test_a_shorter_timeout_while_someone_waits():
     samples = reading(a=(0, NOW - 1000))
     assert run([lab()], samples) == []
-    [todo] = run([lab()], samples, queued=True)
+    [todo] = run([lab()], samples, waiting=True)
     assert "for 16 min while others waited for one" in todo.reason
     assert run([lab()], samples, timeout=0) == []  # GPU_IDLE_TIMEOUT=0: never...
-    assert run([lab()], samples, timeout=0, queued=True) == []  # ...in line or not
-    assert run([lab()], samples, queued=True, queued_timeout=0) == []  # 0: as GPU_IDLE_TIMEOUT
+    assert run([lab()], samples, timeout=0, waiting=True) == []  # ...in line or not
+    assert run([lab()], samples, waiting=True, waiting_timeout=0) == []  # 0: as GPU_IDLE_TIMEOUT
 
 
 def test_cpu_labs_are_left_to_the_idle_culler():
@@ -94,12 +94,12 @@ def test_max_age_stops_any_lab_of_that_profile():
 @given(st.lists(st.tuples(st.integers(0, 100), st.one_of(st.none(), st.integers(0, 40 * HOUR))),
                 min_size=1, max_size=4),
        st.integers(0, 40 * HOUR), st.booleans())
-def test_property_only_labs_whose_every_gpu_is_measured_idle_long_enough(gpus, age, queued):
+def test_property_only_labs_whose_every_gpu_is_measured_idle_long_enough(gpus, age, waiting):
     names = "abcd"[:len(gpus)]
     samples = reading(**{k: (u, NOW - s if s is not None else None) for k, (u, s) in zip(names, gpus)})
     the_lab = lab(gpus=[f"GPU-{k}" for k in names], started=NOW - age)
-    stopped = bool(run([the_lab], samples, queued=queued))
-    timeout = 900 if queued else HOUR
+    stopped = bool(run([the_lab], samples, waiting=waiting))
+    timeout = 900 if waiting else HOUR
     idle_long_enough = all(u < 5 and s is not None and min(s, age) >= timeout for u, s in gpus)
     assert stopped == idle_long_enough
 

@@ -280,3 +280,14 @@ def test_every_setting_is_declared_with_its_parsers_type_for_the_type_checker():
     declared = {n.target.id: ast.unparse(n.annotation) for n in block.body}
     assert declared == {s.name.lower(): s.parse.__annotations__["return"]
                         for s in settings.SETTINGS}
+
+
+def test_a_renamed_setting_is_still_read_under_its_old_name(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("GPU_QUEUE_TIMEOUT=60\nGPU_QUEUE_MAX=3\nGPU_IDLE_TIMEOUT_WHEN_QUEUED=120\n")
+    s = validate(read_env_file(path))
+    assert (s.gpu_line_timeout, s.gpu_line_max, s.gpu_idle_timeout_while_waiting) == (60, 3, 120)
+    assert "GPU_QUEUE_MAX" not in s.raw_env() and s.raw_env()["GPU_LINE_MAX"] == "3"
+    assert validate({"GPU_QUEUE_MAX": "3", "GPU_LINE_MAX": "3"}).gpu_line_max == 3
+    with pytest.raises(SettingsError, match="GPU_QUEUE_MAX is the old name of GPU_LINE_MAX"):
+        validate({"GPU_QUEUE_MAX": "3", "GPU_LINE_MAX": "5"})

@@ -346,10 +346,10 @@ def _booting_lab(tmp_path, monkeypatch, serving, gpus=GPUS):
         if method == "containers":
             return []
         assert method == "start", method
-        seen.append(("docker start", spawner.start_queue.booting))
+        seen.append(("docker start", spawner.start_slots.booting))
 
     async def waiting(self, ip, port):
-        seen.append(("waiting until it serves", self.start_queue.booting))
+        seen.append(("waiting until it serves", self.start_slots.booting))
         await serving()
 
     monkeypatch.setattr(DockerSpawner, "start", start_then_address)
@@ -365,7 +365,7 @@ def test_a_start_slot_is_held_from_docker_start_until_the_lab_serves(tmp_path, m
     spawner, seen = _booting_lab(tmp_path, monkeypatch, serving=lambda: asyncio.sleep(0))
     assert asyncio.run(spawner.start()) == ("10.0.0.5", 8888)
     assert seen == [("docker start", 1), ("waiting until it serves", 1)]
-    assert spawner.start_queue.booting == 0
+    assert spawner.start_slots.booting == 0
 
 
 def test_a_lab_that_fails_to_boot_gives_its_start_slot_back(tmp_path, monkeypatch):
@@ -376,7 +376,7 @@ def test_a_lab_that_fails_to_boot_gives_its_start_slot_back(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="lab died"):
         asyncio.run(spawner.start())
     assert seen[0] == ("docker start", 1)
-    assert spawner.start_queue.booting == 0
+    assert spawner.start_slots.booting == 0
 
 
 def test_progress_says_when_a_lab_waits_for_others_to_start(tmp_path, monkeypatch):

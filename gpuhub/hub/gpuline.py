@@ -27,7 +27,7 @@ Held = dict[str, list[str]]
 
 
 class LineFull(Exception):
-    """GPU_QUEUE_MAX users wait already."""
+    """GPU_LINE_MAX users wait already."""
 
 
 @dataclass(eq=False)

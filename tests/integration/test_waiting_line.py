@@ -1,6 +1,6 @@
 """Waiting in line for a GPU on a real stack: 4 fake GPUs, 6 users, 1-GPU profile.
 
-A stack of its own, with the line on (GPU_QUEUE_TIMEOUT short, so that the limit is
+A stack of its own, with the line on (GPU_LINE_TIMEOUT short, so that the limit is
 reached within the test; SPAWN_TIMEOUT shorter than a wait, so that a wait longer than it
 is seen to end in a lab); the shared stack refuses at once instead.
 """
@@ -27,7 +27,7 @@ USERS = [f"q{i}" for i in range(6)]
 
 @pytest.fixture(scope="module")
 def qstack(stack_factory):
-    s = stack_factory(GPU_QUEUE_TIMEOUT=str(QUEUE_TIMEOUT), SPAWN_TIMEOUT=str(SPAWN_TIMEOUT))
+    s = stack_factory(GPU_LINE_TIMEOUT=str(QUEUE_TIMEOUT), SPAWN_TIMEOUT=str(SPAWN_TIMEOUT))
     s.up("--no-build")
     return s
 

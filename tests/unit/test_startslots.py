@@ -1,15 +1,15 @@
-"""StartQueue: at most N labs boot at once, the others in the order they asked."""
+"""StartSlots: at most N labs boot at once, the others in the order they asked."""
 
 import asyncio
 
 import pytest
 
-from gpuhub.hub.startqueue import StartQueue
+from gpuhub.hub.startslots import StartSlots
 
 
 def test_no_limit_never_waits():
     async def main():
-        queue = StartQueue(0)
+        queue = StartSlots(0)
         releases = [await queue.acquire() for _ in range(50)]
         assert queue.waiting == 0
         for release in releases:
@@ -19,7 +19,7 @@ def test_no_limit_never_waits():
 
 def test_at_most_n_boot_at_once_and_the_rest_go_first_come_first_served():
     async def main():
-        queue = StartQueue(2)
+        queue = StartSlots(2)
         booting, most, order = set(), 0, []
 
         async def lab(name):
@@ -42,7 +42,7 @@ def test_at_most_n_boot_at_once_and_the_rest_go_first_come_first_served():
 
 def test_giving_back_twice_frees_one_slot_only():
     async def main():
-        queue = StartQueue(1)
+        queue = StartSlots(1)
         release = await queue.acquire()
         release()
         release()
@@ -56,7 +56,7 @@ def test_giving_back_twice_frees_one_slot_only():
 
 def test_a_lab_that_hangs_while_booting_holds_its_slot_only_so_long():
     async def main():
-        queue = StartQueue(1, max_hold=0.05)
+        queue = StartSlots(1, max_hold=0.05)
         await queue.acquire()  # never given back
         await asyncio.wait_for(queue.acquire(), timeout=2)
     asyncio.run(main())
@@ -64,7 +64,7 @@ def test_a_lab_that_hangs_while_booting_holds_its_slot_only_so_long():
 
 def test_a_cancelled_waiter_does_not_keep_a_slot():
     async def main():
-        queue = StartQueue(1)
+        queue = StartSlots(1)
         release = await queue.acquire()
         gone = asyncio.ensure_future(queue.acquire())
         await asyncio.sleep(0.01)
@@ -78,4 +78,4 @@ def test_a_cancelled_waiter_does_not_keep_a_slot():
 
 def test_a_negative_count_is_refused():
     with pytest.raises(ValueError, match="0 \\(no limit\\) or more"):
-        StartQueue(-1)
+        StartSlots(-1)

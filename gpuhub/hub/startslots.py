@@ -27,7 +27,7 @@ class StartSlot(enum.Enum):
     DONE = "done"  # given back (served, failed or refused)
 
 
-class StartQueue:
+class StartSlots:
     """``slots`` labs may boot at once (0: no limit)."""
 
     def __init__(self, slots: int, max_hold: float = 30.0):
