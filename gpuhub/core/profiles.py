@@ -97,7 +97,7 @@ def _profile(item, where: str) -> Profile:
             max_age = parse_duration(max_age)
         except ValueError as err:
             raise ProfileError(f"{where}: max_age {err}, got {max_age!r}") from None
-    slug = item.get("slug") or _slugify(name)
+    slug = item.get("slug") or _slugify(str(name))
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", str(slug)):
         raise ProfileError(f"{where}: slug must be lowercase letters, digits and '-', got {slug!r}")
     default = item.get("default", False)
@@ -111,7 +111,7 @@ def _profile(item, where: str) -> Profile:
             isinstance(x, str) and _CONSTRAINT_RE.fullmatch(x.strip()) for x in placement):
         raise ProfileError(f"{where}: placement must be a list of Swarm constraints such as "
                            f"'node.labels.gpu == a100', got {placement!r}")
-    return Profile(slug=str(slug), display_name=name.strip(),
+    return Profile(slug=str(slug), display_name=str(name).strip(),
                    description=str(item.get("description") or ""),
                    default=default, image=image, gpus=gpus,
                    cpu_limit=float(cpu) if cpu is not None else None,

@@ -31,7 +31,7 @@ COOKIE_SECRET_FILE = names.COOKIE_SECRET_FILE
 
 def users(database: Path) -> list[dict]:
     """Each user, admin or not, and their work volume's name after ``<project>-``."""
-    from jupyterhub import orm
+    import jupyterhub.orm as orm
 
     session = orm.new_session_factory(f"sqlite:///{database}")()
     try:
@@ -42,7 +42,7 @@ def users(database: Path) -> list[dict]:
 
 
 def write_backup(data: Path, out, include_secrets: bool) -> None:
-    import jupyterhub
+    from jupyterhub._version import __version__ as jupyterhub_version
 
     database = data / DB_FILE
     if not database.is_file():
@@ -54,7 +54,7 @@ def write_backup(data: Path, out, include_secrets: bool) -> None:
     finally:
         source.close()
         target.close()
-    info = json.dumps({"jupyterhub_version": jupyterhub.__version__,
+    info = json.dumps({"jupyterhub_version": jupyterhub_version,
                        "users": users(copy)}).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:
         member = tarfile.TarInfo("hub.json")

@@ -77,7 +77,7 @@ def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeo
         for device in lab.gpus:
             gpu = _sample_of(device, samples)
             util = gpu.get("utilisation") if gpu else None
-            if util is None or util >= idle_below or gpu.get("idle_since") is None:
+            if gpu is None or util is None or util >= idle_below or gpu.get("idle_since") is None:
                 break
             idle_for.append(now - max(gpu["idle_since"], started))
         else:

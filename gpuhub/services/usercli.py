@@ -117,14 +117,14 @@ def add(hub: Hub, name: str, password: str, admin: bool) -> str:
             r = hub.request("PATCH", f"/users/{name}", json={"admin": True})
             ok = r.status_code == 200
         else:
-            r, ok = None, True
+            ok = True
+        if not ok:
+            raise Refused(f"the hub refused to create {name!r}: {r.status_code} {r.text[:200]}")
     finally:
         if not ok:
             # Leave nothing half-created behind, also when the hub did not answer.
             hub.db.delete(hub.user_info(name))
             hub.db.commit()
-    if not ok:
-        raise Refused(f"the hub refused to create {name!r}: {r.status_code} {r.text[:200]}")
     return f"created user {name}" + (" (admin)" if admin else "")
 
 

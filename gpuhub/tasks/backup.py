@@ -39,6 +39,7 @@ import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any
 
 from invoke import task
 
@@ -77,6 +78,15 @@ ARCHIVE_MEMBER = re.compile(r"hub/(" + "|".join(map(re.escape, HUB_FILES)) + r")
                             r"|profiles\.yaml|volumes/(home-[A-Za-z0-9_.-]*|[a-z][a-z0-9_-]*)\.tar")
 
 # --- names and commands ------------------------------------------------------------
+
+def _file_in(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> IO[bytes]:
+    """A regular file's content in ``tar``; a ValueError for anything else (a link, a folder)."""
+    found = tar.extractfile(member)
+    if found is None:
+        name = member if isinstance(member, str) else member.name
+        raise ValueError(f"{name!r} in the archive is not a regular file")
+    return found
+
 
 def hub_data_volume(project: Project) -> str:
     """The compose-made volume of the ``hub-data`` service volume."""
@@ -216,10 +226,10 @@ def _collect(c, project: Project, image: str, staging: Path, stamp: datetime,
                    + stderr_tail(result, f"exit code {result.return_code}"))
     (staging / "hub").mkdir()
     with tarfile.open(hub_tar) as tar:
-        hub_info = json.load(tar.extractfile("hub.json"))
+        hub_info = json.load(_file_in(tar, "hub.json"))
         for name in HUB_FILES:
             if name in tar.getnames():
-                (staging / "hub" / name).write_bytes(tar.extractfile(name).read())
+                (staging / "hub" / name).write_bytes(_file_in(tar, name).read())
     hub_tar.unlink()
 
     env_text = project.env_file.read_text() if project.env_file.exists() else ""
@@ -265,7 +275,8 @@ def _backup_volumes(c, project: Project, image: str, staging: Path, users: list)
     volumes = []
     for folder in folders:
         suffix = f"home-{folder.key}"
-        volume = {"user": user_of.get(suffix), "path": f"volumes/{suffix}.tar", "volume": suffix}
+        volume: dict[str, Any] = {"user": user_of.get(suffix), "path": f"volumes/{suffix}.tar",
+                                  "volume": suffix}
         step(f"archiving the {whose(volume)} ({folder.mount})")
         result = c.run(volume_backup_command(image, folder.mount, staging / volume["path"]),
                        hide=True, warn=True, in_stream=False)
@@ -315,7 +326,7 @@ def read_archive(archive: Path, staging: Path) -> dict:
             first = next(members, None)
             if first is None or first.name != "manifest.json":
                 raise ValueError("it does not start with a gpuhub manifest.json")
-            manifest = json.load(tar.extractfile(first))
+            manifest = json.load(_file_in(tar, first))
             if manifest.get("format") != FORMAT:
                 raise ValueError("its manifest is not a gpuhub backup's")
             if manifest.get("format_version") != FORMAT_VERSION:
@@ -328,7 +339,7 @@ def read_archive(archive: Path, staging: Path) -> dict:
                     raise ValueError(f"unexpected member {name!r}")
                 dest = staging / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as source, open(dest, "wb") as f:
+                with _file_in(tar, member) as source, open(dest, "wb") as f:
                     shutil.copyfileobj(source, f, 1 << 20)
                 if sha256(dest) != expected.pop(name):
                     raise ValueError(f"{name} does not match its checksum")

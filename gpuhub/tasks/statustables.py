@@ -59,12 +59,12 @@ def swarm_services_table(tasks: list[dict], service_names: dict[str, str],
     say "-").
     """
     rows = [("SERVICE", "NODE", "STATE", "HEALTH", "SINCE")]
-    for task in sorted(tasks, key=lambda t: (service_names.get(t.get("ServiceID"), ""),
+    for task in sorted(tasks, key=lambda t: (service_names.get(t.get("ServiceID") or "", ""),
                                              t.get("Slot") or 0)):
         status = task.get("Status") or {}
         container = (status.get("ContainerStatus") or {}).get("ContainerID", "")
-        rows.append((service_names.get(task.get("ServiceID"), "?"),
-                     node_names.get(task.get("NodeID"), "?"), status.get("State", "?"),
+        rows.append((service_names.get(task.get("ServiceID") or "", "?"),
+                     node_names.get(task.get("NodeID") or "", "?"), status.get("State", "?"),
                      health.get(container, "-"), _since(status.get("Timestamp") or "", now)))
     return _table(rows) if len(rows) > 1 else "No service of this stack runs: `invoke up`."
 

@@ -91,7 +91,8 @@ def allow_growth(settings: Settings) -> bool:
     return gpus.allow_growth(settings.gpu_policy, settings.gpu_allow_growth)
 
 def _number(value: str | float) -> int | float:
-    return int(value) if float(value).is_integer() else value
+    number = float(value)
+    return int(number) if number.is_integer() else number
 
 
 def profile_entry(profile: Profile, growth: bool) -> dict:
