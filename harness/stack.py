@@ -163,7 +163,7 @@ class Stack:
         self._usercli_each("delete", dict.fromkeys(names, ""))
 
     def _usercli_each(self, command: str, passwords: dict[str, str]) -> None:
-        script = ("import io, sys\nfrom gpuhub import usercli\n"
+        script = ("import io, sys\nfrom gpuhub.services import usercli\n"
                   "for line in sys.stdin.read().splitlines():\n"
                   "    name, password = line.split(' ', 1)\n"
                   "    sys.stdin = io.StringIO(password + '\\n')\n"

@@ -86,7 +86,7 @@ def generated(runner: Runner = run) -> tuple[str, str]:
 
     In a new interpreter: this one may have imported gpuhub.core.settings before the rewrite.
     """
-    result = runner([sys.executable, "-c", "import json; from gpuhub import settings; print("
+    result = runner([sys.executable, "-c", "import json; from gpuhub.core import settings; print("
                      "json.dumps([settings.env_example(), settings.markdown_table()]))"])
     if result.returncode != 0:
         raise SystemExit(f"constraints: cannot read the settings: {result.stderr.strip()}")

@@ -218,7 +218,7 @@ def test_line_that_is_not_key_value_names_the_line(tmp_path, line):
 
 def test_env_example_at_repo_root_is_generated_from_settings():
     assert (ROOT / ".env.example").read_text() == settings.env_example(), (
-        "regenerate it: python -c 'from gpuhub import settings; "
+        "regenerate it: python -c 'from gpuhub.core import settings; "
         "print(settings.env_example(), end=\"\")' > .env.example"
     )
 
