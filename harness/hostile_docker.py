@@ -28,6 +28,7 @@ def gpuhub_create(project: str, image: str, gpu: str, shared: str) -> dict:
                       *([f"{shared}:/home/jovyan/shared:ro"] if shared else [])],
             "Links": [], "CpuQuota": 200000, "CpuPeriod": 100000, "PidsLimit": 1024,
             "AutoRemove": True, "Mounts": [],
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
             "DeviceRequests": [{"Driver": "nvidia", "Count": 0, "DeviceIDs": [gpu],
                                 "Capabilities": [["gpu"]], "Options": {}}]},
         "Labels": {"gpuhub.project": project, "gpuhub.user": "bob", "gpuhub.gpus": gpu,
@@ -187,6 +188,13 @@ def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/sha
          json.dumps(host(SecurityOpt=["no-new-privileges", "seccomp=unconfined"]))),
         ("apparmor unconfined", "POST", CREATE, json.dumps(host(SecurityOpt=["apparmor=unconfined"]))),
         ("SELinux labels off", "POST", CREATE, json.dumps(host(SecurityOpt=["label=disable"]))),
+        # --- a log that fills the disk, or goes elsewhere ----------------------------------
+        ("a log without a size cap", "POST", CREATE,
+         json.dumps(host(LogConfig={"Type": "json-file", "Config": {}}))),
+        ("a log of 100 GB", "POST", CREATE, json.dumps(host(LogConfig={
+            "Type": "json-file", "Config": {"max-size": "100g", "max-file": "1"}}))),
+        ("a log sent to a syslog server", "POST", CREATE, json.dumps(host(LogConfig={
+            "Type": "syslog", "Config": {"syslog-address": "udp://127.0.0.1:514"}}))),
         ("unmasked /proc", "POST", CREATE, json.dumps(host(MaskedPaths=[]))),
         ("writable /proc/sys", "POST", CREATE, json.dumps(host(ReadonlyPaths=[]))),
         ("sysctls", "POST", CREATE, json.dumps(host(Sysctls={"net.ipv4.ip_forward": "1"}))),

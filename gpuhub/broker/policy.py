@@ -14,6 +14,7 @@ wrong type is refused as a whole.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
+from gpuhub.core.lablimits import LOG_CONFIG
 
 MAX_BODY = 64 * 1024  # a lab's create body is about 2 KiB
 MAX_STRING = 8 * 1024
@@ -328,7 +330,8 @@ class Policy:
     def _rebuild_host(self, suffix: str, host: object) -> dict:
         host = _obj(host if host is not None else {}, "HostConfig", (
             "NetworkMode", "Binds", "CapDrop", "SecurityOpt", "PidsLimit", "Memory",
-            "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests"))
+            "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests",
+            "LogConfig"))
         network = host.get("NetworkMode", self.labs_network)
         if network != self.labs_network:
             raise Refused("HostConfig.NetworkMode", f"{network!r} is not {self.labs_network!r}")
@@ -350,6 +353,11 @@ class Policy:
             raise Refused("HostConfig.SecurityOpt", 'a lab has only "no-new-privileges"')
         _empty(host.get("Links"), "HostConfig.Links")
         _empty(host.get("Mounts"), "HostConfig.Mounts")
+        if host.get("LogConfig") is not None:
+            log = _obj(host["LogConfig"], "HostConfig.LogConfig", ("Type", "Config"))
+            if log != LOG_CONFIG:
+                raise Refused("HostConfig.LogConfig", f"a lab's log is {LOG_CONFIG} (rotated, "
+                                                      "capped), nothing else")
         out: dict = {
             "NetworkMode": self.labs_network,
             "Binds": binds,
@@ -360,6 +368,8 @@ class Policy:
             "PidsLimit": _int(host.get("PidsLimit", self.pids_limit), "HostConfig.PidsLimit",
                               1, self.pids_limit),
             "RestartPolicy": {"Name": "no"},
+            # Always, whatever the hub sent: a lab's log cannot fill Docker's disk.
+            "LogConfig": copy.deepcopy(LOG_CONFIG),
         }
         if "AutoRemove" in host:
             out["AutoRemove"] = _bool(host["AutoRemove"], "HostConfig.AutoRemove")

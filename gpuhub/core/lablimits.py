@@ -39,6 +39,13 @@ DOCKER_MIN_MEMORY = 6 * UNITS["M"]
 RESERVE_MIN = 2 * UNITS["G"]
 RESERVE_SHARE = 0.10
 HOST_MEMORY_ENV = "GPUHUB_LAB_HOST_MEMORY"  # bytes; set by `invoke up`
+# A lab's log (what it writes to stdout and stderr, e.g. to /proc/1/fd/1) is kept in at most
+# LOG_FILES files of LOG_MAX_SIZE each: a lab cannot fill Docker's disk through its log.
+LOG_MAX_SIZE = "10m"
+LOG_FILES = 3
+LOG_DRIVER = "json-file"
+LOG_OPTIONS = {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_FILES)}
+LOG_CONFIG = {"Type": LOG_DRIVER, "Config": LOG_OPTIONS}  # as Docker's API writes it
 MEMINFO = Path("/proc/meminfo")
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT])", re.IGNORECASE)

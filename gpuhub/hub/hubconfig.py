@@ -162,6 +162,8 @@ def update_spawner(c, settings: Settings) -> None:
         "security_opt": ["no-new-privileges"],
         "cap_drop": ["ALL"],
         "pids_limit": settings.lab_pids_limit,
+        # The lab's log is capped (rotated): it cannot fill the disk everyone needs.
+        "log_config": {"type": lablimits.LOG_DRIVER, "config": dict(lablimits.LOG_OPTIONS)},
     }
     # JupyterHub's timeout covers the whole start, a wait in line for a GPU included: a
     # wait is not a failed spawn. The lab's own boot has SPAWN_TIMEOUT (boot_timeout).

@@ -17,6 +17,7 @@ from typing import ClassVar
 import docker
 from docker.types import (
     ContainerSpec,
+    DriverConfig,
     EndpointSpec,
     Placement,
     Resources,
@@ -30,6 +31,7 @@ from traitlets import Integer, List, Unicode
 
 from gpuhub.core.allocator import NoGpuAvailable
 from gpuhub.core.labels import PROFILE as LABEL_PROFILE
+from gpuhub.core.lablimits import LOG_DRIVER, LOG_OPTIONS
 from gpuhub.core.swarm import HOMES_MOUNT, LAB_GID, LAB_UID, assigned_gpus
 from gpuhub.hub.spawner import GpuDockerSpawner
 
@@ -123,6 +125,8 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
                 # A lab that exits or loses its node stays stopped: restarting it elsewhere
                 # would silently lose the kernel and could move it to other GPUs.
                 restart_policy=RestartPolicy(condition="none"),
+                # The lab's log is capped (rotated) on whichever node runs it.
+                log_driver=DriverConfig(LOG_DRIVER, options=dict(LOG_OPTIONS)),
                 placement=Placement(constraints=list(self.placement) or None),
                 networks=[self.network_name] if self.network_name else [],
             ),

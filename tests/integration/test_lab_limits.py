@@ -10,6 +10,7 @@ The facts are read where Docker records them (``docker inspect``, ``docker event
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -244,3 +245,33 @@ def test_a_lab_whose_server_the_oom_killer_picks_stops_alone(limits_stack, hog, 
     assert "gpuhub-last-stop" not in hog.http.get(f"{hog.base}/hub/home", timeout=30).text
     assert stack.docker("ps", "-aq", "--filter", "status=exited", "--filter",
                         f"name={stack.lab_container('hog')}").stdout == "", "no dead lab is left"
+
+
+# 64 MiB in 1 MiB lines, written where a lab's own processes write (its server's stdout).
+FLOOD = ("line = 'x' * (1024 * 1024 - 1) + '\\n'\n"
+         "with open('/proc/1/fd/1', 'w') as out:\n"
+         "    for _ in range(64):\n"
+         "        out.write(line); out.flush()\n"
+         "print('flooded')\n")
+
+
+def test_a_lab_that_floods_its_log_stays_under_the_cap(stack):
+    """From inside the lab (the attacker's position): 64 MiB to the lab's stdout. What
+    Docker kept on the host's disk, read there, stays under LOG_FILES x LOG_MAX_SIZE."""
+    flood = _running_lab(stack, stack.signed_up("flood"))
+    kernel = Kernel(flood)
+    try:
+        info = stack.inspect(stack.lab_container("flood"))
+        assert info["HostConfig"]["LogConfig"] == lablimits.LOG_CONFIG, info["HostConfig"]
+        assert kernel.output(FLOOD, timeout=180).strip() == "flooded"
+        log = info["LogPath"]
+        kept = [f"{log}.{i}" for i in range(1, lablimits.LOG_FILES)] + [log]
+        sizes = {path: os.path.getsize(path) for path in kept if os.path.exists(path)}
+        cap = lablimits.LOG_FILES * lablimits.memory_bytes(lablimits.LOG_MAX_SIZE.upper())
+        # Each file may end one log line (a 1 MiB line, as JSON) past its size.
+        assert sum(sizes.values()) <= cap + lablimits.LOG_FILES * 2 * 1024 ** 2, sizes
+        assert len(sizes) == lablimits.LOG_FILES, f"the log was not rotated: {sizes}"
+    finally:
+        kernel.close()
+        flood.stop(logs=stack.logs)
+        stack.invoke("deluser", "flood", "--purge-data")

@@ -70,12 +70,23 @@ def test_gpuhubs_create_is_rebuilt_with_the_hardening(broker):
         "NetworkMode": f"{PROJECT}-labs", "Binds": GPUHUB_CREATE["HostConfig"]["Binds"],
         "CapDrop": ["ALL"], "CapAdd": None, "SecurityOpt": ["no-new-privileges"],
         "Privileged": False, "PidsLimit": 1024, "RestartPolicy": {"Name": "no"},
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         "AutoRemove": True, "Memory": 1 << 30, "CpuPeriod": 100000, "CpuQuota": 200000,
         "DeviceRequests": [{"Driver": "nvidia", "Count": 0, "DeviceIDs": [GPUS[0]],
                             "Capabilities": [["gpu"]], "Options": {}}]}
     assert sent["Labels"] == GPUHUB_CREATE["Labels"]
     assert sent["Env"] == GPUHUB_CREATE["Env"]
     assert sent["Image"] == LAB_IMAGE and sent["Cmd"] == ["gpuhub-singleuser"]
+
+
+def test_a_lab_gets_the_capped_log_also_when_the_hub_asks_for_none(broker):
+    uncapped = body()
+    del uncapped["HostConfig"]["LogConfig"]
+    before = len(broker.docker.calls)
+    assert broker.request("POST", CREATE, uncapped)[0] == 201
+    sent = json.loads(broker.docker.calls[before][2])
+    assert sent["HostConfig"]["LogConfig"] == {
+        "Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
 
 
 def test_a_lab_without_gpus_gets_none_whatever_its_image_says(broker):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuhub.broker.policy import Call, Refused
+from gpuhub.core.lablimits import LOG_CONFIG
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
 from harness.hostile_docker import gpuhub_create
 
@@ -23,7 +24,8 @@ POLICY = policy()
 TOP = {"Image", "Cmd", "Env", "Labels", "ExposedPorts", "Volumes", "HostConfig",
        "AttachStdout", "AttachStderr"}
 HOST = {"NetworkMode", "Binds", "CapDrop", "CapAdd", "SecurityOpt", "Privileged", "PidsLimit",
-        "RestartPolicy", "AutoRemove", "Memory", "CpuPeriod", "CpuQuota", "DeviceRequests"}
+        "RestartPolicy", "AutoRemove", "Memory", "CpuPeriod", "CpuQuota", "DeviceRequests",
+        "LogConfig"}
 # Docker fields an attacker would reach for, and what they would set them to.
 DANGEROUS = ["Privileged", "CapAdd", "Binds", "NetworkMode", "PidMode", "IpcMode", "UTSMode",
              "UsernsMode", "SecurityOpt", "Devices", "DeviceRequests", "Mounts", "VolumesFrom",
@@ -93,6 +95,8 @@ def hardened(sent: dict) -> list[str]:
         problems.append("network or restart policy")
     if not 1 <= host["PidsLimit"] <= POLICY.pids_limit:
         problems.append("PIDs limit")
+    if host["LogConfig"] != LOG_CONFIG:
+        problems.append(f"log {host['LogConfig']}")
     if not set(host["Binds"]) <= {f"{PROJECT}-home-bob:/home/jovyan/work:rw",
                                   f"{SHARED}:/home/jovyan/shared:ro"}:
         problems.append(f"binds {host['Binds']}")

@@ -169,3 +169,11 @@ def test_the_lab_firewall_image_runs_the_script_where_names_says_and_checks_its_
     [healthcheck] = [args for step, args in steps if step == "HEALTHCHECK"]
     probe = json.loads(healthcheck.partition(" CMD ")[2])
     assert probe[:2] == ["sh", "-c"] and f"find {labfirewall.STATUS_FILE} " in probe[2], probe
+
+
+def test_every_service_and_every_lab_has_a_capped_rotated_log():
+    from gpuhub.core.lablimits import LOG_DRIVER, LOG_OPTIONS
+
+    cap = {"driver": LOG_DRIVER, "options": LOG_OPTIONS}
+    for name, service in COMPOSE["services"].items():
+        assert service.get("logging") == cap, name
