@@ -216,8 +216,7 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
 
 
 def update_services(c, settings: Settings, data_dir: Path,
-                    secrets_dir: Path = SECRETS_DIR, docker_host: str = "",
-                    profiles_max_age: bool = False) -> None:
+                    secrets_dir: Path = SECRETS_DIR, docker_host: str = "") -> None:
     """Hub services: the idle culler, the token `invoke` uses for user admin, and the
     one Prometheus scrapes the metrics with."""
     admin_token = read_or_create_secret(data_dir / ADMIN_TOKEN_FILE)
@@ -232,8 +231,9 @@ def update_services(c, settings: Settings, data_dir: Path,
                                                   "metrics token")})
     roles.append({"name": "metrics-scraper", "scopes": ["read:metrics"],
                   "services": [METRICS_SERVICE]})
-    if hub_mode(settings).reclaims_idle_gpus and (settings.gpu_idle_timeout or profiles_max_age):
-        # Stops GPU labs whose GPUs stay idle, and labs past their profile's max_age.
+    if hub_mode(settings).reclaims_idle_gpus:
+        # Stops GPU labs whose GPUs stay idle, and labs past their profile's max_age (when
+        # the settings and profiles ask for it), and removes labs whose user is gone.
         services.append({
             "name": "gpu-reclaimer",
             "command": [sys.executable, "-m", "gpuhub.services.reclaim"],
@@ -241,7 +241,7 @@ def update_services(c, settings: Settings, data_dir: Path,
             # Docker the way the hub reaches it.
             "environment": {**settings.raw_env(), "DOCKER_HOST": docker_host},
         })
-        roles.append({"name": "gpu-reclaimer", "scopes": ["delete:servers"],
+        roles.append({"name": "gpu-reclaimer", "scopes": ["delete:servers", "read:users:name"],
                       "services": ["gpu-reclaimer"]})
     if settings.idle_timeout:
         services.append({
@@ -284,9 +284,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))
     hub_mode(settings).update_config(c)
     update_gpus(c, settings, gpus, profiles_yaml)
-    max_age = bool(profiles_yaml) and any(
-        p.max_age for p in Profiles.from_yaml(profiles_yaml, str(profiles_path)).profiles)
-    update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""), max_age)
+    update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""))
     update_pages(c)
 
 

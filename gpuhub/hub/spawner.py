@@ -523,7 +523,9 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def _remove_quietly(self) -> None:
         try:
-            if await self.get_object():
+            found = await self.get_object()  # by name: also one whose start was cancelled
+            if found:
+                self.object_id = found["Id"]
                 await self.remove_object()
         except Exception as err:  # the start error matters more than this one
             self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
@@ -575,12 +577,17 @@ class GpuDockerSpawner(DockerSpawner):
                               reason or "stopped by the hub")
         self.kick_line()
         # With remove=True Docker deletes the container asynchronously; report "stopped"
-        # only once it is gone, or an immediate Start fails on the container name.
+        # only once it is gone, or an immediate Start fails on the container name. A start
+        # this stop cancelled (a Stop, or the user deleted, while the lab booted) may have
+        # made its container without telling DockerSpawner, which then removed nothing:
+        # remove it here, so that no lab outlives its start or its user.
         deadline = asyncio.get_running_loop().time() + 30
-        while await self.get_object() is not None:
+        while (found := await self.get_object()) is not None:
             if asyncio.get_running_loop().time() > deadline:
                 self.log.warning("Container of %s still present 30 s after stop", self.user.name)
                 break
+            if (found.get("State") or {}).get("Status") != "removing":
+                await self._remove_quietly()
             await asyncio.sleep(0.2)
         self.gpu_ids = []
 

@@ -16,6 +16,10 @@ stops the lab the normal way and the user's work folder is kept. The reason is w
 first into ``stop-reasons/<user>`` on the hub's volume; the spawner's stop() takes it, puts
 it in the hub log and the GPU-hours records, and the user reads it on their home page.
 CPU labs are left to the idle culler.
+
+It also removes lab containers whose user the hub no longer has (every SWEEP_ROUNDS
+rounds, once a container is ORPHAN_AFTER seconds old), and says so in its log: no lab
+outlives its account, whatever state its start was in when the user was deleted.
 """
 
 from __future__ import annotations
@@ -24,16 +28,23 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpuhub.core import names
 from gpuhub.core.gpureport import Lab, duration
+from gpuhub.core.labels import USER as LABEL_USER
 from gpuhub.core.stopreasons import leave_reason
 from gpuhub.core.usage import parse_time
 
 # Do not ask again for a lab whose stop was asked for this recently (stopping takes time).
 ASKED_AGAIN_AFTER = 120
+# Lab containers whose user the hub no longer has are looked for every SWEEP_ROUNDS rounds
+# (of GPU_SAMPLE_INTERVAL), and removed once Docker made them ORPHAN_AFTER seconds ago (a
+# hub only makes labs for users it has; the wait is a margin, not a guess).
+SWEEP_ROUNDS = 6
+ORPHAN_AFTER = 15
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,23 @@ def decide(labs: list[Lab], samples: dict | None, *, idle_below: int, idle_timeo
     return found
 
 
+def orphans(containers: list[dict], user_exists: Callable[[str], bool],
+            now: float) -> list[tuple[str, str]]:
+    """(container ID, user) of the lab containers whose user the hub does not have.
+
+    Only containers older than ORPHAN_AFTER are asked about; ``user_exists`` raising (the
+    hub not answering) keeps the container: a lab is never removed on a guess.
+    """
+    found = []
+    for c in containers:
+        user, created = (c.get("Labels") or {}).get(LABEL_USER, ""), c.get("Created")
+        if not user or not isinstance(created, int | float) or now - created < ORPHAN_AFTER:
+            continue
+        if not user_exists(user):
+            found.append((c["Id"], user))
+    return found
+
+
 def _profiles_max_ages(path: Path) -> dict[str, int]:
     from gpuhub.core.profiles import Profiles
 
@@ -97,7 +125,7 @@ def _profiles_max_ages(path: Path) -> dict[str, int]:
     return {p.slug: p.max_age for p in Profiles.from_file(path).profiles if p.max_age}
 
 
-def main() -> None:  # the service's loop; its decisions are tested in decide()
+def main() -> None:  # the service's loop; its decisions are tested in decide() and orphans()
     import docker
     import requests
 
@@ -114,6 +142,16 @@ def main() -> None:  # the service's loop; its decisions are tested in decide()
     line_file = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE
     client = docker.from_env(timeout=10)
     asked: dict[str, float] = {}
+    swept = 0.0
+
+    def user_exists(user: str) -> bool:
+        answer = requests.get(f"{api}/users/{user}", timeout=30,
+                              headers={"Authorization": f"token {token}"})
+        if answer.status_code not in (200, 404):
+            answer.raise_for_status()
+            raise RuntimeError(f"the hub answered {answer.status_code} for {user}")
+        return answer.status_code == 200
+
     print(f"gpu-reclaimer: GPU labs idle {settings.gpu_idle_timeout} s "
           f"({settings.gpu_idle_timeout_while_waiting} s while others wait) under "
           f"{settings.gpu_idle_utilisation} %, profiles' max_age {max_ages or 'none'}",
@@ -142,6 +180,14 @@ def main() -> None:  # the service's loop; its decisions are tested in decide()
                                          headers={"Authorization": f"token {token}"})
                 print(f"gpu-reclaimer: stopping the lab of {todo.user}: {todo.reason} "
                       f"(HTTP {answer.status_code})", flush=True)
+            if now - swept >= SWEEP_ROUNDS * settings.gpu_sample_interval:
+                swept = now
+                every = client.api.containers(all=True, filters={
+                    "label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
+                for lab, user in orphans(every, user_exists, now):
+                    client.api.remove_container(lab, force=True)
+                    print(f"gpu-reclaimer: removed the lab container {lab[:12]} of {user}, "
+                          "whom the hub no longer has", flush=True)
         except Exception as err:  # Docker or the hub away for a moment: next round
             print(f"gpu-reclaimer: this round failed: {err}", flush=True)
 

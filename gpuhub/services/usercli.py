@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import bcrypt
@@ -36,6 +37,9 @@ class Refused(Exception):
 def read_password(stream) -> str:
     line = stream.readline()
     return line[:-1] if line.endswith("\n") else line
+
+# How long deluser waits for the user's lab to stop (a pending start is cancelled first).
+STOP_TIMEOUT = 60
 
 
 class Hub:
@@ -141,6 +145,23 @@ def passwd(hub: Hub, name: str, password: str) -> str:
     return f"password of {name} changed"
 
 
+def stop_lab(hub: Hub, name: str, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop ``name``'s lab, a pending start included (the hub cancels it and removes what
+    it made), and wait until the hub says it is gone; Refused if it is not by ``timeout``."""
+    server = ((hub.hub_user(name) or {}).get("servers") or {}).get("")
+    if not server:
+        return
+    r = hub.request("DELETE", f"/users/{name}/server")
+    if r.status_code not in (202, 204, 404):
+        raise Refused(f"the hub could not stop {name}'s lab: {r.status_code} {r.text[:200]}")
+    deadline = time.monotonic() + timeout
+    while ((hub.hub_user(name) or {}).get("servers") or {}).get(""):
+        if time.monotonic() > deadline:
+            raise Refused(f"{name}'s lab did not stop within {timeout:.0f} s; try again, "
+                          "or see `invoke logs`")
+        time.sleep(0.5)
+
+
 def delete(hub: Hub, name: str, purge_data: bool) -> str:
     check_username(name)
     info, user = hub.user_info(name), hub.hub_user(name)
@@ -151,7 +172,10 @@ def delete(hub: Hub, name: str, purge_data: bool) -> str:
             return f"no user {name} any more; " + folder.remove()
         raise Refused(f"no user {name!r}; see `invoke users`")
     if user is not None:
-        # Stops the lab, deletes the user; NativeAuthenticator removes its password row.
+        # First the lab, also a start still waiting in line or booting (JupyterHub would
+        # delete the user but leave that start running, to make a lab nobody owns).
+        stop_lab(hub, name)
+        # Then the user; NativeAuthenticator removes its password row.
         r = hub.request("DELETE", f"/users/{name}")
         if r.status_code not in (204, 404):
             raise Refused(f"the hub could not delete {name!r}: {r.status_code} {r.text[:200]}")

@@ -328,7 +328,8 @@ def test_the_hub_serves_gpuhubs_pages_which_extend_its_own(configure):
     assert f"COPY jupyterhub/templates {hubconfig.TEMPLATES}" in dockerfile.read_text()
 
 
-def test_the_gpu_reclaimer_may_only_stop_servers_and_reaches_docker_as_the_hub(configure):
+def test_the_gpu_reclaimer_may_only_stop_servers_and_see_user_names_and_reaches_docker_as_the_hub(
+        configure):
     c = configure(env={"DOCKER_HOST": DOCKER_PROXY_URL})
     reclaimer = services(c)["gpu-reclaimer"]
     assert reclaimer["command"][1:] == ["-m", "gpuhub.services.reclaim"]
@@ -336,9 +337,9 @@ def test_the_gpu_reclaimer_may_only_stop_servers_and_reaches_docker_as_the_hub(c
     assert reclaimer["environment"]["GPU_IDLE_TIMEOUT"] == "3600"
     assert reclaimer["environment"]["DOCKER_HOST"] == DOCKER_PROXY_URL
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
-    assert roles["gpu-reclaimer"]["scopes"] == ["delete:servers"]
-    # Off when nothing asks for it (no profile here has max_age: the test has no profiles).
-    assert "gpu-reclaimer" not in services(configure(GPU_IDLE_TIMEOUT="0"))
+    assert roles["gpu-reclaimer"]["scopes"] == ["delete:servers", "read:users:name"]
+    # Also with no GPU to reclaim: it removes the labs of users the hub no longer has.
+    assert "gpu-reclaimer" in services(configure(GPU_IDLE_TIMEOUT="0"))
 
 
 def test_the_admins_own_settings_run_after_gpuhubs_in_name_order(tmp_path):

@@ -11,7 +11,7 @@ from gpuhub.core.gpureport import Lab
 from gpuhub.core.profiles import ProfileError, Profiles, parse_duration
 from gpuhub.core.stopreasons import leave_reason, take_reason
 from gpuhub.hub.spawner import GpuDockerSpawner
-from gpuhub.services.reclaim import Reclaim, decide
+from gpuhub.services.reclaim import Reclaim, decide, orphans
 from support.spawners import user_spawner
 
 NOW = 1_000_000.0
@@ -158,3 +158,30 @@ def test_stop_tells_the_user_and_the_records_why(tmp_path, monkeypatch):
     asyncio.run(spawner.stop())  # a stop the user asked for
     assert spawner.last_stop_reason == ""
     assert recorded[-1] == ("stopped", "c0ffee2", "stopped by the hub")
+
+
+def test_a_lab_whose_user_the_hub_no_longer_has_is_an_orphan_once_old_enough():
+    now = 10_000.0
+    containers = [
+        {"Id": "a" * 64, "Created": now - 3600, "Labels": {"gpuhub.user": "gone"}},
+        {"Id": "b" * 64, "Created": now - 3600, "Labels": {"gpuhub.user": "alice"}},
+        {"Id": "c" * 64, "Created": now - 5, "Labels": {"gpuhub.user": "new"}},  # too young
+        {"Id": "d" * 64, "Created": now - 3600, "Labels": {}},  # not a lab of a user
+    ]
+    asked = []
+
+    def user_exists(user):
+        asked.append(user)
+        return user == "alice"
+
+    assert orphans(containers, user_exists, now) == [("a" * 64, "gone")]
+    assert asked == ["gone", "alice"]
+
+
+def test_no_lab_is_removed_when_the_hub_cannot_say_who_exists():
+    def hub_away(user):
+        raise RuntimeError("the hub answered 503")
+
+    with pytest.raises(RuntimeError):  # the round fails; nothing is removed on a guess
+        orphans([{"Id": "a" * 64, "Created": 0, "Labels": {"gpuhub.user": "x"}}], hub_away,
+                 10_000.0)
