@@ -73,6 +73,13 @@ def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
     return gpus
 
 
+def smi_failure(stdout: str, stderr: str, returncode: int) -> str:
+    """Why nvidia-smi failed, on one line: its own message wherever it wrote it (nvidia-smi
+    writes its errors to stdout; the driver/library mismatch takes two lines)."""
+    lines = [line.strip() for line in f"{stderr}\n{stdout}".splitlines() if line.strip()]
+    return "; ".join(lines[:3])[:300] or f"exit code {returncode}"
+
+
 def select(detected: list[Gpu], gpu_devices: str) -> list[Gpu]:
     """Apply the ``GPU_DEVICES`` setting (auto, none, or indices/UUIDs) to what was detected."""
     if gpu_devices == "none":

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuhub.core import names
-from gpuhub.core.gpus import split_smi_line
+from gpuhub.core.gpus import smi_failure, split_smi_line
 from gpuhub.core.samples import FORMAT_VERSION, write_samples
 from gpuhub.core.settings import SettingsError, validate
 
@@ -161,8 +161,8 @@ def read_gpus(timeout: float) -> tuple[list[dict], list[dict], str]:
     try:
         found = subprocess.run(QUERY_GPUS, capture_output=True, text=True, timeout=timeout)
         if found.returncode != 0:
-            why = (found.stderr or found.stdout).strip().splitlines()
-            return [], [], f"nvidia-smi failed: {why[-1] if why else found.returncode}"
+            why = smi_failure(found.stdout, found.stderr, found.returncode)
+            return [], [], f"nvidia-smi failed: {why}"
         gpus = parse_gpus(found.stdout)
         apps = subprocess.run(QUERY_PROCESSES, capture_output=True, text=True, timeout=timeout)
         # Processes are extra: GPUs are still reported when the driver lists none.

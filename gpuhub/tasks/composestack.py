@@ -87,10 +87,14 @@ def detect_gpus(project) -> list[gpu_inventory.Gpu]:
     smi = shutil.which(project.settings.nvidia_smi)
     if smi:
         out = subprocess.run([smi, *gpu_inventory.QUERY[1:]], capture_output=True, text=True)
-        if out.returncode == 0:
-            detected = gpu_inventory.parse_nvidia_smi(out.stdout)
-        else:
-            print(f"warning: nvidia-smi failed ({out.stderr.strip()[:200]})", file=sys.stderr)
+        if out.returncode != 0:
+            # A GPU server whose driver cannot be read (typically: upgraded, not rebooted)
+            # must not quietly become CPU-only: say why, and how to choose CPU-only.
+            why = gpu_inventory.smi_failure(out.stdout, out.stderr, out.returncode)
+            raise fail(f"nvidia-smi failed ({why}), so this host's GPUs cannot be listed; "
+                       "after a driver upgrade, reboot (or reload the NVIDIA modules), or set "
+                       "GPU_DEVICES=none in .env to run labs CPU-only")
+        detected = gpu_inventory.parse_nvidia_smi(out.stdout)
     try:
         chosen = gpu_inventory.select(detected, setting)
     except ValueError as err:

@@ -460,10 +460,15 @@ def test_detect_gpus_without_nvidia_smi_warns_and_goes_cpu_only(env_file, tmp_pa
     assert "no NVIDIA GPU found on this host" in capsys.readouterr().err
 
 
-def test_detect_gpus_reports_a_failing_nvidia_smi(env_file, fake_nvidia_smi, capsys):
-    fake_nvidia_smi("driver/library version mismatch", code=18)
-    assert composestack.detect_gpus(project_mod.load()) == []
-    assert "warning: nvidia-smi failed" in capsys.readouterr().err
+def test_a_failing_nvidia_smi_stops_invoke_up_with_its_own_words(env_file, fake_nvidia_smi):
+    # As a real driver/library mismatch prints it: two lines, on stdout, nothing on stderr.
+    fake_nvidia_smi("Failed to initialize NVML: Driver/library version mismatch\n"
+                    "NVML library version: 570.124\n", code=18)
+    with pytest.raises(Exit) as info:
+        composestack.detect_gpus(project_mod.load())
+    assert_one_line_error(info, "nvidia-smi failed (Failed to initialize NVML: Driver/library "
+                                "version mismatch; NVML library version: 570.124)",
+                          "GPU_DEVICES=none")
 
 
 def test_gpu_devices_none_never_runs_nvidia_smi(env_file, fake_nvidia_smi, capsys):

@@ -122,6 +122,16 @@ def test_read_gpus_says_why_it_read_nothing(monkeypatch):
     assert sampler.read_gpus(2)[2] == ("nvidia-smi failed: NVIDIA-SMI has failed because it "
                                        "couldn't communicate with the NVIDIA driver.")
 
+    def mismatch(*a, **k):  # as a real driver prints it: on stdout, two lines, stderr empty
+        return subprocess.CompletedProcess(a, 18, "Failed to initialize NVML: Driver/library "
+                                                  "version mismatch\nNVML library version: "
+                                                  "570.124\n", "")
+
+    monkeypatch.setattr(subprocess, "run", mismatch)
+    assert sampler.read_gpus(2)[2] == ("nvidia-smi failed: Failed to initialize NVML: "
+                                       "Driver/library version mismatch; NVML library "
+                                       "version: 570.124")
+
     def slow(*a, **k):
         raise subprocess.TimeoutExpired(a, 2)
 
