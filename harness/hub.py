@@ -59,7 +59,8 @@ class HubUser:
                 c.name.startswith("jupyterhub-session") or c.name == "jupyterhub-hub-login"
                 for c in self.http.cookies):
             raise LoginFailed(f"login of {self.name!r} failed: HTTP {resp.status_code}, "
-                              f"cookies {sorted(c.name for c in self.http.cookies)}")
+                              f"cookies {sorted(c.name for c in self.http.cookies)}, "
+                              f"page {' '.join(resp.text.split())[:2000]!r}")
         return resp
 
     def page_xsrf(self) -> str:
@@ -138,10 +139,19 @@ class HubUser:
                    state=self.server, logs=logs)
 
     # --- the lab, through the proxy -----------------------------------------
+    def lab_url(self) -> str:
+        """Where the hub serves this user's lab: ``<origin>/user/<name>/``, the origin the
+        user's own (``<user>.HUB_DOMAIN``) unless labs share the hub's."""
+        url = self.server().get("url") or f"/user/{self.name}/"
+        return url if url.startswith(("http://", "https://")) else self.base + url
+
     def lab(self, method: str, path: str, **kw) -> requests.Response:
-        return requests.request(method, f"{self.base}/user/{self.name}/api{path}",
+        return requests.request(method, f"{self.lab_url()}api{path}",
                                 headers={"Authorization": f"token {self.token}"},
                                 timeout=60, allow_redirects=False, verify=self.verify, **kw)
+
+    def kernel_channels(self, kernel: str) -> str:
+        return self.lab_url().replace("http", "ws", 1) + f"api/kernels/{kernel}/channels"
 
     def run_code(self, code: str, timeout: float = 120) -> str:
         """Execute ``code`` in a new kernel through the lab's API; return its stdout."""
@@ -149,9 +159,8 @@ class HubUser:
         assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
         kernel = resp.json()["id"]
         try:
-            return execute(self.base.replace("http", "ws", 1) +
-                           f"/user/{self.name}/api/kernels/{kernel}/channels",
-                           self.token, code, timeout)
+            return execute(self.kernel_channels(kernel), self.token, code, timeout,
+                           verify=self.verify)
         finally:
             self.lab("DELETE", f"/kernels/{kernel}")
 
@@ -162,8 +171,8 @@ class HubUser:
         assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
         kernel = resp.json()["id"]
         ws = websocket.create_connection(
-            self.base.replace("http", "ws", 1) + f"/user/{self.name}/api/kernels/{kernel}/channels",
-            header=[f"Authorization: token {self.token}"], timeout=30)
+            self.kernel_channels(kernel), header=[f"Authorization: token {self.token}"],
+            timeout=30, sslopt=sslopt(self.verify))
         ws.send(json.dumps(_execute_request(f"import time; time.sleep({seconds})")))
         ws.close()
         return kernel
@@ -183,10 +192,16 @@ def _execute_request(code: str) -> dict:
     }
 
 
-def execute(ws_url: str, token: str, code: str, timeout: float) -> str:
+def sslopt(verify: bool | str) -> dict:
+    """websocket-client's TLS options for requests' ``verify`` (a CA file to trust)."""
+    return {"ca_certs": verify} if isinstance(verify, str) else {}
+
+
+def execute(ws_url: str, token: str, code: str, timeout: float,
+            verify: bool | str = True) -> str:
     """Send one execute_request over the kernel's websocket; collect stream output."""
     ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"],
-                                     timeout=timeout)
+                                     timeout=timeout, sslopt=sslopt(verify))
     request = _execute_request(code)
     msg_id = request["header"]["msg_id"]
     ws.send(json.dumps(request))

@@ -85,7 +85,8 @@ class Stack:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings['HUB_PORT']}"
+        # HUB_DOMAIN (localhost unless a test sets it): the hub takes logins there only.
+        return f"http://{self.settings.get('HUB_DOMAIN', 'localhost')}:{self.settings['HUB_PORT']}"
 
     def write_env(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,23 @@ def _ip(raw: str) -> str:
     return raw
 
 
+def _domain(raw: str) -> str:
+    """A DNS name (or an IP address, which the settings refuse unless labs share the
+    hub's origin): lowercase, no scheme, port or path."""
+    value = raw.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if len(value) > 253 or not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label)
+                                   for label in labels):
+        raise ValueError("must be the DNS name users open the hub at, such as "
+                         "gpu.example.org or localhost (no http://, port or path)")
+    return value
+
+
 def _project_name(raw: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw):
         raise ValueError(
@@ -380,6 +397,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Port on the host where JupyterHub is published.", "Deployment"),
     Setting("HUB_BIND_ADDRESS", "0.0.0.0", _ip,
             "Host address the port is published on (127.0.0.1 keeps it local).", "Deployment"),
+    Setting("HUB_DOMAIN", "localhost", _domain,
+            "The DNS name users open the hub at. Each user's lab is served on its own "
+            "origin, <user>.HUB_DOMAIN, so a page in one lab cannot act as whoever opens "
+            "it: the DNS needs a wildcard record (*.HUB_DOMAIN) and HTTPS a certificate "
+            "that covers it. localhost serves this machine only (browsers resolve "
+            "*.localhost to it).", "Deployment"),
+    Setting("USERS_CAN_ACT_AS_EACH_OTHER", "false", _bool,
+            "true: labs are served under the hub's own origin (HUB_DOMAIN may then be an "
+            "IP address), and any user can act as anyone who opens a link into their lab, "
+            "an admin included. Only for a group where everyone trusts everyone.",
+            "Deployment"),
     Setting("MODE", "compose", _mode,
             "compose: the hub and labs on this Docker host. swarm: the hub as a Swarm "
             "service on a manager and labs spread over the Swarm's nodes (needs REGISTRY "
@@ -598,6 +626,8 @@ class Settings:
         compose_project_name: str
         hub_port: int
         hub_bind_address: str
+        hub_domain: str
+        users_can_act_as_each_other: bool
         mode: str
         docker_socket: str
         secrets_dir: str
@@ -741,6 +771,14 @@ def _mode_defaults(values: dict[str, Any], env: Mapping[str, str]) -> None:
                 values[name] = False
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
     """Settings that are fine alone but not together."""
     problems = []
@@ -763,6 +801,12 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
         problems.append(f"LAB_BLOCKED_NETWORKS={raw['LAB_BLOCKED_NETWORKS']!r} in the settings "
                         "needs LAB_FIREWALL=true (the lab-firewall service blocks them): set "
                         "LAB_FIREWALL=true, or empty LAB_BLOCKED_NETWORKS.")
+    if _is_ip(values["HUB_DOMAIN"]) and not values["USERS_CAN_ACT_AS_EACH_OTHER"]:
+        problems.append(f"HUB_DOMAIN={raw['HUB_DOMAIN']!r} is an IP address, which cannot "
+                        "give each user's lab its own origin: give the server a DNS name "
+                        "with a wildcard record (gpu.example.org and *.gpu.example.org) and "
+                        "set HUB_DOMAIN to it (README, One origin per user), or accept "
+                        "USERS_CAN_ACT_AS_EACH_OTHER=true.")
     shared = values["SHARED_DATA_DIR"] or ""
     if values["DOCKER_SOCKET_PROXY"] and any(not " " <= ch <= "~" or ch in '"\\' for ch in shared):
         problems.append(f"SHARED_DATA_DIR={raw['SHARED_DATA_DIR']!r} in the settings: with "

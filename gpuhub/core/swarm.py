@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuhub.core import names
+from gpuhub.core import names, origins
 from gpuhub.core.labels import GPUS as LABEL_GPUS
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
@@ -40,6 +40,12 @@ PROXY_COMMAND = [
     "exec configurable-http-proxy --ip=0.0.0.0 --port=8000 --api-ip=0.0.0.0 --api-port=8001 "
     "--default-target=http://hub:8081 --error-target=http://hub:8081/hub/error",
 ]
+
+
+def proxy_command(settings: Settings) -> list[str]:
+    """The proxy service's command: routing by host when labs have their own origins."""
+    routing = origins.proxy_routing_args(settings)
+    return [*PROXY_COMMAND[:2], f"{PROXY_COMMAND[2]} {routing}".rstrip()]
 
 
 def image_ref(settings: Settings, image: str) -> str:
@@ -108,7 +114,7 @@ def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secre
             },
             "proxy": {
                 "image": image_ref(settings, settings.hub_image),
-                "command": PROXY_COMMAND,
+                "command": proxy_command(settings),
                 "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": "2s",
                                 "timeout": "3s", "retries": 3},
                 "secrets": [{"source": names.PROXY_TOKEN_SECRET,

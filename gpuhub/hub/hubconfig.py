@@ -20,6 +20,7 @@ from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.profiles import Profiles
 from gpuhub.core.settings import Settings
 from gpuhub.hub.hubmodes import hub_mode
+from gpuhub.hub.origins import update_origins
 
 DATA_DIR = Path(names.HUB_DATA_DIR)
 PROFILES_PATH = Path(names.HUB_PROFILES_PATH)
@@ -279,6 +280,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start
     update_hub(c, settings, data_dir, secrets_dir)
     update_tls(c, settings)
+    update_origins(c, settings)
     update_auth(c, settings, secrets_dir)
     update_spawner(c, settings)
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo))

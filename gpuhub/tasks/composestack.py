@@ -15,7 +15,7 @@ import sys
 import time
 
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.core import lablimits, names
+from gpuhub.core import lablimits, names, origins
 from gpuhub.core.profiles import Profiles
 from gpuhub.tasks import statustables as status_tables
 from gpuhub.tasks.deployment import (
@@ -69,12 +69,22 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
         step("restarting the hub, which gives the new proxy the labs' routes")
         c.run(project.compose("restart hub"), env=env)
         wait_healthy(c, project, timeout)
-    host = "localhost" if s.hub_bind_address in ("0.0.0.0", "::") else s.hub_bind_address
-    scheme = "https" if s.tls_cert else "http"
-    redirect = (f"; http://{host}:{s.hub_http_redirect_port}/ redirects there"
+    return up_message(s, inventory)
+
+
+def up_message(s, inventory) -> str:
+    """Where the hub and the labs are, what the GPUs are, and what the origins cost."""
+    redirect = (f"; http://{s.hub_domain}:{s.hub_http_redirect_port}/ redirects there"
                 if s.hub_http_redirect_port else "")
-    return (f"gpuhub is up: {scheme}://{host}:{s.hub_port}/  ({gpu_inventory.summary(inventory)}"
-            f"{redirect})")
+    lines = [f"gpuhub is up: {origins.hub_origin(s)}/  ({gpu_inventory.summary(inventory)}"
+             f"{redirect})"]
+    if origins.isolated(s):
+        lines.append(f"  each user's lab has its own origin: {origins.lab_origin_example(s)}/"
+                     + ("  (this machine only: set HUB_DOMAIN to a DNS name with a wildcard "
+                        "record for other machines)" if s.hub_domain == "localhost" else ""))
+    else:
+        lines.append(f"  WARNING: {origins.SHARED_ORIGIN_WARNING}")
+    return "\n".join(lines)
 
 
 

@@ -61,14 +61,16 @@ class Project:
     def compose_files(self) -> list[str]:
         """docker-compose.yml, plus the overrides the settings ask for.
 
-        The base file is the default, protected setup (docker-proxy, lab-firewall); the
-        overrides switch those off, or add HTTPS.
+        The base file is the default, protected setup (docker-proxy, lab-firewall, one
+        origin per lab); the overrides switch those off, or add HTTPS.
         """
         files = ["docker-compose.yml"]
         if not self.settings.docker_socket_proxy:
             files.append("docker-compose.docker-socket.yml")
         if not self.settings.lab_firewall:
             files.append("docker-compose.no-lab-firewall.yml")
+        if self.settings.users_can_act_as_each_other:
+            files.append("docker-compose.shared-origin.yml")
         if self.settings.tls_cert:  # validation guarantees TLS_KEY too
             files.append("docker-compose.tls.yml")
         if self.settings.hub_http_redirect_port:  # only allowed with TLS

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from invoke import task
 
+from gpuhub.core import origins
 from gpuhub.tasks.deployment import Project, fail
 from gpuhub.tasks.project import load
 from gpuhub.tasks.tlsfiles import check_files, files_digest, resolve  # noqa: F401 (tls.check_files)
@@ -47,23 +48,34 @@ def selfsigned_command(cert: Path, key: Path, hosts: list[str], days: int) -> st
 
 
 def default_hosts(project: Project) -> list[str]:
-    hosts = list(DEFAULT_HOSTS)
+    hosts = [project.settings.hub_domain, *DEFAULT_HOSTS]
     address = project.settings.hub_bind_address
-    if address not in ("0.0.0.0", "::", *hosts):
+    if address not in ("0.0.0.0", "::"):
         hosts.append(address)
-    return hosts
+    return list(dict.fromkeys(hosts))
+
+
+def with_lab_names(hosts: list[str], project: Project) -> list[str]:
+    """``hosts``, plus ``*.HUB_DOMAIN`` after HUB_DOMAIN when labs have their own origins
+    (each lab is served at ``<user>.HUB_DOMAIN``)."""
+    domain = project.settings.hub_domain
+    if not origins.isolated(project.settings) or domain not in hosts:
+        return hosts
+    wildcard = f"*.{domain}"
+    return list(dict.fromkeys([*hosts[:hosts.index(domain) + 1], wildcard, *hosts]))
 
 
 @task(iterable=["host"],
       help={"host": "A name or IP address the certificate is for; repeat for more "
-                    "(default: localhost, 127.0.0.1 and HUB_BIND_ADDRESS if specific).",
+                    "(default: HUB_DOMAIN, localhost, 127.0.0.1 and HUB_BIND_ADDRESS if "
+                    "specific); *.HUB_DOMAIN, where the labs are, is always added.",
             "days": "How many days the certificate is valid.",
             "output": "Folder to write the pair to (default: SECRETS_DIR).",
             "force": "Replace an existing pair of this project in that folder."})
 def tls_selfsigned(c, host=None, days=365, output="", force=False):
     """Make a self-signed certificate and key for testing HTTPS; print the TLS_* lines for .env."""
     project = load()
-    hosts = list(host or []) or default_hosts(project)
+    hosts = with_lab_names(list(host or []) or default_hosts(project), project)
     days = int(days)
     if days < 1:
         raise fail(f"--days {days} must be 1 or more")

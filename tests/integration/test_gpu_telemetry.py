@@ -98,7 +98,7 @@ def test_the_lab_has_nvidias_gpu_dashboards_which_degrade_cleanly_on_the_double(
     user, _, _ = gpu_lab
 
     def lab_get(path: str) -> requests.Response:
-        return requests.get(f"{stack.url}/user/{NAME}{path}", timeout=60, allow_redirects=False,
+        return requests.get(f"{user.lab_url().rstrip('/')}{path}", timeout=60, allow_redirects=False,
                             headers={"Authorization": f"token {user.token}"})
 
     page = lab_get("/lab")

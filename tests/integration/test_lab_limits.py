@@ -47,7 +47,7 @@ class Kernel:
         resp = user.lab("POST", "/kernels", json={"name": "python3"})
         assert resp.status_code == 201, f"kernel start: {resp.status_code} {resp.text[:300]}"
         self.id = resp.json()["id"]
-        url = user.base.replace("http", "ws", 1) + f"/user/{user.name}/api/kernels/{self.id}/channels"
+        url = user.kernel_channels(self.id)
         self.ws = websocket.create_connection(url, header=[f"Authorization: token {user.token}"],
                                               timeout=5)
 

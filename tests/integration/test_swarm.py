@@ -17,7 +17,7 @@ import time
 import pytest
 
 from harness.hub import HubUser
-from harness.stack import Stack
+from harness.stack import Stack, free_port
 from harness.wait import wait_until
 from support import directory, login_stack
 from support.loginform import LoginForm
@@ -110,12 +110,15 @@ def swarm(images, tmp_path_factory, measure):
         # Own tags (the build is cached): nothing else on this engine retags them.
         tag = f"swarm-{cluster.id}"
         workdir = tmp_path_factory.mktemp("swarm-stack")
+        # The same port here (relayed) as on the manager: the labs' origins
+        # (<user>.localhost:HUB_PORT) name it.
+        port = free_port()
         (workdir / "profiles.yaml").write_text(PROFILES)
         stack = Stack.create(workdir, MODE="swarm", PROFILES_FILE=str(workdir / "profiles.yaml"),
                              HUB_IMAGE=f"gpuhub-hub:{tag}", LAB_IMAGE=f"gpuhub-lab:{tag}",
                              REGISTRY=cluster.registry, SWARM_HOMES=str(cluster.homes),
                              DOCKER_SOCKET=str(cluster.manager.socket),
-                             HUB_BIND_ADDRESS="0.0.0.0", HUB_PORT="8000", SPAWN_TIMEOUT="240")
+                             HUB_BIND_ADDRESS="0.0.0.0", HUB_PORT=str(port), SPAWN_TIMEOUT="240")
         s = SwarmStack(cluster, stack)
         started = time.monotonic()
         stack.invoke("build", "--push")  # on this machine's engine: cached, then pushed
@@ -136,7 +139,7 @@ def swarm(images, tmp_path_factory, measure):
         measure("swarm: lab image on every node (after up)", time.monotonic() - started)
         # Labels first: on a node that runs GPU labs, a label change would stop them.
         s.invoke("node-add", "--node", cluster.nodes[2].name, "--label", "pool=n3")
-        s.url = f"http://127.0.0.1:{cluster.relay_to_manager(8000)}"
+        s.url = f"http://localhost:{cluster.relay_to_manager(port, local=port)}"
         for name in USERS:
             s.invoke("adduser", name, "--password-stdin", stdin=PASSWORD + "\n")
         yield s

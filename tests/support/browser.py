@@ -2,7 +2,8 @@
 
 Selenium never downloads anything: the driver and browser come from the system
 (``CHROMEDRIVER`` / ``CHROME_BIN``, default ``/usr/bin``), and Chromium is told not to
-phone home, so the only traffic is to the hub on 127.0.0.1.
+phone home, so the only traffic is to the hub on loopback (127.0.0.1, and ``localhost`` and
+``*.localhost``, which Chromium resolves to loopback itself: the hub and each user's lab).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ CHROME_FLAGS = [
 
 
 def host_resolver_rules(also: tuple[str, ...] = ()) -> str:
-    """Any name but 127.0.0.1 (and ``also``, addresses the test owns) fails to resolve:
+    """Any name but loopback's (and ``also``, addresses the test owns) fails to resolve:
     the browser cannot reach the internet."""
     return "--host-resolver-rules=MAP * ~NOTFOUND , " + " , ".join(
-        f"EXCLUDE {host}" for host in ("127.0.0.1", *also))
+        f"EXCLUDE {host}" for host in ("127.0.0.1", "localhost", "*.localhost", *also))
 LAB_TIMEOUT = 240  # spawn (SPAWN_TIMEOUT is 180) plus JupyterLab's first load
 CELL_TIMEOUT = 180  # first TensorFlow import in a fresh kernel
 

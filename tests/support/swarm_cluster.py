@@ -167,9 +167,10 @@ class SwarmCluster:
                      f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
                      f"EXEC:{target}"], self.root / f"relay-{netns}-{port}.log")
 
-    def relay_to_manager(self, port: int) -> int:
-        """A loopback port here that reaches ``port`` on the manager's address."""
-        local = free_port()
+    def relay_to_manager(self, port: int, local: int | None = None) -> int:
+        """A loopback port here (``local``, else a free one) that reaches ``port`` on the
+        manager's address."""
+        local = local or free_port()
         self._spawn(["socat", f"TCP-LISTEN:{local},bind=127.0.0.1,fork,reuseaddr",
                      f"EXEC:nsenter --net=/run/netns/{self.manager.netns} "
                      f"socat STDIO TCP\\:{self.manager.address}\\:{port}"],

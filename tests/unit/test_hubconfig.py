@@ -21,6 +21,7 @@ from gpuhub.hub.hubconfig import (
     check_docker_access,
     load_admin_config,
 )
+from gpuhub.hub.origins import LoginOnHubHostOnly
 from gpuhub.hub.spawner import GpuDockerSpawner
 from harness import ROOT
 from support.hubsecrets import secrets_dir
@@ -366,3 +367,21 @@ def test_compose_mounts_the_admins_folder_read_only_in_the_hub():
     hub = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["hub"]
     assert f"./{names.CONFIG_D_FOLDER}:{names.HUB_CONFIG_D}:ro" in hub["volumes"]
     assert (ROOT / names.CONFIG_D_FOLDER / "README.md").is_file()  # the folder exists
+
+
+def test_each_lab_has_its_own_origin_and_the_login_is_on_the_hub_host_only(configure):
+    c = configure(HUB_DOMAIN="gpu.example.org", HUB_PORT="8443")
+    assert c.JupyterHub.subdomain_host == "http://gpu.example.org:8443"
+    assert c.Authenticator.post_auth_hook == LoginOnHubHostOnly(
+        "gpu.example.org", "http://gpu.example.org:8443")
+    assert c.JupyterHub.template_vars == {"gpuhub_shared_origin_warning": ""}
+
+
+def test_labs_on_the_hub_origin_only_when_the_admin_accepts_what_it_costs(configure):
+    c = configure(HUB_DOMAIN="192.0.2.10", USERS_CAN_ACT_AS_EACH_OTHER="true")
+    assert c.JupyterHub.subdomain_host == ""
+    assert "post_auth_hook" not in c.Authenticator
+    warning = c.JupyterHub.template_vars["gpuhub_shared_origin_warning"]
+    assert "any user can act as anyone who opens a link into their lab" in warning
+    page = (ROOT / "jupyterhub" / "templates" / "page.html").read_text()
+    assert "gpuhub_shared_origin_warning and user and user.admin" in page

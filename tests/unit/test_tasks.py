@@ -246,7 +246,10 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     out = capsys.readouterr().out
     assert ("==> labs may use up to 14336M of memory each (LAB_MEM_LIMIT=auto: 16.0 GiB "
             "less a reserve for the system and the hub)\n") in out
-    assert out.endswith(f"gpuhub is up: http://127.0.0.1:{free_port}/  (1 GPU (1× NVIDIA GPU))\n")
+    assert f"gpuhub is up: http://localhost:{free_port}/  (1 GPU (1× NVIDIA GPU))\n" in out
+    assert out.endswith(f"  each user's lab has its own origin: http://<user>.localhost:{free_port}/"
+                        "  (this machine only: set HUB_DOMAIN to a DNS name with a wildcard "
+                        "record for other machines)\n")
 
 
 @pytest.mark.parametrize(("settings", "answer", "passed", "noted"), [

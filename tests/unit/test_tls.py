@@ -210,8 +210,11 @@ def test_up_with_tls_starts_with_the_override_and_prints_https(
     assert (env["TLS_CERT"], env["TLS_KEY"]) == (str(cert), str(key))
     assert len(env["GPUHUB_TLS_DIGEST"]) == 64
     assert capsys.readouterr().out.endswith(
-        f"gpuhub is up: https://127.0.0.1:{port}/  (1 GPU (1× NVIDIA GPU); "
-        f"http://127.0.0.1:{redirect}/ redirects there)\n")
+        f"gpuhub is up: https://localhost:{port}/  (1 GPU (1× NVIDIA GPU); "
+        f"http://localhost:{redirect}/ redirects there)\n"
+        f"  each user's lab has its own origin: https://<user>.localhost:{port}/  (this "
+        "machine only: set HUB_DOMAIN to a DNS name with a wildcard record for other "
+        "machines)\n")
 
 
 def test_a_renewed_pair_changes_the_digest(env_file, pair):
@@ -301,7 +304,7 @@ def test_selfsigned_runs_openssl_and_prints_the_settings(env_file, tmp_path, ope
     (call,) = c.run.call_args_list
     assert call.args[0] == (
         "openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 365 -subj /CN=localhost "
-        "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
+        "-addext 'subjectAltName=DNS:localhost,DNS:*.localhost,IP:127.0.0.1' "
         f"-keyout {key} -out {cert}")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
@@ -325,7 +328,24 @@ def test_selfsigned_adds_a_specific_bind_address(env_file, openssl_present, tmp_
     env_file(HUB_BIND_ADDRESS="192.0.2.7", SECRETS_DIR=tmp_path)
     c = MockContext(run={re.compile("openssl .*"): Result()})
     tls.tls_selfsigned(c)
-    assert "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:192.0.2.7 " in c.run.call_args_list[0].args[0]
+    assert ("'subjectAltName=DNS:localhost,DNS:*.localhost,IP:127.0.0.1,IP:192.0.2.7' "
+            in c.run.call_args_list[0].args[0])
+
+
+def test_selfsigned_covers_the_labs_of_hub_domain(env_file, openssl_present, tmp_path):
+    """Each lab is served at <user>.HUB_DOMAIN: the certificate covers *.HUB_DOMAIN too,
+    also when --host names the hub; not when labs share the hub's origin."""
+    env_file(HUB_DOMAIN="gpu.example.org", SECRETS_DIR=tmp_path)
+    c = MockContext(run={re.compile("openssl .*"): Result()})
+    tls.tls_selfsigned(c)
+    assert ("'subjectAltName=DNS:gpu.example.org,DNS:*.gpu.example.org,DNS:localhost,"
+            "IP:127.0.0.1' " in c.run.call_args_list[0].args[0])
+    tls.tls_selfsigned(c, host=["192.0.2.10", "gpu.example.org"], force=True)
+    assert ("'subjectAltName=IP:192.0.2.10,DNS:gpu.example.org,DNS:*.gpu.example.org' "
+            in c.run.call_args_list[1].args[0])
+    env_file(HUB_DOMAIN="192.0.2.10", USERS_CAN_ACT_AS_EACH_OTHER="true", SECRETS_DIR=tmp_path)
+    tls.tls_selfsigned(c, force=True)
+    assert "subjectAltName=IP:192.0.2.10,DNS:localhost,IP:127.0.0.1 " in c.run.call_args_list[2].args[0]
 
 
 def test_selfsigned_never_overwrites_without_force(env_file, tmp_path, openssl_present):
@@ -380,6 +400,6 @@ def test_selfsigned_with_the_real_openssl_makes_a_usable_pair(env_file, tmp_path
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     text = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-text"],
                           capture_output=True, text=True, check=True).stdout
-    assert "DNS:localhost, IP Address:127.0.0.1" in text
+    assert "DNS:localhost, DNS:*.localhost, IP Address:127.0.0.1" in text
     env_file(TLS_CERT=cert, TLS_KEY=key)
     tls.check_files(project_mod.load())  # what `invoke up` accepts
