@@ -21,6 +21,30 @@ class LoginFailed(AssertionError):
     pass
 
 
+def page_text(html: str) -> str:
+    """What a person reads on an HTML page: no scripts, styles or tags, spaces collapsed."""
+    html = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", html)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+class BrowserSession(requests.Session):
+    """A requests session that sends the hub's ``Domain=localhost`` cookie back to the hub.
+
+    With labs at ``<user>.localhost`` the hub sets its session-id cookie for
+    ``Domain=localhost``; http.cookiejar stores it but never sends it back (it treats a
+    dotless host as ``<host>.local``), and the hub's XSRF tokens depend on it. Before each
+    request such a cookie is kept as the hub host's own (not sent to labs' hosts).
+    """
+
+    def prepare_request(self, request):
+        for cookie in [c for c in self.cookies if c.domain == ".localhost"]:
+            self.cookies.clear(cookie.domain, cookie.path, cookie.name)
+            cookie.domain, cookie.domain_specified, cookie.domain_initial_dot = (
+                "localhost.local", False, False)
+            self.cookies.set_cookie(cookie)
+        return super().prepare_request(request)
+
+
 class HubUser:
     """One user's browser-like session with the hub, and their API token."""
 
@@ -29,7 +53,7 @@ class HubUser:
         self.name = name
         # Over HTTPS with a self-signed pair: the certificate file to trust.
         self.verify = verify
-        self.http = requests.Session()
+        self.http = BrowserSession()
         self.http.verify = verify
         if verify is not True:
             # requests lets REQUESTS_CA_BUNDLE override Session.verify; the hub is on
@@ -60,7 +84,7 @@ class HubUser:
                 for c in self.http.cookies):
             raise LoginFailed(f"login of {self.name!r} failed: HTTP {resp.status_code}, "
                               f"cookies {sorted(c.name for c in self.http.cookies)}, "
-                              f"page {' '.join(resp.text.split())[:2000]!r}")
+                              f"page {page_text(resp.text)[:1000]!r}")
         return resp
 
     def page_xsrf(self) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.core import lablimits, names, swarm
+from gpuhub.core import lablimits, names, origins, swarm
 from gpuhub.tasks import statustables as status_tables
 from gpuhub.tasks.deployment import (
     docker_inspect,
@@ -167,8 +167,9 @@ def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bo
         build_images(c, project)
         push_images(c, project)
     found = deploy(c, project, timeout)
-    return (f"gpuhub is up on the Swarm: http://<this node>:{project.settings.hub_port}/  "
-            f"({gpu_inventory.summary(found)})")
+    return (f"gpuhub is up on the Swarm: {origins.hub_origin(project.settings)}/  "
+            f"({gpu_inventory.summary(found)}; HUB_DOMAIN and *.HUB_DOMAIN must name "
+            "this node, or any node: every node publishes HUB_PORT)")
 
 
 def down(c, project, labs: bool) -> None:

@@ -31,7 +31,7 @@ def attack_page(hub: str) -> str:
     """A page that, opened by the admin, tries to act as them in the hub at ``hub``."""
     return """<!doctype html><title>running</title><body>running<script>
 (async () => {
-  const hub = %s, out = {};
+  const hub = HUB_ORIGIN, out = {};
   async function attempt(name, act) {
     try { out[name] = await act(); } catch (err) { out[name] = "refused: " + err; }
   }
@@ -45,13 +45,13 @@ def attack_page(hub: str) -> str:
     const answer = await fetch(hub + "/hub/api/users/admin/tokens", {
       method: "POST", credentials: "include",
       headers: {"X-XSRFToken": xsrf, "Content-Type": "application/json"},
-      body: JSON.stringify({note: %s, expires_in: 600})});
+      body: JSON.stringify({note: TOKEN_NOTE, expires_in: 600})});
     return "HTTP " + answer.status;
   });
   document.body.textContent = JSON.stringify(out);
   document.title = "done";
 })();
-</script></body>""" % (json.dumps(hub), json.dumps(NOTE))
+</script></body>""".replace("HUB_ORIGIN", json.dumps(hub)).replace("TOKEN_NOTE", json.dumps(NOTE))
 
 
 def plant(user: HubUser, hub: str) -> str:
@@ -133,7 +133,7 @@ def test_a_page_planted_in_a_lab_cannot_act_as_the_admin_who_opens_it(
 @pytest.fixture(scope="module")
 def shared_origin_stack(stack_factory, users):
     """A second stack whose admin accepted USERS_CAN_ACT_AS_EACH_OTHER=true."""
-    stack = stack_factory(USERS_CAN_ACT_AS_EACH_OTHER="true", GPU_DEVICES="none")
+    stack = stack_factory(USERS_CAN_ACT_AS_EACH_OTHER="true")
     result = stack.up("--no-build")
     assert "WARNING: Labs share the hub's origin" in result.stdout, result.stdout
     stack.invoke("adduser", ALICE[0], "--password-stdin", stdin=users[ALICE[0]] + "\n")
