@@ -10,7 +10,13 @@ Traffic that enters the host from the labs network's bridge is matched by interf
   (link-local: most clouds' metadata services), to the other clouds' metadata addresses
   (METADATA_ADDRESSES) and to LAB_BLOCKED_NETWORKS, except
   traffic that stays on the labs network (labs to the hub and proxy) and DNS (on some
-  clouds the metadata server is also the resolver).
+  clouds the metadata server is also the resolver);
+- on the labs network itself, when compose names the hub's and the proxy's addresses
+  (``GPUHUB_LABS_PEERS``; the network then has inter-container traffic off, so Docker
+  drops what these rules do not accept): only traffic from or to those two is accepted,
+  so labs cannot reach each other. The bridge must hand bridged traffic to iptables
+  (``bridge-nf-call-iptables``, which Docker turns on for such a network); while it does
+  not, the service reports itself unhealthy and the hub starts no lab.
 
 The rules live in two chains of their own, named after the bridge, with a jump from
 INPUT and DOCKER-USER tagged ``gpuhub <project>``. They are checked every few seconds
@@ -42,6 +48,7 @@ METADATA_ADDRESSES = ("100.100.100.200/32", "168.63.129.16/32", "192.0.0.192/32"
 ALWAYS_BLOCKED = ("169.254.0.0/16", *METADATA_ADDRESSES)
 CHECK_INTERVAL = 5  # seconds between checks that the rules are still in place
 STATUS_FILE = "/run/lab-firewall.ok"  # touched after each good check (the health check)
+BRIDGE_FILTERING = "/proc/sys/net/bridge/bridge-nf-call-iptables"  # 1: bridged traffic seen
 BACKENDS = ("iptables-nft", "iptables-legacy")
 IFNAMSIZ = 15  # the longest Linux interface name
 REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
@@ -58,6 +65,9 @@ class Ruleset(NamedTuple):
     project: str
     bridge: str
     blocked: tuple[str, ...] = ()
+    # The hub's and the proxy's addresses on the labs network: the only peers labs may
+    # talk to there (empty: a network made before gpuhub kept labs apart).
+    peers: tuple[str, ...] = ()
 
     @property
     def input_chain(self) -> str:
@@ -79,8 +89,19 @@ class Ruleset(NamedTuple):
             *dns,
             [*self._comment("labs may not reach the Docker host"), *REJECT],
         ]
+        if self.peers:
+            within = [
+                *(["-o", self.bridge, direction, peer,
+                   *self._comment("the hub and the proxy reach labs, labs reach them"),
+                   "-j", "ACCEPT"]
+                  for peer in self.peers for direction in ("-s", "-d")),
+                ["-o", self.bridge, *self._comment("labs may not reach each other"), *REJECT],
+            ]
+        else:
+            within = [["-o", self.bridge, *self._comment("within the labs network"),
+                       "-j", "RETURN"]]
         beyond = [
-            ["-o", self.bridge, *self._comment("within the labs network"), "-j", "RETURN"],
+            *within,
             *dns,
             *(["-d", net, *self._comment(f"labs may not reach {net}"), *REJECT]
               for net in (*ALWAYS_BLOCKED, *self.blocked)),
@@ -115,7 +136,15 @@ def ruleset_from_env(env: dict[str, str]) -> Ruleset:
             except ValueError:
                 raise ValueError(f"LAB_BLOCKED_NETWORKS: {item!r} is not an IPv4 network such "
                                  "as 10.0.0.0/8; fix it in the settings") from None
-    return Ruleset(project=project, bridge=bridge, blocked=tuple(blocked))
+    peers = []
+    for item in (part.strip() for part in env.get("GPUHUB_LABS_PEERS", "").split(",")):
+        if item:
+            try:
+                peers.append(str(ipaddress.IPv4Address(item)))
+            except ValueError:
+                raise ValueError(f"GPUHUB_LABS_PEERS: {item!r} is not an IPv4 address; start "
+                                 "the stack with `invoke up`, which names them") from None
+    return Ruleset(project=project, bridge=bridge, blocked=tuple(blocked), peers=tuple(peers))
 
 
 def _run(args: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -214,6 +243,15 @@ def bridge_exists(bridge: str) -> bool:
     return os.path.exists(f"/sys/class/net/{bridge}")
 
 
+def bridge_filtering_on(path: str = BRIDGE_FILTERING) -> bool:
+    """Whether bridged traffic passes iptables (without it, labs-to-labs rules see nothing)."""
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def mark_healthy(status: str, healthy: bool) -> None:
     """Touch ``status`` (the health check looks at its age), or remove it."""
     if healthy:
@@ -224,7 +262,8 @@ def mark_healthy(status: str, healthy: bool) -> None:
 
 
 def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL,
-                status: str = STATUS_FILE) -> None:
+                status: str = STATUS_FILE, filtering: Callable[[], bool] = bridge_filtering_on
+                ) -> None:
     """Apply the rules and keep them in place until SIGTERM or SIGINT, which leave them.
 
     Leaving them is what fails closed: a lab-firewall that was stopped, or died, must
@@ -240,15 +279,26 @@ def run_forever(fw: Firewall, interval: float = CHECK_INTERVAL,
     try:
         fw.apply()
         blocked = ", ".join((*ALWAYS_BLOCKED, *rules.blocked))
+        apart = (f", nor each other (only {' and '.join(rules.peers)})" if rules.peers
+                 else "; they reach each other (a labs network made before gpuhub kept "
+                      "them apart: `invoke down`, then `invoke up`)")
         log(f"project {rules.project}: labs on {rules.bridge} may not reach this host, "
-            f"nor {blocked} ({fw.backend})")
+            f"nor {blocked}{apart} ({fw.backend})")
+        filtered_before = True
         while True:
             present = bridge_exists(rules.bridge)
             if not present and not warned:
                 log(f"error: there is no interface {rules.bridge}: the labs network was made "
                     "without that name; run `invoke down` and `invoke up`")
             warned = warned or not present
-            mark_healthy(status, present)
+            filtered = not rules.peers or filtering()
+            if not filtered and filtered_before:
+                log(f"error: bridged traffic bypasses iptables ({BRIDGE_FILTERING} is not 1), "
+                    "so labs could reach each other: `modprobe br_netfilter` and "
+                    f"`sysctl -w {BRIDGE_FILTERING[10:].replace('/', '.')}=1`; no lab starts "
+                    "until then")
+            filtered_before = filtered
+            mark_healthy(status, present and filtered)
             time.sleep(interval)
             problems = fw.missing()
             if problems:
@@ -277,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         problems = fw.missing()
         if not bridge_exists(rules.bridge):
             problems.append(f"no interface {rules.bridge}")
+        if rules.peers and not bridge_filtering_on():
+            problems.append(f"bridged traffic bypasses iptables ({BRIDGE_FILTERING} is not 1)")
         for problem in problems:
             log(problem)
         return 1 if problems else 0

@@ -17,6 +17,7 @@ import time
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names, origins
 from gpuhub.core.profiles import Profiles
+from gpuhub.tasks import labsnetwork
 from gpuhub.tasks import statustables as status_tables
 from gpuhub.tasks.deployment import (
     docker_inspect,
@@ -39,8 +40,12 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     """Build, then start (or update) the compose project; what to tell the admin."""
     s = project.settings
     inventory = detect_gpus(project)
+    apart = None
     if s.lab_firewall:
         check_labs_bridge(c, project)
+        apart = labsnetwork.plan(c, project)
+        if apart is None:
+            step(labsnetwork.NOT_APART_WARNING.format(network=names.labs_network(project.name)))
     if build:
         build_images(c, project)
     pull_profile_images(c, project, profiles)
@@ -53,12 +58,14 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
                       GPUHUB_LOGIN_FILES=login_files_stamp(project),
-                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")})
+                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
+                      **(apart.env() if apart else {}))
     step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).
-    sampler_gpus = (GPU_SAMPLER_FILE,) if inventory else ()
+    extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + (
+        (labsnetwork.APART_FILE,) if apart else ())
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
-                                   extra_files=sampler_gpus), env=env, warn=True)
+                                   extra_files=extra), env=env, warn=True)
     if result.failed:
         c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
         raise fail("the hub did not become healthy (its last log lines are above); "

@@ -28,6 +28,7 @@ from gpuhub.labfirewall.service import (
     Ruleset,
     choose_backend,
 )
+from gpuhub.tasks.labsnetwork import LabsAddresses
 from harness.hostile_docker import hostile_requests
 from harness.hub import HubUser
 from harness.stack import BLOCKED_FOR_TESTS
@@ -112,9 +113,17 @@ def _attempts(user: HubUser, targets: list[tuple[str, str, int]]) -> dict[str, s
     return json.loads(user.run_code(CONNECT % (targets,)).strip().splitlines()[-1])
 
 
+def _labs_addresses(stack) -> LabsAddresses:
+    return LabsAddresses.of(stack.docker(
+        "network", "inspect", f"{stack.project}-labs", "--format",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}").stdout.strip())
+
+
 def _firewall(stack) -> Firewall:
     """The rules the stack's lab-firewall should hold, checked with this host's iptables."""
-    rules = Ruleset(stack.project, bridge_name(stack.project), (BLOCKED_FOR_TESTS,))
+    apart = _labs_addresses(stack)
+    rules = Ruleset(stack.project, bridge_name(stack.project), (BLOCKED_FOR_TESTS,),
+                    peers=(apart.hub, apart.proxy))
     return Firewall(rules, choose_backend())
 
 
@@ -299,6 +308,68 @@ def test_labs_cannot_reach_the_host_but_reach_the_hub(stack, hana, open_stack, o
         "try:\n    socket.getaddrinfo('docker-proxy', 2375); print('docker-proxy found')\n"
         "except OSError:\n    print('no docker-proxy')\n")
     assert out.splitlines() == ["200 403 403", "403 403", "no docker-proxy"], out
+
+
+# Runs in a lab: a server of the user's own on every address (as a Dask dashboard or
+# `python -m http.server` would be), outliving the kernel; it answers each connection.
+LISTEN = """
+import subprocess, sys
+server = (
+    "import socket\\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\\n"
+    "s.bind(('0.0.0.0', %d)); s.listen()\\n"
+    "while True:\\n"
+    "    conn, _ = s.accept(); conn.sendall(b'ivan\\\\n'); conn.close()\\n")
+subprocess.Popen([sys.executable, "-c", server], start_new_session=True)
+print("listening")
+"""
+IVAN_PORT = 8765
+
+
+def _rejected_between_labs(stack) -> int:
+    """Packets the lab firewall's "labs may not reach each other" rule has refused."""
+    listed = subprocess.run([choose_backend(), "-w", "-L", _firewall(stack).rules.forward_chain,
+                             "-v", "-x", "-n"], capture_output=True, text=True, check=True).stdout
+    (line,) = [ln for ln in listed.splitlines() if "labs may not reach each other" in ln]
+    return int(line.split()[0])
+
+
+def _connect_from_service(stack, service: str, address: str, port: int) -> str:
+    code = (f"import socket; c = socket.create_connection(({address!r}, {port}), timeout=5); "
+            "print(c.recv(100).decode().strip())")
+    found = stack.docker("exec", _service_container(stack, service), "python3", "-c", code,
+                         check=False)
+    return found.stdout.strip() or f"error: {found.stderr.strip()[-200:]}"
+
+
+def test_labs_cannot_reach_each_other_but_the_hub_and_proxy_reach_both(stack, hana, as_root):
+    ivan = _lab_user(stack, "ivan", "cpu")
+    try:
+        apart = _labs_addresses(stack)
+        network = f"{stack.project}-labs"
+        lab_address = stack.inspect(stack.lab_container("ivan"))["NetworkSettings"][
+            "Networks"][network]["IPAddress"]
+        assert ipaddress.ip_address(lab_address) in ipaddress.ip_network(apart.lab_range)
+        for service, address in (("hub", apart.hub), ("proxy", apart.proxy)):
+            found = stack.inspect(_service_container(stack, service))
+            assert found["NetworkSettings"]["Networks"][network]["IPAddress"] == address
+        assert "listening" in ivan.run_code(LISTEN % IVAN_PORT)
+        # The hub and the proxy reach ivan's own server, and both labs answer through the
+        # proxy (the hub reaches them for its API, the proxy for every request).
+        wait_until(lambda: _connect_from_service(stack, "hub", lab_address, IVAN_PORT) == "ivan",
+                   timeout=30, what="ivan's server to answer the hub")
+        assert _connect_from_service(stack, "proxy", lab_address, IVAN_PORT) == "ivan"
+        assert hana.lab("GET", "/status").status_code == 200
+        assert ivan.lab("GET", "/status").status_code == 200
+        # hana's lab reaches neither ivan's server nor his Jupyter server, and the kernel
+        # counted the refusals on the rule that keeps labs apart.
+        before = _rejected_between_labs(stack)
+        got = _attempts(hana, [("ivan's server", lab_address, IVAN_PORT),
+                               ("ivan's lab", lab_address, 8888)])
+        assert all(answer.startswith("error:") for answer in got.values()), got
+        assert _rejected_between_labs(stack) >= before + 2
+    finally:
+        _stop(stack, ivan)
 
 
 def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_metadata):

@@ -18,6 +18,17 @@ def labs_bridge_check(project: str = "gpuhub") -> str:
             + f"{project}-labs")
 
 
+PROBE_SUBNET = "172.30.0.0/16"  # what Docker's allocator gives the labs subnet probe
+
+
+def labs_network_setup(project: str = "gpuhub") -> list[str]:
+    """The commands `invoke up` makes a new labs network's plan with (labs apart)."""
+    probe = f"{project}-labs-probe"
+    return [f"docker network inspect {project}-labs", f"docker network rm {probe}",
+            f"docker network create --label gpuhub.labs-subnet-probe=1 {probe}",
+            f"docker network inspect {probe}", f"docker network rm {probe}"]
+
+
 def remove_firewall_rules(project: str = "gpuhub", bridge: str | None = None,
                           image: str = "gpuhub-lab-firewall:latest") -> str:
     """The command `invoke down` removes the lab firewall's rules with."""
@@ -37,8 +48,10 @@ def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:
     for command, result in defaults.items():
         results.setdefault(command, result)
     results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")
-    results.setdefault(re.compile(r"^docker network inspect "), Result(stderr="No such network",
-                                                                     exited=1))
+    results.setdefault(re.compile(r"^docker network inspect \S+-labs-probe$"), Result(
+        f'[{{"IPAM": {{"Config": [{{"Subnet": "{PROBE_SUBNET}"}}]}}}}]'))
+    results.setdefault(re.compile(r"^docker network inspect "), Result(
+        stderr="Error: No such network", exited=1))
     results[re.compile(".*", re.DOTALL)] = Result()
     return MockContext(run=results, repeat=True)
 

@@ -3,7 +3,9 @@
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gpuhub.core.gpus import Gpu
 from gpuhub.hub import telemetry
+from gpuhub.tasks import composestack
 from harness import stack
 from support.spawners import fresh_hub_process
 
@@ -35,3 +37,16 @@ def env_file(tmp_path, monkeypatch):
 @pytest.fixture
 def free_port():
     return stack.free_port()
+
+
+@pytest.fixture
+def no_gpu_detection(monkeypatch):
+    """up() without nvidia-smi: one GPU 'detected'; records whether detection ran."""
+    calls = []
+
+    def detect(project):
+        calls.append(project)
+        return [Gpu("0", "GPU-aaa")]
+
+    monkeypatch.setattr(composestack, "detect_gpus", detect)
+    return calls

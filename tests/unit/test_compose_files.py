@@ -63,10 +63,13 @@ def test_the_lab_firewall_has_the_host_network_and_only_net_admin_and_net_raw():
     assert firewall["security_opt"] == ["no-new-privileges"]
     assert firewall["read_only"] is True
     assert "privileged" not in firewall and "volumes" not in firewall, firewall
-    # No override gives it more.
+    # No override gives it more (labs apart only names its peers on the labs network).
     assert [key for key, spec in services().items()
             if key[1] == "lab-firewall" and key[0] != "docker-compose.yml"
-            and set(spec) - {"profiles"}] == []
+            and set(spec) - {"profiles"}] == [("docker-compose.labs-apart.yml", "lab-firewall")]
+    apart = services()[("docker-compose.labs-apart.yml", "lab-firewall")]
+    assert apart == {"environment": {
+        "GPUHUB_LABS_PEERS": "${GPUHUB_HUB_ADDRESS},${GPUHUB_PROXY_ADDRESS}"}}
 
 
 def test_the_proxy_starts_only_once_the_lab_firewall_is_healthy():

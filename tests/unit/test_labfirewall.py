@@ -7,7 +7,7 @@ import pytest
 
 from gpuhub.core.names import bridge_name
 from gpuhub.labfirewall import service as labfirewall
-from gpuhub.labfirewall.service import Firewall, Ruleset, choose_backend, ruleset_from_env
+from gpuhub.labfirewall.service import REJECT, Firewall, Ruleset, choose_backend, ruleset_from_env
 
 
 class FakeIptables:
@@ -239,3 +239,62 @@ def test_without_its_bridge_the_service_is_not_healthy(monkeypatch, tmp_path):
 
     monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: False)
     labfirewall.run_forever(Quiet(), interval=0, status=str(status))
+
+
+APART = Ruleset("gpuhub", "gpuhub-labs", peers=("172.30.0.2", "172.30.0.3"))
+
+
+def test_with_peers_labs_reach_only_the_hub_and_the_proxy_on_their_network():
+    within = [r for r in APART.chains()["GPUHUB-FWD-gpuhub-labs"] if r[:2] == ["-o", "gpuhub-labs"]]
+    accepted = [(r[2], r[3]) for r in within if r[-1] == "ACCEPT"]
+    assert accepted == [("-s", "172.30.0.2"), ("-d", "172.30.0.2"),
+                        ("-s", "172.30.0.3"), ("-d", "172.30.0.3")]
+    # Then everything else on the bridge is refused (Docker's own rule would drop it too:
+    # the network has inter-container traffic off), before any other rule of the chain.
+    assert within[-1][-4:] == REJECT and "gpuhub gpuhub: labs may not reach each other" in within[-1]
+    assert APART.chains()["GPUHUB-FWD-gpuhub-labs"][:len(within)] == within
+    # Without peers (a network made before): traffic on the bridge is left alone, as before.
+    assert RULES.chains()["GPUHUB-FWD-gpuhub-labs"][0][-1] == "RETURN"
+
+
+def test_the_peers_come_from_compose_and_must_be_addresses():
+    env = {"COMPOSE_PROJECT_NAME": "gpuhub", "GPUHUB_LABS_BRIDGE": "gpuhub-labs",
+           "GPUHUB_LABS_PEERS": "172.30.0.2, 172.30.0.3"}
+    assert ruleset_from_env(env) == APART
+    for bad in ("172.30.0.2,hub", "172.30.0.0/16", "172.30.0.2,"):
+        if bad.endswith(","):
+            assert ruleset_from_env({**env, "GPUHUB_LABS_PEERS": bad}).peers == ("172.30.0.2",)
+            continue
+        with pytest.raises(ValueError, match="GPUHUB_LABS_PEERS.*not an IPv4 address"):
+            ruleset_from_env({**env, "GPUHUB_LABS_PEERS": bad})
+
+
+@pytest.mark.parametrize("filtering, healthy", [(True, True), (False, False)])
+def test_labs_apart_is_healthy_only_while_bridged_traffic_passes_iptables(
+        monkeypatch, tmp_path, capsys, filtering, healthy):
+    status = tmp_path / "lab-firewall.ok"
+    seen = []
+
+    class Apart:
+        rules, backend = APART, "iptables-nft"
+
+        def apply(self):
+            pass
+
+        def missing(self):
+            seen.append(status.exists())
+            raise labfirewall._Stop()
+
+    monkeypatch.setattr(labfirewall, "bridge_exists", lambda name: True)
+    labfirewall.run_forever(Apart(), interval=0, status=str(status), filtering=lambda: filtering)
+    assert seen == [healthy]
+    assert ("bridged traffic bypasses iptables" in capsys.readouterr().out) is not healthy
+
+
+def test_bridge_filtering_is_read_from_the_kernel(tmp_path):
+    flag = tmp_path / "bridge-nf-call-iptables"
+    assert not labfirewall.bridge_filtering_on(str(flag))  # no br_netfilter: off
+    flag.write_text("0\n")
+    assert not labfirewall.bridge_filtering_on(str(flag))
+    flag.write_text("1\n")
+    assert labfirewall.bridge_filtering_on(str(flag))

@@ -25,6 +25,7 @@ from support.mock_docker import (
     commands,
     docker_context,
     labs_bridge_check,
+    labs_network_setup,
     remove_firewall_rules,
 )
 from support.tasks import assert_one_line_error, compose
@@ -33,23 +34,13 @@ ROOT = project_mod.ROOT
 USERCLI = "python3 -m gpuhub.services.usercli"
 
 
-@pytest.fixture
-def no_gpu_detection(monkeypatch):
-    """up() without nvidia-smi: one GPU 'detected'; records whether detection ran."""
-    calls = []
 
-    def detect(project):
-        calls.append(project)
-        return [Gpu("0", "GPU-aaa")]
-
-    monkeypatch.setattr(composestack, "detect_gpus", detect)
-    return calls
-
-
-def compose_up(env_path, timeout: int, gpus: bool = True) -> str:
-    """`invoke up`'s compose command; with GPUs, the sampler may read them."""
-    sampler = ["docker-compose.gpu-sampler.yml"] if gpus else []
-    return compose(env_path, f"up -d --wait --wait-timeout {timeout}", sampler)
+def compose_up(env_path, timeout: int, gpus: bool = True, apart: bool = True) -> str:
+    """`invoke up`'s compose command; with GPUs, the sampler may read them; with the lab
+    firewall, labs are kept apart."""
+    extra = (["docker-compose.gpu-sampler.yml"] if gpus else []) + (
+        ["docker-compose.labs-apart.yml"] if apart else [])
+    return compose(env_path, f"up -d --wait --wait-timeout {timeout}", extra)
 
 
 def context(*pairs, running=True) -> MockContext:
@@ -233,10 +224,16 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
-        labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, DOCKER_MEMORY, up, exists,
+        labs_bridge_check(), *labs_network_setup(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB,
+        DOCKER_MEMORY, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
+    # Labs apart: the subnet Docker's allocator gave the probe, the hub and the proxy fixed.
+    assert {k: env[k] for k in ("GPUHUB_LABS_SUBNET", "GPUHUB_LABS_RANGE", "GPUHUB_HUB_ADDRESS",
+                                "GPUHUB_PROXY_ADDRESS")} == {
+        "GPUHUB_LABS_SUBNET": "172.30.0.0/16", "GPUHUB_LABS_RANGE": "172.30.128.0/17",
+        "GPUHUB_HUB_ADDRESS": "172.30.0.2", "GPUHUB_PROXY_ADDRESS": "172.30.0.3"}
     # LAB_MEM_LIMIT=auto: the hub is told the Docker host's size, and the admin what it means.
     assert env["GPUHUB_LAB_HOST_MEMORY"] == str(16 * 1024**3)
     assert env["LAB_MEM_LIMIT"] == "auto"

@@ -14,11 +14,10 @@ from invoke import Context, Exit, MockContext, Result
 from jupyterhub.app import JupyterHub
 from traitlets.config import Config
 
-from gpuhub.core.gpus import Gpu
 from gpuhub.core.settings import BY_NAME, SettingsError, validate
 from gpuhub.hub.hubconfig import apply_config
-from gpuhub.tasks import composestack, stack, tls
 from gpuhub.tasks import project as project_mod
+from gpuhub.tasks import stack, tls
 from harness.stack import free_port
 from support.hubsecrets import secrets_dir
 from support.mock_docker import commands, docker_context
@@ -189,10 +188,6 @@ def test_tls_config_is_idempotent(tmp_path):
 
 # --- invoke up: the pair is checked before Docker -------------------------------------------
 
-@pytest.fixture
-def no_gpu_detection(monkeypatch):
-    monkeypatch.setattr(composestack, "detect_gpus", lambda project: [Gpu("0", "GPU-aaa")])
-
 
 def test_up_with_tls_starts_with_the_override_and_prints_https(
         env_file, pair, no_gpu_detection, capsys):
@@ -204,7 +199,7 @@ def test_up_with_tls_starts_with_the_override_and_prints_https(
     stack.up(c, build=False)
     up = compose(path, "up -d --wait --wait-timeout 180",
                  ["docker-compose.tls.yml", "docker-compose.tls-redirect.yml",
-                  "docker-compose.gpu-sampler.yml"])
+                  "docker-compose.gpu-sampler.yml", "docker-compose.labs-apart.yml"])
     assert commands(c)[-1] == up
     env = c.run.call_args_list[-1].kwargs["env"]
     assert (env["TLS_CERT"], env["TLS_KEY"]) == (str(cert), str(key))
