@@ -32,7 +32,10 @@ def scheme(settings: Settings) -> str:
 
 
 def hub_origin(settings: Settings) -> str:
-    """``scheme://HUB_DOMAIN[:HUB_PORT]``, the port left out when it is the scheme's own."""
+    """HUB_PUBLIC_URL when set, else ``scheme://HUB_DOMAIN[:HUB_PORT]``, the port left out
+    when it is the scheme's own."""
+    if settings.hub_public_url:
+        return settings.hub_public_url
     port = "" if settings.hub_port == DEFAULT_PORTS[scheme(settings)] else f":{settings.hub_port}"
     host = f"[{settings.hub_domain}]" if ":" in settings.hub_domain else settings.hub_domain
     return f"{scheme(settings)}://{host}{port}"

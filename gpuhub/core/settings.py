@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,23 @@ def _domain(raw: str) -> str:
         raise ValueError("must be the DNS name users open the hub at, such as "
                          "gpu.example.org or localhost (no http://, port or path)")
     return value
+
+
+def _public_url(raw: str) -> str:
+    """Empty, or ``http(s)://name[:port]`` (no path): where users reach the hub when
+    something in front of HUB_PORT (a TLS terminator, a tunnel) changes the scheme or port."""
+    if not raw:
+        return ""
+    how = "must be empty or the hub's public address, such as https://gpu.example.org"
+    try:
+        url = urllib.parse.urlsplit(raw)
+        url.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError(how) from None
+    if url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/") \
+            or url.query or url.fragment or url.username or url.password:
+        raise ValueError(how + " (no path)")
+    return raw.rstrip("/").lower()
 
 
 def _project_name(raw: str) -> str:
@@ -408,6 +426,11 @@ SETTINGS: tuple[Setting, ...] = (
             "IP address), and any user can act as anyone who opens a link into their lab, "
             "an admin included. Only for a group where everyone trusts everyone.",
             "Deployment"),
+    Setting("HUB_PUBLIC_URL", "", _public_url,
+            "Where users reach the hub when something in front of HUB_PORT changes the "
+            "scheme or port (a reverse proxy that terminates HTTPS, a tunnel), such as "
+            "https://gpu.example.org; its host must be HUB_DOMAIN, and *.HUB_DOMAIN must "
+            "reach the same place. Empty: http(s)://HUB_DOMAIN:HUB_PORT.", "Deployment"),
     Setting("MODE", "compose", _mode,
             "compose: the hub and labs on this Docker host. swarm: the hub as a Swarm "
             "service on a manager and labs spread over the Swarm's nodes (needs REGISTRY "
@@ -546,9 +569,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_FIREWALL", "true", _bool,
-            "true: the lab-firewall service stops labs from reaching the Docker host, the "
-            "cloud metadata addresses and LAB_BLOCKED_NETWORKS (its rules stay until "
-            "`invoke down`); false: no such rules. "
+            "true: the lab-firewall service stops labs from reaching the Docker host, each "
+            "other, the cloud metadata addresses and LAB_BLOCKED_NETWORKS (its rules stay "
+            "until `invoke down`); false: no such rules. "
             "Compose mode only (swarm mode: false).",
             "Host protection"),
     Setting("LAB_BLOCKED_NETWORKS", "", _cidrs,
@@ -628,6 +651,7 @@ class Settings:
         hub_bind_address: str
         hub_domain: str
         users_can_act_as_each_other: bool
+        hub_public_url: str
         mode: str
         docker_socket: str
         secrets_dir: str
@@ -807,6 +831,11 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
                         "with a wildcard record (gpu.example.org and *.gpu.example.org) and "
                         "set HUB_DOMAIN to it (README, One origin per user), or accept "
                         "USERS_CAN_ACT_AS_EACH_OTHER=true.")
+    public = values["HUB_PUBLIC_URL"]
+    if public and urllib.parse.urlsplit(public).hostname != values["HUB_DOMAIN"].strip("[]"):
+        problems.append(f"HUB_PUBLIC_URL={raw['HUB_PUBLIC_URL']!r} names another host than "
+                        f"HUB_DOMAIN={raw['HUB_DOMAIN'] or 'localhost'!r}: set HUB_DOMAIN to "
+                        "its host name (labs are served at <user>.HUB_DOMAIN).")
     shared = values["SHARED_DATA_DIR"] or ""
     if values["DOCKER_SOCKET_PROXY"] and any(not " " <= ch <= "~" or ch in '"\\' for ch in shared):
         problems.append(f"SHARED_DATA_DIR={raw['SHARED_DATA_DIR']!r} in the settings: with "
@@ -884,7 +913,8 @@ def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
                         "constraint (node labels) instead, or empty GPU_PINS.")
     if values["TLS_CERT"]:
         problems.append(f"TLS_CERT={raw['TLS_CERT']!r} in the settings: HTTPS is not built in "
-                        "for swarm mode yet; terminate TLS in front of HUB_PORT, or use "
+                        "for swarm mode yet; terminate TLS in front of HUB_PORT (and set "
+                        "HUB_PUBLIC_URL), or use "
                         "MODE=compose.")
     if values["HUB_BIND_ADDRESS"] != "0.0.0.0":
         problems.append(f"HUB_BIND_ADDRESS={raw['HUB_BIND_ADDRESS']!r} in the settings: a Swarm "

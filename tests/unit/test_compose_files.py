@@ -107,3 +107,17 @@ def test_only_the_sampler_gets_gpus_and_only_the_drivers_utility_capability():
             requests[key] = devices
     assert requests == {("docker-compose.gpu-sampler.yml", "gpu-sampler"): [
         {"driver": "nvidia", "count": "all", "capabilities": ["utility"]}]}
+
+
+def test_labs_apart_repeats_the_labs_network_and_adds_only_its_subnet_and_icc():
+    """Compose replaces a network an override names, whole (the services' networks merge)."""
+    base = compose_files()["docker-compose.yml"]["networks"]["labs"]
+    apart = compose_files()["docker-compose.labs-apart.yml"]["networks"]["labs"]
+    assert apart["driver_opts"] == {**base["driver_opts"],
+                                    "com.docker.network.bridge.enable_icc": "false"}
+    assert {k: v for k, v in apart.items() if k not in ("driver_opts", "ipam")} == {
+        k: v for k, v in base.items() if k != "driver_opts"}
+    assert apart["ipam"] == {"config": [{"subnet": "${GPUHUB_LABS_SUBNET:?run invoke up, "
+                                                   "which sets it}",
+                                         "ip_range": "${GPUHUB_LABS_RANGE:?run invoke up, "
+                                                     "which sets it}"}]}

@@ -97,3 +97,23 @@ def test_a_login_on_any_other_host_is_refused(host, caplog):
                                           ("A.Localhost:1", "a.localhost")])
 def test_request_hostname(header, name):
     assert origins.request_hostname(header) == name
+
+
+@pytest.mark.parametrize("public, origin", [
+    ("https://gpu.example.org", "https://gpu.example.org"),
+    ("HTTPS://GPU.example.org:8443/", "https://gpu.example.org:8443"),
+])
+def test_behind_a_reverse_proxy_the_public_url_gives_scheme_and_port(public, origin):
+    s = validate({"HUB_DOMAIN": "gpu.example.org", "HUB_PUBLIC_URL": public, "HUB_PORT": "8000"})
+    assert origins.hub_origin(s) == origin
+    assert origins.lab_origin_example(s, "ann") == origin.replace("://", "://ann.")
+
+
+@pytest.mark.parametrize("public, words", [
+    ("gpu.example.org", "hub's public address"), ("ftp://gpu.example.org", "no path"),
+    ("https://gpu.example.org/hub", "no path"), ("https://gpu.example.org:99999", "public address"),
+    ("https://other.example.org", "names another host than HUB_DOMAIN"),
+])
+def test_a_bad_public_url_is_refused(public, words):
+    with pytest.raises(SettingsError, match=words):
+        validate({"HUB_DOMAIN": "gpu.example.org", "HUB_PUBLIC_URL": public})
