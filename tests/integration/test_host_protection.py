@@ -319,11 +319,11 @@ server = (
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\\n"
     "s.bind(('0.0.0.0', %d)); s.listen()\\n"
     "while True:\\n"
-    "    conn, _ = s.accept(); conn.sendall(b'ivan\\\\n'); conn.close()\\n")
+    "    conn, _ = s.accept(); conn.sendall(b'iris\\\\n'); conn.close()\\n")
 subprocess.Popen([sys.executable, "-c", server], start_new_session=True)
 print("listening")
 """
-IVAN_PORT = 8765
+IRIS_PORT = 8765
 
 
 def _rejected_between_labs(stack) -> int:
@@ -343,33 +343,33 @@ def _connect_from_service(stack, service: str, address: str, port: int) -> str:
 
 
 def test_labs_cannot_reach_each_other_but_the_hub_and_proxy_reach_both(stack, hana, as_root):
-    ivan = _lab_user(stack, "ivan", "cpu")
+    iris = _lab_user(stack, "iris", "cpu")
     try:
         apart = _labs_addresses(stack)
         network = f"{stack.project}-labs"
-        lab_address = stack.inspect(stack.lab_container("ivan"))["NetworkSettings"][
+        lab_address = stack.inspect(stack.lab_container("iris"))["NetworkSettings"][
             "Networks"][network]["IPAddress"]
         assert ipaddress.ip_address(lab_address) in ipaddress.ip_network(apart.lab_range)
         for service, address in (("hub", apart.hub), ("proxy", apart.proxy)):
             found = stack.inspect(_service_container(stack, service))
             assert found["NetworkSettings"]["Networks"][network]["IPAddress"] == address
-        assert "listening" in ivan.run_code(LISTEN % IVAN_PORT)
-        # The hub and the proxy reach ivan's own server, and both labs answer through the
+        assert "listening" in iris.run_code(LISTEN % IRIS_PORT)
+        # The hub and the proxy reach iris's own server, and both labs answer through the
         # proxy (the hub reaches them for its API, the proxy for every request).
-        wait_until(lambda: _connect_from_service(stack, "hub", lab_address, IVAN_PORT) == "ivan",
-                   timeout=30, what="ivan's server to answer the hub")
-        assert _connect_from_service(stack, "proxy", lab_address, IVAN_PORT) == "ivan"
+        wait_until(lambda: _connect_from_service(stack, "hub", lab_address, IRIS_PORT) == "iris",
+                   timeout=30, what="iris's server to answer the hub")
+        assert _connect_from_service(stack, "proxy", lab_address, IRIS_PORT) == "iris"
         assert hana.lab("GET", "/status").status_code == 200
-        assert ivan.lab("GET", "/status").status_code == 200
-        # hana's lab reaches neither ivan's server nor his Jupyter server, and the kernel
+        assert iris.lab("GET", "/status").status_code == 200
+        # hana's lab reaches neither iris's server nor his Jupyter server, and the kernel
         # counted the refusals on the rule that keeps labs apart.
         before = _rejected_between_labs(stack)
-        got = _attempts(hana, [("ivan's server", lab_address, IVAN_PORT),
-                               ("ivan's lab", lab_address, 8888)])
+        got = _attempts(hana, [("iris's server", lab_address, IRIS_PORT),
+                               ("iris's lab", lab_address, 8888)])
         assert all(answer.startswith("error:") for answer in got.values()), got
         assert _rejected_between_labs(stack) >= before + 2
     finally:
-        _stop(stack, ivan)
+        _stop(stack, iris)
 
 
 def test_labs_cannot_reach_metadata_or_blocked_networks(stack, hana, olga, fake_metadata):
