@@ -198,6 +198,12 @@ def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/sha
         ("unmasked /proc", "POST", CREATE, json.dumps(host(MaskedPaths=[]))),
         ("writable /proc/sys", "POST", CREATE, json.dumps(host(ReadonlyPaths=[]))),
         ("sysctls", "POST", CREATE, json.dumps(host(Sysctls={"net.ipv4.ip_forward": "1"}))),
+        # --- outside the labs' memory limit (their parent cgroup) -----------------------
+        ("the root cgroup as parent", "POST", CREATE, json.dumps(host(CgroupParent="/"))),
+        ("Docker's own cgroup as parent", "POST", CREATE,
+         json.dumps(host(CgroupParent="/docker"))),
+        ("a systemd slice as parent", "POST", CREATE,
+         json.dumps(host(CgroupParent="system.slice"))),
         ("a device", "POST", CREATE,
          json.dumps(host(Devices=[{"PathOnHost": "/dev/sda", "PathInContainer": "/dev/sda",
                                    "CgroupPermissions": "rwm"}]))),

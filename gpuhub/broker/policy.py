@@ -170,6 +170,8 @@ class Policy:
     gpu_ids: frozenset[str] = frozenset()
     shared_dir: str = ""
     pids_limit: int = 1024
+    # The parent cgroup every lab is made in (LABS_MEM_LIMIT); empty: labs have none.
+    labs_cgroup_parent: str = ""
 
     # --- names ---------------------------------------------------------------------
     @property
@@ -331,7 +333,7 @@ class Policy:
         host = _obj(host if host is not None else {}, "HostConfig", (
             "NetworkMode", "Binds", "CapDrop", "SecurityOpt", "PidsLimit", "Memory",
             "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests",
-            "LogConfig"))
+            "LogConfig", "CgroupParent"))
         network = host.get("NetworkMode", self.labs_network)
         if network != self.labs_network:
             raise Refused("HostConfig.NetworkMode", f"{network!r} is not {self.labs_network!r}")
@@ -353,6 +355,10 @@ class Policy:
             raise Refused("HostConfig.SecurityOpt", 'a lab has only "no-new-privileges"')
         _empty(host.get("Links"), "HostConfig.Links")
         _empty(host.get("Mounts"), "HostConfig.Mounts")
+        parent = host.get("CgroupParent") or ""
+        if parent != self.labs_cgroup_parent and (parent or not self.labs_cgroup_parent):
+            raise Refused("HostConfig.CgroupParent", f"a lab's parent cgroup is "
+                                                     f"{self.labs_cgroup_parent or 'none'}")
         if host.get("LogConfig") is not None:
             log = _obj(host["LogConfig"], "HostConfig.LogConfig", ("Type", "Config"))
             if log != LOG_CONFIG:
@@ -371,6 +377,8 @@ class Policy:
             # Always, whatever the hub sent: a lab's log cannot fill Docker's disk.
             "LogConfig": copy.deepcopy(LOG_CONFIG),
         }
+        if self.labs_cgroup_parent:  # always: labs together stay under LABS_MEM_LIMIT
+            out["CgroupParent"] = self.labs_cgroup_parent
         if "AutoRemove" in host:
             out["AutoRemove"] = _bool(host["AutoRemove"], "HostConfig.AutoRemove")
         if "Memory" in host:
@@ -496,8 +504,10 @@ class Policy:
                 problems.append(f"{key} {host[key]}")
         if host.get("PortBindings") or host.get("PublishAllPorts"):
             problems.append("published ports")
-        if host.get("Sysctls") or host.get("CgroupParent"):
-            problems.append("sysctls or cgroup parent")
+        if host.get("Sysctls"):
+            problems.append("sysctls")
+        if (host.get("CgroupParent") or "") != self.labs_cgroup_parent:
+            problems.append(f"cgroup parent {host.get('CgroupParent')!r}")
         if not 0 < (host.get("PidsLimit") or 0) <= self.pids_limit:
             problems.append(f"PidsLimit {host.get('PidsLimit')}")
         for request in host.get("DeviceRequests") or []:

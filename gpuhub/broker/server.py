@@ -26,7 +26,12 @@ from yarl import URL
 
 from gpuhub.broker.policy import MAX_BODY, Call, Plan, Policy, Refused
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.core.names import DOCKER_BROKER_PORT, DOCKER_SOCKET_MOUNT, HUB_PROFILES_PATH
+from gpuhub.core.names import (
+    DOCKER_BROKER_PORT,
+    DOCKER_SOCKET_MOUNT,
+    HUB_PROFILES_PATH,
+    LABS_CGROUP_PARENT_ENV,
+)
 
 SOCKET = DOCKER_SOCKET_MOUNT
 PROFILES_PATH = Path(HUB_PROFILES_PATH)  # where compose mounts PROFILES_FILE
@@ -51,7 +56,8 @@ def policy_from_env(env: Mapping[str, str], profiles_path: Path = PROFILES_PATH)
     return Policy(project=settings.compose_project_name, images=frozenset(images),
                   gpu_ids=frozenset(g.device_id for g in inventory),
                   shared_dir=settings.shared_data_dir or "",
-                  pids_limit=settings.lab_pids_limit)
+                  pids_limit=settings.lab_pids_limit,
+                  labs_cgroup_parent=env.get(LABS_CGROUP_PARENT_ENV) or "")
 
 
 def _refusal(err: Refused) -> web.Response:

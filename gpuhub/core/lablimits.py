@@ -99,6 +99,19 @@ def lab_memory(setting: str, host_bytes: int) -> str | None:
     return auto_memory(host_bytes)
 
 
+def labs_memory(setting: str, host_bytes: int) -> int | None:
+    """Bytes all labs together may use for LABS_MEM_LIMIT (auto, none or a size); None: no
+    such limit. auto: the host less the reserve LAB_MEM_LIMIT=auto leaves."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return memory_bytes(setting)
+    if host_bytes <= 0:
+        raise ValueError("LABS_MEM_LIMIT=auto, but the Docker host's memory is unknown: set "
+                         "LABS_MEM_LIMIT to a size such as 48G, or none")
+    return memory_bytes(auto_memory(host_bytes))
+
+
 def lab_cpus(setting: str | float) -> float | None:
     """The CPU limit labs get for LAB_CPU_LIMIT (auto, none or a number); None: no quota."""
     return None if setting in ("auto", "none") else float(setting)

@@ -32,6 +32,16 @@ DOCKER_BROKER_URL = f"tcp://{DOCKER_BROKER_SERVICE}:{DOCKER_BROKER_PORT}"
 LAB_FIREWALL_SERVICE = "lab-firewall"
 # Where the lab-firewall image keeps gpuhub/labfirewall/service.py (its Dockerfile's COPY and CMD).
 LAB_FIREWALL_SCRIPT = "/usr/local/lib/gpuhub/labfirewall.py"
+# The service that keeps all labs under one memory limit (gpuhub/labfirewall/labmemory.py,
+# in the lab-firewall image at LAB_MEMORY_SCRIPT).
+LAB_MEMORY_SERVICE = "lab-memory"
+LAB_MEMORY_SCRIPT = "/usr/local/lib/gpuhub/labmemory.py"
+# Compose hands these to the hub, the broker and lab-memory (`invoke up` reads Docker's
+# cgroup driver and version, and works out LABS_MEM_LIMIT in bytes).
+LABS_CGROUP_PARENT_ENV = "GPUHUB_LABS_CGROUP_PARENT"
+LABS_MEMORY_ENV = "GPUHUB_LABS_MEMORY"
+CGROUP_DRIVER_ENV = "GPUHUB_CGROUP_DRIVER"
+CGROUP_VERSION_ENV = "GPUHUB_CGROUP_VERSION"
 
 # Where the containers that hold the Docker socket have it: the Docker broker, or the hub
 # itself with DOCKER_SOCKET_PROXY=false (docker-compose.docker-socket.yml) and in swarm mode.
@@ -158,6 +168,11 @@ def work_volume_template(project: str) -> str:
 
 
 IFNAMSIZ = 15  # the longest Linux interface name
+
+
+def labs_cgroup_parent(project: str, driver: str) -> str:
+    """The parent cgroup of every lab of ``project``, as Docker's CgroupParent names it."""
+    return f"gpuhub-{project}-labs.slice" if driver == "systemd" else f"/gpuhub-{project}-labs"
 
 
 def bridge_name(project: str) -> str:

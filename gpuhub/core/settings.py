@@ -555,6 +555,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Memory per lab, e.g. 16G. auto: the Docker host's memory less 2 GiB or 10 % "
             "(whichever is more) for the system and the hub, so one lab cannot take it all; "
             "none: no limit. A profile's mem_limit wins.", "Labs"),
+    Setting("LABS_MEM_LIMIT", "auto", _lab_memory,
+            "Memory all labs together may use, e.g. 48G: they run under one parent cgroup "
+            "with this limit, so the hub and the host keep the rest whatever the labs do. "
+            "auto: the Docker host's memory less the reserve LAB_MEM_LIMIT=auto leaves; "
+            "none: no such limit. Compose mode only (swarm mode: none).", "Labs"),
     Setting("LAB_PIDS_LIMIT", "1024", _count,
             "Most processes per lab (a fork bomb stops there).", "Labs"),
     Setting("SHARED_DATA_DIR", "", _optional_abs_path,
@@ -697,6 +702,7 @@ class Settings:
         login_lockout_seconds: int
         lab_cpu_limit: str | float
         lab_mem_limit: str
+        labs_mem_limit: str
         lab_pids_limit: int
         shared_data_dir: str | None
         profiles_file: str

@@ -74,6 +74,10 @@ class GpuDockerSpawner(DockerSpawner):
                     "(its rules are in place): labs never run unprotected, even when the "
                     "firewall was stopped or died.",
     ).tag(config=True)
+    require_lab_memory = Bool(
+        False, help="Start a lab only while the project's lab-memory service is healthy "
+                    "(the labs' parent cgroup and its limit are in place).",
+    ).tag(config=True)
 
     boot_timeout = Integer(
         300, help="Seconds a lab may take from its container's creation until it serves "
@@ -189,22 +193,32 @@ class GpuDockerSpawner(DockerSpawner):
     def _default_options_from_form(self):
         return lambda formdata: Profiles.options_from_form(formdata)
 
-    # --- the lab firewall ----------------------------------------------------------
-    async def check_lab_firewall(self) -> None:
-        """Refuse the spawn (503) unless the project's lab-firewall container is healthy."""
-        if not self.require_lab_firewall:
-            return
-        healthy = await self.docker("containers", filters={
+    # --- the lab firewall and the labs' memory limit --------------------------------
+    async def service_healthy(self, service: str) -> bool:
+        return bool(await self.docker("containers", filters={
             "label": [f"{names.COMPOSE_PROJECT_LABEL}={self.project}",
-                      f"{names.COMPOSE_SERVICE_LABEL}={names.LAB_FIREWALL_SERVICE}"],
-            "health": "healthy"})
-        if not healthy:
+                      f"{names.COMPOSE_SERVICE_LABEL}={service}"],
+            "health": "healthy"}))
+
+    async def check_lab_firewall(self) -> None:
+        """Refuse the spawn (503) unless the project's lab-firewall container is healthy,
+        and its lab-memory container, when labs run under one memory limit."""
+        if self.require_lab_firewall and not await self.service_healthy(
+                names.LAB_FIREWALL_SERVICE):
             self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "
                            "not healthy (see `docker compose logs lab-firewall`)",
                            self.user.name, self.project)
             raise StartRefused(503, "labs start only behind the lab firewall, which is not "
                                     "running right now; ask an admin to run `invoke up`",
                                "lab_firewall_down")
+        if self.require_lab_memory and not await self.service_healthy(
+                names.LAB_MEMORY_SERVICE):
+            self.log.error("Refused to start a lab for %s: the lab-memory service of %s is "
+                           "not healthy (see `docker compose logs lab-memory`)",
+                           self.user.name, self.project)
+            raise StartRefused(503, "labs start only under the labs' memory limit, which is "
+                                    "not in place right now; ask an admin to run `invoke up`",
+                               "lab_memory_down")
 
     # --- what Docker says is held --------------------------------------------
     async def held_gpus(self) -> dict[str, list[str]]:

@@ -55,11 +55,12 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory))
+    memory_env = lab_memory_env(c, project, memory)
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
                       GPUHUB_LOGIN_FILES=login_files_stamp(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
-                      **(apart.env() if apart else {}))
+                      **(apart.env() if apart else {}), **memory_env)
     step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).
     extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + (
@@ -77,6 +78,32 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
         c.run(project.compose("restart hub"), env=env)
         wait_healthy(c, project, timeout)
     return up_message(s, inventory)
+
+
+CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
+
+
+def lab_memory_env(c, project, host_memory: int) -> dict[str, str]:
+    """What lab-memory, the hub and the broker are told for LABS_MEM_LIMIT: the labs' parent
+    cgroup (named for Docker's cgroup driver), its limit in bytes; {} for none."""
+    try:
+        limit = lablimits.labs_memory(project.settings.labs_mem_limit, host_memory)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if limit is None:
+        return {}
+    found = c.run(CGROUP_INFO, hide=True, warn=True).stdout.split()
+    driver, version = (found + ["", ""])[:2]
+    if driver not in ("cgroupfs", "systemd") or version not in ("1", "2") or (
+            driver, version) == ("systemd", "1"):
+        raise fail(f"Docker uses the {driver or 'unknown'} cgroup driver on cgroup "
+                   f"v{version or '?'}, where gpuhub cannot bound the labs' memory together: "
+                   "set LABS_MEM_LIMIT=none (each lab keeps LAB_MEM_LIMIT)")
+    step(f"labs together may use up to {limit // lablimits.UNITS['M']}M of memory "
+         f"(LABS_MEM_LIMIT={project.settings.labs_mem_limit})")
+    return {names.LABS_CGROUP_PARENT_ENV: names.labs_cgroup_parent(project.name, driver),
+            names.LABS_MEMORY_ENV: str(limit), names.CGROUP_DRIVER_ENV: driver,
+            names.CGROUP_VERSION_ENV: version}
 
 
 def up_message(s, inventory) -> str:
@@ -179,7 +206,9 @@ def remove_switched_off(c, project) -> None:
     """
     s = project.settings
     off = [name for name, on in ((names.DOCKER_BROKER_SERVICE, s.docker_socket_proxy),
-                                 (names.LAB_FIREWALL_SERVICE, s.lab_firewall)) if not on]
+                                 (names.LAB_FIREWALL_SERVICE, s.lab_firewall),
+                                 (names.LAB_MEMORY_SERVICE, s.labs_mem_limit != "none"))
+           if not on]
     for service in off:
         ids = c.run(f"docker ps -aq --filter label={names.COMPOSE_PROJECT_LABEL}={project.name} "
                     f"--filter label={names.COMPOSE_SERVICE_LABEL}={service}",

@@ -69,6 +69,8 @@ class Project:
             files.append("docker-compose.docker-socket.yml")
         if not self.settings.lab_firewall:
             files.append("docker-compose.no-lab-firewall.yml")
+        if self.settings.labs_mem_limit == "none":
+            files.append("docker-compose.no-lab-memory.yml")
         if self.settings.users_can_act_as_each_other:
             files.append("docker-compose.shared-origin.yml")
         if self.settings.tls_cert:  # validation guarantees TLS_KEY too

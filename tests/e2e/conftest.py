@@ -21,6 +21,7 @@ import requests
 
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.tasks import project as gpuhub_project
+from gpuhub.tasks import composestack, labsnetwork
 from gpuhub.tasks.composestack import GPU_SAMPLER_FILE, detect_gpus
 from harness.stack import ROOT, Stack
 from support.browser import HubBrowser, chromium
@@ -81,7 +82,21 @@ def gpu_mode(e2e_stack, pytestconfig) -> GpuMode:
 
 
 @pytest.fixture(scope="session")
-def docker_compose_command(e2e_stack, gpu_mode) -> str:
+def host_protection(e2e_stack) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What `invoke up` adds for this fresh project: labs apart (their network's subnet,
+    the hub's and the proxy's addresses) and the labs' memory limit; files and variables."""
+    from invoke import Context
+
+    c = Context()
+    project = gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)})
+    apart = labsnetwork.plan(c, project)
+    assert apart is not None, "a fresh e2e project has no labs network yet"
+    memory = composestack.lab_memory_env(c, project, composestack.docker_host_memory(c))
+    return (labsnetwork.APART_FILE,), {**apart.env(), **memory}
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command(e2e_stack, gpu_mode, host_protection) -> str:
     # pytest-docker runs "<this> -f FILE -p PROJECT SUBCOMMAND" through a shell, so the
     # variables `invoke up` hands compose are given here, without touching os.environ.
     # The proxy token `invoke up` would create (compose mounts it as a secret).
@@ -91,15 +106,16 @@ def docker_compose_command(e2e_stack, gpu_mode) -> str:
     env = {"GPUHUB_ENV_FILE": str(e2e_stack.env_file),
            "GPUHUB_GPU_INVENTORY": gpu_inventory.to_json(list(gpu_mode.inventory)),
            # The labs bridge lab-firewall guards (the project name is too long to be it).
-           "GPUHUB_LABS_BRIDGE": project.labs_bridge}
+           "GPUHUB_LABS_BRIDGE": project.labs_bridge, **host_protection[1]}
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
                      "docker compose", "--project-directory", shlex.quote(str(ROOT)),
                      "--env-file", shlex.quote(str(e2e_stack.env_file))])
 
 
 @pytest.fixture(scope="session")
-def docker_compose_file(e2e_stack, gpu_mode) -> list[str]:
+def docker_compose_file(e2e_stack, gpu_mode, host_protection) -> list[str]:
     files, _ = e2e_stack.compose_files_and_env()
+    files = [*files, *host_protection[0]]
     if gpu_mode.inventory:  # as `invoke up` does: the sampler may read the GPUs
         files = [*files, GPU_SAMPLER_FILE]
     return [str(ROOT / name) for name in files]

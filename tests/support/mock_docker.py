@@ -9,6 +9,7 @@ from invoke import MockContext, Result
 DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
 COMPOSE_VERSION = "docker compose version --short"
 DOCKER_MEMORY = "docker info --format '{{.MemTotal}}'"
+CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
 
 
 def labs_bridge_check(project: str = "gpuhub") -> str:
@@ -45,6 +46,8 @@ def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:
     results = dict(pairs)
     results.setdefault(DOCKER_INFO, Result("27.3.1\n"))
     results.setdefault(COMPOSE_VERSION, Result("2.29.7\n"))
+    results.setdefault(CGROUP_INFO, Result("cgroupfs 1\n"))
+    results.setdefault(DOCKER_MEMORY, Result(f"{16 * 1024**3}\n"))
     for command, result in defaults.items():
         results.setdefault(command, result)
     results[re.compile(r".* ps --status running --quiet hub$")] = Result("f00d\n" if running else "")

@@ -158,3 +158,21 @@ def test_a_bug_in_the_checks_refuses(broker, monkeypatch):
     status, answer = broker.request("POST", CREATE, GPUHUB_CREATE)
     assert status == 403 and "internal error" in answer["message"]
     assert broker.docker.calls[before:] == []
+
+
+def test_labs_go_under_the_labs_parent_cgroup_whatever_the_hub_asks(tmp_path):
+    """LABS_MEM_LIMIT: every lab is made in the labs' parent cgroup (the hub may name it,
+    or not); any other parent is refused."""
+    import dataclasses
+
+    from harness.fake_docker import policy
+
+    parent = f"/gpuhub-{PROJECT}-labs"
+    with BrokerHarness(tmp_path, dataclasses.replace(policy(), labs_cgroup_parent=parent)) as b:
+        for asked in (body(), host(CgroupParent=parent)):
+            before = len(b.docker.calls)
+            assert b.request("POST", CREATE, asked)[0] == 201
+            assert json.loads(b.docker.calls[before][2])["HostConfig"]["CgroupParent"] == parent
+        for other in ("/", "/docker", f"{parent}/..", "system.slice"):
+            status, answer = b.request("POST", CREATE, host(CgroupParent=other))
+            assert status == 403 and "HostConfig.CgroupParent" in answer["message"], answer

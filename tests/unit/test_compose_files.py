@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import yaml
 
+from gpuhub.core import names
 from harness import ROOT
 
 DEFAULT_CPU_WEIGHT = 1024  # Docker's cpu_shares of a container that sets none (labs)
@@ -52,7 +53,27 @@ def test_the_hub_proxy_and_broker_get_four_times_a_labs_cpu_weight():
     weights = {name: spec.get("cpu_shares") for name, spec in BASE.items()}
     assert weights == {"hub": 4 * DEFAULT_CPU_WEIGHT, "proxy": 4 * DEFAULT_CPU_WEIGHT,
                        "docker-proxy": 4 * DEFAULT_CPU_WEIGHT, "gpu-sampler": None,
-                       "lab-firewall": None}
+                       "lab-firewall": None, "lab-memory": None}
+
+
+def test_the_hub_and_its_helpers_are_the_oom_killers_last_choice():
+    """Labs have their own limits and parent cgroup; should the host itself run out, the
+    kernel picks anything before the hub, its proxy, its broker and the host guards."""
+    adjust = {name: spec.get("oom_score_adj") for name, spec in BASE.items()}
+    assert adjust == {"hub": -500, "proxy": -500, "docker-proxy": -500, "gpu-sampler": None,
+                      "lab-firewall": -900, "lab-memory": -900}
+
+
+def test_lab_memory_has_no_network_no_capability_and_only_the_cgroup_tree():
+    memory = BASE["lab-memory"]
+    assert memory["network_mode"] == "none" and memory["cap_drop"] == ["ALL"]
+    assert memory["read_only"] is True and "cap_add" not in memory
+    assert memory["volumes"] == ["/sys/fs/cgroup:/host/cgroup"]
+    assert memory["command"] == ["python3", names.LAB_MEMORY_SCRIPT, "run"]
+    assert BASE["hub"]["depends_on"]["lab-memory"] == {"condition": "service_healthy",
+                                                      "required": False}
+    off = compose_files()["docker-compose.no-lab-memory.yml"]["services"]
+    assert off == {"lab-memory": {"profiles": ["disabled"]}}
 
 
 def test_the_lab_firewall_has_the_host_network_and_only_net_admin_and_net_raw():

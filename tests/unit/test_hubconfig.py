@@ -385,3 +385,12 @@ def test_labs_on_the_hub_origin_only_when_the_admin_accepts_what_it_costs(config
     assert "any user can act as anyone who opens a link into their lab" in warning
     page = (ROOT / "jupyterhub" / "templates" / "page.html").read_text()
     assert "gpuhub_shared_origin_warning and user and user.admin" in page
+
+
+def test_labs_are_made_in_the_labs_parent_cgroup_that_invoke_up_names(configure):
+    c = configure(env={"GPUHUB_LABS_CGROUP_PARENT": "/gpuhub-gpuhub-labs"})
+    assert c.DockerSpawner.extra_host_config["cgroup_parent"] == "/gpuhub-gpuhub-labs"
+    assert c.GpuDockerSpawner.require_lab_memory is True
+    bare = configure()  # compose run by hand without it: no parent, nothing to wait for
+    assert "cgroup_parent" not in bare.DockerSpawner.extra_host_config
+    assert bare.GpuDockerSpawner.require_lab_memory is False

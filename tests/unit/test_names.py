@@ -171,6 +171,20 @@ def test_the_lab_firewall_image_runs_the_script_where_names_says_and_checks_its_
     assert probe[:2] == ["sh", "-c"] and f"find {labfirewall.STATUS_FILE} " in probe[2], probe
 
 
+def test_lab_memory_runs_its_script_from_that_image_and_checks_its_status_file():
+    from gpuhub.labfirewall import labmemory
+
+    assert ("COPY", f"gpuhub/labfirewall/labmemory.py {names.LAB_MEMORY_SCRIPT}") in instructions(
+        LAB_FIREWALL_IMAGE)
+    service = COMPOSE["services"][names.LAB_MEMORY_SERVICE]
+    assert service["command"] == ["python3", names.LAB_MEMORY_SCRIPT, "run"]
+    assert f"find {labmemory.STATUS_FILE} " in service["healthcheck"]["test"][3]
+    assert service["volumes"] == [f"/sys/fs/cgroup:{labmemory.CGROUP_ROOT}"]
+    assert set(service["environment"]) == {
+        names.LABS_CGROUP_PARENT_ENV, names.LABS_MEMORY_ENV, names.CGROUP_DRIVER_ENV,
+        names.CGROUP_VERSION_ENV}
+
+
 def test_every_service_and_every_lab_has_a_capped_rotated_log():
     from gpuhub.core.lablimits import LOG_DRIVER, LOG_OPTIONS
 

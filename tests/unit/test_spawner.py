@@ -424,3 +424,21 @@ def test_docker_calls_run_on_a_pool_sized_by_the_setting(tmp_path):
         assert spawner.executor is make_spawner(make_config(tmp_path, GPUS)).executor
     finally:
         GpuDockerSpawner._executor = None
+
+
+def test_no_lab_starts_while_the_labs_memory_limit_is_not_in_place(tmp_path, monkeypatch):
+    from tornado import web
+
+    async def firewall_only(method, *args, **kwargs):
+        calls.append(kwargs)
+        return [{"Id": "fw"}] if "service=lab-firewall" in str(kwargs) else []
+
+    spawner, calls = _start_without_a_firewall(tmp_path, monkeypatch)
+    monkeypatch.setattr(spawner, "docker", firewall_only)
+    spawner.require_lab_memory = True
+    with pytest.raises(web.HTTPError) as info:
+        asyncio.run(spawner.start())
+    assert info.value.status_code == 503
+    assert "memory limit" in info.value.log_message and "invoke up" in info.value.log_message
+    assert calls[-1]["filters"]["label"][-1] == "com.docker.compose.service=lab-memory"
+    assert spawner.gpu_ids == [] and spawner.gpu_state.grants.held() == {}

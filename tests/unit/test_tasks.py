@@ -19,6 +19,7 @@ from gpuhub.core.settings import BY_NAME, DEFAULT_JUPYTERHUB_VERSION
 from gpuhub.tasks import composestack, stack, users
 from gpuhub.tasks import project as project_mod
 from support.mock_docker import (
+    CGROUP_INFO,
     COMPOSE_VERSION,
     DOCKER_INFO,
     DOCKER_MEMORY,
@@ -225,10 +226,16 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
         labs_bridge_check(), *labs_network_setup(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB,
-        DOCKER_MEMORY, up, exists,
+        DOCKER_MEMORY, CGROUP_INFO, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
+    # All labs under one parent cgroup, limited to LABS_MEM_LIMIT=auto (as LAB_MEM_LIMIT).
+    assert {k: env[k] for k in ("GPUHUB_LABS_CGROUP_PARENT", "GPUHUB_LABS_MEMORY",
+                                "GPUHUB_CGROUP_DRIVER", "GPUHUB_CGROUP_VERSION")} == {
+        "GPUHUB_LABS_CGROUP_PARENT": "/gpuhub-gpuhub-labs",
+        "GPUHUB_LABS_MEMORY": str(14336 * 1024**2), "GPUHUB_CGROUP_DRIVER": "cgroupfs",
+        "GPUHUB_CGROUP_VERSION": "1"}
     # Labs apart: the subnet Docker's allocator gave the probe, the hub and the proxy fixed.
     assert {k: env[k] for k in ("GPUHUB_LABS_SUBNET", "GPUHUB_LABS_RANGE", "GPUHUB_HUB_ADDRESS",
                                 "GPUHUB_PROXY_ADDRESS")} == {
@@ -250,17 +257,19 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
 
 
 @pytest.mark.parametrize(("settings", "answer", "passed", "noted"), [
-    ({}, Result(stderr="permission denied", exited=1), "", False),  # the hub reads its own
-    ({}, Result("<no value>\n"), "", False),
+    # The hub reads its own (LABS_MEM_LIMIT=auto needs it: below).
+    ({"LABS_MEM_LIMIT": "none"}, Result(stderr="permission denied", exited=1), "", False),
+    ({"LABS_MEM_LIMIT": "none"}, Result("<no value>\n"), "", False),
     ({"LAB_MEM_LIMIT": "8G"}, Result(f"{4 * 1024**3}\n"), str(4 * 1024**3), False),
     ({"LAB_MEM_LIMIT": "auto"}, Result(f"{4 * 1024**3}\n"), str(4 * 1024**3), True),
 ])
 def test_up_hands_the_hub_the_docker_hosts_memory(env_file, free_port, no_gpu_detection, capsys,
                                                   settings, answer, passed, noted):
-    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="", **settings)
+    env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="", **settings)
     c = context((DOCKER_MEMORY, answer), running=False)
     stack.up(c, build=False)
-    env = call_for(c, compose_up(path, 180)).kwargs["env"]
+    (up,) = [call for call in c.run.call_args_list if " up -d --wait " in call.args[0]]
+    env = up.kwargs["env"]
     assert env["GPUHUB_LAB_HOST_MEMORY"] == passed
     assert ("labs may use up to 2048M of memory each" in capsys.readouterr().out) is noted
 
@@ -400,7 +409,7 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
                  ["docker-compose.no-lab-firewall.yml", "docker-compose.gpu-sampler.yml"])
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
-                               remove_firewall_rules(), DOCKER_MEMORY, up]
+                               remove_firewall_rules(), DOCKER_MEMORY, CGROUP_INFO, up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 

@@ -1,0 +1,185 @@
+"""The labs' memory, all together: one parent cgroup for every lab, with its own limit.
+
+Runs as the ``lab-memory`` compose service (the lab-firewall image: only python3-minimal;
+no network, no capability, the host's cgroup tree mounted at ``/host/cgroup``). Each lab
+has its own limit (LAB_MEM_LIMIT); this one bounds them together (LABS_MEM_LIMIT), so the
+hub, the proxy, the broker and the host keep the rest: when labs together reach it, the
+kernel's OOM killer picks a process inside the labs' cgroup, never outside.
+
+Every lab is created under the parent ``GPUHUB_LABS_CGROUP_PARENT`` (the spawner asks for
+it, the Docker broker sets it). The parent is made here, before any lab (a parent Docker
+made on its own would have no limit), and its limit written and read back every few
+seconds: after a reboot, or if something resets it, it is put back. Only while it holds
+is the service healthy, and the hub starts labs only while it is (fail closed). The limit
+stays when the service stops.
+
+Where the parent is, by Docker's cgroup driver and the kernel's cgroup version:
+
+- cgroupfs, v1: ``memory/<parent>`` (``memory.limit_in_bytes``);
+- cgroupfs, v2: ``<parent>`` (``memory.max``);
+- systemd (v2): the slice's path, ``gpuhub.slice/gpuhub-x.slice/gpuhub-x-labs.slice``
+  (``memory.max``; systemd may reset it on a reload, and it is put back within seconds).
+
+This file runs alone in that image, so it imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import NamedTuple
+
+CGROUP_ROOT = "/host/cgroup"  # the host's /sys/fs/cgroup (compose mounts it)
+STATUS_FILE = "/run/lab-memory.ok"  # touched after each good check (the health check)
+CHECK_INTERVAL = 5
+
+
+class Parent(NamedTuple):
+    """The labs' parent cgroup and its limit. (A NamedTuple: no dataclasses here.)"""
+
+    name: str  # as Docker's CgroupParent names it
+    limit: int  # bytes
+    driver: str  # cgroupfs or systemd
+    version: str  # 1 or 2
+
+    def path(self, root: str = CGROUP_ROOT) -> str:
+        if self.driver == "systemd":
+            # Docker (via systemd) nests a-b-c.slice in a.slice/a-b.slice.
+            stem = self.name[: -len(".slice")]
+            parts = stem.split("-")
+            slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+            return os.path.join(root, *slices)
+        base = os.path.join(root, "memory") if self.version == "1" else root
+        return os.path.join(base, self.name.strip("/"))
+
+    @property
+    def limit_file(self) -> str:
+        return "memory.limit_in_bytes" if self.version == "1" else "memory.max"
+
+
+def parent_from_env(env: dict[str, str]) -> Parent:
+    """The parent compose describes; ValueError naming the variable otherwise."""
+    name = env.get("GPUHUB_LABS_CGROUP_PARENT", "")
+    driver = env.get("GPUHUB_CGROUP_DRIVER", "")
+    version = env.get("GPUHUB_CGROUP_VERSION", "")
+    limit = env.get("GPUHUB_LABS_MEMORY", "")
+    if driver not in ("cgroupfs", "systemd") or version not in ("1", "2"):
+        raise ValueError(f"GPUHUB_CGROUP_DRIVER={driver!r} and GPUHUB_CGROUP_VERSION="
+                         f"{version!r} are not a cgroup setup gpuhub knows; start the stack "
+                         "with `invoke up`, which reads them from Docker")
+    if driver == "systemd" and version == "1":
+        raise ValueError("Docker's systemd cgroup driver on cgroup v1 is not supported: use "
+                         "cgroup v2, or the cgroupfs driver, or LABS_MEM_LIMIT=none")
+    expected = name.endswith(".slice") if driver == "systemd" else name.startswith("/")
+    if not expected or ".." in name or "//" in name or not name.strip("/").replace(
+            "-", "").replace("_", "").replace("/", "").replace(".", "").isalnum():
+        raise ValueError(f"GPUHUB_LABS_CGROUP_PARENT={name!r} is not a cgroup parent "
+                         "gpuhub makes; start the stack with `invoke up`")
+    if not limit.isdigit() or int(limit) <= 0:
+        raise ValueError(f"GPUHUB_LABS_MEMORY={limit!r} is not a number of bytes; start the "
+                         "stack with `invoke up`")
+    return Parent(name, int(limit), driver, version)
+
+
+def read_limit(parent: Parent, root: str = CGROUP_ROOT) -> int | None:
+    """The parent's limit as the kernel holds it (None: no parent, or no limit)."""
+    try:
+        with open(os.path.join(parent.path(root), parent.limit_file)) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def page_rounded(limit: int) -> int:
+    """The kernel keeps a limit in whole pages."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return limit // page * page
+
+
+def apply(parent: Parent, root: str = CGROUP_ROOT) -> None:
+    """Make the parent (if missing) and write its limit; OSError when the kernel refuses."""
+    os.makedirs(parent.path(root), exist_ok=True)
+    with open(os.path.join(parent.path(root), parent.limit_file), "w") as f:
+        f.write(str(parent.limit))
+
+
+def in_place(parent: Parent, root: str = CGROUP_ROOT) -> bool:
+    return read_limit(parent, root) == page_rounded(parent.limit)
+
+
+def log(message: str) -> None:
+    print(f"lab-memory: {message}", flush=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stop()
+
+
+def mark_healthy(status: str, healthy: bool) -> None:
+    if healthy:
+        with open(status, "w") as f:
+            f.write(f"{time.time():.0f}\n")
+    elif os.path.exists(status):
+        os.remove(status)
+
+
+def run_forever(parent: Parent, root: str = CGROUP_ROOT, interval: float = CHECK_INTERVAL,
+                status: str = STATUS_FILE) -> None:
+    """Keep the parent's limit in place until SIGTERM; healthy only while it holds."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    told = None
+    try:
+        while True:
+            problem = ""
+            if not in_place(parent, root):
+                try:
+                    apply(parent, root)
+                except OSError as err:
+                    problem = f"cannot write {parent.limit_file} of {parent.path(root)}: {err}"
+                if not problem and not in_place(parent, root):
+                    problem = (f"{parent.path(root)} holds {read_limit(parent, root)}, not "
+                               f"{page_rounded(parent.limit)}")
+            if problem != told:
+                log(f"error: {problem}; no lab starts until then" if problem else
+                    f"labs together may use {parent.limit // 2**20} MiB ({parent.name}, "
+                    f"{parent.driver}, cgroup v{parent.version})")
+                told = problem
+            mark_healthy(status, not problem)
+            time.sleep(interval)
+    except _Stop:
+        log("stopping; the labs' limit stays in place")
+    finally:
+        mark_healthy(status, False)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``run`` (the service) or ``check`` (whether the limit holds, for admins)."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else "run"
+    try:
+        parent = parent_from_env(dict(os.environ))
+    except ValueError as err:
+        log(f"error: {err}")
+        return 2
+    if command == "check":
+        held = read_limit(parent)
+        log(f"{parent.path()}: {held} (wanted {page_rounded(parent.limit)})")
+        return 0 if in_place(parent) else 1
+    if command != "run":
+        log(f"error: unknown command {command!r}; use run or check")
+        return 2
+    run_forever(parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""lab-memory: the labs' parent cgroup and its limit, kept in place; healthy only then."""
+
+import os
+
+import pytest
+from invoke import Result
+from invoke.exceptions import Exit
+
+from gpuhub.labfirewall import labmemory
+from gpuhub.labfirewall.labmemory import Parent, parent_from_env
+from gpuhub.tasks import composestack
+from gpuhub.tasks.project import load
+from support.mock_docker import CGROUP_INFO, docker_context
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+LIMIT = 700 * 2**20  # whole pages
+ENV = {"GPUHUB_LABS_CGROUP_PARENT": "/gpuhub-demo-labs", "GPUHUB_LABS_MEMORY": str(LIMIT),
+       "GPUHUB_CGROUP_DRIVER": "cgroupfs", "GPUHUB_CGROUP_VERSION": "1"}
+
+
+@pytest.mark.parametrize("driver, version, name, path, limit_file", [
+    ("cgroupfs", "1", "/gpuhub-demo-labs", "R/memory/gpuhub-demo-labs", "memory.limit_in_bytes"),
+    ("cgroupfs", "2", "/gpuhub-demo-labs", "R/gpuhub-demo-labs", "memory.max"),
+    ("systemd", "2", "gpuhub-demo-labs.slice",
+     "R/gpuhub.slice/gpuhub-demo.slice/gpuhub-demo-labs.slice", "memory.max"),
+])
+def test_where_the_parent_is_for_each_driver_and_cgroup_version(driver, version, name, path,
+                                                                limit_file):
+    parent = Parent(name, LIMIT, driver, version)
+    assert parent.path("R") == path and parent.limit_file == limit_file
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"GPUHUB_CGROUP_DRIVER": ""}, "not a cgroup setup gpuhub knows"),
+    ({"GPUHUB_CGROUP_VERSION": "3"}, "not a cgroup setup gpuhub knows"),
+    ({"GPUHUB_CGROUP_DRIVER": "systemd", "GPUHUB_LABS_CGROUP_PARENT": "x.slice"},
+     "systemd cgroup driver on cgroup v1"),
+    ({"GPUHUB_LABS_CGROUP_PARENT": "/"}, "not a cgroup parent gpuhub makes"),
+    ({"GPUHUB_LABS_CGROUP_PARENT": "/gpuhub/../docker"}, "not a cgroup parent gpuhub makes"),
+    ({"GPUHUB_LABS_CGROUP_PARENT": "gpuhub-demo-labs"}, "not a cgroup parent gpuhub makes"),
+    ({"GPUHUB_LABS_MEMORY": ""}, "not a number of bytes"),
+    ({"GPUHUB_LABS_MEMORY": "0"}, "not a number of bytes"),
+])
+def test_a_parent_compose_did_not_describe_is_refused(change, words):
+    with pytest.raises(ValueError, match=words):
+        parent_from_env({**ENV, **change})
+
+
+def test_the_service_makes_the_parent_writes_the_limit_and_keeps_it(tmp_path, monkeypatch):
+    parent = parent_from_env(ENV)
+    status = tmp_path / "lab-memory.ok"
+    limit_file = tmp_path / "memory" / "gpuhub-demo-labs" / "memory.limit_in_bytes"
+    rounds = []
+
+    def sleep(seconds):
+        rounds.append((limit_file.read_text(), status.exists()))
+        if len(rounds) == 1:
+            limit_file.write_text("9223372036854771712")  # reset (a reboot, by hand)
+        else:
+            raise labmemory._Stop()
+
+    monkeypatch.setattr(labmemory.time, "sleep", sleep)
+    labmemory.run_forever(parent, root=str(tmp_path), status=str(status))
+    # Written before any lab, healthy; put back after the reset, healthy again.
+    assert rounds == [(str(LIMIT), True), (str(LIMIT), True)]
+    assert not status.exists(), "stopped: no longer healthy"
+    assert limit_file.read_text() == str(LIMIT), "the limit stays when the service stops"
+
+
+def test_while_the_kernel_refuses_the_limit_no_lab_starts(tmp_path, monkeypatch, capsys):
+    parent = parent_from_env(ENV)
+    (tmp_path / "memory").write_text("not a folder")  # the parent cannot be made
+    status = tmp_path / "lab-memory.ok"
+    seen = []
+
+    def sleep(seconds):
+        seen.append(status.exists())
+        raise labmemory._Stop()
+
+    monkeypatch.setattr(labmemory.time, "sleep", sleep)
+    labmemory.run_forever(parent, root=str(tmp_path), status=str(status))
+    assert seen == [False]
+    assert "error: cannot write memory.limit_in_bytes" in capsys.readouterr().out
+
+
+def test_the_kernel_keeps_the_limit_in_whole_pages(tmp_path):
+    parent = Parent("/p", LIMIT + 1, "cgroupfs", "2")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "memory.max").write_text(str(LIMIT))  # what the kernel reads back
+    assert labmemory.in_place(parent, str(tmp_path)) is (PAGE > 1)
+
+
+# --- what `invoke up` tells lab-memory, the hub and the broker ---------------------------
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("setting, answer, expected", [
+    ("auto", "cgroupfs 1", {"GPUHUB_LABS_CGROUP_PARENT": "/gpuhub-gpuhub-labs",
+                            "GPUHUB_LABS_MEMORY": str(14336 * 2**20),
+                            "GPUHUB_CGROUP_DRIVER": "cgroupfs", "GPUHUB_CGROUP_VERSION": "1"}),
+    ("48G", "systemd 2", {"GPUHUB_LABS_CGROUP_PARENT": "gpuhub-gpuhub-labs.slice",
+                          "GPUHUB_LABS_MEMORY": str(48 * GIB),
+                          "GPUHUB_CGROUP_DRIVER": "systemd", "GPUHUB_CGROUP_VERSION": "2"}),
+    ("none", "cgroupfs 1", {}),
+])
+def test_up_names_the_parent_for_dockers_cgroup_driver(env_file, setting, answer, expected):
+    env_file(LABS_MEM_LIMIT=setting)
+    c = docker_context((CGROUP_INFO, Result(answer + "\n")), running=False)
+    assert composestack.lab_memory_env(c, load(), 16 * GIB) == expected
+
+
+@pytest.mark.parametrize("answer, memory, words", [
+    ("systemd 1", 16 * GIB, "systemd cgroup driver on cgroup v1"),
+    ("", 16 * GIB, "unknown cgroup driver"),
+    ("cgroupfs 1", 0, "LABS_MEM_LIMIT=auto, but the Docker host's memory is unknown"),
+])
+def test_up_refuses_what_cannot_bound_the_labs_together(env_file, answer, memory, words):
+    env_file()
+    c = docker_context((CGROUP_INFO, Result(answer + "\n")), running=False)
+    with pytest.raises(Exit, match=words):
+        composestack.lab_memory_env(c, load(), memory)
