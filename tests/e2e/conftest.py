@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.tasks import project as gpuhub_project
 from gpuhub.tasks import composestack, labsnetwork
+from gpuhub.tasks import project as gpuhub_project
 from gpuhub.tasks.composestack import GPU_SAMPLER_FILE, detect_gpus
 from harness.stack import ROOT, Stack
 from support.browser import HubBrowser, chromium
