@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
+import requests
 import websocket
 
 from gpuhub.core import lablimits
@@ -23,6 +28,14 @@ from harness.wait import wait_until
 SPAWN_TIMEOUT = 180
 LIMIT = "512M"
 LIMIT_BYTES = 512 * 1024 ** 2
+# All labs together (LABS_MEM_LIMIT): more than one lab's limit, less than two labs'.
+TOGETHER = "768M"
+TOGETHER_BYTES = 768 * 1024 ** 2
+# Within one lab's limit (with the lab's server and kernel), over the limit of two together.
+ALLOCATE_SOME = ("chunks = []\n"
+                 "for _ in range(10):\n"
+                 "    chunks.append(b'\\x01' * (32 * 1024 * 1024))\n"
+                 "print('allocated', len(chunks))\n")
 PROFILES = "- {display_name: CPU only, slug: cpu, gpus: 0}\n"
 # Four times the limit, in pages that are really written: more than the limit plus the
 # swap Docker allows a lab by default (as much again as its memory, if the host has swap).
@@ -101,7 +114,8 @@ def limits_stack(stack_factory, tmp_path_factory):
     """A stack whose labs may use 512M each (LAB_MEM_LIMIT), with one CPU profile."""
     profiles = tmp_path_factory.mktemp("limits") / "profiles.yaml"
     profiles.write_text(PROFILES)
-    stack = stack_factory(LAB_MEM_LIMIT=LIMIT, PROFILES_FILE=str(profiles))
+    stack = stack_factory(LAB_MEM_LIMIT=LIMIT, LABS_MEM_LIMIT=TOGETHER,
+                          PROFILES_FILE=str(profiles))
     stack.up("--no-build")
     return stack
 
@@ -275,3 +289,79 @@ def test_a_lab_that_floods_its_log_stays_under_the_cap(stack):
         kernel.close()
         flood.stop(logs=stack.logs)
         stack.invoke("deluser", "flood", "--purge-data")
+
+
+def _labs_cgroup(stack) -> Path:
+    return Path("/sys/fs/cgroup/memory") / f"gpuhub-{stack.project}-labs"
+
+
+def _oom_kills_in_kernel_log(since_boot_seconds: float) -> list[str]:
+    """The kernel's own record of OOM kills (dmesg) after ``since_boot_seconds``."""
+    lines = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    kills = []
+    for line in lines.splitlines():
+        stamp = re.match(r"\[\s*(\d+\.\d+)\]", line)
+        if stamp and float(stamp[1]) > since_boot_seconds and "oom-kill:" in line:
+            kills.append(line)
+    return kills
+
+
+def test_two_labs_that_take_all_they_can_stay_under_the_labs_limit(limits_stack, hog, calm):
+    """Each lab stays within its own limit, but together they go over LABS_MEM_LIMIT: the
+    kernel kills inside the labs' parent cgroup only, and the hub answers throughout."""
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        pytest.fail("this test reads cgroup v1's memory controller, as this machine has it")
+    stack = limits_stack
+    for user in (hog, calm):
+        _running_lab(stack, user)
+        info = stack.inspect(stack.lab_container(user.name))
+        assert info["HostConfig"]["CgroupParent"] == f"/gpuhub-{stack.project}-labs"
+    parent = _labs_cgroup(stack)
+    assert int((parent / "memory.limit_in_bytes").read_text()) == TOGETHER_BYTES
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def poll_hub():
+        while not stop.is_set():
+            try:
+                answers.append(requests.get(f"{stack.url}/hub/health", timeout=5).status_code)
+            except requests.RequestException:
+                answers.append(0)
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll_hub, daemon=True)
+    kernels = [Kernel(hog), Kernel(calm)]
+    try:
+        poller.start()
+        results: dict[str, dict] = {}
+        runners = [threading.Thread(target=lambda k=k: results.__setitem__(
+            k.user.name, k.run(ALLOCATE_SOME, timeout=120))) for k in kernels]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(150)
+        time.sleep(2)
+    finally:
+        stop.set()
+        poller.join(10)
+        for kernel in kernels:
+            kernel.ws.close()
+    # The kernel kept the labs together under their limit, and killed there: at least one
+    # kernel died, and every OOM kill since the start was inside the labs' parent.
+    assert int((parent / "memory.max_usage_in_bytes").read_text()) <= TOGETHER_BYTES
+    assert any(r["end"] in ("restarting", "dead") for r in results.values()), results
+    kills = _oom_kills_in_kernel_log(uptime)
+    assert kills, "the kernel recorded no OOM kill"
+    outside = [k for k in kills if f"oom_memcg=/gpuhub-{stack.project}-labs" not in k]
+    assert not outside, f"OOM kills outside the labs' parent: {outside}"
+    # The hub answered every time; no service of the stack was restarted or killed.
+    assert answers and set(answers) == {200}, answers
+    for service in ("hub", "proxy", "docker-proxy", "lab-firewall", "lab-memory"):
+        cid = stack.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}",
+                           "--filter", f"label=com.docker.compose.service={service}").stdout.strip()
+        state = stack.inspect(cid)
+        assert state["RestartCount"] == 0 and not state["State"]["OOMKilled"], (service, state)
+    # The labs themselves keep running (a kernel was killed, not a lab).
+    for user in (hog, calm):
+        assert _state(stack, user.name)["Running"], user.name
