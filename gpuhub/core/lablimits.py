@@ -11,8 +11,9 @@ time fails at start-up instead.
   proxies. Memory cannot be shared back: without a limit, one lab that takes it all
   makes the kernel's OOM killer choose a victim anywhere on the host, another user's
   lab or the hub. With it, the lab that goes over its limit is the one that loses a
-  process. Several labs together may still use more than the host has: the limit
-  stops one lab, not all of them.
+  process. All labs together are bounded too (LABS_MEM_LIMIT, the same figure by
+  default): they run under one parent cgroup with that limit (the lab-memory service,
+  gpuhub/labfirewall/labmemory.py).
 - CPU: no quota. CPU time is shared back at once: when labs compete, the kernel gives
   each the same share, and the hub, proxy and broker run with four times the weight
   (``cpu_shares`` in docker-compose.yml). A quota would leave idle cores unused and
@@ -47,6 +48,11 @@ LOG_DRIVER = "json-file"
 LOG_OPTIONS = {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_FILES)}
 LOG_CONFIG = {"Type": LOG_DRIVER, "Config": LOG_OPTIONS}  # as Docker's API writes it
 MEMINFO = Path("/proc/meminfo")
+# Should the host itself run out of memory, the kernel's OOM killer picks a lab's process
+# before the hub's, its proxy's or its helpers' (0): a positive adjustment needs no
+# privilege (a negative one for the hub would need CAP_SYS_RESOURCE, which not every
+# Docker engine has).
+LAB_OOM_SCORE_ADJ = 500
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT])", re.IGNORECASE)
 
