@@ -1,7 +1,8 @@
 """The labs' memory, all together: one parent cgroup for every lab, with its own limit.
 
 Runs as the ``lab-memory`` compose service (the lab-firewall image: only python3-minimal;
-no network, no capability, the host's cgroup tree mounted at ``/host/cgroup``). Each lab
+no network, only DAC_OVERRIDE (cgroup v1's controller folders are read-only, even for
+root), the host's cgroup tree mounted at ``/host/cgroup``). Each lab
 has its own limit (LAB_MEM_LIMIT); this one bounds them together (LABS_MEM_LIMIT), so the
 hub, the proxy, the broker and the host keep the rest: when labs together reach it, the
 kernel's OOM killer picks a process inside the labs' cgroup, never outside.
@@ -11,7 +12,7 @@ it, the Docker broker sets it). The parent is made here, before any lab (a paren
 made on its own would have no limit), and its limit written and read back every few
 seconds: after a reboot, or if something resets it, it is put back. Only while it holds
 is the service healthy, and the hub starts labs only while it is (fail closed). The limit
-stays when the service stops.
+stays when the service stops while labs run; with none left, the parent is removed.
 
 Where the parent is, by Docker's cgroup driver and the kernel's cgroup version:
 
@@ -154,7 +155,11 @@ def run_forever(parent: Parent, root: str = CGROUP_ROOT, interval: float = CHECK
             mark_healthy(status, not problem)
             time.sleep(interval)
     except _Stop:
-        log("stopping; the labs' limit stays in place")
+        try:  # the kernel refuses while a lab is in it: then the limit stays in place
+            os.rmdir(parent.path(root))
+            log("stopping; no lab is left, so the labs' parent cgroup is removed")
+        except OSError:
+            log("stopping; the labs' limit stays in place")
     finally:
         mark_healthy(status, False)
         for sig, handler in previous.items():

@@ -75,10 +75,10 @@ def test_labs_are_the_oom_killers_first_choice_and_the_hub_is_not():
     assert c.DockerSpawner.extra_host_config["oom_score_adj"] == LAB_OOM_SCORE_ADJ
 
 
-def test_lab_memory_has_no_network_no_capability_and_only_the_cgroup_tree():
+def test_lab_memory_has_no_network_one_capability_and_only_the_cgroup_tree():
     memory = BASE["lab-memory"]
     assert memory["network_mode"] == "none" and memory["cap_drop"] == ["ALL"]
-    assert memory["read_only"] is True and "cap_add" not in memory
+    assert memory["read_only"] is True and memory["cap_add"] == ["DAC_OVERRIDE"]
     assert memory["volumes"] == ["/sys/fs/cgroup:/host/cgroup"]
     assert memory["command"] == ["python3", names.LAB_MEMORY_SCRIPT, "run"]
     assert BASE["hub"]["depends_on"]["lab-memory"] == {"condition": "service_healthy",
