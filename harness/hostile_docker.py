@@ -29,7 +29,6 @@ def gpuhub_create(project: str, image: str, gpu: str, shared: str) -> dict:
             "Links": [], "CpuQuota": 200000, "CpuPeriod": 100000, "PidsLimit": 1024,
             "AutoRemove": True, "Mounts": [],
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
-            "OomScoreAdj": 500,
             "DeviceRequests": [{"Driver": "nvidia", "Count": 0, "DeviceIDs": [gpu],
                                 "Capabilities": [["gpu"]], "Options": {}}]},
         "Labels": {"gpuhub.project": project, "gpuhub.user": "bob", "gpuhub.gpus": gpu,

@@ -28,7 +28,7 @@ from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
-from gpuhub.core.lablimits import LAB_OOM_SCORE_ADJ, LOG_CONFIG
+from gpuhub.core.lablimits import LOG_CONFIG
 
 MAX_BODY = 64 * 1024  # a lab's create body is about 2 KiB
 MAX_STRING = 8 * 1024
@@ -333,7 +333,7 @@ class Policy:
         host = _obj(host if host is not None else {}, "HostConfig", (
             "NetworkMode", "Binds", "CapDrop", "SecurityOpt", "PidsLimit", "Memory",
             "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests",
-            "LogConfig", "CgroupParent", "OomScoreAdj"))
+            "LogConfig", "CgroupParent"))
         network = host.get("NetworkMode", self.labs_network)
         if network != self.labs_network:
             raise Refused("HostConfig.NetworkMode", f"{network!r} is not {self.labs_network!r}")
@@ -377,11 +377,6 @@ class Policy:
             # Always, whatever the hub sent: a lab's log cannot fill Docker's disk.
             "LogConfig": copy.deepcopy(LOG_CONFIG),
         }
-        if host.get("OomScoreAdj", LAB_OOM_SCORE_ADJ) != LAB_OOM_SCORE_ADJ:
-            raise Refused("HostConfig.OomScoreAdj", f"a lab's is {LAB_OOM_SCORE_ADJ} (the OOM "
-                                                    "killer picks labs first)")
-        # Always: should the host run out of memory, a lab goes before the hub.
-        out["OomScoreAdj"] = LAB_OOM_SCORE_ADJ
         if self.labs_cgroup_parent:  # always: labs together stay under LABS_MEM_LIMIT
             out["CgroupParent"] = self.labs_cgroup_parent
         if "AutoRemove" in host:

@@ -48,11 +48,6 @@ LOG_DRIVER = "json-file"
 LOG_OPTIONS = {"max-size": LOG_MAX_SIZE, "max-file": str(LOG_FILES)}
 LOG_CONFIG = {"Type": LOG_DRIVER, "Config": LOG_OPTIONS}  # as Docker's API writes it
 MEMINFO = Path("/proc/meminfo")
-# Should the host itself run out of memory, the kernel's OOM killer picks a lab's process
-# before the hub's, its proxy's or its helpers' (0): a positive adjustment needs no
-# privilege (a negative one for the hub would need CAP_SYS_RESOURCE, which not every
-# Docker engine has).
-LAB_OOM_SCORE_ADJ = 500
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT])", re.IGNORECASE)
 

@@ -165,8 +165,6 @@ def update_spawner(c, settings: Settings) -> None:
         "pids_limit": settings.lab_pids_limit,
         # The lab's log is capped (rotated): it cannot fill the disk everyone needs.
         "log_config": {"type": lablimits.LOG_DRIVER, "config": dict(lablimits.LOG_OPTIONS)},
-        # The OOM killer's first choice, should the host run out: a lab, not the hub.
-        "oom_score_adj": lablimits.LAB_OOM_SCORE_ADJ,
     }
     # JupyterHub's timeout covers the whole start, a wait in line for a GPU included: a
     # wait is not a failed spawn. The lab's own boot has SPAWN_TIMEOUT (boot_timeout).

@@ -71,7 +71,6 @@ def test_gpuhubs_create_is_rebuilt_with_the_hardening(broker):
         "CapDrop": ["ALL"], "CapAdd": None, "SecurityOpt": ["no-new-privileges"],
         "Privileged": False, "PidsLimit": 1024, "RestartPolicy": {"Name": "no"},
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
-        "OomScoreAdj": 500,
         "AutoRemove": True, "Memory": 1 << 30, "CpuPeriod": 100000, "CpuQuota": 200000,
         "DeviceRequests": [{"Driver": "nvidia", "Count": 0, "DeviceIDs": [GPUS[0]],
                             "Capabilities": [["gpu"]], "Options": {}}]}

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuhub.broker.policy import Call, Refused
-from gpuhub.core.lablimits import LAB_OOM_SCORE_ADJ, LOG_CONFIG
+from gpuhub.core.lablimits import LOG_CONFIG
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
 from harness.hostile_docker import gpuhub_create
 
@@ -25,7 +25,7 @@ TOP = {"Image", "Cmd", "Env", "Labels", "ExposedPorts", "Volumes", "HostConfig",
        "AttachStdout", "AttachStderr"}
 HOST = {"NetworkMode", "Binds", "CapDrop", "CapAdd", "SecurityOpt", "Privileged", "PidsLimit",
         "RestartPolicy", "AutoRemove", "Memory", "CpuPeriod", "CpuQuota", "DeviceRequests",
-        "LogConfig", "OomScoreAdj"}
+        "LogConfig"}
 # Docker fields an attacker would reach for, and what they would set them to.
 DANGEROUS = ["Privileged", "CapAdd", "Binds", "NetworkMode", "PidMode", "IpcMode", "UTSMode",
              "UsernsMode", "SecurityOpt", "Devices", "DeviceRequests", "Mounts", "VolumesFrom",
@@ -97,8 +97,6 @@ def hardened(sent: dict) -> list[str]:
         problems.append("PIDs limit")
     if host["LogConfig"] != LOG_CONFIG:
         problems.append(f"log {host['LogConfig']}")
-    if host["OomScoreAdj"] != LAB_OOM_SCORE_ADJ:
-        problems.append(f"OOM score {host['OomScoreAdj']}")
     if host.get("CgroupParent", "") != POLICY.labs_cgroup_parent:
         problems.append(f"cgroup parent {host.get('CgroupParent')}")
     if not set(host["Binds"]) <= {f"{PROJECT}-home-bob:/home/jovyan/work:rw",

@@ -56,25 +56,6 @@ def test_the_hub_proxy_and_broker_get_four_times_a_labs_cpu_weight():
                        "lab-firewall": None, "lab-memory": None}
 
 
-def test_labs_are_the_oom_killers_first_choice_and_the_hub_is_not():
-    """Should the host itself run out, the kernel picks a lab's process before the hub's:
-    labs get a positive oom_score_adj (the spawner asks, the broker sets it whatever the
-    hub sends); the stack's services keep the default (a negative one needs a capability
-    not every Docker engine has)."""
-    from traitlets.config import Config
-
-    from gpuhub.core.lablimits import LAB_OOM_SCORE_ADJ
-    from gpuhub.core.settings import validate
-    from gpuhub.hub.hubconfig import update_spawner
-
-    assert LAB_OOM_SCORE_ADJ > 0
-    assert {name: spec.get("oom_score_adj") for name, spec in BASE.items()} == dict.fromkeys(
-        BASE)
-    c = Config()
-    update_spawner(c, validate({}))
-    assert c.DockerSpawner.extra_host_config["oom_score_adj"] == LAB_OOM_SCORE_ADJ
-
-
 def test_lab_memory_has_no_network_one_capability_and_only_the_cgroup_tree():
     memory = BASE["lab-memory"]
     assert memory["network_mode"] == "none" and memory["cap_drop"] == ["ALL"]
