@@ -207,8 +207,10 @@ def _forbidden(stack, info: dict) -> list[str]:
         found.append(f"logging {host.get('LogConfig')}")
     if (host.get("RestartPolicy") or {}).get("Name") not in ("", "no"):
         found.append(f"restart {host['RestartPolicy']}")
-    if host.get("OomScoreAdj") or host.get("OomKillDisable") or host.get("CgroupParent"):
-        found.append("OOM score, OOM killer or cgroup parent")
+    if host.get("OomScoreAdj") or host.get("OomKillDisable"):
+        found.append("OOM score or OOM killer")
+    if host.get("CgroupParent") not in (None, "", f"/gpuhub-{stack.project}-labs"):
+        found.append(f"cgroup parent {host['CgroupParent']} (not the labs' own)")
     if host.get("MaskedPaths") == [] or host.get("ReadonlyPaths") == []:
         found.append("unmasked /proc")
     if config.get("User") in ("root", "0") or config.get("StopSignal") not in (None, "SIGTERM"):

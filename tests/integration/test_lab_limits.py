@@ -33,7 +33,7 @@ TOGETHER = "768M"
 TOGETHER_BYTES = 768 * 1024 ** 2
 # Within one lab's limit (with the lab's server and kernel), over the limit of two together.
 ALLOCATE_SOME = ("chunks = []\n"
-                 "for _ in range(10):\n"
+                 "for _ in range(12):\n"
                  "    chunks.append(b'\\x01' * (32 * 1024 * 1024))\n"
                  "print('allocated', len(chunks))\n")
 PROFILES = "- {display_name: CPU only, slug: cpu, gpus: 0}\n"
