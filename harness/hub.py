@@ -60,6 +60,8 @@ class HubUser:
             # 127.0.0.1, so no environment (proxy, CA) settings are wanted anyway.
             self.http.trust_env = False
         self.token: str | None = None
+        # Where the hub serves this user's lab, once known (it does not change).
+        self.lab_base: str | None = None
 
     @classmethod
     def signed_in(cls, base_url: str, name: str, password: str,
@@ -165,9 +167,14 @@ class HubUser:
     # --- the lab, through the proxy -----------------------------------------
     def lab_url(self) -> str:
         """Where the hub serves this user's lab: ``<origin>/user/<name>/``, the origin the
-        user's own (``<user>.HUB_DOMAIN``) unless labs share the hub's."""
-        url = self.server().get("url") or f"/user/{self.name}/"
-        return url if url.startswith(("http://", "https://")) else self.base + url
+        user's own (``<user>.HUB_DOMAIN``) unless labs share the hub's. Asked of the hub
+        once, while the lab runs, then kept: the lab answers also while the hub is down."""
+        if self.lab_base is None:
+            url = self.server().get("url")
+            if not url:
+                return f"{self.base}/user/{self.name}/"  # no lab: the hub answers there
+            self.lab_base = url if url.startswith(("http://", "https://")) else self.base + url
+        return self.lab_base
 
     def lab(self, method: str, path: str, **kw) -> requests.Response:
         return requests.request(method, f"{self.lab_url()}api{path}",

@@ -123,7 +123,22 @@ class Stack:
             project = load(root=ROOT, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
         except Exit:  # a test of bad settings: the base file, with the settings as given
             return ["docker-compose.yml"], {**self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
-        return project.compose_files, project.env()
+        files, env = self.host_protection(project)
+        return [*project.compose_files, *files], project.env(**env)
+
+    def host_protection(self, project=None) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The files and variables `invoke up` adds to keep labs apart and under one memory
+        limit (gpuhub.tasks.composestack.host_protection), for compose run by hand."""
+        from invoke import Config, Context
+
+        from gpuhub.tasks import composestack
+        from gpuhub.tasks.project import load
+
+        project = project or load(root=ROOT, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
+        if project.swarm:
+            return (), {}
+        c = Context(Config(overrides={"run": {"in_stream": False}}))
+        return composestack.host_protection(c, project, composestack.docker_host_memory(c))
 
     def compose(self, *args: str, check: bool = False,
                 stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -42,9 +42,9 @@ QUERY_PROCESSES = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory"
                    "--format=csv,noheader,nounits"]
 # Readings kept per GPU for the admin page's history: 10 minutes at the default interval.
 HISTORY_LENGTH = 120
-# A Docker container's ID in a control group path: cgroupfs (/docker/<id>) or the
-# systemd driver (/system.slice/docker-<id>.scope).
-_CONTAINER_IN_CGROUP = re.compile(r"(?:^|/)docker[-/]([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+# A Docker container's ID in a control group path: cgroupfs (/docker/<id>, or a lab's
+# /<labs' parent>/<id>, LABS_MEM_LIMIT) or the systemd driver (.../docker-<id>.scope).
+_CONTAINER_IN_CGROUP = re.compile(r"(?:^|/)(?:docker-)?([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 
 
 def _number(text: str) -> int | None:

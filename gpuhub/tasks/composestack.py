@@ -40,12 +40,8 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     """Build, then start (or update) the compose project; what to tell the admin."""
     s = project.settings
     inventory = detect_gpus(project)
-    apart = None
     if s.lab_firewall:
         check_labs_bridge(c, project)
-        apart = labsnetwork.plan(c, project)
-        if apart is None:
-            step(labsnetwork.NOT_APART_WARNING.format(network=names.labs_network(project.name)))
     if build:
         build_images(c, project)
     pull_profile_images(c, project, profiles)
@@ -55,16 +51,15 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory))
-    memory_env = lab_memory_env(c, project, memory)
+    protection_files, protection_env = host_protection(c, project, memory)
     env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
                       GPUHUB_TLS_DIGEST=tls_files_digest(project),
                       GPUHUB_LOGIN_FILES=login_files_stamp(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
-                      **(apart.env() if apart else {}), **memory_env)
+                      **protection_env)
     step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).
-    extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + (
-        (labsnetwork.APART_FILE,) if apart else ())
+    extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + protection_files
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
                                    extra_files=extra), env=env, warn=True)
     if result.failed:
@@ -81,6 +76,20 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
 
 
 CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
+
+
+def host_protection(c, project, host_memory: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The compose files and variables that keep labs apart and under one memory limit,
+    as `invoke up` adds them (compose by hand needs the same: README, Compose by hand)."""
+    files: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    if project.settings.lab_firewall:
+        apart = labsnetwork.plan(c, project)
+        if apart is None:
+            step(labsnetwork.NOT_APART_WARNING.format(network=names.labs_network(project.name)))
+        else:
+            files, env = (labsnetwork.APART_FILE,), apart.env()
+    return files, {**env, **lab_memory_env(c, project, host_memory)}
 
 
 def lab_memory_env(c, project, host_memory: int) -> dict[str, str]:

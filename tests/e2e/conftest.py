@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.tasks import composestack, labsnetwork
+from gpuhub.tasks import labsnetwork
 from gpuhub.tasks import project as gpuhub_project
 from gpuhub.tasks.composestack import GPU_SAMPLER_FILE, detect_gpus
 from harness.stack import ROOT, Stack
@@ -85,14 +85,9 @@ def gpu_mode(e2e_stack, pytestconfig) -> GpuMode:
 def host_protection(e2e_stack) -> tuple[tuple[str, ...], dict[str, str]]:
     """What `invoke up` adds for this fresh project: labs apart (their network's subnet,
     the hub's and the proxy's addresses) and the labs' memory limit; files and variables."""
-    from invoke import Context
-
-    c = Context()
-    project = gpuhub_project.load(environ={"GPUHUB_ENV_FILE": str(e2e_stack.env_file)})
-    apart = labsnetwork.plan(c, project)
-    assert apart is not None, "a fresh e2e project has no labs network yet"
-    memory = composestack.lab_memory_env(c, project, composestack.docker_host_memory(c))
-    return (labsnetwork.APART_FILE,), {**apart.env(), **memory}
+    files, env = e2e_stack.host_protection()
+    assert labsnetwork.APART_FILE in files, "a fresh e2e project has no labs network yet"
+    return files, env
 
 
 @pytest.fixture(scope="session")
@@ -113,9 +108,8 @@ def docker_compose_command(e2e_stack, gpu_mode, host_protection) -> str:
 
 
 @pytest.fixture(scope="session")
-def docker_compose_file(e2e_stack, gpu_mode, host_protection) -> list[str]:
-    files, _ = e2e_stack.compose_files_and_env()
-    files = [*files, *host_protection[0]]
+def docker_compose_file(e2e_stack, gpu_mode) -> list[str]:
+    files, _ = e2e_stack.compose_files_and_env()  # labs apart's file included
     if gpu_mode.inventory:  # as `invoke up` does: the sampler may read the GPUs
         files = [*files, GPU_SAMPLER_FILE]
     return [str(ROOT / name) for name in files]

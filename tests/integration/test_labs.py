@@ -68,7 +68,7 @@ def test_one_user_cannot_use_another_users_lab(stack, users, alice_lab):
     assert bob.api("DELETE", "/users/alice/server").status_code in (403, 404)
     assert alice_lab.server().get("ready"), "alice's lab must be untouched"
     bob_on_alice = HubUser(stack.url, "alice")
-    bob_on_alice.token = bob.token
+    bob_on_alice.token, bob_on_alice.lab_base = bob.token, alice_lab.lab_url()
     status = bob_on_alice.lab("GET", "/contents").status_code
     assert status in (403, 404), f"bob's token reached alice's lab: HTTP {status}"
 

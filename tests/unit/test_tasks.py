@@ -225,8 +225,8 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     assert commands(c) == [
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
-        labs_bridge_check(), *labs_network_setup(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB,
-        DOCKER_MEMORY, CGROUP_INFO, up, exists,
+        labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, DOCKER_MEMORY,
+        *labs_network_setup(), CGROUP_INFO, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
