@@ -135,7 +135,8 @@ def test_the_lab_shows_its_own_gpus_in_nvidias_dashboards(alice_lab, gpu_mode):
 def test_another_user_cannot_open_this_lab(hub, browser, users, alice_lab):
     bob = browser("bob")
     bob.login("bob", users["bob"])
-    bob.open("/user/alice/lab")
+    # The link alice would share: her lab, on her own origin.
+    bob.driver.get(f"http://alice.localhost:{hub.settings['HUB_PORT']}/user/alice/lab")
     # alice's lab sends bob to the hub's OAuth page, which refuses him.
     refusal = bob.wait_for("div.error", "the hub to refuse bob alice's lab")
     assert "403" in refusal.text and "/user/alice/" in refusal.text, refusal.text
