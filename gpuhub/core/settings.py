@@ -102,11 +102,8 @@ def _domain(raw: str) -> str:
     """A DNS name (or an IP address, which the settings refuse unless labs share the
     hub's origin): lowercase, no scheme, port or path."""
     value = raw.lower().rstrip(".")
-    try:
-        ipaddress.ip_address(value.strip("[]"))
+    if _is_ip(value):
         return value
-    except ValueError:
-        pass
     labels = value.split(".")
     if len(value) > 253 or not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label)
                                    for label in labels):

@@ -203,22 +203,19 @@ class GpuDockerSpawner(DockerSpawner):
     async def check_lab_firewall(self) -> None:
         """Refuse the spawn (503) unless the project's lab-firewall container is healthy,
         and its lab-memory container, when labs run under one memory limit."""
-        if self.require_lab_firewall and not await self.service_healthy(
-                names.LAB_FIREWALL_SERVICE):
-            self.log.error("Refused to start a lab for %s: the lab-firewall service of %s is "
-                           "not healthy (see `docker compose logs lab-firewall`)",
-                           self.user.name, self.project)
-            raise StartRefused(503, "labs start only behind the lab firewall, which is not "
-                                    "running right now; ask an admin to run `invoke up`",
-                               "lab_firewall_down")
-        if self.require_lab_memory and not await self.service_healthy(
-                names.LAB_MEMORY_SERVICE):
-            self.log.error("Refused to start a lab for %s: the lab-memory service of %s is "
-                           "not healthy (see `docker compose logs lab-memory`)",
-                           self.user.name, self.project)
-            raise StartRefused(503, "labs start only under the labs' memory limit, which is "
-                                    "not in place right now; ask an admin to run `invoke up`",
-                               "lab_memory_down")
+        guards = (
+            (self.require_lab_firewall, names.LAB_FIREWALL_SERVICE,
+             "behind the lab firewall, which is not running", "lab_firewall_down"),
+            (self.require_lab_memory, names.LAB_MEMORY_SERVICE,
+             "under the labs' memory limit, which is not in place", "lab_memory_down"),
+        )
+        for required, service, what, reason in guards:
+            if required and not await self.service_healthy(service):
+                self.log.error("Refused to start a lab for %s: the %s service of %s is not "
+                               "healthy (see `docker compose logs %s`)",
+                               self.user.name, service, self.project, service)
+                raise StartRefused(503, f"labs start only {what} right now; ask an admin "
+                                        "to run `invoke up`", reason)
 
     # --- what Docker says is held --------------------------------------------
     async def held_gpus(self) -> dict[str, list[str]]:
