@@ -14,6 +14,7 @@ from gpuhub.hub.gpuline import roll_over
 from gpuhub.hub.hubconfig import apply_config, check_docker_access, load_admin_config
 from gpuhub.hub.hubmodes import hub_mode
 from gpuhub.hub.telemetry import install as install_telemetry
+from gpuhub.hub.workfolders import work_use
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -24,7 +25,8 @@ except SettingsError as err:
 
 try:
     check_docker_access(settings, os.environ)
-    apply_config(c, settings)
+    work_folders = work_use(settings, os.environ)
+    apply_config(c, settings, work_use=work_folders)
     # Then the admin's own settings (jupyterhub_config.d/*.py), which may override gpuhub's.
     for name in load_admin_config(c):
         logging.getLogger("gpuhub").info("Loaded the admin's %s", name)
@@ -32,7 +34,7 @@ except ValueError as err:  # Docker not reached as set, bad GPU pins, inventory 
     sys.exit(f"gpuhub: {err}")
 
 # The GPU board (admin page, metrics) and the spawner's counters, in the hub's registry.
-install_telemetry(hub_mode(settings).board_source)
+install_telemetry(hub_mode(settings).board_source, work_folders)
 
 # Once per hub start: labs that stopped while the hub was down close their records, and
 # the last hub's line for GPUs is put aside (its users are told their wait ended).

@@ -28,7 +28,7 @@ from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
-from gpuhub.core.lablimits import LOG_CONFIG
+from gpuhub.core.lablimits import LOG_CONFIG, TMP_PATH
 
 MAX_BODY = 64 * 1024  # a lab's create body is about 2 KiB
 MAX_STRING = 8 * 1024
@@ -85,6 +85,13 @@ class Plan:
     check_recorded: bool = False
     # "labs": answer only with the project's containers (list) or 404 (inspect).
     only_project: str | None = None
+    # WORK_QUOTA: the escaped user whose work folder is made ready (with the lab's image)
+    # before the create, or removed after Docker removed the work volume.
+    work_folder: str | None = None
+    image: str | None = None
+    removes_work_folder: str | None = None
+    # Answered by the broker itself, not Docker: "work-folders" (each one's use).
+    local: str | None = None
 
 
 # --- strict decoding ---------------------------------------------------------------------
@@ -172,8 +179,16 @@ class Policy:
     pids_limit: int = 1024
     # The parent cgroup every lab is made in (LABS_MEM_LIMIT); empty: labs have none.
     labs_cgroup_parent: str = ""
+    # A lab's /tmp: the tmpfs options (LAB_TMP_SIZE); empty: none.
+    tmp_options: str = ""
+    # WORK_QUOTA in bytes (0: none): work volumes are then the broker's to make.
+    work_quota: int = 0
 
     # --- names ---------------------------------------------------------------------
+    @property
+    def tmpfs(self) -> dict[str, str]:
+        return {TMP_PATH: self.tmp_options} if self.tmp_options else {}
+
     @property
     def labs_network(self) -> str:
         return names.labs_network(self.project)
@@ -225,8 +240,14 @@ class Policy:
             if "name" not in params:
                 raise Refused("name", "a lab is created with its name")
             body = self.rebuild_create(params["name"], decode_json(call.body))
+            suffix = self.lab_suffix(params["name"]) or ""
+            # WORK_QUOTA: the work volume this lab binds is made by the broker, never by
+            # Docker's implicit create (which would make a plain one, with no quota).
+            works = bool(self.work_quota) and \
+                self.allowed_binds(suffix)[names.WORK_MOUNT] in body["HostConfig"]["Binds"]
             return Plan(method, version + path + _encode({"name": params["name"]}),
-                        body=json.dumps(body, sort_keys=True).encode())
+                        body=json.dumps(body, sort_keys=True).encode(),
+                        work_folder=suffix if works else None, image=body["Image"])
         if len(parts) == 3 and parts[0] == "containers" and _REF.fullmatch(parts[1]):
             ref, action = parts[1], parts[2]
             if method == "GET" and action == "json":
@@ -253,10 +274,18 @@ class Policy:
             self._params(query, {}, path)
             return Plan(method, f"{version}/images/{quote(image, safe='/:@')}/json")
         if method in ("GET", "DELETE") and len(parts) == 2 and parts[0] == "volumes":
-            if self.work_volume_suffix(parts[1]) is None:
+            suffix = self.work_volume_suffix(parts[1])
+            if suffix is None:
                 raise Refused("volume", f"{parts[1]!r} is not a work volume of {self.project}")
             params = self._params(query, {"force": _q_bool} if method == "DELETE" else {}, path)
-            return Plan(method, f"{version}/volumes/{parts[1]}" + _encode(params))
+            removes = suffix if method == "DELETE" and self.work_quota else None
+            return Plan(method, f"{version}/volumes/{parts[1]}" + _encode(params),
+                        removes_work_folder=removes)
+        if method == "GET" and not version and path == names.WORK_FOLDERS_PATH:
+            self._params(query, {}, path)
+            if not self.work_quota:
+                raise Refused(path, "work folders have no quota (WORK_QUOTA=none)", status=404)
+            return Plan(method, path, local="work-folders")
         raise Refused(f"{method} {path}", "not a call gpuhub makes")
 
     def _version(self, raw_path: str) -> tuple[str, str]:
@@ -333,7 +362,7 @@ class Policy:
         host = _obj(host if host is not None else {}, "HostConfig", (
             "NetworkMode", "Binds", "CapDrop", "SecurityOpt", "PidsLimit", "Memory",
             "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests",
-            "LogConfig", "CgroupParent"))
+            "LogConfig", "CgroupParent", "Tmpfs"))
         network = host.get("NetworkMode", self.labs_network)
         if network != self.labs_network:
             raise Refused("HostConfig.NetworkMode", f"{network!r} is not {self.labs_network!r}")
@@ -359,6 +388,10 @@ class Policy:
         if parent != self.labs_cgroup_parent and (parent or not self.labs_cgroup_parent):
             raise Refused("HostConfig.CgroupParent", f"a lab's parent cgroup is "
                                                      f"{self.labs_cgroup_parent or 'none'}")
+        tmpfs = _obj(host.get("Tmpfs") or {}, "HostConfig.Tmpfs", (TMP_PATH,))
+        if tmpfs and tmpfs != self.tmpfs:
+            raise Refused("HostConfig.Tmpfs", f"a lab's tmpfs is {self.tmpfs or 'none'} "
+                                              "(LAB_TMP_SIZE), nothing else")
         if host.get("LogConfig") is not None:
             log = _obj(host["LogConfig"], "HostConfig.LogConfig", ("Type", "Config"))
             if log != LOG_CONFIG:
@@ -379,6 +412,8 @@ class Policy:
         }
         if self.labs_cgroup_parent:  # always: labs together stay under LABS_MEM_LIMIT
             out["CgroupParent"] = self.labs_cgroup_parent
+        if self.tmpfs:  # always: a lab's /tmp is bounded (LAB_TMP_SIZE)
+            out["Tmpfs"] = dict(self.tmpfs)
         if "AutoRemove" in host:
             out["AutoRemove"] = _bool(host["AutoRemove"], "HostConfig.AutoRemove")
         if "Memory" in host:
@@ -508,6 +543,8 @@ class Policy:
             problems.append("sysctls")
         if (host.get("CgroupParent") or "") != self.labs_cgroup_parent:
             problems.append(f"cgroup parent {host.get('CgroupParent')!r}")
+        if (host.get("Tmpfs") or {}) != self.tmpfs:
+            problems.append(f"tmpfs {host.get('Tmpfs')!r}")
         if not 0 < (host.get("PidsLimit") or 0) <= self.pids_limit:
             problems.append(f"PidsLimit {host.get('PidsLimit')}")
         for request in host.get("DeviceRequests") or []:

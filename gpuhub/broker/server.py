@@ -25,7 +25,9 @@ from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 from yarl import URL
 
 from gpuhub.broker.policy import MAX_BODY, Call, Plan, Policy, Refused
+from gpuhub.broker.workfolders import WorkFolderError, WorkFolders
 from gpuhub.core import gpus as gpu_inventory
+from gpuhub.core import lablimits
 from gpuhub.core.names import (
     DOCKER_BROKER_PORT,
     DOCKER_SOCKET_MOUNT,
@@ -43,8 +45,10 @@ _PASSED_HEADERS = ("Content-Type", "Api-Version", "Docker-Experimental", "Ostype
 log = logging.getLogger("gpuhub.broker.server")
 
 
-def policy_from_env(env: Mapping[str, str], profiles_path: Path = PROFILES_PATH) -> Policy:
-    """The stack's policy from its settings; raises ValueError (or SettingsError) saying what."""
+def policy_from_env(env: Mapping[str, str],
+                    profiles_path: Path = PROFILES_PATH) -> tuple[Policy, str]:
+    """The stack's policy from its settings, and WORK_ROOT; raises ValueError (or
+    SettingsError) saying what."""
     from gpuhub.core.profiles import Profiles
     from gpuhub.core.settings import validate
 
@@ -57,7 +61,9 @@ def policy_from_env(env: Mapping[str, str], profiles_path: Path = PROFILES_PATH)
                   gpu_ids=frozenset(g.device_id for g in inventory),
                   shared_dir=settings.shared_data_dir or "",
                   pids_limit=settings.lab_pids_limit,
-                  labs_cgroup_parent=env.get(LABS_CGROUP_PARENT_ENV) or "")
+                  labs_cgroup_parent=env.get(LABS_CGROUP_PARENT_ENV) or "",
+                  tmp_options=lablimits.lab_tmp(settings.lab_tmp_size).get(lablimits.TMP_PATH, ""),
+                  work_quota=lablimits.optional_bytes(settings.work_quota)), settings.work_root or ""
 
 
 def _refusal(err: Refused) -> web.Response:
@@ -67,15 +73,29 @@ def _refusal(err: Refused) -> web.Response:
 class Broker:
     """The aiohttp application around one policy and one Docker socket."""
 
-    def __init__(self, policy: Policy, socket: str = SOCKET):
+    def __init__(self, policy: Policy, socket: str = SOCKET, work_root: str = ""):
         self.policy, self.socket = policy, socket
         self._session: ClientSession | None = None
+        self.work = (WorkFolders(policy.project, work_root, policy.work_quota, self.docker)
+                     if policy.work_quota else None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_startup.append(self._check_work_root)
         app.on_cleanup.append(self._close)
         return app
+
+    async def _check_work_root(self, _app) -> None:
+        if self.work is None:
+            return
+        try:
+            await self.work.check_root()
+        except WorkFolderError as err:  # each lab's create will be refused with the same
+            log.error("WORK_QUOTA: %s; labs cannot start", err)
+        else:
+            log.info("WORK_QUOTA: work folders in %s, at most %d bytes each",
+                     self.work.root, self.work.quota)
 
     @property
     def session(self) -> ClientSession:
@@ -129,6 +149,22 @@ class Broker:
 
     async def carry_out(self, plan: Plan) -> web.Response:
         path = plan.path
+        if plan.local == "work-folders" and self.work is not None:
+            try:
+                use = await self.work.use()
+            except (WorkFolderError, ValueError) as err:
+                return web.json_response({"message": f"gpuhub docker-proxy: {err}"}, status=502)
+            return web.json_response({"quota": self.work.quota, "folders": {
+                suffix: {"used": u.used, "limit": u.limit} for suffix, u in use.items()}})
+        if plan.local is not None:
+            raise Refused(plan.path, "not answered here")
+        if plan.work_folder is not None:
+            if self.work is None or plan.image is None:
+                raise Refused("work folder", "no WORK_QUOTA keeper in this broker")
+            try:
+                await self.work.ensure(plan.work_folder, plan.image)
+            except WorkFolderError as err:
+                raise Refused("work folder", str(err), status=507) from None
         if plan.lab is not None:
             status, headers, data = await self.docker("GET", f"/containers/{plan.lab}/json")
             if status != 200:
@@ -145,6 +181,13 @@ class Broker:
                 return self._answer(status, headers, data)
             path = path.replace("{id}", info["Id"])
         status, headers, data = await self.docker(plan.method, path, plan.body)
+        if plan.removes_work_folder is not None and status == 204 and self.work is not None:
+            try:
+                await self.work.remove(plan.removes_work_folder)
+            except WorkFolderError as err:
+                return web.json_response({"message": f"gpuhub docker-proxy: the work volume "
+                                                     f"is removed, its folder is not: {err}"},
+                                         status=500)
         if plan.only_project and status == 200:
             listed = json.loads(data)
             if not isinstance(listed, list):
@@ -163,7 +206,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="docker-proxy: %(message)s", stream=sys.stdout)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        policy = policy_from_env(os.environ)
+        policy, work_root = policy_from_env(os.environ)
     except ValueError as err:
         print(f"docker-proxy: error: {err}; start the stack with `invoke up`", file=sys.stderr)
         return 2
@@ -171,7 +214,7 @@ def main() -> int:
              policy.project, ", ".join(sorted(policy.images)),
              ", ".join(sorted(policy.gpu_ids)) or "none (GPU labs are refused)",
              policy.shared_dir or "none", policy.pids_limit)
-    web.run_app(Broker(policy).app(), port=DOCKER_BROKER_PORT, print=None, access_log=None)
+    web.run_app(Broker(policy, work_root=work_root).app(), port=DOCKER_BROKER_PORT, print=None, access_log=None)
     return 0
 
 

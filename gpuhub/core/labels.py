@@ -9,6 +9,8 @@ USER = "gpuhub.user"
 GPUS = "gpuhub.gpus"
 SINCE = "gpuhub.since"
 PROFILE = "gpuhub.profile"
+# On the broker's helper that moves a plain work volume into its quota'd folder: whose.
+WORK_MOVE = "gpuhub.work-move"
 
 
 def gpus_of(labels: Mapping[str, str]) -> list[str]:

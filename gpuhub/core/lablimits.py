@@ -133,3 +133,19 @@ def host_memory(env: Mapping[str, str], meminfo: Path = MEMINFO) -> int:
         return meminfo_total(Path(meminfo).read_text())
     except OSError:
         return 0
+
+
+TMP_PATH = "/tmp"
+
+
+def lab_tmp(setting: str) -> dict[str, str]:
+    """HostConfig.Tmpfs for LAB_TMP_SIZE (a size or none), as Docker records it: the lab's
+    /tmp in memory, capped, counted toward the lab's memory limit. Empty: no tmpfs."""
+    if setting == "none":
+        return {}
+    return {TMP_PATH: f"rw,nosuid,nodev,size={memory_bytes(setting)},mode=1777"}
+
+
+def optional_bytes(setting: str) -> int:
+    """Bytes of a size setting that may be none (WORK_QUOTA, LAB_TMP_SIZE); 0: none."""
+    return 0 if setting == "none" else memory_bytes(setting)

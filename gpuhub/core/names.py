@@ -167,6 +167,16 @@ def work_volume_template(project: str) -> str:
     return work_volume_prefix(project) + "{username}"
 
 
+def work_move_container(project: str, suffix: str) -> str:
+    """The broker's helper that moves a plain work volume into its quota'd folder
+    (WORK_QUOTA; gpuhub/broker/workfolders.py). ``suffix``: the escaped user."""
+    return f"{project}-work-move-{suffix}"
+
+
+# The broker's answer about work folders (WORK_QUOTA): a path no Docker API has.
+WORK_FOLDERS_PATH = "/gpuhub/work-folders"
+
+
 IFNAMSIZ = 15  # the longest Linux interface name
 
 

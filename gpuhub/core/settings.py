@@ -167,6 +167,18 @@ def _lab_memory(raw: str) -> str:
     return parse_memory(raw, "auto (the host's memory less a reserve), none (no limit)")
 
 
+def _work_quota(raw: str) -> str:
+    if raw.lower() == "none":
+        return "none"
+    return parse_memory(raw, "none (no quota)")
+
+
+def _lab_tmp_size(raw: str) -> str:
+    if raw.lower() == "none":
+        return "none"
+    return parse_memory(raw, "none (/tmp in the writable layer)")
+
+
 def _optional_abs_path(raw: str) -> str | None:
     if not raw:
         return None
@@ -561,6 +573,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Most processes per lab (a fork bomb stops there).", "Labs"),
     Setting("SHARED_DATA_DIR", "", _optional_abs_path,
             "Host folder mounted read-only at ~/shared in every lab; empty for none.", "Labs"),
+    Setting("WORK_QUOTA", "none", _work_quota,
+            "Most disk each user's work folder may use, e.g. 50G, enforced by the "
+            "filesystem (btrfs quotas on WORK_ROOT): a write past it fails with \"Disk quota "
+            "exceeded\" in that lab only. none: no quota (work folders are Docker volumes on "
+            "Docker's disk). Compose mode with DOCKER_SOCKET_PROXY=true only.", "Disk"),
+    Setting("WORK_ROOT", "", _optional_abs_path,
+            "WORK_QUOTA: the host folder work folders live in (one btrfs subvolume per user), "
+            "on a btrfs filesystem with quotas on (`btrfs quota enable`), best not the disk "
+            "Docker and the hub's database are on.", "Disk"),
+    Setting("LAB_TMP_SIZE", "1G", _lab_tmp_size,
+            "Size of each lab's /tmp, a memory-backed tmpfs that counts toward the lab's "
+            "memory limit (so /tmp cannot fill a disk); none: /tmp in the lab's writable "
+            "layer, on Docker's disk.", "Disk"),
     Setting("PROFILES_FILE", "./jupyterhub/profiles.yaml", _text,
             "Spawn profiles (zero-to-jupyterhub profileList shape), relative to the "
             "repository or absolute.", "Labs"),
@@ -702,6 +727,9 @@ class Settings:
         labs_mem_limit: str
         lab_pids_limit: int
         shared_data_dir: str | None
+        work_quota: str
+        work_root: str | None
+        lab_tmp_size: str
         profiles_file: str
         docker_socket_proxy: bool
         lab_firewall: bool
@@ -845,8 +873,33 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
                         "DOCKER_SOCKET_PROXY=true the folder's path must be plain ASCII "
                         "without quotes or backslashes (the proxy checks every mount): "
                         "use such a path (a symlink will do), or DOCKER_SOCKET_PROXY=false.")
+    problems += _work_quota_problems(values, raw)
     problems += _swarm_problems(values, raw)
     problems += _login_problems(values, raw)
+    return problems
+
+
+def _work_quota_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    """WORK_QUOTA is kept by the broker (docker-proxy) on btrfs subvolumes of WORK_ROOT."""
+    if values["WORK_QUOTA"] == "none":
+        return [f"WORK_ROOT={raw['WORK_ROOT']!r} in the settings is used only with WORK_QUOTA: "
+                "set WORK_QUOTA (e.g. 50G), or empty WORK_ROOT."] if values["WORK_ROOT"] else []
+    quota = f"WORK_QUOTA={raw['WORK_QUOTA']!r} in the settings"
+    if values["MODE"] == "swarm":
+        return [f"{quota}: swarm mode keeps work folders on SWARM_HOMES (NFS), whose "
+                "server sets quotas; set WORK_QUOTA=none, or use MODE=compose."]
+    problems = []
+    if not values["DOCKER_SOCKET_PROXY"]:
+        problems.append(f"{quota} needs DOCKER_SOCKET_PROXY=true (docker-proxy makes each "
+                        "work folder and keeps its quota).")
+    root = values["WORK_ROOT"] or ""
+    if not root:
+        problems.append(f"{quota} needs WORK_ROOT, a folder on a btrfs filesystem with quotas "
+                        "on, e.g. WORK_ROOT=/srv/gpuhub-work (README, Work folder quotas).")
+    elif any(not " " < ch <= "~" or ch in '"\\,:=' for ch in root) or root.rstrip("/") != root:
+        problems.append(f"WORK_ROOT={raw['WORK_ROOT']!r} in the settings: the path must be plain "
+                        "ASCII without spaces, quotes, backslashes, commas, colons, = or a "
+                        "trailing / (Docker's volume options carry it): use such a path.")
     return problems
 
 

@@ -19,8 +19,10 @@ from gpuhub.core.files import read_or_create_secret, write_atomically
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.profiles import Profiles
 from gpuhub.core.settings import Settings
+from gpuhub.hub import origins, workfolders
 from gpuhub.hub.hubmodes import hub_mode
 from gpuhub.hub.origins import update_origins
+from gpuhub.hub.workfolders import WorkUse
 
 DATA_DIR = Path(names.HUB_DATA_DIR)
 PROFILES_PATH = Path(names.HUB_PROFILES_PATH)
@@ -166,6 +168,9 @@ def update_spawner(c, settings: Settings) -> None:
         # The lab's log is capped (rotated): it cannot fill the disk everyone needs.
         "log_config": {"type": lablimits.LOG_DRIVER, "config": dict(lablimits.LOG_OPTIONS)},
     }
+    tmp = lablimits.lab_tmp(settings.lab_tmp_size)
+    if tmp:  # /tmp in memory, capped (LAB_TMP_SIZE): it cannot fill Docker's disk
+        c.DockerSpawner.extra_host_config["tmpfs"] = tmp
     # JupyterHub's timeout covers the whole start, a wait in line for a GPU included: a
     # wait is not a failed spawn. The lab's own boot has SPAWN_TIMEOUT (boot_timeout).
     c.Spawner.start_timeout = settings.spawn_timeout + settings.gpu_line_timeout
@@ -277,8 +282,10 @@ def update_pages(c) -> None:
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
                  data_dir: Path = DATA_DIR, profiles_path: Path = PROFILES_PATH,
                  secrets_dir: Path = SECRETS_DIR,
-                 meminfo: Path = lablimits.MEMINFO) -> None:
+                 meminfo: Path = lablimits.MEMINFO, work_use: WorkUse | None = None) -> None:
     """Set everything gpuhub configures on ``c`` (a traitlets Config).
+
+    ``work_use``: the work folders' report (WORK_QUOTA) the hub's pages show from.
 
     Raises ValueError (or ProfileError) with a message for the admin when the GPU
     inventory, the pins, profiles.yaml or the labs' memory limit are wrong.
@@ -299,6 +306,9 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_gpus(c, settings, gpus, profiles_yaml)
     update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""))
     update_pages(c)
+    # The pages' own lines (gpuhub's page.html), set here at once: config only sets.
+    c.JupyterHub.template_vars = {**origins.template_vars(settings),
+                                  **workfolders.template_vars(work_use)}
 
 
 def load_admin_config(c, folder: Path = Path(names.HUB_CONFIG_D)) -> list[str]:

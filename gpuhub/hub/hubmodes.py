@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuhub.core import gpus as gpu_inventory
-from gpuhub.core import names
+from gpuhub.core import lablimits, names
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.settings import Settings
 from gpuhub.core.swarm import image_ref
@@ -116,6 +116,7 @@ class SwarmHub:
         # Labs boot on many nodes: the hub's own cores say nothing about when to start the next.
         c.GpuSwarmSpawner.lab_start_concurrency = 0
         c.GpuSwarmSpawner.pids_limit = s.lab_pids_limit
+        c.GpuSwarmSpawner.tmp_size = lablimits.optional_bytes(s.lab_tmp_size)
         # Swarm places labs itself, with its own pending state: no line for GPUs (README).
         c.Spawner.start_timeout = s.spawn_timeout
         c.GpuSwarmSpawner.gpu_line_timeout = 0

@@ -39,12 +39,16 @@ class LoginOnHubHostOnly:
 
 def update_origins(c, settings: Settings) -> None:
     """The hub at HUB_DOMAIN, labs at ``<user>.HUB_DOMAIN``; or, when the admin accepted
-    USERS_CAN_ACT_AS_EACH_OTHER, labs under the hub's origin and a warning for admins."""
+    USERS_CAN_ACT_AS_EACH_OTHER, labs under the hub's origin (admins' warning:
+    :func:`template_vars`)."""
     if isolated(settings):
         c.JupyterHub.subdomain_host = hub_origin(settings)
         c.Authenticator.post_auth_hook = LoginOnHubHostOnly(settings.hub_domain,
                                                              hub_origin(settings))
-        c.JupyterHub.template_vars = {"gpuhub_shared_origin_warning": ""}
     else:
         c.JupyterHub.subdomain_host = ""
-        c.JupyterHub.template_vars = {"gpuhub_shared_origin_warning": SHARED_ORIGIN_WARNING}
+
+
+def template_vars(settings: Settings) -> dict[str, str]:
+    """The pages' origin warning: for admins, when labs share the hub's origin."""
+    return {"gpuhub_shared_origin_warning": "" if isolated(settings) else SHARED_ORIGIN_WARNING}

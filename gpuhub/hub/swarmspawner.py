@@ -19,6 +19,7 @@ from docker.types import (
     ContainerSpec,
     DriverConfig,
     EndpointSpec,
+    Mount,
     Placement,
     Resources,
     RestartPolicy,
@@ -31,7 +32,7 @@ from traitlets import Integer, List, Unicode
 
 from gpuhub.core.allocator import NoGpuAvailable
 from gpuhub.core.labels import PROFILE as LABEL_PROFILE
-from gpuhub.core.lablimits import LOG_DRIVER, LOG_OPTIONS
+from gpuhub.core.lablimits import LOG_DRIVER, LOG_OPTIONS, TMP_PATH
 from gpuhub.core.swarm import HOMES_MOUNT, LAB_GID, LAB_UID, assigned_gpus
 from gpuhub.hub.spawner import GpuDockerSpawner
 
@@ -62,6 +63,8 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         config=True)
     homes_dir = Unicode(HOMES_MOUNT, help="SWARM_HOMES as mounted in the hub.").tag(config=True)
     pids_limit = Integer(1024, help="Most processes per lab.").tag(config=True)
+    tmp_size = Integer(0, help="Bytes of the lab's /tmp, a tmpfs (LAB_TMP_SIZE); 0: none."
+                       ).tag(config=True)
     task_id = Unicode(help="The Swarm task the lab was started as.")
     gpu_count = Integer(0, help="GPUs this lab asked for.")
     placement = List(Unicode(), help="Placement constraints of this lab's profile.")
@@ -120,7 +123,7 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
             "task_template": TaskTemplate(
                 container_spec=ContainerSpec(
                     image=self.image, env=self.get_env(), args=self._command, labels=labels,
-                    mounts=self.mounts, cap_drop=["ALL"]),
+                    mounts=self.mounts + self.tmp_mounts(), cap_drop=["ALL"]),
                 resources=resources,
                 # A lab that exits or loses its node stays stopped: restarting it elsewhere
                 # would silently lose the kernel and could move it to other GPUs.
@@ -132,6 +135,13 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
             ),
             "endpoint_spec": EndpointSpec(mode="dnsrr"),
         }
+
+    def tmp_mounts(self) -> list[Mount]:
+        """The lab's /tmp in memory, capped (LAB_TMP_SIZE), on whichever node runs it."""
+        if not self.tmp_size:
+            return []
+        return [Mount(TMP_PATH, None, type="tmpfs", tmpfs_size=self.tmp_size,
+                      tmpfs_mode=0o1777)]
 
     async def get_command(self):
         """The image's CMD plus the spawner's arguments.

@@ -32,6 +32,7 @@ from gpuhub.core import names
 from gpuhub.core.gpureport import labs_from_docker, report
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.samples import read_samples
+from gpuhub.hub.workfolders import WorkFolderCollector, WorkUse
 
 MIB = 1024 * 1024
 
@@ -239,6 +240,7 @@ _installed: HubTelemetry | None = None
 
 
 def install(board_source: Callable[[], tuple[Callable[[], Board], float]],
+            work_use: WorkUse | None = None,
             registry: CollectorRegistry = REGISTRY) -> HubTelemetry:
     """Create the hub's board and metrics and register them: once per hub process, by
     ``jupyterhub_config.py`` (``board_source``: the mode's, ``hub_mode(...).board_source``).
@@ -258,6 +260,8 @@ def install(board_source: Callable[[], tuple[Callable[[], Board], float]],
         "timeout, error).", ["reason"], registry=registry)
     board = GpuBoard(board_source)
     registry.register(BoardCollector(board))
+    if work_use is not None:  # WORK_QUOTA: each work folder's use and limit
+        registry.register(WorkFolderCollector(work_use))
     _installed = HubTelemetry(board, spawn_duration, spawns_refused)
     return _installed
 

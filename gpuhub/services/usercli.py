@@ -13,6 +13,7 @@ Exit status: 0 done, 2 refused (one line on stderr says why and what to do), 1 f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import bcrypt
 import requests
 
-from gpuhub.core import names
+from gpuhub.core import names, workuse
 from gpuhub.core.accounts import check_password, check_username
 from gpuhub.core.settings import validate
 from gpuhub.services.workfolders import Unfinished, work_folder
@@ -194,9 +195,21 @@ def delete(hub: Hub, name: str, purge_data: bool) -> str:
     return message
 
 
+def work_folder_report() -> dict[str, workuse.FolderUse] | None:
+    """Each work folder's use from the broker (WORK_QUOTA); None without a quota or report."""
+    if validate(os.environ).work_quota == "none":
+        return None
+    try:
+        return workuse.fetch(os.environ.get("DOCKER_HOST", ""))
+    except (OSError, ValueError) as err:
+        print(f"warning: no work-folder use from docker-proxy ({err})", file=sys.stderr)
+        return None
+
+
 def list_users(hub: Hub) -> list[dict]:
     r = hub.request("GET", "/users")
     r.raise_for_status()
+    report = work_folder_report()
     users = []
     for u in sorted(r.json(), key=lambda u: u["name"]):
         server = (u.get("servers") or {}).get("", {})
@@ -207,6 +220,10 @@ def list_users(hub: Hub) -> list[dict]:
             "last_activity": u.get("last_activity"),
             "has_password": hub.user_info(u["name"]) is not None,
             "groups": sorted(u.get("groups") or []),
+            # WORK_QUOTA: bytes in the user's work folder and its limit; None: no quota.
+            "work_folder": (None if report is None else
+                            dataclasses.asdict(workuse.of_user(report, u["name"]) or
+                                               workuse.FolderUse(0, 0))),
         })
     return users
 

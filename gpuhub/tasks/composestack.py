@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json as jsonlib
+import os
 import shlex
 import shutil
 import subprocess
@@ -89,7 +90,39 @@ def host_protection(c, project, host_memory: int) -> tuple[tuple[str, ...], dict
             step(labsnetwork.NOT_APART_WARNING.format(network=names.labs_network(project.name)))
         else:
             files, env = (labsnetwork.APART_FILE,), apart.env()
+    check_work_root(c, project)
     return files, {**env, **lab_memory_env(c, project, host_memory)}
+
+
+def check_work_root(c, project) -> None:
+    """WORK_QUOTA: WORK_ROOT is a folder on btrfs with quotas on, as the broker will see it
+    (its image, its one capability); else one line that names the fix."""
+    s = project.settings
+    if s.work_quota == "none":
+        return
+    root = s.work_root or ""
+    setup = (f"make it a btrfs filesystem with quotas on, e.g. `mkfs.btrfs /dev/<disk> && "
+             f"mount /dev/<disk> {root} && btrfs quota enable {root}` (README, Work folder "
+             "quotas), or set WORK_QUOTA=none")
+    if not os.path.isdir(root):
+        raise fail(f"WORK_QUOTA={s.work_quota} needs WORK_ROOT={root}, which is not a folder "
+                   f"on this host: {setup}")
+    probe = c.run(shlex.join(["docker", "run", "--rm", "--network", "none", "--cap-drop", "ALL",
+                              "--cap-add", "SYS_ADMIN", "--security-opt", "no-new-privileges",
+                              "-v", f"{root}:{root}", "--entrypoint", "sh",
+                              s.docker_proxy_image, "-c", WORK_ROOT_PROBE, "-", root]),
+                  hide=True, warn=True)
+    kind, _, said = probe.stdout.strip().partition("\n")
+    if probe.failed or kind != "btrfs":
+        why = (f"it is on {kind or 'an unknown filesystem'}, not btrfs" if kind != "btrfs" else
+               f"btrfs quotas are not on there ({(probe.stderr or said).strip().splitlines()[-1:]})")
+        raise fail(f"WORK_QUOTA={s.work_quota} cannot be kept in WORK_ROOT={root}: {why}; {setup}")
+    step(f"work folders: at most {s.work_quota} each, in {root} (WORK_QUOTA, btrfs quotas)")
+
+
+# The broker's own check (gpuhub/broker/workfolders.py): the filesystem's type, then the
+# quota groups, which `btrfs` lists only where quotas are on.
+WORK_ROOT_PROBE = 'stat -f -c %T "$1" && btrfs qgroup show --raw -re "$1" >/dev/null'
 
 
 def lab_memory_env(c, project, host_memory: int) -> dict[str, str]:

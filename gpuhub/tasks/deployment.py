@@ -71,6 +71,8 @@ class Project:
             files.append("docker-compose.no-lab-firewall.yml")
         if self.settings.labs_mem_limit == "none":
             files.append("docker-compose.no-lab-memory.yml")
+        if self.settings.work_quota != "none":
+            files.append("docker-compose.work-quota.yml")
         if self.settings.users_can_act_as_each_other:
             files.append("docker-compose.shared-origin.yml")
         if self.settings.tls_cert:  # validation guarantees TLS_KEY too

@@ -15,6 +15,7 @@ import sys
 
 from invoke import task
 
+from gpuhub.core import workuse
 from gpuhub.core.accounts import MIN_PASSWORD_LENGTH, check_username
 from gpuhub.tasks.deployment import USERCLI, fail, require_running, run_usercli, stderr_tail
 from gpuhub.tasks.project import load
@@ -129,14 +130,19 @@ def deluser(c, name, purge_data=False):
 
 @task(help={"json": "Print JSON instead of a table."})
 def users(c, json=False):
-    """List users: admin flag, lab state, last activity."""
+    """List users: admin flag, lab state, last activity, work folder use (WORK_QUOTA)."""
     project = load()
     require_running(c, project)
     rows = jsonlib.loads(run_usercli(c, project, "list").stdout)
     if json:
         print(jsonlib.dumps(rows, indent=2))
         return
-    print(f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}{'LAST ACTIVITY':<30}GROUPS")
+    quota = any(r.get("work_folder") is not None for r in rows)
+    print(f"{'USER':<24}{'ADMIN':<7}{'LAB':<10}{'LAST ACTIVITY':<30}"
+          + (f"{'WORK FOLDER':<26}" if quota else "") + "GROUPS")
     for r in rows:
+        folder = r.get("work_folder")
+        use = workuse.text(workuse.FolderUse(**folder) if folder and folder["limit"] else None)
         print(f"{r['name']:<24}{'yes' if r['admin'] else 'no':<7}{r['server']:<10}"
-              f"{r['last_activity'] or '-':<30}{','.join(r['groups']) or '-'}")
+              f"{r['last_activity'] or '-':<30}" + (f"{use:<26}" if quota else "")
+              + f"{','.join(r['groups']) or '-'}")

@@ -374,7 +374,9 @@ def test_each_lab_has_its_own_origin_and_the_login_is_on_the_hub_host_only(confi
     assert c.JupyterHub.subdomain_host == "http://gpu.example.org:8443"
     assert c.Authenticator.post_auth_hook == LoginOnHubHostOnly(
         "gpu.example.org", "http://gpu.example.org:8443")
-    assert c.JupyterHub.template_vars == {"gpuhub_shared_origin_warning": ""}
+    assert c.JupyterHub.template_vars == {"gpuhub_shared_origin_warning": "",
+                                          "gpuhub_work_folder_note": "",
+                                          "gpuhub_full_work_folders": ""}
 
 
 def test_labs_on_the_hub_origin_only_when_the_admin_accepts_what_it_costs(configure):

@@ -214,7 +214,9 @@ def test_lab_service_spec(tmp_path):
     assert task["Networks"] == [{"Target": "gpuhub-labs"}]
     mounts = task["ContainerSpec"]["Mounts"]
     assert [(m["Source"], m["Target"], m["Type"]) for m in mounts] == [
-        ("/srv/nfs/homes/alice", "/home/jovyan/work", "bind")]
+        ("/srv/nfs/homes/alice", "/home/jovyan/work", "bind"), (None, "/tmp", "tmpfs")]
+    # LAB_TMP_SIZE (default 1G): /tmp in memory, capped, on whichever node runs the lab
+    assert mounts[1]["TmpfsOptions"] == {"SizeBytes": 1024 ** 3, "Mode": 0o1777}
     env = dict(e.split("=", 1) for e in task["ContainerSpec"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
 

@@ -9,6 +9,7 @@ import pytest
 import requests
 from nativeauthenticator.orm import UserInfo
 
+from gpuhub.core import workuse
 from gpuhub.core.names import ADMIN_TOKEN_FILE
 from gpuhub.core.settings import SETTINGS
 from gpuhub.services import usercli, workfolders
@@ -292,12 +293,35 @@ def test_list_users(hub, monkeypatch, capsys):
     assert code == 0
     assert json.loads(out) == [
         {"name": "bob", "admin": False, "server": "stopped", "last_activity": None,
-         "has_password": True, "groups": []},
+         "has_password": True, "groups": [], "work_folder": None},
         {"name": "carl", "admin": False, "server": "starting", "last_activity": None,
-         "has_password": False, "groups": ["gpu-users", "students"]},
+         "has_password": False, "groups": ["gpu-users", "students"], "work_folder": None},
         {"name": "zoe", "admin": True, "server": "ready",
-         "last_activity": "2026-05-01T10:00:00Z", "has_password": True, "groups": []},
+         "last_activity": "2026-05-01T10:00:00Z", "has_password": True, "groups": [],
+         "work_folder": None},
     ]
+
+
+def test_list_users_with_work_quota_shows_each_work_folders_use(hub, monkeypatch, capsys):
+    """WORK_QUOTA: the broker's report, by escaped user; a user without a folder yet: 0 of 0."""
+    usercli.add(hub, "zoe", GOOD, admin=False)
+    usercli.add(hub, "bob_b", GOOD, admin=False)
+    monkeypatch.setenv("WORK_QUOTA", "64M")
+    monkeypatch.setenv("WORK_ROOT", "/srv/work")
+    asked = []
+
+    def fetch(docker_host):
+        asked.append(docker_host)
+        return workuse.parse(b'{"quota": 67108864, "folders": {"bob-5fb": '
+                             b'{"used": 1048576, "limit": 67108864}}}')
+
+    monkeypatch.setattr(usercli.workuse, "fetch", fetch)
+    monkeypatch.setenv("DOCKER_HOST", "tcp://docker-proxy:2375")
+    code, out, _ = run_main(hub, monkeypatch, capsys, ["list"])
+    assert code == 0 and asked == ["tcp://docker-proxy:2375"]
+    folders = {u["name"]: u["work_folder"] for u in json.loads(out)}
+    assert folders == {"bob_b": {"used": 1048576, "limit": 67108864},
+                       "zoe": {"used": 0, "limit": 0}}
 
 
 def test_exists_exit_codes(hub, monkeypatch, capsys):
