@@ -244,6 +244,15 @@ def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/sha
         ("a runtime", "POST", CREATE, json.dumps(host(Runtime="runc-unsafe"))),
         ("a cgroup parent", "POST", CREATE, json.dumps(host(CgroupParent="/"))),
         ("tmpfs", "POST", CREATE, json.dumps(host(Tmpfs={"/run": "exec"}))),
+        # --- disk a lab could fill past its bounds (LAB_TMP_SIZE, WORK_QUOTA) --------------
+        ("a /tmp of its own size", "POST", CREATE,
+         json.dumps(host(Tmpfs={"/tmp": "rw,exec,size=100g,mode=1777"}))),
+        ("a volume made by the hub", "POST", "/v1.41/volumes/create",
+         json.dumps({"Name": f"{project}-home-bob", "Driver": "local", "DriverOpts": {
+             "type": "none", "o": "bind", "device": "/"}})),
+        ("the work-folder report under an API version", "GET",
+         "/v1.41/gpuhub/work-folders", ""),
+        ("a work-folder report with a query", "GET", "/gpuhub/work-folders?all=1", ""),
         ("extra hosts", "POST", CREATE, json.dumps(host(ExtraHosts=["hub:192.0.2.1"]))),
         ("DNS servers", "POST", CREATE, json.dumps(host(Dns=["192.0.2.1"]))),
         ("a stop signal", "POST", CREATE, json.dumps(body(StopSignal="SIGKILL"))),

@@ -274,11 +274,11 @@ class Policy:
             self._params(query, {}, path)
             return Plan(method, f"{version}/images/{quote(image, safe='/:@')}/json")
         if method in ("GET", "DELETE") and len(parts) == 2 and parts[0] == "volumes":
-            suffix = self.work_volume_suffix(parts[1])
-            if suffix is None:
+            volume_of = self.work_volume_suffix(parts[1])
+            if volume_of is None:
                 raise Refused("volume", f"{parts[1]!r} is not a work volume of {self.project}")
             params = self._params(query, {"force": _q_bool} if method == "DELETE" else {}, path)
-            removes = suffix if method == "DELETE" and self.work_quota else None
+            removes = volume_of if method == "DELETE" and self.work_quota else None
             return Plan(method, f"{version}/volumes/{parts[1]}" + _encode(params),
                         removes_work_folder=removes)
         if method == "GET" and not version and path == names.WORK_FOLDERS_PATH:
