@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuhub.core import lablimits
 from gpuhub.core.names import bridge_name
 from gpuhub.labfirewall.service import (
     METADATA_ADDRESSES,
@@ -198,9 +199,12 @@ def _forbidden(stack, info: dict) -> list[str]:
         if mount["Type"] == "volume" and not mount["Name"].startswith(f"{stack.project}-home-"):
             found.append(f"volume {mount['Name']}")
     for key in ("Devices", "DeviceCgroupRules", "PortBindings", "Sysctls", "Ulimits", "Links",
-                "VolumesFrom", "ExtraHosts", "Dns", "Tmpfs"):
+                "VolumesFrom", "ExtraHosts", "Dns"):
         if host.get(key):
             found.append(f"{key} {host[key]}")
+    # Only the lab's own /tmp, of the setting's size (LAB_TMP_SIZE; the stack's default).
+    if (host.get("Tmpfs") or {}) != lablimits.lab_tmp(stack.settings.get("LAB_TMP_SIZE", "1G")):
+        found.append(f"Tmpfs {host['Tmpfs']}")
     if any(r.get("Count") for r in host.get("DeviceRequests") or []):
         found.append("every GPU")
     if host.get("LogConfig", {}).get("Type") not in ("json-file", "local", "journald"):
