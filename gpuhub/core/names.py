@@ -39,6 +39,10 @@ LAB_MEMORY_SCRIPT = "/usr/local/lib/gpuhub/labmemory.py"
 # Compose hands these to the hub, the broker and lab-memory (`invoke up` reads Docker's
 # cgroup driver and version, and works out LABS_MEM_LIMIT in bytes).
 LABS_CGROUP_PARENT_ENV = "GPUHUB_LABS_CGROUP_PARENT"
+# The hub's services' oom_score_adj (docker-compose.yml), where the engine allows a negative
+# one (`invoke up` probes it); 0 elsewhere.
+SERVICES_OOM_SCORE_ENV = "GPUHUB_SERVICES_OOM_SCORE_ADJ"
+SERVICES_OOM_SCORE = -500
 LABS_MEMORY_ENV = "GPUHUB_LABS_MEMORY"
 CGROUP_DRIVER_ENV = "GPUHUB_CGROUP_DRIVER"
 CGROUP_VERSION_ENV = "GPUHUB_CGROUP_VERSION"

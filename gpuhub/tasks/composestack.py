@@ -91,7 +91,24 @@ def host_protection(c, project, host_memory: int) -> tuple[tuple[str, ...], dict
         else:
             files, env = (labsnetwork.APART_FILE,), apart.env()
     check_work_root(c, project)
-    return files, {**env, **lab_memory_env(c, project, host_memory)}
+    return files, {**env, **lab_memory_env(c, project, host_memory),
+                   **services_oom_env(c, project)}
+
+
+def services_oom_env(c, project) -> dict[str, str]:
+    """The hub's services as the OOM killer's last choice (a negative oom_score_adj), where
+    the engine may set one: it needs CAP_SYS_RESOURCE, which Docker in some sandboxes and
+    rootless setups lacks. Probed with the hub's image; {} (the default score) where not."""
+    score = names.SERVICES_OOM_SCORE
+    probe = c.run(shlex.join(["docker", "run", "--rm", "--network", "none", "--oom-score-adj",
+                              str(score), "--entrypoint", "cat", project.settings.hub_image,
+                              "/proc/self/oom_score_adj"]), hide=True, warn=True)
+    if probe.ok and probe.stdout.strip() == str(score):
+        step(f"the hub's services are the OOM killer's last choice (oom_score_adj {score})")
+        return {names.SERVICES_OOM_SCORE_ENV: str(score)}
+    step("note: this Docker engine cannot lower OOM scores (no CAP_SYS_RESOURCE), so the "
+         "hub's services keep the default one; labs stay under LABS_MEM_LIMIT")
+    return {}
 
 
 def check_work_root(c, project) -> None:

@@ -10,6 +10,9 @@ DOCKER_INFO = "docker info --format '{{.ServerVersion}}'"
 COMPOSE_VERSION = "docker compose version --short"
 DOCKER_MEMORY = "docker info --format '{{.MemTotal}}'"
 CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
+# `invoke up` asks whether the engine may give the hub's services a negative OOM score.
+OOM_PROBE = ("docker run --rm --network none --oom-score-adj -500 --entrypoint cat "
+             "gpuhub-hub:latest /proc/self/oom_score_adj")
 
 
 def labs_bridge_check(project: str = "gpuhub") -> str:

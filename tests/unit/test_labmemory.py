@@ -1,6 +1,7 @@
 """lab-memory: the labs' parent cgroup and its limit, kept in place; healthy only then."""
 
 import os
+from pathlib import Path
 
 import pytest
 from invoke import Result
@@ -10,7 +11,7 @@ from gpuhub.labfirewall import labmemory
 from gpuhub.labfirewall.labmemory import Parent, parent_from_env
 from gpuhub.tasks import composestack
 from gpuhub.tasks.project import load
-from support.mock_docker import CGROUP_INFO, docker_context
+from support.mock_docker import CGROUP_INFO, OOM_PROBE, docker_context
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LIMIT = 700 * 2**20  # whole pages
@@ -120,3 +121,35 @@ def test_up_refuses_what_cannot_bound_the_labs_together(env_file, answer, memory
     c = docker_context((CGROUP_INFO, Result(answer + "\n")), running=False)
     with pytest.raises(Exit, match=words):
         composestack.lab_memory_env(c, load(), memory)
+
+
+# --- the hub's services and the OOM killer ------------------------------------------------
+
+@pytest.mark.parametrize("answer, expected", [
+    (Result("-500\n"), {"GPUHUB_SERVICES_OOM_SCORE_ADJ": "-500"}),
+    # This machine's engine: runc cannot write a negative score (no CAP_SYS_RESOURCE).
+    (Result(stderr="docker: Error response from daemon: failed to create shim task: OCI "
+                   "runtime create failed: runc create failed: unable to start container "
+                   "process: can't get final child's PID from pipe: EOF: unknown.", exited=127),
+     {}),
+    (Result("0\n"), {}),  # an engine that ignored the option
+])
+def test_the_hubs_services_get_a_negative_oom_score_where_the_engine_can_set_one(
+        env_file, capsys, answer, expected):
+    env_file()
+    c = docker_context((OOM_PROBE, answer), running=False)
+    assert composestack.services_oom_env(c, load()) == expected
+    said = capsys.readouterr().out
+    assert ("last choice" in said) == bool(expected), said
+    assert ("cannot lower OOM scores" in said) != bool(expected), said
+
+
+def test_the_hubs_services_take_their_oom_score_from_invoke_up():
+    import yaml
+
+    from gpuhub.core import names
+
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read_text())
+    scored = {name for name, service in compose["services"].items()
+              if service.get("oom_score_adj") == f"${{{names.SERVICES_OOM_SCORE_ENV}:-0}}"}
+    assert scored == {"hub", "proxy", "docker-proxy", "lab-firewall", "lab-memory"}
