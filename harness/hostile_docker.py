@@ -247,6 +247,8 @@ def hostile_requests(project: str, image: str, gpu: str, shared: str = "/srv/sha
         # --- disk a lab could fill past its bounds (LAB_TMP_SIZE, WORK_QUOTA) --------------
         ("a /tmp of its own size", "POST", CREATE,
          json.dumps(host(Tmpfs={"/tmp": "rw,exec,size=100g,mode=1777"}))),
+        ("a writable layer of its own size", "POST", CREATE,
+         json.dumps(host(StorageOpt={"size": "1T"}))),
         ("a volume made by the hub", "POST", "/v1.41/volumes/create",
          json.dumps({"Name": f"{project}-home-bob", "Driver": "local", "DriverOpts": {
              "type": "none", "o": "bind", "device": "/"}})),

@@ -28,7 +28,7 @@ from gpuhub.core.labels import PROFILE as LABEL_PROFILE
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
-from gpuhub.core.lablimits import LOG_CONFIG, TMP_PATH
+from gpuhub.core.lablimits import LOG_CONFIG, TMP_PATH, storage_opt
 
 MAX_BODY = 64 * 1024  # a lab's create body is about 2 KiB
 MAX_STRING = 8 * 1024
@@ -183,6 +183,8 @@ class Policy:
     tmp_options: str = ""
     # WORK_QUOTA in bytes (0: none): work volumes are then the broker's to make.
     work_quota: int = 0
+    # LAB_DISK_LIMIT: bytes of each lab's writable layer (0: none).
+    disk_limit: int = 0
 
     # --- names ---------------------------------------------------------------------
     @property
@@ -362,7 +364,7 @@ class Policy:
         host = _obj(host if host is not None else {}, "HostConfig", (
             "NetworkMode", "Binds", "CapDrop", "SecurityOpt", "PidsLimit", "Memory",
             "CpuQuota", "CpuPeriod", "AutoRemove", "Links", "Mounts", "DeviceRequests",
-            "LogConfig", "CgroupParent", "Tmpfs"))
+            "LogConfig", "CgroupParent", "Tmpfs", "StorageOpt"))
         network = host.get("NetworkMode", self.labs_network)
         if network != self.labs_network:
             raise Refused("HostConfig.NetworkMode", f"{network!r} is not {self.labs_network!r}")
@@ -392,6 +394,11 @@ class Policy:
         if tmpfs and tmpfs != self.tmpfs:
             raise Refused("HostConfig.Tmpfs", f"a lab's tmpfs is {self.tmpfs or 'none'} "
                                               "(LAB_TMP_SIZE), nothing else")
+        storage = _obj(host.get("StorageOpt") or {}, "HostConfig.StorageOpt", ("size",))
+        if storage and storage != storage_opt(self.disk_limit):
+            raise Refused("HostConfig.StorageOpt", "a lab's writable layer is "
+                                                   f"{storage_opt(self.disk_limit) or 'unbounded'}"
+                                                   " (LAB_DISK_LIMIT), nothing else")
         if host.get("LogConfig") is not None:
             log = _obj(host["LogConfig"], "HostConfig.LogConfig", ("Type", "Config"))
             if log != LOG_CONFIG:
@@ -414,6 +421,8 @@ class Policy:
             out["CgroupParent"] = self.labs_cgroup_parent
         if self.tmpfs:  # always: a lab's /tmp is bounded (LAB_TMP_SIZE)
             out["Tmpfs"] = dict(self.tmpfs)
+        if self.disk_limit:  # always: a lab's writable layer is bounded (LAB_DISK_LIMIT)
+            out["StorageOpt"] = storage_opt(self.disk_limit)
         if "AutoRemove" in host:
             out["AutoRemove"] = _bool(host["AutoRemove"], "HostConfig.AutoRemove")
         if "Memory" in host:
@@ -545,6 +554,8 @@ class Policy:
             problems.append(f"cgroup parent {host.get('CgroupParent')!r}")
         if (host.get("Tmpfs") or {}) != self.tmpfs:
             problems.append(f"tmpfs {host.get('Tmpfs')!r}")
+        if (host.get("StorageOpt") or {}) != storage_opt(self.disk_limit):
+            problems.append(f"storage options {host.get('StorageOpt')!r}")
         if not 0 < (host.get("PidsLimit") or 0) <= self.pids_limit:
             problems.append(f"PidsLimit {host.get('PidsLimit')}")
         for request in host.get("DeviceRequests") or []:

@@ -63,7 +63,8 @@ def policy_from_env(env: Mapping[str, str],
                   pids_limit=settings.lab_pids_limit,
                   labs_cgroup_parent=env.get(LABS_CGROUP_PARENT_ENV) or "",
                   tmp_options=lablimits.lab_tmp(settings.lab_tmp_size).get(lablimits.TMP_PATH, ""),
-                  work_quota=lablimits.optional_bytes(settings.work_quota)), settings.work_root or ""
+                  work_quota=lablimits.optional_bytes(settings.work_quota),
+                  disk_limit=lablimits.lab_disk_limit(env)), settings.work_root or ""
 
 
 def _refusal(err: Refused) -> web.Response:

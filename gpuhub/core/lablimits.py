@@ -136,6 +136,21 @@ def host_memory(env: Mapping[str, str], meminfo: Path = MEMINFO) -> int:
 
 
 TMP_PATH = "/tmp"
+# Bytes each lab may write to its writable layer (LAB_DISK_LIMIT, as `invoke up` found the
+# engine can bound it); empty: no limit.
+DISK_LIMIT_ENV = "GPUHUB_LAB_DISK_LIMIT"
+AUTO_DISK_LIMIT = "20G"
+
+
+def lab_disk_limit(env: Mapping[str, str]) -> int:
+    """Bytes of each lab's writable layer, as `invoke up` passed them; 0: no limit."""
+    given = (env.get(DISK_LIMIT_ENV) or "").strip()
+    return int(given) if given.isdigit() else 0
+
+
+def storage_opt(limit: int) -> dict[str, str]:
+    """HostConfig.StorageOpt for a writable-layer limit of ``limit`` bytes (0: none)."""
+    return {"size": str(limit)} if limit else {}
 
 
 def lab_tmp(setting: str) -> dict[str, str]:

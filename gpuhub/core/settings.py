@@ -173,6 +173,12 @@ def _work_quota(raw: str) -> str:
     return parse_memory(raw, "none (no quota)")
 
 
+def _lab_disk_limit(raw: str) -> str:
+    if raw.lower() in ("auto", "none"):
+        return raw.lower()
+    return parse_memory(raw, "auto (where Docker can), none (no limit)")
+
+
 def _lab_tmp_size(raw: str) -> str:
     if raw.lower() == "none":
         return "none"
@@ -582,6 +588,11 @@ SETTINGS: tuple[Setting, ...] = (
             "WORK_QUOTA: the host folder work folders live in (one btrfs subvolume per user), "
             "on a btrfs filesystem with quotas on (`btrfs quota enable`), best not the disk "
             "Docker and the hub's database are on.", "Disk"),
+    Setting("LAB_DISK_LIMIT", "auto", _lab_disk_limit,
+            "Most disk each lab may write outside ~/work and /tmp (its writable layer: "
+            "packages a user installs, caches), e.g. 20G. auto: 20G where Docker's storage "
+            "can bound it (overlay2 on XFS with pquota, btrfs, zfs), else none, and `invoke "
+            "up` says so; none: no limit. Compose mode only.", "Disk"),
     Setting("LAB_TMP_SIZE", "1G", _lab_tmp_size,
             "Size of each lab's /tmp, a memory-backed tmpfs that counts toward the lab's "
             "memory limit (so /tmp cannot fill a disk); none: /tmp in the lab's writable "
@@ -729,6 +740,7 @@ class Settings:
         shared_data_dir: str | None
         work_quota: str
         work_root: str | None
+        lab_disk_limit: str
         lab_tmp_size: str
         profiles_file: str
         docker_socket_proxy: bool
@@ -982,6 +994,10 @@ def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
                             "docker-proxy or lab-firewall yet (the hub holds the manager's "
                             f"Docker socket; see README, Security model); set {name}=false "
                             "or remove the line, or use MODE=compose.")
+    if values["LAB_DISK_LIMIT"] not in ("auto", "none"):
+        problems.append(f"LAB_DISK_LIMIT={raw['LAB_DISK_LIMIT']!r} in the settings: a Swarm "
+                        "service cannot bound a lab's writable layer; set LAB_DISK_LIMIT=auto "
+                        "or none, or use MODE=compose.")
     if values["LAB_BLOCKED_NETWORKS"]:
         problems.append(f"LAB_BLOCKED_NETWORKS={raw['LAB_BLOCKED_NETWORKS']!r} in the settings: "
                         "swarm mode has no lab firewall yet; block these networks on every "

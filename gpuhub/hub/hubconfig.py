@@ -189,19 +189,25 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(settings.lab_start_concurrency)
 
 
-def update_lab_limits(c, settings: Settings, host_memory: int, labs_parent: str = "") -> None:
+def update_lab_limits(c, settings: Settings, host_memory: int, labs_parent: str = "",
+                      disk_limit: int = 0) -> None:
     """Memory and CPU per lab: LAB_MEM_LIMIT and LAB_CPU_LIMIT, auto resolved for a host
     with ``host_memory`` bytes (see gpuhub.core.lablimits). A profile's own limits win.
 
     ``labs_parent``: the parent cgroup of all labs (LABS_MEM_LIMIT, named by `invoke up`);
     labs are made in it, and start only while lab-memory keeps its limit in place.
+    ``disk_limit``: bytes of each lab's writable layer (LAB_DISK_LIMIT as `invoke up` found
+    Docker can keep it); 0: none.
     """
     c.DockerSpawner.mem_limit = lablimits.lab_memory(settings.lab_mem_limit, host_memory)
     c.DockerSpawner.cpu_limit = lablimits.lab_cpus(settings.lab_cpu_limit)
     host_config = dict(c.DockerSpawner.extra_host_config)
     host_config.pop("cgroup_parent", None)
+    host_config.pop("storage_opt", None)
     if labs_parent:
         host_config["cgroup_parent"] = labs_parent
+    if disk_limit:
+        host_config["storage_opt"] = lablimits.storage_opt(disk_limit)
     c.DockerSpawner.extra_host_config = host_config
     c.GpuDockerSpawner.require_lab_memory = bool(labs_parent)
 
@@ -301,7 +307,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_auth(c, settings, secrets_dir)
     update_spawner(c, settings)
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo),
-                      env.get(names.LABS_CGROUP_PARENT_ENV, ""))
+                      env.get(names.LABS_CGROUP_PARENT_ENV, ""), lablimits.lab_disk_limit(env))
     hub_mode(settings).update_config(c)
     update_gpus(c, settings, gpus, profiles_yaml)
     update_services(c, settings, data_dir, secrets_dir, env.get("DOCKER_HOST", ""))

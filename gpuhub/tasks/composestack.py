@@ -92,7 +92,39 @@ def host_protection(c, project, host_memory: int) -> tuple[tuple[str, ...], dict
             files, env = (labsnetwork.APART_FILE,), apart.env()
     check_work_root(c, project)
     return files, {**env, **lab_memory_env(c, project, host_memory),
-                   **services_oom_env(c, project)}
+                   **services_oom_env(c, project), **lab_disk_env(c, project)}
+
+
+def lab_disk_env(c, project) -> dict[str, str]:
+    """LAB_DISK_LIMIT: each lab's writable layer bounded where Docker's storage can (it
+    refuses ``--storage-opt size`` elsewhere: overlay2 not on XFS with pquota, vfs, ...).
+    Probed by running ``true`` in the lab image with the limit: btrfs storage counts the
+    image's own files in it too, so a limit below the image's size fails here, not at
+    every lab's start."""
+    setting = project.settings.lab_disk_limit
+    if setting == "none":
+        return {}
+    size = lablimits.AUTO_DISK_LIMIT if setting == "auto" else setting
+    limit = lablimits.memory_bytes(size)
+    made = c.run(shlex.join(["docker", "run", "--rm", "--network", "none", "--storage-opt",
+                             f"size={limit}", "--entrypoint", "true",
+                             project.settings.lab_image]), hide=True, warn=True)
+    if made.ok:
+        step(f"each lab may write up to {size} outside ~/work and /tmp "
+             f"(LAB_DISK_LIMIT={setting})")
+        return {lablimits.DISK_LIMIT_ENV: str(limit)}
+    # Docker's reason, without the "See 'docker run --help'." it ends with.
+    why = ([line for line in made.stderr.strip().splitlines() if not line.startswith("See '")]
+           or ["no reason given"])[-1].removeprefix("docker: ")
+    if setting == "auto":
+        step("note: Docker's storage cannot bound a lab's writable layer here, so what a user "
+             "writes outside ~/work and /tmp has no limit (LAB_DISK_LIMIT=auto; README, "
+             f"Disk: work folder quotas): {why}")
+        return {}
+    raise fail(f"LAB_DISK_LIMIT={setting} cannot be kept: Docker's storage cannot bound a "
+               f"lab's writable layer here, or not to that size ({why}); set LAB_DISK_LIMIT="
+               "auto (a limit where Docker can) or none, or a size above the lab image's, or "
+               "give Docker overlay2 on XFS with pquota, or btrfs")
 
 
 def services_oom_env(c, project) -> dict[str, str]:

@@ -211,3 +211,110 @@ def test_up_refuses_a_work_root_that_cannot_keep_a_quota(stack_factory, tmp_path
     line = result.stderr.strip().splitlines()[-1]
     assert f"cannot be kept in WORK_ROOT={tmp_path}" in line and "not btrfs" in line, result.stderr
     assert "btrfs quota enable" in line
+
+
+# --- the writable layer (LAB_DISK_LIMIT) ------------------------------------------------------
+# This machine's Docker stores layers with overlay2 on ext4, which cannot bound them; Docker's
+# btrfs storage can. The test starts a second engine of its own (no network of its own, no
+# iptables) on a btrfs filesystem it made, and runs `invoke up`'s check against both.
+
+DISK_IMAGE = "gpuhub-standin/debian:bookworm"  # small, and has dd
+# btrfs storage counts the image's own files in the limit (about 120 MiB here).
+DISK_LIMIT = "320M"
+DISK_LIMIT_BYTES = 320 * 1024 ** 2
+
+
+def _project(tmp_path, **settings):
+    from gpuhub.tasks.project import load
+
+    env = tmp_path / "disk.env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in {"COMPOSE_PROJECT_NAME": "gpuhubdisk",
+                                                     "LAB_IMAGE": DISK_IMAGE,
+                                                     **settings}.items()))
+    return load(environ={"GPUHUB_ENV_FILE": str(env)})
+
+
+def _context(docker_host: str | None = None):
+    from invoke import Config, Context
+
+    env = {"DOCKER_HOST": docker_host} if docker_host else {}
+    return Context(Config(overrides={"run": {"in_stream": False, "env": env}}))
+
+
+@pytest.fixture(scope="module")
+def btrfs_engine(tmp_path_factory):
+    """A second Docker engine whose storage is btrfs, on a socket of its own."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.btrfs") or not shutil.which("dockerd"):
+        pytest.skip("needs root, btrfs-progs and dockerd: CI has them")
+    base = tmp_path_factory.mktemp("engine")
+    image, data = base / "docker.img", base / "data"
+    data.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(2 * 1024 ** 3)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(data)], check=True)
+    run_dir = Path("/run/gpuhub-test-engine")  # short: unix socket paths have a limit
+    run_dir.mkdir(exist_ok=True)
+    socket = run_dir / "docker.sock"
+    host = f"unix://{socket}"
+    log = open(base / "dockerd.log", "wb")
+    engine = subprocess.Popen(
+        ["dockerd", "--data-root", str(data / "docker"), "--exec-root", str(run_dir / "exec"),
+         "--host", host, "--pidfile", str(run_dir / "docker.pid"), "--storage-driver", "btrfs",
+         "--bridge", "none", "--iptables=false", "--ip-masq=false"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: subprocess.run(["docker", "-H", host, "version"],
+                                          capture_output=True).returncode == 0,
+                   timeout=60, what="the btrfs engine to answer",
+                   state=lambda: (base / "dockerd.log").read_text()[-2000:])
+        saved = subprocess.Popen(["docker", "save", DISK_IMAGE], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", host, "load", "-q"], stdin=saved.stdout, check=True,
+                       capture_output=True)
+        saved.wait()
+        yield host
+    finally:
+        engine.terminate()
+        try:
+            engine.wait(30)
+        except subprocess.TimeoutExpired:
+            engine.kill()
+        log.close()
+        if subprocess.run(["umount", str(data)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(data)], check=False)
+        image.unlink(missing_ok=True)
+
+
+def test_up_bounds_a_labs_writable_layer_where_dockers_storage_can(btrfs_engine, tmp_path):
+    """`invoke up`'s check, against two real engines: overlay2 on ext4 cannot bound a
+    writable layer (auto: none and a note; a size: refused), btrfs storage can (the limit
+    goes to the hub and the broker). A container made with the limit the broker gives every
+    lab cannot write past it, in the kernel's own words."""
+    from invoke.exceptions import Exit
+
+    from gpuhub.core.lablimits import DISK_LIMIT_ENV
+    from gpuhub.tasks import composestack
+
+    here = composestack.lab_disk_env(_context(), _project(tmp_path))
+    assert here == {}, "overlay2 on ext4 bounded a writable layer?"
+    with pytest.raises(Exit, match="LAB_DISK_LIMIT=320M cannot be kept.*overlay over xfs"):
+        composestack.lab_disk_env(_context(), _project(tmp_path, LAB_DISK_LIMIT=DISK_LIMIT))
+
+    found = composestack.lab_disk_env(_context(btrfs_engine),
+                                      _project(tmp_path, LAB_DISK_LIMIT=DISK_LIMIT))
+    assert found == {DISK_LIMIT_ENV: str(DISK_LIMIT_BYTES)}
+    # A limit below the image's own size is refused by `invoke up`, not at each lab's start.
+    with pytest.raises(Exit, match="LAB_DISK_LIMIT=64M cannot be kept.*quota"):
+        composestack.lab_disk_env(_context(btrfs_engine),
+                                  _project(tmp_path, LAB_DISK_LIMIT="64M"))
+    # The broker's StorageOpt (lablimits.storage_opt) for that limit, on the btrfs engine.
+    from gpuhub.core.lablimits import storage_opt
+
+    option = "size=" + storage_opt(int(found[DISK_LIMIT_ENV]))["size"]
+    wrote = subprocess.run(
+        ["docker", "-H", btrfs_engine, "run", "--rm", "--network", "none", "--storage-opt",
+         option, DISK_IMAGE, "sh", "-c",
+         "dd if=/dev/zero of=/fill bs=1M count=512 conv=fsync 2>&1; echo exit=$?"],
+        capture_output=True, text=True, timeout=120)
+    assert "exit=1" in wrote.stdout, wrote
+    assert "Disk quota exceeded" in wrote.stdout or "No space left" in wrote.stdout, wrote.stdout

@@ -13,6 +13,10 @@ CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
 # `invoke up` asks whether the engine may give the hub's services a negative OOM score.
 OOM_PROBE = ("docker run --rm --network none --oom-score-adj -500 --entrypoint cat "
              "gpuhub-hub:latest /proc/self/oom_score_adj")
+# ... and whether its storage can bound a lab's writable layer (LAB_DISK_LIMIT=auto: 20G).
+DISK_PROBE = ("docker run --rm --network none --storage-opt "
+              f"size={20 * 1024 ** 3} --entrypoint true gpuhub-lab:latest")
+HOST_PROBES = [OOM_PROBE, DISK_PROBE]
 
 
 def labs_bridge_check(project: str = "gpuhub") -> str:

@@ -23,7 +23,7 @@ from support.mock_docker import (
     COMPOSE_VERSION,
     DOCKER_INFO,
     DOCKER_MEMORY,
-    OOM_PROBE,
+    HOST_PROBES,
     commands,
     docker_context,
     labs_bridge_check,
@@ -227,7 +227,7 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
         labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, DOCKER_MEMORY,
-        *labs_network_setup(), CGROUP_INFO, OOM_PROBE, up, exists,
+        *labs_network_setup(), CGROUP_INFO, *HOST_PROBES, up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
@@ -410,7 +410,7 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
                  ["docker-compose.no-lab-firewall.yml", "docker-compose.gpu-sampler.yml"])
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
-                               remove_firewall_rules(), DOCKER_MEMORY, CGROUP_INFO, OOM_PROBE, up]
+                               remove_firewall_rules(), DOCKER_MEMORY, CGROUP_INFO, *HOST_PROBES, up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 

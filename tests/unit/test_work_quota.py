@@ -1,6 +1,7 @@
-"""WORK_QUOTA and LAB_TMP_SIZE without Docker: the settings, the broker's plan, what btrfs
-prints and how it is read, and what the hub shows. The live test is
-tests/integration/test_work_quota.py (a real btrfs, a real stack)."""
+"""WORK_QUOTA, LAB_TMP_SIZE and LAB_DISK_LIMIT without Docker: the settings, the broker's
+plan, what btrfs prints and how it is read, what `invoke up` finds, and what the hub shows.
+The live tests are in tests/integration/test_work_quota.py (a real btrfs, a real stack, and
+a second Docker engine on btrfs storage)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ import json
 import types
 
 import pytest
+from invoke import Result
+from invoke.exceptions import Exit
 
 from gpuhub.broker.policy import Call, Refused
 from gpuhub.broker.workfolders import Use, WorkFolders, parse_qgroups
 from gpuhub.core import lablimits, workuse
 from gpuhub.core.settings import SettingsError, validate
 from gpuhub.hub.workfolders import WorkFolderCollector, WorkUse, template_vars
+from gpuhub.tasks import composestack
+from gpuhub.tasks.project import load
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, policy
 from harness.hostile_docker import gpuhub_create
+from support.mock_docker import commands, docker_context
 
 CREATE = f"/v1.41/containers/create?name={PROJECT}-lab-bob"
+# What Docker 20.10's overlay2 says to --storage-opt size on ext4 (this machine's storage).
+OVERLAY_REFUSAL = ("Error response from daemon: --storage-opt is supported only for overlay "
+                   "over xfs with 'pquota' mount option")
 QUOTA = 64 * 1024 ** 2
 # `btrfs qgroup show --raw -re` of btrfs-progs 6.2 (Debian 12), as it printed on this machine.
 QGROUPS = """\
@@ -188,3 +197,71 @@ def test_no_report_keeps_the_last_and_says_why_once(caplog):
     use.refresh()
     use.refresh()
     assert set(use.report) == {"alice", "bob"} and "connection refused" in use.problem
+
+
+# --- the writable layer (LAB_DISK_LIMIT) -------------------------------------------------------
+
+def test_every_lab_gets_the_writable_layer_limit_whatever_the_hub_asks():
+    limit = 20 * 1024 ** 3
+    checked = dataclasses.replace(policy(), disk_limit=limit)
+    create = gpuhub_create(PROJECT, LAB_IMAGE, GPUS[0], SHARED)
+    built = json.loads(checked.plan(Call("POST", CREATE, json.dumps(create).encode())).body)
+    assert built["HostConfig"]["StorageOpt"] == {"size": str(limit)}
+    for other in ({"size": "1T"}, {"size": str(limit), "dm.basesize": "1T"}):
+        create["HostConfig"]["StorageOpt"] = other
+        with pytest.raises(Refused, match="HostConfig.StorageOpt"):
+            checked.plan(Call("POST", CREATE, json.dumps(create).encode()))
+    info = {"Name": f"/{PROJECT}-lab-bob", "Config": {"Labels": {"gpuhub.project": PROJECT,
+                                                                  "gpuhub.user": "bob"}},
+            "HostConfig": {**built["HostConfig"], "StorageOpt": None}}
+    assert "storage options None" in checked.hardening_problems(info)
+    # Without a limit the broker adds none (and refuses one the hub makes up).
+    create["HostConfig"].pop("StorageOpt")
+    assert "StorageOpt" not in json.loads(
+        policy().plan(Call("POST", CREATE, json.dumps(create).encode())).body)["HostConfig"]
+
+
+@pytest.mark.parametrize("setting, made, expected, said", [
+    ("auto", Result(), {"GPUHUB_LAB_DISK_LIMIT": str(20 * 1024 ** 3)}, "may write up to 20G"),
+    ("8G", Result(), {"GPUHUB_LAB_DISK_LIMIT": str(8 * 1024 ** 3)}, "may write up to 8G"),
+    ("auto", Result(stderr=OVERLAY_REFUSAL, exited=125), {}, "cannot bound a lab's writable"),
+    ("none", None, {}, ""),
+])
+def test_up_bounds_the_writable_layer_where_dockers_storage_can(env_file, capsys, setting,
+                                                                 made, expected, said):
+    env_file(LAB_DISK_LIMIT=setting)
+    size = 8 * 1024 ** 3 if setting == "8G" else 20 * 1024 ** 3
+    probe = ("docker run --rm --network none --storage-opt "
+             f"size={size} --entrypoint true gpuhub-lab:latest")
+    c = docker_context(*([(probe, made)] if made is not None else []), running=False)
+    assert composestack.lab_disk_env(c, load()) == expected
+    assert said in capsys.readouterr().out
+    if setting == "none":
+        assert commands(c) == []
+    else:  # one container of the lab image, with the limit, that runs `true`
+        assert commands(c) == [probe]
+
+
+def test_up_refuses_a_writable_layer_limit_dockers_storage_cannot_keep(env_file):
+    env_file(LAB_DISK_LIMIT="8G")
+    probe = ("docker run --rm --network none --storage-opt "
+             f"size={8 * 1024 ** 3} --entrypoint true gpuhub-lab:latest")
+    c = docker_context((probe, Result(stderr=OVERLAY_REFUSAL, exited=125)), running=False)
+    with pytest.raises(Exit, match="LAB_DISK_LIMIT=8G cannot be kept.*only for overlay over xfs"):
+        composestack.lab_disk_env(c, load())
+
+
+def test_the_hub_asks_for_the_limit_invoke_up_found():
+    from traitlets.config import Config
+
+    from gpuhub.hub.hubconfig import update_lab_limits, update_spawner
+
+    c = Config()
+    settings = validate({})
+    update_spawner(c, settings)
+    update_lab_limits(c, settings, 16 * 1024 ** 3, disk_limit=20 * 1024 ** 3)
+    assert c.DockerSpawner.extra_host_config["storage_opt"] == {"size": str(20 * 1024 ** 3)}
+    update_lab_limits(c, settings, 16 * 1024 ** 3)
+    assert "storage_opt" not in c.DockerSpawner.extra_host_config
+    assert lablimits.lab_disk_limit({"GPUHUB_LAB_DISK_LIMIT": "123"}) == 123
+    assert lablimits.lab_disk_limit({}) == 0
