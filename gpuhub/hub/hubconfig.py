@@ -253,18 +253,17 @@ def update_services(c, settings: Settings, data_dir: Path,
                                                   "metrics token")})
     roles.append({"name": "metrics-scraper", "scopes": ["read:metrics"],
                   "services": [METRICS_SERVICE]})
-    if hub_mode(settings).reclaims_idle_gpus:
-        # Stops GPU labs whose GPUs stay idle, and labs past their profile's max_age (when
-        # the settings and profiles ask for it), and removes labs whose user is gone.
-        services.append({
-            "name": "gpu-reclaimer",
-            "command": [sys.executable, "-m", "gpuhub.services.reclaim"],
-            # Managed services inherit almost nothing from the hub: the settings whole, and
-            # Docker the way the hub reaches it.
-            "environment": {**settings.raw_env(), "DOCKER_HOST": docker_host},
-        })
-        roles.append({"name": "gpu-reclaimer", "scopes": ["delete:servers", "read:users:name"],
-                      "services": ["gpu-reclaimer"]})
+    # Both modes: removes labs whose user is gone; compose mode also stops GPU labs whose GPUs
+    # stay idle, and labs past their profile's max_age, when the settings and profiles ask.
+    services.append({
+        "name": "gpu-reclaimer",
+        "command": [sys.executable, "-m", "gpuhub.services.reclaim"],
+        # Managed services inherit almost nothing from the hub: the settings whole, and
+        # Docker the way the hub reaches it.
+        "environment": {**settings.raw_env(), "DOCKER_HOST": docker_host},
+    })
+    roles.append({"name": "gpu-reclaimer", "scopes": ["delete:servers", "read:users:name"],
+                  "services": ["gpu-reclaimer"]})
     if settings.idle_timeout:
         services.append({
             "name": "idle-culler",

@@ -28,9 +28,6 @@ from gpuhub.hub.telemetry import Board, compose_board, docker_lab_lister, swarm_
 class ComposeHub:
     """Compose mode: labs are containers on this Docker host, work folders are volumes."""
 
-    # The gpu-sampler reads this host's GPUs: the reclaimer can tell idle ones.
-    reclaims_idle_gpus = True
-
     def __init__(self, settings: Settings):
         self.settings = settings
 
@@ -93,9 +90,6 @@ class ComposeHub:
 
 class SwarmHub:
     """Swarm mode: labs are Swarm services on any node, work folders are under SWARM_HOMES."""
-
-    # The gpu-sampler is single-host: nothing tells the reclaimer which node's GPU is idle.
-    reclaims_idle_gpus = False
 
     def __init__(self, settings: Settings):
         self.settings = settings

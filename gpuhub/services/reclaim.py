@@ -17,9 +17,11 @@ first into ``stop-reasons/<user>`` on the hub's volume; the spawner's stop() tak
 it in the hub log and the GPU-hours records, and the user reads it on their home page.
 CPU labs are left to the idle culler.
 
-It also removes lab containers whose user the hub no longer has (every SWEEP_ROUNDS
-rounds, once a container is ORPHAN_AFTER seconds old), and says so in its log: no lab
-outlives its account, whatever state its start was in when the user was deleted.
+It also removes labs whose user the hub no longer has (every SWEEP_ROUNDS rounds, once a
+lab is ORPHAN_AFTER seconds old), and says so in its log: no lab outlives its account,
+whatever state its start was in when the user was deleted. A lab is a container in compose
+mode and a Swarm service in swarm mode (:class:`ContainerLabs`, :class:`ServiceLabs`);
+in swarm mode it only sweeps, since the gpu-sampler cannot say which node's GPU is idle.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from gpuhub.core import names
 from gpuhub.core.gpureport import Lab, duration
+from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import USER as LABEL_USER
 from gpuhub.core.stopreasons import leave_reason
 from gpuhub.core.usage import parse_time
@@ -117,6 +120,64 @@ def orphans(containers: list[dict], user_exists: Callable[[str], bool],
     return found
 
 
+class ContainerLabs:
+    """Compose mode: labs are containers on this Docker host."""
+
+    kind = "lab container"
+    reclaims_idle_gpus = True
+
+    def __init__(self, client, project: str):
+        self.client, self.filters = client, {"label": f"{LABEL_PROJECT}={project}"}
+
+    def running(self) -> list[dict]:
+        return self.client.api.containers(filters=self.filters)
+
+    def every(self) -> list[dict]:
+        """Every lab, running or not: Id, Labels, Created (seconds since the epoch)."""
+        return self.client.api.containers(all=True, filters=self.filters)
+
+    def remove(self, ident: str) -> None:
+        self.client.api.remove_container(ident, force=True)
+
+
+class ServiceLabs:
+    """Swarm mode: labs are Swarm services, whose tasks run on any node."""
+
+    kind = "lab service"
+    reclaims_idle_gpus = False
+
+    def __init__(self, client, project: str):
+        self.client, self.filters = client, {"label": f"{LABEL_PROJECT}={project}"}
+
+    def running(self) -> list[dict]:
+        return []  # not asked: no idle GPUs to tell (reclaims_idle_gpus)
+
+    def every(self) -> list[dict]:
+        found = []
+        for service in self.client.api.services(filters=self.filters):
+            try:
+                created = parse_time(_seconds_precision(service["CreatedAt"])).timestamp()
+            except (KeyError, TypeError, ValueError):
+                continue  # an age it cannot read: never removed on a guess
+            found.append({"Id": service["ID"], "Created": created,
+                          "Labels": (service.get("Spec") or {}).get("Labels") or {}})
+        return found
+
+    def remove(self, ident: str) -> None:
+        self.client.api.remove_service(ident)
+
+
+def _seconds_precision(stamp: str) -> str:
+    """Docker's ``2026-12-05T19:20:48.263757858Z`` as ``2026-12-05T19:20:48+00:00``."""
+    return stamp.partition(".")[0].removesuffix("Z") + "+00:00"
+
+
+def labs_of(settings, client) -> ContainerLabs | ServiceLabs:
+    """The labs of ``settings``' mode, as the reclaimer sees them."""
+    kind = ServiceLabs if settings.mode == "swarm" else ContainerLabs
+    return kind(client, settings.compose_project_name)
+
+
 def _profiles_max_ages(path: Path) -> dict[str, int]:
     from gpuhub.core.profiles import Profiles
 
@@ -129,7 +190,6 @@ def main() -> None:  # the service's loop; its decisions are tested in decide() 
     import docker
     import requests
 
-    from gpuhub.core.labels import PROJECT as LABEL_PROJECT
     from gpuhub.core.samples import read_samples
     from gpuhub.core.settings import SettingsError, validate
 
@@ -140,7 +200,7 @@ def main() -> None:  # the service's loop; its decisions are tested in decide() 
     api, token = os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
     max_ages = _profiles_max_ages(Path(names.HUB_PROFILES_PATH))
     line_file = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE
-    client = docker.from_env(timeout=10)
+    labs_here = labs_of(settings, docker.from_env(timeout=10))
     asked: dict[str, float] = {}
     swept = 0.0
 
@@ -152,41 +212,45 @@ def main() -> None:  # the service's loop; its decisions are tested in decide() 
             raise RuntimeError(f"the hub answered {answer.status_code} for {user}")
         return answer.status_code == 200
 
-    print(f"gpu-reclaimer: GPU labs idle {settings.gpu_idle_timeout} s "
-          f"({settings.gpu_idle_timeout_while_waiting} s while others wait) under "
-          f"{settings.gpu_idle_utilisation} %, profiles' max_age {max_ages or 'none'}",
-          flush=True)
+    def stop_idle_labs(containers: list[dict], now: float) -> None:
+        try:
+            waiting = bool(json.loads(line_file.read_text()))
+        except (OSError, ValueError):
+            waiting = False
+        samples, _ = read_samples(now=now)
+        labs = [Lab.from_labels(c["Id"], c.get("Labels") or {}) for c in containers]
+        for todo in decide(labs, samples, idle_below=settings.gpu_idle_utilisation,
+                           idle_timeout=settings.gpu_idle_timeout,
+                           idle_timeout_waiting=settings.gpu_idle_timeout_while_waiting,
+                           waiting=waiting, max_ages=max_ages, now=now):
+            if now - asked.get(todo.user, 0) < ASKED_AGAIN_AFTER:
+                continue
+            asked[todo.user] = now
+            leave_reason(todo.user, todo.reason)
+            answer = requests.delete(f"{api}/users/{todo.user}/server", timeout=30,
+                                     headers={"Authorization": f"token {token}"})
+            print(f"gpu-reclaimer: stopping the lab of {todo.user}: {todo.reason} "
+                  f"(HTTP {answer.status_code})", flush=True)
+
+    if labs_here.reclaims_idle_gpus:
+        print(f"gpu-reclaimer: GPU labs idle {settings.gpu_idle_timeout} s "
+              f"({settings.gpu_idle_timeout_while_waiting} s while others wait) under "
+              f"{settings.gpu_idle_utilisation} %, profiles' max_age {max_ages or 'none'}",
+              flush=True)
+    else:
+        print("gpu-reclaimer: swarm mode: removes only lab services of users the hub no "
+              "longer has", flush=True)
     while True:
         time.sleep(settings.gpu_sample_interval)
+        now = time.time()
         try:
-            containers = client.api.containers(
-                filters={"label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
-            try:
-                waiting = bool(json.loads(line_file.read_text()))
-            except (OSError, ValueError):
-                waiting = False
-            samples, _ = read_samples(now=time.time())
-            labs = [Lab.from_labels(c["Id"], c.get("Labels") or {}) for c in containers]
-            now = time.time()
-            for todo in decide(labs, samples, idle_below=settings.gpu_idle_utilisation,
-                               idle_timeout=settings.gpu_idle_timeout,
-                               idle_timeout_waiting=settings.gpu_idle_timeout_while_waiting,
-                               waiting=waiting, max_ages=max_ages, now=now):
-                if now - asked.get(todo.user, 0) < ASKED_AGAIN_AFTER:
-                    continue
-                asked[todo.user] = now
-                leave_reason(todo.user, todo.reason)
-                answer = requests.delete(f"{api}/users/{todo.user}/server", timeout=30,
-                                         headers={"Authorization": f"token {token}"})
-                print(f"gpu-reclaimer: stopping the lab of {todo.user}: {todo.reason} "
-                      f"(HTTP {answer.status_code})", flush=True)
+            if labs_here.reclaims_idle_gpus:
+                stop_idle_labs(labs_here.running(), now)
             if now - swept >= SWEEP_ROUNDS * settings.gpu_sample_interval:
                 swept = now
-                every = client.api.containers(all=True, filters={
-                    "label": f"{LABEL_PROJECT}={settings.compose_project_name}"})
-                for lab, user in orphans(every, user_exists, now):
-                    client.api.remove_container(lab, force=True)
-                    print(f"gpu-reclaimer: removed the lab container {lab[:12]} of {user}, "
+                for lab, user in orphans(labs_here.every(), user_exists, now):
+                    labs_here.remove(lab)
+                    print(f"gpu-reclaimer: removed the {labs_here.kind} {lab[:12]} of {user}, "
                           "whom the hub no longer has", flush=True)
         except Exception as err:  # Docker or the hub away for a moment: next round
             print(f"gpu-reclaimer: this round failed: {err}", flush=True)

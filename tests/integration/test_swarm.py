@@ -317,6 +317,28 @@ def test_deluser_purge_data_removes_the_folder_under_swarm_homes(swarm, sessions
     assert swarm.invoke("adduser", user, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
 
 
+def test_a_lab_service_of_a_user_the_hub_does_not_have_is_removed(swarm):
+    """What a crash between a user's deletion and their lab's removal would leave in swarm
+    mode: a lab service (gpuhub's labels and name) of a user the hub does not have. The
+    gpu-reclaimer removes it at its next sweep, and says so in the hub's log."""
+    from gpuhub.services import reclaim
+
+    m, project = swarm.cluster.manager, swarm.stack.project
+    name = swarm.service("ghost")
+    m.docker("service", "create", "--detach", "--no-resolve-image", "--name", name,
+             "--label", f"gpuhub.project={project}", "--label", "gpuhub.user=ghost",
+             "--restart-condition", "none", "--entrypoint", "sleep",
+             f"{swarm.cluster.registry}/{swarm.stack.settings['LAB_IMAGE']}", "600")
+    patience = reclaim.ORPHAN_AFTER + 2 * reclaim.SWEEP_ROUNDS * int(
+        swarm.stack.settings.get("GPU_SAMPLE_INTERVAL", "5")) + 60
+    wait_until(lambda: m.docker("service", "inspect", name, check=False).returncode != 0,
+               timeout=patience, interval=2, what="the gpu-reclaimer to remove ghost's lab service",
+               state=swarm.logs)
+    logged = m.docker("service", "logs", "--tail", "400", f"{project}_hub", check=False)
+    said = logged.stdout + logged.stderr
+    assert "removed the lab service" in said and "of ghost, whom the hub no longer has" in said
+
+
 def test_node_add_prints_what_a_gpu_node_needs(swarm):
     out = swarm.invoke("node-add", "--label", "gpu=t4").stdout
     assert "docker swarm join --token SWMTKN-" in out

@@ -185,3 +185,54 @@ def test_no_lab_is_removed_when_the_hub_cannot_say_who_exists():
     with pytest.raises(RuntimeError):  # the round fails; nothing is removed on a guess
         orphans([{"Id": "a" * 64, "Created": 0, "Labels": {"gpuhub.user": "x"}}], hub_away,
                  10_000.0)
+
+
+# --- whose labs: containers (compose mode) or Swarm services (swarm mode) --------------------
+
+class _Api:
+    def __init__(self, services=(), containers=()):
+        self._services, self._containers, self.removed = list(services), list(containers), []
+
+    def services(self, filters):
+        self.asked = filters
+        return self._services
+
+    def containers(self, all=False, filters=None):
+        self.asked = filters
+        return self._containers
+
+    def remove_service(self, ident):
+        self.removed.append(("service", ident))
+
+    def remove_container(self, ident, force=False):
+        self.removed.append(("container", ident, force))
+
+
+def test_in_swarm_mode_the_sweep_removes_lab_services_of_users_the_hub_does_not_have():
+    from types import SimpleNamespace
+
+    from gpuhub.core.settings import validate
+    from gpuhub.services.reclaim import ContainerLabs, ServiceLabs, labs_of
+
+    api = _Api(services=[
+        {"ID": "svc-ghost", "CreatedAt": "2026-12-05T19:20:48.263757858Z",
+         "Spec": {"Labels": {"gpuhub.project": "gpuhub", "gpuhub.user": "ghost"}}},
+        {"ID": "svc-alice", "CreatedAt": "2026-12-05T19:20:48Z",
+         "Spec": {"Labels": {"gpuhub.project": "gpuhub", "gpuhub.user": "alice"}}},
+        {"ID": "svc-odd", "CreatedAt": "yesterday",  # an age it cannot read: kept
+         "Spec": {"Labels": {"gpuhub.project": "gpuhub", "gpuhub.user": "ghost"}}},
+    ])
+    swarm = validate({"MODE": "swarm", "REGISTRY": "r.example.org:5000",
+                      "SWARM_HOMES": "/srv/nfs/homes"})
+    labs = labs_of(swarm, SimpleNamespace(api=api))
+    assert isinstance(labs, ServiceLabs) and not labs.reclaims_idle_gpus
+    assert isinstance(labs_of(validate({}), SimpleNamespace(api=api)), ContainerLabs)
+    every = labs.every()
+    assert api.asked == {"label": "gpuhub.project=gpuhub"}
+    assert [(lab["Id"], lab["Created"]) for lab in every] == [
+        ("svc-ghost", 1796498448.0), ("svc-alice", 1796498448.0)]
+    gone = orphans(every, lambda user: user == "alice", now=1796498448.0 + 60)
+    assert gone == [("svc-ghost", "ghost")]
+    labs.remove("svc-ghost")
+    assert api.removed == [("service", "svc-ghost")]
+    assert labs.kind == "lab service" and labs.running() == []
