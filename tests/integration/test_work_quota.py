@@ -244,8 +244,8 @@ def _context(docker_host: str | None = None):
 @pytest.fixture(scope="module")
 def btrfs_engine(tmp_path_factory):
     """A second Docker engine whose storage is btrfs, on a socket of its own."""
-    if os.geteuid() != 0 or not shutil.which("mkfs.btrfs") or not shutil.which("dockerd"):
-        pytest.skip("needs root, btrfs-progs and dockerd: CI has them")
+    if os.geteuid() != 0 or not all(map(shutil.which, ("mkfs.btrfs", "dockerd", "unshare"))):
+        pytest.skip("needs root, btrfs-progs, dockerd and unshare: CI has them")
     base = tmp_path_factory.mktemp("engine")
     image, data = base / "docker.img", base / "data"
     data.mkdir()
@@ -258,8 +258,10 @@ def btrfs_engine(tmp_path_factory):
     socket = run_dir / "docker.sock"
     host = f"unix://{socket}"
     log = open(base / "dockerd.log", "wb")
+    # In a network namespace of its own: a daemon without a bridge removes the host's
+    # docker0 at start (moby: removeDefaultBridgeInterface), which the main engine needs.
     engine = subprocess.Popen(
-        ["dockerd", "--data-root", str(data / "docker"), "--exec-root", str(run_dir / "exec"),
+        ["unshare", "--net", "--", "dockerd", "--data-root", str(data / "docker"), "--exec-root", str(run_dir / "exec"),
          "--host", host, "--pidfile", str(run_dir / "docker.pid"), "--storage-driver", "btrfs",
          "--bridge", "none", "--iptables=false", "--ip-masq=false"],
         stdout=log, stderr=subprocess.STDOUT)
