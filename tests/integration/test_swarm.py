@@ -187,8 +187,13 @@ def test_lab_services_are_hardened(swarm, sessions):
     assert container.get("CapabilityDrop") == ["ALL"], container
     assert spec["TaskTemplate"]["Resources"]["Limits"]["Pids"] == 1024
     assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
-    sources = [m["Source"] for m in container.get("Mounts", [])]
-    assert sources == [f"{swarm.stack.settings['SWARM_HOMES']}/alice"], sources
+    mounts = container.get("Mounts", [])
+    sources = [m["Source"] for m in mounts if m["Type"] == "bind"]
+    assert sources == [f"{swarm.stack.settings['SWARM_HOMES']}/alice"], mounts
+    # /tmp in memory, capped (LAB_TMP_SIZE, default 1G), on whichever node runs the lab
+    tmp = [m for m in mounts if m["Type"] == "tmpfs"]
+    assert [(m["Target"], m["TmpfsOptions"]["SizeBytes"]) for m in tmp] == [
+        ("/tmp", 1024 ** 3)], mounts
     env = dict(e.split("=", 1) for e in container["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "void"  # Swarm's grant decides, never "all"
     assert "docker.sock" not in json.dumps(container)
