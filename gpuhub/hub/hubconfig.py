@@ -280,8 +280,10 @@ def update_services(c, settings: Settings, data_dir: Path,
 
 
 def update_pages(c) -> None:
-    """gpuhub's own hub pages: /hub/gpus for admins (gpuhub.hub.gpupage)."""
-    c.JupyterHub.extra_handlers = [("/gpus", "gpuhub.hub.gpupage.GpuPage")]
+    """gpuhub's own hub pages, for admins: /hub/gpus (gpuhub.hub.gpupage) and
+    /hub/work-folders (gpuhub.hub.workpage)."""
+    c.JupyterHub.extra_handlers = [("/gpus", "gpuhub.hub.gpupage.GpuPage"),
+                                   ("/work-folders", "gpuhub.hub.workpage.WorkFolderPage")]
 
 
 def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,

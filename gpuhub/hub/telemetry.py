@@ -234,6 +234,8 @@ class HubTelemetry:
     board: GpuBoard
     spawn_duration: Histogram
     spawns_refused: Counter
+    # WORK_QUOTA: the work folders' report (the metrics, the pages); None without a quota.
+    work_use: WorkUse | None = None
 
 
 _installed: HubTelemetry | None = None
@@ -262,7 +264,7 @@ def install(board_source: Callable[[], tuple[Callable[[], Board], float]],
     registry.register(BoardCollector(board))
     if work_use is not None:  # WORK_QUOTA: each work folder's use and limit
         registry.register(WorkFolderCollector(work_use))
-    _installed = HubTelemetry(board, spawn_duration, spawns_refused)
+    _installed = HubTelemetry(board, spawn_duration, spawns_refused, work_use)
     return _installed
 
 

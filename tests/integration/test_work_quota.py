@@ -133,6 +133,13 @@ def test_a_lab_that_writes_past_its_quota_gets_disk_quota_exceeded_alone(quota_s
         return "Your work folder is full" in page.text and page.text
     text = wait_until(note, timeout=90, interval=3, what="the full-folder line on alice's page")
     assert "of 64.0 MiB" in text
+    # The admin's page of work folders, fullest first: alice at the top, full.
+    admin = HubUser.signed_in(stack.url, "admin", stack.admin_passwords["admin"])
+    page = admin.http.get(f"{stack.url}/hub/work-folders?format=json", verify=admin.verify)
+    assert page.status_code == 200, page.text
+    top = page.json()["folders"][0]
+    assert (top["user"], top["limit"], top["full"]) == ("alice", QUOTA_BYTES, True), page.json()
+    assert alice.http.get(f"{stack.url}/hub/work-folders", verify=alice.verify).status_code == 403
     alice.stop(logs=stack.logs)
     bob.stop(logs=stack.logs)
 

@@ -303,7 +303,8 @@ def test_without_the_proxy_the_hub_needs_the_socket(socket_file):
 def test_the_gpu_page_is_a_hub_page_and_prometheus_may_only_read_metrics(configure):
     c = configure()
     # In the hub (its layout, login and Docker access), not a service of its own.
-    assert c.JupyterHub.extra_handlers == [("/gpus", "gpuhub.hub.gpupage.GpuPage")]
+    assert c.JupyterHub.extra_handlers == [("/gpus", "gpuhub.hub.gpupage.GpuPage"),
+                                           ("/work-folders", "gpuhub.hub.workpage.WorkFolderPage")]
     assert "gpus" not in services(c)
     assert services(c)["prometheus"]["api_token"] == "metrics-token-for-tests"
     assert c.JupyterHub.authenticate_prometheus is True

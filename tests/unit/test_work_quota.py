@@ -265,3 +265,14 @@ def test_the_hub_asks_for_the_limit_invoke_up_found():
     assert "storage_opt" not in c.DockerSpawner.extra_host_config
     assert lablimits.lab_disk_limit({"GPUHUB_LAB_DISK_LIMIT": "123"}) == 123
     assert lablimits.lab_disk_limit({}) == 0
+
+
+def test_the_admins_page_lists_the_fullest_work_folders_first():
+    from gpuhub.hub.workpage import rows
+
+    report = workuse.parse(REPORT.encode())
+    report["carol"] = workuse.FolderUse(0, 0)  # a legacy folder without a limit
+    listed = rows(report)
+    assert [(r["user"], r["percent"], r["full"]) for r in listed] == [
+        ("alice", 100, True), ("bob", 8, False), ("carol", None, False)]
+    assert listed[1]["text"] == "5.0 MiB of 64.0 MiB"
