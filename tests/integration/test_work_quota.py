@@ -10,6 +10,7 @@ and starts a lab meanwhile. Needs root (mount) and btrfs-progs, as CI has.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,25 +49,31 @@ def _btrfs(*args: str) -> str:
     return subprocess.run(["btrfs", *args], check=True, capture_output=True, text=True).stdout
 
 
+@contextlib.contextmanager
+def loop_btrfs(base: Path, size: int):
+    """A btrfs filesystem in a sparse file of ``size`` bytes, mounted at ``base``/fs."""
+    image, mounted = base / "fs.img", base / "fs"
+    mounted.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mounted)], check=True)
+    try:
+        yield mounted
+    finally:
+        if subprocess.run(["umount", str(mounted)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mounted)], check=False)
+        image.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def work_root(tmp_path_factory):
     """A btrfs filesystem with quotas on, mounted for this module only."""
     if os.geteuid() != 0 or not shutil.which("mkfs.btrfs"):
         pytest.skip("needs root and btrfs-progs (a loop-mounted btrfs): CI has both")
-    base = tmp_path_factory.mktemp("btrfs")
-    image, root = base / "work.img", base / "work"
-    root.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(512 * 1024 ** 2)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
-    try:
+    with loop_btrfs(tmp_path_factory.mktemp("btrfs"), 512 * 1024 ** 2) as root:
         _btrfs("quota", "enable", str(root))
         yield root
-    finally:
-        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(root)], check=False)
-        image.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -254,12 +261,11 @@ def btrfs_engine(tmp_path_factory):
     if os.geteuid() != 0 or not all(map(shutil.which, ("mkfs.btrfs", "dockerd", "unshare"))):
         pytest.skip("needs root, btrfs-progs, dockerd and unshare: CI has them")
     base = tmp_path_factory.mktemp("engine")
-    image, data = base / "docker.img", base / "data"
-    data.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(2 * 1024 ** 3)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(data)], check=True)
+    with loop_btrfs(base, 2 * 1024 ** 3) as data:
+        yield from _engine(base, data)
+
+
+def _engine(base: Path, data: Path):
     run_dir = Path("/run/gpuhub-test-engine")  # short: unix socket paths have a limit
     run_dir.mkdir(exist_ok=True)
     socket = run_dir / "docker.sock"
@@ -268,8 +274,8 @@ def btrfs_engine(tmp_path_factory):
     # In a network namespace of its own: a daemon without a bridge removes the host's
     # docker0 at start (moby: removeDefaultBridgeInterface), which the main engine needs.
     engine = subprocess.Popen(
-        ["unshare", "--net", "--", "dockerd", "--data-root", str(data / "docker"), "--exec-root", str(run_dir / "exec"),
-         "--host", host, "--pidfile", str(run_dir / "docker.pid"), "--storage-driver", "btrfs",
+        ["unshare", "--net", "--", "dockerd", "--data-root", str(data / "docker"),
+         "--exec-root", str(run_dir / "exec"), "--host", host, "--pidfile", str(run_dir / "docker.pid"), "--storage-driver", "btrfs",
          "--bridge", "none", "--iptables=false", "--ip-masq=false"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -289,9 +295,6 @@ def btrfs_engine(tmp_path_factory):
         except subprocess.TimeoutExpired:
             engine.kill()
         log.close()
-        if subprocess.run(["umount", str(data)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(data)], check=False)
-        image.unlink(missing_ok=True)
 
 
 def test_up_bounds_a_labs_writable_layer_where_dockers_storage_can(btrfs_engine, tmp_path):
