@@ -81,11 +81,12 @@ def test_lab_received_exactly_the_allocated_gpus(hub, alice_lab, gpu_mode):
         pytest.skip("the hub has no GPUs: --gpu=off, or no nvidia-smi lists any "
                     "(CI points NVIDIA_SMI at the test double's)")
     check = alice_lab.view["gpu_check"]
-    granted = [d for d in check["NVIDIA_VISIBLE_DEVICES"].split(",") if d]
+    # What the hub granted, and what the driver shows inside the lab; never the lab's
+    # NVIDIA_VISIBLE_DEVICES, which the CDI path (Docker >= 29.2) sets to "void".
+    granted = check["granted"]
     assert len(granted) == alice_lab.expected_gpus >= 1, \
         f"profile {alice_lab.profile} allocates {alice_lab.expected_gpus}, lab got {check}"
     assert set(granted) <= {g.device_id for g in gpu_mode.inventory}, check
-    assert check["granted"] == granted, check
     smi = check["nvidia_smi"]
     assert smi["available"] and len(smi["gpus"]) == len(granted), smi
     for device in granted:

@@ -50,6 +50,13 @@ def _lab_view(user: HubUser) -> dict:
         "capture_output=True, text=True).stdout)"))
 
 
+def _seen(view: dict) -> list[str]:
+    """The GPUs the driver shows inside the lab (the UUIDs of `nvidia-smi -L`): what the lab
+    can use, on the legacy hook path and the CDI path alike (CDI sets the lab's
+    NVIDIA_VISIBLE_DEVICES to "void", so the lab's environment says nothing)."""
+    return [line.rsplit("(UUID: ", 1)[1].rstrip(")") for line in view["nvidia_smi"]["gpus"]]
+
+
 def test_five_users_at_once_get_four_distinct_gpus_and_one_clear_refusal(stack, gpu_users, inventory):
     users = [gpu_users[n] for n in GPU_USERS]
     with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
@@ -68,10 +75,8 @@ def test_five_users_at_once_get_four_distinct_gpus_and_one_clear_refusal(stack, 
             continue
         user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
         view = _lab_view(user)
-        env_ids = view["NVIDIA_VISIBLE_DEVICES"].split(",")
-        assert len(env_ids) == 1, view
-        smi = view["nvidia_smi"]["gpus"]
-        assert len(smi) == 1 and env_ids[0] in smi[0], view
+        env_ids = _seen(view)
+        assert len(env_ids) == 1 and view["granted"] == env_ids, view
         info = stack.inspect(stack.lab_container(user.name))
         env = dict(e.split("=", 1) for e in info["Config"]["Env"])
         assert env["NVIDIA_VISIBLE_DEVICES"] == env_ids[0]
@@ -94,7 +99,7 @@ def test_stopping_a_lab_frees_its_gpu_for_the_waiting_user(stack, gpu_users):
     freed = stack.inspect(stack.lab_container(leaver.name))["Config"]["Labels"]["gpuhub.gpus"]
     leaver.stop(logs=stack.logs)
     waiter.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
-    assert _lab_view(waiter)["NVIDIA_VISIBLE_DEVICES"] == freed
+    assert _seen(_lab_view(waiter)) == [freed]
 
 
 def test_hub_restart_keeps_holders_and_never_double_books(stack, gpu_users):
@@ -109,7 +114,7 @@ def test_hub_restart_keeps_holders_and_never_double_books(stack, gpu_users):
     assert answer.status_code == 409, answer.text
     # A CPU lab still starts while every GPU is held.
     late.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
-    assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert _seen(_lab_view(late)) == []
     late.stop(logs=stack.logs)
 
 
@@ -121,7 +126,7 @@ def test_a_lab_that_dies_frees_its_gpu_at_once(stack, gpu_users):
     late = gpu_users["latecomer"]
     # Docker is the record: the dead lab's GPU is free before the hub even polls it.
     late.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
-    assert _lab_view(late)["NVIDIA_VISIBLE_DEVICES"] == freed
+    assert _seen(_lab_view(late)) == [freed]
     late.stop(logs=stack.logs)
 
 

@@ -50,6 +50,11 @@ def test_parse_processes():
     f"0::/system.slice/docker-{LAB_A}.scope/init.scope\n",               # nested
     f"12:memory:/gpuhub-gpuhub-labs/{LAB_A}\n",                          # labs' parent
     f"0::/gpuhub.slice/gpuhub-gpuhub.slice/gpuhub-gpuhub-labs.slice/docker-{LAB_A}.scope\n",
+    # cgroup v2, read from the sampler's own (private) cgroup namespace, Docker's default
+    # there: a lab outside the sampler's root shows "../" entries (cgroup_namespaces(7)).
+    f"0::/../{LAB_A}\n",                                                  # cgroupfs driver
+    f"0::/../docker-{LAB_A}.scope\n",                                     # systemd driver
+    f"0::/../../gpuhub-gpuhub-labs/{LAB_A}\n",                            # labs' parent
 ])
 def test_container_of_a_process_from_its_cgroup(tmp_path, cgroup):
     (tmp_path / "77").mkdir()
