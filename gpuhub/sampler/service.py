@@ -156,25 +156,97 @@ class Sampler:
                 "processes": processes}
 
 
-def read_gpus(timeout: float) -> tuple[list[dict], list[dict], str]:
-    """Run both nvidia-smi queries: (gpus, processes, error). Never raises."""
+# After a SIGKILL of a timed-out nvidia-smi, how long to wait for it to go. One stuck in the
+# driver (uninterruptible sleep, after an Xid) never goes: it is left behind, not waited on.
+KILL_GRACE = 1.0
+# "Failed to initialize NVML" this many reads in a row: the sampler exits so that Docker
+# restarts it (restart: unless-stopped), which gives a container back the device access a
+# `systemctl daemon-reload` took away (NVIDIA/nvidia-container-toolkit#48).
+NVML_LOST_READS = 3
+NVML_LOST = "Failed to initialize NVML"
+
+
+class Smi:
+    """Runs nvidia-smi queries with a hard time limit each, and never twice at once while
+    one it gave up on is still stuck."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.stuck: subprocess.Popen | None = None
+
+    def run(self, args: list[str]) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr); raises TimeoutExpired or OSError (no nvidia-smi)."""
+        if self.stuck is not None:
+            if self.stuck.poll() is None:
+                raise subprocess.TimeoutExpired(args, self.timeout)
+            self.stuck = None
+        # Its own process group: a timeout kills whatever it started too, which would
+        # otherwise hold the output pipes open.
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            out, err = process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, 9)
+            except ProcessLookupError:
+                pass
+            try:
+                process.communicate(timeout=KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                self.stuck = process
+            raise
+        return process.returncode, out, err
+
+
+def read_gpus(smi: Smi) -> tuple[list[dict], list[dict], str]:
+    """Run both nvidia-smi queries: (gpus, processes, error). Never raises.
+
+    Each GPU line is read on its own: one GPU that is lost or in error (its line an error
+    message, or nvidia-smi exiting non-zero with the other lines valid, as rc 14 does) costs
+    only its own reading, and ``error`` says what was wrong.
+    """
     try:
-        found = subprocess.run(QUERY_GPUS, capture_output=True, text=True, timeout=timeout)
-        if found.returncode != 0:
-            why = smi_failure(found.stdout, found.stderr, found.returncode)
-            return [], [], f"nvidia-smi failed: {why}"
-        gpus = parse_gpus(found.stdout)
-        apps = subprocess.run(QUERY_PROCESSES, capture_output=True, text=True, timeout=timeout)
-        # Processes are extra: GPUs are still reported when the driver lists none.
-        processes = parse_processes(apps.stdout) if apps.returncode == 0 else []
-        return gpus, processes, ""
+        code, out, err = smi.run(QUERY_GPUS)
+        gpus, unreadable = [], []
+        for line in out.splitlines():
+            if not line.strip():
+                continue
+            try:
+                gpus.extend(parse_gpus(line))
+            except ValueError:
+                unreadable.append(line.strip())
+        if not gpus:
+            failed = code != 0 or unreadable
+            return [], [], f"nvidia-smi failed: {smi_failure(out, err, code)}" if failed else ""
+        problem = ""
+        if code != 0 or unreadable:
+            why = "; ".join(unreadable + err.strip().splitlines()[:1])[:300]
+            problem = (f"nvidia-smi exited {code}" if code else "nvidia-smi") + \
+                (f": {why}" if why else "") + f"; {len(gpus)} GPU(s) read"
+        # Processes are extra: GPUs are still reported when the driver lists none, or
+        # prints a line that is no process ("No running processes found").
+        _, apps, _ = smi.run(QUERY_PROCESSES)
+        processes = []
+        for line in apps.splitlines():
+            try:
+                processes.extend(parse_processes(line))
+            except ValueError:
+                continue
+        return gpus, processes, problem
     except FileNotFoundError:
         return [], [], ("nvidia-smi is missing: the sampler has no GPU access (no NVIDIA "
                         "container toolkit, or no GPUs in the inventory)")
     except subprocess.TimeoutExpired:
-        return [], [], f"nvidia-smi did not answer within {timeout:g} s"
-    except ValueError as err:
-        return [], [], str(err)
+        stuck = " and is still stuck (a GPU fault: see the host's kernel log for Xid)" \
+            if smi.stuck is not None else ""
+        return [], [], f"nvidia-smi did not answer within {smi.timeout:g} s{stuck}"
+
+
+def nvml_lost(errors: list[str]) -> bool:
+    """Whether the last reads all failed because NVML is gone from this container."""
+    return len(errors) >= NVML_LOST_READS and all(
+        NVML_LOST in e for e in errors[-NVML_LOST_READS:])
 
 
 def main() -> None:
@@ -192,12 +264,19 @@ def main() -> None:
     print(f"gpu-sampler: every {interval:g} s into {path}", flush=True)
     said = None
     next_tick = time.monotonic()
+    smi = Smi(timeout=max(2.0, min(10.0, 2 * interval)))
+    errors: list[str] = []
     while True:
-        gpus, processes, error = read_gpus(timeout=max(2.0, min(10.0, 2 * interval)))
+        gpus, processes, error = read_gpus(smi)
         if error != said:  # each change of state once in the log, not every interval
             print(f"gpu-sampler: {error or f'reading {len(gpus)} GPUs'}", flush=True)
             said = error
         write_samples(path, sampler.snapshot(gpus, processes, time.time(), error))
+        errors = (errors + [error])[-NVML_LOST_READS:]
+        if nvml_lost(errors):
+            sys.exit("gpu-sampler: NVML is gone from this container (after a `systemctl "
+                     "daemon-reload` on the host, the NVIDIA container toolkit's known "
+                     "issue); exiting so that Docker restarts it with the GPUs")
         next_tick += interval
         time.sleep(max(0.0, next_tick - time.monotonic()))
         if time.monotonic() - next_tick > interval:  # fell behind (host suspended): skip

@@ -94,6 +94,31 @@ def test_the_sampler_reports_what_the_gpu_reports_with_its_holder(stack, gpu_lab
     assert page["labs_per_profile"].get("gpu1", 0) >= 1
 
 
+def test_one_lost_gpu_costs_only_its_own_readings(stack, gpu_lab):
+    """One GPU falls off the bus (the double's "lost" fault: nvidia-smi prints the real
+    message in its place and exits 15). The sampler keeps reading the others, the lab's
+    GPU included, and says what is wrong; before, any non-zero exit dropped every GPU."""
+    user, uuid, info = gpu_lab
+    lost = next(r["uuid"] for r in board(stack) if r["uuid"] != uuid)
+    gpu_state.write({uuid: (61, 2048)}, lost=[lost])
+    try:
+        def sampled():
+            taken = samples_file(stack)
+            read = {g["uuid"]: g["utilisation"] for g in taken["gpus"]}
+            return taken if read.get(uuid) == 61 else None
+
+        taken = wait_until(sampled, timeout=60, interval=1, what="61 % on the lab's GPU "
+                           "while another GPU is lost", state=lambda: samples_file(stack),
+                           logs=stack.logs)
+        assert lost not in {g["uuid"] for g in taken["gpus"]}
+        assert len(taken["gpus"]) == len(board(stack)) - 1, taken["gpus"]
+        assert taken["error"].startswith("nvidia-smi exited 15: Unable to determine the "
+                                         "device handle for GPU"), taken["error"]
+        assert row_of(board(stack), uuid)["utilisation"] == 61
+    finally:
+        gpu_state.clear()
+
+
 def test_the_lab_has_nvidias_gpu_dashboards_which_degrade_cleanly_on_the_double(stack, gpu_lab):
     user, _, _ = gpu_lab
 

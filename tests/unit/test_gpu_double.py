@@ -327,3 +327,30 @@ def test_gpu_state_refuses_what_nvidia_smi_would_ignore(tmp_path, gpus, processe
     with pytest.raises(ValueError):
         gpu_state.write(gpus, processes, state_dir=tmp_path)
     assert not (tmp_path / "gpus.tsv").exists()
+
+
+def test_a_lost_gpu_is_reported_as_the_real_tool_does_and_the_rest_still_read(smi, state):
+    """A GPU fallen off the bus (NVML ERROR_GPU_IS_LOST): its line becomes the real message,
+    on stdout (NVIDIA/open-gpu-kernel-modules#387), the others are listed, and the exit code
+    is 15; its processes are not listed. The sampler must keep the other GPUs' readings."""
+    write_state(state, f"gpu\t{UUID[0]}\t40\t100", f"fault\t{UUID[1]}\tlost",
+                f"proc\t{UUID[1]}\t77\t50\tpython", f"proc\t{UUID[0]}\t78\t60\tpython")
+    lost_line = "Unable to determine the device handle for GPU0000:02:00.0: Unknown Error"
+    done = smi(*SAMPLER_GPUS, check=False)
+    assert done.returncode == 15 and done.stderr == ""
+    assert lines(done) == [f"0, {UUID[0]}, Tesla T4, 40, 100, {TOTAL}", lost_line,
+                           f"2, {UUID[2]}, Tesla T4, 0, 0, {TOTAL}",
+                           f"3, {UUID[3]}, Tesla T4, 0, 0, {TOTAL}"]
+    listed = smi("-L", check=False)
+    assert listed.returncode == 15 and lost_line in lines(listed) and len(lines(listed)) == 4
+    apps = smi(*SAMPLER_APPS, check=False)
+    assert apps.returncode == 15 and lines(apps) == [f"{UUID[0]}, 78, 60"]
+    from gpuhub.sampler import service as sampler
+
+    gpus = []
+    for line in lines(done):
+        try:
+            gpus += sampler.parse_gpus(line)
+        except ValueError:
+            assert line == lost_line
+    assert [g["uuid"] for g in gpus] == [UUID[0], UUID[2], UUID[3]]

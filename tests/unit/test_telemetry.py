@@ -1,8 +1,10 @@
 """GPU telemetry: the sampler's parsing, attribution and idle time; the hub's table and metrics."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,36 +116,96 @@ def test_written_atomically_and_readable_by_everyone(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["gpus.json"]  # no temp file left
 
 
-def test_read_gpus_says_why_it_read_nothing(monkeypatch):
-    def missing(*a, **k):
-        raise FileNotFoundError("nvidia-smi")
+def fake_smi(tmp_path, monkeypatch, script: str) -> None:
+    """A real process named nvidia-smi, first on PATH: ``script`` is its shell body
+    ("$1" tells the GPU query from the process query)."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir(exist_ok=True)
+    smi.write_text("#!/bin/sh\n" + script)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
 
-    monkeypatch.setattr(subprocess, "run", missing)
-    assert sampler.read_gpus(2)[2].startswith("nvidia-smi is missing: the sampler has no GPU")
 
-    def failing(*a, **k):
-        return subprocess.CompletedProcess(a, 9, "", "NVIDIA-SMI has failed because it couldn't "
-                                                     "communicate with the NVIDIA driver.\n")
+GPU_LINES = (f"0, {A}, NVIDIA A100-SXM4-80GB, 35, 1000, 81920\n"
+             f"1, {B}, NVIDIA A100-SXM4-80GB, 0, 0, 81920\n")
 
-    monkeypatch.setattr(subprocess, "run", failing)
-    assert sampler.read_gpus(2)[2] == ("nvidia-smi failed: NVIDIA-SMI has failed because it "
-                                       "couldn't communicate with the NVIDIA driver.")
 
-    def mismatch(*a, **k):  # as a real driver prints it: on stdout, two lines, stderr empty
-        return subprocess.CompletedProcess(a, 18, "Failed to initialize NVML: Driver/library "
-                                                  "version mismatch\nNVML library version: "
-                                                  "570.124\n", "")
+def test_read_gpus_says_why_it_read_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert sampler.read_gpus(sampler.Smi(2))[2].startswith(
+        "nvidia-smi is missing: the sampler has no GPU")
+    fake_smi(tmp_path, monkeypatch, "echo \"NVIDIA-SMI has failed because it couldn't "
+             "communicate with the NVIDIA driver.\" >&2; exit 9\n")
+    assert sampler.read_gpus(sampler.Smi(2)) == ([], [], (
+        "nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the "
+        "NVIDIA driver."))
+    # As a real driver prints it after an upgrade without a reboot: on stdout, two lines.
+    fake_smi(tmp_path, monkeypatch, "printf 'Failed to initialize NVML: Driver/library version "
+             "mismatch\\nNVML library version: 570.124\\n'; exit 18\n")
+    assert sampler.read_gpus(sampler.Smi(2))[2] == (
+        "nvidia-smi failed: Failed to initialize NVML: Driver/library version mismatch; NVML "
+        "library version: 570.124")
 
-    monkeypatch.setattr(subprocess, "run", mismatch)
-    assert sampler.read_gpus(2)[2] == ("nvidia-smi failed: Failed to initialize NVML: "
-                                       "Driver/library version mismatch; NVML library "
-                                       "version: 570.124")
 
-    def slow(*a, **k):
-        raise subprocess.TimeoutExpired(a, 2)
+def test_a_hung_nvidia_smi_costs_one_interval_not_the_sampler(tmp_path, monkeypatch):
+    """It and what it started (which would hold its output open) are killed at the limit."""
+    fake_smi(tmp_path, monkeypatch, "sleep 30 & sleep 30\n")
+    started = time.monotonic()
+    assert sampler.read_gpus(sampler.Smi(1))[2] == "nvidia-smi did not answer within 1 s"
+    assert time.monotonic() - started < 1 + sampler.KILL_GRACE + 1
 
-    monkeypatch.setattr(subprocess, "run", slow)
-    assert sampler.read_gpus(2)[2] == "nvidia-smi did not answer within 2 s"
+
+def test_while_one_is_stuck_in_the_driver_no_other_is_started(tmp_path, monkeypatch):
+    """A process in uninterruptible sleep survives SIGKILL: the sampler leaves it, says so,
+    and starts no second one until it is gone."""
+    smi = sampler.Smi(1)
+    smi.stuck = subprocess.Popen(["sleep", "30"])  # stands for one the kernel keeps
+    fake_smi(tmp_path, monkeypatch, f"touch {tmp_path}/ran\n")
+    try:
+        assert sampler.read_gpus(smi)[2] == (
+            "nvidia-smi did not answer within 1 s and is still stuck (a GPU fault: see the "
+            "host's kernel log for Xid)")
+        assert not (tmp_path / "ran").exists()
+    finally:
+        smi.stuck.kill()
+        smi.stuck.wait()
+    assert sampler.read_gpus(smi)[2] == ""  # gone: nvidia-smi runs again
+    assert (tmp_path / "ran").exists()
+
+
+def test_one_lost_gpu_costs_only_its_own_reading(tmp_path, monkeypatch):
+    """The real tool's line for a GPU fallen off the bus (NVIDIA/open-gpu-kernel-modules#387),
+    exit code 15 (NVML_ERROR_GPU_IS_LOST): the other GPUs are still read."""
+    fake_smi(tmp_path, monkeypatch, f"""if [ "$1" = --query-compute-apps=gpu_uuid,pid,used_memory ]; then
+  echo "{A}, 4242, 900"; exit 0; fi
+printf '{GPU_LINES}'
+echo "Unable to determine the device handle for GPU0000:0B:00.0: Unknown Error"
+exit 15
+""")
+    gpus, processes, error = sampler.read_gpus(sampler.Smi(2))
+    assert [g["uuid"] for g in gpus] == [A, B] and processes[0]["pid"] == 4242
+    assert error == ("nvidia-smi exited 15: Unable to determine the device handle for "
+                     "GPU0000:0B:00.0: Unknown Error; 2 GPU(s) read")
+
+
+def test_a_nonzero_exit_with_valid_data_keeps_the_data(tmp_path, monkeypatch):
+    """rc 14 (infoROM corrupted) comes with a full, valid table; and "No running processes
+    found" is no process, not a reason to drop the GPUs."""
+    fake_smi(tmp_path, monkeypatch, f"""if [ "$1" = --query-compute-apps=gpu_uuid,pid,used_memory ]; then
+  echo "No running processes found"; exit 0; fi
+printf '{GPU_LINES}'; exit 14
+""")
+    gpus, processes, error = sampler.read_gpus(sampler.Smi(2))
+    assert [g["utilisation"] for g in gpus] == [35, 0] and processes == []
+    assert error == "nvidia-smi exited 14; 2 GPU(s) read"
+
+
+def test_the_sampler_exits_for_a_restart_when_nvml_stays_lost():
+    lost = "nvidia-smi failed: Failed to initialize NVML: Unknown Error"
+    assert sampler.nvml_lost([lost] * sampler.NVML_LOST_READS)
+    assert not sampler.nvml_lost([lost] * (sampler.NVML_LOST_READS - 1))
+    assert not sampler.nvml_lost([lost, "", lost])  # it came back in between
+    assert not sampler.nvml_lost(["nvidia-smi did not answer within 2 s"] * 5)
 
 
 # --- reading the samples in the hub -------------------------------------------------------
