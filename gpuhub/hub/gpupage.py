@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from gpuhub.hub import telemetry
+from gpuhub.hub.adminpage import AdminPage
 
 PATH = "/gpus"
 
@@ -28,21 +28,16 @@ def script_json(value) -> str:
         "&", "\\u0026")
 
 
-class GpuPage(BaseHandler):
+class GpuPage(AdminPage):
+    what = "the GPU page"
+
     @web.authenticated
     async def get(self):
-        if not self.current_user.admin:
-            raise web.HTTPError(403, "the GPU page is for hub admins")
+        self.require_admin()
         gpus = telemetry.installed().board
         board = await asyncio.get_running_loop().run_in_executor(None, gpus.latest)
-        self.set_header("Cache-Control", "no-store")
-        if self.get_argument("format", "") == "json":
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(board.as_json()))
-            return
-        html = await self.render_template("gpus.html", board_json=script_json(board.as_json()),
-                                          refresh_seconds=max(2, gpus.interval))
-        self.finish(html)
+        await self.answer(board.as_json(), "gpus.html", board_json=script_json(board.as_json()),
+                          refresh_seconds=max(2, gpus.interval))
 
 
 handlers = [(PATH, GpuPage)]

@@ -8,13 +8,11 @@ says so. ``?format=json`` gives the same rows as JSON.
 
 from __future__ import annotations
 
-import json
-
-from jupyterhub.handlers import BaseHandler
 from tornado import web
 
 from gpuhub.core import workuse
 from gpuhub.hub import telemetry
+from gpuhub.hub.adminpage import AdminPage
 
 PATH = "/work-folders"
 
@@ -28,22 +26,15 @@ def rows(report: dict[str, workuse.FolderUse]) -> list[dict]:
     return sorted(found, key=lambda r: (-(r["percent"] or 0), r["user"]))
 
 
-class WorkFolderPage(BaseHandler):
+class WorkFolderPage(AdminPage):
+    what = "the work-folder page"
+
     @web.authenticated
     async def get(self):
-        if not self.current_user.admin:
-            raise web.HTTPError(403, "the work-folder page is for hub admins")
+        self.require_admin()
         use = telemetry.installed().work_use
         if use is not None:
             use.latest()  # a stale report starts its refresh
-        table = rows(use.report) if use is not None else []
-        self.set_header("Cache-Control", "no-store")
-        if self.get_argument("format", "") == "json":
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"quota": use is not None, "folders": table,
-                                    "problem": use.problem if use is not None else ""}))
-            return
-        html = await self.render_template("workfolders.html", quota=use is not None,
-                                          folders=table,
-                                          problem=use.problem if use is not None else "")
-        self.finish(html)
+        data = {"quota": use is not None, "folders": rows(use.report) if use is not None else [],
+                "problem": use.problem if use is not None else ""}
+        await self.answer(data, "workfolders.html", **data)
