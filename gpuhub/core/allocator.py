@@ -14,6 +14,9 @@ Policies:
 ``round-robin``
     each lab gets its GPUs in rotation, least-loaded first; sharing allowed.
 
+A GPU out of service (:mod:`gpuhub.core.outofservice`) is handed to nobody; a start that
+could have had it waits as for a busy GPU.
+
 Pins (``alice=2``) reserve devices: a pinned GPU is handed only to the users pinned to
 it, and those users get only their pinned GPUs. Limits cap the GPUs one lab may hold,
 per user or per group (``@group``), with ``*`` as the default.
@@ -21,7 +24,7 @@ per user or per group (``@group``), with ``*`` as the default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 POLICIES = ("exclusive", "shared", "round-robin")
@@ -77,10 +80,11 @@ class GpuAllocator:
                 "choose a profile with fewer GPUs")
 
     def allocate(self, user: str, count: int, held: Mapping[str, list[str]],
-                 groups: Iterable[str] = ()) -> list[str]:
+                 groups: Iterable[str] = (), out_of_service: Collection[str] = ()) -> list[str]:
         """Choose ``count`` device IDs for ``user``'s lab, given what others hold now.
 
-        ``held`` maps each *other* running or starting lab's user to its device IDs.
+        ``held`` maps each *other* running or starting lab's user to its device IDs;
+        ``out_of_service`` are never chosen.
         Raises NoGpuAvailable when the request cannot be met; never double-books a
         GPU under the exclusive policy.
         """
@@ -102,6 +106,13 @@ class GpuAllocator:
                 f"you may use at most {len(candidates)} GPU(s) on this server and this "
                 f"profile asks for {count}; choose a profile with fewer GPUs")
 
+        broken = [d for d in candidates if d in out_of_service]
+        if len(candidates) - len(broken) < count:
+            raise NoGpuAvailable(
+                f"GPU {', '.join(broken)} {'is' if len(broken) == 1 else 'are'} out of "
+                f"service and this profile needs {count} of the {len(candidates)} GPUs you "
+                "may use; choose the CPU profile or try later", reason="gpus_busy")
+        candidates = [d for d in candidates if d not in broken]
         others = {u: ds for u, ds in held.items() if u != user}
         if self.policy == "shared":
             return list(candidates)

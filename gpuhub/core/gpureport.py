@@ -10,6 +10,7 @@ only is matched by index (the sampler sees the host's numbering).
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 
 from gpuhub.core.allocator import one_lab_per_gpu
@@ -52,7 +53,8 @@ def _sample_for(gpu: Gpu, samples: dict | None) -> dict | None:
 
 
 def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | None = None,
-           now: float | None = None) -> list[dict]:
+           now: float | None = None, out_of_service: dict[str, dict] | None = None,
+           ) -> list[dict]:
     """One row per GPU: identity, policy, holders (user, profile, since, memory) and the
     latest utilisation, memory, history and idle time (None where nothing was sampled).
 
@@ -60,6 +62,8 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
     under sharing, the memory of the compute processes running in that lab's container,
     when the driver reports processes. What no lab's process accounts for is
     ``unattributed_mib`` (processes outside labs, or a driver that lists none).
+    ``out_of_service`` (device ID: reason and since) marks GPUs taken out after a fault;
+    None: not known (the row then has no ``out_of_service`` key).
     """
     now = datetime.datetime.now(datetime.UTC).timestamp() if now is None else now
     processes = (samples or {}).get("processes", [])
@@ -102,6 +106,8 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
                                    else None)),
             "unattributed_mib": max(0, used - attributed) if used is not None else None,
         })
+        if out_of_service is not None:
+            rows[-1]["out_of_service"] = out_of_service.get(g.device_id)
     return rows
 
 
@@ -138,10 +144,18 @@ def as_text(rows: list[dict]) -> str:
     if not rows:
         return "No GPUs: labs run CPU-only."
     table = [("GPU", "MODEL", "HELD BY", "SINCE", "UTIL", "MEMORY USED", "IDLE", "POLICY")]
+    broken = []
     for r in rows:
-        table.append((r["gpu"], r["model"], holders_text(r), r["since"] or "-",
+        held = holders_text(r)
+        if r.get("out_of_service"):
+            held = "OUT OF SERVICE" + (f" ({held})" if r["held_by"] else "")
+            broken.append(f"GPU {r['gpu']} is out of service since "
+                          f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['out_of_service']['since']))}: "
+                          f"{r['out_of_service']['reason']}; no lab is given it until nvidia-smi "
+                          f"reads it again or `invoke gpus --back {r['gpu']}`")
+        table.append((r["gpu"], r["model"], held, r["since"] or "-",
                       utilisation_text(r), memory_text(r), duration(r["idle_seconds"]),
                       r["policy"]))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
-                     for row in table)
+    return "\n".join(["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
+                      for row in table] + ([""] + broken if broken else []))

@@ -85,6 +85,10 @@ USAGE_JOURNAL_FILE = "usage.jsonl"
 # Who waits in line for a GPU (gpuhub/hub/gpuline.py), so that after a hub restart they are
 # told their wait ended; a file in HUB_DATA_DIR.
 GPU_LINE_FILE = "gpu-line.json"
+# GPUs out of service after a fault (gpuhub/core/outofservice.py), a file in HUB_DATA_DIR;
+# `invoke gpus --back` leaves its requests in GPU_BACK_DIR there, one file each.
+GPU_OUT_OF_SERVICE_FILE = "gpu-out-of-service.json"
+GPU_BACK_DIR = "gpu-back"
 # Why the gpu-reclaimer stops a lab, one file per user, for the spawner's stop().
 STOP_REASONS_DIR = "stop-reasons"
 # The hub's admin service token (the user CLI in the hub container uses it).

@@ -51,14 +51,16 @@ class GpuLine:
     def __len__(self) -> int:
         return len(self.waiters)
 
-    def join(self, user: str, gpus: int, try_grant: Callable[[Held], list[str] | None]) -> Waiter:
-        """Take the last place; ValueError if ``user`` waits already, LineFull if full."""
+    def join(self, user: str, gpus: int, try_grant: Callable[[Held], list[str] | None],
+             first: bool = False) -> Waiter:
+        """Take the last place (the first: ``first``, for a start whose GPU failed under
+        it); ValueError if ``user`` waits already, LineFull if full."""
         if any(w.user == user for w in self.waiters):
             raise ValueError(f"{user} is in line already")
         if len(self.waiters) >= self.max_waiting:
             raise LineFull(f"{len(self.waiters)} users wait for a GPU already")
         waiter = Waiter(user, gpus, try_grant, self.clock())
-        self.waiters.append(waiter)
+        self.waiters.insert(0 if first else len(self.waiters), waiter)
         return waiter
 
     def leave(self, waiter: Waiter) -> None:

@@ -1,8 +1,8 @@
 """The hub's GPU state: one object per hub process, which every lab spawner asks.
 
 Who holds which GPU is Docker's record (the labs' labels); what Docker cannot show yet lives
-here: grants of starts in flight, the line of users waiting for a GPU, the start slots, and
-the usage journals. Grants are decided by :meth:`GpuState.grant` with no ``await``, so a
+here: grants of starts in flight, the line of users waiting for a GPU, the start slots, the
+GPUs out of service, and the usage journals. Grants are decided by :meth:`GpuState.grant` with no ``await``, so a
 check and the grant it allows are atomic in the hub's event loop.
 """
 
@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gpuhub.core.allocator import GpuAllocator
 from gpuhub.core.files import write_atomically
+from gpuhub.core.outofservice import Entry, OutOfService, back_requests
+from gpuhub.core.samples import read_samples
 from gpuhub.core.usage import UsageJournal
 from gpuhub.hub.gpuline import GpuLine, previous_line_file
 from gpuhub.hub.grants import PendingGrants
@@ -32,13 +35,19 @@ class GpuState:
 
     def __init__(self, *, devices: list[str], policy: str, limits: dict[str, int],
                  pins: dict[str, list[str]], line_max: int, start_concurrency: int,
-                 line_file: str = ""):
+                 line_file: str = "", out_of_service_file: str = "", back_dir: str = "",
+                 samples_file: str = ""):
         self.allocator = GpuAllocator(devices=list(devices), policy=policy, limits=dict(limits),
                                       pins={u: list(d) for u, d in pins.items()})
         self.grants = PendingGrants()
         self.line = GpuLine(line_max)
         self.start_slots = StartSlots(start_concurrency)
         self.line_file = Path(line_file) if line_file else None
+        self.out_of_service = (OutOfService.load(Path(out_of_service_file))
+                               if out_of_service_file else OutOfService())
+        self.back_dir = Path(back_dir) if back_dir else None
+        self.samples_file = Path(samples_file) if samples_file else None
+        self._fault_watch: asyncio.Task | None = None
         self._journals: dict[str, UsageJournal] = {}
         self._line_pump: asyncio.Task | None = None
         self._line_kick: asyncio.Event | None = None
@@ -53,8 +62,64 @@ class GpuState:
         everyone = {u: list(ds) for u, ds in held.items()}
         for holder, ids in self.grants.held().items():
             everyone.setdefault(holder, []).extend(ids)
-        ids = self.allocator.allocate(user, gpus, everyone, groups)
+        ids = self.allocator.allocate(user, gpus, everyone, groups,
+                                      out_of_service=self.out_of_service.devices())
         return ids, (self.grants.add(user, ids) if ids else None)
+
+    # --- GPUs out of service ---------------------------------------------------------
+    def take_out_of_service(self, device: str, reason: str, log: logging.Logger) -> Entry:
+        """``device`` failed a start: no grant hands it out until it reads healthy again or
+        an admin brings it back. No await."""
+        if self.out_of_service.take_out(device, reason, time.time()):
+            log.error("GPU %s is out of service: %s (back when nvidia-smi reads it again, "
+                      "or with `invoke gpus --back %s`)", device, reason, device)
+            if self.out_of_service.save_error:
+                log.warning("%s", self.out_of_service.save_error)
+        return self.out_of_service.entries[device]
+
+    def watch_faults(self, log: logging.Logger) -> None:
+        """Keep the GPUs out of service current (the sampler's readings, the admin's
+        requests) for as long as the hub runs; harmless to call again."""
+        if self._fault_watch is None and self.allocator.devices and (
+                self.samples_file is not None or self.back_dir is not None):
+            self._fault_watch = asyncio.ensure_future(self._watch_faults(log))
+
+    def read_fault_news(self, now: float) -> tuple[list[str], dict | None]:
+        """The admin's requests to bring GPUs back and the sampler's latest reading (file
+        reads: the watcher runs this in a thread, and changes nothing)."""
+        asked = back_requests(self.back_dir) if self.back_dir is not None else []
+        samples = read_samples(self.samples_file, now)[0] if self.samples_file else None
+        return asked, samples
+
+    def apply_fault_news(self, asked: list[str], samples: dict | None, now: float,
+                         log: logging.Logger) -> list[str]:
+        """Bring back what the admin asked for and what reads healthy, take out what the
+        sampler cannot read; returns the GPUs back in service. No await."""
+        back = []
+        for device in asked:
+            if self.out_of_service.bring_back(device):
+                log.warning("GPU %s is back in service: an admin brought it back", device)
+                back.append(device)
+        interval = float((samples or {}).get("interval") or 5)
+        out, healthy = self.out_of_service.from_readings(self.allocator.devices, samples,
+                                                         interval, now)
+        for entry in out:
+            log.error("GPU %s is out of service: %s", entry.device, entry.reason)
+        for device in healthy:
+            log.warning("GPU %s is back in service: nvidia-smi reads it again", device)
+        return back + healthy
+
+    async def _watch_faults(self, log: logging.Logger) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                now = time.time()
+                asked, samples = await loop.run_in_executor(None, self.read_fault_news, now)
+                if self.apply_fault_news(asked, samples, now, log):
+                    self.kick_line()  # a GPU is back: offer it to those in line
+            except Exception as err:  # a bad file must not end the watch
+                log.warning("Could not check the GPUs out of service: %s", err)
+            await asyncio.sleep(LINE_ROUND_SECONDS)
 
     # --- the line ------------------------------------------------------------------
     def kick_line(self) -> None:

@@ -179,6 +179,12 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.gpu_line_max = settings.gpu_line_max
     c.GpuDockerSpawner.line_file = str(Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE)
     c.GpuDockerSpawner.stop_reasons_dir = str(Path(names.HUB_DATA_DIR) / names.STOP_REASONS_DIR)
+    # GPUs out of service after a fault: kept on the hub's volume, brought back by the
+    # sampler's readings (compose mode: it runs on this host) or by `invoke gpus --back`.
+    c.GpuDockerSpawner.out_of_service_file = str(
+        Path(names.HUB_DATA_DIR) / names.GPU_OUT_OF_SERVICE_FILE)
+    c.GpuDockerSpawner.gpu_back_dir = str(Path(names.HUB_DATA_DIR) / names.GPU_BACK_DIR)
+    c.GpuDockerSpawner.gpu_samples_file = names.GPU_SAMPLES_FILE
     # A lab that dies is noticed within this many seconds (one cheap inspect per lab).
     c.Spawner.poll_interval = 10
     c.Spawner.http_timeout = min(120, settings.spawn_timeout)

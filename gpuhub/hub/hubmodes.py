@@ -6,7 +6,8 @@ seam is ``gpuhub/tasks/composestack.py`` and ``swarmstack.py``; the spawner's is
 ``GpuSwarmSpawner``'s hooks.
 
 ``python3 -m gpuhub.hub.hubmodes`` prints this hub's GPU board as JSON (``invoke gpus`` runs
-it in the hub container).
+it in the hub container); ``... back <GPU>`` asks the hub to bring a GPU out of service back
+(``invoke gpus --back``) and waits until it has.
 """
 
 from __future__ import annotations
@@ -130,9 +131,46 @@ def hub_mode(settings: Settings) -> ComposeHub | SwarmHub:
     return SwarmHub(settings) if settings.mode == "swarm" else ComposeHub(settings)
 
 
-def main() -> None:
+BACK_WAIT_SECONDS = 15
+
+
+def bring_back(gpu: str, data_dir: Path = Path(names.HUB_DATA_DIR),
+               wait: float = BACK_WAIT_SECONDS) -> str:
+    """Ask the hub to give GPU ``gpu`` (its index or UUID, as `invoke gpus` shows it) to
+    labs again, and wait until it has; the line to print, or SystemExit with the reason."""
+    import time
+
+    from gpuhub.core import outofservice
+
+    inventory = gpu_inventory.from_json(
+        (data_dir / gpu_inventory.INVENTORY_FILE).read_text()
+        if (data_dir / gpu_inventory.INVENTORY_FILE).exists() else "[]")
+    found = [g for g in inventory if gpu.lower() in (g.index.lower(), g.uuid.lower())]
+    if not found:
+        sys.exit(f"error: this hub has no GPU {gpu!r}; `invoke gpus` lists its GPUs")
+    device = found[0].device_id
+    out_file = data_dir / names.GPU_OUT_OF_SERVICE_FILE
+    if device not in {e.device for e in outofservice.read(out_file)}:
+        return f"GPU {found[0].index} ({device}) is in service already"
+    requests = data_dir / names.GPU_BACK_DIR
+    requests.mkdir(mode=0o700, exist_ok=True)
+    (requests / found[0].index).write_text(device + "\n")
+    deadline = time.monotonic() + wait
+    while device in {e.device for e in outofservice.read(out_file)}:
+        if time.monotonic() > deadline:
+            sys.exit(f"error: the hub has not brought GPU {found[0].index} back within "
+                     f"{wait:g} s; is it running (`invoke status`, `invoke logs`)?")
+        time.sleep(0.5)
+    return (f"GPU {found[0].index} ({device}) is back in service; if it fails a lab again, "
+            "it goes out again")
+
+
+def main(argv: list[str] = sys.argv[1:]) -> None:
     from gpuhub.core.settings import validate
 
+    if argv[:1] == ["back"] and len(argv) == 2:
+        print(bring_back(argv[1]))
+        return
     try:
         read, _ = hub_mode(validate(os.environ)).board_source()
         print(json.dumps(read().as_json()))

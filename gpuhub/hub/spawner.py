@@ -34,6 +34,7 @@ from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.labels import SINCE as LABEL_SINCE
 from gpuhub.core.labels import USER as LABEL_USER
 from gpuhub.core.labels import gpus_of
+from gpuhub.core.outofservice import Entry, nvidia_refusal
 from gpuhub.core.profiles import Profile, ProfileRejected, Profiles
 from gpuhub.core.stopreasons import take_reason
 from gpuhub.core.usage import parse_time
@@ -92,6 +93,17 @@ class GpuDockerSpawner(DockerSpawner):
                  "restart they are told their wait ended.",
     ).tag(config=True)
 
+    out_of_service_file = Unicode(
+        "", help="Where the hub keeps the GPUs out of service (empty: in memory only).",
+    ).tag(config=True)
+    gpu_back_dir = Unicode(
+        "", help="Where `invoke gpus --back` leaves its requests (empty: none taken).",
+    ).tag(config=True)
+    gpu_samples_file = Unicode(
+        "", help="The gpu-sampler's readings: a GPU it cannot read goes out of service, "
+                 "one it reads again comes back (empty: no sampler).",
+    ).tag(config=True)
+
     lab_start_concurrency = Integer(
         0, help="Labs that may boot at once, from `docker start` until the lab accepts "
                 "connections; the others wait their turn. 0: no limit.",
@@ -119,6 +131,8 @@ class GpuDockerSpawner(DockerSpawner):
     _waiter: Waiter | None = None  # this start's place in line, while it waits for a GPU
     _choosing_gpus = False  # from the start until its GPUs are granted (or refused)
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
+    _gpu_fault_notes: list[str] = []  # this start's GPUs that failed, for its progress
+    _trying_gpus = False  # from the first grant until the lab serves or the start failed
 
     # The hub's GPU state (grants in flight, the line, start slots, usage journals): one per
     # hub process, made from the first spawner's configuration (the same for every user).
@@ -141,7 +155,8 @@ class GpuDockerSpawner(DockerSpawner):
                 devices=list(self.gpu_inventory), policy=self.gpu_policy,
                 limits=dict(self.gpu_limits), pins=dict(self.gpu_pins),
                 line_max=self.gpu_line_max, start_concurrency=self.lab_start_concurrency,
-                line_file=self.line_file)
+                line_file=self.line_file, out_of_service_file=self.out_of_service_file,
+                back_dir=self.gpu_back_dir, samples_file=self.gpu_samples_file)
         return cls._gpu_state
 
     @property
@@ -178,11 +193,13 @@ class GpuDockerSpawner(DockerSpawner):
         """The form with how many GPUs are free right now, read from Docker."""
         if not self.profiles_yaml:
             return ""
+        self.gpu_state.watch_faults(self.log)
         try:
             with self.gpu_state.grants.snapshot():
                 held = await self.held_gpus()
                 busy = {d for ids in held.values() for d in ids}
                 busy |= {d for ids in self.gpu_state.grants.held().values() for d in ids}
+            busy |= self.gpu_state.out_of_service.devices()
             free = sum(1 for d in self.gpu_inventory if d not in busy)
         except Exception as err:  # the form still works; it just cannot say what is free
             self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
@@ -262,12 +279,14 @@ class GpuDockerSpawner(DockerSpawner):
         if GpuDockerSpawner._gpu_state is not None:
             GpuDockerSpawner._gpu_state.kick_line()
 
-    async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable) -> list[str]:
-        """Wait for GPUs, first come, first served; StartRefused when the line is full
-        or the wait is longer than gpu_line_timeout. Cancel (Stop) leaves the line."""
+    async def wait_in_line(self, profile: Profile, refusal: NoGpuAvailable,
+                           first: bool = False) -> list[str]:
+        """Wait for GPUs, first come, first served (``first``: at the head of the line);
+        StartRefused when the line is full or the wait is longer than gpu_line_timeout.
+        Cancel (Stop) leaves the line."""
         try:
             self._waiter = self.line.join(self.user.name, profile.gpus,
-                                          lambda held: self._try_grant(profile, held))
+                                          lambda held: self._try_grant(profile, held), first)
         except LineFull:
             waiting = f"{len(self.line)} user waits" if len(self.line) == 1 else (
                 f"{len(self.line)} users wait")
@@ -402,9 +421,42 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def start_with_gpus(self):
         """The profile, the lab firewall, the lab's GPUs (waiting in line for them if need
-        be), then the lab itself (create_and_serve_lab)."""
+        be), then the lab itself (create_and_serve_lab). A GPU the NVIDIA toolkit refuses
+        goes out of service, and the start takes another (first in line for one)."""
         profile = self.resolve_profile()
         await self.check_lab_firewall()
+        self.gpu_state.watch_faults(self.log)
+        self._gpu_fault_notes = []
+        failed: list[Entry] = []
+        self._trying_gpus = True
+        try:
+            while True:
+                await self.choose_gpus(profile, failed)
+                granted = list(self.gpu_ids)
+                try:
+                    return await self.create_and_serve_lab()
+                except Exception as err:
+                    entry = self.gpu_refused(err, granted)
+                    if entry is None or len(failed) >= len(self.gpu_inventory):
+                        raise
+                failed.append(entry)
+                self._gpu_fault_notes.append(
+                    f"GPU {entry.device} is out of service: {entry.reason}; you are next "
+                    "in line for another")
+                self.end_grant()
+        finally:
+            self._trying_gpus = False
+            # Also when the wait in line ended (cancelled, out of time) after a grant.
+            self.end_grant()
+
+    def end_grant(self) -> None:
+        if self._grant is not None:
+            self.gpu_state.grants.end(self._grant)
+            self._grant = None
+
+    async def choose_gpus(self, profile: Profile, failed: list[Entry]) -> None:
+        """Grant this lab's GPUs, or wait in line for them (at its head after a GPU failed
+        under this start: ``failed``); StartRefused if neither can be."""
         self._choosing_gpus = True
         try:
             try:
@@ -413,18 +465,33 @@ class GpuDockerSpawner(DockerSpawner):
                 if err.detail:
                     self.log.warning("No GPU for %s (%s): %s", self.user.name, err, err.detail)
                 if err.reason != "gpus_busy" or not self.gpu_line_timeout:
-                    raise StartRefused(409, str(err), err.reason) from None
-                self.gpu_ids = await self.wait_in_line(profile, err)
-            finally:
-                self._choosing_gpus = False
-            if self.gpu_ids:
-                self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
-            return await self.create_and_serve_lab()
+                    said = "".join(f"GPU {e.device} is out of service: {e.reason}; "
+                                   for e in failed)
+                    raise StartRefused(409, f"{said}{err}", err.reason) from None
+                self.gpu_ids = await self.wait_in_line(profile, err, first=bool(failed))
         finally:
-            # Also when the wait in line ended (cancelled, out of time) after a grant.
-            if self._grant is not None:
-                self.gpu_state.grants.end(self._grant)
-                self._grant = None
+            self._choosing_gpus = False
+        if self.gpu_ids:
+            self.log.info("GPUs %s granted to %s", ",".join(self.gpu_ids), self.user.name)
+
+    def gpu_refused(self, err: Exception, granted: list[str]) -> Entry | None:
+        """The NVIDIA toolkit refused the lab's GPUs: the GPU it names goes out of service
+        (returned, for another try); when it refuses every GPU, StartRefused with one line.
+        None: the start failed for another reason."""
+        refusal = nvidia_refusal(str(err)) if granted else None
+        if refusal is None:
+            return None
+        device = next((d for d in granted if d.lower() == refusal.device.lower()), None)
+        if device is not None:
+            return self.gpu_state.take_out_of_service(device, refusal.reason, self.log)
+        out = self.gpu_state.out_of_service.entries.values()
+        known = "".join(f"; GPU {e.device} is out of service: {e.reason}" for e in out)
+        self.log.error("The NVIDIA toolkit refused the GPUs of %s (%s): %s", self.user.name,
+                       ",".join(granted), err)
+        raise StartRefused(503, f"GPUs cannot be given to labs right now: the NVIDIA "
+                                f"driver reports \"{refusal.reason}\"{known}; an admin must "
+                                "check the GPUs (`invoke gpus`); the CPU profile still works",
+                           "gpu_fault") from None
 
     async def create_and_serve_lab(self) -> tuple[str, int]:
         """Create and start the lab, wait until it serves; on failure leave nothing behind."""
@@ -503,6 +570,7 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def poll(self):
         """None while the lab runs; else keep why it stopped, for the user, and remove it."""
+        self.gpu_state.watch_faults(self.log)
         container = await self.get_object()
         if not container:
             if not self._spawn_pending and self.gpu_state.waited_before_restart(self.user.name):
@@ -545,6 +613,21 @@ class GpuDockerSpawner(DockerSpawner):
         if self._said_stop_reason:
             yield {"progress": 10, "message": f"Your last lab "
                                               f"{self._said_stop_reason}"}
+        notes = 0
+        while True:
+            async for event in self._progress_of_one_try():
+                yield event
+            # A GPU that fails under this start sends it back to choosing GPUs.
+            while (self._spawn_pending and self._trying_gpus
+                   and notes == len(self._gpu_fault_notes)):
+                await asyncio.sleep(0.5)
+            if notes == len(self._gpu_fault_notes):
+                return
+            for note in self._gpu_fault_notes[notes:]:
+                yield {"progress": 15, "message": note}
+            notes = len(self._gpu_fault_notes)
+
+    async def _progress_of_one_try(self):
         said = ""
         while self._spawn_pending and self._choosing_gpus:
             waiter = self._waiter

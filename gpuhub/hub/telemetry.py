@@ -31,6 +31,7 @@ from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import names
 from gpuhub.core.gpureport import labs_from_docker, report
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
+from gpuhub.core.outofservice import read as read_out_of_service
 from gpuhub.core.samples import read_samples
 from gpuhub.hub.workfolders import WorkFolderCollector, WorkUse
 
@@ -68,13 +69,17 @@ def compose_board(project: str, policy: str, inventory: list[gpu_inventory.Gpu],
                   list_labs: Callable[[], list[dict]],
                   samples_path: Path = Path(names.GPU_SAMPLES_FILE),
                   now: float | None = None,
-                  line_path: Path = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE) -> Board:
-    """The board of a compose deployment: labs from Docker, readings from the sampler."""
+                  line_path: Path = Path(names.HUB_DATA_DIR) / names.GPU_LINE_FILE,
+                  out_path: Path = Path(names.HUB_DATA_DIR) / names.GPU_OUT_OF_SERVICE_FILE,
+                  ) -> Board:
+    """The board of a compose deployment: labs from Docker, readings from the sampler, the
+    GPUs out of service as the hub keeps them."""
     now = time.time() if now is None else now
     containers = list_labs()
     labs = labs_from_docker(containers)
     samples, problem = read_samples(samples_path, now) if inventory else (None, "")
-    return Board(rows=report(inventory, labs, policy, samples, now),
+    out = {e.device: {"reason": e.reason, "since": e.since} for e in read_out_of_service(out_path)}
+    return Board(rows=report(inventory, labs, policy, samples, now, out),
                  labs_per_profile=dict(Tally(lab.profile or "default" for lab in labs)),
                  problem=problem, taken_at=now, sampled=samples is not None,
                  waiting=read_line(line_path))
@@ -194,6 +199,9 @@ class BoardCollector:
         idle = GaugeMetricFamily("gpuhub_gpu_idle_seconds",
                                  "Seconds the GPU has been below GPU_IDLE_UTILISATION.",
                                  labels=gpu)
+        broken = GaugeMetricFamily("gpuhub_gpu_out_of_service",
+                                   "1 while the GPU is out of service after a fault (no lab "
+                                   "is given it), else 0.", labels=gpu)
         holder = GaugeMetricFamily("gpuhub_gpu_holder",
                                    "1 for each lab holding the GPU (user, profile).",
                                    labels=[*gpu, "user", "profile"])
@@ -207,6 +215,8 @@ class BoardCollector:
                 used.add_metric(key, row["memory_used_mib"] * MIB)
             if row["idle_seconds"] is not None:
                 idle.add_metric(key, row["idle_seconds"])
+            if "out_of_service" in row:  # compose mode: the hub keeps the list
+                broken.add_metric(key, 1 if row["out_of_service"] else 0)
             for h in row["holders"]:
                 holder.add_metric([*key, h["user"], h["profile"]], 1)
         labs = GaugeMetricFamily("gpuhub_labs_running", "Running labs, by profile.",
@@ -223,7 +233,7 @@ class BoardCollector:
         up = GaugeMetricFamily("gpuhub_gpu_sampler_up",
                                "1 while the gpu-sampler's readings are fresh.")
         up.add_metric([], 1 if board.sampled and not board.problem else 0)
-        yield from (util, used, total, idle, holder, labs, line, oldest, up)
+        yield from (util, used, total, idle, broken, holder, labs, line, oldest, up)
 
 
 @dataclass
@@ -259,7 +269,7 @@ def install(board_source: Callable[[], tuple[Callable[[], Board], float]],
         "gpuhub_spawns_refused",
         "Starts refused or failed before the lab served, by reason (gpus_busy, gpu_limit, "
         "no_gpus, queue_full, queue_timeout, bad_profile, lab_firewall_down, lab_died, "
-        "timeout, error).", ["reason"], registry=registry)
+        "gpu_fault, timeout, error).", ["reason"], registry=registry)
     board = GpuBoard(board_source)
     registry.register(BoardCollector(board))
     if work_use is not None:  # WORK_QUOTA: each work folder's use and limit

@@ -429,6 +429,16 @@ def gpus(c, project, json_out: bool, watch: bool) -> None:
 
 
 
+def gpu_back(c, project, gpu: str) -> None:
+    """Ask the hub to give a GPU out of service to labs again (it takes the request up
+    within seconds); prints its answer."""
+    done = c.run(project.exec_hub(f"python3 -m gpuhub.hub.hubmodes back {shlex.quote(gpu)}"),
+                 env=project.env(), hide=True, warn=True)
+    if done.failed:
+        raise fail(stderr_tail(done).removeprefix("error: "))
+    print(done.stdout.strip())
+
+
 def read_board(c, project) -> dict:
     """The hub's GPU table (gpuhub.hub.hubmodes, run in the hub container) as JSON."""
     import json as jsonlib

@@ -131,9 +131,13 @@ def logs(c, follow=False, tail=200):
 
 
 @task(help={"json": "Print JSON instead of a table.",
-            "watch": "Redraw the table every GPU_SAMPLE_INTERVAL seconds, until Ctrl-C."})
-def gpus(c, json=False, watch=False):
-    """Show each GPU: who holds it and since when, utilisation, memory and idle time."""
+            "watch": "Redraw the table every GPU_SAMPLE_INTERVAL seconds, until Ctrl-C.",
+            "back": "Give this GPU (index or UUID) out of service to labs again."})
+def gpus(c, json=False, watch=False, back=""):
+    """Show each GPU: who holds it, since when, its use, and any out of service after a fault."""
     project = load()
     require_running(c, project)
+    if back:
+        project.stack.gpu_back(c, project, back)
+        return
     project.stack.gpus(c, project, json, watch)

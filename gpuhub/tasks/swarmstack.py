@@ -236,6 +236,13 @@ def gpus_report(c, project) -> list[dict]:
     return swarm.report(swarm.node_gpus(nodes(c), kind), running_lab_tasks(c, project), kind)
 
 
+def gpu_back(c, project, gpu: str) -> None:
+    """Swarm places labs on GPUs itself: gpuhub takes none out of service there."""
+    raise fail("in swarm mode Swarm chooses the GPUs, and gpuhub takes none out of service; "
+               "drain a node with a faulty GPU instead (`docker node update --availability "
+               "drain <node>`)")
+
+
 def gpus(c, project, json_out: bool, watch: bool) -> None:
     """Each GPU of the Swarm and the lab holding it (no utilisation yet: no sampler)."""
     rows = gpus_report(c, project)

@@ -48,10 +48,13 @@ def write(
     processes: Iterable[tuple[str, int, int, str]] = (),
     state_dir: str | os.PathLike | None = None,
     lost: Iterable[str] = (),
+    gone: Iterable[str] = (),
 ) -> Path:
     """Replace the state atomically: ``{uuid: (utilisation %, memory used MiB)}``,
     ``[(gpu uuid, host pid, used memory MiB, process name)]`` and the UUIDs of GPUs that
-    are ``lost`` (fallen off the bus, as nvidia-smi then reports them); return the file."""
+    are ``lost`` (fallen off the bus, as nvidia-smi then reports them) or ``gone`` (the
+    driver no longer sees them: removed, or replaced by a GPU with another UUID); return the
+    file."""
     lines = ["# GPU state of the NVIDIA test double, written by tests/support/gpu_state.py"]
     for uuid, (util, used) in gpus.items():
         lines.append(f"gpu\t{_field(uuid, 'GPU UUID')}\t{_count(util, 'utilisation', 100)}"
@@ -61,6 +64,8 @@ def write(
                      f"\t{_count(used, 'used memory')}\t{_field(name, 'process name')}")
     for uuid in lost:
         lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tlost")
+    for uuid in gone:
+        lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tgone")
     directory = Path(state_dir) if state_dir is not None else host_state_dir()
     # Never replace the directory itself: GPU containers have it bind-mounted.
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)

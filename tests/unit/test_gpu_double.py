@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -354,3 +355,87 @@ def test_a_lost_gpu_is_reported_as_the_real_tool_does_and_the_rest_still_read(sm
         except ValueError:
             assert line == lost_line
     assert [g["uuid"] for g in gpus] == [UUID[0], UUID[2], UUID[3]]
+
+
+# --- the hook refuses what the real toolkit refuses ----------------------------------------
+
+
+def _refusal(tmp_path, hook, monkeypatch, capsys, visible: str, *state_lines: str):
+    shutil.rmtree(tmp_path / "bundle", ignore_errors=True)
+    bundle, oci_state = _bundle(tmp_path, hook, monkeypatch)
+    (bundle / "config.json").write_text(json.dumps(
+        {"root": {"path": "rootfs"}, "process": {"env": [f"NVIDIA_VISIBLE_DEVICES={visible}"]}}))
+    (tmp_path / "host" / "state").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "host" / "state" / "gpus.tsv").unlink(missing_ok=True)
+    if state_lines:
+        write_state(tmp_path / "host" / "state" / "gpus.tsv", *state_lines)
+    monkeypatch.setattr(hook, "run", lambda cmd: SimpleNamespace(returncode=0))
+    code = _prestart(hook, monkeypatch, oci_state)
+    injected = (bundle / "rootfs" / "usr" / "local" / "bin" / "nvidia-smi").is_file()
+    return code, capsys.readouterr().err, injected
+
+
+@pytest.mark.parametrize("visible", [
+    "1", UUID[2], UUID[2].upper(), f"{UUID[0]},{UUID[3]}", ",3,", "all", "ALL",
+])
+def test_the_hook_accepts_what_the_real_cli_selects(tmp_path, hook, monkeypatch, capsys, visible):
+    """libnvidia-container src/cli/common.c select_devices: a full UUID in any case, an index
+    below the GPU count, "all", extra commas."""
+    assert _refusal(tmp_path, hook, monkeypatch, capsys, visible) == (0, "", True)
+
+
+@pytest.mark.parametrize("visible, unknown", [
+    ("4", "4"), ("1,9", "9"), ("GPU-deadbeef", "GPU-deadbeef"), (UUID[0][:12], UUID[0][:12]),
+    ("-1", "-1"), ("MIG-0b1c", "MIG-0b1c"), ("0:1", "0:1"),
+])
+def test_the_hook_fails_the_start_on_an_unknown_device_as_the_real_cli(
+        tmp_path, hook, monkeypatch, capsys, visible, unknown):
+    """The real CLI: `<dev>: unknown device` (select_devices), exit 1: runc fails the start.
+    The double's inventory has no MIG instances, so MIG forms are unknown too."""
+    code, err, injected = _refusal(tmp_path, hook, monkeypatch, capsys, visible)
+    assert (code, injected) == (1, False)
+    assert err == f"nvidia-container-cli: device error: {unknown}: unknown device\n"
+
+
+def test_a_lost_gpu_fails_every_gpu_start_as_the_real_cli(tmp_path, hook, monkeypatch, capsys):
+    """nvc_device_info_new enumerates every GPU and fails on one that is lost: also starts
+    that asked only for a healthy GPU (NVIDIA/nvidia-docker#1505). Without a GPU request
+    nothing runs (void), so CPU containers still start."""
+    lost = f"fault\t{UUID[3]}\tlost"
+    code, err, injected = _refusal(tmp_path, hook, monkeypatch, capsys, UUID[0], lost)
+    assert (code, injected) == (1, False)
+    assert err == "nvidia-container-cli: detection error: nvml error: unknown error\n"
+    assert _refusal(tmp_path, hook, monkeypatch, capsys, "void", lost) == (0, "", False)
+    assert _refusal(tmp_path, hook, monkeypatch, capsys, UUID[0],
+                    f"gpu\t{UUID[3]}\t5\t10") == (0, "", True)
+
+
+def test_the_installed_hook_exits_1_on_a_refusal(tmp_path):
+    """As runc runs it: the process's exit code and stderr carry the refusal."""
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps(
+        {"root": {"path": "rootfs"}, "process": {"env": ["NVIDIA_VISIBLE_DEVICES=7"]}}))
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(INVENTORY))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "GPUHUB_GPU_DOUBLE_INVENTORY": str(inventory),
+           "GPUHUB_GPU_DOUBLE_LOG": str(tmp_path / "hook.log"),
+           "GPUHUB_GPU_DOUBLE_STATE": str(tmp_path / "state")}
+    done = subprocess.run([str(DOUBLE / "nvidia-container-runtime-hook"), "prestart"],
+                          input=json.dumps({"id": "c1", "bundle": str(bundle)}), env=env,
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (
+        1, "nvidia-container-cli: device error: 7: unknown device\n")
+
+
+def test_a_gone_gpu_is_neither_listed_nor_given(tmp_path, hook, monkeypatch, capsys, smi, state):
+    """A GPU the driver no longer sees (removed, or replaced by one with another UUID after
+    `invoke up` listed it): nvidia-smi does not list it and the CLI calls it unknown."""
+    gone = f"fault\t{UUID[1]}\tgone"
+    code, err, _ = _refusal(tmp_path, hook, monkeypatch, capsys, UUID[1], gone)
+    assert (code, err) == (1, f"nvidia-container-cli: device error: {UUID[1]}: unknown device\n")
+    assert _refusal(tmp_path, hook, monkeypatch, capsys, UUID[2], gone)[0] == 0
+    write_state(state, gone)
+    assert [line.split(", ")[1] for line in lines(smi(*SAMPLER_GPUS))] == [UUID[0], UUID[2], UUID[3]]
+    assert smi("-L", visible=UUID[1], check=False).returncode == 6

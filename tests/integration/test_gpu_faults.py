@@ -1,0 +1,169 @@
+"""GPU faults on a real stack: the NVIDIA double fails starts where the real toolkit does,
+and gpuhub takes the faulty GPU out of service, gives the user another with one line,
+shows it to the admin (`invoke gpus`, the GPU page, the metrics) and brings it back.
+
+Before this, the double never failed a start and the hub handed the same dead GPU to every
+new start (exclusive), with Docker's raw OCI error for the user: each test here fails on
+that behaviour. The faults are the double's state file (tests/support/gpu_state.py), which
+every GPU container reads, so each test clears it and waits until every GPU is back.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from harness.hub import HubUser
+from harness.wait import wait_until
+from support import gpu_state
+
+SPAWN_TIMEOUT = 180
+NAME = "faultuser"
+PASSWORD = "faultuser-pw-12345"
+UNKNOWN = "the NVIDIA driver does not know this device"
+
+
+def board(stack) -> list[dict]:
+    return json.loads(stack.invoke("gpus", "--json").stdout)
+
+
+def row_of(rows: list[dict], uuid: str) -> dict:
+    return next(r for r in rows if r["uuid"] == uuid)
+
+
+def metrics(stack) -> str:
+    token = (stack.workdir / "secrets" / f"{stack.project}-metrics-token").read_text().strip()
+    answer = requests.get(f"{stack.url}/hub/metrics", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.text
+
+
+def out_of_service_metric(stack, uuid: str) -> float | None:
+    for line in metrics(stack).splitlines():
+        if line.startswith("gpuhub_gpu_out_of_service{") and f'uuid="{uuid}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def all_in_service(stack) -> None:
+    wait_until(lambda: all(not r.get("out_of_service") for r in board(stack)), timeout=60,
+               interval=1, what="every GPU back in service", state=lambda: board(stack),
+               logs=stack.logs)
+
+
+@pytest.fixture
+def user(stack):
+    """faultuser, logged in, with no lab; afterwards: no fault, no lab, every GPU back."""
+    person = stack.signed_up(NAME, PASSWORD)
+    yield person
+    gpu_state.clear()
+    if person.server():
+        person.stop(logs=stack.logs)
+    all_in_service(stack)
+
+
+def first_free(stack) -> dict:
+    """The GPU the exclusive policy hands out next: the first free one in inventory order."""
+    return next(r for r in board(stack) if not r["holders"] and not r.get("out_of_service"))
+
+
+def start_and_follow(user: HubUser, profile: str) -> list[str]:
+    """Start ``profile`` and return every progress message until the lab is ready or failed."""
+    answer = user.start({"profile": profile})
+    assert answer.status_code in (201, 202), answer.text
+    return user.progress_messages(until="\0", timeout=SPAWN_TIMEOUT)
+
+
+def test_a_gpu_the_driver_no_longer_sees_goes_out_of_service_and_the_user_gets_another(
+        stack, user):
+    """The GPU was replaced or removed after `invoke up` listed it: the toolkit calls it an
+    unknown device and fails the start. The user gets the next GPU and one line about it."""
+    dead = first_free(stack)
+    gpu_state.write({}, gone=[dead["uuid"]])
+    messages = start_and_follow(user, "gpu1")
+    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    note = (f"GPU {dead['uuid']} is out of service: {UNKNOWN}; you are next in line for "
+            "another")
+    assert note in messages, messages
+    assert not any("OCI" in m for m in messages), messages
+    lab = stack.inspect(stack.lab_container(NAME))
+    granted = lab["Config"]["Labels"]["gpuhub.gpus"]
+    assert granted and granted != dead["uuid"]
+    listed = stack.docker("exec", lab["Id"], "nvidia-smi", "-L").stdout
+    assert granted in listed and dead["uuid"] not in listed, listed
+
+    # The admin's views: `invoke gpus` (table and JSON), the GPU page's data, the metric.
+    row = row_of(board(stack), dead["uuid"])
+    assert row["out_of_service"]["reason"] == UNKNOWN and row["holders"] == []
+    table = stack.invoke("gpus").stdout
+    assert "OUT OF SERVICE" in table and f"GPU {dead['gpu']} is out of service since" in table
+    admin = HubUser(stack.url, "admin")
+    admin.login(stack.admin_passwords["admin"])
+    wait_until(lambda: row_of(admin.http.get(f"{stack.url}/hub/gpus?format=json",
+                                             timeout=30).json()["rows"],
+                              dead["uuid"]).get("out_of_service"),
+               timeout=20, interval=1, what="the GPU page to show the GPU out of service",
+               logs=stack.logs)
+    assert out_of_service_metric(stack, dead["uuid"]) == 1
+    assert out_of_service_metric(stack, granted) == 0
+
+    # Still gone: it stays out (the sampler does not read it)...
+    user.stop(logs=stack.logs)
+    messages = start_and_follow(user, "gpu1")
+    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert not any("out of service" in m for m in messages), messages  # not handed out
+    assert row_of(board(stack), dead["uuid"])["out_of_service"]
+    # ...until an admin brings it back.
+    back = stack.invoke("gpus", "--back", dead["gpu"]).stdout
+    assert f"GPU {dead['gpu']} ({dead['uuid']}) is back in service" in back, back
+    assert row_of(board(stack), dead["uuid"]).get("out_of_service") is None
+    again = stack.invoke("gpus", "--back", dead["gpu"]).stdout
+    assert "in service already" in again
+    missing = stack.invoke("gpus", "--back", "GPU-not-here", check=False)
+    assert missing.returncode != 0 and "has no GPU 'GPU-not-here'" in missing.stderr
+
+
+def test_a_gpu_that_reads_healthy_again_comes_back_by_itself(stack, user):
+    dead = first_free(stack)
+    gpu_state.write({}, gone=[dead["uuid"]])
+    start_and_follow(user, "gpu1")
+    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    assert row_of(board(stack), dead["uuid"])["out_of_service"]
+    gpu_state.clear()  # the driver sees it again: the sampler reads it
+    wait_until(lambda: row_of(board(stack), dead["uuid"]).get("out_of_service") is None,
+               timeout=30, interval=1, what="the GPU back once the sampler reads it",
+               state=lambda: row_of(board(stack), dead["uuid"]), logs=stack.logs)
+
+
+def test_a_lost_gpu_fails_every_gpu_start_and_the_user_gets_one_line(stack, user):
+    """A GPU falls off the bus: the real toolkit then fails every GPU container (it
+    enumerates all GPUs). The sampler's reading takes the GPU out of service; a GPU start
+    fails with one line naming the driver's words and the GPU; the CPU profile works; when
+    the GPU reads healthy again it comes back and GPU labs start again."""
+    # The hub watches the sampler's readings from its first start (or lab poll) on.
+    user.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
+    user.stop(logs=stack.logs)
+    lost = board(stack)[-1]
+    gpu_state.write({}, lost=[lost["uuid"]])
+    wait_until(lambda: (row_of(board(stack), lost["uuid"]).get("out_of_service") or {}).get(
+        "reason", "").startswith("nvidia-smi cannot read it"), timeout=60, interval=1,
+        what="the lost GPU out of service from the sampler's reading",
+        state=lambda: row_of(board(stack), lost["uuid"]), logs=stack.logs)
+
+    messages = start_and_follow(user, "gpu1")
+    failed = messages[-1]
+    assert 'the NVIDIA driver reports "nvml error: unknown error"' in failed, messages
+    assert f"GPU {lost['uuid']} is out of service: nvidia-smi cannot read it" in failed
+    assert "OCI" not in failed and "the CPU profile still works" in failed
+    assert 'gpuhub_spawns_refused_total{reason="gpu_fault"}' in metrics(stack)
+    wait_until(lambda: not user.server(), timeout=30, what="the failed start to end",
+               logs=stack.logs)
+    user.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
+    user.stop(logs=stack.logs)
+
+    gpu_state.clear()
+    all_in_service(stack)
+    user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
