@@ -11,6 +11,7 @@ every GPU container reads, so each test clears it and waits until every GPU is b
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -54,10 +55,14 @@ def all_in_service(stack) -> None:
                logs=stack.logs)
 
 
+@pytest.fixture(scope="module")
+def person(stack):
+    return stack.signed_up(NAME, PASSWORD)
+
+
 @pytest.fixture
-def user(stack):
+def user(stack, person):
     """faultuser, logged in, with no lab; afterwards: no fault, no lab, every GPU back."""
-    person = stack.signed_up(NAME, PASSWORD)
     yield person
     gpu_state.clear()
     if person.server():
@@ -70,11 +75,17 @@ def first_free(stack) -> dict:
     return next(r for r in board(stack) if not r["holders"] and not r.get("out_of_service"))
 
 
-def start_and_follow(user: HubUser, profile: str) -> list[str]:
-    """Start ``profile`` and return every progress message until the lab is ready or failed."""
-    answer = user.start({"profile": profile})
-    assert answer.status_code in (201, 202), answer.text
-    return user.progress_messages(until="\0", timeout=SPAWN_TIMEOUT)
+def start_and_follow(user: HubUser, profile: str) -> tuple[requests.Response, list[str]]:
+    """Start ``profile``: the hub's answer, and every progress message until the lab is
+    ready or failed, read as the progress page does, while the start runs (the hub answers
+    the start's POST only once the lab is ready or failed, or after 10 s: too late to see
+    its progress)."""
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(user.start, {"profile": profile})
+        messages: list[str] = []
+        while not messages and not (answer.done() and not user.server().get("pending")):
+            messages = user.progress_messages(until="\0", timeout=SPAWN_TIMEOUT)
+        return answer.result(), messages
 
 
 def test_a_gpu_the_driver_no_longer_sees_goes_out_of_service_and_the_user_gets_another(
@@ -83,7 +94,8 @@ def test_a_gpu_the_driver_no_longer_sees_goes_out_of_service_and_the_user_gets_a
     unknown device and fails the start. The user gets the next GPU and one line about it."""
     dead = first_free(stack)
     gpu_state.write({}, gone=[dead["uuid"]])
-    messages = start_and_follow(user, "gpu1")
+    answer, messages = start_and_follow(user, "gpu1")
+    assert answer.status_code in (201, 202), answer.text
     user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     note = (f"GPU {dead['uuid']} is out of service: {UNKNOWN}; you are next in line for "
             "another")
@@ -112,7 +124,8 @@ def test_a_gpu_the_driver_no_longer_sees_goes_out_of_service_and_the_user_gets_a
 
     # Still gone: it stays out (the sampler does not read it)...
     user.stop(logs=stack.logs)
-    messages = start_and_follow(user, "gpu1")
+    answer, messages = start_and_follow(user, "gpu1")
+    assert answer.status_code in (201, 202), answer.text
     user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
     assert not any("out of service" in m for m in messages), messages  # not handed out
     assert row_of(board(stack), dead["uuid"])["out_of_service"]
@@ -129,8 +142,7 @@ def test_a_gpu_the_driver_no_longer_sees_goes_out_of_service_and_the_user_gets_a
 def test_a_gpu_that_reads_healthy_again_comes_back_by_itself(stack, user):
     dead = first_free(stack)
     gpu_state.write({}, gone=[dead["uuid"]])
-    start_and_follow(user, "gpu1")
-    user.wait_ready(SPAWN_TIMEOUT, logs=stack.logs)
+    user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     assert row_of(board(stack), dead["uuid"])["out_of_service"]
     gpu_state.clear()  # the driver sees it again: the sampler reads it
     wait_until(lambda: row_of(board(stack), dead["uuid"]).get("out_of_service") is None,
@@ -153,8 +165,11 @@ def test_a_lost_gpu_fails_every_gpu_start_and_the_user_gets_one_line(stack, user
         what="the lost GPU out of service from the sampler's reading",
         state=lambda: row_of(board(stack), lost["uuid"]), logs=stack.logs)
 
-    messages = start_and_follow(user, "gpu1")
-    failed = messages[-1]
+    # What the user reads: the hub's answer (the API) and the progress page's last line.
+    answer, messages = start_and_follow(user, "gpu1")
+    assert answer.status_code == 503, answer.text
+    failed = answer.json()["message"]
+    assert not messages or failed in messages[-1], messages
     assert 'the NVIDIA driver reports "nvml error: unknown error"' in failed, messages
     assert f"GPU {lost['uuid']} is out of service: nvidia-smi cannot read it" in failed
     assert "OCI" not in failed and "the CPU profile still works" in failed

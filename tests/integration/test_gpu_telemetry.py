@@ -117,6 +117,11 @@ def test_one_lost_gpu_costs_only_its_own_readings(stack, gpu_lab):
         assert row_of(board(stack), uuid)["utilisation"] == 61
     finally:
         gpu_state.clear()
+        # The hub took the lost GPU out of service from that reading: back before the
+        # next test hands GPUs out.
+        wait_until(lambda: all(not r.get("out_of_service") for r in board(stack)),
+                   timeout=60, interval=1, what="every GPU back in service",
+                   state=lambda: board(stack), logs=stack.logs)
 
 
 def test_the_lab_has_nvidias_gpu_dashboards_which_degrade_cleanly_on_the_double(stack, gpu_lab):
