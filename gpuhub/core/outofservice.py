@@ -25,8 +25,9 @@ from gpuhub.core.files import write_atomically
 # error, which quotes the hook's stderr: "... stderr: nvidia-container-cli: device error:
 # 9: unknown device: unknown". The device ID may itself hold ":" (a PCI bus ID).
 _UNKNOWN_DEVICE = re.compile(r"nvidia-container-cli: device error: (\S+?): unknown device")
-# Docker >= 29.2 with CDI names the device it cannot resolve.
-_UNRESOLVED_CDI = re.compile(r"unresolvable CDI devices? nvidia\.com/gpu=([^\s,;\"']+)")
+# Docker >= 29.2 with CDI names the device it cannot resolve (a CDI name: an index or a
+# UUID, never a ":").
+_UNRESOLVED_CDI = re.compile(r"unresolvable CDI devices? nvidia\.com/gpu=([^\s,;:\"']+)")
 # Every GPU start fails: the driver cannot enumerate a GPU (one lost fails them all), or
 # NVML does not start (driver/library mismatch after an upgrade without a reboot). The
 # reason ends where Docker's quoting does (a quote, a backslash, a newline); runc adds

@@ -5,6 +5,7 @@ stay private to its owner, and keep the work folder across stop and start.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -157,3 +158,20 @@ def test_work_folder_keeps_a_file_across_stop_and_start(hub, alice_lab):
     alice.driver.find_element(By.ID, "start").click()
     alice.start_lab(alice_lab.profile)
     assert KEPT_FILE in alice.listed_files("alice", "work")
+
+
+def test_the_lab_ran_on_the_nvidia_path_this_engine_takes(hub, alice_lab, gpu_mode):
+    """Docker 20.10's hook path leaves the grant in the lab's NVIDIA_VISIBLE_DEVICES; Docker
+    >= 29.2's CDI path leaves "void" there (the generated CDI spec sets it). The tests above
+    pass on both; this one says which ran, and fails if it is not the one
+    GPUHUB_TEST_GPU_PATH (legacy or cdi; CI runs the e2e suite on each) names."""
+    if not gpu_mode.inventory:
+        pytest.skip("the hub has no GPUs: no NVIDIA path to check")
+    lab = hub.lab_container("alice")
+    environ = hub.docker("exec", lab, "cat", "/proc/1/environ").stdout.split("\0")
+    visible = [kv.split("=", 1)[1] for kv in environ if kv.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    granted = alice_lab.view["gpu_check"]["granted"]
+    path = {",".join(granted): "legacy", "void": "cdi"}.get(visible[-1] if visible else "")
+    assert path is not None, f"the lab's NVIDIA_VISIBLE_DEVICES is {visible}, grant {granted}"
+    expected = os.environ.get("GPUHUB_TEST_GPU_PATH", path)
+    assert path == expected, f"the lab ran on the {path} path, GPUHUB_TEST_GPU_PATH={expected}"

@@ -100,6 +100,13 @@ PY
 
 install -m 0755 "$here/nvidia-container-runtime-hook" "$PREFIX/bin/nvidia-container-runtime-hook"
 install -m 0755 "$here/nvidia-smi" "$PREFIX/container/nvidia-smi"
+# The CDI path of Docker >= 29.2, for a dockerd whose default runtime is $PREFIX/cdi/runtime
+# (.ci/provision with GPUHUB_GPU_DOUBLE_PATH=cdi): the runtime shim next to the hook.
+install -d -m 0755 "$PREFIX/cdi"
+install -m 0755 "$here/nvidia-container-runtime" "$PREFIX/bin/nvidia-container-runtime"
+printf '#!/bin/sh\n# gpuhub NVIDIA *test double*: the CDI path (see %s)\nGPUHUB_GPU_DOUBLE_PATH=cdi exec %s "$@"\n' \
+  "$PREFIX/bin/nvidia-container-runtime" "$PREFIX/bin/nvidia-container-runtime" >"$PREFIX/cdi/runtime"
+chmod 0755 "$PREFIX/cdi/runtime"
 install -m 0644 "$inventory" "$ETC/inventory.json"
 cat >"$PREFIX/host/nvidia-smi" <<SH
 #!/bin/sh
@@ -116,6 +123,7 @@ say "inventory            $ETC/inventory.json ($ngpus fake GPUs, from $inventory
 say "opt-in host view     $PREFIX/host/nvidia-smi (not on PATH: the host stays GPU-less)"
 say "GPU state            $STATE/gpus.tsv (written by the tests; see tests/support/gpu_state.py)"
 say "hook log             /var/log/fake-nvidia-hook.log"
+say "CDI path runtime     $PREFIX/cdi/runtime (dockerd --add-runtime ...=it --default-runtime ...)"
 
 # Does the running dockerd (if any) already see the hook?
 pid=$(pidof dockerd 2>/dev/null | awk '{print $1}') || true

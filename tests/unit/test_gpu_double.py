@@ -439,3 +439,77 @@ def test_a_gone_gpu_is_neither_listed_nor_given(tmp_path, hook, monkeypatch, cap
     write_state(state, gone)
     assert [line.split(", ")[1] for line in lines(smi(*SAMPLER_GPUS))] == [UUID[0], UUID[2], UUID[3]]
     assert smi("-L", visible=UUID[1], check=False).returncode == 6
+
+
+# --- the CDI path (Docker >= 29.2): the runtime shim's edits, then the hook ----------------
+
+
+def load_runtime():
+    loader = importlib.machinery.SourceFileLoader(
+        "gpu_double_runtime", str(DOUBLE / "nvidia-container-runtime"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def _gpu_request_bundle(tmp_path: Path, visible: str) -> Path:
+    """A bundle as Docker 20.10 makes it for a GPU request: the env and the legacy hook."""
+    bundle = tmp_path / "cdi-bundle"
+    (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps({
+        "root": {"path": "rootfs"},
+        "process": {"env": ["PATH=/usr/bin", f"NVIDIA_VISIBLE_DEVICES={visible}"]},
+        "hooks": {"prestart": [{"path": "/usr/bin/true"},
+                               {"path": "/x/bin/nvidia-container-runtime-hook",
+                                "args": ["nvidia-container-runtime-hook", "prestart"]}]}}))
+    return bundle
+
+
+def test_the_cdi_path_leaves_void_in_the_lab_and_the_grant_with_the_hook(tmp_path, monkeypatch):
+    runtime = load_runtime()
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(INVENTORY))
+    monkeypatch.setattr(runtime, "INVENTORY", str(inventory))
+    bundle = _gpu_request_bundle(tmp_path, f"{UUID[2]},1")
+    runtime.to_cdi(str(bundle))
+    spec = json.loads((bundle / "config.json").read_text())
+    assert [kv for kv in spec["process"]["env"] if kv.startswith("NVIDIA_VISIBLE")] == [
+        "NVIDIA_VISIBLE_DEVICES=void"]
+    hooks = spec["hooks"]["prestart"]
+    assert hooks[0] == {"path": "/usr/bin/true"} and len(hooks) == 2  # the legacy hook is gone
+    assert hooks[1]["path"] == str(DOUBLE / "nvidia-container-runtime-hook")
+    assert f"GPUHUB_GPU_DOUBLE_CDI_DEVICES={UUID[2]},1" in hooks[1]["env"]
+
+
+@pytest.mark.parametrize("visible", ["void", "", "none"])
+def test_the_cdi_path_leaves_starts_without_gpus_alone(tmp_path, monkeypatch, visible):
+    runtime = load_runtime()
+    bundle = _gpu_request_bundle(tmp_path, visible)
+    before = (bundle / "config.json").read_text()
+    runtime.to_cdi(str(bundle))
+    assert (bundle / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("unknown", ["4", UUID[0].upper(), "GPU-deadbeef"])
+def test_the_cdi_path_fails_a_device_its_spec_does_not_name(tmp_path, monkeypatch, capsys, unknown):
+    """CDI device names are exact: the index, the UUID as nvidia-smi prints it, all."""
+    runtime = load_runtime()
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(INVENTORY))
+    monkeypatch.setattr(runtime, "INVENTORY", str(inventory))
+    with pytest.raises(SystemExit) as exited:
+        runtime.to_cdi(str(_gpu_request_bundle(tmp_path, unknown)))
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == f"unresolvable CDI devices nvidia.com/gpu={unknown}\n"
+
+
+def test_on_the_cdi_path_the_hook_gives_the_cdi_devices_and_runs_no_nvml(
+        tmp_path, hook, monkeypatch, capsys):
+    """The container's env says void; the grant comes with the hook. A lost GPU does not
+    fail the start: CDI injects device nodes, nothing enumerates the GPUs."""
+    monkeypatch.setenv("GPUHUB_GPU_DOUBLE_CDI_DEVICES", UUID[2])
+    code, err, injected = _refusal(tmp_path, hook, monkeypatch, capsys, "void",
+                                   f"fault\t{UUID[3]}\tlost")
+    assert (code, err, injected) == (0, "", True)
+    tsv = (tmp_path / "bundle" / "rootfs" / "etc" / "gpuhub-fake-gpus.tsv").read_text()
+    assert tsv.splitlines()[0] == f"#visible_devices\t{UUID[2]}"

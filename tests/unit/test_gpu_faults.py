@@ -59,6 +59,10 @@ CDI = ("could not select device driver \"cdi\" with capabilities: []: unresolvab
     (HOOK + "nvidia-container-cli: device error: 0000:3b:00.0: unknown device: unknown",
      NvidiaRefusal("0000:3b:00.0", "the NVIDIA driver does not know this device")),
     (CDI, NvidiaRefusal("3", "the NVIDIA driver does not know this device")),
+    # The double's CDI path through Docker 20.10 (runc's log, as the real runtime writes it):
+    ("failed to create shim task: OCI runtime create failed: unresolvable CDI devices "
+     f"nvidia.com/gpu={GPUS[1]}: unknown.",
+     NvidiaRefusal(GPUS[1], "the NVIDIA driver does not know this device")),
     (DETECTION, NvidiaRefusal("", "nvml error: unknown error")),
     (MISMATCH, NvidiaRefusal("", "nvml error: driver/library version mismatch")),
     (f'500 Server Error ("{DETECTION}")', NvidiaRefusal("", "nvml error: unknown error")),
