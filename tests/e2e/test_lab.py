@@ -164,7 +164,7 @@ def test_the_lab_ran_on_the_nvidia_path_this_engine_takes(hub, alice_lab, gpu_mo
     """Docker 20.10's hook path leaves the grant in the lab's NVIDIA_VISIBLE_DEVICES; Docker
     >= 29.2's CDI path leaves "void" there (the generated CDI spec sets it). The tests above
     pass on both; this one says which ran, and fails if it is not the one
-    GPUHUB_TEST_GPU_PATH (legacy or cdi; CI runs the e2e suite on each) names."""
+    GPUHUB_E2E_GPU_PATH (legacy or cdi; CI runs the e2e suite on each) names."""
     if not gpu_mode.inventory:
         pytest.skip("the hub has no GPUs: no NVIDIA path to check")
     lab = hub.lab_container("alice")
@@ -173,5 +173,5 @@ def test_the_lab_ran_on_the_nvidia_path_this_engine_takes(hub, alice_lab, gpu_mo
     granted = alice_lab.view["gpu_check"]["granted"]
     path = {",".join(granted): "legacy", "void": "cdi"}.get(visible[-1] if visible else "")
     assert path is not None, f"the lab's NVIDIA_VISIBLE_DEVICES is {visible}, grant {granted}"
-    expected = os.environ.get("GPUHUB_TEST_GPU_PATH", path)
-    assert path == expected, f"the lab ran on the {path} path, GPUHUB_TEST_GPU_PATH={expected}"
+    expected = os.environ.get("GPUHUB_E2E_GPU_PATH", path)
+    assert path == expected, f"the lab ran on the {path} path, GPUHUB_E2E_GPU_PATH={expected}"
