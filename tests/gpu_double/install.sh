@@ -114,7 +114,7 @@ cat >"$PREFIX/host/nvidia-smi" <<SH
 # Utilisation, memory use and processes come from the state the tests write, the
 # directory the hook bind-mounts into every GPU container: both sides agree.
 GPUHUB_FAKE_GPU_STATE="\${GPUHUB_FAKE_GPU_STATE:-\${GPUHUB_GPU_DOUBLE_STATE:-$STATE}/gpus.tsv}" \\
-GPUHUB_FAKE_GPUS_FILE=$ETC/inventory.tsv exec $PREFIX/container/nvidia-smi "\$@"
+GPUHUB_FAKE_SMI_HOST=1 GPUHUB_FAKE_GPUS_FILE=$ETC/inventory.tsv exec $PREFIX/container/nvidia-smi "\$@"
 SH
 chmod 0755 "$PREFIX/host/nvidia-smi"
 say "installed fake hook  $PREFIX/bin/nvidia-container-runtime-hook"

@@ -182,3 +182,83 @@ def test_a_lost_gpu_fails_every_gpu_start_and_the_user_gets_one_line(stack, user
     gpu_state.clear()
     all_in_service(stack)
     user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
+
+
+# --- driver states: the sampler, the hub, `invoke up` ----------------------------------------
+
+
+def reading(stack) -> dict:
+    out = stack.compose("exec", "-T", "hub", "cat", "/srv/gpuhub-telemetry/gpus.json")
+    return json.loads(out.stdout)
+
+
+def sampler(stack) -> dict:
+    return stack.inspect(stack.compose("ps", "-q", "gpu-sampler").stdout.strip())
+
+
+def read_until(stack, check, what: str, timeout: float = 60) -> dict:
+    return wait_until(lambda: (lambda r: r if check(r) else None)(reading(stack)),
+                      timeout=timeout, interval=1, what=what, state=lambda: reading(stack),
+                      logs=stack.logs)
+
+
+@pytest.fixture
+def healthy_again(stack):
+    """Afterwards: no fault, the sampler reading every GPU, every GPU back in service."""
+    yield
+    gpu_state.clear()
+    read_until(stack, lambda r: not r["error"] and len(r["gpus"]) == len(board(stack)),
+               "a clean reading of every GPU")
+    all_in_service(stack)
+
+
+def test_a_corrupted_inforom_keeps_the_readings(stack, healthy_again):
+    """rc 14 with valid data (a corrupted infoROM): every GPU is read, the error is said."""
+    uuid = board(stack)[0]["uuid"]
+    gpu_state.write({uuid: (33, 512)}, inforom=[uuid])
+    taken = read_until(stack, lambda r: r["error"].startswith("nvidia-smi exited 14"),
+                       "the reading of rc 14")
+    assert {g["uuid"]: g["utilisation"] for g in taken["gpus"]}[uuid] == 33
+    assert len(taken["gpus"]) == len(board(stack))
+
+
+def test_a_hung_driver_costs_readings_not_the_sampler(stack, healthy_again):
+    gpu_state.write({}, driver="hang")
+    read_until(stack, lambda r: "did not answer within" in r["error"], "the time limit said")
+    gpu_state.clear()
+    read_until(stack, lambda r: not r["error"] and r["gpus"], "readings again after the hang")
+
+
+def test_a_driver_library_mismatch_is_said_in_full_and_refuses_gpu_starts(stack, user,
+                                                                        healthy_again):
+    """After a driver upgrade without a reboot: the sampler keeps both lines of the driver's
+    words (on stdout, which it once ignored), GPU starts get the one-line refusal, and
+    `invoke up` fails loudly instead of turning the server CPU-only; the running hub is
+    untouched."""
+    gpu_state.write({}, driver="mismatch")
+    words = "Failed to initialize NVML: Driver/library version mismatch; NVML library version: 570.124"
+    read_until(stack, lambda r: r["error"] == f"nvidia-smi failed: {words}", "the mismatch read")
+    answer, _ = start_and_follow(user, "gpu1")
+    assert answer.status_code == 503, answer.text
+    assert '"nvml error: driver/library version mismatch"' in answer.json()["message"]
+    wait_until(lambda: not user.server(), timeout=30, what="the failed start to end",
+               logs=stack.logs)
+    up = stack.invoke("up", "--no-build", check=False)
+    assert up.returncode != 0
+    assert f"nvidia-smi failed ({words})" in up.stderr and "GPU_DEVICES=none" in up.stderr
+    assert requests.get(f"{stack.url}/hub/api", timeout=10).status_code == 200
+
+
+def test_a_sampler_that_lost_nvml_is_restarted_and_reads_again(stack, healthy_again):
+    """`systemctl daemon-reload` revokes the devices of running containers (the double:
+    those started before it). After three such reads the sampler exits; Docker restarts it,
+    and the new container reads the GPUs while the old one never would again."""
+    before = sampler(stack)
+    gpu_state.write({}, driver="nvml-lost")
+    wait_until(lambda: sampler(stack)["State"]["StartedAt"] != before["State"]["StartedAt"],
+               timeout=90, interval=1, what="the sampler restarted by Docker",
+               state=lambda: sampler(stack)["State"], logs=stack.logs)
+    taken = read_until(stack, lambda r: not r["error"] and r["gpus"],
+                       "readings from the restarted sampler")
+    assert len(taken["gpus"]) == len(board(stack))
+    assert sampler(stack)["Id"] == before["Id"]  # restarted, not recreated

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,12 +50,16 @@ def write(
     state_dir: str | os.PathLike | None = None,
     lost: Iterable[str] = (),
     gone: Iterable[str] = (),
+    inforom: Iterable[str] = (),
+    driver: str = "",
 ) -> Path:
     """Replace the state atomically: ``{uuid: (utilisation %, memory used MiB)}``,
     ``[(gpu uuid, host pid, used memory MiB, process name)]`` and the UUIDs of GPUs that
     are ``lost`` (fallen off the bus, as nvidia-smi then reports them) or ``gone`` (the
     driver no longer sees them: removed, or replaced by a GPU with another UUID); return the
-    file."""
+    file. ``inforom``: GPUs whose infoROM is corrupted (nvidia-smi exits 14 with valid data).
+    ``driver``: "mismatch", "hang" or "nvml-lost" (from now on, for containers started
+    before), which fail every nvidia-smi query (tests/gpu_double/README.md, Faults)."""
     lines = ["# GPU state of the NVIDIA test double, written by tests/support/gpu_state.py"]
     for uuid, (util, used) in gpus.items():
         lines.append(f"gpu\t{_field(uuid, 'GPU UUID')}\t{_count(util, 'utilisation', 100)}"
@@ -66,6 +71,14 @@ def write(
         lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tlost")
     for uuid in gone:
         lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tgone")
+    for uuid in inforom:
+        lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tinforom")
+    if driver == "nvml-lost":
+        lines.append(f"driver\tnvml-lost\t{int(time.time())}")
+    elif driver in ("mismatch", "hang"):
+        lines.append(f"driver\t{driver}")
+    elif driver:
+        raise ValueError(f"driver state {driver!r}: use mismatch, hang or nvml-lost")
     directory = Path(state_dir) if state_dir is not None else host_state_dir()
     # Never replace the directory itself: GPU containers have it bind-mounted.
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -513,3 +513,59 @@ def test_on_the_cdi_path_the_hook_gives_the_cdi_devices_and_runs_no_nvml(
     assert (code, err, injected) == (0, "", True)
     tsv = (tmp_path / "bundle" / "rootfs" / "etc" / "gpuhub-fake-gpus.tsv").read_text()
     assert tsv.splitlines()[0] == f"#visible_devices\t{UUID[2]}"
+
+
+# --- driver states and the infoROM fault, as the real tool reports them -------------------
+
+
+def test_a_driver_library_mismatch_fails_every_query_on_stdout_in_two_lines(
+        smi, state, tmp_path, hook, monkeypatch, capsys):
+    """R5xx after an upgrade without a reboot (tinygrad/open-gpu-kernel-modules#47), errors
+    on stdout (utkuozdemir/nvidia_gpu_exporter#63); at start the CLI's initialization error
+    (labdao/plex#18). The exit code is not in nvidia-smi's manual: 18 is NVML's
+    ERROR_LIB_RM_VERSION_MISMATCH."""
+    write_state(state, "driver\tmismatch")
+    for args in (SAMPLER_GPUS, ("-L",), SAMPLER_APPS):
+        done = smi(*args, check=False)
+        assert (done.returncode, done.stderr) == (18, "")
+        assert lines(done) == ["Failed to initialize NVML: Driver/library version mismatch",
+                               "NVML library version: 570.124"]
+    code, err, _ = _refusal(tmp_path, hook, monkeypatch, capsys, UUID[0], "driver\tmismatch")
+    assert (code, err) == (1, "nvidia-container-cli: initialization error: nvml error: "
+                              "driver/library version mismatch\n")
+
+
+def test_nvml_lost_after_a_daemon_reload_hits_only_containers_started_before(smi, state,
+                                                                           monkeypatch):
+    """NVIDIA/nvidia-container-toolkit#48: containers started before `systemctl
+    daemon-reload` print "Failed to initialize NVML: Unknown Error"; recreated ones read."""
+    import time as clock
+    write_state(state, f"driver\tnvml-lost\t{int(clock.time()) + 60}")  # after this "start"
+    done = smi(*SAMPLER_GPUS, check=False)
+    assert (done.returncode, lines(done)) == (255, ["Failed to initialize NVML: Unknown Error"])
+    write_state(state, f"driver\tnvml-lost\t{int(clock.time()) - 60}")  # started after it
+    assert len(lines(smi(*SAMPLER_GPUS))) == 4
+    write_state(state, f"driver\tnvml-lost\t{int(clock.time()) + 60}")
+    monkeypatch.setenv("GPUHUB_FAKE_SMI_HOST", "1")  # the host keeps its devices
+    env_host = subprocess.run(
+        ["sh", str(DOUBLE / "nvidia-smi"), *SAMPLER_GPUS], capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "GPUHUB_FAKE_SMI_HOST": "1",
+             "GPUHUB_FAKE_GPUS_FILE": str(state.parent.parent / "gpus.tsv"),
+             "GPUHUB_FAKE_GPU_STATE": str(state)})
+    assert env_host.returncode == 0 and len(env_host.stdout.splitlines()) == 4
+
+
+def test_a_corrupted_inforom_exits_14_with_valid_data(smi, state):
+    """GPU Operator troubleshooting: rc 14 with a full, valid table."""
+    write_state(state, f"fault\t{UUID[2]}\tinforom", f"gpu\t{UUID[2]}\t30\t100")
+    done = smi(*SAMPLER_GPUS, check=False)
+    assert done.returncode == 14 and f"2, {UUID[2]}, Tesla T4, 30, 100, {TOTAL}" in lines(done)
+    assert smi(*SAMPLER_GPUS, visible="0", check=False).returncode == 0  # not this container's
+
+
+def test_a_hung_driver_never_answers(smi, state):
+    write_state(state, "driver\thang")
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run(["sh", str(DOUBLE / "nvidia-smi"), "-L"], timeout=1, capture_output=True,
+                       env={"PATH": os.environ["PATH"], "GPUHUB_FAKE_GPU_STATE": str(state),
+                            "GPUHUB_FAKE_GPUS_FILE": str(DOUBLE / "inventory-4.json")})
