@@ -54,8 +54,9 @@ def image_ref(settings: Settings, image: str) -> str:
 
 
 def resource_env(kind: str) -> str:
-    """The variable Swarm sets in a task's container to the generic resources it got."""
-    return f"DOCKER_RESOURCE_{kind}"
+    """The variable Swarm sets in a task's container to the generic resources it got:
+    upper case whatever the kind's case (swarmkit api/genericresource/string.go EnvFormat)."""
+    return f"DOCKER_RESOURCE_{kind}".upper()
 
 
 def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secret_file: Path,
@@ -244,6 +245,10 @@ def node_add_text(*, join_command: str, kind: str, labels: dict[str, str]) -> st
     label_args = " ".join(f"--label-add {shlex.quote(f'{k}={v}')}" for k, v in labels.items())
     return f"""\
 # On the new node (as root), with the NVIDIA driver and nvidia-container-toolkit installed:
+# toolkit 1.19 or newer (`nvidia-ctk --version`). 1.18.x ignores swarm-resource in its
+# default mode, so labs would hold a GPU in Swarm's books and get none (with 1.18.x also set
+# mode = "legacy" under [nvidia-container-runtime] in config.toml); below 1.17.8 the
+# toolkit has a container escape (CVE-2025-23266).
 
 # 1. Advertise each GPU to Swarm and let the NVIDIA runtime read Swarm's grant.
 #    /etc/docker/daemon.json (merge with what is there):

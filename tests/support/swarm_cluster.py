@@ -26,13 +26,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuhub.core.swarm import resource_env
 from harness import ROOT
 from harness.stack import free_port
 from harness.wait import wait_until
 
 DOUBLE = ROOT / "tests" / "gpu_double"
 SUBNET = "192.168.213"  # inside the test's own namespaces only
-RESOURCE = "NVIDIA-GPU"
+# Lower case on purpose: Swarm upper-cases the variable it fills (DOCKER_RESOURCE_NVIDIA-GPU),
+# and the runtime's swarm-resource must name it so (gpuhub.core.swarm.resource_env).
+RESOURCE = "nvidia-gpu"
 
 
 def _run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -206,7 +209,7 @@ class SwarmCluster:
             runtime.write_text(
                 "#!/bin/sh\n"
                 f"export GPUHUB_GPU_DOUBLE_INVENTORY={inventory}\n"
-                f"export GPUHUB_GPU_DOUBLE_SWARM_RESOURCE=DOCKER_RESOURCE_{RESOURCE}\n"
+                f"export GPUHUB_GPU_DOUBLE_SWARM_RESOURCE={resource_env(RESOURCE)}\n"
                 f"export GPUHUB_GPU_DOUBLE_LOG={node.root / 'gpu-double.log'}\n"
                 f"exec {DOUBLE / 'nvidia-container-runtime'} \"$@\"\n")
             runtime.chmod(0o755)

@@ -372,3 +372,12 @@ def test_the_swarm_spawn_form_does_not_claim_to_know_free_gpus(tmp_path):
     spawner.profiles_yaml = profiles
     form = asyncio.run(spawner.get_options_form())
     assert "<strong>1 GPU</strong></label>" in form and "free" not in form
+
+
+def test_the_runtime_is_told_the_variable_swarm_fills_in_upper_case():
+    """swarmkit api/genericresource/string.go EnvFormat upper-cases prefix and kind."""
+    assert swarm.resource_env("gpu") == "DOCKER_RESOURCE_GPU"
+    assert swarm.resource_env("nvidia-gpu") == "DOCKER_RESOURCE_NVIDIA-GPU"
+    text = swarm.node_add_text(join_command="docker swarm join x", kind="gpu", labels={})
+    assert 'swarm-resource = "DOCKER_RESOURCE_GPU"' in text
+    assert "toolkit 1.19 or newer" in text and 'mode = "legacy"' in text
