@@ -6,7 +6,7 @@ from gpuhub.tasks import backup, export, metrics, nodes, stack, tls, usage, user
 
 ns = Collection()
 for t in (stack.up, stack.down, stack.restart, stack.build, stack.status, stack.logs,
-          stack.gpus, users.adduser, users.deluser, users.passwd, users.users,
+          stack.gpus, stack.doctor, users.adduser, users.deluser, users.passwd, users.users,
           backup.backup, backup.restore, tls.tls_selfsigned, export.export_z2jh,
           nodes.node_add, usage.usage, metrics.metrics_config):
     ns.add_task(t)

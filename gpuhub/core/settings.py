@@ -620,6 +620,9 @@ SETTINGS: tuple[Setting, ...] = (
             "such as 0,1.", "GPUs"),
     Setting("NVIDIA_SMI", "nvidia-smi", _text,
             "The nvidia-smi command `invoke up` uses to discover GPUs.", "GPUs"),
+    Setting("NVIDIA_CTK", "nvidia-ctk", _text,
+            "The nvidia-ctk command `invoke doctor` asks for the NVIDIA container toolkit's "
+            "version.", "GPUs"),
     Setting("GPU_POLICY", EXCLUSIVE, _policy,
             "exclusive (each lab its own GPUs), shared (every GPU lab sees all GPUs) or "
             "round-robin (least-loaded first, sharing allowed).", "GPUs"),
@@ -748,6 +751,7 @@ class Settings:
         lab_blocked_networks: tuple[str, ...]
         gpu_devices: str
         nvidia_smi: str
+        nvidia_ctk: str
         gpu_policy: str
         gpu_limits: dict[str, int]
         gpu_pins: dict[str, list[str]]

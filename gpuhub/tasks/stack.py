@@ -141,3 +141,17 @@ def gpus(c, json=False, watch=False, back=""):
         project.stack.gpu_back(c, project, back)
         return
     project.stack.gpus(c, project, json, watch)
+
+
+@task(help={"json": "Print JSON instead of lines.",
+            "tensorflow": "Run TensorFlow on the GPU in the throw-away lab (default: yes)."})
+def doctor(c, json=False, tensorflow=True):
+    """Check this GPU server before users do: driver, GPUs, toolkit, Docker, a lab on a GPU."""
+    from gpuhub.tasks import doctor as checks
+
+    project = load()
+    found = checks.run_checks(project.settings, tensorflow=tensorflow)
+    print(checks.report_json(found) if json else checks.report_text(found))
+    failed = sum(check.status == checks.FAIL for check in found)
+    if failed:
+        raise fail(f"{failed} check(s) failed; each FAIL line says its fix")

@@ -117,10 +117,11 @@ GPUHUB_FAKE_GPU_STATE="\${GPUHUB_FAKE_GPU_STATE:-\${GPUHUB_GPU_DOUBLE_STATE:-$ST
 GPUHUB_FAKE_SMI_HOST=1 GPUHUB_FAKE_GPUS_FILE=$ETC/inventory.tsv exec $PREFIX/container/nvidia-smi "\$@"
 SH
 chmod 0755 "$PREFIX/host/nvidia-smi"
+install -m 0755 "$here/nvidia-ctk" "$PREFIX/host/nvidia-ctk"
 say "installed fake hook  $PREFIX/bin/nvidia-container-runtime-hook"
 say "installed fake smi   $PREFIX/container/nvidia-smi (copied into --gpus containers)"
 say "inventory            $ETC/inventory.json ($ngpus fake GPUs, from $inventory)"
-say "opt-in host view     $PREFIX/host/nvidia-smi (not on PATH: the host stays GPU-less)"
+say "opt-in host view     $PREFIX/host/nvidia-smi, $PREFIX/host/nvidia-ctk (not on PATH: the host stays GPU-less)"
 say "GPU state            $STATE/gpus.tsv (written by the tests; see tests/support/gpu_state.py)"
 say "hook log             /var/log/fake-nvidia-hook.log"
 say "CDI path runtime     $PREFIX/cdi/runtime (dockerd --add-runtime ...=it --default-runtime ...)"

@@ -347,7 +347,7 @@ def test_a_lab_service_of_a_user_the_hub_does_not_have_is_removed(swarm):
 def test_node_add_prints_what_a_gpu_node_needs(swarm):
     out = swarm.invoke("node-add", "--label", "gpu=t4").stdout
     assert "docker swarm join --token SWMTKN-" in out
-    # The variable as Swarm fills it: upper case, though the kind is written in lower case.
+    # The variable as Swarm fills it: upper case.
     assert f'"{RESOURCE}=" + u' in out and f"DOCKER_RESOURCE_{RESOURCE.upper()}" in out
     assert "toolkit 1.19 or newer" in out and "CVE-2025-23266" in out
     assert "--label-add gpu=t4" in out

@@ -52,6 +52,7 @@ def write(
     gone: Iterable[str] = (),
     inforom: Iterable[str] = (),
     driver: str = "",
+    toolkit: str = "",
 ) -> Path:
     """Replace the state atomically: ``{uuid: (utilisation %, memory used MiB)}``,
     ``[(gpu uuid, host pid, used memory MiB, process name)]`` and the UUIDs of GPUs that
@@ -59,7 +60,8 @@ def write(
     driver no longer sees them: removed, or replaced by a GPU with another UUID); return the
     file. ``inforom``: GPUs whose infoROM is corrupted (nvidia-smi exits 14 with valid data).
     ``driver``: "mismatch", "hang" or "nvml-lost" (from now on, for containers started
-    before), which fail every nvidia-smi query (tests/gpu_double/README.md, Faults)."""
+    before), which fail every nvidia-smi query (tests/gpu_double/README.md, Faults).
+    ``toolkit``: the version the fake nvidia-ctk reports (default 1.19.0)."""
     lines = ["# GPU state of the NVIDIA test double, written by tests/support/gpu_state.py"]
     for uuid, (util, used) in gpus.items():
         lines.append(f"gpu\t{_field(uuid, 'GPU UUID')}\t{_count(util, 'utilisation', 100)}"
@@ -79,6 +81,8 @@ def write(
         lines.append(f"driver\t{driver}")
     elif driver:
         raise ValueError(f"driver state {driver!r}: use mismatch, hang or nvml-lost")
+    if toolkit:
+        lines.append(f"toolkit\t{_field(toolkit, 'toolkit version')}")
     directory = Path(state_dir) if state_dir is not None else host_state_dir()
     # Never replace the directory itself: GPU containers have it bind-mounted.
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -33,9 +33,9 @@ from harness.wait import wait_until
 
 DOUBLE = ROOT / "tests" / "gpu_double"
 SUBNET = "192.168.213"  # inside the test's own namespaces only
-# Lower case on purpose: Swarm upper-cases the variable it fills (DOCKER_RESOURCE_NVIDIA-GPU),
-# and the runtime's swarm-resource must name it so (gpuhub.core.swarm.resource_env).
-RESOURCE = "nvidia-gpu"
+# SWARM_GPU_RESOURCE's default; the runtime's swarm-resource names the variable Swarm fills
+# as gpuhub.core.swarm.resource_env spells it (upper case: tests/unit/test_swarm_mode.py).
+RESOURCE = "NVIDIA-GPU"
 
 
 def _run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:

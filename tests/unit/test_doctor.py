@@ -1,0 +1,92 @@
+"""`invoke doctor`'s verdicts from what the driver, the toolkit, Docker and a throw-away lab
+said: the real tools' outputs (tests/gpu_double/README.md has their sources). The checks on
+a real engine and the double's states: tests/integration/test_doctor.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpuhub.tasks import doctor
+from gpuhub.tasks.doctor import FAIL, OK, WARN
+
+UUID = "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"
+ROWS = f"0, {UUID}, Tesla T4, 535.183.01\n1, GPU-c3d9, Tesla T4, 535.183.01\n"
+
+
+def test_a_healthy_driver_lists_each_gpu():
+    check, gpus = doctor.driver_check(0, ROWS, "", missing=False)
+    assert (check.status, check.detail) == (OK, "driver 535.183.01, 2 GPU(s) read")
+    assert [c.status for c in doctor.gpu_checks(0, ROWS, gpus)] == [OK, OK]
+
+
+def test_a_mismatch_fails_with_both_lines_and_the_reboot_fix():
+    out = ("Failed to initialize NVML: Driver/library version mismatch\n"
+           "NVML library version: 570.124\n")
+    check, gpus = doctor.driver_check(18, out, "", missing=False)
+    assert check.status == FAIL and gpus == []
+    assert check.detail == ("nvidia-smi failed: Failed to initialize NVML: Driver/library "
+                            "version mismatch; NVML library version: 570.124")
+    assert "reboot" in check.fix
+
+
+def test_a_lost_gpu_fails_its_own_line_and_infoROM_only_warns():
+    lost = "Unable to determine the device handle for GPU0000:04:00.0: Unknown Error"
+    check, gpus = doctor.driver_check(15, ROWS + lost + "\n", "", missing=False)
+    assert check.status == OK and "1 line(s) not read" in check.detail
+    checks = doctor.gpu_checks(15, ROWS + lost, gpus)
+    assert [c.status for c in checks] == [OK, OK, FAIL] and checks[-1].detail == lost
+    assert [c.status for c in doctor.gpu_checks(14, ROWS, gpus)][-1] == WARN
+
+
+@pytest.mark.parametrize("text, swarm, status, words", [
+    ("NVIDIA Container Toolkit CLI version 1.17.8\ncommit: f202b80", False, OK, "1.17.8"),
+    ("NVIDIA Container Toolkit CLI version 1.17.4\ncommit: x", False, FAIL, "CVE-2025-23266"),
+    ("NVIDIA Container Toolkit CLI version 1.18.2", True, FAIL, "ignores Swarm's grant"),
+    ("NVIDIA Container Toolkit CLI version 1.18.2", False, OK, "1.18.2"),
+    ("NVIDIA Container Toolkit CLI version 1.19.0", True, OK, "1.19.0"),
+    ("garbage", False, FAIL, "no version"),
+])
+def test_the_toolkit_version(text, swarm, status, words):
+    check = doctor.toolkit_check(text, missing=False, swarm=swarm)
+    assert check.status == status and words in check.detail
+
+
+def test_docker_and_its_nvidia_path():
+    assert "legacy hook path" in doctor.docker_check("20.10.24", "v1 cgroupfs").detail
+    assert "CDI path likely" in doctor.docker_check("29.2.0", "v2 systemd").detail
+    assert doctor.docker_check("", "?").status == FAIL
+
+
+def report(granted, smi, visible=None, tf=None) -> str:
+    return json.dumps({"NVIDIA_VISIBLE_DEVICES": visible if visible is not None else granted,
+                       "granted": [granted], "nvidia_smi": {"gpus": smi}, "tensorflow": tf})
+
+
+def test_the_lab_must_see_exactly_its_gpu_and_tensorflow_compute_on_it():
+    line = f"GPU 0: Tesla T4 (UUID: {UUID})"
+    good = doctor.lab_check(UUID, 0, report(UUID, [line], "void", {
+        "imported": True, "version": "2.18.0", "gpus": ["/physical_device:GPU:0"],
+        "computation_ok": True}), "", tensorflow=True)
+    assert [(c.status, c.detail) for c in good] == [
+        (OK, f"sees exactly GPU {UUID} (CDI path)"),
+        (OK, "TensorFlow 2.18.0 computes on /physical_device:GPU:0")]
+    two = doctor.lab_check(UUID, 0, report(UUID, [line, "GPU 1: x"]), "", tensorflow=False)
+    assert [c.status for c in two] == [FAIL, WARN]
+    cpu = doctor.lab_check(UUID, 0, report(UUID, [line], tf={
+        "imported": True, "version": "2.18.0", "gpus": [], "computation_ok": True}), "", True)
+    assert cpu[1].status == FAIL and "sees 0 GPU(s)" in cpu[1].detail
+    refused = doctor.lab_check(UUID, 125, "", "docker: Error response from daemon: ... "
+                               "nvidia-container-cli: detection error: nvml error: unknown "
+                               "error: unknown.", True)
+    assert refused[0].detail.endswith("the NVIDIA toolkit refused it: nvml error: unknown error")
+
+
+def test_the_report_says_each_fix_and_the_verdict():
+    checks = [doctor.Check("driver", OK, "fine"), doctor.Check("toolkit", FAIL, "old", "upgrade")]
+    text = doctor.report_text(checks)
+    assert text.splitlines() == ["ok    driver   fine", "FAIL  toolkit  old",
+                                 "               fix: upgrade"]
+    assert json.loads(doctor.report_json(checks))["ready"] is False
+    assert doctor.report_text(checks[:1]).endswith("ready for labs")
