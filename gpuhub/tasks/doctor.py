@@ -174,12 +174,12 @@ def run_checks(settings, tensorflow: bool = True) -> list[Check]:
     if gpus:
         mig_code, mig, _ = run([smi, "--query-gpu=index,mig.mode.current",
                                 "--format=csv,noheader"], timeout=30)
-        enabled = [line.split(",")[0] for line in mig.splitlines()
-                   if mig_code == 0 and line.strip().endswith("Enabled")]
+        modes = [line.split(",") for line in mig.splitlines() if line.count(",") == 1]
+        enabled = [index.strip() for index, mode in modes if mode.strip() == "Enabled"]
         checks.append(Check("MIG", WARN, f"MIG is enabled on GPU {', '.join(enabled)}: gpuhub "
                             "hands out whole GPUs only", "disable MIG (`nvidia-smi -mig 0`) or "
                             "leave those GPUs out with GPU_DEVICES") if enabled else
-                      Check("MIG", OK, "off" if mig_code == 0 else "not reported"))
+                      Check("MIG", OK, "off" if modes else f"not reported (exit {mig_code})"))
 
     ctk = shutil.which(settings.nvidia_ctk)
     _, text, _ = run([ctk, "--version"]) if ctk else (127, "", "")

@@ -39,6 +39,7 @@ def test_a_healthy_server_is_ready(stack):
     assert "driver 535.183.01, 4 GPU(s) read" in line_of(done, "ok", "driver")
     assert "nvidia-container-toolkit 1.19.0" in line_of(done, "ok", "toolkit")
     assert "Docker 20.10" in line_of(done, "ok", "docker")
+    assert line_of(done, "ok", "MIG").endswith("off")
     lab = line_of(done, "ok", "lab container")
     assert "sees exactly GPU GPU-" in lab and "(legacy path)" in lab
     assert "not run (--no-tensorflow)" in line_of(done, "warn", "tensorflow")
