@@ -569,3 +569,9 @@ def test_a_hung_driver_never_answers(smi, state):
         subprocess.run(["sh", str(DOUBLE / "nvidia-smi"), "-L"], timeout=1, capture_output=True,
                        env={"PATH": os.environ["PATH"], "GPUHUB_FAKE_GPU_STATE": str(state),
                             "GPUHUB_FAKE_GPUS_FILE": str(DOUBLE / "inventory-4.json")})
+
+
+def test_mig_mode_is_not_applicable_on_the_doubles_t4(smi):
+    """A Tesla T4 is not MIG-capable: the real tool prints [N/A] for its MIG mode."""
+    assert lines(smi("--query-gpu=index,mig.mode.current", "--format=csv,noheader")) == [
+        f"{i}, [N/A]" for i in range(4)]
