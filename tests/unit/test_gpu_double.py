@@ -30,12 +30,17 @@ SAMPLER_GPUS = ("--query-gpu=index,uuid,name,utilization.gpu,memory.used,memory.
 SAMPLER_APPS = ("--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits")
 
 
-def load_hook():
+def load_script(name: str):
+    """One of the double's Python scripts (no .py name) as a module."""
     loader = importlib.machinery.SourceFileLoader(
-        "gpu_double_hook", str(DOUBLE / "nvidia-container-runtime-hook"))
+        "gpu_double_" + name.replace("-", "_"), str(DOUBLE / name))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
     return module
+
+
+def load_hook():
+    return load_script("nvidia-container-runtime-hook")
 
 
 @pytest.fixture
@@ -445,11 +450,7 @@ def test_a_gone_gpu_is_neither_listed_nor_given(tmp_path, hook, monkeypatch, cap
 
 
 def load_runtime():
-    loader = importlib.machinery.SourceFileLoader(
-        "gpu_double_runtime", str(DOUBLE / "nvidia-container-runtime"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script("nvidia-container-runtime")
 
 
 def _gpu_request_bundle(tmp_path: Path, visible: str) -> Path:
