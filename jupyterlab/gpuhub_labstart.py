@@ -126,8 +126,47 @@ def import_hub_log_without_database() -> bool:
             sys.meta_path.remove(lazy_orm)
 
 
+# Swarm mode: how many GPUs Swarm granted this lab (the spawner sets it; absent in compose).
+SWARM_GPUS = "GPUHUB_SWARM_GPUS"
+
+
+def missing_swarm_gpus(environ=None, run=None) -> str:
+    """Why this Swarm lab must not start ("" when it may): Swarm granted GPUs, but the
+    node's NVIDIA runtime gave it fewer. Toolkit 1.18.x ignores swarm-resource in its
+    default mode (fixed in 1.19.0), so a lab would hold a GPU in Swarm's books and get none."""
+    import os
+    import subprocess
+
+    environ = os.environ if environ is None else environ
+    try:
+        wanted = int(environ.get(SWARM_GPUS, "0") or 0)
+    except ValueError:
+        return ""
+    if wanted <= 0:
+        return ""
+    run = run or (lambda: subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                         timeout=30).stdout)
+    try:
+        listed = run()
+    except (OSError, subprocess.SubprocessError):
+        listed = ""
+    seen = sum(1 for line in listed.splitlines() if line.strip().startswith(("GPU ", "MIG ")))
+    granted = {k: v for k, v in environ.items() if k.startswith("DOCKER_RESOURCE_")}
+    if seen >= wanted:
+        return ""
+    return (f"gpuhub: Swarm granted this lab {wanted} GPU(s) "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(granted.items())) or 'no DOCKER_RESOURCE_ variable'}),"
+            f" but this node's NVIDIA runtime gave it {seen}: NVIDIA container toolkit 1.18.x "
+            "ignores swarm-resource; upgrade the node's toolkit to 1.19 or newer, or set "
+            'mode = "legacy" in its config.toml (`invoke doctor` on the node checks it)')
+
+
 def main() -> None:
     """``jupyterhub-singleuser``, leaner (the lab image's command)."""
+    missing = missing_swarm_gpus()
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
+        sys.exit(1)
     defer_rfc3987_syntax()
     import_hub_log_without_database()
     from jupyterhub.singleuser import main as singleuser_main

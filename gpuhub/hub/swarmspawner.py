@@ -96,7 +96,9 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         # void whatever Swarm grants: the NVIDIA runtime's swarm-resource setting makes
         # DOCKER_RESOURCE_<KIND> win over it, and a node without that setting then
         # exposes no GPU instead of every GPU (CUDA images set NVIDIA_VISIBLE_DEVICES=all).
-        env = {"NVIDIA_VISIBLE_DEVICES": "void", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+        env = {"NVIDIA_VISIBLE_DEVICES": "void", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+               # The lab refuses to start with fewer GPUs than this (gpuhub_labstart.py).
+               "GPUHUB_SWARM_GPUS": str(self.gpu_count)}
         if self.gpu_count:
             env.update(self.gpu_env_extra)
         return env
@@ -183,16 +185,28 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
             if state == "pending" and reason:
                 raise web.HTTPError(*reason)
             if state in _ENDED:
-                raise web.HTTPError(500, f"your lab could not start ({err or status.get('Message') or state}); "
+                said = await self.labs_own_words()
+                raise web.HTTPError(500, f"your lab could not start ({said or err or status.get('Message') or state}); "
                                          "ask an admin to check `invoke logs`")
             await asyncio.sleep(0.2)
         raise web.HTTPError(500, f"your lab did not start within {self.boot_timeout} s")
+
+    async def labs_own_words(self) -> str:
+        """The line a lab that refused to start wrote (``gpuhub: ...``), from its service's
+        log; "" when there is none or the log cannot be read."""
+        try:
+            raw = await self.docker("service_logs", self.service_id, stdout=True, stderr=True,
+                                    tail=20)
+        except Exception:
+            return ""
+        return gpuhub_line(raw)
 
     async def _fail_if_dead(self) -> None:
         task = await self.get_task()
         status = (task or {}).get("Status") or {}
         if task is None or status.get("State") in _ENDED:
-            why = status.get("Err") or status.get("Message") or "it is gone"
+            why = (await self.labs_own_words() if task else "") or status.get("Err") or \
+                status.get("Message") or "it is gone"
             raise web.HTTPError(500, f"your lab stopped while starting ({why}); try again, or "
                                      "ask an admin to check `invoke logs`")
 
@@ -222,3 +236,16 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
         self.gpu_ids = []
         self.ensure_home()
         return await self.create_and_serve_lab()
+
+
+def gpuhub_line(raw) -> str:
+    """The last ``gpuhub: `` line of a service's log (Docker's multiplexed stream or text),
+    without the prefix."""
+    if isinstance(raw, str):
+        text = raw
+    else:
+        data = bytes(raw) if isinstance(raw, (bytes, bytearray)) else b"".join(raw)
+        text = data.decode("utf-8", "replace")
+    found = [line.split("gpuhub: ", 1)[1].strip() for line in text.splitlines()
+             if "gpuhub: " in line]
+    return found[-1] if found else ""

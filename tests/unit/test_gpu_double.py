@@ -576,3 +576,19 @@ def test_mig_mode_is_not_applicable_on_the_doubles_t4(smi):
     """A Tesla T4 is not MIG-capable: the real tool prints [N/A] for its MIG mode."""
     assert lines(smi("--query-gpu=index,mig.mode.current", "--format=csv,noheader")) == [
         f"{i}, [N/A]" for i in range(4)]
+
+
+@pytest.mark.parametrize("toolkit, passed", [("1.18.2", False), ("1.18.0", False),
+                                             ("1.19.0", True), ("1.17.8", True)])
+def test_a_swarm_node_on_toolkit_1_18_ignores_swarms_grant(tmp_path, monkeypatch, toolkit, passed):
+    """Toolkit 1.18.x's default mode (jit-cdi) did not pass swarm-resource on (fixed in
+    1.19.0, NVIDIA/nvidia-container-toolkit a290bcf8): the hook never sees Swarm's grant."""
+    runtime = load_runtime()
+    monkeypatch.setenv("GPUHUB_GPU_DOUBLE_TOOLKIT", toolkit)
+    monkeypatch.setenv("GPUHUB_GPU_DOUBLE_SWARM_RESOURCE", "DOCKER_RESOURCE_NVIDIA-GPU")
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"process": {"env": []}}))
+    runtime.add_hook(str(bundle))
+    env = json.loads((bundle / "config.json").read_text())["hooks"]["prestart"][0]["env"]
+    assert ("GPUHUB_GPU_DOUBLE_SWARM_RESOURCE=DOCKER_RESOURCE_NVIDIA-GPU" in env) is passed

@@ -381,3 +381,42 @@ def test_the_runtime_is_told_the_variable_swarm_fills_in_upper_case():
     text = swarm.node_add_text(join_command="docker swarm join x", kind="gpu", labels={})
     assert 'swarm-resource = "DOCKER_RESOURCE_GPU"' in text
     assert "toolkit 1.19 or newer" in text and 'mode = "legacy"' in text
+
+
+# --- a node whose NVIDIA runtime ignores Swarm's grant (toolkit 1.18.x) -------------------
+
+
+def _labstart():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "jupyterlab" / "gpuhub_labstart.py"
+    spec = importlib.util.spec_from_file_location("gpuhub_labstart_for_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_swarm_lab_with_fewer_gpus_than_granted_refuses_to_start_and_says_why():
+    labstart = _labstart()
+    granted = {"GPUHUB_SWARM_GPUS": "1", "DOCKER_RESOURCE_NVIDIA-GPU": "GPU-aaaa"}
+    said = labstart.missing_swarm_gpus(granted, run=lambda: "")
+    assert said.startswith("gpuhub: Swarm granted this lab 1 GPU(s) "
+                           "(DOCKER_RESOURCE_NVIDIA-GPU=GPU-aaaa), but this node's NVIDIA "
+                           "runtime gave it 0: NVIDIA container toolkit 1.18.x")
+    assert labstart.missing_swarm_gpus(
+        granted, run=lambda: "GPU 0: Tesla T4 (UUID: GPU-aaaa)\n") == ""
+    mig = "GPU 0: A100 (UUID: GPU-p)\n  MIG 1g.10gb     Device  0: (UUID: MIG-x)\n"
+    assert labstart.missing_swarm_gpus({**granted, "GPUHUB_SWARM_GPUS": "2"}, run=lambda: mig) == ""
+    assert labstart.missing_swarm_gpus({"GPUHUB_SWARM_GPUS": "0"}, run=lambda: "") == ""
+    assert labstart.missing_swarm_gpus({}, run=lambda: "") == ""  # compose mode: not asked
+
+
+def test_the_hub_says_the_labs_own_line_from_its_log():
+    from gpuhub.hub.swarmspawner import gpuhub_line
+
+    log = (b"some output\n"
+           b"gpuhub: Swarm granted this lab 1 GPU(s) (...), but this node's runtime gave it 0\n")
+    assert gpuhub_line(log) == "Swarm granted this lab 1 GPU(s) (...), but this node's runtime gave it 0"
+    assert gpuhub_line(iter([b"a\n", b"gpuhub: one\n", b"gpuhub: two\n"])) == "two"
+    assert gpuhub_line("nothing here") == ""
