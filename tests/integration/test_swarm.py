@@ -383,31 +383,6 @@ def test_an_ldap_login_works_the_same_in_swarm_mode(swarm, tmp_path):
         slapd.stop()
 
 
-def test_a_node_whose_toolkit_ignores_swarms_grant_gives_the_user_one_line(swarm, sessions):
-    """NVIDIA container toolkit 1.18.x (default mode) ignores swarm-resource: the lab would
-    hold a GPU in Swarm's books and get none. The lab refuses to start and the user reads why."""
-    for name in USERS:  # free the GPUs (a user deleted by an earlier test has no lab)
-        if swarm.tasks(name):
-            sessions[name].stop(logs=swarm.logs)
-    erin = sessions["erin"]
-    swarm.cluster.set_toolkit("1.18.2")
-    try:
-        answer = erin.start({"profile": "gpu1"})
-        if answer.status_code == 202:
-            said = erin.progress_messages(until="\0", timeout=240)[-1]
-        else:
-            assert answer.status_code == 500, answer.text
-            said = answer.json()["message"]
-        assert "Swarm granted this lab 1 GPU(s) (DOCKER_RESOURCE_NVIDIA-GPU=GPU-" in said, said
-        assert "toolkit 1.18.x ignores swarm-resource" in said, said
-        wait_until(lambda: not erin.server(), timeout=60, what="erin's failed start to end",
-                   state=erin.server, logs=swarm.logs)
-    finally:
-        swarm.cluster.set_toolkit("")
-    swarm.spawn(erin, "gpu1")  # a node on a good toolkit: the lab gets its GPU
-    assert "GPU-" in swarm.in_lab("erin", "nvidia-smi", "-L")
-
-
 def test_invoke_down_removes_the_stack_and_labs(swarm):
     swarm.invoke("down")
     m = swarm.cluster.manager
