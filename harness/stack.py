@@ -47,9 +47,11 @@ class Stack:
     workdir: Path
     settings: dict[str, str]
     admin_passwords: dict[str, str] = field(default_factory=dict)
+    # The gpuhub checkout whose tasks run (the upgrade test's is an older release's).
+    root: Path = ROOT
 
     @classmethod
-    def create(cls, workdir: Path, **overrides: str) -> Stack:
+    def create(cls, workdir: Path, root: Path = ROOT, **overrides: str) -> Stack:
         project = PREFIX + secrets.token_hex(3)
         settings = {
             "COMPOSE_PROJECT_NAME": project,
@@ -71,7 +73,7 @@ class Stack:
             # A benchmarking range (RFC 2544) no real network uses: the lab firewall's test
             # puts a fake metadata service there, in a network namespace of its own.
             settings.setdefault("LAB_BLOCKED_NETWORKS", BLOCKED_FOR_TESTS)
-        stack = cls(workdir=workdir, settings=settings)
+        stack = cls(workdir=workdir, settings=settings, root=root)
         stack.write_env()
         return stack
 
@@ -97,7 +99,7 @@ class Stack:
         """Run a real task (`invoke ARGS`) against this stack."""
         full_env = {**os.environ, "GPUHUB_ENV_FILE": str(self.env_file), **(env or {})}
         cmd = [sys.executable, "-m", "invoke", *args]
-        result = subprocess.run(cmd, cwd=ROOT, env=full_env, input=stdin, text=True,
+        result = subprocess.run(cmd, cwd=self.root, env=full_env, input=stdin, text=True,
                                 capture_output=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(
@@ -120,7 +122,7 @@ class Stack:
         from gpuhub.tasks.project import load
 
         try:
-            project = load(root=ROOT, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
+            project = load(root=self.root, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
         except Exit:  # a test of bad settings: the base file, with the settings as given
             return ["docker-compose.yml"], {**self.settings, "GPUHUB_ENV_FILE": str(self.env_file)}
         try:
@@ -137,7 +139,7 @@ class Stack:
         from gpuhub.tasks import composestack
         from gpuhub.tasks.project import load
 
-        project = project or load(root=ROOT, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
+        project = project or load(root=self.root, environ={"GPUHUB_ENV_FILE": str(self.env_file)})
         if project.swarm:
             return (), {}
         c = Context(Config(overrides={"run": {"in_stream": False}}))
@@ -147,9 +149,10 @@ class Stack:
                 stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run compose by hand, as an admin would: the files and variables invoke uses."""
         files, variables = self.compose_files_and_env()
-        cmd = ["docker", "compose", "--project-directory", str(ROOT)]
+        cmd = ["docker", "compose", "--project-directory", str(self.root)]
         for name in files:
-            cmd += ["-f", str(ROOT / name)]
+            if (self.root / name).exists():  # an older release has fewer overrides
+                cmd += ["-f", str(self.root / name)]
         cmd += ["--env-file", str(self.env_file), *args]
         env = {**os.environ, **variables}
         return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check,

@@ -31,7 +31,8 @@ ALLOWED = {
     # From the hub image, but the sampler needs nothing of it.
     "gpuhub.sampler": CORE,
     # The hub image (jupyterhub/requirements.txt).
-    "gpuhub.services": CORE | {"bcrypt", "docker", "jupyterhub", "nativeauthenticator",
+    # alembic: JupyterHub's own dependency (its migrations; gpuhub.services.hubdb).
+    "gpuhub.services": CORE | {"alembic", "bcrypt", "docker", "jupyterhub", "nativeauthenticator",
                                "requests", "sqlalchemy"},
     "gpuhub.hub": CORE | {"bcrypt", "docker", "dockerspawner", "jupyterhub", "ldap3",
                           "ldapauthenticator", "nativeauthenticator", "oauthenticator",

@@ -73,6 +73,12 @@ def hub_data_volume(project: str) -> str:
 HUB_DATA_DIR = f"{HUB_DIR}/data"
 # In HUB_DATA_DIR: the SQLite database (without DATABASE_URL) and the cookie secret.
 HUB_DATABASE_FILE = "jupyterhub.sqlite"
+# What the hub database is to a hub image (gpuhub.services.hubdb check): no database yet,
+# at its schema, an older JupyterHub's (`invoke up` migrates it), a newer one's (refused).
+HUB_DB_EMPTY, HUB_DB_CURRENT, HUB_DB_OLDER, HUB_DB_NEWER = "empty", "current", "older", "newer"
+# Where `invoke up` keeps the hub database as it was before it migrated it (in the project's
+# folder): hub-db-<UTC time>-jupyterhub-<old>-to-<new>.sqlite (.jsonl for PostgreSQL).
+UPGRADE_BACKUPS_DIR = "backups"
 COOKIE_SECRET_FILE = "jupyterhub_cookie_secret"
 
 

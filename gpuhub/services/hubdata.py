@@ -15,6 +15,7 @@ It writes a tar to stdout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sqlite3
@@ -30,15 +31,14 @@ COOKIE_SECRET_FILE = names.COOKIE_SECRET_FILE
 
 
 def users(database: Path) -> list[dict]:
-    """Each user, admin or not, and their work volume's name after ``<project>-``."""
-    import jupyterhub.orm as orm
+    """Each user, admin or not, and their work volume's name after ``<project>-``.
 
-    session = orm.new_session_factory(f"sqlite:///{database}")()
-    try:
-        return [{"name": u.name, "admin": bool(u.admin), "volume": f"home-{names.escape_user(u.name)}"}
-                for u in session.query(orm.User).order_by(orm.User.name)]
-    finally:
-        session.close()
+    Plain SQL, not JupyterHub's ORM: the ORM refuses a database of another schema version,
+    and a backup must work also between a JupyterHub upgrade's build and its `invoke up`."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute("SELECT name, admin FROM users ORDER BY name").fetchall()
+    return [{"name": name, "admin": bool(admin), "volume": f"home-{names.escape_user(name)}"}
+            for name, admin in rows]
 
 
 def write_backup(data: Path, out, include_secrets: bool) -> None:

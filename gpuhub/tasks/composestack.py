@@ -18,7 +18,7 @@ import time
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names, origins
 from gpuhub.core.profiles import Profiles
-from gpuhub.tasks import labsnetwork
+from gpuhub.tasks import hubdatabase, labsnetwork
 from gpuhub.tasks import statustables as status_tables
 from gpuhub.tasks.deployment import (
     docker_inspect,
@@ -58,6 +58,10 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
                       GPUHUB_LOGIN_FILES=login_files_stamp(project),
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
                       **protection_env)
+    # A new JupyterHub meets the old one's database here, before the hub is recreated.
+    upgraded = hubdatabase.bring_to_image(c, project, env)
+    if upgraded:
+        step(upgraded.message)
     step(f"starting project {project.name}")
     # The sampler gets the GPUs only when there are some (else Docker refuses it).
     extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + protection_files
@@ -66,7 +70,9 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     if result.failed:
         c.run(project.compose("logs --tail 40 hub"), env=env, warn=True)
         raise fail("the hub did not become healthy (its last log lines are above); "
-                   "fix the cause and run `invoke up` again")
+                   "fix the cause and run `invoke up` again"
+                   + (f" (the database before its upgrade: {upgraded.backup})"
+                      if upgraded else ""))
     if hub_was_running and not proxy_was_running:
         # The proxy keeps the labs' routes in memory only; a hub adds them all back when
         # it starts (else only at its next check, within 5 minutes).
@@ -399,8 +405,21 @@ def status(c, project) -> None:
     print(status_tables.services_table([i for i in inspected if i["Id"][:12] in
                                         {x[:12] for x in services}], now))
     print()
-    print(status_tables.labs_table([i for i in inspected if i["Id"][:12] in
-                                    {x[:12] for x in labs}], now))
+    running = [i for i in inspected if i["Id"][:12] in {x[:12] for x in labs}]
+    print(status_tables.labs_table(running, now, image_ids(c, {i["Config"]["Image"]
+                                                               for i in running})))
+
+
+def image_ids(c, images: set[str]) -> dict[str, str]:
+    """Each image name -> the image ID it names on this host now (names it no longer
+    finds are left out)."""
+    found = {}
+    for image in sorted(images):
+        result = c.run(f"docker image inspect -f '{{{{.Id}}}}' {shlex.quote(image)}",
+                       hide=True, warn=True)
+        if result.ok and result.stdout.strip():
+            found[image] = result.stdout.strip()
+    return found
 
 
 

@@ -69,14 +69,31 @@ def swarm_services_table(tasks: list[dict], service_names: dict[str, str],
     return _table(rows) if len(rows) > 1 else "No service of this stack runs: `invoke up`."
 
 
-def labs_table(labs: list[dict], now: datetime.datetime) -> str:
-    """One line per running lab: its user, profile, GPUs and since when."""
+# The IMAGE column: the lab runs what its image name means now, or an image since rebuilt
+# (after an upgrade: the lab picks the new one up at its next start).
+IMAGE_CURRENT, IMAGE_OLD = "current", "old (new at next start)"
+
+
+def labs_table(labs: list[dict], now: datetime.datetime,
+               image_ids: dict[str, str] | None = None) -> str:
+    """One line per running lab: its user, profile, GPUs, since when and, given
+    ``image_ids`` (image name -> the ID it names on this host now), whether it runs the
+    image its name means now."""
     if not labs:
         return "No lab is running."
-    rows = [("USER", "PROFILE", "GPUS", "SINCE")]
+    rows = [("USER", "PROFILE", "GPUS", "SINCE") + (("IMAGE",) if image_ids is not None else ())]
+    old = 0
     for info in sorted(labs, key=lambda i: i["Config"]["Labels"].get(USER, "")):
         labels = info["Config"]["Labels"]
         gpus = gpus_of(labels)
-        rows.append((labels.get(USER, "?"), labels.get(PROFILE, "-"),
-                     ", ".join(gpus) or "none", _since(labels.get(SINCE, ""), now)))
-    return _table(rows)
+        row: tuple[str, ...] = (labels.get(USER, "?"), labels.get(PROFILE, "-"),
+                                ", ".join(gpus) or "none", _since(labels.get(SINCE, ""), now))
+        if image_ids is not None:
+            now_id = image_ids.get(info["Config"].get("Image", ""))
+            current = now_id is None or now_id == info.get("Image")
+            old += not current
+            row += (IMAGE_CURRENT if current else IMAGE_OLD,)
+        rows.append(row)
+    note = (f"\n{old} lab(s) run an image that has been rebuilt since they started; they get "
+            "the new one when their user restarts them.") if old else ""
+    return _table(rows) + note

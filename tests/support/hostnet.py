@@ -74,26 +74,46 @@ def _free_slot() -> ipaddress.IPv4Network:
     raise AssertionError(f"no free /30 in {TEST_RANGE}: routes {taken}")
 
 
-class NamespacedService:
-    """``reply`` on a port of an address in a network namespace of its own."""
+class Namespace:
+    """A network namespace of its own behind a veth pair, with ``address`` in it: another
+    machine, as far as the host's routes and firewall rules can tell."""
 
-    def __init__(self, reply: str, port: int = 8080):
+    def __init__(self):
         tag = secrets.token_hex(3)
         self.netns, self.host_end, self.ns_end = f"gpuhubtest-{tag}", f"gh{tag}h", f"gh{tag}n"
         slot = _free_slot()
-        gateway, self.address = (str(a) for a in list(slot.hosts())[:2])
-        self.port, self.process = port, None
+        self.gateway, self.address = (str(a) for a in list(slot.hosts())[:2])
         _ip("netns", "add", self.netns)
         try:
             _ip("link", "add", self.host_end, "type", "veth", "peer", "name", self.ns_end)
             _ip("link", "set", self.ns_end, "netns", self.netns)
-            _ip("addr", "add", f"{gateway}/30", "dev", self.host_end)
+            _ip("addr", "add", f"{self.gateway}/30", "dev", self.host_end)
             _ip("link", "set", self.host_end, "up")
             _ip("-n", self.netns, "addr", "add", f"{self.address}/30", "dev", self.ns_end)
             _ip("-n", self.netns, "link", "set", self.ns_end, "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def command(self, *args: str) -> list[str]:
+        """``args`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.netns, *args]
+
+    def close(self) -> None:
+        # Deleting the namespace deletes its veth end, and with it the host's end.
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.host_end], capture_output=True)
+
+
+class NamespacedService(Namespace):
+    """``reply`` on a port of an address in a network namespace of its own."""
+
+    def __init__(self, reply: str, port: int = 8080):
+        super().__init__()
+        self.port, self.process = port, None
+        try:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, sys.executable, "-c", SERVER,
-                 self.address, str(port), reply])
+                self.command(sys.executable, "-c", SERVER, self.address, str(port), reply))
             wait_until(self._answers, timeout=30, interval=0.2,
                        what=f"the service in {self.netns} to answer on {self.address}:{port}")
         except BaseException:
@@ -108,6 +128,4 @@ class NamespacedService:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-        # Deleting the namespace deletes its veth end, and with it the host's end.
-        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.host_end], capture_output=True)
+        super().close()

@@ -373,3 +373,19 @@ def test_a_full_pool_gives_the_change_password_form_429(auth, monkeypatch):
         post(ChangePasswordHandler, Form(auth, fields, user="alice"))
     # JupyterHub's error page sends an HTTPError's status and headers.
     assert busy.value.status_code == 429 and "Retry-After" in busy.value.headers
+
+
+def test_no_page_we_serve_uses_the_statsd_client_jupyterhub_6_removed(auth):
+    # NativeAuthenticator 1.3's LoginHandler.post calls self.statsd, gone since JupyterHub
+    # 6.0 (an AttributeError on every login); ours replaces it. A page that still reaches
+    # for it would break logins on the pinned JupyterHub.
+    import inspect
+
+    from jupyterhub.handlers import BaseHandler
+    assert not hasattr(BaseHandler, "statsd"), "the pinned JupyterHub still has statsd"
+    assert "statsd" in inspect.getsource(native.LoginHandler.post)  # what we replace
+    for route, handler in auth.get_handlers(None):
+        for method in ("get", "post"):
+            function = getattr(handler, method)  # what tornado calls
+            if function.__module__.startswith(("gpuhub", "nativeauthenticator")):
+                assert "statsd" not in inspect.getsource(function), (route, method)

@@ -182,7 +182,7 @@ def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_databas
         from importlib.metadata import version
         print(gpuhub_labstart.import_hub_log_without_database())
         from jupyterhub.log import log_request
-        print("alembic" in sys.modules, [m for m in sys.modules if m.startswith("jupyterhub.h")])
+        print("alembic" in sys.modules, [m for m in sys.modules if m.startswith("jupyterhub.handlers")])
         print(version("jupyterhub"))
     """)
     assert result.returncode == 0, result.stderr

@@ -199,3 +199,22 @@ def test_swarm_helpers_without_the_hub_image_say_how_to_get_it(tmp_path):
         swarmstack.helper_image(c, swarm_project(tmp_path))
     assert_one_line_error(info, f"could not pull the hub image {image!r}", "manifest unknown",
                           "invoke build --push")
+
+
+def test_status_says_which_labs_run_an_image_rebuilt_since_they_started():
+    now = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.UTC)
+
+    def lab(user: str, image_id: str) -> dict:
+        return {"Image": image_id, "Config": {"Image": "gpuhub-lab:latest", "Labels": {
+            "gpuhub.user": user, "gpuhub.profile": "cpu", "gpuhub.gpus": "[]",
+            "gpuhub.since": "2026-12-06T11:00:00+00:00"}}}
+
+    text = status_tables.labs_table([lab("ann", "sha256:new"), lab("bob", "sha256:old")], now,
+                                    {"gpuhub-lab:latest": "sha256:new"})
+    rows = {line.split()[0]: line for line in text.splitlines()[1:3]}
+    assert text.splitlines()[0].split()[-1] == "IMAGE"
+    assert rows["ann"].endswith(status_tables.IMAGE_CURRENT)
+    assert rows["bob"].endswith(status_tables.IMAGE_OLD)
+    assert text.splitlines()[-1].startswith("1 lab(s) run an image that has been rebuilt")
+    # An image name this host no longer has: nothing to compare, not called old.
+    assert status_tables.IMAGE_OLD not in status_tables.labs_table([lab("bob", "x")], now, {})
