@@ -35,10 +35,12 @@ class GpuState:
 
     def __init__(self, *, devices: list[str], policy: str, limits: dict[str, int],
                  pins: dict[str, list[str]], line_max: int, start_concurrency: int,
+                 slices: dict[str, str] | None = None,
                  line_file: str = "", out_of_service_file: str = "", back_dir: str = "",
                  samples_file: str = ""):
         self.allocator = GpuAllocator(devices=list(devices), policy=policy, limits=dict(limits),
-                                      pins={u: list(d) for u, d in pins.items()})
+                                      pins={u: list(d) for u, d in pins.items()},
+                                      slices=dict(slices or {}))
         self.grants = PendingGrants()
         self.line = GpuLine(line_max)
         self.start_slots = StartSlots(start_concurrency)
@@ -56,14 +58,16 @@ class GpuState:
 
     # --- grants ----------------------------------------------------------------
     def grant(self, user: str, groups: list[str], gpus: int,
-              held: dict[str, list[str]]) -> tuple[list[str], int | None]:
-        """Choose ``user``'s GPUs given what Docker says is ``held`` and the grants in
-        flight: (device IDs, the grant's ticket or None). Raises NoGpuAvailable. No await."""
+              held: dict[str, list[str]], gpu_slice: str = "") -> tuple[list[str], int | None]:
+        """Choose ``user``'s GPUs (``gpu_slice``: MIG instances of that profile) given what
+        Docker says is ``held`` and the grants in flight: (device IDs, the grant's ticket or
+        None). Raises NoGpuAvailable. No await."""
         everyone = {u: list(ds) for u, ds in held.items()}
         for holder, ids in self.grants.held().items():
             everyone.setdefault(holder, []).extend(ids)
         ids = self.allocator.allocate(user, gpus, everyone, groups,
-                                      out_of_service=self.out_of_service.devices())
+                                      out_of_service=self.out_of_service.devices(),
+                                      gpu_slice=gpu_slice)
         return ids, (self.grants.add(user, ids) if ids else None)
 
     # --- GPUs out of service ---------------------------------------------------------
