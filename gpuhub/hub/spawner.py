@@ -66,6 +66,11 @@ class GpuDockerSpawner(DockerSpawner):
         help="The MIG instances in gpu_inventory: {device id: MIG profile such as '1g.5gb'}; "
              "a profile's gpu_slice asks for those, any other GPU profile for whole GPUs.",
     ).tag(config=True)
+    gpu_parents = Dict(
+        help="The parent GPU's UUID of each MIG instance in gpu_inventory: the sampler reads "
+             "the parent (nvidia-smi lists whole GPUs only), so a lost parent takes its "
+             "instances out of service and one read again brings them back.",
+    ).tag(config=True)
     gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
     profiles_yaml = Unicode(help="The text of profiles.yaml (validated at hub start).").tag(config=True)
     project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
@@ -158,7 +163,7 @@ class GpuDockerSpawner(DockerSpawner):
             cls._gpu_state = GpuState(
                 devices=list(self.gpu_inventory), policy=self.gpu_policy,
                 limits=dict(self.gpu_limits), pins=dict(self.gpu_pins),
-                slices=dict(self.gpu_slices),
+                slices=dict(self.gpu_slices), parents=dict(self.gpu_parents),
                 line_max=self.gpu_line_max, start_concurrency=self.lab_start_concurrency,
                 line_file=self.line_file, out_of_service_file=self.out_of_service_file,
                 back_dir=self.gpu_back_dir, samples_file=self.gpu_samples_file)
