@@ -204,11 +204,14 @@ class Profiles:
             raise ProfileRejected(f"unknown profile {slug!r}; choose one of: {known}")
         return profile
 
-    def options_form(self, free: int | None = None, total: int = 0) -> str:
+    def options_form(self, free: int | None = None, total: int = 0,
+                     kinds: dict[str, tuple[int, int]] | None = None) -> str:
         """The spawn form (empty with one profile: JupyterHub then skips the form).
 
         ``free`` of ``total`` GPUs are held by no lab right now; each GPU profile says so
-        ("1 GPU — 3 of 4 free"). None: not known, not said.
+        ("1 GPU — 3 of 4 free"). None: not known, not said. ``kinds``: (free, total) per
+        kind of device ("": whole GPUs, else a MIG profile), which then wins: a profile
+        counts only the devices it may be given.
         """
         if len(self.profiles) < 2:
             return ""
@@ -221,7 +224,10 @@ class Profiles:
                 size = f"{p.gpus}× MIG {p.gpu_slice}"
             # "1 GPU (1 GPU)" said it twice: the size only when the name does not say it.
             said = "" if size.lower() in p.display_name.lower() else f" ({size})"
-            if p.gpus and free is not None:
+            if p.gpus and kinds is not None and free is not None:
+                have, of = kinds.get(p.gpu_slice, (0, 0))
+                said += f" — {have} of {of} free"
+            elif p.gpus and free is not None:
                 said += f" — {free} of {total} free"
             rows.append(
                 f'<label class="gpuhub-profile" style="display:block;margin:0.5em 0">'

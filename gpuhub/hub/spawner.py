@@ -219,10 +219,15 @@ class GpuDockerSpawner(DockerSpawner):
                 busy |= {d for ids in self.gpu_state.grants.held().values() for d in ids}
             busy |= self.gpu_state.out_of_service.devices()
             free = sum(1 for d in self.gpu_inventory if d not in busy)
+            kinds: dict[str, tuple[int, int]] = {}
+            for d in self.gpu_inventory:  # whole GPUs ("") and each MIG profile apart
+                have, of = kinds.get(self.gpu_slices.get(d, ""), (0, 0))
+                kinds[self.gpu_slices.get(d, "")] = (have + (d not in busy), of + 1)
         except Exception as err:  # the form still works; it just cannot say what is free
             self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
-            free = None
-        return self.profiles.options_form(free=free, total=len(self.gpu_inventory))
+            free, kinds = None, {}
+        return self.profiles.options_form(free=free, total=len(self.gpu_inventory),
+                                          kinds=kinds if self.gpu_slices else None)
 
     @default("options_from_form")
     def _default_options_from_form(self):

@@ -370,3 +370,10 @@ def test_a_host_shows_the_profiles_its_devices_can_serve_by_kind():
     assert [p.slug for p in usable.profiles] == ["cpu", "gpu1", "mig-small"]
     only_mig = profiles(SLICED).usable(4, {"1g.5gb": 4})
     assert [p.slug for p in only_mig.profiles] == ["cpu", "mig-small"]
+
+
+def test_the_form_counts_free_devices_of_each_profiles_kind():
+    form = profiles(SLICED).options_form(free=3, total=5, kinds={"": (1, 1), "1g.5gb": (2, 4)})
+    assert "<strong>1 GPU</strong> — 1 of 1 free" in form
+    assert "<strong>Small slice</strong> (1× MIG 1g.5gb) — 2 of 4 free" in form
+    assert "<strong>2 GPUs</strong> — 1 of 1 free" in form  # whole GPUs only, as before
