@@ -20,6 +20,11 @@ could have had it waits as for a busy GPU.
 Pins (``alice=2``) reserve devices: a pinned GPU is handed only to the users pinned to
 it, and those users get only their pinned GPUs. Limits cap the GPUs one lab may hold,
 per user or per group (``@group``), with ``*`` as the default.
+
+MIG instances are devices like whole GPUs (by UUID, under the same policies, pins, limits
+and line); ``slices`` says which devices are instances and of what profile. A start that
+asks for a slice (a profile's ``gpu_slice``, e.g. ``1g.5gb``) is given instances of that
+profile only, and one that does not, whole GPUs only.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class GpuAllocator:
     policy: str = "exclusive"
     limits: Mapping[str, int] = field(default_factory=dict)
     pins: Mapping[str, list[str]] = field(default_factory=dict)
+    slices: Mapping[str, str] = field(default_factory=dict)  # MIG instance: its profile
     _cursor: int = 0
 
     def __post_init__(self):
@@ -80,11 +86,13 @@ class GpuAllocator:
                 "choose a profile with fewer GPUs")
 
     def allocate(self, user: str, count: int, held: Mapping[str, list[str]],
-                 groups: Iterable[str] = (), out_of_service: Collection[str] = ()) -> list[str]:
+                 groups: Iterable[str] = (), out_of_service: Collection[str] = (),
+                 gpu_slice: str = "") -> list[str]:
         """Choose ``count`` device IDs for ``user``'s lab, given what others hold now.
 
         ``held`` maps each *other* running or starting lab's user to its device IDs;
-        ``out_of_service`` are never chosen.
+        ``out_of_service`` are never chosen; ``gpu_slice``: MIG instances of that profile
+        (empty: whole GPUs).
         Raises NoGpuAvailable when the request cannot be met; never double-books a
         GPU under the exclusive policy.
         """
@@ -101,16 +109,19 @@ class GpuAllocator:
         else:
             reserved = {d for u, ds in self.pins.items() for d in ds}
             candidates = [d for d in self.devices if d not in reserved]
+        candidates = [d for d in candidates if self.slices.get(d, "") == gpu_slice]
+        what = f"{gpu_slice} MIG instance" if gpu_slice else "GPU"
         if count > len(candidates):
             raise NoGpuAvailable(
-                f"you may use at most {len(candidates)} GPU(s) on this server and this "
-                f"profile asks for {count}; choose a profile with fewer GPUs")
+                f"you may use at most {len(candidates)} {what}(s) on this server and this "
+                f"profile asks for {count}; choose a profile with fewer GPUs"
+                + self._slices_note(gpu_slice))
 
         broken = [d for d in candidates if d in out_of_service]
         if len(candidates) - len(broken) < count:
             raise NoGpuAvailable(
                 f"GPU {', '.join(broken)} {'is' if len(broken) == 1 else 'are'} out of "
-                f"service and this profile needs {count} of the {len(candidates)} GPUs you "
+                f"service and this profile needs {count} of the {len(candidates)} {what}s you "
                 "may use; choose the CPU profile or try later", reason="gpus_busy")
         candidates = [d for d in candidates if d not in broken]
         others = {u: ds for u, ds in held.items() if u != user}
@@ -126,11 +137,21 @@ class GpuAllocator:
             # "all N ... in use (1 free)" contradicted itself when some GPUs were free.
             in_use = "all" if not free else f"{len(candidates) - len(free)} of the"
             raise NoGpuAvailable(
-                f"{in_use} {len(candidates)} GPUs you may use are in use "
+                f"{in_use} {len(candidates)} {what}s you may use are in use "
                 f"({len(free)} free, this profile needs {count}); "
                 "choose the CPU profile or try later",
                 detail=f"held by {holders}" if holders else "", reason="gpus_busy")
         return free[:count]
+
+    def _slices_note(self, gpu_slice: str) -> str:
+        """What this server has instead, when a start asks for a kind it lacks."""
+        kinds = sorted(set(self.slices.values()))
+        if not gpu_slice and kinds:
+            return (f" (this server's GPUs are partly or wholly MIG instances: "
+                    f"{', '.join(kinds)}; a profile asks for one with gpu_slice)")
+        if gpu_slice and gpu_slice not in kinds:
+            return f" (this server's MIG instances are {', '.join(kinds) or 'none'})"
+        return ""
 
     def _least_loaded(self, candidates: list[str], others: Mapping[str, list[str]],
                       count: int) -> list[str]:

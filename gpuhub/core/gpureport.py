@@ -5,6 +5,14 @@ Built from the inventory the hub was started with, the labels on running lab
 containers (Docker is the record of allocations) and the gpu-sampler's latest reading
 (:mod:`gpuhub.hub.telemetry`). Matching is by GPU UUID; a GPU the inventory names by index
 only is matched by index (the sampler sees the host's numbering).
+
+MIG instances: nvidia-smi (NVML) reads no utilisation on a GPU in MIG mode and no memory
+per instance (DCGM's profiling metrics are the real source, which gpuhub does not read).
+An instance's row therefore has utilisation None ("unknown"), never a number made up;
+its holders' memory is what their own processes use on the parent GPU (``--query-compute-
+apps`` lists a process with the parent's UUID), and the parent's whole memory use is in
+``parent_memory_used_mib``. Instance rows carry ``parent`` (UUID), ``parent_gpu`` (index)
+and ``mig_profile``; a text table lists them under a line for their parent.
 """
 
 from __future__ import annotations
@@ -71,12 +79,20 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
     for g in inventory:
         holding = [lab for lab in labs if g.device_id in lab.gpus
                    or (g.uuid and g.index in lab.gpus)]
-        sampled = _sample_for(g, samples)
+        parent = _sample_for(Gpu(index=g.index.split(":")[0], uuid=g.parent), samples) \
+            if g.is_mig else None
+        sampled = None if g.is_mig else _sample_for(g, samples)
         used = sampled.get("memory_used_mib") if sampled else None
         on_gpu = [p for p in processes if sampled and p.get("gpu_uuid") == sampled.get("uuid")]
+        if g.is_mig and parent is not None:
+            on_gpu = [p for p in processes if p.get("gpu_uuid") == parent.get("uuid")]
         holders: list[dict] = []
         for lab in sorted(holding, key=lambda lab: lab.user):
-            if used is None:
+            if g.is_mig:  # its own processes: the only per-instance memory nvidia-smi gives
+                memory = sum(p.get("used_mib") or 0 for p in on_gpu
+                             if p.get("container") and p["container"] == lab.id) \
+                    if on_gpu else None
+            elif used is None:
                 memory = None
             elif one_lab_per_gpu(policy) and len(holding) == 1:
                 memory = used
@@ -88,6 +104,8 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
             holders.append({"user": lab.user, "profile": lab.profile, "since": lab.since,
                             "memory_used_mib": memory})
         attributed = sum(h["memory_used_mib"] or 0 for h in holders)
+        if g.is_mig and holders and all(h["memory_used_mib"] is not None for h in holders):
+            used = attributed
         idle_since = sampled.get("idle_since") if sampled else None
         rows.append({
             "gpu": g.index, "uuid": g.uuid, "model": g.name,
@@ -106,6 +124,12 @@ def report(inventory: list[Gpu], labs: list[Lab], policy: str, samples: dict | N
                                    else None)),
             "unattributed_mib": max(0, used - attributed) if used is not None else None,
         })
+        if g.is_mig:
+            rows[-1].update({
+                "parent": g.parent, "parent_gpu": g.index.split(":")[0],
+                "mig_profile": g.mig_profile, "unattributed_mib": None,
+                "parent_memory_used_mib": parent.get("memory_used_mib") if parent else None,
+                "parent_memory_total_mib": parent.get("memory_total_mib") if parent else None})
         if out_of_service is not None:
             rows[-1]["out_of_service"] = out_of_service.get(g.device_id)
     return rows
@@ -123,6 +147,8 @@ def duration(seconds: int | None) -> str:
 
 
 def utilisation_text(row: dict) -> str:
+    if row.get("mig_profile") and row["utilisation"] is None:
+        return "unknown"  # NVML has none per MIG instance; DCGM would
     return "-" if row["utilisation"] is None else f"{row['utilisation']} %"
 
 
@@ -145,7 +171,17 @@ def as_text(rows: list[dict]) -> str:
         return "No GPUs: labs run CPU-only."
     table = [("GPU", "MODEL", "HELD BY", "SINCE", "UTIL", "MEMORY USED", "IDLE", "POLICY")]
     broken = []
+    parents_said = set()
     for r in rows:
+        if r.get("parent") and r["parent"] not in parents_said:
+            # The partitioned GPU itself, once, above its instances: not a device labs get.
+            parents_said.add(r["parent"])
+            whole = r["model"].rsplit(" MIG ", 1)[0]
+            used = r.get("parent_memory_used_mib")
+            total = r.get("parent_memory_total_mib")
+            table.append((r["parent_gpu"], f"{whole} (MIG mode)", "-", "-", "unknown",
+                          f"{'?' if used is None else used} / "
+                          f"{f'{total} MiB' if total else '?'}", "-", r["policy"]))
         held = holders_text(r)
         if r.get("out_of_service"):
             held = "OUT OF SERVICE" + (f" ({held})" if r["held_by"] else "")
@@ -153,7 +189,10 @@ def as_text(rows: list[dict]) -> str:
                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['out_of_service']['since']))}: "
                           f"{r['out_of_service']['reason']}; no lab is given it until nvidia-smi "
                           f"reads it again or `invoke gpus --back {r['gpu']}`")
-        table.append((r["gpu"], r["model"], held, r["since"] or "-",
+        gpu, model = r["gpu"], r["model"]
+        if r.get("parent"):
+            gpu, model = f"  {r['gpu']}", f"  MIG {r['mig_profile']}"
+        table.append((gpu, model, held, r["since"] or "-",
                       utilisation_text(r), memory_text(r), duration(r["idle_seconds"]),
                       r["policy"]))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]

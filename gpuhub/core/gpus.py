@@ -3,11 +3,17 @@
 ``invoke up`` builds the inventory on the host (``nvidia-smi``, or the ``GPU_DEVICES``
 setting) and hands it to the hub as JSON in ``GPUHUB_GPU_INVENTORY``; the hub never
 runs ``nvidia-smi`` itself (it has no GPUs and no driver inside its container).
+
+MIG: ``--query-gpu`` lists whole GPUs only, so the MIG instances are read from
+``nvidia-smi -L`` (:func:`with_mig`). A GPU in MIG mode is then not in the inventory
+itself: its instances are, each a device of its own (index ``<gpu>:<mig>``, its
+``MIG-…`` UUID, its parent GPU's UUID and its profile, e.g. ``1g.5gb``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from gpuhub.core.allocator import one_lab_per_gpu
@@ -17,21 +23,48 @@ INVENTORY_FILE = "gpu-inventory.json"
 
 QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
          "--format=csv,noheader,nounits"]
+# The one listing that has MIG instances (R470+ drivers; see tests/gpu_double/README.md, MIG).
+LIST = ["nvidia-smi", "-L"]
+
+# A MIG profile as nvidia-smi names it: <compute slices>g.<memory>gb, with an optional
+# compute-instance prefix ("1c.") and media-extension suffix ("+me", "-me", "+me.all", "+gfx").
+MIG_PROFILE = re.compile(r"(?:\d+c\.)?\d+g\.(\d+)gb(?:[+-][a-z.]+)?")
+_GPU_LINE = re.compile(r"GPU (\d+): (.*) \(UUID: (GPU-[^)\s]+)\)")
+_MIG_LINE = re.compile(r"\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)\s]+)\)")
+# Where a MIG ID names a GPU instance and compute instance (R450/R460 drivers): R470+ refuse it.
+OLD_MIG_ID = re.compile(r"MIG-GPU-[0-9A-Fa-f-]+/\d+/\d+")
 
 
 @dataclass(frozen=True)
 class Gpu:
-    """One device a lab can be given: a whole GPU or a MIG instance."""
+    """One device a lab can be given: a whole GPU or a MIG instance.
+
+    A MIG instance has its parent GPU's UUID in ``parent`` and its profile (``1g.5gb``) in
+    ``mig_profile``; its ``memory_mib`` is the profile's nominal size (nvidia-smi's -L and
+    --query-gpu do not give an instance's memory)."""
 
     index: str
     uuid: str = ""
     name: str = "NVIDIA GPU"
     memory_mib: int = 0
+    parent: str = ""
+    mig_profile: str = ""
 
     @property
     def device_id(self) -> str:
         """The ID handed to Docker's device request (UUID when known: stable across reboots)."""
         return self.uuid or self.index
+
+    @property
+    def is_mig(self) -> bool:
+        return bool(self.mig_profile)
+
+
+def mig_memory_mib(profile: str) -> int:
+    """The memory a MIG profile's name promises (``1g.5gb``: 5120 MiB); 0 if not a profile.
+    Nominal: an A100-40GB's 1g.5gb has 4864 MiB usable."""
+    found = MIG_PROFILE.fullmatch(profile)
+    return int(found.group(1)) * 1024 if found else 0
 
 
 def summary(gpus: list[Gpu]) -> str:
@@ -40,9 +73,14 @@ def summary(gpus: list[Gpu]) -> str:
         return "no GPUs (CPU-only)"
     models: dict[str, int] = {}
     for gpu in gpus:
-        models[gpu.name] = models.get(gpu.name, 0) + 1
+        model = f"MIG {gpu.mig_profile}" if gpu.is_mig else gpu.name
+        models[model] = models.get(model, 0) + 1
     each = ", ".join(f"{count}× {name}" for name, count in models.items())
-    return f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({each})"
+    whole = sum(1 for g in gpus if not g.is_mig)
+    slices = len(gpus) - whole
+    said = [f"{n} {what}{'s' if n != 1 else ''}"
+            for n, what in ((whole, "GPU"), (slices, "MIG instance")) if n]
+    return f"{' and '.join(said)} ({each})"
 
 
 def split_smi_line(line: str, trailing: int) -> tuple[str, str, str, list[str]]:
@@ -73,6 +111,36 @@ def parse_nvidia_smi(csv_text: str) -> list[Gpu]:
     return gpus
 
 
+def parse_list(text: str) -> dict[str, list[Gpu]]:
+    """The MIG instances in ``nvidia-smi -L``, by their parent GPU's UUID (GPUs without
+    instances are absent). Each is named as libnvidia-container selects it: index
+    ``<gpu>:<mig>``, and its MIG UUID. Lines of neither kind (a lost GPU's error) are skipped."""
+    found: dict[str, list[Gpu]] = {}
+    gpu: tuple[str, str, str] | None = None
+    for line in text.splitlines():
+        if m := _GPU_LINE.fullmatch(line.rstrip()):
+            gpu = (m.group(1), m.group(2).strip(), m.group(3))
+        elif (m := _MIG_LINE.fullmatch(line.rstrip())) and gpu is not None:
+            index, name, parent = gpu
+            profile = m.group(1)
+            found.setdefault(parent, []).append(Gpu(
+                index=f"{index}:{m.group(2)}", uuid=m.group(3), name=f"{name} MIG {profile}",
+                memory_mib=mig_memory_mib(profile), parent=parent, mig_profile=profile))
+        elif not line.startswith((" ", "\t")):
+            gpu = None
+    return found
+
+
+def with_mig(gpus: list[Gpu], listed: str) -> list[Gpu]:
+    """The inventory with each GPU in MIG mode replaced by its instances (``listed``: the
+    output of ``nvidia-smi -L``): a lab is given an instance, never the partitioned GPU."""
+    instances = parse_list(listed)
+    result: list[Gpu] = []
+    for gpu in gpus:
+        result += instances.get(gpu.uuid, [gpu])
+    return result
+
+
 def smi_failure(stdout: str, stderr: str, returncode: int) -> str:
     """Why nvidia-smi failed, on one line: its own message wherever it wrote it (nvidia-smi
     writes its errors to stdout; the driver/library mismatch takes two lines)."""
@@ -87,13 +155,19 @@ def select(detected: list[Gpu], gpu_devices: str) -> list[Gpu]:
     if gpu_devices == "auto":
         return list(detected)
     by_key = {g.index: g for g in detected} | {g.uuid: g for g in detected if g.uuid}
+    partitioned = {g.parent: g.index.split(":")[0] for g in detected if g.is_mig}
     chosen = []
     for dev in gpu_devices.split(","):
         if dev in by_key:
             chosen.append(by_key[dev])
-        elif detected and not dev.startswith("MIG-"):
-            # --query-gpu lists whole GPUs only, never MIG instances, so a MIG UUID
-            # cannot be checked against it and is taken as given (below).
+        elif dev in partitioned or dev in partitioned.values():
+            index = partitioned.get(dev, dev)
+            mine = ", ".join(g.index for g in detected if g.index.startswith(f"{index}:"))
+            raise ValueError(
+                f"GPU_DEVICES names GPU {dev!r}, which is in MIG mode: a lab is given one of "
+                f"its MIG instances, not the GPU; name those ({mine}) or their MIG-… UUIDs "
+                "in GPU_DEVICES in .env")
+        elif detected:
             known = ", ".join(g.index for g in detected)
             raise ValueError(
                 f"GPU_DEVICES names {dev!r}, but nvidia-smi lists only GPUs {known}; "
@@ -107,7 +181,12 @@ def select(detected: list[Gpu], gpu_devices: str) -> list[Gpu]:
 
 
 def to_json(gpus: list[Gpu]) -> str:
-    return json.dumps([asdict(g) for g in gpus], separators=(",", ":"))
+    # A whole GPU's entry stays as it was before MIG (no empty parent, mig_profile).
+    return json.dumps([{k: v for k, v in asdict(g).items() if v or k in _WHOLE_GPU_FIELDS}
+                       for g in gpus], separators=(",", ":"))
+
+
+_WHOLE_GPU_FIELDS = ("index", "uuid", "name", "memory_mib")
 
 
 def from_json(text: str) -> list[Gpu]:
@@ -116,8 +195,8 @@ def from_json(text: str) -> list[Gpu]:
         return []
     try:
         items = json.loads(text)
-        return [Gpu(**{k: item[k] for k in ("index", "uuid", "name", "memory_mib") if k in item})
-                for item in items]
+        fields = ("index", "uuid", "name", "memory_mib", "parent", "mig_profile")
+        return [Gpu(**{k: item[k] for k in fields if k in item}) for item in items]
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"GPUHUB_GPU_INVENTORY is not a valid inventory ({err}): {text!r}") from None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from gpuhub.core.files import write_atomically
 # error, which quotes the hook's stderr: "... stderr: nvidia-container-cli: device error:
 # 9: unknown device: unknown". The device ID may itself hold ":" (a PCI bus ID).
 _UNKNOWN_DEVICE = re.compile(r"nvidia-container-cli: device error: (\S+?): unknown device")
-# Docker >= 29.2 with CDI names the device it cannot resolve (a CDI name: an index or a
-# UUID, never a ":").
-_UNRESOLVED_CDI = re.compile(r"unresolvable CDI devices? nvidia\.com/gpu=([^\s,;:\"']+)")
+# Docker >= 29.2 with CDI names the device it cannot resolve (a CDI name: an index, a
+# UUID, or a MIG instance's "<gpu>:<mig>"; runc's ": unknown" follows it).
+_UNRESOLVED_CDI = re.compile(r"unresolvable CDI devices? nvidia\.com/gpu=([^\s,;\"']+?)"
+                             r"(?=:?\s|[,;\"']|:?$)")
 # Every GPU start fails: the driver cannot enumerate a GPU (one lost fails them all), or
 # NVML does not start (driver/library mismatch after an upgrade without a reboot). The
 # reason ends where Docker's quoting does (a quote, a backslash, a newline); runc adds
@@ -95,13 +97,15 @@ class OutOfService:
         return True
 
     def from_readings(self, devices: list[str], samples: dict | None, interval: float,
-                      now: float) -> tuple[list[Entry], list[str]]:
+                      now: float, read_as: Mapping[str, str] | None = None,
+                      ) -> tuple[list[Entry], list[str]]:
         """Apply a fresh reading of the sampler: (taken out, brought back).
 
         A GPU the reading lists is healthy: back in service if it went out at least one
         interval before the reading was taken (a reading from before the fault proves
         nothing). A GPU of the inventory the reading leaves out, while it reads others and
-        says what failed, is out of service.
+        says what failed, is out of service. ``read_as``: the GPU a device is read as (a MIG
+        instance: its parent GPU, as nvidia-smi --query-gpu lists whole GPUs only).
         """
         if not samples:
             return [], []
@@ -110,7 +114,7 @@ class OutOfService:
             g.get("index") for g in samples.get("gpus", [])}
         out, back = [], []
         for device in devices:  # a UUID, or an index where the inventory has no UUID
-            seen = device in read
+            seen = (read_as or {}).get(device, device) in read
             entry = self.entries.get(device)
             if seen and entry is not None and taken >= entry.since + interval:
                 self.bring_back(device)

@@ -1,7 +1,9 @@
 """Spawn profiles from ``profiles.yaml``, in the shape of zero-to-jupyterhub's profileList.
 
 Each profile: ``display_name`` (required), ``slug``, ``description``, ``default``,
-``image``, ``gpus``, ``cpu_limit``, ``mem_limit``, ``max_age`` (a lab older than this
+``image``, ``gpus``, ``gpu_slice`` (the ``gpus`` are MIG instances of this profile, e.g.
+``1g.5gb``, as ``nvidia-smi -L`` names them; without it, whole GPUs), ``cpu_limit``,
+``mem_limit``, ``max_age`` (a lab older than this
 is stopped, e.g. ``12h``; see gpuhub.services.reclaim), and in swarm mode ``placement``
 (Swarm constraints such as ``node.labels.gpu == a100``). The list becomes the spawn form, and
 :meth:`Profiles.resolve` is the server-side check of what a user submitted: only a known
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from gpuhub.core.gpus import MIG_PROFILE
 from gpuhub.core.lablimits import parse_memory
 
-FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "cpu_limit",
-          "mem_limit", "max_age", "placement"}
+FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "gpu_slice",
+          "cpu_limit", "mem_limit", "max_age", "placement"}
 _DURATION_RE = re.compile(r"(\d+)\s*([smhd])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Swarm placement constraints, e.g. node.labels.gpu == a100 (ignored in compose mode).
@@ -49,6 +52,7 @@ class Profile:
     mem_limit: str | None = None
     placement: tuple[str, ...] = ()
     max_age: int | None = None  # seconds
+    gpu_slice: str = ""  # MIG profile of the GPUs asked for ("": whole GPUs)
 
 
 def parse_duration(value) -> int:
@@ -81,6 +85,13 @@ def _profile(item, where: str) -> Profile:
     gpus = item.get("gpus", 0)
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
         raise ProfileError(f"{where}: gpus must be a whole number 0 or more, got {gpus!r}")
+    gpu_slice = item.get("gpu_slice", "")
+    if gpu_slice and not (isinstance(gpu_slice, str) and MIG_PROFILE.fullmatch(gpu_slice)):
+        raise ProfileError(f"{where}: gpu_slice must be a MIG profile as `nvidia-smi -L` names "
+                           f"it, such as 1g.5gb or 3g.40gb, got {gpu_slice!r}")
+    if gpu_slice and not gpus:
+        raise ProfileError(f"{where}: gpu_slice {gpu_slice!r} needs gpus: 1 (or more): the "
+                           "number of MIG instances of that size")
     cpu = item.get("cpu_limit")
     if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float))
                             or not math.isfinite(cpu) or cpu <= 0):
@@ -113,7 +124,7 @@ def _profile(item, where: str) -> Profile:
                            f"'node.labels.gpu == a100', got {placement!r}")
     return Profile(slug=str(slug), display_name=str(name).strip(),
                    description=str(item.get("description") or ""),
-                   default=default, image=image, gpus=gpus,
+                   default=default, image=image, gpus=gpus, gpu_slice=gpu_slice or "",
                    cpu_limit=float(cpu) if cpu is not None else None,
                    mem_limit=mem, max_age=max_age,
                    placement=tuple(x.strip() for x in placement))
@@ -158,9 +169,13 @@ class Profiles:
                                "set PROFILES_FILE to an existing file") from None
         return cls.from_yaml(text, str(path))
 
-    def usable(self, gpu_count: int) -> Profiles:
-        """Only the profiles this host can serve (a CPU-only host hides GPU profiles)."""
-        fitting = [p for p in self.profiles if p.gpus <= gpu_count]
+    def usable(self, gpu_count: int, slices: dict[str, int] | None = None) -> Profiles:
+        """Only the profiles this host can serve (a CPU-only host hides GPU profiles).
+
+        ``slices``: how many devices of each kind the host has (``""``: whole GPUs, else a
+        MIG profile); None: ``gpu_count`` whole GPUs."""
+        have = {"": gpu_count} if slices is None else slices
+        fitting = [p for p in self.profiles if p.gpus <= have.get(p.gpu_slice, 0)]
         if not fitting or len(fitting) == len(self.profiles):
             return self
         if not any(p.default for p in fitting):
@@ -189,11 +204,14 @@ class Profiles:
             raise ProfileRejected(f"unknown profile {slug!r}; choose one of: {known}")
         return profile
 
-    def options_form(self, free: int | None = None, total: int = 0) -> str:
+    def options_form(self, free: int | None = None, total: int = 0,
+                     kinds: dict[str, tuple[int, int]] | None = None) -> str:
         """The spawn form (empty with one profile: JupyterHub then skips the form).
 
         ``free`` of ``total`` GPUs are held by no lab right now; each GPU profile says so
-        ("1 GPU — 3 of 4 free"). None: not known, not said.
+        ("1 GPU — 3 of 4 free"). None: not known, not said. ``kinds``: (free, total) per
+        kind of device ("": whole GPUs, else a MIG profile), which then wins: a profile
+        counts only the devices it may be given.
         """
         if len(self.profiles) < 2:
             return ""
@@ -202,9 +220,14 @@ class Profiles:
         for p in self.profiles:
             checked = " checked" if p.slug == default else ""
             size = f"{p.gpus} GPU" + ("s" if p.gpus != 1 else "") if p.gpus else "CPU only"
+            if p.gpu_slice:
+                size = f"{p.gpus}× MIG {p.gpu_slice}"
             # "1 GPU (1 GPU)" said it twice: the size only when the name does not say it.
             said = "" if size.lower() in p.display_name.lower() else f" ({size})"
-            if p.gpus and free is not None:
+            if p.gpus and kinds is not None and free is not None:
+                have, of = kinds.get(p.gpu_slice, (0, 0))
+                said += f" — {have} of {of} free"
+            elif p.gpus and free is not None:
                 said += f" — {free} of {total} free"
             rows.append(
                 f'<label class="gpuhub-profile" style="display:block;margin:0.5em 0">'

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gpuhub.core import versions
 from gpuhub.core.accounts import check_username
 from gpuhub.core.allocator import EXCLUSIVE, POLICIES, one_lab_per_gpu
+from gpuhub.core.gpus import OLD_MIG_ID
 from gpuhub.core.lablimits import parse_memory
 
 # Set in one place, constraints.txt, next to the versions of everything installed with it.
@@ -214,9 +215,16 @@ def _gpu_devices(raw: str) -> str:
     if not value or any(not d for d in ids):
         raise ValueError("must be auto, none, or a comma-separated list of GPU indices or UUIDs")
     for dev in ids:
-        if not (dev.isdigit() or re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z/-]+", dev)):
+        if OLD_MIG_ID.fullmatch(dev):
+            # R450/R460 named MIG instances so; the toolkit on R470+ refuses it (unknown device).
             raise ValueError(
-                f"{dev!r} is neither a GPU index (0, 1, …) nor a GPU/MIG UUID (GPU-…, MIG-…)"
+                f"{dev!r} is the MIG ID form drivers before R470 used; name the instance by "
+                "its MIG-<uuid> from `nvidia-smi -L` or as <gpu>:<mig> (e.g. 0:1)")
+        if not (dev.isdigit() or re.fullmatch(r"\d+:\d+", dev)
+                or re.fullmatch(r"(GPU|MIG)-[0-9A-Za-z-]+", dev)):
+            raise ValueError(
+                f"{dev!r} is neither a GPU index (0, 1, …), a MIG instance (0:1), nor a "
+                "GPU/MIG UUID (GPU-…, MIG-…)"
             )
     if len(set(ids)) != len(ids):
         raise ValueError("lists a GPU twice")
@@ -616,8 +624,9 @@ SETTINGS: tuple[Setting, ...] = (
             "More IPv4 networks labs may not reach, comma-separated (e.g. 10.0.0.0/8 for "
             "an office network); needs LAB_FIREWALL=true.", "Host protection"),
     Setting("GPU_DEVICES", "auto", _gpu_devices,
-            "GPUs labs may use: auto (detect with nvidia-smi), none, or indices/UUIDs "
-            "such as 0,1.", "GPUs"),
+            "GPUs labs may use: auto (detect with nvidia-smi; a GPU in MIG mode counts as its "
+            "MIG instances), none, or indices/UUIDs such as 0,1; a MIG instance as 0:1 or "
+            "MIG-<uuid>.", "GPUs"),
     Setting("NVIDIA_SMI", "nvidia-smi", _text,
             "The nvidia-smi command `invoke up` uses to discover GPUs.", "GPUs"),
     Setting("NVIDIA_CTK", "nvidia-ctk", _text,

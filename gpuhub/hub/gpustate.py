@@ -35,10 +35,13 @@ class GpuState:
 
     def __init__(self, *, devices: list[str], policy: str, limits: dict[str, int],
                  pins: dict[str, list[str]], line_max: int, start_concurrency: int,
+                 slices: dict[str, str] | None = None, parents: dict[str, str] | None = None,
                  line_file: str = "", out_of_service_file: str = "", back_dir: str = "",
                  samples_file: str = ""):
         self.allocator = GpuAllocator(devices=list(devices), policy=policy, limits=dict(limits),
-                                      pins={u: list(d) for u, d in pins.items()})
+                                      pins={u: list(d) for u, d in pins.items()},
+                                      slices=dict(slices or {}))
+        self.parents = dict(parents or {})  # MIG instance: the GPU the sampler reads it as
         self.grants = PendingGrants()
         self.line = GpuLine(line_max)
         self.start_slots = StartSlots(start_concurrency)
@@ -56,14 +59,16 @@ class GpuState:
 
     # --- grants ----------------------------------------------------------------
     def grant(self, user: str, groups: list[str], gpus: int,
-              held: dict[str, list[str]]) -> tuple[list[str], int | None]:
-        """Choose ``user``'s GPUs given what Docker says is ``held`` and the grants in
-        flight: (device IDs, the grant's ticket or None). Raises NoGpuAvailable. No await."""
+              held: dict[str, list[str]], gpu_slice: str = "") -> tuple[list[str], int | None]:
+        """Choose ``user``'s GPUs (``gpu_slice``: MIG instances of that profile) given what
+        Docker says is ``held`` and the grants in flight: (device IDs, the grant's ticket or
+        None). Raises NoGpuAvailable. No await."""
         everyone = {u: list(ds) for u, ds in held.items()}
         for holder, ids in self.grants.held().items():
             everyone.setdefault(holder, []).extend(ids)
         ids = self.allocator.allocate(user, gpus, everyone, groups,
-                                      out_of_service=self.out_of_service.devices())
+                                      out_of_service=self.out_of_service.devices(),
+                                      gpu_slice=gpu_slice)
         return ids, (self.grants.add(user, ids) if ids else None)
 
     # --- GPUs out of service ---------------------------------------------------------
@@ -102,7 +107,7 @@ class GpuState:
                 back.append(device)
         interval = float((samples or {}).get("interval") or 5)
         out, healthy = self.out_of_service.from_readings(self.allocator.devices, samples,
-                                                         interval, now)
+                                                         interval, now, self.parents)
         for entry in out:
             log.error("GPU %s is out of service: %s", entry.device, entry.reason)
         for device in healthy:

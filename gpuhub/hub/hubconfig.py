@@ -235,6 +235,8 @@ def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_y
                              f"does not have ({', '.join(by_key) or 'no GPUs'}); fix GPU_PINS")
         pins[user] = [by_key[d] for d in devices]
     c.GpuDockerSpawner.gpu_inventory = [g.device_id for g in gpus]
+    c.GpuDockerSpawner.gpu_slices = {g.device_id: g.mig_profile for g in gpus if g.is_mig}
+    c.GpuDockerSpawner.gpu_parents = {g.device_id: g.parent for g in gpus if g.is_mig}
     c.GpuDockerSpawner.gpu_policy = settings.gpu_policy
     c.GpuDockerSpawner.gpu_limits = dict(settings.gpu_limits)
     c.GpuDockerSpawner.gpu_pins = pins

@@ -62,6 +62,15 @@ class GpuDockerSpawner(DockerSpawner):
     gpu_policy = Unicode(EXCLUSIVE, help=f"One of {', '.join(POLICIES)}.").tag(config=True)
     gpu_limits = Dict(help="Most GPUs per lab: {user|@group|*: n}.").tag(config=True)
     gpu_pins = Dict(help="Reserved device IDs: {user: [device id, ...]}.").tag(config=True)
+    gpu_slices = Dict(
+        help="The MIG instances in gpu_inventory: {device id: MIG profile such as '1g.5gb'}; "
+             "a profile's gpu_slice asks for those, any other GPU profile for whole GPUs.",
+    ).tag(config=True)
+    gpu_parents = Dict(
+        help="The parent GPU's UUID of each MIG instance in gpu_inventory: the sampler reads "
+             "the parent (nvidia-smi lists whole GPUs only), so a lost parent takes its "
+             "instances out of service and one read again brings them back.",
+    ).tag(config=True)
     gpu_env_extra = Dict(help="Extra environment for labs that have GPUs.").tag(config=True)
     profiles_yaml = Unicode(help="The text of profiles.yaml (validated at hub start).").tag(config=True)
     project = Unicode("gpuhub", help="Compose project name; the label on every lab.").tag(config=True)
@@ -154,6 +163,7 @@ class GpuDockerSpawner(DockerSpawner):
             cls._gpu_state = GpuState(
                 devices=list(self.gpu_inventory), policy=self.gpu_policy,
                 limits=dict(self.gpu_limits), pins=dict(self.gpu_pins),
+                slices=dict(self.gpu_slices), parents=dict(self.gpu_parents),
                 line_max=self.gpu_line_max, start_concurrency=self.lab_start_concurrency,
                 line_file=self.line_file, out_of_service_file=self.out_of_service_file,
                 back_dir=self.gpu_back_dir, samples_file=self.gpu_samples_file)
@@ -183,7 +193,15 @@ class GpuDockerSpawner(DockerSpawner):
     @property
     def profiles(self) -> Profiles:
         return Profiles.from_yaml(self.profiles_yaml, "profiles.yaml").usable(
-            len(self.gpu_inventory))
+            len(self.gpu_inventory), self.device_kinds())
+
+    def device_kinds(self) -> dict[str, int]:
+        """How many devices of each kind labs may be given: "" whole GPUs, else a MIG profile."""
+        kinds = {"": 0}
+        for device in self.gpu_inventory:
+            kind = self.gpu_slices.get(device, "")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
 
     @default("options_form")
     def _default_options_form(self):
@@ -201,10 +219,15 @@ class GpuDockerSpawner(DockerSpawner):
                 busy |= {d for ids in self.gpu_state.grants.held().values() for d in ids}
             busy |= self.gpu_state.out_of_service.devices()
             free = sum(1 for d in self.gpu_inventory if d not in busy)
+            kinds: dict[str, tuple[int, int]] = {}
+            for d in self.gpu_inventory:  # whole GPUs ("") and each MIG profile apart
+                have, of = kinds.get(self.gpu_slices.get(d, ""), (0, 0))
+                kinds[self.gpu_slices.get(d, "")] = (have + (d not in busy), of + 1)
         except Exception as err:  # the form still works; it just cannot say what is free
             self.log.warning("Could not count the free GPUs for the spawn form: %s", err)
-            free = None
-        return self.profiles.options_form(free=free, total=len(self.gpu_inventory))
+            free, kinds = None, {}
+        return self.profiles.options_form(free=free, total=len(self.gpu_inventory),
+                                          kinds=kinds if self.gpu_slices else None)
 
     @default("options_from_form")
     def _default_options_from_form(self):
@@ -327,7 +350,8 @@ class GpuDockerSpawner(DockerSpawner):
     def grant_gpus(self, profile: Profile, held: dict[str, list[str]]) -> list[str]:
         """Choose this lab's GPUs; raises NoGpuAvailable. No await: atomic in the hub."""
         groups = [g.name for g in getattr(self.user, "groups", [])]
-        ids, self._grant = self.gpu_state.grant(self.user.name, groups, profile.gpus, held)
+        ids, self._grant = self.gpu_state.grant(self.user.name, groups, profile.gpus, held,
+                                                profile.gpu_slice)
         return ids
 
     # --- the container ---------------------------------------------------------
@@ -393,7 +417,7 @@ class GpuDockerSpawner(DockerSpawner):
         """The profile this start uses (400 for a tampered choice), applied to the spawner."""
         try:
             profile = self.profiles.resolve(self.user_options) if self.profiles_yaml else Profile(
-                slug="default", display_name="default", gpus=len(self.gpu_inventory))
+                slug="default", display_name="default", gpus=self.device_kinds()[""])
         except ProfileRejected as err:
             raise StartRefused(400, str(err), "bad_profile") from None
         # DockerSpawner would honour user_options["image"]; only the profile decides.

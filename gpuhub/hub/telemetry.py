@@ -205,8 +205,14 @@ class BoardCollector:
         holder = GaugeMetricFamily("gpuhub_gpu_holder",
                                    "1 for each lab holding the GPU (user, profile).",
                                    labels=[*gpu, "user", "profile"])
+        mig = GaugeMetricFamily("gpuhub_gpu_mig_instance",
+                                "1 for each MIG instance labs may be given: its parent GPU's "
+                                "UUID and its profile (its utilisation is not read: NVML has "
+                                "none per instance).", labels=[*gpu, "parent", "profile"])
         for row in board.rows:
             key = [row["gpu"], row["uuid"], row["model"]]
+            if row.get("mig_profile"):
+                mig.add_metric([*key, row["parent"], row["mig_profile"]], 1)
             if row["memory_mib"]:
                 total.add_metric(key, row["memory_mib"] * MIB)
             if row["utilisation"] is not None:
@@ -233,7 +239,7 @@ class BoardCollector:
         up = GaugeMetricFamily("gpuhub_gpu_sampler_up",
                                "1 while the gpu-sampler's readings are fresh.")
         up.add_metric([], 1 if board.sampled and not board.problem else 0)
-        yield from (util, used, total, idle, broken, holder, labs, line, oldest, up)
+        yield from (util, used, total, idle, broken, holder, mig, labs, line, oldest, up)
 
 
 @dataclass

@@ -236,6 +236,13 @@ def detect_gpus(project) -> list[gpu_inventory.Gpu]:
                        "after a driver upgrade, reboot (or reload the NVIDIA modules), or set "
                        "GPU_DEVICES=none in .env to run labs CPU-only")
         detected = gpu_inventory.parse_nvidia_smi(out.stdout)
+        # Only -L lists MIG instances: a GPU in MIG mode is handed out as its instances.
+        listed = subprocess.run([smi, *gpu_inventory.LIST[1:]], capture_output=True, text=True)
+        if listed.returncode != 0:
+            why = gpu_inventory.smi_failure(listed.stdout, listed.stderr, listed.returncode)
+            raise fail(f"nvidia-smi -L failed ({why}), so this host's MIG instances cannot be "
+                       "listed; fix the driver, or set GPU_DEVICES=none in .env")
+        detected = gpu_inventory.with_mig(detected, listed.stdout)
     try:
         chosen = gpu_inventory.select(detected, setting)
     except ValueError as err:

@@ -158,6 +158,27 @@ def run(args: list[str], timeout: float = 60) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+def mig_check(code: int, modes: str, listed: str) -> Check:
+    """MIG mode per GPU (``--query-gpu=index,uuid,mig.mode.current``) against the instances
+    ``nvidia-smi -L`` lists: a GPU in MIG mode with no instance is of no use to any lab."""
+    rows = [[part.strip() for part in line.split(",")] for line in modes.splitlines()
+            if line.count(",") == 2]
+    instances = gpu_inventory.parse_list(listed)
+    enabled = [(index, uuid) for index, uuid, mode in rows if mode == "Enabled"]
+    empty = [index for index, uuid in enabled if not instances.get(uuid)]
+    if empty:
+        return Check("MIG", WARN, f"GPU {', '.join(empty)} is in MIG mode with no MIG instance: "
+                     "no lab can use it", "create instances (`nvidia-smi mig -cgi 1g.5gb -C -i "
+                     f"{empty[0]}`, or nvidia-mig-parted) or disable MIG (`nvidia-smi -mig 0 -i "
+                     f"{empty[0]}`), then `invoke up`")
+    if enabled:
+        said = "; ".join(f"GPU {index}: " + ", ".join(g.mig_profile for g in instances[uuid])
+                         for index, uuid in enabled)
+        return Check("MIG", OK, f"on ({said}); labs are given these instances, profiles ask "
+                                "for one with gpu_slice")
+    return Check("MIG", OK, "off" if rows else f"not reported (exit {code})")
+
+
 def run_checks(settings, tensorflow: bool = True) -> list[Check]:
     """Every check on this host, in order."""
     checks: list[Check] = []
@@ -172,14 +193,10 @@ def run_checks(settings, tensorflow: bool = True) -> list[Check]:
     checks.append(driver)
     checks += gpu_checks(code, out, gpus)
     if gpus:
-        mig_code, mig, _ = run([smi, "--query-gpu=index,mig.mode.current",
+        mig_code, mig, _ = run([smi, "--query-gpu=index,uuid,mig.mode.current",
                                 "--format=csv,noheader"], timeout=30)
-        modes = [line.split(",") for line in mig.splitlines() if line.count(",") == 1]
-        enabled = [index.strip() for index, mode in modes if mode.strip() == "Enabled"]
-        checks.append(Check("MIG", WARN, f"MIG is enabled on GPU {', '.join(enabled)}: gpuhub "
-                            "hands out whole GPUs only", "disable MIG (`nvidia-smi -mig 0`) or "
-                            "leave those GPUs out with GPU_DEVICES") if enabled else
-                      Check("MIG", OK, "off" if modes else f"not reported (exit {mig_code})"))
+        _, listed, _ = run([smi, "-L"], timeout=30)
+        checks.append(mig_check(mig_code, mig, listed))
 
     ctk = shutil.which(settings.nvidia_ctk)
     _, text, _ = run([ctk, "--version"]) if ctk else (127, "", "")

@@ -44,6 +44,9 @@ CHART_FOR_JUPYTERHUB = {
 # gpuhub persists only ~/work (a named volume); the rest of the home folder comes from the image.
 HOME_MOUNT_PATH = f"{LAB_HOME}/work"
 GPU_RESOURCE = "nvidia.com/gpu"
+# A MIG instance under NVIDIA/k8s-device-plugin's "mixed" MIG strategy (migStrategy=mixed,
+# since v0.7.0): one resource per profile, nvidia.com/mig-<profile>, e.g. nvidia.com/mig-1g.5gb.
+MIG_RESOURCE = "nvidia.com/mig-{profile}"
 COMMENT_WIDTH = 90
 
 
@@ -111,7 +114,9 @@ def profile_entry(profile: Profile, growth: bool) -> dict:
         # KubeSpawner reads "16G" as Docker does (K, M, G, T are powers of 1024).
         override["mem_limit"] = profile.mem_limit
     if profile.gpus:
-        gpus = {GPU_RESOURCE: str(profile.gpus)}
+        resource = MIG_RESOURCE.format(profile=profile.gpu_slice) if profile.gpu_slice \
+            else GPU_RESOURCE
+        gpus = {resource: str(profile.gpus)}
         override["extra_resource_limits"] = gpus
         override["extra_resource_guarantees"] = dict(gpus)
         environment = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
@@ -219,7 +224,8 @@ def _gpu_notes(s: Settings, profiles: Profiles) -> list[str]:
         "itself alone; that is GPU_POLICY=exclusive. GPU_POLICY=shared and round-robin, and "
         "GPU_PINS, have no direct equivalent. To share GPUs, turn on time-slicing in the "
         "device plugin's config (sharing.timeSlicing: each GPU is advertised as `replicas` "
-        "GPUs) or partition MIG-capable GPUs; profiles keep asking for nvidia.com/gpu. To "
+        "GPUs) or partition MIG-capable GPUs (migStrategy=single: profiles keep asking for "
+        "nvidia.com/gpu; mixed: a profile's gpu_slice asks for nvidia.com/mig-<profile>). To "
         "reserve GPUs, label (and taint) their nodes, give a profile a node_selector (and "
         "tolerations) in kubespawner_override, and offer it only to its users with a "
         "profile_list callable in hub.extraConfig.",
@@ -236,6 +242,15 @@ def _gpu_notes(s: Settings, profiles: Profiles) -> list[str]:
         paragraphs.append(f"GPU_DEVICES={s.gpu_devices} is not exported: the device plugin "
                           "offers every GPU of a node; keep GPUs out through its config or "
                           "node labels.")
+    sliced = sorted({p.gpu_slice for p in profiles.profiles if p.gpu_slice})
+    if sliced:
+        paragraphs.append(
+            "MIG: profiles with gpu_slice ask for "
+            + ", ".join(MIG_RESOURCE.format(profile=k) for k in sliced)
+            + ", the names the NVIDIA device plugin advertises under its mixed MIG strategy "
+            "(migStrategy=mixed; with single, every instance is an nvidia.com/gpu and these "
+            "profiles would wait for ever). Partition the nodes' GPUs to match (nvidia-mig-parted "
+            "or the GPU Operator's MIG manager).")
     if any(p.gpus for p in profiles.profiles):
         paragraphs.append("A GPU profile's pod waits (until startTimeout) while no node has a "
                           "free GPU; gpuhub hides GPU profiles on a host without GPUs instead.")

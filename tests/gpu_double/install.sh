@@ -74,8 +74,8 @@ fi
 inventory=${1:-$here/inventory-4.json}
 [ -r "$inventory" ] || die "inventory $inventory not readable"
 install -d -m 0755 "$PREFIX/bin" "$PREFIX/container" "$PREFIX/host" "$ETC" "$VARLIB" "$STATE"
-ngpus=$(/usr/bin/python3 - "$inventory" "$ETC/inventory.tsv" <<'PY'
-import json, sys
+ngpus=$(/usr/bin/python3 - "$inventory" "$ETC/inventory.tsv" "$here/nvidia-container-runtime-hook" <<'PY'
+import importlib.machinery, importlib.util, json, re, sys
 inv = json.load(open(sys.argv[1]))
 gpus = inv["gpus"]
 assert isinstance(gpus, list), "gpus must be a list"
@@ -84,16 +84,20 @@ for g in gpus:
     assert isinstance(g["index"], int) and g["index"] not in seen, "bad/duplicate index %r" % g
     assert str(g["uuid"]).startswith("GPU-"), "uuid must start with GPU-: %r" % g
     assert "\t" not in g.get("name", "") and "\n" not in g.get("name", ""), "bad name %r" % g
+    assert g.get("mig_mode", "[N/A]") in ("Enabled", "Disabled", "[N/A]"), "bad mig_mode %r" % g
+    assert not g.get("mig") or g.get("mig_mode") == "Enabled", "MIG instances need mig_mode Enabled: %r" % g
+    for m in g.get("mig", []):
+        # R470+ names: MIG-<uuid> (the old MIG-GPU-<uuid>/<gi>/<ci> is gone with R470)
+        assert re.fullmatch(r"MIG-[0-9a-f-]+", str(m["uuid"])), "MIG uuid must be MIG-<uuid>: %r" % m
+        assert re.fullmatch(r"[0-9]+g\.[0-9]+gb", str(m["profile"])), "bad MIG profile %r" % m
+        assert isinstance(m["memory_mib"], int), "bad MIG memory_mib %r" % m
     seen.add(g["index"])
 # the same TSV the hook writes into containers, granting all GPUs (host view)
-lines = ["#visible_devices\tall",
-         "#driver_version\t%s" % inv.get("driver_version", "535.183.01"),
-         "#cuda_version\t%s" % inv.get("cuda_version", "12.2")]
-for g in sorted(gpus, key=lambda g: g["index"]):
-    lines.append("%d\t%s\t%s\t%d" % (g["index"], g["uuid"], g.get("name", "Tesla T4"),
-                                      int(g.get("memory_mib", 15360))))
-with open(sys.argv[2], "w") as f:
-    f.write("\n".join(lines) + "\n")
+loader = importlib.machinery.SourceFileLoader("gpu_double_hook", sys.argv[3])
+hook = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+loader.exec_module(hook)
+with open(sys.argv[2], "wb") as f:
+    f.write(hook.to_tsv(inv, "all"))
 print(len(gpus))
 PY
 ) || die "invalid inventory $inventory"

@@ -459,3 +459,69 @@ def test_shared_grants_are_all_candidates_whatever_is_held(config, user, count, 
             alloc.allocate(user, count, held)
     else:
         assert alloc.allocate(user, count, held) == candidates
+
+
+# --- MIG instances: devices like GPUs, asked for by slice size ----------------------------
+
+# GPU 0 partitioned (inventory-mig.json of the double: 3g.20gb, 2g.10gb, 1g.5gb, 1g.5gb), GPU 1 whole.
+A, B, C, D = "MIG-a", "MIG-b", "MIG-c", "MIG-d"
+MIG_DEVICES = [A, B, C, D, "GPU-1"]
+SLICES = {A: "3g.20gb", B: "2g.10gb", C: "1g.5gb", D: "1g.5gb"}
+
+
+def mig_allocator(policy="exclusive", **kw):
+    return GpuAllocator(MIG_DEVICES, policy=policy, slices=SLICES, **kw)
+
+
+def test_a_slice_is_granted_only_instances_of_its_profile_and_never_twice():
+    alloc = mig_allocator()
+    assert alloc.allocate("alice", 1, {}, gpu_slice="1g.5gb") == [C]
+    assert alloc.allocate("bob", 1, {"alice": [C]}, gpu_slice="1g.5gb") == [D]
+    err = refusal_of(alloc, "carol", 1, {"alice": [C], "bob": [D]}, gpu_slice="1g.5gb")
+    assert str(err) == ("all 2 1g.5gb MIG instances you may use are in use (0 free, this "
+                        "profile needs 1); choose the CPU profile or try later")
+    assert err.reason == "gpus_busy"  # so the start waits in line, as for a GPU
+    assert alloc.allocate("carol", 1, {"alice": [C], "bob": [D]}, gpu_slice="3g.20gb") == [A]
+
+
+def test_a_whole_gpu_request_never_gets_a_mig_instance():
+    alloc = mig_allocator()
+    assert alloc.allocate("alice", 1, {}) == ["GPU-1"]
+    err = refusal_of(alloc, "bob", 2, {})
+    assert str(err) == (
+        "you may use at most 1 GPU(s) on this server and this profile asks for 2; choose a "
+        "profile with fewer GPUs (this server's GPUs are partly or wholly MIG instances: "
+        "1g.5gb, 2g.10gb, 3g.20gb; a profile asks for one with gpu_slice)")
+
+
+def test_a_slice_the_server_lacks_is_refused_saying_what_it_has():
+    err = refusal_of(mig_allocator(), "alice", 1, {}, gpu_slice="7g.40gb")
+    assert str(err).endswith("(this server's MIG instances are 1g.5gb, 2g.10gb, 3g.20gb)")
+    assert err.reason == "gpu_limit"
+
+
+def test_an_out_of_service_instance_is_skipped_and_the_last_one_makes_the_start_wait():
+    alloc = mig_allocator()
+    assert alloc.allocate("alice", 1, {}, out_of_service={C}, gpu_slice="1g.5gb") == [D]
+    err = refusal_of(alloc, "alice", 2, {}, out_of_service={C}, gpu_slice="1g.5gb")
+    assert str(err) == ("GPU MIG-c is out of service and this profile needs 2 of the 2 "
+                        "1g.5gb MIG instances you may use; choose the CPU profile or try later")
+
+
+def test_pins_and_limits_hold_for_instances():
+    alloc = mig_allocator(pins={"alice": [D]}, limits={"*": 1})
+    assert alloc.allocate("alice", 1, {}, gpu_slice="1g.5gb") == [D]
+    assert alloc.allocate("bob", 1, {}, gpu_slice="1g.5gb") == [C]  # D is alice's
+    assert refusal_of(alloc, "bob", 2, {}, gpu_slice="1g.5gb").reason == "gpu_limit"
+
+
+def test_shared_and_round_robin_policies_share_instances_of_the_slice():
+    assert mig_allocator("shared").allocate("alice", 1, {}, gpu_slice="1g.5gb") == [C, D]
+    rr = mig_allocator("round-robin")
+    assert rr.allocate("alice", 1, {"bob": [C]}, gpu_slice="1g.5gb") == [D]
+
+
+def refusal_of(allocator, user, count, held, **kw):
+    with pytest.raises(NoGpuAvailable) as info:
+        allocator.allocate(user, count, held, **kw)
+    return info.value

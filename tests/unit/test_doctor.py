@@ -90,3 +90,32 @@ def test_the_report_says_each_fix_and_the_verdict():
                                  "               fix: upgrade"]
     assert json.loads(doctor.report_json(checks))["ready"] is False
     assert doctor.report_text(checks[:1]).endswith("ready for labs")
+
+
+# --- MIG --------------------------------------------------------------------------------------
+
+A100 = "GPU-5b0c7a1e-3f2d-4c8b-9a61-7e2f4d3c1b90"
+LISTED = (f"GPU 0: NVIDIA A100-SXM4-40GB (UUID: {A100})\n"
+          "  MIG 3g.20gb     Device  0: (UUID: MIG-1d4e8f20-6a3b-5c7d-8e9f-0a1b2c3d4e51)\n"
+          "  MIG 1g.5gb      Device  1: (UUID: MIG-3f60a142-8c5d-5e9f-a0b1-2c3d4e5f6a73)\n"
+          f"GPU 1: NVIDIA A100-SXM4-40GB (UUID: {UUID})\n")
+
+
+def test_mig_with_instances_is_fine_and_says_what_labs_get():
+    check = doctor.mig_check(0, f"0, {A100}, Enabled\n1, {UUID}, Disabled\n", LISTED)
+    assert (check.status, check.detail) == (OK, "on (GPU 0: 3g.20gb, 1g.5gb); labs are given "
+                                                "these instances, profiles ask for one with "
+                                                "gpu_slice")
+
+
+def test_a_gpu_in_mig_mode_without_instances_is_a_warning_with_the_fix():
+    check = doctor.mig_check(0, f"0, {A100}, Disabled\n1, {UUID}, Enabled\n", LISTED)
+    assert check.status == WARN
+    assert check.detail == "GPU 1 is in MIG mode with no MIG instance: no lab can use it"
+    assert "nvidia-smi mig -cgi 1g.5gb -C -i 1" in check.fix
+
+
+@pytest.mark.parametrize("modes, detail", [(f"0, {UUID}, [N/A]\n", "off"),
+                                           ("", "not reported (exit 2)")])
+def test_mig_off_or_not_reported(modes, detail):
+    assert doctor.mig_check(2 if not modes else 0, modes, "") == doctor.Check("MIG", OK, detail)

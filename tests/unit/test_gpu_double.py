@@ -24,6 +24,9 @@ from support import gpu_state
 DOUBLE = Path(__file__).resolve().parents[1] / "gpu_double"
 INVENTORY = json.loads((DOUBLE / "inventory-4.json").read_text())
 UUID = [g["uuid"] for g in INVENTORY["gpus"]]  # host order
+MIG_INVENTORY = json.loads((DOUBLE / "inventory-mig.json").read_text())
+MIG_GPU = [g["uuid"] for g in MIG_INVENTORY["gpus"]]
+MIG = [m["uuid"] for m in MIG_INVENTORY["gpus"][0]["mig"]]  # 3g.20gb, 2g.10gb, 1g.5gb, 1g.5gb
 TOTAL = 15360
 SAMPLER_GPUS = ("--query-gpu=index,uuid,name,utilization.gpu,memory.used,memory.total",
                 "--format=csv,noheader,nounits")
@@ -62,9 +65,10 @@ def state(tmp_path) -> Path:
 def smi(tmp_path, hook, state):
     """Run the fake nvidia-smi as in a container granted ``visible`` (the hook's TSV)."""
 
-    def run(*args: str, visible: str = "all", check: bool = True) -> subprocess.CompletedProcess:
+    def run(*args: str, visible: str = "all", check: bool = True,
+            inventory_json: dict = INVENTORY) -> subprocess.CompletedProcess:
         inventory = tmp_path / "gpus.tsv"
-        inventory.write_bytes(hook.to_tsv(INVENTORY, visible))
+        inventory.write_bytes(hook.to_tsv(inventory_json, visible))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "GPUHUB_FAKE_GPUS_FILE": str(inventory), "GPUHUB_FAKE_GPU_STATE": str(state)}
         done = subprocess.run(["sh", str(DOUBLE / "nvidia-smi"), *args], env=env,
@@ -212,13 +216,14 @@ def test_bind_mount_command_finds_util_linux_without_a_path(hook, monkeypatch):
     assert cmd[2] == "17"
 
 
-def _bundle(tmp_path: Path, hook, monkeypatch) -> tuple[Path, dict]:
+def _bundle(tmp_path: Path, hook, monkeypatch,
+            inventory_json: dict = INVENTORY) -> tuple[Path, dict]:
     bundle = tmp_path / "bundle"
     (bundle / "rootfs" / "etc").mkdir(parents=True)
     (bundle / "config.json").write_text(json.dumps(
         {"root": {"path": "rootfs"}, "process": {"env": ["NVIDIA_VISIBLE_DEVICES=1"]}}))
     inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps(INVENTORY))
+    inventory.write_text(json.dumps(inventory_json))
     monkeypatch.setattr(hook, "INVENTORY", str(inventory))
     monkeypatch.setattr(hook, "STATE_DIR", str(tmp_path / "host" / "state"))
     monkeypatch.setattr(os, "fchown", lambda *a: None)  # the hook runs as root; tests need not
@@ -365,9 +370,10 @@ def test_a_lost_gpu_is_reported_as_the_real_tool_does_and_the_rest_still_read(sm
 # --- the hook refuses what the real toolkit refuses ----------------------------------------
 
 
-def _refusal(tmp_path, hook, monkeypatch, capsys, visible: str, *state_lines: str):
+def _refusal(tmp_path, hook, monkeypatch, capsys, visible: str, *state_lines: str,
+             inventory_json: dict = INVENTORY):
     shutil.rmtree(tmp_path / "bundle", ignore_errors=True)
-    bundle, oci_state = _bundle(tmp_path, hook, monkeypatch)
+    bundle, oci_state = _bundle(tmp_path, hook, monkeypatch, inventory_json)
     (bundle / "config.json").write_text(json.dumps(
         {"root": {"path": "rootfs"}, "process": {"env": [f"NVIDIA_VISIBLE_DEVICES={visible}"]}}))
     (tmp_path / "host" / "state").mkdir(parents=True, exist_ok=True)
@@ -396,7 +402,7 @@ def test_the_hook_accepts_what_the_real_cli_selects(tmp_path, hook, monkeypatch,
 def test_the_hook_fails_the_start_on_an_unknown_device_as_the_real_cli(
         tmp_path, hook, monkeypatch, capsys, visible, unknown):
     """The real CLI: `<dev>: unknown device` (select_devices), exit 1: runc fails the start.
-    The double's inventory has no MIG instances, so MIG forms are unknown too."""
+    inventory-4.json has no MIG instances, so MIG forms are unknown there."""
     code, err, injected = _refusal(tmp_path, hook, monkeypatch, capsys, visible)
     assert (code, injected) == (1, False)
     assert err == f"nvidia-container-cli: device error: {unknown}: unknown device\n"
@@ -592,3 +598,80 @@ def test_a_swarm_node_on_toolkit_1_18_ignores_swarms_grant(tmp_path, monkeypatch
     runtime.add_hook(str(bundle))
     env = json.loads((bundle / "config.json").read_text())["hooks"]["prestart"][0]["env"]
     assert ("GPUHUB_GPU_DOUBLE_SWARM_RESOURCE=DOCKER_RESOURCE_NVIDIA-GPU" in env) is passed
+
+
+# --- MIG (inventory-mig.json: GPU 0 in MIG mode with 4 instances, GPU 1 whole) -----------
+
+
+def test_mig_instances_are_listed_under_their_gpu_as_the_real_tool_prints_them(smi):
+    """R470+ `nvidia-smi -L`: each instance indented under its GPU, the profile padded to
+    the column the real tool uses (DataDog/datadog-agent#33120, instaslice's README)."""
+    assert lines(smi("-L", inventory_json=MIG_INVENTORY)) == [
+        f"GPU 0: NVIDIA A100-SXM4-40GB (UUID: {MIG_GPU[0]})",
+        f"  MIG 3g.20gb     Device  0: (UUID: {MIG[0]})",
+        f"  MIG 2g.10gb     Device  1: (UUID: {MIG[1]})",
+        f"  MIG 1g.5gb      Device  2: (UUID: {MIG[2]})",
+        f"  MIG 1g.5gb      Device  3: (UUID: {MIG[3]})",
+        f"GPU 1: NVIDIA A100-SXM4-40GB (UUID: {MIG_GPU[1]})"]
+
+
+def test_query_gpu_lists_whole_gpus_with_mig_mode_and_no_utilisation_in_mig_mode(smi, state):
+    """--query-gpu never lists instances; NVML has no utilisation for a GPU in MIG mode
+    (NVIDIA/go-nvml#57, utkuozdemir/nvidia_gpu_exporter#203): [N/A], and no unit after it."""
+    write_state(state, f"gpu\t{MIG_GPU[0]}\t85\t1024", f"gpu\t{MIG_GPU[1]}\t40\t2048")
+    out = lines(smi("--query-gpu=index,uuid,utilization.gpu,utilization.memory,memory.used,"
+                    "memory.total,mig.mode.current", "--format=csv,noheader",
+                    inventory_json=MIG_INVENTORY))
+    assert out == [f"0, {MIG_GPU[0]}, [N/A], [N/A], 1024 MiB, 40960 MiB, Enabled",
+                   f"1, {MIG_GPU[1]}, 40 %, 0 %, 2048 MiB, 40960 MiB, Disabled"]
+
+
+@pytest.mark.parametrize("visible, shown", [
+    (MIG[2], [2]), (MIG[2].upper(), [2]), ("0:2", [2]), (f"0:3,{MIG[0]}", [0, 3]),
+])
+def test_a_container_given_mig_instances_sees_only_them_under_their_gpu(smi, visible, shown):
+    """select_mig_device adds the instance and its parent GPU: the container lists the
+    parent and only its own instances, numbered from 0 (a pod given one 1g.5gb, instaslice's
+    README)."""
+    assert lines(smi("-L", visible=visible, inventory_json=MIG_INVENTORY)) == [
+        f"GPU 0: NVIDIA A100-SXM4-40GB (UUID: {MIG_GPU[0]})"] + [
+        f"  MIG {MIG_INVENTORY['gpus'][0]['mig'][k]['profile']:<11} Device {n:2d}: (UUID: {MIG[k]})"
+        for n, k in enumerate(shown)]
+
+
+def test_a_whole_gpu_in_mig_mode_shows_no_instance(smi):
+    assert lines(smi("-L", visible="0", inventory_json=MIG_INVENTORY)) == [
+        f"GPU 0: NVIDIA A100-SXM4-40GB (UUID: {MIG_GPU[0]})"]
+
+
+@pytest.mark.parametrize("visible", [MIG[1], MIG[3].upper(), "0:0", "0:3", f"1,{MIG[2]}", "all"])
+def test_the_hook_accepts_mig_instances_as_the_real_cli(tmp_path, hook, monkeypatch, capsys,
+                                                        visible):
+    """select_mig_device: a MIG UUID in any case, or <gpu index>:<MIG index>."""
+    assert _refusal(tmp_path, hook, monkeypatch, capsys, visible,
+                    inventory_json=MIG_INVENTORY) == (0, "", True)
+
+
+@pytest.mark.parametrize("visible", [
+    f"MIG-{MIG_GPU[0]}/1/0", "0:4", "1:0", "2:0", MIG[0][:20], "0:1:2", "0:x",
+])
+def test_the_hook_refuses_the_old_mig_form_and_unknown_instances(tmp_path, hook, monkeypatch,
+                                                                  capsys, visible):
+    """R470+ drivers name instances MIG-<uuid>: the old MIG-GPU-<uuid>/<gi>/<ci> is an
+    unknown device (NVIDIA/nvidia-container-toolkit#203); so is an index past the GPU's
+    instances or a GPU without any."""
+    code, err, injected = _refusal(tmp_path, hook, monkeypatch, capsys, visible,
+                                   inventory_json=MIG_INVENTORY)
+    assert (code, injected) == (1, False)
+    assert err == f"nvidia-container-cli: device error: {visible}: unknown device\n"
+
+
+def test_the_cdi_spec_names_mig_instances_by_index_and_uuid(tmp_path, monkeypatch, capsys):
+    runtime = load_runtime()
+    assert {"0:0", "0:3", MIG[2]} <= runtime.cdi_names(MIG_INVENTORY)
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(MIG_INVENTORY))
+    monkeypatch.setattr(runtime, "INVENTORY", str(inventory))
+    with pytest.raises(SystemExit):
+        runtime.to_cdi(str(_gpu_request_bundle(tmp_path, "0:4")))
+    assert capsys.readouterr().err == "unresolvable CDI devices nvidia.com/gpu=0:4\n"

@@ -271,3 +271,52 @@ def test_the_watch_applies_the_readings_and_the_admins_requests(tmp_path, monkey
     assert asked == [GPUS[1]] and samples["taken_at"] == 30.0
     assert sorted(state.apply_fault_news(asked, samples, 31.0, logging.getLogger())) == sorted(GPUS)
     assert state.out_of_service.devices() == set()
+
+
+# --- MIG: an instance is read as its parent GPU ----------------------------------------------
+
+
+def test_a_mig_instance_follows_its_parent_gpu_in_and_out_of_service():
+    """nvidia-smi --query-gpu lists whole GPUs only: an instance is never in a reading
+    itself. A reading with an error that still reads its parent leaves it in service; one
+    that leaves the parent out takes it out; the parent read again brings it back."""
+    parents = {"MIG-a": "GPU-p", "MIG-b": "GPU-p"}
+    devices = ["MIG-a", "MIG-b", "GPU-w"]
+    error = "nvidia-smi exited 15: Unable to determine the device handle"
+    out = OutOfService()
+    # A GPU outside the inventory is lost: the reading has an error, ours all read.
+    parent_read = {"taken_at": 100.0, "error": error,
+                   "gpus": [{"uuid": "GPU-p"}, {"uuid": "GPU-w"}]}
+    assert out.from_readings(devices, parent_read, 5, 100.0, parents) == ([], [])
+    # Without the mapping every instance looked unreadable (the bug this guards).
+    taken, _ = OutOfService().from_readings(devices, parent_read, 5, 100.0)
+    assert [e.device for e in taken] == ["MIG-a", "MIG-b"]
+    parent_lost = {"taken_at": 110.0, "error": error, "gpus": [{"uuid": "GPU-w"}]}
+    taken, _ = out.from_readings(devices, parent_lost, 5, 110.0, parents)
+    assert [e.device for e in taken] == ["MIG-a", "MIG-b"]
+    again = {"taken_at": 120.0, "error": "", "gpus": [{"uuid": "GPU-p"}, {"uuid": "GPU-w"}]}
+    assert out.from_readings(devices, again, 5, 120.0, parents) == ([], ["MIG-a", "MIG-b"])
+
+
+def test_the_hub_hands_the_instances_parents_to_its_fault_watch(tmp_path):
+    parent = "GPU-5b0c7a1e-3f2d-4c8b-9a61-7e2f4d3c1b90"
+    inventory = [Gpu("0:0", "MIG-1d4e8f20", "A100 MIG 1g.5gb", 5120, parent, "1g.5gb"),
+                 Gpu("1", GPUS[1])]
+    c = Config()
+    apply_config(c, validate({}), env={"GPUHUB_GPU_INVENTORY": to_json(inventory)},
+                 data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path))
+    spawner = user_spawner(c)
+    assert spawner.gpu_state.parents == {"MIG-1d4e8f20": parent}
+
+
+@pytest.mark.parametrize("error, device", [
+    ("stderr: nvidia-container-cli: device error: MIG-3f60a142-8c5d: unknown device: unknown",
+     "MIG-3f60a142-8c5d"),
+    ("stderr: nvidia-container-cli: device error: 0:4: unknown device: unknown", "0:4"),
+    ("OCI runtime create failed: unresolvable CDI devices nvidia.com/gpu=0:4: unknown", "0:4"),
+    ("OCI runtime create failed: unresolvable CDI devices nvidia.com/gpu=MIG-3f60a142-8c5d",
+     "MIG-3f60a142-8c5d"),
+])
+def test_a_refused_mig_instance_is_named_whole(error, device):
+    """A MIG instance's ID may hold a ":" (0:4): cut at it, GPU 0 would go out of service."""
+    assert nvidia_refusal(error).device == device

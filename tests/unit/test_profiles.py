@@ -330,3 +330,50 @@ def test_images_put_the_default_first_without_duplicates():
 """
     assert profiles(text).images("lab:base") == ["lab:base", "lab:cuda"]
     assert profiles(text).images("lab:other") == ["lab:other", "lab:cuda", "lab:base"]
+
+
+# --- gpu_slice: MIG instances of one size ----------------------------------------------------
+
+SLICED = THREE + """
+- display_name: Small slice
+  slug: mig-small
+  gpus: 1
+  gpu_slice: 1g.5gb
+"""
+
+
+def test_a_profile_asks_for_mig_instances_with_gpu_slice():
+    small = profiles(SLICED).by_slug("mig-small")
+    assert (small.gpus, small.gpu_slice) == (1, "1g.5gb")
+    assert profiles(SLICED).by_slug("gpu1").gpu_slice == ""
+    assert "(1× MIG 1g.5gb)" in profiles(SLICED).options_form()
+
+
+@pytest.mark.parametrize("value, says", [
+    ("1g", "gpu_slice must be a MIG profile as `nvidia-smi -L` names it, such as 1g.5gb"),
+    ("MIG-1g.5gb", "gpu_slice must be a MIG profile"),
+    (5, "gpu_slice must be a MIG profile"),
+])
+def test_a_gpu_slice_that_is_no_mig_profile_is_refused(value, says):
+    assert says in error(f"- display_name: X\n  gpus: 1\n  gpu_slice: {value}\n")
+
+
+def test_a_gpu_slice_without_gpus_is_refused():
+    assert error("- display_name: X\n  gpu_slice: 1g.5gb\n") == (
+        "test.yaml: profile 1 ('X'): gpu_slice '1g.5gb' needs gpus: 1 (or more): the number "
+        "of MIG instances of that size")
+
+
+def test_a_host_shows_the_profiles_its_devices_can_serve_by_kind():
+    # GPU 0 as 4 instances, GPU 1 whole: the two-GPU profile cannot be served.
+    usable = profiles(SLICED).usable(5, {"": 1, "1g.5gb": 2, "3g.20gb": 1})
+    assert [p.slug for p in usable.profiles] == ["cpu", "gpu1", "mig-small"]
+    only_mig = profiles(SLICED).usable(4, {"1g.5gb": 4})
+    assert [p.slug for p in only_mig.profiles] == ["cpu", "mig-small"]
+
+
+def test_the_form_counts_free_devices_of_each_profiles_kind():
+    form = profiles(SLICED).options_form(free=3, total=5, kinds={"": (1, 1), "1g.5gb": (2, 4)})
+    assert "<strong>1 GPU</strong> — 1 of 1 free" in form
+    assert "<strong>Small slice</strong> (1× MIG 1g.5gb) — 2 of 4 free" in form
+    assert "<strong>2 GPUs</strong> — 1 of 1 free" in form  # whole GPUs only, as before

@@ -7,6 +7,7 @@ import pytest
 from dockerspawner import DockerSpawner
 from traitlets.config import Config
 
+from gpuhub.core.allocator import NoGpuAvailable
 from gpuhub.core.gpus import Gpu, to_json
 from gpuhub.core.settings import validate
 from gpuhub.hub.hubconfig import apply_config
@@ -442,3 +443,62 @@ def test_no_lab_starts_while_the_labs_memory_limit_is_not_in_place(tmp_path, mon
     assert "memory limit" in info.value.log_message and "invoke up" in info.value.log_message
     assert calls[-1]["filters"]["label"][-1] == "com.docker.compose.service=lab-memory"
     assert spawner.gpu_ids == [] and spawner.gpu_state.grants.held() == {}
+
+
+# --- MIG: a profile's gpu_slice is granted an instance of that size ---------------------------
+
+A100 = "GPU-5b0c7a1e-3f2d-4c8b-9a61-7e2f4d3c1b90"
+MIG_INVENTORY = [Gpu("0:0", "MIG-1d4e8f20-6a3b-5c7d-8e9f-0a1b2c3d4e51", "A100 MIG 3g.20gb", 20480,
+                     A100, "3g.20gb"),
+                 Gpu("0:1", "MIG-3f60a142-8c5d-5e9f-a0b1-2c3d4e5f6a73", "A100 MIG 1g.5gb", 5120,
+                     A100, "1g.5gb"),
+                 Gpu("1", "GPU-6c1d8b2f-4e3a-4d9c-ab72-8f3e5d4c2ca1", "A100", 40960)]
+MIG_PROFILES = """
+- display_name: CPU
+  slug: cpu
+- display_name: Whole GPU
+  slug: gpu
+  gpus: 1
+- display_name: Small slice
+  slug: small
+  gpus: 1
+  gpu_slice: 1g.5gb
+"""
+
+
+def mig_spawner(tmp_path, name: str, profile: str) -> GpuDockerSpawner:
+    (tmp_path / "profiles.yaml").write_text(MIG_PROFILES)
+    c = Config()
+    apply_config(c, validate({}), env={"GPUHUB_GPU_INVENTORY": to_json(MIG_INVENTORY)},
+                 data_dir=tmp_path, secrets_dir=secrets_dir(tmp_path),
+                 profiles_path=tmp_path / "profiles.yaml")
+    spawner = make_spawner(c, name)
+    spawner.user_options = {"profile": profile}
+    return spawner
+
+
+def test_the_hub_config_names_the_mig_instances_and_their_profiles(tmp_path):
+    spawner = mig_spawner(tmp_path, "alice", "small")
+    assert spawner.gpu_inventory == [g.uuid for g in MIG_INVENTORY]
+    assert spawner.gpu_slices == {MIG_INVENTORY[0].uuid: "3g.20gb",
+                                  MIG_INVENTORY[1].uuid: "1g.5gb"}
+
+
+@pytest.mark.parametrize("profile, granted", [("small", MIG_INVENTORY[1].uuid),
+                                              ("gpu", MIG_INVENTORY[2].uuid)])
+def test_a_slice_profile_gets_an_instance_and_a_gpu_profile_a_whole_gpu(tmp_path, profile,
+                                                                        granted):
+    spawner = mig_spawner(tmp_path, "alice", profile)
+    chosen = spawner.resolve_profile()
+    assert spawner.grant_gpus(chosen, {}) == [granted]
+    spawner.gpu_ids = [granted]
+    assert spawner.get_env()["NVIDIA_VISIBLE_DEVICES"] == granted
+    assert spawner.gpu_host_config()["device_requests"][0]["DeviceIDs"] == [granted]
+
+
+def test_the_one_small_slice_held_makes_the_next_start_wait_as_for_a_gpu(tmp_path):
+    spawner = mig_spawner(tmp_path, "bob", "small")
+    with pytest.raises(NoGpuAvailable) as info:
+        spawner.grant_gpus(spawner.resolve_profile(), {"alice": [MIG_INVENTORY[1].uuid]})
+    assert info.value.reason == "gpus_busy"
+    assert "1g.5gb MIG instances you may use are in use" in str(info.value)

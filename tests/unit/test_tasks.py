@@ -1,6 +1,8 @@
 """Invoke tasks with MockContext: the exact commands, and the one-line errors before Docker."""
 
 import copy
+import importlib.machinery
+import importlib.util
 import io
 import json
 import re
@@ -479,6 +481,56 @@ def test_a_failing_nvidia_smi_stops_invoke_up_with_its_own_words(env_file, fake_
     assert_one_line_error(info, "nvidia-smi failed (Failed to initialize NVML: Driver/library "
                                 "version mismatch; NVML library version: 570.124)",
                           "GPU_DEVICES=none")
+
+
+@pytest.fixture
+def double_nvidia_smi(tmp_path, monkeypatch):
+    """The NVIDIA test double's own nvidia-smi on PATH, as the host of ``inventory`` sees it."""
+
+    def install(inventory: str, state: str = ""):
+        double = Path(__file__).resolve().parents[1] / "gpu_double"
+        loader = importlib.machinery.SourceFileLoader(
+            "gpu_double_hook_for_tasks", str(double / "nvidia-container-runtime-hook"))
+        hook = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        loader.exec_module(hook)
+        tsv = tmp_path / "inventory.tsv"
+        tsv.write_bytes(hook.to_tsv(json.loads((double / inventory).read_text()), "all"))
+        (tmp_path / "gpus.tsv").write_text(state)
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        script = bin_dir / "nvidia-smi"
+        script.write_text(f"#!/bin/sh\nGPUHUB_FAKE_GPUS_FILE={tsv} "
+                          f"GPUHUB_FAKE_GPU_STATE={tmp_path / 'gpus.tsv'} "
+                          f"exec sh {double / 'nvidia-smi'} \"$@\"\n")
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+
+    return install
+
+
+MIG_DOUBLE = json.loads((Path(__file__).resolve().parents[1] / "gpu_double"
+                         / "inventory-mig.json").read_text())["gpus"]
+
+
+def test_detect_gpus_hands_out_the_mig_instances_of_a_gpu_in_mig_mode(env_file, double_nvidia_smi):
+    """On the double's MIG inventory: GPU 0's four instances, then GPU 1 whole; never GPU 0."""
+    double_nvidia_smi("inventory-mig.json")
+    found = composestack.detect_gpus(project_mod.load())
+    assert [(g.index, g.device_id, g.parent, g.mig_profile) for g in found] == [
+        (f"0:{i}", m["uuid"], MIG_DOUBLE[0]["uuid"], m["profile"])
+        for i, m in enumerate(MIG_DOUBLE[0]["mig"])] + [("1", MIG_DOUBLE[1]["uuid"], "", "")]
+
+
+def test_detect_gpus_applies_gpu_devices_to_mig_instances(env_file, double_nvidia_smi):
+    env_file(GPU_DEVICES=f"0:2,{MIG_DOUBLE[0]['mig'][0]['uuid']}")
+    double_nvidia_smi("inventory-mig.json")
+    assert [g.device_id for g in composestack.detect_gpus(project_mod.load())] == [
+        MIG_DOUBLE[0]["mig"][2]["uuid"], MIG_DOUBLE[0]["mig"][0]["uuid"]]
+
+
+def test_detect_gpus_on_the_doubles_t4s_has_no_mig(env_file, double_nvidia_smi):
+    double_nvidia_smi("inventory-4.json")
+    assert [g.index for g in composestack.detect_gpus(project_mod.load())] == ["0", "1", "2", "3"]
 
 
 def test_gpu_devices_none_never_runs_nvidia_smi(env_file, fake_nvidia_smi, capsys):

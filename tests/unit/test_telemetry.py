@@ -405,3 +405,70 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temp_file(tmp_path, mo
         files.write_atomically(path, "new")
     assert path.read_text() == "old" and path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["gpu-line.json"]
+
+
+# --- MIG: instances under their parent; what nvidia-smi cannot tell stays unknown ------------
+
+PARENT = "GPU-5b0c7a1e-3f2d-4c8b-9a61-7e2f4d3c1b90"
+SMALL, BIG = "MIG-3f60a142-8c5d-5e9f-a0b1-2c3d4e5f6a73", "MIG-1d4e8f20-6a3b-5c7d-8e9f-0a1b2c3d4e51"
+A100 = "NVIDIA A100-SXM4-40GB"
+MIG_INVENTORY = [Gpu("0:0", BIG, f"{A100} MIG 3g.20gb", 20480, PARENT, "3g.20gb"),
+                 Gpu("0:1", SMALL, f"{A100} MIG 1g.5gb", 5120, PARENT, "1g.5gb"),
+                 Gpu("1", B, A100, 40960)]
+
+
+def test_the_sampler_reads_a_gpu_in_mig_mode_as_the_double_prints_it():
+    # The double's --query-gpu line for GPU 0 of inventory-mig.json (nounits).
+    line = f"0, {PARENT}, {A100}, [N/A], 3000, 40960\n"
+    assert [(g["uuid"], g["utilisation"], g["memory_used_mib"])
+            for g in sampler.parse_gpus(line)] == [(PARENT, None, 3000)]
+
+
+def test_a_mig_instance_has_no_utilisation_and_its_holder_the_memory_of_its_processes():
+    doc = samples(gpus=[{**sampled(PARENT, None, 3000), "utilisation": None},
+                        sampled(B, 50, 100, index="1")],
+                  processes=[{"gpu_uuid": PARENT, "pid": 7, "used_mib": 1200, "container": LAB_A},
+                             {"gpu_uuid": PARENT, "pid": 8, "used_mib": 1800, "container": LAB_B}])
+    labs = [lab(LAB_A, "alice", [SMALL], profile="small"), lab(LAB_B, "bob", [BIG])]
+    rows = report(MIG_INVENTORY, labs, "exclusive", doc, now=1000.0)
+    small = rows[1]
+    assert (small["gpu"], small["parent"], small["parent_gpu"], small["mig_profile"]) == (
+        "0:1", PARENT, "0", "1g.5gb")
+    assert small["utilisation"] is None and small["idle_seconds"] is None  # never "idle"
+    assert [(h["user"], h["memory_used_mib"]) for h in small["holders"]] == [("alice", 1200)]
+    assert small["memory_used_mib"] == 1200 and rows[0]["memory_used_mib"] == 1800
+    assert small["parent_memory_used_mib"] == 3000  # the whole GPU's, as nvidia-smi reads it
+    assert rows[2]["utilisation"] == 50 and "parent" not in rows[2]
+
+
+def test_without_processes_an_instances_memory_is_unknown():
+    doc = samples(gpus=[sampled(PARENT, None, 3000)])
+    row = report(MIG_INVENTORY, [lab(LAB_A, "alice", [SMALL])], "exclusive", doc, now=1000.0)[1]
+    assert row["holders"][0]["memory_used_mib"] is None and row["memory_used_mib"] is None
+
+
+def test_the_text_table_lists_instances_under_their_gpu_with_unknown_utilisation():
+    doc = samples(gpus=[sampled(PARENT, None, 3000)])
+    rows = report(MIG_INVENTORY, [lab(LAB_A, "alice", [SMALL], profile="small")], "exclusive",
+                  doc, now=1000.0)
+    lines = as_text(rows).splitlines()
+    assert lines[1].split() == ["0", *A100.split(), "(MIG", "mode)", "-", "-", "unknown",
+                                "3000", "/", "15360", "MiB", "-", "exclusive"]
+    assert lines[2].split()[:4] == ["0:0", "MIG", "3g.20gb", "free"]
+    assert lines[3].split()[:5] == ["0:1", "MIG", "1g.5gb", "alice", "(small)"]
+    assert "unknown" in lines[3] and "? / 5120 MiB" in lines[3]
+    assert lines[2].startswith("  0:0") and lines[4].startswith("1 ")
+
+
+def test_metrics_name_each_mig_instance_with_its_parent_and_profile():
+    rows = report(MIG_INVENTORY, [], "exclusive", None)
+    board = telemetry.GpuBoard(lambda: (lambda: telemetry.Board(
+        rows=rows, labs_per_profile={}, problem="", taken_at=1000.0, sampled=True), 3600.0))
+    board.latest()
+    registry = CollectorRegistry()
+    registry.register(telemetry.BoardCollector(board))
+    text = generate_latest(registry).decode()
+    assert (f'gpuhub_gpu_mig_instance{{gpu="0:1",model="{A100} MIG 1g.5gb",parent="{PARENT}",'
+            f'profile="1g.5gb",uuid="{SMALL}"}} 1.0') in text
+    assert 'gpuhub_gpu_mig_instance{gpu="1"' not in text
+    assert 'gpuhub_gpu_utilisation_percent{gpu="0:1"' not in text  # unknown, not 0

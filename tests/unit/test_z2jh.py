@@ -425,3 +425,36 @@ def test_oidc_login_is_exported_with_the_providers_endpoints_and_no_secret(asser
     assert oauth["allowed_groups"] == ["gpu-users"] and oauth["manage_groups"] is True
     assert "client_secret" not in oauth
     assert "/hub/oauth_callback as a redirect URI of the client gpuhub" in text.replace("\n# ", " ")
+
+
+MIG_PROFILES_YAML = """
+- display_name: CPU
+  slug: cpu
+- display_name: Small slice
+  slug: small
+  gpus: 1
+  gpu_slice: 1g.5gb
+- display_name: Two big slices
+  slug: big
+  gpus: 2
+  gpu_slice: 3g.20gb
+"""
+
+
+def test_a_mig_profile_asks_for_the_device_plugins_mixed_strategy_resource(assert_valid):
+    """k8s-device-plugin v0.7.0+, migStrategy=mixed: nvidia.com/mig-<profile> per profile."""
+    values = exported(Profiles.from_yaml(MIG_PROFILES_YAML))
+    assert_valid(values)
+    _, small, big = (p["kubespawner_override"] for p in values["singleuser"]["profileList"])
+    assert small["extra_resource_limits"] == small["extra_resource_guarantees"] == {
+        "nvidia.com/mig-1g.5gb": "1"}
+    assert big["extra_resource_limits"] == {"nvidia.com/mig-3g.20gb": "2"}
+    assert "NVIDIA_VISIBLE_DEVICES" not in small["environment"]
+
+
+def test_mig_profiles_say_which_device_plugin_strategy_they_need():
+    text = z2jh.render(validate({}), Profiles.from_yaml(MIG_PROFILES_YAML))
+    said = " ".join(line.lstrip("# ").strip() for line in text.splitlines())
+    assert ("MIG: profiles with gpu_slice ask for nvidia.com/mig-1g.5gb, nvidia.com/mig-3g.20gb, "
+            "the names the NVIDIA device plugin advertises under its mixed MIG strategy") in said
+    assert "MIG: profiles with gpu_slice" not in z2jh.render(validate({}), SHIPPED_PROFILES)
