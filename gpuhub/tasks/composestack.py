@@ -413,8 +413,8 @@ def status(c, project) -> None:
                                         {x[:12] for x in services}], now))
     print()
     running = [i for i in inspected if i["Id"][:12] in {x[:12] for x in labs}]
-    print(status_tables.labs_table(running, now, image_ids(c, {i["Config"]["Image"]
-                                                               for i in running})))
+    print(status_tables.labs_table(running, now, image_ids(c, {i["Config"].get("Image", "")
+                                                               for i in running} - {""})))
 
 
 def image_ids(c, images: set[str]) -> dict[str, str]:

@@ -17,6 +17,8 @@ OOM_PROBE = ("docker run --rm --network none --oom-score-adj -500 --entrypoint c
 DISK_PROBE = ("docker run --rm --network none --storage-opt "
               f"size={20 * 1024 ** 3} --entrypoint true gpuhub-lab:latest")
 HOST_PROBES = [OOM_PROBE, DISK_PROBE]
+HUBDB_CURRENT = ('{"state": "current", "revision": "f460b0348206", "head": "f460b0348206", '
+                 '"jupyterhub": "6.1.1"}')
 
 
 def labs_bridge_check(project: str = "gpuhub") -> str:
@@ -62,6 +64,9 @@ def docker_context(*pairs, running: bool, **defaults: Result) -> MockContext:
         f'[{{"IPAM": {{"Config": [{{"Subnet": "{PROBE_SUBNET}"}}]}}}}]'))
     results.setdefault(re.compile(r"^docker network inspect "), Result(
         stderr="Error: No such network", exited=1))
+    # The hub database is at the hub image's schema (gpuhub.tasks.hubdatabase).
+    results.setdefault(re.compile(r".* -m gpuhub\.services\.hubdb check$"), Result(
+        HUBDB_CURRENT + "\n"))
     results[re.compile(".*", re.DOTALL)] = Result()
     return MockContext(run=results, repeat=True)
 

@@ -33,3 +33,14 @@ def assert_one_line_error(failure, *fragments: str, code: int = 1) -> None:
     for fragment in fragments:
         assert fragment in message, shown
     assert exited == code, (exited, shown)
+
+
+def hub_database_check(env_path: str | PathLike, overrides: Iterable[str] = (),
+                       project: str = "gpuhub", image: str = "gpuhub-hub:latest") -> list[str]:
+    """The commands `invoke up` asks with whether the hub database fits the hub image
+    (gpuhub.tasks.hubdatabase): no hub container yet, so it asks the image."""
+    volume = f"{project}_hub-data"
+    return [f"docker volume inspect {volume}", compose(env_path, "ps -aq hub", overrides),
+            f"docker image inspect -f '{{{{.Id}}}}' {image}", f"docker volume inspect {volume}",
+            f"docker run --rm --network none -e DATABASE_URL -v {volume}:/srv/jupyterhub/data "
+            f"{image} python3 -m gpuhub.services.hubdb check"]

@@ -32,7 +32,7 @@ from support.mock_docker import (
     labs_network_setup,
     remove_firewall_rules,
 )
-from support.tasks import assert_one_line_error, compose
+from support.tasks import assert_one_line_error, compose, hub_database_check
 
 ROOT = project_mod.ROOT
 USERCLI = "python3 -m gpuhub.services.usercli"
@@ -229,7 +229,7 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
         DOCKER_INFO, COMPOSE_VERSION, compose(path, "ps --status running --quiet hub"),
         compose(path, "ps --status running --quiet proxy"),
         labs_bridge_check(), HUB, DOCKER_PROXY, LAB_FIREWALL, LAB, DOCKER_MEMORY,
-        *labs_network_setup(), CGROUP_INFO, *HOST_PROBES, up, exists,
+        *labs_network_setup(), CGROUP_INFO, *HOST_PROBES, *hub_database_check(path), up, exists,
     ]
     env = call_for(c, up).kwargs["env"]
     assert env["GPUHUB_LABS_BRIDGE"] == "gpuhub-labs"
@@ -412,7 +412,9 @@ def test_up_stops_a_helper_switched_off_since_the_last_up(env_file, free_port, n
                  ["docker-compose.no-lab-firewall.yml", "docker-compose.gpu-sampler.yml"])
     labs = "docker ps -q --filter label=gpuhub.project=gpuhub"
     assert commands(c)[4:] == [listed, "docker stop -t 30 a1b2", "docker rm -f a1b2", labs,
-                               remove_firewall_rules(), DOCKER_MEMORY, CGROUP_INFO, *HOST_PROBES, up]
+                               remove_firewall_rules(), DOCKER_MEMORY, CGROUP_INFO, *HOST_PROBES,
+                               *hub_database_check(path, ["docker-compose.no-lab-firewall.yml"]),
+                               up]
     assert labs_bridge_check() not in commands(c), "no firewall: any bridge name will do"
 
 
@@ -991,6 +993,6 @@ def test_status_is_two_short_tables(env_file, capsys):
     assert out[0].split() == ["SERVICE", "STATE", "HEALTH", "SINCE"]
     assert out[1].split()[:5] == ["hub", "running", "healthy", "2026-12-01", "20:00"]
     assert out[2].split()[:4] == ["proxy", "exited", "-", "2026-12-01"]
-    assert out[4].split() == ["USER", "PROFILE", "GPUS", "SINCE"]
+    assert out[4].split() == ["USER", "PROFILE", "GPUS", "SINCE", "IMAGE"]
     assert out[5].split()[:5] == ["bob", "gpu1", "GPU-aaa", "2026-12-01", "21:00"]
     assert max(len(line) for line in out) < 80
