@@ -64,9 +64,8 @@ class Hub:
     @property
     def db(self):
         if self._db is None:
+            import jupyterhub.orm as orm
             from nativeauthenticator.orm import UserInfo  # noqa: F401  (registers the table)
-
-            from jupyterhub import orm
             self._db = orm.new_session_factory(self.db_url)()
         return self._db
 
