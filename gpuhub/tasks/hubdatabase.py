@@ -143,3 +143,26 @@ def _restart_old(c, project, env: dict, was_running: bool) -> None:
     if was_running:
         c.run(project.compose("up -d --no-deps --no-recreate --wait --wait-timeout 180 hub"),
               env=env, hide=True, warn=True)
+
+
+def refuse_unless_current(c, project) -> None:
+    """Swarm mode: `invoke up` does not migrate there yet; a database the new hub image
+    cannot open is refused before the stack is deployed (the hub would restart over and
+    over), with the steps that do it by hand."""
+    if not project.settings.database_url and c.run(
+            f"docker volume inspect {shlex.quote(names.hub_data_volume(project.name))}",
+            hide=True, warn=True).failed:
+        return
+    found = check(c, project)
+    if found["state"] in (names.HUB_DB_EMPTY, names.HUB_DB_CURRENT):
+        return
+    if found["state"] == names.HUB_DB_NEWER:
+        raise fail(f"the hub database was written by a newer JupyterHub (schema "
+                   f"{found['revision']}) than this gpuhub's {found['jupyterhub']}; nothing "
+                   "was changed: go back to the newer gpuhub, or restore a backup")
+    raise fail(f"the hub database needs JupyterHub {found['jupyterhub']}'s migration (schema "
+               f"{found['revision']} -> {found['head']}), which `invoke up` makes in compose "
+               "mode only; nothing was changed. By hand: `invoke backup`, then `docker service "
+               f"scale {project.hub_service}=0`, then `docker run --rm -v "
+               f"{names.hub_data_volume(project.name)}:{names.HUB_DATA_DIR} -e DATABASE_URL "
+               f"{project.settings.hub_image} {HUBDB} upgrade`, then `invoke up`")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names, origins, swarm
+from gpuhub.tasks import hubdatabase
 from gpuhub.tasks import statustables as status_tables
 from gpuhub.tasks.deployment import (
     docker_inspect,
@@ -166,6 +167,7 @@ def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bo
     if build:
         build_images(c, project)
         push_images(c, project)
+    hubdatabase.refuse_unless_current(c, project)
     found = deploy(c, project, timeout)
     return (f"gpuhub is up on the Swarm: {origins.hub_origin(project.settings)}/  "
             f"({gpu_inventory.summary(found)}; HUB_DOMAIN and *.HUB_DOMAIN must name "
