@@ -39,7 +39,17 @@ def summarize_round(r) -> dict:
                        "cgroup_max_usage_mib": round(r.hub_max_usage / MIB, 1)},
         "lab_cpu_seconds": [round(s, 3) for s in r.lab_cpu_seconds],
         "cpu": cpu_breakdown(r),
+        "hub_cpu_by_service": {k: round(v, 3) for k, v in sorted(r.hub_cpu_by_service.items())},
     }
+
+
+def realistic_limit(r: dict, cores: int) -> float | None:
+    """How soon N starts can all be done with what this hub's starts really cost: N x (lab +
+    engine + hub CPU-seconds per start, as measured in the storm) / cores."""
+    per = (r.get("cpu") or {}).get("per_start")
+    if not per or per.get("engine") is None:
+        return None
+    return r["n"] * (per["lab"] + per["hub"] + per["engine"]) / cores
 
 
 def cpu_breakdown(r) -> dict:
@@ -97,17 +107,20 @@ def lab_server(results: dict) -> str:
 def markdown(results: dict) -> str:
     floor = results["floor"]
     hubs = results["hubs"]
-    head = ("| run | N | p50 s | p95 s | max s | p50 / floor | p95 / floor | p50 / stock "
-            "| p95 / stock | hub API p95 ms | hub peak MiB |")
-    rows = [head, "|" + "---|" * 11]
+    cores = results["machine"]["cores"]
+    head = ("| run | N | p50 s | p95 s | max s | p95 / p50 | realistic limit s | p95 / limit "
+            "| p50 / floor | p95 / floor | p50 / stock | p95 / stock | hub API p95 ms "
+            "| hub peak MiB |")
+    rows = [head, "|" + "---|" * 14]
     rows.append(f"| floor (`docker run`, {floor['count']} reps) | 1 | {_f(floor['p50'])} "
-                f"| {_f(floor['p95'])} | {_f(floor['max'])} | 1.00x | 1.00x | - | - | - | - |")
+                f"| {_f(floor['p95'])} | {_f(floor['max'])} | - | - | - | 1.00x | 1.00x | - | - "
+                "| - | - |")
     single = results.get("singleuser_floor") or {}
     if single.get("count"):
         rows.append(f"| `{lab_server(results)}` (`docker run`, hub API stubbed, {single['count']} reps) "
                     f"| 1 | {_f(single['p50'])} | {_f(single['p95'])} | {_f(single['max'])} "
-                    f"| {_ratio(single['p50'], floor['p50'])} | {_ratio(single['p95'], floor['p50'])} "
-                    "| - | - | - | - |")
+                    f"| - | - | - | {_ratio(single['p50'], floor['p50'])} "
+                    f"| {_ratio(single['p95'], floor['p50'])} | - | - | - | - |")
     counts = sorted({r["n"] for hub in hubs.values() for r in hub["rounds"]})
     for n in counts:
         stock = _round(hubs.get("stock"), n)
@@ -117,8 +130,10 @@ def markdown(results: dict) -> str:
                 continue
             failed = f" ({len(r['errors'])} failed)" if r["errors"] else ""
             reps = f" ({r['reps']} reps)" if r.get("reps", 1) > 1 else ""
+            limit = realistic_limit(r, cores)
             rows.append(
                 f"| {name}{reps}{failed} | {n} | {_f(r['p50'])} | {_f(r['p95'])} | {_f(r['max'])} "
+                f"| {_ratio(r['p95'], r['p50'])} | {_f(limit)} | {_ratio(r['p95'], limit)} "
                 f"| {_ratio(r['p50'], floor['p50'])} | {_ratio(r['p95'], floor['p50'])} "
                 f"| {_ratio(r['p50'], stock and stock['p50'])} "
                 f"| {_ratio(r['p95'], stock and stock['p95'])} "
@@ -132,8 +147,11 @@ def markdown(results: dict) -> str:
              *rows, "",
              "Latency: from the request (`docker run`, or `POST /hub/api/users/<name>/server`) "
              "until the lab answers `/api` with 200 (through the proxy for the hubs). The floor "
-             "ratios divide by the floor's p50. Hub API: `GET /hub/api/users/<name>` every 100 ms "
-             "during the storm. Hub peak: highest sampled working set of the hub container.", ""]
+             "ratios divide by the floor's p50. Realistic limit: N x (lab + engine + hub "
+             "CPU-seconds per start, as this hub's storm spent them) / cores, the soonest all N "
+             "can be done. Hub API: `GET /hub/api/users/<name>` every 100 ms "
+             "during the storm. Hub peak: highest sampled working set of the hub container. "
+             "Both hubs ran in this one run, on this machine, one after the other.", ""]
     others = results.get("other_containers") or {}
     busy = sorted(set(others.get("at_start", [])) | set(others.get("at_end", [])))
     if busy:
@@ -159,6 +177,7 @@ def markdown(results: dict) -> str:
         lines += [f"`{lab_server(results)}` (the lab image's command, which both hubs start), "
                   f"bare: {single_cpu['lab_p50']:.2f} CPU-s of the lab until it answers.", ""]
     lines += cpu_table(results)
+    lines += service_table(results)
     timings = results["timings"]
     lines += ["| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {_f(v)} |" for k, v in timings.items()]
@@ -210,6 +229,33 @@ def cpu_table(results: dict) -> list[str]:
     return lines
 
 
+def service_table(results: dict) -> list[str]:
+    """Each service of each hub's stack: CPU-seconds per minute at rest, and per start in
+    each storm."""
+    idle = results.get("idle_cpu_seconds_per_minute") or {}
+    lines = []
+    for name, hub in results["hubs"].items():
+        rounds = [r for r in hub["rounds"] if r.get("hub_cpu_by_service")]
+        services = sorted(set(idle.get(name, {})) | {s for r in rounds
+                                                     for s in r["hub_cpu_by_service"]})
+        if not services:
+            continue
+        head = "| service | at rest, CPU-s per minute | " + " | ".join(
+            f"N={r['n']}, CPU-s per start" for r in rounds) + " |"
+        lines += [f"{name}'s stack, service by service:", "", head,
+                  "|" + "---|" * (2 + len(rounds))]
+        for service in services:
+            per_start = [r["hub_cpu_by_service"].get(service) for r in rounds]
+            lines.append(f"| {service} | {_f(idle.get(name, {}).get(service), 3)} | " + " | ".join(
+                _f(None if v is None else v / (r["n"] * r.get("reps", 1)), 3)
+                for v, r in zip(per_start, rounds)) + " |")
+        total = sum(idle.get(name, {}).values()) if idle.get(name) else None
+        lines += [f"| all | {_f(total, 3)} | " + " | ".join(
+            _f(sum(r["hub_cpu_by_service"].values()) / (r["n"] * r.get("reps", 1)), 3)
+            for r in rounds) + " |", ""]
+    return lines
+
+
 def _round(hub: dict | None, n: int) -> dict | None:
     if not hub:
         return None
@@ -258,4 +304,8 @@ def write(results: dict, folder: Path) -> str:
     text = markdown(results)
     (folder / "results.md").write_text(text)
     plot(results, folder / "latency.png")
+    from bench import trace
+    storms = {k: v for k, v in (results.get("traces") or {}).items()
+              if not k.endswith(" N=1")}
+    trace.plot(storms, folder / "trace.png")
     return text

@@ -25,12 +25,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import report
+from bench import report, trace
 from bench.hostcpu import EngineCpu
 from bench.probes import docker_client
 from bench.spawns import (
     Round,
     floor_once,
+    idle_cost,
     merge,
     singleuser_command,
     singleuser_env,
@@ -60,11 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cold", action="store_true",
                         help="also time `invoke build --no-cache` (separate image tags, "
                              "removed afterwards)")
+    parser.add_argument("--idle-seconds", type=float, default=60,
+                        help="how long to watch each hub's stack at rest, before its storms, "
+                             "for its idle CPU cost (default: 60)")
     parser.add_argument("--smoke", action="store_true",
-                        help="quick check for CI: 2 users, 2 floor runs, no cold build")
+                        help="quick check for CI: 2 users, 2 floor runs, no cold build, 5 s "
+                             "at rest")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.users, args.floor_reps, args.cold = [2], 2, False
+        args.users, args.floor_reps, args.cold, args.idle_seconds = [2], 2, False, 5
     if args.floor_reps < 1:
         parser.error("--floor-reps must be at least 1")
     return args
@@ -113,6 +118,8 @@ class Bench:
         self.engine = EngineCpu()
         self.load_at_start = os.getloadavg()
         self.rounds: dict[str, list[Round]] = {}
+        self.traces: dict[str, list[dict]] = {}  # "gpuhub N=10" -> bench.trace.as_json
+        self.idle: dict[str, dict[str, float]] = {}  # hub -> service -> CPU-s per minute
         self.diagnostics: list[str] = []  # what a stack said when its starts failed
         self.others_at_start = self.others_running()
         self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
@@ -184,8 +191,10 @@ class Bench:
         # The hub's CPU is that of every service of the stack: hub, proxy, docker-proxy,
         # lab-firewall (labs are not compose services).
         services = stack.compose("ps", "-q", check=True).stdout.split()
-        self.rounds["gpuhub"] = self._storms("gpuhub", users, {"profile": "cpu"}, hub,
-                                             services, stack.lab_container)
+        self.measure_idle("gpuhub", services)
+        self.rounds["gpuhub"] = self._storms(
+            "gpuhub", users, {"profile": "cpu"}, hub, services, stack.lab_container,
+            lambda: stack.compose("logs", "--no-color", "hub").stdout)
         if any(r.errors for r in self.rounds["gpuhub"]):
             # What the stack said, before it is removed: errors.txt then shows why.
             state = stack.compose("ps", "--all").stdout
@@ -206,13 +215,19 @@ class Bench:
         users = [HubUser.signed_in(stock.url, f"bench{i}", stock.password)
                  for i in range(1, max(self.args.users) + 1)]
         hub = stock.hub_container()  # configurable-http-proxy runs inside it
-        self.rounds["stock"] = self._storms("stock", users, {}, hub, [hub], stock.lab_container)
+        self.measure_idle("stock", [hub])
+        self.rounds["stock"] = self._storms("stock", users, {}, hub, [hub], stock.lab_container,
+                                            lambda: stock.logs(tail=100000))
         step("removing the stock hub")
         stock.teardown(self.client)
 
+    def measure_idle(self, hub: str, services: list[str]) -> None:
+        step(f"{hub}: its stack at rest for {self.args.idle_seconds:.0f} s (idle CPU cost)")
+        self.idle[hub] = idle_cost(self.client, services, self.args.idle_seconds)
+
     def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
-                service_containers: list[str], lab_container: Callable[[str], str]
-                ) -> list[Round]:
+                service_containers: list[str], lab_container: Callable[[str], str],
+                hub_log: Callable[[], str]) -> list[Round]:
         rounds = []
         for n in self.args.users:
             # One user's start is repeated as often as the floor's, for a p50 of its own.
@@ -224,11 +239,26 @@ class Bench:
                              lab_container=lab_container, timeout=SPAWN_TIMEOUT,
                              engine=self.engine)
                        for _ in range(reps)])
+            self._trace(f"{hub} N={n}", r, lab_container, hub_log)
             s = report.summary(r.seconds)
             step(f"{hub} N={n}: p50 {s['p50'] or 0:.2f} s, max {s['max'] or 0:.2f} s"
                  + (f", {len(r.errors)} FAILED: {r.errors[0][:300]}" if r.errors else ""))
             rounds.append(r)
         return rounds
+
+    def _trace(self, name: str, r: Round, lab_container: Callable[[str], str],
+               hub_log: Callable[[], str]) -> None:
+        """Docker's and the hub's side of each start of the storm (bench.trace)."""
+        if not r.traces:
+            return
+        since = min(t.requested for t in r.traces) - 1
+        try:
+            trace.add_docker_steps(r.traces, trace.docker_events(since, time.time()),
+                                   {t.user: lab_container(t.user) for t in r.traces})
+            trace.add_hub_steps(r.traces, hub_log(), since)
+        except Exception as exc:  # the trace is a figure of its own: never fail the run
+            self.diagnostics.append(f"{name}: no trace ({type(exc).__name__}: {exc})")
+        self.traces[name] = trace.as_json(r.traces)
 
     def teardown(self) -> list[str]:
         problems = []
@@ -273,6 +303,8 @@ class Bench:
             "hubs": hubs,
             "cpu_seconds_per_start": cpu,
             "cpu_bound_limit": report.cpu_bound_limit(self.args.users, cpu["floor"], m["cores"]),
+            "idle_cpu_seconds_per_minute": self.idle,
+            "traces": self.traces,
             "errors": errors,
         }
 

@@ -19,6 +19,7 @@ import requests
 
 from bench.hostcpu import EngineCpu, machine_busy
 from bench.probes import HubApiProbe, MemoryProbe, cpu_seconds
+from bench.trace import LabTrace
 from harness.hub import HubUser
 from harness.stack import free_port
 from harness.wait import wait_until
@@ -139,10 +140,14 @@ def wait_progress_ready(user: HubUser, timeout: float) -> None:
 
 
 def spawn_and_time(user: HubUser, options: dict, timeout: float,
-                   barrier: threading.Barrier | None = None) -> float:
+                   barrier: threading.Barrier | None = None,
+                   traces: list[LabTrace] | None = None) -> float:
     if barrier is not None:
         barrier.wait(timeout=60)
     started = time.monotonic()
+    trace = LabTrace(user.name, requested=time.time())
+    if traces is not None:
+        traces.append(trace)
     resp = user.start(options)
     if resp.status_code not in (201, 202):
         raise SpawnFailed(f"starting {user.name}'s lab: HTTP {resp.status_code} {resp.text[:300]}")
@@ -152,6 +157,7 @@ def spawn_and_time(user: HubUser, options: dict, timeout: float,
     wait_until(lambda: user.lab("GET", "").status_code == 200, timeout=remaining,
                interval=0.05, what=f"{user.name}'s lab to answer through the proxy",
                state=user.server)
+    trace.ready = time.time()
     return time.monotonic() - started
 
 
@@ -171,6 +177,9 @@ class Round:
     window_seconds: float = 0.0
     machine_busy_seconds: float = 0.0
     hub_cpu_seconds: float = 0.0  # the hub's containers (hub, and proxy if separate)
+    # The same, per service (container name -> CPU-seconds in the window).
+    hub_cpu_by_service: dict[str, float] = field(default_factory=dict)
+    traces: list[LabTrace] = field(default_factory=list)
     engine_cpu_seconds: float | None = None  # dockerd, containerd, the labs' shims
     errors: list[str] = field(default_factory=list)
 
@@ -185,12 +194,13 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
     barrier = threading.Barrier(len(users))
     api = HubApiProbe(f"{probe_user.base}/hub/api/users/{probe_user.name}", probe_user.token)
     memory = MemoryProbe(client, hub_container)
-    services_before = sum(cpu_seconds(client, c) for c in service_containers)
+    services_before = {c: cpu_seconds(client, c) for c in service_containers}
     try:
         with api, memory, ThreadPoolExecutor(len(users)) as pool:
             engine_before, busy_before = engine.daemons(), machine_busy()
             started = time.monotonic()
-            futures = [pool.submit(spawn_and_time, u, options, timeout, barrier) for u in users]
+            futures = [pool.submit(spawn_and_time, u, options, timeout, barrier, result.traces)
+                       for u in users]
             for user, future in zip(users, futures):
                 try:
                     result.seconds.append(future.result())
@@ -199,8 +209,10 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
             result.window_seconds = time.monotonic() - started
             result.machine_busy_seconds = machine_busy() - busy_before
             engine_after = engine.daemons()
-            result.hub_cpu_seconds = (sum(cpu_seconds(client, c) for c in service_containers)
-                                      - services_before)
+            names = {c: client.containers.get(c).name for c in service_containers}
+            result.hub_cpu_by_service = {names[c]: cpu_seconds(client, c) - before
+                                         for c, before in services_before.items()}
+            result.hub_cpu_seconds = sum(result.hub_cpu_by_service.values())
         lab_ids = []
         for user in users:
             try:
@@ -233,6 +245,9 @@ def merge(rounds: list[Round]) -> Round:
         merged.window_seconds += r.window_seconds
         merged.machine_busy_seconds += r.machine_busy_seconds
         merged.hub_cpu_seconds += r.hub_cpu_seconds
+        for name, seconds in r.hub_cpu_by_service.items():
+            merged.hub_cpu_by_service[name] = merged.hub_cpu_by_service.get(name, 0.0) + seconds
+        merged.traces += r.traces
         merged.engine_cpu_seconds = (None if None in (merged.engine_cpu_seconds,
                                                       r.engine_cpu_seconds)
                                      else merged.engine_cpu_seconds + r.engine_cpu_seconds)
@@ -248,3 +263,15 @@ def stop_all(users: list[HubUser], timeout: float = 120) -> None:
 
     with ThreadPoolExecutor(max(1, len(users))) as pool:
         list(pool.map(stop, users))
+
+
+def idle_cost(client, service_containers: list[str], seconds: float) -> dict[str, float]:
+    """CPU-seconds per minute each of the hub's services uses while no lab starts (GPU
+    sampling on where the stack samples GPUs): what the stack costs a machine at rest."""
+    names = {c: client.containers.get(c).name for c in service_containers}
+    before = {c: cpu_seconds(client, c) for c in service_containers}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {names[c]: round((cpu_seconds(client, c) - before[c]) * 60 / elapsed, 3)
+            for c in service_containers}

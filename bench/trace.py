@@ -1,0 +1,139 @@
+"""One storm, lab by lab: where each start spent its time.
+
+For every lab of a storm, on the machine's wall clock:
+
+- ``requested``: the client sent ``POST /hub/api/users/<name>/server``;
+- ``created`` and ``started``: Docker created and started its container (``docker events``);
+- ``served``: the hub's spawner returned from ``start()``, the lab accepting connections
+  (JupyterHub logs "User <name> took <s> seconds to start");
+- ``routed``: the hub added the lab's route to the proxy ("Adding user <name> to proxy");
+- ``ready``: the lab answered ``/api`` through the proxy, for the client.
+
+A step the sources do not show stays None (a log line rotated away, an older JupyterHub's
+wording). `bench.run` keeps the traces in results.json and draws trace.png from them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STEPS = ("requested", "created", "started", "served", "routed", "ready")
+# Segment between two steps -> what it is, for the plot's legend.
+SEGMENTS = {("requested", "created"): "hub before Docker (GPUs, start slot, image, create)",
+            ("created", "started"): "Docker: create to start",
+            ("started", "served"): "lab boots until it listens (hub sees it)",
+            ("served", "routed"): "hub: route to the proxy",
+            ("routed", "ready"): "answers through the proxy (client sees it)"}
+
+LOG_LINE = re.compile(r"\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) [^\]]*\] (.*)")
+SERVED = re.compile(r"User (\S+) took [\d.]+ seconds to start")
+ROUTED = re.compile(r"Adding user (\S+) to proxy")
+
+
+@dataclass
+class LabTrace:
+    user: str
+    requested: float
+    ready: float | None = None
+    created: float | None = None
+    started: float | None = None
+    served: float | None = None
+    routed: float | None = None
+
+    def relative(self, t0: float) -> dict:
+        """Each step in seconds after ``t0`` (the storm's first request)."""
+        return {"user": self.user, **{step: None if (t := getattr(self, step)) is None
+                                      else round(t - t0, 3) for step in STEPS}}
+
+
+def docker_events(since: float, until: float) -> list[dict]:
+    """Container events between two wall-clock times, as Docker records them."""
+    out = subprocess.run(
+        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+         "--filter", "type=container", "--format", "{{json .}}"],
+        capture_output=True, text=True, timeout=60)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def add_docker_steps(traces: list[LabTrace], events: list[dict],
+                     container_of: dict[str, str]) -> None:
+    """``created`` and ``started`` from the events of each user's lab container."""
+    user_of = {name: user for user, name in container_of.items()}
+    by_user = {t.user: t for t in traces}
+    for event in events:
+        name = ((event.get("Actor") or {}).get("Attributes") or {}).get("name", "")
+        trace = by_user.get(user_of.get(name, ""))
+        action = event.get("Action") or event.get("status")
+        when = event.get("timeNano")
+        if trace is None or when is None or action not in ("create", "start"):
+            continue
+        step = "created" if action == "create" else "started"
+        if getattr(trace, step) is None:  # the first of each (a retry makes a second)
+            setattr(trace, step, when / 1e9)
+
+
+def add_hub_steps(traces: list[LabTrace], hub_log: str, since: float) -> None:
+    """``served`` and ``routed`` from the hub's log lines (UTC, milliseconds) after ``since``."""
+    by_user = {t.user: t for t in traces}
+    for line in hub_log.splitlines():
+        found = LOG_LINE.search(line)
+        if not found:
+            continue
+        when = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(
+            tzinfo=datetime.UTC).timestamp()
+        if when < since - 1:
+            continue
+        for pattern, step in ((SERVED, "served"), (ROUTED, "routed")):
+            hit = pattern.search(found.group(2))
+            if hit and hit.group(1) in by_user and getattr(by_user[hit.group(1)], step) is None:
+                setattr(by_user[hit.group(1)], step, when)
+
+
+def as_json(traces: list[LabTrace]) -> list[dict]:
+    """The storm's traces, each step relative to its first request, in order of request."""
+    if not traces:
+        return []
+    t0 = min(t.requested for t in traces)
+    return [t.relative(t0) for t in sorted(traces, key=lambda t: t.requested)]
+
+
+def plot(storms: dict[str, list[dict]], path: Path) -> None:
+    """One panel per storm (``"gpuhub N=20"`` -> traces as `as_json` gives them): a bar per
+    lab, coloured by segment, sorted by when it was ready."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in storms.items() if v]
+    if not names:
+        return
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.2 + 0.16 * sum(
+        len(storms[k]) for k in names)), squeeze=False)
+    colours = dict(zip(SEGMENTS, ("tab:gray", "tab:purple", "tab:blue", "tab:orange",
+                                  "tab:green")))
+    for ax, name in zip(axes[:, 0], names):
+        rows = sorted(storms[name], key=lambda r: (r["ready"] is None, r["ready"] or 0))
+        for y, row in enumerate(rows):
+            for (a, b), colour in colours.items():
+                if row.get(a) is not None and row.get(b) is not None and row[b] >= row[a]:
+                    ax.broken_barh([(row[a], row[b] - row[a])], (y - 0.4, 0.8), color=colour,
+                                   label=SEGMENTS[(a, b)] if y == 0 else None)
+        ax.set_yticks(range(len(rows)), [r["user"] for r in rows], fontsize=6)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("seconds after the first request", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=2)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def to_dicts(traces: list[LabTrace]) -> list[dict]:
+    return [asdict(t) for t in traces]
