@@ -142,6 +142,8 @@ class GpuDockerSpawner(DockerSpawner):
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
     _gpu_fault_notes: list[str] = []  # this start's GPUs that failed, for its progress
     _trying_gpus = False  # from the first grant until the lab serves or the start failed
+    # Health questions to Docker on their way, shared by the starts that ask meanwhile.
+    _health_asked: ClassVar[dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future]] = {}
 
     # The hub's GPU state (grants in flight, the line, start slots, usage journals): one per
     # hub process, made from the first spawner's configuration (the same for every user).
@@ -235,10 +237,20 @@ class GpuDockerSpawner(DockerSpawner):
 
     # --- the lab firewall and the labs' memory limit --------------------------------
     async def service_healthy(self, service: str) -> bool:
-        return bool(await self.docker("containers", filters={
-            "label": [f"{names.COMPOSE_PROJECT_LABEL}={self.project}",
-                      f"{names.COMPOSE_SERVICE_LABEL}={service}"],
-            "health": "healthy"}))
+        """Docker says the project's ``service`` container is healthy. Starts that ask
+        while an answer is on its way share it (a storm of starts asks Docker once, not once
+        each); an answer is never reused once it has arrived."""
+        key = (asyncio.get_running_loop(), service)
+        asking = GpuDockerSpawner._health_asked.get(key)
+        if asking is None or asking.done():
+            asking = asyncio.ensure_future(self.docker("containers", filters={
+                "label": [f"{names.COMPOSE_PROJECT_LABEL}={self.project}",
+                          f"{names.COMPOSE_SERVICE_LABEL}={service}"],
+                "health": "healthy"}))
+            GpuDockerSpawner._health_asked = {k: f for k, f in
+                                              GpuDockerSpawner._health_asked.items()
+                                              if not f.done()} | {key: asking}
+        return bool(await asyncio.shield(asking))
 
     async def check_lab_firewall(self) -> None:
         """Refuse the spawn (503) unless the project's lab-firewall container is healthy,
@@ -272,8 +284,11 @@ class GpuDockerSpawner(DockerSpawner):
     async def grant_from_docker(self, profile: Profile) -> list[str]:
         """Ask Docker what is held, then choose this lab's GPUs; raises NoGpuAvailable.
 
-        One snapshot spans both: no grant it may have missed is forgotten meanwhile.
+        One snapshot spans both: no grant it may have missed is forgotten meanwhile. A lab
+        without GPUs asks Docker nothing (the line is offered GPUs when labs stop).
         """
+        if not profile.gpus:
+            return []
         with self.gpu_state.grants.snapshot():
             held = await self.held_gpus()
             # Those in line first: a newcomer gets only GPUs nobody waiting may take.
@@ -555,7 +570,8 @@ class GpuDockerSpawner(DockerSpawner):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.boot_timeout
-        next_inspect = loop.time()
+        # Most labs serve within a second: they are never inspected.
+        next_inspect = loop.time() + 1
         while loop.time() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)

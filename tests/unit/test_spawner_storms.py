@@ -1,0 +1,86 @@
+"""What a storm of starts asks Docker: the guards' health question once for the starts
+that ask together, and nothing at all for a lab without GPUs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from traitlets.config import Config
+
+from gpuhub.core.profiles import Profile
+from gpuhub.hub.spawner import GpuDockerSpawner, StartRefused
+from support.spawners import fresh_hub_process, user_spawner
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    fresh_hub_process(monkeypatch)
+    config = Config()
+    config.GpuDockerSpawner.gpu_inventory = []
+    config.GpuDockerSpawner.require_lab_firewall = True
+    return config
+
+
+def test_starts_that_ask_together_share_one_health_question_and_a_later_one_asks_again(hub):
+    asked: list[asyncio.Future] = []
+
+    async def docker(method, *args, **kwargs):
+        assert method == "containers" and kwargs["filters"]["health"] == "healthy"
+        answer = asyncio.get_running_loop().create_future()
+        asked.append(answer)
+        return await answer
+
+    async def storm():
+        labs = [user_spawner(hub, f"u{i}") for i in range(5)]
+        for lab in labs:
+            lab.docker = docker
+        checks = [asyncio.ensure_future(lab.check_lab_firewall()) for lab in labs]
+        await asyncio.sleep(0.01)
+        assert len(asked) == 1, "five starts, one question on its way"
+        asked[0].set_result([{"Id": "fw"}])
+        await asyncio.gather(*checks)
+        # An answer that has arrived is not reused: the firewall may be down by now.
+        later = asyncio.ensure_future(labs[0].check_lab_firewall())
+        await asyncio.sleep(0.01)
+        assert len(asked) == 2
+        asked[1].set_result([])
+        with pytest.raises(StartRefused) as refused:
+            await later
+        assert refused.value.refusal == "lab_firewall_down"
+
+    asyncio.run(storm())
+
+
+def test_a_start_that_cancels_does_not_cancel_the_others_question(hub):
+    asked: list[asyncio.Future] = []
+
+    async def docker(method, *args, **kwargs):
+        answer = asyncio.get_running_loop().create_future()
+        asked.append(answer)
+        return await answer
+
+    async def storm():
+        first, second = user_spawner(hub, "a"), user_spawner(hub, "b")
+        first.docker = second.docker = docker
+        one = asyncio.ensure_future(first.check_lab_firewall())
+        two = asyncio.ensure_future(second.check_lab_firewall())
+        await asyncio.sleep(0.01)
+        one.cancel()
+        await asyncio.sleep(0.01)
+        asked[0].set_result([{"Id": "fw"}])
+        await two  # answered: healthy
+        assert one.cancelled() and len(asked) == 1
+
+    asyncio.run(storm())
+
+
+def test_a_lab_without_gpus_asks_docker_nothing_for_its_grant(hub):
+    lab = user_spawner(hub, "carol")
+
+    async def docker(*args, **kwargs):
+        raise AssertionError("a CPU start asked Docker what is held")
+
+    lab.docker = docker
+    assert asyncio.run(lab.grant_from_docker(Profile(slug="cpu", display_name="CPU",
+                                                     gpus=0))) == []
