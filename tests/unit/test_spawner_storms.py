@@ -9,7 +9,7 @@ import pytest
 from traitlets.config import Config
 
 from gpuhub.core.profiles import Profile
-from gpuhub.hub.spawner import GpuDockerSpawner, StartRefused
+from gpuhub.hub.spawner import StartRefused
 from support.spawners import fresh_hub_process, user_spawner
 
 
