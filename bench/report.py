@@ -249,8 +249,9 @@ def service_table(results: dict) -> list[str]:
             lines.append(f"| {service} | {_f(idle.get(name, {}).get(service), 3)} | " + " | ".join(
                 _f(None if v is None else v / (r["n"] * r.get("reps", 1)), 3)
                 for v, r in zip(per_start, rounds)) + " |")
-        total = sum(idle.get(name, {}).values()) if idle.get(name) else None
-        lines += [f"| all | {_f(total, 3)} | " + " | ".join(
+        total = (sum(v for k, v in idle[name].items() if k not in ("docker engine", "machine"))
+                 if idle.get(name) else None)
+        lines += [f"| all of the stack's services | {_f(total, 3)} | " + " | ".join(
             _f(sum(r["hub_cpu_by_service"].values()) / (r["n"] * r.get("reps", 1)), 3)
             for r in rounds) + " |", ""]
     return lines

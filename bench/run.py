@@ -223,7 +223,8 @@ class Bench:
 
     def measure_idle(self, hub: str, services: list[str]) -> None:
         step(f"{hub}: its stack at rest for {self.args.idle_seconds:.0f} s (idle CPU cost)")
-        self.idle[hub] = idle_cost(self.client, services, self.args.idle_seconds)
+        self.idle[hub] = idle_cost(self.client, services, self.args.idle_seconds,
+                                   self.engine)
 
     def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
                 service_containers: list[str], lab_container: Callable[[str], str],

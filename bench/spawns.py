@@ -265,13 +265,23 @@ def stop_all(users: list[HubUser], timeout: float = 120) -> None:
         list(pool.map(stop, users))
 
 
-def idle_cost(client, service_containers: list[str], seconds: float) -> dict[str, float]:
+def idle_cost(client, service_containers: list[str], seconds: float,
+              engine: EngineCpu | None = None) -> dict[str, float]:
     """CPU-seconds per minute each of the hub's services uses while no lab starts (GPU
-    sampling on where the stack samples GPUs): what the stack costs a machine at rest."""
+    sampling on where the stack samples GPUs): what the stack costs a machine at rest. With
+    ``engine``, also the Docker engine's daemons meanwhile (``docker engine``: health checks
+    are execs the engine pays for), and the whole machine (``machine``)."""
     names = {c: client.containers.get(c).name for c in service_containers}
     before = {c: cpu_seconds(client, c) for c in service_containers}
+    daemons_before, busy_before = (engine.daemons() if engine else None), machine_busy()
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
-    return {names[c]: round((cpu_seconds(client, c) - before[c]) * 60 / elapsed, 3)
+    per_minute = 60 / elapsed
+    cost = {names[c]: round((cpu_seconds(client, c) - before[c]) * per_minute, 3)
             for c in service_containers}
+    daemons_after = engine.daemons() if engine else None
+    if daemons_before is not None and daemons_after is not None:
+        cost["docker engine"] = round((daemons_after - daemons_before) * per_minute, 3)
+    cost["machine"] = round((machine_busy() - busy_before) * per_minute, 3)
+    return cost

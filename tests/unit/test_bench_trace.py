@@ -64,7 +64,9 @@ def test_the_realistic_limit_counts_what_the_hub_and_engine_spent_too():
 def test_the_service_table_gives_rest_and_per_start_costs():
     results = {"hubs": {"gpuhub": {"rounds": [
         {"n": 10, "reps": 1, "hub_cpu_by_service": {"p-hub-1": 1.0, "p-proxy-1": 0.5}}]}},
-        "idle_cpu_seconds_per_minute": {"gpuhub": {"p-hub-1": 0.6, "p-proxy-1": 0.3}}}
+        "idle_cpu_seconds_per_minute": {"gpuhub": {"p-hub-1": 0.6, "p-proxy-1": 0.3,
+                                                   "docker engine": 2.0, "machine": 5.0}}}
     lines = report.service_table(results)
     assert "| p-hub-1 | 0.600 | 0.100 |" in lines
-    assert "| all | 0.900 | 0.150 |" in lines
+    assert "| docker engine | 2.000 | - |" in lines
+    assert "| all of the stack's services | 0.900 | 0.150 |" in lines
