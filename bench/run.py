@@ -38,13 +38,17 @@ from bench.spawns import (
     storm,
 )
 from bench.stockhub import StockHub
-from gpuhub.core.settings import DEFAULT_JUPYTERHUB_VERSION
+from gpuhub.core.settings import DEFAULT_JUPYTERHUB_VERSION, SETTINGS
 from harness import ROOT
 from harness.hub import HubUser
 from harness.stack import Stack, build_images_once
 
 PREFIX = "gpuhubbench-"
 SPAWN_TIMEOUT = 180.0
+
+
+def setting_default(name: str) -> str:
+    return next(s.default for s in SETTINGS if s.name == name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +126,10 @@ class Bench:
         self.idle: dict[str, dict[str, float]] = {}  # hub -> service -> CPU-s per minute
         self.diagnostics: list[str] = []  # what a stack said when its starts failed
         self.others_at_start = self.others_running()
-        self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub")
+        # The product's GPU sampling interval, not the test stacks' faster one: the bench
+        # measures what an admin runs.
+        self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub",
+                                  GPU_SAMPLE_INTERVAL=setting_default("GPU_SAMPLE_INTERVAL"))
         self.lab_image = self.stack.settings["LAB_IMAGE"]
         self.hub_image = self.stack.settings["HUB_IMAGE"]
 
