@@ -29,6 +29,15 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/, Sphinx + MyST): warnings are errors, and every internal
+    link and anchor must resolve; the reference pages are generated from the code."""
+    session.install("-c", CONSTRAINTS, "-r", "docs/requirements.txt")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs",
+                "docs/_build/html", *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """Unit tests (no Docker), then integration tests against a real stack.
 
