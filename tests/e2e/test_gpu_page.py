@@ -1,7 +1,7 @@
 """The admin's GPU page in a real browser: the hub's layout, live utilisation from the
 NVIDIA test double (or the real GPUs), and a Stop button that uses the hub's API.
 
-It also takes the README's screenshot of the page (docs/images/gpu-page.png).
+It also takes the README's and the docs' screenshot of the page (docs/images/gpu-page.png).
 """
 
 import re

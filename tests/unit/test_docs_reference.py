@@ -29,6 +29,9 @@ def test_every_setting_is_in_the_settings_reference_with_its_default_and_meaning
         assert (f"`{s.default}`" if s.default else "(empty)") in row, row
         assert docsref.cell(s.help) in row, row
     assert {f"## {s.group}" for s in settings.SETTINGS} <= set(text.splitlines())
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(settings.SETTINGS)
+    assert "| `HUB_PORT` | `8000` |" in text and "| `LAB_MEM_LIMIT` | `auto` |" in text
 
 
 def test_every_task_and_every_flag_is_in_the_tasks_reference():
