@@ -10,6 +10,8 @@ at every build, into ``docs/reference/_generated/``, which the reference pages i
 - ``metrics.md``: every metric the hub's registry serves (:func:`gpuhub.hub.telemetry.install`
   on an example hub whose board has one of everything), with its type and labels;
 - ``profiles.md``: the fields a profile in ``profiles.yaml`` may have (:mod:`gpuhub.core.profiles`);
+- ``modules.md``: every module of the ``gpuhub`` package, by runtime, with the first line of
+  its docstring;
 - ``broker.md``: the Docker calls the broker allows (each example goes through
   :meth:`gpuhub.broker.policy.Policy.plan` at build time) and the create body's allowed keys.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from harness.hostile_docker import gpuhub_create
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ("settings", "tasks", "metrics", "profiles", "broker")
+PAGES = ("settings", "tasks", "metrics", "profiles", "broker", "modules")
 
 
 def cell(text: object) -> str:
@@ -249,11 +251,38 @@ def broker_md() -> str:
     return "\n".join(out) + "\n"
 
 
+# --- the package's modules ------------------------------------------------------------
+
+def modules() -> list[tuple[str, str]]:
+    """(dotted name, first line of its docstring) of every module of gpuhub, read from the
+    source (nothing is imported: a runtime's modules may need its image's packages)."""
+    package = ROOT / "gpuhub"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = doc.strip().split("\n\n")[0]
+        found.append((name, first.replace("\n", " ").replace("``", "`")))
+    return found
+
+
+def modules_md() -> str:
+    out, package = [], None
+    for name, doc in modules():
+        top = ".".join(name.split(".")[:2])
+        if top != package:
+            package = top
+            out += ["", f"## `{top}`", "", "| module | what it is for |", "| --- | --- |"]
+        out.append(f"| `{name}` | {cell(doc) or '(no docstring)'} |")
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
 # --- writing -----------------------------------------------------------------------------
 
 def pages() -> Iterator[tuple[str, str]]:
     makers = {"settings": settings_md, "tasks": tasks_md, "metrics": metrics_md,
-              "profiles": profiles_md, "broker": broker_md}
+              "profiles": profiles_md, "broker": broker_md, "modules": modules_md}
     for name in PAGES:
         yield name, makers[name]()
 

@@ -166,3 +166,19 @@ def test_the_version_is_said_once_and_the_changelog_has_it():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {release} " in changelog, f"CHANGELOG.md has no section for {release}"
     assert "dynamic = [\"version\"]" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_profile_the_docs_show_is_a_valid_profile():
+    import yaml
+
+    from gpuhub.core.profiles import Profiles, _profile
+
+    shown = []
+    for page in PAGES:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S):
+            items = yaml.safe_load(block)
+            if isinstance(items, list) and all(isinstance(i, dict) and "display_name" in i
+                                               for i in items):
+                shown += [(page.name, item) for item in items]
+    assert {name for name, _ in shown} >= {"profiles.md", "mig.md"}
+    Profiles([_profile(item, name) for name, item in shown])  # each valid, slugs distinct

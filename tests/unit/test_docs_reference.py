@@ -160,3 +160,17 @@ def test_the_fragments_are_written_where_the_pages_include_them(tmp_path):
 
 def test_a_cell_escapes_what_would_break_a_table_or_become_html():
     assert docsref.cell("a | b <user>\nc") == "a \\| b &lt;user&gt; c"
+
+
+def test_every_module_of_the_package_is_in_the_module_map_with_what_it_is_for():
+    import pkgutil
+
+    import gpuhub
+
+    walked = {"gpuhub"} | {m.name for m in pkgutil.walk_packages(gpuhub.__path__, "gpuhub.")}
+    listed = dict(docsref.modules())
+    assert set(listed) == walked
+    undocumented = sorted(name for name, doc in listed.items() if not doc)
+    assert not undocumented, f"say what these modules are for, in a docstring: {undocumented}"
+    text = docsref.modules_md()
+    assert all(f"| `{name}` |" in text for name in walked)
