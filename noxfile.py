@@ -22,7 +22,7 @@ def lint(session: nox.Session) -> None:
     mypy over the package (pyproject.toml says what it holds)."""
     session.install("-c", CONSTRAINTS, "ruff", "import-linter", "grimp", "mypy")
     session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "harness", "bench", "tools",
-                "jupyterhub/jupyterhub_config.py", *session.posargs)
+                "jupyterhub/jupyterhub_config.py", "docs/conf.py", "docs/_ext", *session.posargs)
     session.run("lint-imports", "--no-cache")
     session.run("python", "-m", "tools.importborders")
     session.run("mypy")

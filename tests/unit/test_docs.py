@@ -182,3 +182,13 @@ def test_every_profile_the_docs_show_is_a_valid_profile():
                 shown += [(page.name, item) for item in items]
     assert {name for name, _ in shown} >= {"profiles.md", "mig.md"}
     Profiles([_profile(item, name) for name, item in shown])  # each valid, slugs distinct
+
+
+def test_ci_builds_the_docs_with_warnings_as_errors():
+    nox = (ROOT / "noxfile.py").read_text()
+    session = nox.split("def docs(", 1)[1].split("\n@nox.session", 1)[0]
+    assert '"sphinx-build", "-W", "--keep-going"' in session
+    assert "nox -s docs" in (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "fail_on_warning: true" in (ROOT / ".readthedocs.yaml").read_text()
+    conf = (DOCS / "conf.py").read_text()
+    assert "myst_heading_anchors = " in conf  # #anchors resolve, and a missing one warns
