@@ -31,12 +31,15 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 highlight_language = "none"
 suppress_warnings: list[str] = []
 
+# JupyterHub's own theme (pydata-sphinx-theme underneath), as JupyterHub, TLJH and z2jh use;
+# it always adds icon links to the Jupyter community forum and team compass.
 html_theme = "jupyterhub_sphinx_theme"
 html_title = f"gpuhub {release}"
 html_static_path: list[str] = []
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
+    "logo": {"text": "gpuhub"},
 }
 # The theme brings sphinxext-opengraph: no social-card images (they need matplotlib).
 ogp_social_cards = {"enable": False}
