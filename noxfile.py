@@ -22,10 +22,19 @@ def lint(session: nox.Session) -> None:
     mypy over the package (pyproject.toml says what it holds)."""
     session.install("-c", CONSTRAINTS, "ruff", "import-linter", "grimp", "mypy")
     session.run("ruff", "check", "gpuhub", "tasks.py", "noxfile.py", "tests", "harness", "bench", "tools",
-                "jupyterhub/jupyterhub_config.py", *session.posargs)
+                "jupyterhub/jupyterhub_config.py", "docs/conf.py", "docs/_ext", *session.posargs)
     session.run("lint-imports", "--no-cache")
     session.run("python", "-m", "tools.importborders")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (docs/, Sphinx + MyST): warnings are errors, and every internal
+    link and anchor must resolve; the reference pages are generated from the code."""
+    session.install("-c", CONSTRAINTS, "-r", "docs/requirements.txt")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs",
+                "docs/_build/html", *session.posargs)
 
 
 @nox.session

@@ -5,8 +5,9 @@
 pip resolves all the pinned packages together (so the new pins agree with each other),
 each inside the version range its comment holds it to (``# <6: why``). The file keeps its
 comments and order; only versions change. What is generated from the pins is written again
-too: ``.env.example`` and the README's settings table (JUPYTERHUB_VERSION's default and
-HUB_BASE_IMAGE follow the JupyterHub pin). Then: read the changelogs of what moved, run
+too: ``.env.example`` (JUPYTERHUB_VERSION's default and HUB_BASE_IMAGE follow the JupyterHub
+pin; the documentation's settings reference is generated from the same settings at every
+build, by tools/docsref.py). Then: read the changelogs of what moved, run
 ``nox -s unit``, build the images, and ``nox -s audit``.
 """
 
@@ -22,9 +23,7 @@ from pathlib import Path
 from gpuhub.core.versions import CONSTRAINTS, Pin, canonical, read, with_versions
 from gpuhub.tasks.project import ROOT
 
-README = ROOT / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
-TABLE_HEADER = "| setting | default | meaning |"
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
@@ -67,35 +66,20 @@ def held_back(pins: dict[str, Pin], runner: Runner = run) -> list[str]:
     return lines
 
 
-def with_table(readme: str, table: str) -> str:
-    """The README with its settings table (the block under TABLE_HEADER) replaced."""
-    lines = readme.splitlines(keepends=True)
-    try:
-        start = next(i for i, line in enumerate(lines) if line.rstrip("\n") == TABLE_HEADER)
-    except StopIteration:
-        raise SystemExit(f"constraints: README.md has no settings table ({TABLE_HEADER})") \
-            from None
-    end = start
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    return "".join(lines[:start]) + table + "".join(lines[end:])
-
-
-def generated(runner: Runner = run) -> tuple[str, str]:
-    """``.env.example`` and the README table, from the settings as they read the file now.
+def generated(runner: Runner = run) -> str:
+    """``.env.example``, from the settings as they read the file now.
 
     In a new interpreter: this one may have imported gpuhub.core.settings before the rewrite.
     """
-    result = runner([sys.executable, "-c", "import json; from gpuhub.core import settings; print("
-                     "json.dumps([settings.env_example(), settings.markdown_table()]))"])
+    result = runner([sys.executable, "-c", "import json; from gpuhub.core import settings; "
+                     "print(json.dumps(settings.env_example()))"])
     if result.returncode != 0:
         raise SystemExit(f"constraints: cannot read the settings: {result.stderr.strip()}")
-    env_example, table = json.loads(result.stdout)
-    return env_example, table
+    return json.loads(result.stdout)
 
 
 def refresh(dry_run: bool = False, runner: Runner = run, path: Path = CONSTRAINTS,
-            readme: Path = README, env_example: Path = ENV_EXAMPLE) -> list[str]:
+            env_example: Path = ENV_EXAMPLE) -> list[str]:
     """Move every pin to the newest release; the lines that say what changed."""
     pins = read(path)
     versions = newest(pins, runner)
@@ -105,9 +89,7 @@ def refresh(dry_run: bool = False, runner: Runner = run, path: Path = CONSTRAINT
     if dry_run or not any("->" in line for line in changes):
         return changes
     path.write_text(with_versions(path.read_text(), {p.name: versions[k] for k, p in pins.items()}))
-    example, table = generated(runner)
-    env_example.write_text(example)
-    readme.write_text(with_table(readme.read_text(), table))
+    env_example.write_text(generated(runner))
     return changes
 
 
@@ -122,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in changes or ["every pin is the newest release"]:
         print(line)
     if not args.dry_run and any("->" in line for line in changes):
-        print(f"wrote {CONSTRAINTS.relative_to(ROOT)}, .env.example and README.md's settings "
-              "table; now read the changelogs, run `nox -s unit`, build, and `nox -s audit`")
+        print(f"wrote {CONSTRAINTS.relative_to(ROOT)} and .env.example; now read the changelogs, run `nox -s unit`, build, and `nox -s audit`")
     return 0
 
 

@@ -24,8 +24,27 @@ import yaml
 from gpuhub.core.gpus import MIG_PROFILE
 from gpuhub.core.lablimits import parse_memory
 
-FIELDS = {"display_name", "slug", "description", "default", "image", "gpus", "gpu_slice",
-          "cpu_limit", "mem_limit", "max_age", "placement"}
+# Every field a profile may have, and what it means (the documentation's profiles reference
+# is generated from this).
+FIELD_HELP = {
+    "display_name": "Required. The profile's name on the spawn form; a GPU profile whose name "
+                    "does not say its size gets \"(N GPU)\" added.",
+    "slug": "The profile's id (lowercase letters, digits and '-'); derived from display_name "
+            "if absent. It names the profile in the metrics, GPU_LIMITS messages and records.",
+    "description": "One line under the name on the spawn form.",
+    "default": "true on at most one profile: the one selected on the form.",
+    "image": "The lab image for this profile (default: LAB_IMAGE); `invoke up` pulls it.",
+    "gpus": "How many GPUs the lab gets (0: CPU only); with gpu_slice, how many MIG instances.",
+    "gpu_slice": "The gpus are MIG instances of this profile, as `nvidia-smi -L` names it "
+                 "(e.g. 1g.5gb); without it, whole GPUs.",
+    "cpu_limit": "CPUs the lab may use (a number above 0); default LAB_CPU_LIMIT.",
+    "mem_limit": "The lab's memory limit, a size with a unit (16G); wins over LAB_MEM_LIMIT.",
+    "max_age": "A lab older than this is stopped, busy or idle, its files kept: 12h, 90m, 2d, "
+               "45s. Absent: no time limit.",
+    "placement": "Swarm mode: a list of Swarm constraints such as node.labels.gpu == a100 "
+                 "(ignored in compose mode).",
+}
+FIELDS = set(FIELD_HELP)
 _DURATION_RE = re.compile(r"(\d+)\s*([smhd])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Swarm placement constraints, e.g. node.labels.gpu == a100 (ignored in compose mode).

@@ -480,7 +480,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUTHENTICATOR", "native", _authenticator,
             "How users log in: native (accounts `invoke adduser` makes, passwords in the hub "
             "database), ldap (an LDAP or Active Directory server, LDAP_*) or oidc (an OpenID "
-            "Connect provider, OIDC_*). See README, Logging in.", "Login"),
+            "Connect provider, OIDC_*). See docs/explanation/logins.md.", "Login"),
     Setting("ALLOWED_GROUPS", "", _group_names,
             "ldap and oidc: the directory groups whose members may log in, comma-separated, "
             "or * for every account the directory or provider accepts. Required there.",
@@ -663,7 +663,7 @@ SETTINGS: tuple[Setting, ...] = (
             "A GPU below this utilisation (percent) counts as idle; the admin page and the "
             "metrics say for how long.", "GPUs"),
     Setting("SWARM_HOMES", "", _optional_abs_path,
-            "Swarm mode: a shared folder (NFS by default, see README) mounted at this same "
+            "Swarm mode: a shared folder (NFS by default, see docs/howto/swarm.md) mounted at this same "
             "path on every node; each user's work folder is <path>/<user>.", "Swarm"),
     Setting("SWARM_GPU_RESOURCE", "NVIDIA-GPU", _resource_kind,
             "Swarm mode: the generic resource name the nodes advertise their GPUs under "
@@ -885,7 +885,7 @@ def _combination_problems(values: Mapping[str, Any], env: Mapping[str, str]) -> 
         problems.append(f"HUB_DOMAIN={raw['HUB_DOMAIN']!r} is an IP address, which cannot "
                         "give each user's lab its own origin: give the server a DNS name "
                         "with a wildcard record (gpu.example.org and *.gpu.example.org) and "
-                        "set HUB_DOMAIN to it (README, One origin per user), or accept "
+                        "set HUB_DOMAIN to it (docs/explanation/origins.md), or accept "
                         "USERS_CAN_ACT_AS_EACH_OTHER=true.")
     public = values["HUB_PUBLIC_URL"]
     if public and urllib.parse.urlsplit(public).hostname != values["HUB_DOMAIN"].strip("[]"):
@@ -920,7 +920,7 @@ def _work_quota_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> l
     root = values["WORK_ROOT"] or ""
     if not root:
         problems.append(f"{quota} needs WORK_ROOT, a folder on a btrfs filesystem with quotas "
-                        "on, e.g. WORK_ROOT=/srv/gpuhub-work (README, Work folder quotas).")
+                        "on, e.g. WORK_ROOT=/srv/gpuhub-work (docs/howto/work-quotas.md).")
     elif any(not " " < ch <= "~" or ch in '"\\,:=' for ch in root) or root.rstrip("/") != root:
         problems.append(f"WORK_ROOT={raw['WORK_ROOT']!r} in the settings: the path must be plain "
                         "ASCII without spaces, quotes, backslashes, commas, colons, = or a "
@@ -1005,7 +1005,7 @@ def _swarm_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[s
         if values[name]:
             problems.append(f"{name}={raw[name]!r} in the settings: swarm mode has no "
                             "docker-proxy or lab-firewall yet (the hub holds the manager's "
-                            f"Docker socket; see README, Security model); set {name}=false "
+                            f"Docker socket; see docs/explanation/security-model.md); set {name}=false "
                             "or remove the line, or use MODE=compose.")
     if values["LAB_DISK_LIMIT"] not in ("auto", "none"):
         problems.append(f"LAB_DISK_LIMIT={raw['LAB_DISK_LIMIT']!r} in the settings: a Swarm "
@@ -1062,12 +1062,3 @@ def env_example() -> str:
             lines += ["", f"## {group}"]
         lines += [f"# {s.help}", f"{s.name}={s.default}"]
     return "\n".join(lines) + "\n"
-
-
-def markdown_table() -> str:
-    """The README's settings table."""
-    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
-    for s in SETTINGS:
-        default = f"`{s.default}`" if s.default else "(empty)"
-        rows.append(f"| `{s.name}` | {default} | {s.help} |")
-    return "\n".join(rows) + "\n"

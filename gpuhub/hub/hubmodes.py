@@ -112,7 +112,7 @@ class SwarmHub:
         c.GpuSwarmSpawner.lab_start_concurrency = 0
         c.GpuSwarmSpawner.pids_limit = s.lab_pids_limit
         c.GpuSwarmSpawner.tmp_size = lablimits.optional_bytes(s.lab_tmp_size)
-        # Swarm places labs itself, with its own pending state: no line for GPUs (README).
+        # Swarm places labs itself, with its own pending state: no line for GPUs (docs/howto/swarm.md).
         c.Spawner.start_timeout = s.spawn_timeout
         c.GpuSwarmSpawner.gpu_line_timeout = 0
 

@@ -95,7 +95,7 @@ def docker_lab_lister(project: str) -> Callable[[], list[dict]]:
 
 def swarm_board(settings, client=None) -> Board:
     """Swarm mode: every node's GPUs and the running lab tasks holding them. The sampler
-    is a single-host service: Swarm nodes' utilisation is not read (README, Swarm)."""
+    is a single-host service: Swarm nodes' utilisation is not read (docs/howto/swarm.md)."""
     import docker
 
     from gpuhub.core import swarm

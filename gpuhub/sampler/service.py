@@ -11,7 +11,7 @@ Why ``nvidia-smi`` and not NVIDIA's ``nvidia-ml-py``: the NVIDIA container toolk
 ``utility`` capability, so the service needs no package beyond the hub image; its CSV
 queries are a documented, stable interface that NVIDIA keeps across drivers; and one
 binary is also what the test double fakes. The cost is two short processes per
-interval, measured in the README (GPU telemetry).
+interval, measured in docs/explanation/telemetry.md (Cost).
 
 Processes are attributed to labs by their control group: with the host's PID namespace
 (``pid: host``) the PIDs ``nvidia-smi`` reports are the host's, and

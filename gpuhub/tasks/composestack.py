@@ -87,7 +87,7 @@ CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"
 
 def host_protection(c, project, host_memory: int) -> tuple[tuple[str, ...], dict[str, str]]:
     """The compose files and variables that keep labs apart and under one memory limit,
-    as `invoke up` adds them (compose by hand needs the same: README, Compose by hand)."""
+    as `invoke up` adds them (compose by hand needs the same: docs/howto/compose-by-hand.md)."""
     files: tuple[str, ...] = ()
     env: dict[str, str] = {}
     if project.settings.lab_firewall:
@@ -124,8 +124,8 @@ def lab_disk_env(c, project) -> dict[str, str]:
            or ["no reason given"])[-1].removeprefix("docker: ")
     if setting == "auto":
         step("note: Docker's storage cannot bound a lab's writable layer here, so what a user "
-             "writes outside ~/work and /tmp has no limit (LAB_DISK_LIMIT=auto; README, "
-             f"Disk: work folder quotas): {why}")
+             "writes outside ~/work and /tmp has no limit (LAB_DISK_LIMIT=auto; "
+             f"docs/howto/work-quotas.md): {why}")
         return {}
     raise fail(f"LAB_DISK_LIMIT={setting} cannot be kept: Docker's storage cannot bound a "
                f"lab's writable layer here, or not to that size ({why}); set LAB_DISK_LIMIT="
@@ -157,8 +157,8 @@ def check_work_root(c, project) -> None:
         return
     root = s.work_root or ""
     setup = (f"make it a btrfs filesystem with quotas on, e.g. `mkfs.btrfs /dev/<disk> && "
-             f"mount /dev/<disk> {root} && btrfs quota enable {root}` (README, Work folder "
-             "quotas), or set WORK_QUOTA=none")
+             f"mount /dev/<disk> {root} && btrfs quota enable {root}` (docs/howto/"
+             "work-quotas.md), or set WORK_QUOTA=none")
     if not os.path.isdir(root):
         raise fail(f"WORK_QUOTA={s.work_quota} needs WORK_ROOT={root}, which is not a folder "
                    f"on this host: {setup}")

@@ -20,8 +20,8 @@ def node_add(c, node="", label=None, manager=False):
     """Print what a new GPU node needs to join this Swarm (daemon.json, join command)."""
     project = load()
     if not project.swarm:
-        raise fail("node-add is for swarm mode: set MODE=swarm in .env (see README, "
-                   "'Beyond one server')")
+        raise fail("node-add is for swarm mode: set MODE=swarm in .env (see "
+                   "docs/howto/swarm.md)")
     require_docker(c)
     require_manager(c)
     labels = {}

@@ -189,8 +189,8 @@ def chart_values(settings: Settings, profiles: Profiles, endpoints: dict | None 
                 **auth["JupyterHub"],
                 # Deprecated and without effect since JupyterHub 2 (the chart still sets
                 # it): admins hold the admin role's access:servers scope, so they can
-                # open every user's lab, with the chart as with gpuhub (README, Users
-                # and each other). False, so the values do not suggest otherwise.
+                # open every user's lab, with the chart as with gpuhub (docs/explanation/
+                # security-model.md, Users and each other). False, so the values do not suggest otherwise.
                 "admin_access": False,
                 "log_level": s.log_level,
             },

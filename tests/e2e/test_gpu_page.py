@@ -1,7 +1,8 @@
 """The admin's GPU page in a real browser: the hub's layout, live utilisation from the
 NVIDIA test double (or the real GPUs), and a Stop button that uses the hub's API.
 
-It also takes the README's screenshot of the page (docs/images/gpu-page.png).
+With GPUHUB_DOCS_SCREENSHOTS=1 it also takes the README's and the docs' picture of the page
+(docs/images/gpu-page.png; tests/support/screenshots.py).
 """
 
 import re
@@ -9,14 +10,10 @@ import re
 import pytest
 from selenium.webdriver.common.by import By
 
-from harness.stack import ROOT
 from harness.wait import wait_until
-from support import gpu_state
+from support import gpu_state, screenshots
 
 pytestmark = pytest.mark.e2e
-
-SCREENSHOT = ROOT / "docs" / "images" / "gpu-page.png"
-
 
 def row_text(admin, uuid: str) -> str:
     rows = admin.driver.find_elements(By.CSS_SELECTOR, f'#gpu-table tr[data-uuid="{uuid}"]')
@@ -74,9 +71,7 @@ def test_the_gpu_page_shows_live_use_and_stops_a_lab(hub, browser, users, gpu_mo
         assert idle == "0 s", f"a GPU at 85 % is not idle: {idle!r}"
         heights = sparkline_heights(admin, uuid)  # the readings 20, 55 and 85 %, as drawn
         assert len(heights) >= 3 and heights[-1] > min(heights), heights
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    admin.driver.set_window_size(1280, 720)
-    admin.driver.save_screenshot(str(SCREENSHOT))
+    screenshots.save(admin.driver, "gpu-page")
     if not gpu_mode.real:  # the page counts the idle time once the GPU goes quiet
         gpu_state.write({uuid: (0, 9216)})
         wait_until(lambda: re.fullmatch(r"[1-9]\d* s|\d+ min", cells(admin, uuid)[6]), timeout=60,

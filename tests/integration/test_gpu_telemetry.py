@@ -9,17 +9,14 @@ the sampler included, sees it, so these tests put it back to "all idle" when the
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import subprocess
 
 import pytest
 import requests
 
 from harness.hub import HubUser
-from harness.stack import free_port
 from harness.wait import wait_until
 from support import gpu_state
+from support.prometheus import query
 
 SPAWN_TIMEOUT = 180
 NAME = "teleuser"
@@ -173,35 +170,6 @@ def test_the_spawn_form_says_how_many_gpus_are_free(stack, gpu_lab):
     form = other.http.get(f"{stack.url}/hub/spawn", timeout=30).content.decode()
     assert f"<strong>1 GPU</strong> — {4 - held} of 4 free" in form, form[-2000:]
     assert "(1 GPU)" not in form
-
-
-@pytest.fixture
-def prometheus(stack, tmp_path):
-    """A real Prometheus (Debian's), on loopback, scraping the stack every second with
-    the config `invoke metrics-config` prints."""
-    binary = shutil.which("prometheus")
-    if not binary:
-        pytest.fail("these tests need Debian's prometheus package (`.ci/provision` installs it)")
-    config = stack.invoke("metrics-config", "--host", "127.0.0.1").stdout
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n" + config)
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(f"{url}/-/ready", timeout=2).ok, timeout=60,
-               what="Prometheus ready", logs=lambda: (tmp_path / "prometheus.log").read_text())
-    yield url, tmp_path / "prometheus.log"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-
-
-def query(url: str, promql: str) -> list[dict]:
-    answer = requests.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
 
 
 def test_prometheus_scrapes_gpu_use_holders_and_spawns(stack, gpu_lab, prometheus):

@@ -1,4 +1,4 @@
-"""What the compose files promise (README, Security model), read as compose reads them.
+"""What the compose files promise (docs/explanation/security-model.md), read as compose reads them.
 
 Each file is YAML that `docker compose` merges with the others `invoke up` picks; these
 tests read every file, so an override that publishes a port, adds a capability or moves a

@@ -16,21 +16,6 @@ jupyterlab==4.6.5
 PyYAML==6.0.2
 selenium==4.51.0  # <4.52: needs a newer certifi
 """
-README = """\
-# gpuhub
-
-## Settings
-
-| setting | default | meaning |
-| --- | --- | --- |
-| `JUPYTERHUB_VERSION` | `5.5.3` | JupyterHub version. |
-
-## Testing
-"""
-NEW_TABLE = ("| setting | default | meaning |\n| --- | --- | --- |\n"
-             "| `JUPYTERHUB_VERSION` | `5.5.4` | JupyterHub version. |\n")
-
-
 def report(versions: dict[str, str]) -> str:
     return json.dumps({"install": [{"metadata": {"name": n, "version": v}}
                                    for n, v in versions.items()]})
@@ -46,7 +31,7 @@ class Pip:
     def __call__(self, cmd: list[str]) -> subprocess.CompletedProcess:
         self.commands.append(cmd)
         if cmd[1] == "-c":
-            return subprocess.CompletedProcess(cmd, 0, json.dumps(["ENV EXAMPLE\n", NEW_TABLE]))
+            return subprocess.CompletedProcess(cmd, 0, json.dumps("ENV EXAMPLE\n"))
         assert cmd[1:7] == ["-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
         if "--no-deps" in cmd:
             return subprocess.CompletedProcess(cmd, 0, report({cmd[-1]: self.alone[cmd[-1]]}))
@@ -55,10 +40,8 @@ class Pip:
 
 @pytest.fixture
 def files(tmp_path):
-    paths = {"path": tmp_path / "constraints.txt", "readme": tmp_path / "README.md",
-             "env_example": tmp_path / ".env.example"}
+    paths = {"path": tmp_path / "constraints.txt", "env_example": tmp_path / ".env.example"}
     paths["path"].write_text(FILE)
-    paths["readme"].write_text(README)
     paths["env_example"].write_text("OLD\n")
     return paths
 
@@ -86,8 +69,6 @@ def test_every_pin_moves_to_what_pip_resolves_inside_its_hold(files):
 def test_what_is_generated_from_the_pins_is_written_again(files):
     constraints.refresh(runner=Pip(TOGETHER, ALONE), **files)
     assert files["env_example"].read_text() == "ENV EXAMPLE\n"
-    assert files["readme"].read_text() == README.replace(
-        "| `JUPYTERHUB_VERSION` | `5.5.3` |", "| `JUPYTERHUB_VERSION` | `5.5.4` |")
 
 
 def test_dry_run_and_an_up_to_date_file_write_nothing(files):
@@ -109,9 +90,3 @@ def test_a_pin_pip_cannot_resolve_stops_the_refresh(files):
     with pytest.raises(SystemExit, match="pip could not resolve the pins: ERROR: Resolution"):
         constraints.refresh(runner=failing, **files)
     assert files["path"].read_text() == FILE
-
-
-def test_the_real_readme_has_the_settings_table_it_replaces():
-    readme = constraints.README.read_text()
-    assert constraints.with_table(readme, "TABLE\n").count("TABLE\n") == 1
-    assert constraints.TABLE_HEADER not in constraints.with_table(readme, "TABLE\n")

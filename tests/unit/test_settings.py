@@ -241,13 +241,6 @@ def test_env_example_lists_every_default_and_they_validate(tmp_path):
     assert validate(values) == validate({})
 
 
-def test_markdown_table_has_a_row_per_setting():
-    rows = settings.markdown_table().splitlines()
-    assert len(rows) == 2 + len(SETTINGS)
-    assert "| `HUB_PORT` | `8000` |" in settings.markdown_table()
-    assert "| `LAB_MEM_LIMIT` | `auto` |" in settings.markdown_table()
-
-
 COMPOSE_VAR = re.compile(r"\$\{(?P<name>\w+)(?P<op>:?-)?(?P<default>[^}]*)\}")
 
 

@@ -15,9 +15,10 @@ from support import dockerfiles
 PINS = versions.read()
 # Where packages are installed from: each names its packages and takes the versions from
 # constraints.txt.
-REQUIREMENTS = ["requirements.txt", "requirements-dev.txt", "jupyterhub/requirements.txt"]
+REQUIREMENTS = ["requirements.txt", "requirements-dev.txt", "jupyterhub/requirements.txt",
+                "docs/requirements.txt"]
 INSTALLERS = ["jupyterhub/Dockerfile", "jupyterlab/Dockerfile", "noxfile.py", ".ci/run",
-              ".github/workflows/gpu-e2e.yml", "docs/gpu-runner.md"]
+              ".github/workflows/gpu-e2e.yml", "docs/gpu-runner.md", ".readthedocs.yaml"]
 
 
 def pin(name: str) -> Version:
@@ -169,3 +170,10 @@ def test_holds_and_comments_are_read_and_kept():
     assert plain.hold == "" and plain.comment.startswith("the broker's")
     assert versions.parse_line("  # a comment") is None and versions.parse_line("") is None
     assert versions.pinned("PYYAML") == versions.pinned("pyyaml")
+
+
+def test_the_docs_install_with_the_constraints_everywhere_they_are_built():
+    nox = (ROOT / "noxfile.py").read_text()
+    assert 'session.install("-c", CONSTRAINTS, "-r", "docs/requirements.txt")' in nox
+    rtd = (ROOT / ".readthedocs.yaml").read_text()
+    assert "pip install -c gpuhub/core/constraints.txt -r docs/requirements.txt" in rtd
