@@ -13,10 +13,12 @@ from gpuhub.core.settings import SettingsError, validate
 from gpuhub.hub.gpuline import roll_over
 from gpuhub.hub.hubconfig import apply_config, check_docker_access, load_admin_config
 from gpuhub.hub.hubmodes import hub_mode
+from gpuhub.hub.jupyterhubfixes import install as install_jupyterhub_fixes
 from gpuhub.hub.telemetry import install as install_telemetry
 from gpuhub.hub.workfolders import work_use
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
+install_jupyterhub_fixes()
 
 try:
     settings = validate(os.environ)
