@@ -142,6 +142,8 @@ class GpuDockerSpawner(DockerSpawner):
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
     _gpu_fault_notes: list[str] = []  # this start's GPUs that failed, for its progress
     _trying_gpus = False  # from the first grant until the lab serves or the start failed
+    # Labs waiting to accept connections now (wait_until_serving), in this hub process.
+    _booting: ClassVar[int] = 0
     # Health questions to Docker on their way, shared by the starts that ask meanwhile.
     _health_asked: ClassVar[dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future]] = {}
 
@@ -572,20 +574,26 @@ class GpuDockerSpawner(DockerSpawner):
         deadline = loop.time() + self.boot_timeout
         # Most labs serve within a second: they are never inspected.
         next_inspect = loop.time() + 1
-        while loop.time() < deadline:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
-                writer.close()
-                return
-            except (TimeoutError, OSError):
-                pass
-            # Connecting is cheap and local (only the labs holding a start slot try), so
-            # every 50 ms: the hub notices a ready lab 25 ms later on average. A Docker
-            # inspect once a second is enough to notice a lab that died.
-            if loop.time() >= next_inspect:
-                next_inspect = loop.time() + 1
-                await self._fail_if_dead()
-            await asyncio.sleep(0.05)
+        GpuDockerSpawner._booting += 1
+        try:
+            while loop.time() < deadline:
+                try:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1)
+                    writer.close()
+                    return
+                except (TimeoutError, OSError):
+                    pass
+                # A lab alone is tried every 50 ms: the hub notices it ready 25 ms later on
+                # average. Labs booting together share the cores, so each boots about that
+                # many times slower, and is tried that many times less often (at most once a
+                # second): the hub's tries cost it no more in a storm than for one lab. A
+                # Docker inspect once a second is enough to notice a lab that died.
+                if loop.time() >= next_inspect:
+                    next_inspect = loop.time() + 1
+                    await self._fail_if_dead()
+                await asyncio.sleep(serving_poll_interval(GpuDockerSpawner._booting))
+        finally:
+            GpuDockerSpawner._booting -= 1
         raise StartRefused(500, f"your lab did not start within {self.boot_timeout} s; "
                                 "try again, or ask an admin to check `invoke logs`", "timeout")
 
@@ -724,6 +732,11 @@ class GpuDockerSpawner(DockerSpawner):
                 await self._remove_quietly()
             await asyncio.sleep(0.2)
         self.gpu_ids = []
+
+
+def serving_poll_interval(booting: int) -> float:
+    """Seconds between tries to connect to a booting lab while ``booting`` labs boot."""
+    return min(1.0, 0.05 * max(1, booting))
 
 
 def finished_at(state: dict) -> datetime.datetime:

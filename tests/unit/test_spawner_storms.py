@@ -9,7 +9,7 @@ import pytest
 from traitlets.config import Config
 
 from gpuhub.core.profiles import Profile
-from gpuhub.hub.spawner import StartRefused
+from gpuhub.hub.spawner import GpuDockerSpawner, StartRefused
 from support.spawners import fresh_hub_process, user_spawner
 
 
@@ -84,3 +84,27 @@ def test_a_lab_without_gpus_asks_docker_nothing_for_its_grant(hub):
     lab.docker = docker
     assert asyncio.run(lab.grant_from_docker(Profile(slug="cpu", display_name="CPU",
                                                      gpus=0))) == []
+
+
+def test_a_lone_lab_is_tried_every_50_ms_and_labs_in_a_storm_less_often():
+    from gpuhub.hub.spawner import serving_poll_interval
+    assert serving_poll_interval(0) == serving_poll_interval(1) == 0.05
+    assert serving_poll_interval(10) == pytest.approx(0.5)
+    assert serving_poll_interval(40) == 1.0
+
+
+def test_the_count_of_booting_labs_goes_back_down_when_a_lab_serves_or_fails(hub, monkeypatch):
+    lab = user_spawner(hub, "dana")
+    lab.boot_timeout = 1
+
+    async def refused(host, port):
+        raise ConnectionRefusedError
+
+    async def still_running():
+        return None
+
+    monkeypatch.setattr(asyncio, "open_connection", refused)
+    lab._fail_if_dead = still_running
+    with pytest.raises(StartRefused):
+        asyncio.run(lab.wait_until_serving("10.0.0.9", 8888))
+    assert GpuDockerSpawner._booting == 0
