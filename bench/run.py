@@ -261,7 +261,7 @@ class Bench:
             return
         since = min(t.requested for t in r.traces) - 1
         try:
-            trace.add_docker_steps(r.traces, trace.docker_events(since, time.time()),
+            trace.add_docker_steps(r.traces, r.docker_events,
                                    {t.user: lab_container(t.user) for t in r.traces})
             trace.add_hub_steps(r.traces, hub_log(), since)
         except Exception as exc:  # the trace is a figure of its own: never fail the run

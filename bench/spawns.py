@@ -19,7 +19,7 @@ import requests
 
 from bench.hostcpu import EngineCpu, machine_busy
 from bench.probes import HubApiProbe, MemoryProbe, cpu_seconds
-from bench.trace import LabTrace
+from bench.trace import DockerEvents, LabTrace
 from harness.hub import HubUser
 from harness.stack import free_port
 from harness.wait import wait_until
@@ -180,6 +180,7 @@ class Round:
     # The same, per service (container name -> CPU-seconds in the window).
     hub_cpu_by_service: dict[str, float] = field(default_factory=dict)
     traces: list[LabTrace] = field(default_factory=list)
+    docker_events: list[dict] = field(default_factory=list)  # containers' create and start
     engine_cpu_seconds: float | None = None  # dockerd, containerd, the labs' shims
     errors: list[str] = field(default_factory=list)
 
@@ -195,8 +196,9 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
     api = HubApiProbe(f"{probe_user.base}/hub/api/users/{probe_user.name}", probe_user.token)
     memory = MemoryProbe(client, hub_container)
     services_before = {c: cpu_seconds(client, c) for c in service_containers}
+    events = DockerEvents()
     try:
-        with api, memory, ThreadPoolExecutor(len(users)) as pool:
+        with api, memory, events, ThreadPoolExecutor(len(users)) as pool:
             engine_before, busy_before = engine.daemons(), machine_busy()
             started = time.monotonic()
             futures = [pool.submit(spawn_and_time, u, options, timeout, barrier, result.traces)
@@ -225,6 +227,7 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
             result.engine_cpu_seconds = engine_after - engine_before + engine.shims(lab_ids)
     finally:
         stop_all(users)
+    result.docker_events = events.events
     result.hub_api_latencies = api.latencies
     result.hub_api_failures = api.failures + len(api.errors)
     result.hub_peak_working_set = memory.peak_working_set
@@ -248,6 +251,7 @@ def merge(rounds: list[Round]) -> Round:
         for name, seconds in r.hub_cpu_by_service.items():
             merged.hub_cpu_by_service[name] = merged.hub_cpu_by_service.get(name, 0.0) + seconds
         merged.traces += r.traces
+        merged.docker_events += r.docker_events
         merged.engine_cpu_seconds = (None if None in (merged.engine_cpu_seconds,
                                                       r.engine_cpu_seconds)
                                      else merged.engine_cpu_seconds + r.engine_cpu_seconds)

@@ -19,6 +19,8 @@ import datetime
 import json
 import re
 import subprocess
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,13 +53,39 @@ class LabTrace:
                                       else round(t - t0, 3) for step in STEPS}}
 
 
-def docker_events(since: float, until: float) -> list[dict]:
-    """Container events between two wall-clock times, as Docker records them."""
-    out = subprocess.run(
-        ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
-         "--filter", "type=container", "--format", "{{json .}}"],
-        capture_output=True, text=True, timeout=60)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+class DockerEvents:
+    """Containers' create and start events, as Docker sends them, while the block runs.
+
+    Watched live, not asked for afterwards: the engine keeps only its last 256 events for
+    ``--since``, and the health checks' execs push a storm's out of them within seconds."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> DockerEvents:
+        self._process = subprocess.Popen(
+            ["docker", "events", "--filter", "type=container", "--filter", "event=create",
+             "--filter", "event=start", "--format", "{{json .}}"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            if line.strip():
+                self.events.append(json.loads(line))
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)  # the last events on their way
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
 
 
 def add_docker_steps(traces: list[LabTrace], events: list[dict],

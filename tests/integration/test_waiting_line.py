@@ -20,8 +20,8 @@ from harness.hub import HubUser
 from harness.wait import wait_until
 
 WAIT_FOR_READY = 180  # the test's own patience for a lab to be ready
-SPAWN_TIMEOUT = 30  # the stack's limit on a lab's own boot: shorter than q4's wait
-QUEUE_TIMEOUT = 60  # q5 waits from the first test into the second
+SPAWN_TIMEOUT = 20  # the stack's limit on a lab's own boot: shorter than q4's wait
+QUEUE_TIMEOUT = 45  # q5 waits from the first test into the second
 USERS = [f"q{i}" for i in range(6)]
 
 
