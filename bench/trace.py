@@ -26,8 +26,8 @@ from pathlib import Path
 
 STEPS = ("requested", "created", "started", "served", "routed", "ready")
 # Segment between two steps -> what it is, for the plot's legend.
-SEGMENTS = {("requested", "created"): "hub before Docker (GPUs, start slot, image, create)",
-            ("created", "started"): "Docker: create to start",
+SEGMENTS = {("requested", "created"): "hub before Docker (profile, GPUs, image)",
+            ("created", "started"): "created; waiting for a start slot (gpuhub), then started",
             ("started", "served"): "lab boots until it listens (hub sees it)",
             ("served", "routed"): "hub: route to the proxy",
             ("routed", "ready"): "answers through the proxy (client sees it)"}
@@ -148,16 +148,23 @@ def plot(storms: dict[str, list[dict]], path: Path) -> None:
     for ax, name in zip(axes[:, 0], names):
         rows = sorted(storms[name], key=lambda r: (r["ready"] is None, r["ready"] or 0))
         for y, row in enumerate(rows):
-            for (a, b), colour in colours.items():
-                if row.get(a) is not None and row.get(b) is not None and row[b] >= row[a]:
-                    ax.broken_barh([(row[a], row[b] - row[a])], (y - 0.4, 0.8), color=colour,
-                                   label=SEGMENTS[(a, b)] if y == 0 else None)
+            # Between each two steps the sources showed (a missing one: the two around it
+            # make one segment, in the colour of the first).
+            known = [s for s in STEPS if row.get(s) is not None]
+            for a, b in zip(known, known[1:]):
+                pair = next(k for k in SEGMENTS if k[0] == a)
+                if row[b] >= row[a]:
+                    ax.broken_barh([(row[a], row[b] - row[a])], (y - 0.4, 0.8),
+                                   color=colours[pair], label=SEGMENTS[pair])
         ax.set_yticks(range(len(rows)), [r["user"] for r in rows], fontsize=6)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("seconds after the first request", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=2)
+    legend: dict[str, object] = {}
+    for ax in axes[:, 0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", fontsize=7, ncol=2)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
