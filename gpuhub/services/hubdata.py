@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from gpuhub.core import names
+from gpuhub.services.hubdb import online_copy
 
 DB_FILE = names.HUB_DATABASE_FILE
 COOKIE_SECRET_FILE = names.COOKIE_SECRET_FILE
@@ -48,12 +49,7 @@ def write_backup(data: Path, out, include_secrets: bool) -> None:
     if not database.is_file():
         raise SystemExit(f"error: the hub-data volume has no {DB_FILE}")
     copy = Path(tempfile.mkdtemp()) / DB_FILE
-    source, target = sqlite3.connect(database, timeout=60), sqlite3.connect(copy)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
+    online_copy(database, copy)
     info = json.dumps({"jupyterhub_version": jupyterhub_version,
                        "users": users(copy)}).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:

@@ -106,7 +106,7 @@ def dump(url: str, out) -> None:
     if path is not None:
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / path.name
-            _online_copy(path, copy)
+            online_copy(path, copy)
             with open(copy, "rb") as f:
                 shutil.copyfileobj(f, out)
         return
@@ -125,7 +125,7 @@ def dump(url: str, out) -> None:
         engine.dispose()
 
 
-def _online_copy(source: Path, target: Path) -> None:
+def online_copy(source: Path, target: Path) -> None:
     """SQLite's online backup: a consistent copy even while a hub writes."""
     src, dst = sqlite3.connect(source, timeout=60), sqlite3.connect(target)
     try:
@@ -181,7 +181,7 @@ def upgrade(url: str) -> dict:
         migrate(url)
     else:
         with _beside(path) as copy:
-            _online_copy(path, copy)
+            online_copy(path, copy)
             migrate(f"sqlite:///{copy}")
             if revision_of(f"sqlite:///{copy}")[1] != before["head"]:
                 raise SystemExit("error: the migrated copy is not at the new revision; "

@@ -4,6 +4,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from harness.wait import wait_until
+from support import screenshots
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +41,4 @@ def test_admin_page_lists_every_user(browser, users):
     body = admin.wait_for("body", "the admin page")
     wait_until(lambda: all(name in body.text for name in users), timeout=30, interval=0.25,
                what=f"the admin page to list {sorted(users)}", state=admin.where)
+    screenshots.save(admin.driver, "admin-page")  # docs/images, with GPUHUB_DOCS_SCREENSHOTS=1

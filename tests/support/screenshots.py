@@ -1,6 +1,6 @@
 """The documentation's pictures, taken by the e2e suite's browser from a real stack.
 
-    GPUHUB_DOCS_SCREENSHOTS=1 nox -s e2e -- -k "test_docs_screenshots or test_gpu_page"
+    GPUHUB_DOCS_SCREENSHOTS=1 nox -s e2e -- -k "test_docs_screenshots or test_gpu_page or test_admin_page_lists_every_user"
 
 With the variable set, :func:`save` writes ``docs/images/<name>.png`` (one window size for
 all, so the pictures match); without it, nothing is written, so an ordinary e2e run leaves
