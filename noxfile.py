@@ -1,11 +1,11 @@
-"""gpuhub's test sessions: `nox -s lint tests e2e` is the full suite (the README's test command)."""
+"""gpuhub's test sessions: `nox -s lint docs tests e2e` is the full suite (the README's test command)."""
 
 import os
 
 import nox
 
 nox.needs_version = ">=2024.3.2"
-nox.options.sessions = ["lint", "tests", "e2e"]  # bench and unit run on request
+nox.options.sessions = ["lint", "docs", "tests", "e2e"]  # bench and unit run on request
 nox.options.reuse_venv = "yes"
 # Every version gpuhub pins (python -m tools.constraints refresh moves them all).
 CONSTRAINTS = "gpuhub/core/constraints.txt"

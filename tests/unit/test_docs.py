@@ -190,6 +190,10 @@ def test_ci_builds_the_docs_with_warnings_as_errors():
     assert '"sphinx-build", "-W", "--keep-going"' in session
     # CI runs the README's test line, `nox`, whose default sessions include docs.
     assert "\n@nox.session\ndef docs(" in nox
+    import ast
+    default = next(ast.literal_eval(line.split("=", 1)[1].split("#", 1)[0].strip())
+                   for line in nox.splitlines() if line.startswith("nox.options.sessions ="))
+    assert "docs" in default, "`nox` (the README's test line) would skip the docs"
     assert 'readme_line "**Run the tests**"' in (ROOT / ".ci" / "readme-lines").read_text()
     readme = (ROOT / "README.md").read_text()
     test_line = readme.split("**Run the tests**", 1)[1].split("\n    ", 1)[1].splitlines()[0]
