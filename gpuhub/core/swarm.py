@@ -75,8 +75,9 @@ def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secre
     on_hub_node = {
         "constraints": ["node.role == manager", f"node.labels.{HUB_NODE_LABEL} == true"],
     }
-    # dnsrr: names resolve to the task's address; no virtual IP (IPVS) in between.
-    deploy = {"endpoint_mode": "dnsrr", "placement": on_hub_node,
+    # dnsrr: names resolve to the task's address; no virtual IP (IPVS) in between. One
+    # replica, said: a deploy brings back a hub scaled to 0 (for its database's upgrade).
+    deploy = {"replicas": 1, "endpoint_mode": "dnsrr", "placement": on_hub_node,
               "restart_policy": {"condition": "any"}}
     environment = {**settings.raw_env(), "GPUHUB_GPU_INVENTORY": inventory_json,
                    HOST_MEMORY_ENV: str(lab_host_memory or "")}

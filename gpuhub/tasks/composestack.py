@@ -59,7 +59,7 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
                       **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
                       **protection_env)
     # A new JupyterHub meets the old one's database here, before the hub is recreated.
-    upgraded = hubdatabase.bring_to_image(c, project, env)
+    upgraded = hubdatabase.bring_to_image(c, project, hub_switch(c, project, env))
     if upgraded:
         step(upgraded.message)
     step(f"starting project {project.name}")
@@ -80,6 +80,29 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
         c.run(project.compose("restart hub"), env=env)
         wait_healthy(c, project, timeout)
     return up_message(s, inventory)
+
+
+def hub_switch(c, project, env: dict) -> hubdatabase.HubSwitch:
+    """The hub database step's compose part: the hub image as built here, `compose stop`,
+    and the old container started again (healthy before the admin reads that it runs)."""
+    image = project.settings.hub_image
+
+    def runs_image() -> bool:
+        container = c.run(project.compose("ps -aq hub"), env=env, hide=True, warn=True).stdout.split()
+        built = c.run(f"docker image inspect -f '{{{{.Id}}}}' {shlex.quote(image)}",
+                      hide=True, warn=True).stdout.strip()
+        return bool(container and built) and c.run(
+            f"docker inspect -f '{{{{.Image}}}}' {shlex.quote(container[0])}",
+            hide=True, warn=True).stdout.strip() == built
+
+    return hubdatabase.HubSwitch(
+        image=image,
+        running=lambda: hub_running(c, project),
+        stop=lambda: c.run(project.compose("stop hub"), env=env, hide=True),
+        start_old=lambda: c.run(project.compose(
+            "up -d --no-deps --no-recreate --wait --wait-timeout 180 hub"),
+            env=env, hide=True, warn=True),
+        runs_image=runs_image)
 
 
 CGROUP_INFO = "docker info --format '{{.CgroupDriver}} {{.CgroupVersion}}'"

@@ -253,10 +253,16 @@ def docker_inspect(c, ids: list[str]) -> list[dict]:
         raise fail(f"docker inspect printed no JSON: {found.stderr.strip()}") from None
 
 
+# docker's last line after a refused `docker run` ("See 'docker run --help'."): the line
+# before it says why.
+DOCKER_HELP_HINT = re.compile(r"See 'docker [a-z ]+ --help'\.")
+
+
 def stderr_tail(result, default: str | None = None) -> str:
     """The last line a failed command wrote on stderr (else ``default``, else its exit
     code), without an "error: " of its own, at most 300 characters: for one-line errors."""
-    lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
+    lines = [ln for ln in (result.stderr or "").splitlines()
+             if ln.strip() and not DOCKER_HELP_HINT.fullmatch(ln.strip())]
     last = lines[-1].strip() if lines else (default or f"exit code {result.return_code}")
     return last.removeprefix("error: ")[-300:]
 

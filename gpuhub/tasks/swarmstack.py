@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from invoke import Exit
+
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names, origins, swarm
 from gpuhub.tasks import hubdatabase
@@ -28,6 +30,7 @@ from gpuhub.tasks.deployment import (
     fail,
     helper_container,
     require_running,
+    stderr_tail,
     step,
 )
 from gpuhub.tasks.images import build_images, push_images
@@ -167,8 +170,16 @@ def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bo
     if build:
         build_images(c, project)
         push_images(c, project)
-    hubdatabase.refuse_unless_current(c, project)
-    found = deploy(c, project, timeout)
+    # A new JupyterHub meets the old one's database here, before the stack is deployed.
+    upgraded = hubdatabase.bring_to_image(c, project, hub_switch(c, project, timeout))
+    if upgraded:
+        step(upgraded.message)
+    try:
+        found = deploy(c, project, timeout)
+    except Exit as failed:
+        if upgraded:
+            step(f"the hub database before its upgrade: {upgraded.backup}")
+        raise failed
     return (f"gpuhub is up on the Swarm: {origins.hub_origin(project.settings)}/  "
             f"({gpu_inventory.summary(found)}; HUB_DOMAIN and *.HUB_DOMAIN must name "
             "this node, or any node: every node publishes HUB_PORT)")
@@ -349,13 +360,44 @@ def helper_image(c, project) -> str:
     image = swarm.image_ref(project.settings, project.settings.hub_image)
     if c.run(f"docker image inspect {shlex.quote(image)}", hide=True, warn=True).ok:
         return image
-    step(f"pulling {image} (the hub image, for the helper containers)")
+    return pulled_hub_image(c, project)
+
+
+def pulled_hub_image(c, project) -> str:
+    """The hub image as REGISTRY has it now: what the next deploy runs (`docker stack deploy`
+    resolves the tag there); the copy on this node when there is no registry to ask."""
+    image = swarm.image_ref(project.settings, project.settings.hub_image)
+    step(f"pulling {image} (the hub image)")
     pulled = c.run(f"docker pull {shlex.quote(image)}", hide=True, warn=True)
-    if pulled.failed:
-        raise fail(f"could not pull the hub image {image!r} from REGISTRY "
-                   f"({(pulled.stderr.strip().splitlines() or ['?'])[-1]}); run "
-                   "`invoke build --push` first, then try again")
-    return image
+    if pulled.ok:
+        return image
+    if not project.settings.registry and c.run(f"docker image inspect {shlex.quote(image)}",
+                                               hide=True, warn=True).ok:
+        return image
+    raise fail(f"could not pull the hub image {image!r} from REGISTRY "
+               f"({stderr_tail(pulled)}); run `invoke build --push` first, then try again")
+
+
+def hub_switch(c, project, timeout: float) -> hubdatabase.HubSwitch:
+    """The hub database step's Swarm part: the hub image REGISTRY has (what the deploy
+    runs), the hub service scaled to 0 (its task's container ends: the database is closed),
+    and back to 1, the old spec, healthy, when the step fails."""
+
+    def start_old() -> None:
+        c.run(f"docker service scale --detach=false {shlex.quote(project.hub_service)}=1",
+              hide=True, warn=True)
+        try:
+            wait_healthy(c, project, min(timeout, 180))
+        except Exit as failed:
+            step(f"the old hub did not start again: {failed.message}")
+
+    return hubdatabase.HubSwitch(
+        image=pulled_hub_image(c, project),
+        running=lambda: c.run(f"docker service inspect {shlex.quote(project.hub_service)}",
+                              hide=True, warn=True).ok,
+        stop=lambda: c.run(f"docker service scale --detach=false "
+                           f"{shlex.quote(project.hub_service)}=0", hide=True),
+        start_old=start_old)
 
 
 def running_labs(c, project) -> list[str]:

@@ -10,6 +10,7 @@ test_upgrade.py upgrades it on SQLite).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
 import pytest
@@ -104,6 +105,7 @@ def test_a_failing_migration_changes_nothing_then_the_upgrade_works_and_going_ba
     rows = [json.loads(ln) for ln in open(copy)]
     assert {"table": "alembic_version", "row": {"version_num": JUPYTERHUB_5_5}} in rows
     assert any(r["table"] == "users" and r["row"]["name"] == "erin" for r in rows)
+    os.unlink(copy)  # in the checkout's backups/ (the test stacks' project root)
     # erin logs in with her password; her token still works.
     HubUser(stack.url, "erin").login(PASSWORD)
     assert erin.api("GET", "/user", token=token).json()["name"] == "erin"

@@ -84,9 +84,11 @@ class SwarmStack:
         return node.docker("exec", cid, *cmd).stdout
 
     def logs(self) -> str:
-        out = self.cluster.manager.docker("service", "logs", "--tail", "60",
+        """The hub's last log lines, without its answers to the tests' polls (200 GET)."""
+        out = self.cluster.manager.docker("service", "logs", "--tail", "600",
                                           f"{self.stack.project}_hub", check=False)
-        return (out.stdout + out.stderr)[-8000:]
+        lines = [ln for ln in (out.stdout + out.stderr).splitlines() if " 200 GET " not in ln]
+        return "\n".join(lines)[-12000:]
 
     def spawn(self, user: HubUser, profile: str) -> float:
         started = time.monotonic()
@@ -256,6 +258,54 @@ def test_hub_restart_keeps_the_labs(swarm, sessions):
         assert swarm.running_task(user)["ID"] == task_id, user
         assert sessions[user].server().get("ready"), user
         assert sessions[user].lab("GET", "/status").status_code == 200, user
+
+
+# The database as the previous JupyterHub left it: its last migration undone by
+# JupyterHub's own alembic scripts (6.1's last one adds spawners.display_name).
+UNDO_LAST_MIGRATION = """\
+import os, tempfile
+from alembic import command
+from alembic.config import Config
+from jupyterhub import dbutil
+from gpuhub.services import hubdb
+with tempfile.TemporaryDirectory() as tmp:
+    ini = os.path.join(tmp, "alembic.ini")
+    dbutil.write_alembic_ini(ini, hubdb.database_url())
+    command.downgrade(Config(ini), "-1")
+"""
+
+
+def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions):
+    m = swarm.cluster.manager
+    project = swarm.stack.project
+    hub = f"{project}_hub"
+    image = m.docker("service", "inspect", "--format",
+                     "{{.Spec.TaskTemplate.ContainerSpec.Image}}", hub).stdout.strip()
+    volume = f"{project}_hub-data:/srv/jupyterhub"
+    m.docker("service", "scale", "--detach=false", f"{hub}=0")
+    m.docker("run", "--rm", "--network", "none", "-v", volume, image,
+             "python3", "-c", UNDO_LAST_MIGRATION)
+    state = json.loads(m.docker("run", "--rm", "--network", "none", "-v", volume, image,
+                                "python3", "-m", "gpuhub.services.hubdb", "check").stdout)
+    assert state["state"] == "older", state
+    before = {u: swarm.running_task(u)["ID"] for u in USERS if swarm.tasks(u)}
+
+    result = swarm.invoke("up", "--no-build")
+    [said] = [ln for ln in result.stdout.splitlines() if "upgraded the hub database" in ln]
+    assert f"to JupyterHub {state['jupyterhub']} (schema {state['head']})" in said, said
+    copy = said.rsplit(" ", 1)[1]
+    assert copy.startswith(str(swarm.stack.root / "backups" / "hub-db-")), copy
+    assert oct(os.stat(copy).st_mode & 0o777) == "0o600"
+    after = json.loads(m.docker("run", "--rm", "--network", "none", "-v", volume, image,
+                                "python3", "-m", "gpuhub.services.hubdb", "check").stdout)
+    assert after["state"] == "current", after
+    # The labs ran on through the hub's stop; their users still reach them.
+    for user, task_id in before.items():
+        assert swarm.running_task(user)["ID"] == task_id, user
+        assert sessions[user].server().get("ready"), user
+        assert sessions[user].lab("GET", "/status").status_code == 200, user
+    HubUser(swarm.url, "bob").login(PASSWORD)
+    os.unlink(copy)  # in the checkout's backups/ (the test stacks' project root)
 
 
 def test_status_is_the_same_two_short_tables_in_swarm_mode(swarm):

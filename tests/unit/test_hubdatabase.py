@@ -10,7 +10,7 @@ import re
 import pytest
 from invoke import Exit, Result
 
-from gpuhub.tasks import hubdatabase
+from gpuhub.tasks import composestack, hubdatabase, swarmstack
 from gpuhub.tasks.project import load
 from support.mock_docker import commands, docker_context
 
@@ -31,7 +31,8 @@ def test_a_database_of_a_newer_jupyterhub_is_refused_before_the_hub_is_touched(e
     project = load()
     c = docker_context((re.compile(r".*hubdb check$"), state("newer")), running=True)
     with pytest.raises(Exit) as failure:
-        hubdatabase.bring_to_image(c, project, project.env())
+        hubdatabase.bring_to_image(
+            c, project, composestack.hub_switch(c, project, project.env()))
     message = str(failure.value.message)
     assert message.startswith("error: the hub database was written by a newer JupyterHub")
     assert "nothing was changed" in message and "\n" not in message
@@ -48,7 +49,8 @@ def test_a_copy_that_came_out_empty_stops_before_the_migration_and_restarts_the_
     monkeypatch.setattr(hubdatabase, "backup_path", lambda *args: copy)
     c = docker_context((re.compile(r".*hubdb check$"), state("older")), running=True)
     with pytest.raises(Exit) as failure:
-        hubdatabase.bring_to_image(c, project, project.env())
+        hubdatabase.bring_to_image(
+            c, project, composestack.hub_switch(c, project, project.env()))
     message = str(failure.value.message)
     assert message.startswith("error: cannot copy the hub database before upgrading it")
     assert message.endswith("nothing was changed, the old hub runs again")
@@ -61,13 +63,69 @@ def test_a_copy_that_came_out_empty_stops_before_the_migration_and_restarts_the_
     assert oct(copy.stat().st_mode & 0o777) == "0o600"
 
 
-def test_swarm_mode_refuses_a_migration_with_the_steps_by_hand(env_file):
-    env_file()
+def swarm_context(*pairs):
+    """A Swarm manager whose hub service exists; the hub image comes from REGISTRY."""
+    return docker_context(*pairs, running=True)
+
+
+def test_swarm_mode_migrates_with_the_image_the_deploy_runs_and_the_hub_scaled_to_zero(
+        env_file, tmp_path, monkeypatch):
+    env_file(MODE="swarm", REGISTRY="127.0.0.1:5000", SWARM_HOMES=str(tmp_path))
     project = load()
-    c = docker_context((re.compile(r".*hubdb check$"), state("older")), running=True)
+    copy = tmp_path / "hub-db-copy.sqlite"
+    monkeypatch.setattr(hubdatabase, "backup_path", lambda *args: copy)
+    done = Result('{"from": "4621fec11365", "to": "f460b0348206", "jupyterhub": "6.1.1"}\n')
+    c = swarm_context((re.compile(r".*hubdb check$"), state("older")),
+                      (re.compile(r".*hubdb dump > .*"), Result()),
+                      (re.compile(r".*hubdb upgrade$"), done))
+    monkeypatch.setattr(hubdatabase, "run_hubdb", _writing_dump(hubdatabase.run_hubdb, copy))
+    upgraded = hubdatabase.bring_to_image(c, project, swarmstack.hub_switch(c, project, 60))
+    assert upgraded and "to JupyterHub 6.1.1 (schema f460b0348206)" in upgraded.message
+    ran = commands(c)
+    image = "127.0.0.1:5000/gpuhub-hub:latest"
+    assert ran[0] == f"docker pull {image}"
+    assert hubdb_calls(c) == ["check", "dump", "upgrade"]
+    assert all(f" {image} python3 -m gpuhub.services.hubdb" in cmd for cmd in ran if "hubdb" in cmd)
+    scale = next(i for i, cmd in enumerate(ran)
+                 if cmd == f"docker service scale --detach=false {project.hub_service}=0")
+    assert scale < next(i for i, cmd in enumerate(ran) if "hubdb dump" in cmd)
+    assert not [cmd for cmd in ran if cmd.endswith("=1")]  # the deploy starts the new hub
+
+
+def test_a_failed_swarm_migration_starts_the_old_hub_again(env_file, tmp_path, monkeypatch):
+    env_file(MODE="swarm", REGISTRY="127.0.0.1:5000", SWARM_HOMES=str(tmp_path))
+    project = load()
+    copy = tmp_path / "hub-db-copy.sqlite"
+    monkeypatch.setattr(hubdatabase, "backup_path", lambda *args: copy)
+    monkeypatch.setattr(swarmstack, "wait_healthy", lambda *args: None)
+    c = swarm_context((re.compile(r".*hubdb check$"), state("older")),
+                      (re.compile(r".*hubdb upgrade$"),
+                       Result(stderr="sqlite3.OperationalError: attempt to write a readonly "
+                                     "database\n", exited=1)))
+    monkeypatch.setattr(hubdatabase, "run_hubdb", _writing_dump(hubdatabase.run_hubdb, copy))
     with pytest.raises(Exit) as failure:
-        hubdatabase.refuse_unless_current(c, project)
+        hubdatabase.bring_to_image(c, project, swarmstack.hub_switch(c, project, 60))
     message = str(failure.value.message)
-    assert "in compose mode only; nothing was changed" in message
-    assert f"docker service scale {project.hub_service}=0" in message
-    assert hubdb_calls(c) == ["check"]
+    assert "could not be upgraded (sqlite3.OperationalError: attempt to write a readonly" in message
+    assert "it is as it was and the old hub runs again" in message and str(copy) in message
+    ran = commands(c)
+    assert ran[-1] == f"docker service scale --detach=false {project.hub_service}=1"
+
+
+def test_a_refused_docker_run_says_why_not_see_docker_run_help():
+    from gpuhub.tasks.deployment import stderr_tail
+    refused = Result(stderr="Unable to find image 'gpuhub-hub:x' locally\ndocker: Error response "
+                            "from daemon: pull access denied for gpuhub-hub.\n"
+                            "See 'docker run --help'.\n", exited=125)
+    assert stderr_tail(refused) == ("docker: Error response from daemon: pull access denied "
+                                    "for gpuhub-hub.")
+
+
+def _writing_dump(run_hubdb, copy):
+    """run_hubdb whose dump writes a copy (the mock host runs nothing)."""
+    def run(c, project, image, command, out=None):
+        result = run_hubdb(c, project, image, command, out=out)
+        if command == "dump":
+            copy.write_text("SQLite format 3")
+        return result
+    return run
