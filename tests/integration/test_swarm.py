@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from gpuhub.core import names
 from harness.hub import HubUser
 from harness.stack import Stack, free_port
 from harness.wait import wait_until
@@ -92,8 +93,33 @@ class SwarmStack:
 
     def spawn(self, user: HubUser, profile: str) -> float:
         started = time.monotonic()
-        user.start_ready({"profile": profile}, 240, logs=self.logs)
+        user.start_ready({"profile": profile}, 240,
+                         logs=lambda: self.logs() + "\n" + self.lab_reachability(user.name))
         return time.monotonic() - started
+
+    def lab_reachability(self, user: str) -> str:
+        """For a lab the hub cannot reach: where Swarm put its tasks (and their addresses),
+        what the lab's name resolves to in the hub, and whether the hub connects there."""
+        m = self.cluster.manager
+        service = self.service(user)
+        parts = [m.docker("service", "ps", "--no-trunc", service, check=False).stdout]
+        for task in self.tasks(user, running=False):
+            addresses = [a for n in task.get("NetworksAttachments") or [] for a in n["Addresses"]]
+            parts.append(f"task {task['ID'][:12]} {task['Status']['State']} on "
+                         f"{self.cluster.node_of(task['NodeID']).name}: {addresses}")
+        hub = m.docker("ps", "-q", "--filter",
+                       f"label=com.docker.swarm.service.name={self.stack.project}_hub",
+                       check=False).stdout.split()
+        if hub:
+            probe = ("import socket, sys\n"
+                     "for ip in sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 8888)}):\n"
+                     "    try:\n"
+                     "        socket.create_connection((ip, 8888), 3).close(); print(ip, 'connects')\n"
+                     "    except OSError as e:\n"
+                     "        print(ip, e)\n")
+            out = m.docker("exec", hub[0], "python3", "-c", probe, service, check=False)
+            parts.append(f"from the hub: {out.stdout.strip()} {out.stderr.strip()[-300:]}")
+        return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -281,16 +307,19 @@ def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions):
     hub = f"{project}_hub"
     image = m.docker("service", "inspect", "--format",
                      "{{.Spec.TaskTemplate.ContainerSpec.Image}}", hub).stdout.strip()
-    volume = f"{project}_hub-data:/srv/jupyterhub"
+    volume = f"{project}_hub-data:{names.HUB_DATA_DIR}"
     m.docker("service", "scale", "--detach=false", f"{hub}=0")
-    m.docker("run", "--rm", "--network", "none", "-v", volume, image,
-             "python3", "-c", UNDO_LAST_MIGRATION)
-    state = json.loads(m.docker("run", "--rm", "--network", "none", "-v", volume, image,
-                                "python3", "-m", "gpuhub.services.hubdb", "check").stdout)
-    assert state["state"] == "older", state
-    before = {u: swarm.running_task(u)["ID"] for u in USERS if swarm.tasks(u)}
+    try:
+        m.docker("run", "--rm", "--network", "none", "-v", volume, image,
+                 "python3", "-c", UNDO_LAST_MIGRATION)
+        state = json.loads(m.docker("run", "--rm", "--network", "none", "-v", volume, image,
+                                    "python3", "-m", "gpuhub.services.hubdb", "check").stdout)
+        assert state["state"] == "older", state
+        before = {u: swarm.running_task(u)["ID"] for u in USERS if swarm.tasks(u)}
+        result = swarm.invoke("up", "--no-build")
+    finally:  # the next tests need a hub, whatever happened here
+        m.docker("service", "scale", "--detach=false", f"{hub}=1", check=False)
 
-    result = swarm.invoke("up", "--no-build")
     [said] = [ln for ln in result.stdout.splitlines() if "upgraded the hub database" in ln]
     assert f"to JupyterHub {state['jupyterhub']} (schema {state['head']})" in said, said
     copy = said.rsplit(" ", 1)[1]
