@@ -101,24 +101,31 @@ class OutOfService:
                       ) -> tuple[list[Entry], list[str]]:
         """Apply a fresh reading of the sampler: (taken out, brought back).
 
-        A GPU the reading lists is healthy: back in service if it went out at least one
-        interval before the reading was taken (a reading from before the fault proves
-        nothing). A GPU of the inventory the reading leaves out, while it reads others and
-        says what failed, is out of service. ``read_as``: the GPU a device is read as (a MIG
+        A GPU the reading lists without a fault is healthy: back in service if it went out
+        at least one interval before the reading was taken (a reading from before the fault
+        proves nothing). A GPU listed with a fault (it needs a reset), or one of the
+        inventory the reading leaves out while it reads others and says what failed, is out
+        of service. ``read_as``: the GPU a device is read as (a MIG
         instance: its parent GPU, as nvidia-smi --query-gpu lists whole GPUs only).
         """
         if not samples:
             return [], []
         taken = float(samples.get("taken_at") or 0)
-        read = {g.get("uuid") for g in samples.get("gpus", [])} | {
-            g.get("index") for g in samples.get("gpus", [])}
+        healthy = [g for g in samples.get("gpus", []) if not g.get("fault")]
+        read = {g.get("uuid") for g in healthy} | {g.get("index") for g in healthy}
+        faults = {key: str(g["fault"])[:200] for g in samples.get("gpus", []) if g.get("fault")
+                  for key in (g.get("uuid"), g.get("index"))}
         out, back = [], []
         for device in devices:  # a UUID, or an index where the inventory has no UUID
-            seen = (read_as or {}).get(device, device) in read
+            as_read = (read_as or {}).get(device, device)
+            seen = as_read in read
             entry = self.entries.get(device)
             if seen and entry is not None and taken >= entry.since + interval:
                 self.bring_back(device)
                 back.append(device)
+            elif as_read in faults and entry is None:  # the sampler says why (a reset)
+                self.take_out(device, faults[as_read], now)
+                out.append(self.entries[device])
             elif not seen and read and samples.get("error") and entry is None:
                 reason = f"nvidia-smi cannot read it ({str(samples['error'])[:160]})"
                 self.take_out(device, reason, now)

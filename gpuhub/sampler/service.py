@@ -40,6 +40,9 @@ QUERY_GPUS = ["nvidia-smi",
               "--format=csv,noheader,nounits"]
 QUERY_PROCESSES = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory",
                    "--format=csv,noheader,nounits"]
+# What nvidia-smi reads in a GPU's fields after an Xid left it in error (a firmware crash,
+# an uncorrectable ECC error) until a reset: it stays listed, but CUDA cannot use it.
+RESET_REQUIRED = "[GPU requires reset]"
 # Readings kept per GPU for the admin page's history: 10 minutes at the default interval.
 HISTORY_LENGTH = 120
 # A Docker container's ID in a control group path: cgroupfs (/docker/<id>, or a lab's
@@ -204,7 +207,8 @@ def read_gpus(smi: Smi) -> tuple[list[dict], list[dict], str]:
 
     Each GPU line is read on its own: one GPU that is lost or in error (its line an error
     message, or nvidia-smi exiting non-zero with the other lines valid, as rc 14 does) costs
-    only its own reading, and ``error`` says what was wrong.
+    only its own reading, and ``error`` says what was wrong. A GPU that reads
+    RESET_REQUIRED is listed with a ``fault`` (the hub takes it out of service).
     """
     try:
         code, out, err = smi.run(QUERY_GPUS)
@@ -213,9 +217,16 @@ def read_gpus(smi: Smi) -> tuple[list[dict], list[dict], str]:
             if not line.strip():
                 continue
             try:
-                gpus.extend(parse_gpus(line))
+                read = parse_gpus(line)
             except ValueError:
                 unreadable.append(line.strip())
+                continue
+            if RESET_REQUIRED in line:  # listed, but unusable until reset: a fault
+                for g in read:
+                    g["fault"] = (f"GPU {g['index']} needs a reset (it reads {RESET_REQUIRED}"
+                                  "; an Xid: see the host's kernel log)")
+                    unreadable.append(g["fault"])
+            gpus.extend(read)
         if not gpus:
             failed = code != 0 or unreadable
             return [], [], f"nvidia-smi failed: {smi_failure(out, err, code)}" if failed else ""

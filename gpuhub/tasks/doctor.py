@@ -27,7 +27,10 @@ TOOLKIT_SAFE = (1, 17, 8)
 TOOLKIT_SWARM_BROKEN = ((1, 18, 0), (1, 19, 0))
 # Docker sends --gpus through CDI from 29.2 on (moby commit 86f122af).
 DOCKER_CDI = (29, 2)
-QUERY = ["--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"]
+# The name last: it is the one field that may hold a comma.
+QUERY = ["--query-gpu=index,uuid,utilization.gpu,driver_version,name", "--format=csv,noheader"]
+# A GPU an Xid left in error reads this in its fields until it is reset (CUDA cannot use it).
+RESET_REQUIRED = "[GPU requires reset]"
 
 
 @dataclass
@@ -52,9 +55,9 @@ def driver_check(code: int, out: str, err: str, missing: bool) -> tuple[Check, l
     gpus, broken = [], []
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4 and parts[1].startswith(("GPU-", "MIG-")):
-            gpus.append({"index": parts[0], "uuid": parts[1], "name": ", ".join(parts[2:-1]),
-                         "driver": parts[-1]})
+        if len(parts) >= 5 and parts[1].startswith(("GPU-", "MIG-")):
+            gpus.append({"index": parts[0], "uuid": parts[1], "utilisation": parts[2],
+                         "driver": parts[3], "name": ", ".join(parts[4:])})
         elif line.strip():
             broken.append(line.strip())
     if not gpus:
@@ -67,8 +70,16 @@ def driver_check(code: int, out: str, err: str, missing: bool) -> tuple[Check, l
 
 
 def gpu_checks(code: int, out: str, gpus: list[dict]) -> list[Check]:
-    """Each GPU healthy: a lost GPU's line, or an exit code with the data."""
-    checks = [Check(f"GPU {g['index']}", OK, f"{g['name']} {g['uuid']}") for g in gpus]
+    """Each GPU healthy: one in error after an Xid, a lost GPU's line, or an exit code with
+    the data."""
+    checks = [Check(f"GPU {g['index']}", OK, f"{g['name']} {g['uuid']}")
+              if g.get("utilisation") != RESET_REQUIRED else
+              Check(f"GPU {g['index']}", FAIL, f"{g['name']} {g['uuid']} needs a reset (nvidia-smi "
+                    f"reads {RESET_REQUIRED}: an Xid left it in error)",
+                    f"`dmesg | grep -i xid`; stop the labs on it, then `nvidia-smi -r -i "
+                    f"{g['index']}` or a reboot; gpuhub keeps it out of service until it reads "
+                    "healthy")
+              for g in gpus]
     for line in out.splitlines():
         if line.startswith("Unable to determine the device handle"):
             checks.append(Check("GPU ?", FAIL, line.strip(),
@@ -203,7 +214,8 @@ def run_checks(settings, tensorflow: bool = True) -> list[Check]:
     checks.append(toolkit_check(text, ctk is None, settings.mode == "swarm"))
 
     if version and gpus:
-        first = gpus[0]["uuid"]
+        # A GPU in error fails its own line above; the lab check tries a healthy one.
+        first = next((g for g in gpus if g["utilisation"] != RESET_REQUIRED), gpus[0])["uuid"]
         code, out, err = run(["docker", "run", "--rm", "--pull", "never",
                               "--gpus", f"device={first}",
                               "-e", f"GPUHUB_GPUS={first}", "--entrypoint", "gpu-check",

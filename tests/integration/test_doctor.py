@@ -77,6 +77,14 @@ def test_a_toolkit_with_the_container_escape_fails(stack):
     assert "fix: upgrade nvidia-container-toolkit to >= 1.17.8" in done.stdout
 
 
+def test_a_gpu_in_error_after_an_xid_fails_its_line_with_the_reset_fix(stack):
+    gpu_state.write({}, reset=["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50"])
+    done = doctor(stack)
+    assert done.returncode == 1, done.stdout
+    assert "needs a reset (nvidia-smi reads [GPU requires reset]" in line_of(done, "FAIL", "GPU 0")
+    assert "nvidia-smi -r -i 0" in done.stdout
+
+
 def test_a_corrupted_inforom_only_warns(stack):
     gpu_state.write({}, inforom=["GPU-4f6f9d2a-1c3e-4b7a-9e21-0a1b2c3d4e50"])
     done = doctor(stack)

@@ -184,6 +184,34 @@ def test_a_lost_gpu_fails_every_gpu_start_and_the_user_gets_one_line(stack, user
     user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
 
 
+def test_a_gpu_in_error_after_an_xid_is_out_of_service_until_it_reads_healthy(stack, user):
+    """After an Xid a GPU stays listed but reads "[GPU requires reset]", and CUDA cannot use
+    it, while a container start still works: a lab given it would run on the CPU, silently.
+    The sampler marks it, the hub takes it out with that reason and hands out another GPU;
+    it comes back by itself once it reads healthy. (Before, the reading counted as healthy.)"""
+    user.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)  # the hub watches
+    user.stop(logs=stack.logs)
+    dead = first_free(stack)
+    gpu_state.write({}, reset=[dead["uuid"]])
+    wait_until(lambda: row_of(board(stack), dead["uuid"]).get("out_of_service"), timeout=60,
+               interval=1, what="the GPU in error out of service from the sampler's reading",
+               state=lambda: row_of(board(stack), dead["uuid"]), logs=stack.logs)
+    reason = row_of(board(stack), dead["uuid"])["out_of_service"]["reason"]
+    assert reason == (f"GPU {dead['gpu']} needs a reset (it reads [GPU requires reset]; an Xid: "
+                      "see the host's kernel log)"), reason
+    assert out_of_service_metric(stack, dead["uuid"]) == 1
+
+    user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
+    granted = stack.inspect(stack.lab_container(NAME))["Config"]["Labels"]["gpuhub.gpus"]
+    assert granted and granted != dead["uuid"]
+    user.stop(logs=stack.logs)
+
+    gpu_state.clear()
+    wait_until(lambda: row_of(board(stack), dead["uuid"]).get("out_of_service") is None,
+               timeout=30, interval=1, what="the GPU back once it reads healthy",
+               state=lambda: row_of(board(stack), dead["uuid"]), logs=stack.logs)
+
+
 # --- driver states: the sampler, the hub, `invoke up` ----------------------------------------
 
 

@@ -19,7 +19,7 @@ import pytest
 from gpuhub.core import names
 from harness.hub import HubUser
 from harness.stack import Stack, free_port
-from harness.wait import wait_until
+from harness.wait import WaitTimeout, wait_until
 from support import directory, login_stack
 from support.loginform import LoginForm
 from support.swarm_cluster import RESOURCE, SwarmCluster
@@ -93,9 +93,19 @@ class SwarmStack:
 
     def spawn(self, user: HubUser, profile: str) -> float:
         started = time.monotonic()
-        user.start_ready({"profile": profile}, 240,
-                         logs=lambda: self.logs() + "\n" + self.lab_reachability(user.name))
+        answer = user.start({"profile": profile})
+        assert answer.status_code in (201, 202), f"{answer.status_code} {answer.text}"
+        try:
+            user.wait_ready(60)
+        except WaitTimeout:  # what the network looks like while the hub still tries
+            seen = self.lab_reachability(user.name)
+            user.wait_ready(180, logs=lambda: self.logs() + "\n" + seen)
         return time.monotonic() - started
+
+    def lab_logs(self, user: str) -> str:
+        out = self.cluster.manager.docker("service", "logs", "--tail", "30", self.service(user),
+                                          check=False)
+        return (out.stdout + out.stderr)[-5000:]
 
     def lab_reachability(self, user: str) -> str:
         """For a lab the hub cannot reach: where Swarm put its tasks (and their addresses),
@@ -110,7 +120,20 @@ class SwarmStack:
         hub = m.docker("ps", "-q", "--filter",
                        f"label=com.docker.swarm.service.name={self.stack.project}_hub",
                        check=False).stdout.split()
+        for task in self.tasks(user):
+            node = self.cluster.node_of(task["NodeID"])
+            cid = task["Status"].get("ContainerStatus", {}).get("ContainerID", "")
+            if cid:
+                macs = node.docker("inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}"
+                                   "{{$k}}={{$v.IPAddress}}/{{$v.MacAddress}} {{end}}", cid,
+                                   check=False).stdout.strip()
+                parts.append(f"lab container on {node.name}: {macs}")
+                parts.append(node.docker("logs", "--tail", "15", cid, check=False).stderr[-1500:])
         if hub:
+            pid = m.docker("inspect", "-f", "{{.State.Pid}}", hub[0], check=False).stdout.strip()
+            neigh = subprocess.run(["nsenter", "-t", pid, "-n", "ip", "neigh", "show"],
+                                   capture_output=True, text=True)
+            parts.append(f"the hub's neighbours: {neigh.stdout.strip()} {neigh.stderr.strip()}")
             probe = ("import socket, sys\n"
                      "for ip in sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 8888)}):\n"
                      "    try:\n"
@@ -283,7 +306,8 @@ def test_hub_restart_keeps_the_labs(swarm, sessions):
     for user, task_id in before.items():
         assert swarm.running_task(user)["ID"] == task_id, user
         assert sessions[user].server().get("ready"), user
-        assert sessions[user].lab("GET", "/status").status_code == 200, user
+        status = sessions[user].lab("GET", "/status")
+        assert status.status_code == 200, f"{user}: {status.status_code}\n{swarm.lab_logs(user)}"
 
 
 # The database as the previous JupyterHub left it: its last migration undone by
@@ -332,7 +356,8 @@ def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions):
     for user, task_id in before.items():
         assert swarm.running_task(user)["ID"] == task_id, user
         assert sessions[user].server().get("ready"), user
-        assert sessions[user].lab("GET", "/status").status_code == 200, user
+        status = sessions[user].lab("GET", "/status")
+        assert status.status_code == 200, f"{user}: {status.status_code}\n{swarm.lab_logs(user)}"
     HubUser(swarm.url, "bob").login(PASSWORD)
     os.unlink(copy)  # in the checkout's backups/ (the test stacks' project root)
 

@@ -51,6 +51,7 @@ def write(
     lost: Iterable[str] = (),
     gone: Iterable[str] = (),
     inforom: Iterable[str] = (),
+    reset: Iterable[str] = (),
     driver: str = "",
     toolkit: str = "",
 ) -> Path:
@@ -59,6 +60,7 @@ def write(
     are ``lost`` (fallen off the bus, as nvidia-smi then reports them) or ``gone`` (the
     driver no longer sees them: removed, or replaced by a GPU with another UUID); return the
     file. ``inforom``: GPUs whose infoROM is corrupted (nvidia-smi exits 14 with valid data).
+    ``reset``: GPUs in error after an Xid until reset (their readings "[GPU requires reset]").
     ``driver``: "mismatch", "hang" or "nvml-lost" (from now on, for containers started
     before), which fail every nvidia-smi query (tests/gpu_double/README.md, Faults).
     ``toolkit``: the version the fake nvidia-ctk reports (default 1.19.0)."""
@@ -75,6 +77,8 @@ def write(
         lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tgone")
     for uuid in inforom:
         lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\tinforom")
+    for uuid in reset:
+        lines.append(f"fault\t{_field(uuid, 'GPU UUID')}\treset")
     if driver == "nvml-lost":
         lines.append(f"driver\tnvml-lost\t{int(time.time())}")
     elif driver in ("mismatch", "hang"):

@@ -12,7 +12,7 @@ from gpuhub.tasks import doctor
 from gpuhub.tasks.doctor import FAIL, OK, WARN
 
 UUID = "GPU-8a2b7c41-5d9e-4f03-b6a7-1b2c3d4e5f61"
-ROWS = f"0, {UUID}, Tesla T4, 535.183.01\n1, GPU-c3d9, Tesla T4, 535.183.01\n"
+ROWS = f"0, {UUID}, 0 %, 535.183.01, Tesla T4\n1, GPU-c3d9, 35 %, 535.183.01, Tesla T4\n"
 
 
 def test_a_healthy_driver_lists_each_gpu():
@@ -38,6 +38,23 @@ def test_a_lost_gpu_fails_its_own_line_and_infoROM_only_warns():
     checks = doctor.gpu_checks(15, ROWS + lost, gpus)
     assert [c.status for c in checks] == [OK, OK, FAIL] and checks[-1].detail == lost
     assert [c.status for c in doctor.gpu_checks(14, ROWS, gpus)][-1] == WARN
+
+
+def test_a_gpu_that_needs_a_reset_fails_its_line_with_the_reset_fix():
+    rows = ROWS.replace("35 %", "[GPU requires reset]")
+    check, gpus = doctor.driver_check(0, rows, "", missing=False)
+    assert check.status == OK
+    checks = doctor.gpu_checks(0, rows, gpus)
+    assert [c.status for c in checks] == [OK, FAIL]
+    assert checks[1].detail == ("Tesla T4 GPU-c3d9 needs a reset (nvidia-smi reads [GPU requires "
+                                "reset]: an Xid left it in error)")
+    assert "nvidia-smi -r -i 1" in checks[1].fix
+
+
+def test_a_gpu_name_with_a_comma_is_read_whole():
+    check, gpus = doctor.driver_check(0, f"0, {UUID}, 0 %, 570.1, NVIDIA A100, PCIe\n", "",
+                                      missing=False)
+    assert gpus[0]["name"] == "NVIDIA A100, PCIe" and gpus[0]["driver"] == "570.1"
 
 
 @pytest.mark.parametrize("text, swarm, status, words", [

@@ -570,6 +570,24 @@ def test_a_corrupted_inforom_exits_14_with_valid_data(smi, state):
     assert smi(*SAMPLER_GPUS, visible="0", check=False).returncode == 0  # not this container's
 
 
+def test_a_gpu_in_error_after_an_xid_reads_requires_reset_and_err_in_the_table(smi, state):
+    """After an Xid (a firmware crash, a double-bit ECC error) the GPU stays listed, its
+    utilisation and temperature read "[GPU requires reset]" in CSV queries while its memory
+    still reads, and the table shows ERR! (NVIDIA/nvidia-docker#1280, and users' outputs
+    such as `0, [GPU requires reset], [GPU requires reset], 0 MiB`). No other GPU changes."""
+    write_state(state, f"fault\t{UUID[1]}\treset", f"gpu\t{UUID[1]}\t30\t100")
+    done = smi("--query-gpu=index,temperature.gpu,utilization.gpu,memory.used",
+               "--format=csv,noheader")
+    assert done.returncode == 0
+    assert lines(done)[:2] == ["0, 34, 0 %, 0 MiB",
+                               "1, [GPU requires reset], [GPU requires reset], 100 MiB"]
+    assert f"1, {UUID[1]}, Tesla T4, [GPU requires reset], 100, {TOTAL}" in lines(
+        smi(*SAMPLER_GPUS))
+    assert len(lines(smi("-L"))) == 4
+    table = smi().stdout
+    assert table.count("ERR!") == 4 and "| ERR!  ERR!  ERR!" in table
+
+
 def test_a_hung_driver_never_answers(smi, state):
     write_state(state, "driver\thang")
     with pytest.raises(subprocess.TimeoutExpired):

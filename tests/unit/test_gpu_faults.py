@@ -118,6 +118,21 @@ def test_a_gpu_the_sampler_cannot_read_goes_out_and_comes_back_when_read_again(t
     assert read(path) == [] and "GPU-b" not in out
 
 
+def test_a_gpu_listed_with_a_fault_goes_out_with_its_reason_even_when_it_is_the_only_one(
+        tmp_path):
+    """A GPU that needs a reset is listed (with the sampler's fault): out of service with
+    that reason, also on a one-GPU server (no other GPU read); back once it reads healthy."""
+    out = OutOfService(tmp_path / "out.json")
+    why = "GPU 0 needs a reset (it reads [GPU requires reset]; an Xid: see the host's kernel log)"
+    reading = {"taken_at": 100.0, "error": f"nvidia-smi: {why}; 1 GPU(s) read",
+               "gpus": [{"index": "0", "uuid": "GPU-a", "utilisation": None, "fault": why}]}
+    taken, back = out.from_readings(["GPU-a"], reading, 5, now=100.0)
+    assert [(e.device, e.reason) for e in taken] == [("GPU-a", why)] and back == []
+    assert out.from_readings(["GPU-a"], reading, 5, now=110.0) == ([], [])  # still out
+    healthy = {"taken_at": 110.0, "error": "", "gpus": [{"index": "0", "uuid": "GPU-a"}]}
+    assert out.from_readings(["GPU-a"], healthy, 5, now=110.0) == ([], ["GPU-a"])
+
+
 def test_an_admins_request_is_read_once(tmp_path):
     (tmp_path / "1").write_text("GPU-b\n")
     (tmp_path / "2").write_text("")

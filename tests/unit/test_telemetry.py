@@ -188,6 +188,22 @@ exit 15
                      "GPU0000:0B:00.0: Unknown Error; 2 GPU(s) read")
 
 
+def test_a_gpu_that_needs_a_reset_is_listed_with_its_fault(tmp_path, monkeypatch):
+    """After an Xid a GPU stays listed with "[GPU requires reset]" for its utilisation and
+    exit 0; CUDA cannot use it: it is listed with its fault (the hub takes it out of service)."""
+    fake_smi(tmp_path, monkeypatch, f"""if [ "$1" = --query-compute-apps=gpu_uuid,pid,used_memory ]; then
+  exit 0; fi
+echo "0, {A}, NVIDIA A100-SXM4-80GB, 35, 1000, 81920"
+echo "1, {B}, NVIDIA A100-SXM4-80GB, [GPU requires reset], 0, 81920"
+""")
+    gpus, _, error = sampler.read_gpus(sampler.Smi(2))
+    assert [(g["uuid"], g.get("fault")) for g in gpus] == [(A, None), (B, (
+        "GPU 1 needs a reset (it reads [GPU requires reset]; an Xid: see the host's kernel log)"))]
+    assert gpus[1]["utilisation"] is None
+    assert error == ("nvidia-smi: GPU 1 needs a reset (it reads [GPU requires reset]; an Xid: "
+                     "see the host's kernel log); 2 GPU(s) read")
+
+
 def test_a_nonzero_exit_with_valid_data_keeps_the_data(tmp_path, monkeypatch):
     """rc 14 (infoROM corrupted) comes with a full, valid table; and "No running processes
     found" is no process, not a reason to drop the GPUs."""
