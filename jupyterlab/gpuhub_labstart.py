@@ -126,6 +126,20 @@ def import_hub_log_without_database() -> bool:
             sys.meta_path.remove(lazy_orm)
 
 
+def fresh_name_lookups() -> None:
+    """Resolve the hub's name afresh: JupyterHub 6's client (aiohttp with aiodns) keeps an
+    answer for its DNS TTL (600 s from Docker), so after the hub came back at a new address
+    (a restart or an upgrade in Swarm mode) the lab answered 500 ("Failed to connect to Hub
+    API") for minutes. ``getaddrinfo``, as JupyterHub 5 used; aiohttp still caches 10 s.
+    The hub does the same (gpuhub/hub/jupyterhubfixes.py)."""
+    try:
+        import aiohttp.connector
+        import aiohttp.resolver
+    except ImportError:  # a JupyterHub without aiohttp resolves with the system already
+        return
+    aiohttp.connector.DefaultResolver = aiohttp.resolver.ThreadedResolver
+
+
 # Swarm mode: how many GPUs Swarm granted this lab (the spawner sets it; absent in compose).
 SWARM_GPUS = "GPUHUB_SWARM_GPUS"
 
@@ -169,6 +183,7 @@ def main() -> None:
         sys.exit(1)
     defer_rfc3987_syntax()
     import_hub_log_without_database()
+    fresh_name_lookups()
     from jupyterhub.singleuser import main as singleuser_main
 
     sys.exit(singleuser_main())

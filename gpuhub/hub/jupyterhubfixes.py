@@ -12,6 +12,15 @@ drop it once the pinned JupyterHub carries the fix upstream.
    (in line for a GPU), and two spawners are made per such start. Here the new spawner is
    put in ``user.spawners``, as 5.x did (``tests/unit/test_jupyterhubfixes.py``;
    ``tests/integration/test_waiting_line.py`` starts again after a failed wait).
+2. **A name keeps the address it had for minutes** (JupyterHub 6.0 to 6.1.1). JupyterHub 6
+   makes its requests with aiohttp and requires aiodns, so aiohttp resolves names with
+   c-ares, whose query cache keeps an answer for its TTL: Docker's DNS gives 600 s. When a
+   lab comes back at a new address (Swarm moved it to another node; a new container in
+   compose mode), the hub kept connecting to the old one until the start timed out.
+   ``fresh_name_lookups()`` makes aiohttp resolve with the system's resolver
+   (``getaddrinfo``, as JupyterHub 5 did), keeping aiohttp's own 10-second cache. The lab
+   needs the same for the hub's name (jupyterlab/gpuhub_labstart.py);
+   ``tests/integration/test_swarm.py`` drains a node and restarts the hub.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ _INSTALLED = "_gpuhub_registers_replaced_spawner"
 
 
 def install() -> None:
+    fresh_name_lookups()
     original = User.get_spawner
     if getattr(original, _INSTALLED, False):
         return
@@ -38,3 +48,11 @@ def install() -> None:
 
     setattr(get_spawner, _INSTALLED, True)
     User.get_spawner = get_spawner
+
+
+def fresh_name_lookups() -> None:
+    """aiohttp's connectors resolve with ``getaddrinfo`` (no c-ares query cache)."""
+    import aiohttp.connector
+    import aiohttp.resolver
+
+    aiohttp.connector.DefaultResolver = aiohttp.resolver.ThreadedResolver

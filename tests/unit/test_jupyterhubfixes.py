@@ -33,6 +33,8 @@ def a_user_whose_last_start_failed():
 @pytest.fixture
 def unfixed(monkeypatch):
     monkeypatch.setattr(User, "get_spawner", User.get_spawner)  # restored after the test
+    import aiohttp.connector
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", aiohttp.connector.DefaultResolver)
     return User.get_spawner
 
 
@@ -57,3 +59,32 @@ def test_with_the_fix_the_replacement_is_the_users_spawner_and_made_once(unfixed
     # A spawner that did not fail is returned as it is.
     assert User.get_spawner(user, "", replace_failed=True) is replaced
     assert not getattr(User.get_spawner.__wrapped__, jupyterhubfixes._INSTALLED, False)
+
+
+def _resolver_of_the_hubs_client():
+    """The resolver of the connector JupyterHub's own HTTP client makes."""
+    import asyncio
+
+    from jupyterhub.httpclient import JupyterHubHTTPClient
+
+    async def made():
+        connector = JupyterHubHTTPClient()._new_connector()
+        try:
+            return type(connector._resolver)
+        finally:
+            await connector.close()
+
+    return asyncio.run(made())
+
+
+def test_the_hubs_client_resolves_names_afresh(monkeypatch):
+    import aiohttp.connector
+    import aiohttp.resolver
+
+    # aiohttp's own choice (another test may have installed the fixes already).
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", aiohttp.resolver.DefaultResolver)
+    # What the fix is for: JupyterHub 6 requires aiodns, so aiohttp asks c-ares, which keeps
+    # an answer for its TTL (Docker's DNS: 600 s).
+    assert _resolver_of_the_hubs_client() is aiohttp.resolver.AsyncResolver
+    jupyterhubfixes.fresh_name_lookups()
+    assert _resolver_of_the_hubs_client() is aiohttp.resolver.ThreadedResolver

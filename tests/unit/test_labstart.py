@@ -193,3 +193,23 @@ def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_databas
     assert hub == pinned("jupyterhub"), (
         f"the tests run with JupyterHub {hub}, not the pinned one: pip install -r "
         "requirements-dev.txt")
+
+
+def test_the_lab_resolves_the_hubs_name_afresh():
+    """JupyterHub 6's client in the lab (aiohttp with aiodns) would keep the hub's old
+    address for Docker's DNS TTL (600 s) after the hub moved; main() switches it to
+    getaddrinfo. In a fresh interpreter: the switch is process-wide."""
+    code = textwrap.dedent("""
+        import asyncio, aiohttp.connector, aiohttp.resolver, gpuhub_labstart
+        from jupyterhub.httpclient import JupyterHubHTTPClient
+        async def resolver():
+            connector = JupyterHubHTTPClient()._new_connector()
+            await connector.close()
+            return type(connector._resolver).__name__
+        before = asyncio.run(resolver())
+        gpuhub_labstart.fresh_name_lookups()
+        print(before, asyncio.run(resolver()))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=LABSTART, timeout=60)
+    assert done.stdout.split() == ["AsyncResolver", "ThreadedResolver"], done.stderr
