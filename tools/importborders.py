@@ -34,7 +34,8 @@ ALLOWED = {
     # alembic: JupyterHub's own dependency (its migrations; gpuhub.services.hubdb).
     "gpuhub.services": CORE | {"alembic", "bcrypt", "docker", "jupyterhub", "nativeauthenticator",
                                "requests", "sqlalchemy"},
-    "gpuhub.hub": CORE | {"bcrypt", "docker", "dockerspawner", "jupyterhub", "ldap3",
+    # aiohttp: JupyterHub 6's own HTTP client (gpuhub.hub.jupyterhubfixes sets its resolver).
+    "gpuhub.hub": CORE | {"aiohttp", "bcrypt", "docker", "dockerspawner", "jupyterhub", "ldap3",
                           "ldapauthenticator", "nativeauthenticator", "oauthenticator",
                           "prometheus_client", "requests", "sqlalchemy", "tornado",
                           "traitlets"},
