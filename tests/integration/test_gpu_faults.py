@@ -199,7 +199,8 @@ def test_a_gpu_in_error_after_an_xid_is_out_of_service_until_it_reads_healthy(st
     reason = row_of(board(stack), dead["uuid"])["out_of_service"]["reason"]
     assert reason == (f"GPU {dead['gpu']} needs a reset (it reads [GPU requires reset]; an Xid: "
                       "see the host's kernel log)"), reason
-    assert out_of_service_metric(stack, dead["uuid"]) == 1
+    wait_until(lambda: out_of_service_metric(stack, dead["uuid"]) == 1, timeout=20, interval=1,
+               what="the metric (the board is read every 5 s)", logs=stack.logs)
 
     user.start_ready({"profile": "gpu1"}, SPAWN_TIMEOUT, logs=stack.logs)
     granted = stack.inspect(stack.lab_container(NAME))["Config"]["Labels"]["gpuhub.gpus"]
