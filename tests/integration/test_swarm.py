@@ -325,7 +325,7 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions):
+def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions, measure):
     m = swarm.cluster.manager
     project = swarm.stack.project
     hub = f"{project}_hub"
@@ -340,7 +340,10 @@ def test_a_jupyterhub_upgrade_migrates_the_swarm_hub_database(swarm, sessions):
                                     "python3", "-m", "gpuhub.services.hubdb", "check").stdout)
         assert state["state"] == "older", state
         before = {u: swarm.running_task(u)["ID"] for u in USERS if swarm.tasks(u)}
+        started = time.monotonic()
         result = swarm.invoke("up", "--no-build")
+        measure("swarm: invoke up migrating the hub database (to the hub healthy)",
+                time.monotonic() - started)
     finally:  # the next tests need a hub, whatever happened here
         m.docker("service", "scale", "--detach=false", f"{hub}=1", check=False)
 
