@@ -51,8 +51,12 @@ def install() -> None:
 
 
 def fresh_name_lookups() -> None:
-    """aiohttp's connectors resolve with ``getaddrinfo`` (no c-ares query cache)."""
-    import aiohttp.connector
-    import aiohttp.resolver
-
+    """aiohttp's connectors resolve with ``getaddrinfo`` (no c-ares query cache). A no-op
+    with JupyterHub 5 (JUPYTERHUB_VERSION), whose tornado client has no aiohttp and resolves
+    with ``getaddrinfo`` already."""
+    try:
+        import aiohttp.connector
+        import aiohttp.resolver
+    except ImportError:
+        return
     aiohttp.connector.DefaultResolver = aiohttp.resolver.ThreadedResolver

@@ -88,3 +88,18 @@ def test_the_hubs_client_resolves_names_afresh(monkeypatch):
     assert _resolver_of_the_hubs_client() is aiohttp.resolver.AsyncResolver
     jupyterhubfixes.fresh_name_lookups()
     assert _resolver_of_the_hubs_client() is aiohttp.resolver.ThreadedResolver
+
+
+def test_a_hub_without_aiohttp_starts(monkeypatch):
+    """JUPYTERHUB_VERSION=5.x: no aiohttp in the hub image; the fix is a no-op there."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_aiohttp(name, *args, **kwargs):
+        if name.split(".")[0] == "aiohttp":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_aiohttp)
+    jupyterhubfixes.fresh_name_lookups()  # no error
