@@ -25,6 +25,9 @@ QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
          "--format=csv,noheader,nounits"]
 # The one listing that has MIG instances (R470+ drivers; see tests/gpu_double/README.md, MIG).
 LIST = ["nvidia-smi", "-L"]
+# What nvidia-smi reads in a GPU's fields after an Xid left it in error (a firmware crash,
+# an uncorrectable ECC error) until a reset: it stays listed, but CUDA cannot use it.
+RESET_REQUIRED = "[GPU requires reset]"
 
 # A MIG profile as nvidia-smi names it: <compute slices>g.<memory>gb, with an optional
 # compute-instance prefix ("1c.") and media-extension suffix ("+me", "-me", "+me.all", "+gfx").

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuhub.core import names
-from gpuhub.core.gpus import smi_failure, split_smi_line
+from gpuhub.core.gpus import RESET_REQUIRED, smi_failure, split_smi_line
 from gpuhub.core.samples import FORMAT_VERSION, write_samples
 from gpuhub.core.settings import SettingsError, validate
 
@@ -40,9 +40,6 @@ QUERY_GPUS = ["nvidia-smi",
               "--format=csv,noheader,nounits"]
 QUERY_PROCESSES = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory",
                    "--format=csv,noheader,nounits"]
-# What nvidia-smi reads in a GPU's fields after an Xid left it in error (a firmware crash,
-# an uncorrectable ECC error) until a reset: it stays listed, but CUDA cannot use it.
-RESET_REQUIRED = "[GPU requires reset]"
 # Readings kept per GPU for the admin page's history: 10 minutes at the default interval.
 HISTORY_LENGTH = 120
 # A Docker container's ID in a control group path: cgroupfs (/docker/<id>, or a lab's

@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 
 from gpuhub.core import gpus as gpu_inventory
+from gpuhub.core.gpus import RESET_REQUIRED
 from gpuhub.core.outofservice import nvidia_refusal
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -29,8 +30,6 @@ TOOLKIT_SWARM_BROKEN = ((1, 18, 0), (1, 19, 0))
 DOCKER_CDI = (29, 2)
 # The name last: it is the one field that may hold a comma.
 QUERY = ["--query-gpu=index,uuid,utilization.gpu,driver_version,name", "--format=csv,noheader"]
-# A GPU an Xid left in error reads this in its fields until it is reset (CUDA cannot use it).
-RESET_REQUIRED = "[GPU requires reset]"
 
 
 @dataclass
