@@ -102,6 +102,24 @@ class SwarmStack:
             user.wait_ready(180, logs=lambda: self.logs() + "\n" + seen)
         return time.monotonic() - started
 
+    def toolkit_evidence(self, user: str) -> str:
+        """For a lab that started although its node models toolkit 1.18: each node's
+        toolkit setting and the double's last lines, and what the lab's tasks were given."""
+        parts = []
+        for node in self.cluster.nodes:
+            env = node.root / "toolkit.env"
+            log = node.root / "gpu-double.log"
+            parts.append(f"{node.name}: toolkit.env "
+                         f"{env.read_text().strip() if env.exists() else '(none)'}; "
+                         f"double log: {log.read_text()[-1500:] if log.exists() else '(none)'}")
+        for task in self.tasks(user, running=False):
+            spec = task["Spec"]["ContainerSpec"]
+            parts.append(f"task {task['ID'][:12]} {task['Status']['State']} on "
+                         f"{self.cluster.node_of(task['NodeID']).name}, given "
+                         f"{self.gpus_of(task)}, env "
+                         f"{[e for e in spec.get('Env', []) if 'NVIDIA' in e or 'RESOURCE' in e]}")
+        return "\n".join(parts) + "\n" + self.lab_logs(user) + "\n" + self.logs()[-4000:]
+
     def lab_logs(self, user: str) -> str:
         out = self.cluster.manager.docker("service", "logs", "--tail", "30", self.service(user),
                                           check=False)
@@ -488,6 +506,34 @@ def test_an_ldap_login_works_the_same_in_swarm_mode(swarm, tmp_path):
         assert directory.SEARCH_PASSWORD not in inspected + swarm.logs()
     finally:
         slapd.stop()
+
+
+def test_a_node_whose_toolkit_ignores_swarms_grant_gives_the_user_one_line(swarm, sessions):
+    """NVIDIA container toolkit 1.18.x (default mode) ignores swarm-resource: the lab would
+    hold a GPU in Swarm's books and get none. The lab refuses to start and the user reads why."""
+    for name in USERS:  # free the GPUs (a user deleted by an earlier test has no lab)
+        if swarm.tasks(name):
+            sessions[name].stop(logs=swarm.logs)
+    erin = sessions["erin"]
+    swarm.cluster.set_toolkit("1.18.2")
+    try:
+        answer = erin.start({"profile": "gpu1"})
+        if answer.status_code == 202:
+            said = erin.progress_messages(until="\0", timeout=240)[-1]
+        else:
+            assert answer.status_code == 500, f"{answer.status_code} {answer.text}\n" \
+                + swarm.toolkit_evidence("erin")
+            said = answer.json()["message"]
+        if "Swarm granted" not in said:
+            said += "\n" + swarm.toolkit_evidence("erin")
+        assert "Swarm granted this lab 1 GPU(s) (DOCKER_RESOURCE_NVIDIA-GPU=GPU-" in said, said
+        assert "toolkit 1.18.x ignores swarm-resource" in said, said
+        wait_until(lambda: not erin.server(), timeout=60, what="erin's failed start to end",
+                   state=erin.server, logs=swarm.logs)
+    finally:
+        swarm.cluster.set_toolkit("")
+    swarm.spawn(erin, "gpu1")  # a node on a good toolkit: the lab gets its GPU
+    assert "GPU-" in swarm.in_lab("erin", "nvidia-smi", "-L")
 
 
 def test_invoke_down_removes_the_stack_and_labs(swarm):

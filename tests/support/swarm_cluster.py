@@ -211,6 +211,8 @@ class SwarmCluster:
                 f"export GPUHUB_GPU_DOUBLE_INVENTORY={inventory}\n"
                 f"export GPUHUB_GPU_DOUBLE_SWARM_RESOURCE={resource_env(RESOURCE)}\n"
                 f"export GPUHUB_GPU_DOUBLE_LOG={node.root / 'gpu-double.log'}\n"
+                # A test may make this node model another toolkit (set_toolkit).
+                f"[ -r {node.root / 'toolkit.env'} ] && . {node.root / 'toolkit.env'}\n"
                 f"exec {DOUBLE / 'nvidia-container-runtime'} \"$@\"\n")
             runtime.chmod(0o755)
             config["node-generic-resources"] = [f"{RESOURCE}={g['uuid']}" for g in node.gpus]
@@ -231,6 +233,16 @@ class SwarmCluster:
             node.docker("swarm", "join", "--token", token, f"{m.address}:2377")
         wait_until(lambda: self.ready_nodes() == len(self.nodes), timeout=60, interval=0.5,
                    what="all nodes Ready", logs=lambda: m.docker("node", "ls", check=False).stdout)
+
+    def set_toolkit(self, version: str) -> None:
+        """Make every GPU node's NVIDIA runtime model toolkit ``version`` ("" for the
+        default, 1.19.0) from its next container on."""
+        for node in self.nodes:
+            env = node.root / "toolkit.env"
+            if version:
+                env.write_text(f"export GPUHUB_GPU_DOUBLE_TOOLKIT={version}\n")
+            else:
+                env.unlink(missing_ok=True)
 
     def ready_nodes(self) -> int:
         out = self.manager.docker("node", "ls", "--format", "{{.Status}}", check=False).stdout
