@@ -255,8 +255,15 @@ def node_add_text(*, join_command: str, kind: str, labels: dict[str, str]) -> st
 #    /etc/docker/daemon.json (merge with what is there):
 python3 - <<'PY'
 import json, pathlib, subprocess
-uuids = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"],
-                       capture_output=True, text=True, check=True).stdout.split()
+rows = subprocess.run(["nvidia-smi", "--query-gpu=uuid,mig.mode.current",
+                       "--format=csv,noheader"], capture_output=True, text=True,
+                      check=True).stdout.splitlines()
+uuids = []
+for uuid, mig in (r.split(", ", 1) for r in rows if r.strip()):
+    if mig.strip() == "Enabled":  # swarm mode hands out whole GPUs, never MIG instances
+        print("not advertising", uuid, "(MIG mode: nvidia-smi -mig 0 on it, or MODE=compose)")
+    else:
+        uuids.append(uuid)
 path = pathlib.Path("/etc/docker/daemon.json")
 conf = json.loads(path.read_text()) if path.exists() else {{}}
 conf["node-generic-resources"] = ["{kind}=" + u for u in uuids]

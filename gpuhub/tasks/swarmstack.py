@@ -167,6 +167,7 @@ def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bo
        proxy_was_running: bool) -> str:
     """Build and push the images, then deploy the stack; what to tell the admin. (The
     profiles' images are pulled by the nodes that run them.)"""
+    refuse_mig_slices(profiles)
     if build:
         build_images(c, project)
         push_images(c, project)
@@ -183,6 +184,17 @@ def up(c, project, *, build: bool, timeout: float, profiles, hub_was_running: bo
     return (f"gpuhub is up on the Swarm: {origins.hub_origin(project.settings)}/  "
             f"({gpu_inventory.summary(found)}; HUB_DOMAIN and *.HUB_DOMAIN must name "
             "this node, or any node: every node publishes HUB_PORT)")
+
+
+def refuse_mig_slices(profiles) -> None:
+    """Swarm hands out GPUs as generic resources of one kind, with no size: a profile asking
+    for MIG instances of one size (``gpu_slice``) would be given whatever Swarm picks."""
+    sliced = [p.slug for p in profiles.profiles if p.gpu_slice]
+    if sliced:
+        raise fail(f"profile(s) {', '.join(sliced)} in PROFILES_FILE ask for MIG instances "
+                   "(gpu_slice): swarm mode hands out whole GPUs only (Swarm's generic "
+                   "resources have no slice sizes); remove gpu_slice from them, or use "
+                   "MODE=compose")
 
 
 def down(c, project, labs: bool) -> None:

@@ -14,9 +14,11 @@ were not listed), the hook knew no MIG instance, gpu-check counted the lab's one
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,9 @@ from support import gpu_state
 
 SPAWN_TIMEOUT = 180
 LINE_TIMEOUT = 120
+# Short enough that the instance labs below outlive it: idle reclaim must leave them alone.
+IDLE_TIMEOUT = 30
+MAX_AGE = 25
 DOUBLE = ROOT / "tests" / "gpu_double"
 INVENTORY = json.loads((DOUBLE / "inventory-mig.json").read_text())
 PARENT = INVENTORY["gpus"][0]["uuid"]
@@ -36,7 +41,7 @@ WHOLE = INVENTORY["gpus"][1]["uuid"]
 INSTANCES = {m["uuid"]: m["profile"] for m in INVENTORY["gpus"][0]["mig"]}
 SMALL = [uuid for uuid, profile in INSTANCES.items() if profile == "1g.5gb"]  # two of them
 USERS = ["migone", "migtwo", "migthree"]
-PROFILES = """
+PROFILES = f"""
 - display_name: CPU only
   slug: cpu
 - display_name: Whole GPU
@@ -47,6 +52,11 @@ PROFILES = """
   gpus: 1
   gpu_slice: 1g.5gb
   default: true
+- display_name: Small MIG slice, brief
+  slug: brief
+  gpus: 1
+  gpu_slice: 1g.5gb
+  max_age: {MAX_AGE}s
 """
 
 
@@ -75,7 +85,8 @@ def mig_double():
 def mstack(mig_double, stack_factory, tmp_path_factory):
     profiles = Path(tmp_path_factory.mktemp("mig-profiles")) / "profiles.yaml"
     profiles.write_text(PROFILES)
-    s = stack_factory(PROFILES_FILE=str(profiles), GPU_LINE_TIMEOUT=str(LINE_TIMEOUT))
+    s = stack_factory(PROFILES_FILE=str(profiles), GPU_LINE_TIMEOUT=str(LINE_TIMEOUT),
+                      GPU_IDLE_TIMEOUT=str(IDLE_TIMEOUT))
     s.up("--no-build")
     return s
 
@@ -172,3 +183,33 @@ def test_the_admin_sees_instances_under_their_gpu_with_unknown_utilisation(mstac
                        interval=1, what="a MIG metric per instance", state=metric_lines,
                        logs=mstack.logs)
     assert all(f'parent="{PARENT}"' in m for m in found), found
+
+
+def test_an_instance_reclaimed_at_its_profiles_max_age_goes_to_the_next_in_line(mstack, musers):
+    """The reclaimer stops a lab on an instance at its profile's max_age and the instance goes
+    to the one in line; idle reclaim leaves instance labs alone (NVML reads no utilisation
+    for them: never stopped on missing data)."""
+    one, two, three = (musers[n] for n in USERS)
+    if not three.server():
+        three.start_ready({"profile": "small"}, SPAWN_TIMEOUT, logs=mstack.logs)
+    for user in (one, two):
+        if user.server():
+            user.stop(logs=mstack.logs)
+    two.start_ready({"profile": "brief"}, SPAWN_TIMEOUT, logs=mstack.logs)
+    brief = granted(mstack, "migtwo")
+    assert brief in SMALL and brief != granted(mstack, "migthree")
+    assert one.start({"profile": "small"}).status_code == 202
+    assert "1st in line" in one.progress_messages("in line")[-1]
+
+    wait_until(lambda: not two.server(), timeout=MAX_AGE + 60, interval=1,
+               what="the brief lab to reach its max_age", state=two.server, logs=mstack.logs)
+    home = two.http.get(f"{two.base}/hub/home", timeout=30).text
+    assert (f"Your last lab was stopped: it reached the {MAX_AGE} s time limit of its "
+            "profile (brief)") in home
+    one.wait_ready(SPAWN_TIMEOUT + LINE_TIMEOUT, logs=mstack.logs)
+    assert granted(mstack, "migone") == brief
+    since = mstack.inspect(mstack.lab_container("migthree"))["State"]["StartedAt"]
+    age = time.time() - datetime.datetime.fromisoformat(since.split(".")[0] + "+00:00").timestamp()
+    assert age > IDLE_TIMEOUT + 10, f"migthree's lab is {age:.0f} s old: too young to tell"
+    assert three.server().get("ready"), f"migthree's instance lab (since {since}) was stopped"
+    assert "Stopping the lab of migthree" not in mstack.logs(tail=3000, service="hub")

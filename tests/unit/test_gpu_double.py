@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -693,3 +694,31 @@ def test_the_cdi_spec_names_mig_instances_by_index_and_uuid(tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         runtime.to_cdi(str(_gpu_request_bundle(tmp_path, "0:4")))
     assert capsys.readouterr().err == "unresolvable CDI devices nvidia.com/gpu=0:4\n"
+
+
+@pytest.mark.parametrize("inventory_json, advertised", [(INVENTORY, UUID), (MIG_INVENTORY, MIG_GPU[1:])])
+def test_node_adds_snippet_advertises_whole_gpus_never_one_in_mig_mode(
+        tmp_path, hook, state, inventory_json, advertised):
+    """`invoke node-add`'s daemon.json step, run against the double: a GPU in MIG mode is not
+    advertised to Swarm (swarm mode hands out whole GPUs; its instances would be unusable)."""
+    from gpuhub.core import swarm
+
+    table = tmp_path / "gpus.tsv"
+    table.write_bytes(hook.to_tsv(inventory_json, "all"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(
+        f"#!/bin/sh\nGPUHUB_FAKE_GPUS_FILE={table} GPUHUB_FAKE_GPU_STATE={state} "
+        f"exec sh {DOUBLE / 'nvidia-smi'} \"$@\"\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    text = swarm.node_add_text(join_command="docker swarm join x", kind="NVIDIA-GPU", labels={})
+    daemon_json = tmp_path / "daemon.json"
+    snippet = text.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    snippet = snippet.replace('"/etc/docker/daemon.json"', repr(str(daemon_json)))
+    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    assert done.returncode == 0, done.stderr
+    conf = json.loads(daemon_json.read_text())
+    assert conf["node-generic-resources"] == [f"NVIDIA-GPU={u}" for u in advertised]
+    if inventory_json is MIG_INVENTORY:
+        assert f"not advertising {MIG_GPU[0]} (MIG mode" in done.stdout, done.stdout

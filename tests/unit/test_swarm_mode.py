@@ -420,3 +420,20 @@ def test_the_hub_says_the_labs_own_line_from_its_log():
     assert gpuhub_line(log) == "Swarm granted this lab 1 GPU(s) (...), but this node's runtime gave it 0"
     assert gpuhub_line(iter([b"a\n", b"gpuhub: one\n", b"gpuhub: two\n"])) == "two"
     assert gpuhub_line("nothing here") == ""
+
+
+def test_swarm_up_refuses_a_profile_asking_for_mig_slices_before_building():
+    from invoke import Exit
+
+    from gpuhub.tasks import swarmstack
+
+    sliced = Profiles.from_yaml("- display_name: Small\n  slug: small\n  gpus: 1\n"
+                                "  gpu_slice: 1g.5gb\n- display_name: Whole\n  slug: whole\n"
+                                "  gpus: 1\n")
+    with pytest.raises(Exit) as refused:
+        swarmstack.up(None, None, build=True, timeout=1, profiles=sliced,
+                      hub_was_running=False, proxy_was_running=False)
+    assert "profile(s) small in PROFILES_FILE ask for MIG instances (gpu_slice): swarm mode " \
+           "hands out whole GPUs only" in str(refused.value)
+    swarmstack.refuse_mig_slices(Profiles.from_yaml("- display_name: Whole\n  slug: whole\n"
+                                                    "  gpus: 1\n"))  # no slice: nothing said
