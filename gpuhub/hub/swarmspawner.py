@@ -40,6 +40,9 @@ from gpuhub.hub.spawner import GpuDockerSpawner
 _STARTING = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready",
              "starting"}
 _ENDED = {"complete", "shutdown", "failed", "rejected", "orphaned", "remove"}
+# How long a stop waits for the removed service's containers to end (Swarm stops them with
+# a 10 s grace period by default).
+STOP_WAIT = 30
 
 
 def no_node_reason(err: str, gpus: int, total_gpus: int) -> tuple[int, str] | None:
@@ -190,6 +193,41 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
                                          "ask an admin to check `invoke logs`")
             await asyncio.sleep(0.2)
         raise web.HTTPError(500, f"your lab did not start within {self.boot_timeout} s")
+
+    async def remove_object(self):
+        """Remove the lab's service, then wait until its tasks' containers have ended.
+
+        `docker service rm` returns at once; Swarm then stops the containers. Until one has
+        stopped it stays on the labs network, where the service's name still resolves to
+        it: a new lab of the same user (a Stop then a Start) would be taken as serving
+        while the old one answers, and the user sent to a lab that is going away.
+        """
+        tasks = []
+        if self.object_id:  # (an empty service filter would list every task)
+            try:
+                tasks = await self.docker("tasks", filters={"service": self.object_id})
+            except docker.errors.APIError as err:  # the removal below still happens
+                self.log.warning("Could not list the tasks of %s: %s", self.user.name, err)
+        await super().remove_object()
+        pending = {t["ID"] for t in tasks
+                   if (t.get("Status") or {}).get("State") not in _ENDED}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT
+        while pending:
+            for ident in list(pending):
+                try:
+                    task = await self.docker("inspect_task", ident)
+                except docker.errors.NotFound:
+                    task = None
+                if task is None or (task.get("Status") or {}).get("State") in _ENDED:
+                    pending.discard(ident)
+            if not pending:
+                break
+            if loop.time() > deadline:
+                self.log.warning("Task(s) %s of %s still running %d s after its service was "
+                                 "removed", ", ".join(sorted(pending)), self.user.name, STOP_WAIT)
+                break
+            await asyncio.sleep(0.2)
 
     async def labs_own_words(self) -> str:
         """The line a lab that refused to start wrote (``gpuhub: ...``), from its service's

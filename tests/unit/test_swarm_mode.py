@@ -437,3 +437,49 @@ def test_swarm_up_refuses_a_profile_asking_for_mig_slices_before_building():
            "hands out whole GPUs only" in str(refused.value)
     swarmstack.refuse_mig_slices(Profiles.from_yaml("- display_name: Whole\n  slug: whole\n"
                                                     "  gpus: 1\n"))  # no slice: nothing said
+
+
+def test_a_stop_returns_once_the_old_labs_container_has_ended(tmp_path):
+    """Until the old task's container has stopped, the service's name still resolves to it:
+    a Start right after a Stop would take the old lab's answer as the new lab's."""
+    import docker
+
+    spawner = make_swarm_spawner(tmp_path)
+    spawner.object_id = "svc1"
+    calls = []
+    states = iter(["running", "running", "shutdown"])
+
+    async def fake_docker(method, *args, **kwargs):
+        calls.append((method, args, kwargs))
+        if method == "tasks":
+            assert kwargs == {"filters": {"service": "svc1"}}
+            return [{"ID": "t1", "Status": {"State": "running"}},
+                    {"ID": "t0", "Status": {"State": "shutdown"}}]  # an earlier task: ended
+        if method == "inspect_task":
+            assert args == ("t1",)
+            return {"ID": "t1", "Status": {"State": next(states)}}
+        if method == "remove_service":
+            return None
+        raise AssertionError(method)
+
+    spawner.docker = fake_docker
+    asyncio.run(spawner.remove_object())
+    assert [m for m, _, _ in calls] == ["tasks", "remove_service", "inspect_task",
+                                        "inspect_task", "inspect_task"]
+
+    # A task Swarm already deleted counts as ended; an empty object ID lists nothing.
+    calls.clear()
+
+    async def gone(method, *args, **kwargs):
+        calls.append(method)
+        if method == "inspect_task":
+            raise docker.errors.NotFound("no such task")
+        return [{"ID": "t1", "Status": {"State": "running"}}] if method == "tasks" else None
+
+    spawner.docker = gone
+    asyncio.run(spawner.remove_object())
+    assert calls == ["tasks", "remove_service", "inspect_task"]
+    calls.clear()
+    spawner.object_id = ""
+    asyncio.run(spawner.remove_object())
+    assert calls == ["remove_service"]
