@@ -32,7 +32,7 @@ from support import gpu_state
 SPAWN_TIMEOUT = 180
 LINE_TIMEOUT = 120
 # Short enough that the instance labs below outlive it: idle reclaim must leave them alone.
-IDLE_TIMEOUT = 30
+IDLE_TIMEOUT = 15
 MAX_AGE = 25
 DOUBLE = ROOT / "tests" / "gpu_double"
 INVENTORY = json.loads((DOUBLE / "inventory-mig.json").read_text())
