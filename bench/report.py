@@ -143,7 +143,10 @@ def markdown(results: dict) -> str:
     lines = ["# gpuhub spawn latency", "",
              f"{results['started']}; {m['cores']} cores, {m['memory_gib']} GiB, Docker "
              f"{m['docker']}, Compose {m['compose']}, kernel {m['kernel']}; "
-             f"lab image `{results['config']['lab_image']}`.", "",
+             f"lab image `{results['config']['lab_image']}`"
+             + ("; gpuhub settings changed for this run: " + ", ".join(
+                 f"`{k}={v}`" for k, v in results["config"]["gpuhub_settings"].items())
+                if results["config"].get("gpuhub_settings") else "") + ".", "",
              *rows, "",
              "Latency: from the request (`docker run`, or `POST /hub/api/users/<name>/server`) "
              "until the lab answers `/api` with 200 (through the proxy for the hubs). The floor "

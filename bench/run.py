@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true",
                         help="quick check for CI: 2 users, 2 floor runs, no cold build, 5 s "
                              "at rest")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        type=_setting,
+                        help="a gpuhub setting for this run's gpuhub stack, e.g. "
+                             "LAB_START_CONCURRENCY=0 (repeatable; recorded in the results)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.users, args.floor_reps, args.cold, args.idle_seconds = [2], 2, False, 5
@@ -87,6 +91,14 @@ def _counts(raw: str) -> list[int]:
     if not counts or counts[0] < 1:
         raise argparse.ArgumentTypeError(f"{raw!r}: give numbers of 1 or more, such as 1,5,10")
     return counts
+
+
+def _setting(raw: str) -> tuple[str, str]:
+    name, sep, value = raw.partition("=")
+    if not sep or name not in {s.name for s in SETTINGS}:
+        raise argparse.ArgumentTypeError(f"{raw!r}: give NAME=VALUE with a gpuhub setting's "
+                                         "name, e.g. LAB_START_CONCURRENCY=0")
+    return name, value
 
 
 def step(message: str) -> None:
@@ -129,7 +141,8 @@ class Bench:
         # The product's GPU sampling interval, not the test stacks' faster one: the bench
         # measures what an admin runs.
         self.stack = Stack.create(self.workdir / "gpuhub", COMPOSE_PROJECT_NAME=f"{self.prefix}-gpuhub",
-                                  GPU_SAMPLE_INTERVAL=setting_default("GPU_SAMPLE_INTERVAL"))
+                                  **{"GPU_SAMPLE_INTERVAL": setting_default("GPU_SAMPLE_INTERVAL"),
+                                     **dict(args.setting)})
         self.lab_image = self.stack.settings["LAB_IMAGE"]
         self.hub_image = self.stack.settings["HUB_IMAGE"]
 
@@ -295,6 +308,7 @@ class Bench:
                        "smoke": self.args.smoke, "lab_image": self.lab_image,
                        "lab_command": self.lab_command(),
                        "hub_image": self.hub_image, "gpuhub_profile": "cpu",
+                       "gpuhub_settings": dict(self.args.setting),
                        "spawn_timeout_s": SPAWN_TIMEOUT},
             "machine": m,
             # Anything else running competed for the same cores: other containers, and the

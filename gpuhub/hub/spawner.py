@@ -586,10 +586,11 @@ class GpuDockerSpawner(DockerSpawner):
                 # A lab alone is tried every 50 ms: the hub notices it ready 25 ms later on
                 # average. Labs booting together share the cores, so each boots about that
                 # many times slower, and is tried that many times less often (at most once a
-                # second): the hub's tries cost it no more in a storm than for one lab. A
-                # Docker inspect once a second is enough to notice a lab that died.
+                # second): the hub's tries cost it no more in a storm than for one lab. The
+                # same for the Docker inspect that notices a lab that died: once a second
+                # for a lab alone, at most four a second for a storm's labs (up to 20).
                 if loop.time() >= next_inspect:
-                    next_inspect = loop.time() + 1
+                    next_inspect = loop.time() + dead_check_interval(GpuDockerSpawner._booting)
                     await self._fail_if_dead()
                 await asyncio.sleep(serving_poll_interval(GpuDockerSpawner._booting))
         finally:
@@ -737,6 +738,12 @@ class GpuDockerSpawner(DockerSpawner):
 def serving_poll_interval(booting: int) -> float:
     """Seconds between tries to connect to a booting lab while ``booting`` labs boot."""
     return min(1.0, 0.05 * max(1, booting))
+
+
+def dead_check_interval(booting: int) -> float:
+    """Seconds between Docker inspects of a booting lab while ``booting`` labs boot: each
+    lab at least every 5 s, and up to 20 labs booting, all together at most 4 a second."""
+    return min(5.0, max(1.0, 0.25 * booting))
 
 
 def finished_at(state: dict) -> datetime.datetime:

@@ -70,3 +70,14 @@ def test_the_service_table_gives_rest_and_per_start_costs():
     assert "| p-hub-1 | 0.600 | 0.100 |" in lines
     assert "| docker engine | 2.000 | - |" in lines
     assert "| all of the stack's services | 0.900 | 0.150 |" in lines
+
+
+def test_a_run_may_change_gpuhubs_settings_by_name_and_says_which():
+    from bench.run import parse_args
+
+    args = parse_args(["--setting", "LAB_START_CONCURRENCY=0", "--users", "10"])
+    assert args.setting == [("LAB_START_CONCURRENCY", "0")]
+    with pytest.raises(SystemExit):
+        parse_args(["--setting", "NOT_A_SETTING=1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--setting", "LAB_START_CONCURRENCY"])

@@ -93,6 +93,14 @@ def test_a_lone_lab_is_tried_every_50_ms_and_labs_in_a_storm_less_often():
     assert serving_poll_interval(40) == 1.0
 
 
+def test_a_storms_labs_together_ask_docker_whether_they_died_at_most_4_times_a_second():
+    from gpuhub.hub.spawner import dead_check_interval
+    assert dead_check_interval(1) == dead_check_interval(4) == 1.0  # a lone lab: every second
+    for booting in (1, 2, 4, 8, 10, 20):
+        assert booting / dead_check_interval(booting) <= 4
+    assert dead_check_interval(100) == 5.0  # still noticed within 5 s
+
+
 def test_the_count_of_booting_labs_goes_back_down_when_a_lab_serves_or_fails(hub, monkeypatch):
     lab = user_spawner(hub, "dana")
     lab.boot_timeout = 1
