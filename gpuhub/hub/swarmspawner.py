@@ -219,6 +219,10 @@ class GpuSwarmSpawner(GpuDockerSpawner, SwarmSpawner):
                     task = await self.docker("inspect_task", ident)
                 except docker.errors.NotFound:
                     task = None
+                except docker.errors.APIError as err:  # removed already: the stop stands
+                    self.log.warning("Could not see whether the old lab of %s has ended: %s",
+                                     self.user.name, err)
+                    return
                 if task is None or (task.get("Status") or {}).get("State") in _ENDED:
                     pending.discard(ident)
             if not pending:

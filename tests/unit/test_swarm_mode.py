@@ -479,7 +479,20 @@ def test_a_stop_returns_once_the_old_labs_container_has_ended(tmp_path):
     spawner.docker = gone
     asyncio.run(spawner.remove_object())
     assert calls == ["tasks", "remove_service", "inspect_task"]
+    # Docker failing to answer for the task: the service is removed, the stop ends.
     calls.clear()
+
+    async def failing(method, *args, **kwargs):
+        calls.append(method)
+        if method == "inspect_task":
+            raise docker.errors.APIError("500 Server Error")
+        return [{"ID": "t1", "Status": {"State": "running"}}] if method == "tasks" else None
+
+    spawner.docker = failing
+    asyncio.run(spawner.remove_object())
+    assert calls == ["tasks", "remove_service", "inspect_task"]
+    calls.clear()
+    spawner.docker = gone
     spawner.object_id = ""
     asyncio.run(spawner.remove_object())
     assert calls == ["remove_service"]
