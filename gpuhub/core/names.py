@@ -36,6 +36,13 @@ LAB_FIREWALL_SCRIPT = "/usr/local/lib/gpuhub/labfirewall.py"
 # in the lab-firewall image at LAB_MEMORY_SCRIPT).
 LAB_MEMORY_SERVICE = "lab-memory"
 LAB_MEMORY_SCRIPT = "/usr/local/lib/gpuhub/labmemory.py"
+# Every service's Docker health check runs gpuhub/services/healthcheck.py: from the hub image
+# (hub, proxy) or as a file of its own (lab-firewall and docker-proxy images). After a check
+# passed, the next waits HEALTH_SETTLE seconds (that file says why); Docker's timeout for a
+# check must be longer.
+HEALTHCHECK_SCRIPT = "/opt/gpuhub/gpuhub/services/healthcheck.py"
+SERVICE_HEALTHCHECK_SCRIPT = "/usr/local/lib/gpuhub/healthcheck.py"
+HEALTH_SETTLE = 15
 # Compose hands these to the hub, the broker and lab-memory (`invoke up` reads Docker's
 # cgroup driver and version, and works out LABS_MEM_LIMIT in bytes).
 LABS_CGROUP_PARENT_ENV = "GPUHUB_LABS_CGROUP_PARENT"

@@ -27,13 +27,14 @@ from gpuhub.core.settings import Settings
 HUB_NODE_LABEL = "gpuhub.hub"  # the node that keeps the hub-data volume
 HOMES_MOUNT = names.SWARM_HOMES_MOUNT  # SWARM_HOMES inside the hub
 LAB_UID, LAB_GID = 1000, 100  # the Jupyter Docker Stacks user (jovyan:users)
-# As in docker-compose.yml: the cheap probe from the hub image (gpuhub/services/healthcheck.py).
-HEALTHCHECK_SCRIPT = "/opt/gpuhub/gpuhub/services/healthcheck.py"
-PROXY_HEALTHCHECK = ["CMD", "python3", "-I", "-S", HEALTHCHECK_SCRIPT,
-                     "http://127.0.0.1:8000/_chp_healthz"]
+# As in docker-compose.yml: the cheap probe from the hub image (gpuhub/services/healthcheck.py),
+# which waits names.HEALTH_SETTLE seconds before a check that follows one that passed.
+_PROBE = ["CMD", "python3", "-I", "-S", names.HEALTHCHECK_SCRIPT,
+          "--settle", str(names.HEALTH_SETTLE)]
+PROXY_HEALTHCHECK = [*_PROBE, "http://127.0.0.1:8000/_chp_healthz"]
 # Not in the hub image: the gpu-sampler runs that image too, and needs none.
-HUB_HEALTHCHECK = ["CMD", "python3", "-I", "-S", HEALTHCHECK_SCRIPT,
-                   "http://127.0.0.1:8081/hub/health"]
+HUB_HEALTHCHECK = [*_PROBE, "http://127.0.0.1:8081/hub/health"]
+HEALTH_TIMEOUT = f"{names.HEALTH_SETTLE + 5}s"  # a check's own wait, then its 2-s probe
 PROXY_COMMAND = [
     "sh", "-c",
     f'CONFIGPROXY_AUTH_TOKEN="$$(cat {names.HUB_SECRETS_DIR}/{names.PROXY_TOKEN_SECRET})" '
@@ -109,7 +110,7 @@ def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secre
                 "secrets": [{"source": name, "target": name}
                             for name in (names.PROXY_TOKEN_SECRET, names.METRICS_TOKEN_SECRET,
                                          *login_secrets)],
-                "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": "3s",
+                "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": HEALTH_TIMEOUT,
                                 "retries": 3, "start_period": "60s"},
                 "networks": {"labs": {"aliases": ["hub"]}},
                 "deploy": deploy,
@@ -118,7 +119,7 @@ def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secre
                 "image": image_ref(settings, settings.hub_image),
                 "command": proxy_command(settings),
                 "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": "2s",
-                                "timeout": "3s", "retries": 3},
+                                "timeout": HEALTH_TIMEOUT, "retries": 3},
                 "secrets": [{"source": names.PROXY_TOKEN_SECRET,
                              "target": names.PROXY_TOKEN_SECRET}],
                 # mode host: published on the hub node itself, not through the routing

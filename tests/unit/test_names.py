@@ -166,9 +166,11 @@ def test_the_lab_firewall_image_runs_the_script_where_names_says_and_checks_its_
     assert ("COPY", f"gpuhub/labfirewall/service.py {names.LAB_FIREWALL_SCRIPT}") in steps
     assert [json.loads(args) for step, args in steps if step == "CMD"] == [
         ["python3", names.LAB_FIREWALL_SCRIPT, "run"]]
+    assert ("COPY", f"gpuhub/services/healthcheck.py {names.SERVICE_HEALTHCHECK_SCRIPT}") in steps
     [healthcheck] = [args for step, args in steps if step == "HEALTHCHECK"]
     probe = json.loads(healthcheck.partition(" CMD ")[2])
-    assert probe[:2] == ["sh", "-c"] and f"find {labfirewall.STATUS_FILE} " in probe[2], probe
+    assert probe[3] == names.SERVICE_HEALTHCHECK_SCRIPT, probe
+    assert probe[-3:] == ["--fresh", labfirewall.STATUS_FILE, "20"], probe
 
 
 def test_lab_memory_runs_its_script_from_that_image_and_checks_its_status_file():
@@ -178,7 +180,8 @@ def test_lab_memory_runs_its_script_from_that_image_and_checks_its_status_file()
         LAB_FIREWALL_IMAGE)
     service = COMPOSE["services"][names.LAB_MEMORY_SERVICE]
     assert service["command"] == ["python3", names.LAB_MEMORY_SCRIPT, "run"]
-    assert f"find {labmemory.STATUS_FILE} " in service["healthcheck"]["test"][3]
+    assert service["healthcheck"]["test"][4] == names.SERVICE_HEALTHCHECK_SCRIPT
+    assert service["healthcheck"]["test"][-3:] == ["--fresh", labmemory.STATUS_FILE, "20"]
     assert service["volumes"] == [f"/sys/fs/cgroup:{labmemory.CGROUP_ROOT}"]
     assert set(service["environment"]) == {
         names.LABS_CGROUP_PARENT_ENV, names.LABS_MEMORY_ENV, names.CGROUP_DRIVER_ENV,
