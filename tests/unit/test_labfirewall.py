@@ -23,13 +23,14 @@ class FakeIptables:
         if args[:1] == ["--noflush"]:
             self.restore(stdin)
             return self.result(0)
+        if args == ["-S"]:  # the whole table
+            return self.result(0, "".join(self.listing(chain) for chain in self.chains))
         op, chain, rule = args[0], args[1], tuple(args[2:])
         if chain not in self.chains:
             return self.result(1, stderr=f"No chain/target/match by that name: {chain}")
         rules = self.chains[chain]
         if op == "-S":
-            return self.result(0, "\n".join([f"-N {chain}"] + [
-                shlex.join(["-A", chain, *r]) for r in rules]) + "\n")
+            return self.result(0, self.listing(chain))
         if op == "-C":
             return self.result(0 if rule in rules else 1)
         if op == "-D":
@@ -39,6 +40,10 @@ class FakeIptables:
         elif op == "-X":
             del self.chains[chain]
         return self.result(0)
+
+    def listing(self, chain):
+        return "\n".join([f"-N {chain}"] + [
+            shlex.join(["-A", chain, *r]) for r in self.chains[chain]]) + "\n"
 
     def restore(self, text):
         for line in text.splitlines():
@@ -177,6 +182,75 @@ def test_missing_or_extra_rules_are_noticed_and_put_back(iptables):
     assert ("-j", "ACCEPT") not in iptables.chains["GPUHUB-IN-gpuhub-labs"]
 
 
+def test_while_nothing_changed_a_check_is_one_listing(iptables):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    assert fw.check() == []  # the full check, once
+    iptables.calls.clear()
+    for _ in range(3):
+        assert fw.check() == []
+    assert iptables.calls == [["iptables-nft", "-w", "-S"]] * 3
+
+
+@pytest.mark.parametrize("change", ["a rule gone", "a rule added", "a jump gone", "a chain gone",
+                                    "a rule replaced"])
+def test_any_change_to_gpuhubs_lines_makes_the_full_check(iptables, change):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    assert fw.check() == [] and fw.check() == []
+    inbound = iptables.chains["GPUHUB-IN-gpuhub-labs"]
+    if change == "a rule gone":
+        inbound.pop()
+    elif change == "a rule added":
+        inbound.append(("-j", "ACCEPT"))
+    elif change == "a jump gone":
+        iptables.chains["DOCKER-USER"].clear()
+    elif change == "a chain gone":
+        del iptables.chains["GPUHUB-FWD-gpuhub-labs"]
+        iptables.chains["DOCKER-USER"].clear()
+    else:
+        inbound[0] = ("-j", "ACCEPT")
+    assert fw.check() != []
+    fw.apply()
+    assert fw.check() == [] and fw.missing() == []
+
+
+def test_a_listing_that_fails_makes_the_full_check(iptables):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    fw.check()
+
+    def failing_listing(args, stdin=None):
+        if [a for a in args if a != "-w"][1:] == ["-S"]:
+            return FakeIptables.result(1, stderr="iptables: lock")
+        return iptables(args, stdin)
+
+    fw._run = failing_listing
+    iptables.calls.clear()
+    assert fw.check() == []
+    assert any("-C" in call for call in iptables.calls), "the full check ran"
+    iptables.chains["INPUT"].clear()
+    assert fw.check() == ["the jump from INPUT to GPUHUB-IN-gpuhub-labs is missing"]
+
+
+def test_lines_that_changed_during_the_full_check_are_not_kept(iptables):
+    fw = Firewall(RULES, "iptables-nft", iptables)
+    fw.apply()
+    listings = 0
+
+    def removing_after_the_first_listing(args, stdin=None):
+        nonlocal listings
+        if [a for a in args if a != "-w"][1:] == ["-S"]:
+            listings += 1
+            if listings == 2:  # while the full check runs, something removes a jump
+                iptables.chains["INPUT"].clear()
+        return iptables(args, stdin)
+
+    fw._run = removing_after_the_first_listing
+    fw.check()
+    assert fw.check() == ["the jump from INPUT to GPUHUB-IN-gpuhub-labs is missing"]
+
+
 def test_remove_leaves_nothing_of_the_project(iptables):
     other = Firewall(Ruleset("other", "other-labs"), "iptables-nft", iptables)
     other.apply()
@@ -203,7 +277,7 @@ def test_the_service_keeps_the_rules_also_when_stopped(monkeypatch, tmp_path):
         def apply(self):
             events.append("apply")
 
-        def missing(self):
+        def check(self):
             events.append(f"check ({'healthy' if status.exists() else 'not healthy'})")
             if len(events) == 2:
                 return ["the jump from INPUT to GPUHUB-IN-gpuhub-labs is missing"]
@@ -230,7 +304,7 @@ def test_without_its_bridge_the_service_is_not_healthy(monkeypatch, tmp_path):
         def apply(self):
             pass
 
-        def missing(self):
+        def check(self):
             assert not status.exists()
             raise labfirewall._Stop()
 
@@ -281,7 +355,7 @@ def test_labs_apart_is_healthy_only_while_bridged_traffic_passes_iptables(
         def apply(self):
             pass
 
-        def missing(self):
+        def check(self):
             seen.append(status.exists())
             raise labfirewall._Stop()
 
