@@ -34,7 +34,11 @@ def summarize_round(r) -> dict:
         "hub_api": {"requests": len(r.hub_api_latencies), "failures": r.hub_api_failures,
                     "p50_ms": _ms(percentile(r.hub_api_latencies, 50)),
                     "p95_ms": _ms(percentile(r.hub_api_latencies, 95)),
-                    "max_ms": _ms(max(r.hub_api_latencies) if r.hub_api_latencies else None)},
+                    "max_ms": _ms(max(r.hub_api_latencies) if r.hub_api_latencies else None),
+                    # The hub's own time for the same requests (its request log), ms.
+                    "hub_own_requests": len(r.hub_api_own_ms),
+                    "hub_own_p95_ms": (round(percentile(r.hub_api_own_ms, 95), 1)
+                                       if r.hub_api_own_ms else None)},
         "hub_memory": {"peak_working_set_mib": round(r.hub_peak_working_set / MIB, 1),
                        "cgroup_max_usage_mib": round(r.hub_max_usage / MIB, 1)},
         "lab_cpu_seconds": [round(s, 3) for s in r.lab_cpu_seconds],
@@ -94,6 +98,12 @@ def _f(value, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _own(api: dict) -> str:
+    """`` (n)``: the hub's own p95 for the probe's requests, where its log showed them."""
+    own = api.get("hub_own_p95_ms")
+    return "" if own is None else f" ({own:.0f})"
+
+
 def _ratio(a, b) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}x"
 
@@ -137,7 +147,7 @@ def markdown(results: dict) -> str:
                 f"| {_ratio(r['p50'], floor['p50'])} | {_ratio(r['p95'], floor['p50'])} "
                 f"| {_ratio(r['p50'], stock and stock['p50'])} "
                 f"| {_ratio(r['p95'], stock and stock['p95'])} "
-                f"| {_f(r['hub_api']['p95_ms'], 0)} "
+                f"| {_f(r['hub_api']['p95_ms'], 0)}{_own(r['hub_api'])} "
                 f"| {_f(r['hub_memory']['peak_working_set_mib'], 0)} |")
     m = results["machine"]
     lines = ["# gpuhub spawn latency", "",
@@ -153,7 +163,9 @@ def markdown(results: dict) -> str:
              "ratios divide by the floor's p50. Realistic limit: N x (lab + engine + hub "
              "CPU-seconds per start, as this hub's storm spent them) / cores, the soonest all N "
              "can be done. Hub API: `GET /hub/api/users/<name>` every 100 ms "
-             "during the storm. Hub peak: highest sampled working set of the hub container. "
+             "during the storm, as the client saw it; in brackets, the hub's own time for "
+             "those requests (its request log, from the moment it read each one): the rest "
+             "was spent on the way (the proxy, the machine's scheduler, the client). Hub peak: highest sampled working set of the hub container. "
              "Both hubs ran in this one run, on this machine, one after the other.", ""]
     others = results.get("other_containers") or {}
     busy = sorted(set(others.get("at_start", [])) | set(others.get("at_end", [])))

@@ -260,7 +260,7 @@ class Bench:
                              lab_container=lab_container, timeout=SPAWN_TIMEOUT,
                              engine=self.engine)
                        for _ in range(reps)])
-            self._trace(f"{hub} N={n}", r, lab_container, hub_log)
+            self._trace(f"{hub} N={n}", r, lab_container, hub_log, users[0].name)
             s = report.summary(r.seconds)
             step(f"{hub} N={n}: p50 {s['p50'] or 0:.2f} s, max {s['max'] or 0:.2f} s"
                  + (f", {len(r.errors)} FAILED: {r.errors[0][:300]}" if r.errors else ""))
@@ -268,15 +268,20 @@ class Bench:
         return rounds
 
     def _trace(self, name: str, r: Round, lab_container: Callable[[str], str],
-               hub_log: Callable[[], str]) -> None:
-        """Docker's and the hub's side of each start of the storm (bench.trace)."""
+               hub_log: Callable[[], str], probe_user: str) -> None:
+        """Docker's and the hub's side of each start of the storm (bench.trace), and the
+        hub's own time for the API probe's requests (``probe_user``'s model)."""
         if not r.traces:
             return
         since = min(t.requested for t in r.traces) - 1
+        until = max((t.ready or t.requested) for t in r.traces) + 1
         try:
             trace.add_docker_steps(r.traces, r.docker_events,
                                    {t.user: lab_container(t.user) for t in r.traces})
-            trace.add_hub_steps(r.traces, hub_log(), since)
+            log = hub_log()
+            trace.add_hub_steps(r.traces, log, since)
+            r.hub_api_own_ms = trace.hub_request_times(
+                log, f"/hub/api/users/{probe_user}", since, until)
         except Exception as exc:  # the trace is a figure of its own: never fail the run
             self.diagnostics.append(f"{name}: no trace ({type(exc).__name__}: {exc})")
         self.traces[name] = trace.as_json(r.traces)

@@ -169,6 +169,7 @@ class Round:
     reps: int = 1  # storms of n users, one after the other, taken together
     seconds: list[float] = field(default_factory=list)
     hub_api_latencies: list[float] = field(default_factory=list)
+    hub_api_own_ms: list[float] = field(default_factory=list)  # the hub's log: its own part
     hub_api_failures: int = 0
     hub_peak_working_set: int = 0
     hub_max_usage: int = 0
@@ -241,6 +242,7 @@ def merge(rounds: list[Round]) -> Round:
     for r in rounds:
         merged.seconds += r.seconds
         merged.hub_api_latencies += r.hub_api_latencies
+        merged.hub_api_own_ms += r.hub_api_own_ms
         merged.hub_api_failures += r.hub_api_failures
         merged.hub_peak_working_set = max(merged.hub_peak_working_set, r.hub_peak_working_set)
         merged.hub_max_usage = max(merged.hub_max_usage, r.hub_max_usage)

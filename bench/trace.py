@@ -34,6 +34,8 @@ SEGMENTS = {("requested", "created"): "hub before Docker (profile, GPUs, image)"
 
 LOG_LINE = re.compile(r"\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) [^\]]*\] (.*)")
 SERVED = re.compile(r"User (\S+) took [\d.]+ seconds to start")
+# JupyterHub's request log: "200 GET /hub/api/users/<name> (<user>@<ip>) 3.21ms".
+API_TIME = re.compile(r"^200 GET (\S+) \(\S*\) ([\d.]+)ms$")
 ROUTED = re.compile(r"Adding user (\S+) to proxy")
 
 
@@ -108,18 +110,36 @@ def add_docker_steps(traces: list[LabTrace], events: list[dict],
 def add_hub_steps(traces: list[LabTrace], hub_log: str, since: float) -> None:
     """``served`` and ``routed`` from the hub's log lines (UTC, milliseconds) after ``since``."""
     by_user = {t.user: t for t in traces}
+    for when, message in _lines_since(hub_log, since - 1):
+        for pattern, step in ((SERVED, "served"), (ROUTED, "routed")):
+            hit = pattern.search(message)
+            if hit and hit.group(1) in by_user and getattr(by_user[hit.group(1)], step) is None:
+                setattr(by_user[hit.group(1)], step, when)
+
+
+def _lines_since(hub_log: str, since: float):
+    """(time, message) of each of the hub's log lines from ``since`` on."""
     for line in hub_log.splitlines():
         found = LOG_LINE.search(line)
         if not found:
             continue
         when = datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(
             tzinfo=datetime.UTC).timestamp()
-        if when < since - 1:
-            continue
-        for pattern, step in ((SERVED, "served"), (ROUTED, "routed")):
-            hit = pattern.search(found.group(2))
-            if hit and hit.group(1) in by_user and getattr(by_user[hit.group(1)], step) is None:
-                setattr(by_user[hit.group(1)], step, when)
+        if when >= since:
+            yield when, found.group(2)
+
+
+def hub_request_times(hub_log: str, path: str, since: float, until: float) -> list[float]:
+    """The hub's own time (ms, from its request log) of each ``GET path`` answered 200
+    between ``since`` and ``until``: the part of a request's latency spent in the hub,
+    from the moment it read the request. What the client saw beyond it was spent on the
+    way (the proxy, the machine's scheduler, the client itself)."""
+    times = []
+    for when, message in _lines_since(hub_log, since):
+        hit = API_TIME.search(message)
+        if when <= until and hit and hit.group(1) == path:
+            times.append(float(hit.group(2)))
+    return times
 
 
 def as_json(traces: list[LabTrace]) -> list[dict]:

@@ -44,6 +44,24 @@ def test_each_step_comes_from_its_source_and_missing_ones_stay_none():
     assert [second[s] for s in ("created", "started", "served", "routed")] == [None] * 4
 
 
+def test_the_hubs_own_time_comes_from_its_request_log_for_that_path_and_window():
+    log = "\n".join([
+        log_line(-5, "200 GET /hub/api/users/bench1 (bench1@172.18.0.3) 1.00ms"),  # before
+        log_line(0.2, "200 GET /hub/api/users/bench1 (bench1@172.18.0.3) 3.25ms"),
+        log_line(0.3, "200 GET /hub/api/users/bench12 (bench12@172.18.0.3) 9.00ms"),
+        log_line(0.4, "200 GET /hub/api/users/bench1/server/progress (bench1@1.2.3.4) 7.00ms"),
+        log_line(0.5, "404 GET /hub/api/users/bench1 (@172.18.0.3) 2.00ms"),
+        log_line(0.6, "200 GET /hub/api/users/bench1 (@172.18.0.3) 12.50ms"),
+        log_line(9.0, "200 GET /hub/api/users/bench1 (bench1@172.18.0.3) 4.00ms"),  # after
+    ])
+    assert trace.hub_request_times(log, "/hub/api/users/bench1", T0, T0 + 5) == [3.25, 12.5]
+
+
+def test_the_report_shows_the_hubs_own_api_time_beside_the_clients():
+    assert report._own({"p95_ms": 45, "hub_own_p95_ms": 3.4}) == " (3)"
+    assert report._own({"p95_ms": 45, "hub_own_p95_ms": None}) == ""
+
+
 def test_the_trace_plot_is_drawn(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [{"user": "bench1", "requested": 0.0, "created": 0.3, "started": 0.5, "served": 2.1,
