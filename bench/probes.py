@@ -77,7 +77,7 @@ class HubApiProbe(Sampler):
         self.url = url
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {token}"
-        self.latencies: list[float] = []
+        self.answers: list[tuple[float, float]] = []  # (sent, latency) of each 200
         self.failures = 0
 
     def sample(self) -> None:
@@ -85,9 +85,13 @@ class HubApiProbe(Sampler):
         resp = self.http.get(self.url, timeout=30)
         elapsed = time.monotonic() - started
         if resp.status_code == 200:
-            self.latencies.append(elapsed)
+            self.answers.append((started, elapsed))
         else:
             self.failures += 1
+
+    def latencies(self, since: float, until: float) -> list[float]:
+        """Latencies of the requests sent from ``since`` to ``until`` (time.monotonic)."""
+        return [latency for sent, latency in self.answers if since <= sent <= until]
 
 
 class MemoryProbe(Sampler):

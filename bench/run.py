@@ -255,12 +255,23 @@ class Bench:
             reps = self.args.floor_reps if n == 1 else 1
             step(f"{hub}: {n} user(s) start their labs at once"
                  + (f", {reps} times" if reps > 1 else ""))
-            r = merge([storm(users[:n], options, client=self.client,
-                             hub_container=hub_container, service_containers=service_containers,
-                             lab_container=lab_container, timeout=SPAWN_TIMEOUT,
-                             engine=self.engine)
-                       for _ in range(reps)])
-            self._trace(f"{hub} N={n}", r, lab_container, hub_log, users[0].name)
+            storms = [storm(users[:n], options, client=self.client,
+                            hub_container=hub_container, service_containers=service_containers,
+                            lab_container=lab_container, timeout=SPAWN_TIMEOUT,
+                            engine=self.engine)
+                      for _ in range(reps)]
+            # Each storm's steps from its own events and log lines (the same user's lab is
+            # started once per repetition), then all of them together.
+            try:
+                log = hub_log()
+            except Exception as exc:
+                log = ""
+                self.diagnostics.append(f"{hub} N={n}: no hub log ({type(exc).__name__}: {exc})")
+            for one in storms:
+                self._trace(f"{hub} N={n}", one, lab_container, log, users[0].name)
+            r = merge(storms)
+            if r.traces:
+                self.traces[f"{hub} N={n}"] = trace.as_json(r.traces)
             s = report.summary(r.seconds)
             step(f"{hub} N={n}: p50 {s['p50'] or 0:.2f} s, max {s['max'] or 0:.2f} s"
                  + (f", {len(r.errors)} FAILED: {r.errors[0][:300]}" if r.errors else ""))
@@ -268,23 +279,21 @@ class Bench:
         return rounds
 
     def _trace(self, name: str, r: Round, lab_container: Callable[[str], str],
-               hub_log: Callable[[], str], probe_user: str) -> None:
-        """Docker's and the hub's side of each start of the storm (bench.trace), and the
+               log: str, probe_user: str) -> None:
+        """Docker's and the hub's side of each start of one storm (bench.trace), and the
         hub's own time for the API probe's requests (``probe_user``'s model)."""
         if not r.traces:
             return
-        since = min(t.requested for t in r.traces) - 1
-        until = max((t.ready or t.requested) for t in r.traces) + 1
+        first = min(t.requested for t in r.traces)
+        last = max((t.ready or t.requested) for t in r.traces)
         try:
             trace.add_docker_steps(r.traces, r.docker_events,
                                    {t.user: lab_container(t.user) for t in r.traces})
-            log = hub_log()
-            trace.add_hub_steps(r.traces, log, since)
+            trace.add_hub_steps(r.traces, log, first - 1)
             r.hub_api_own_ms = trace.hub_request_times(
-                log, f"/hub/api/users/{probe_user}", since, until)
+                log, f"/hub/api/users/{probe_user}", first, last)
         except Exception as exc:  # the trace is a figure of its own: never fail the run
             self.diagnostics.append(f"{name}: no trace ({type(exc).__name__}: {exc})")
-        self.traces[name] = trace.as_json(r.traces)
 
     def teardown(self) -> list[str]:
         problems = []

@@ -209,7 +209,8 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
                     result.seconds.append(future.result())
                 except Exception as exc:
                     result.errors.append(f"{user.name}: {type(exc).__name__}: {exc}"[:2000])
-            result.window_seconds = time.monotonic() - started
+            ended = time.monotonic()
+            result.window_seconds = ended - started
             result.machine_busy_seconds = machine_busy() - busy_before
             engine_after = engine.daemons()
             names = {c: client.containers.get(c).name for c in service_containers}
@@ -229,7 +230,9 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
     finally:
         stop_all(users)
     result.docker_events = events.events
-    result.hub_api_latencies = api.latencies
+    # Only the requests sent during the storm: the probe also runs while this function
+    # reads each service's CPU afterwards, when the hub has nothing left to do.
+    result.hub_api_latencies = api.latencies(started, ended)
     result.hub_api_failures = api.failures + len(api.errors)
     result.hub_peak_working_set = memory.peak_working_set
     result.hub_max_usage = memory.max_usage
