@@ -174,20 +174,152 @@ def test_a_hub_log_that_needs_more_falls_back_to_the_plain_import(tmp_path: Path
     assert "plain start" in result.stderr and "PrefixRedirectHandler" in result.stderr
 
 
+SQLALCHEMY = {
+    "sqlalchemy/__init__.py": """
+        from . import exc
+        REAL = exc.REAL
+    """,
+    "sqlalchemy/exc.py": """
+        REAL = True
+        class SQLAlchemyError(Exception):
+            pass
+    """,
+}
+HUB_WITH_UTILS = {**HUB, **SQLALCHEMY, "jupyterhub/utils.py": """
+        from sqlalchemy.exc import SQLAlchemyError
+        def catch_db_error():
+            try:
+                raise KeyError("not a database error")
+            except SQLAlchemyError:
+                return "caught"
+            except KeyError:
+                return "not caught"
+    """, "jupyterhub/metrics.py": """
+        from . import orm
+        from .utils import catch_db_error
+        def prometheus_log_method(handler):
+            return "observed"
+    """}
+
+
+def test_sqlalchemy_is_not_imported_for_the_hubs_database_error_class(tmp_path: Path):
+    write(tmp_path, HUB_WITH_UTILS)
+    result = run(tmp_path, """
+        import sys, gpuhub_labstart
+        print(gpuhub_labstart.import_hub_log_without_database())
+        print([m for m in sys.modules if m.startswith("sqlalchemy")])
+        from jupyterhub import utils
+        print(utils.catch_db_error())
+        # Whoever needs SQLAlchemy later gets the real one.
+        import sqlalchemy, sqlalchemy.exc
+        print(sqlalchemy.REAL, sqlalchemy.exc.SQLAlchemyError is not utils.SQLAlchemyError)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True", "[]", "not caught", "True True"]
+
+
+def test_a_hub_that_loads_sqlalchemy_meanwhile_falls_back_to_the_plain_import(tmp_path: Path):
+    # Its log module uses the database at import: SQLAlchemy loads with the stand-in of
+    # its errors module in place, and breaks; nothing of that attempt may stay.
+    write(tmp_path, {**HUB_WITH_UTILS, "jupyterhub/orm.py": """
+        import sqlalchemy
+        class User:
+            pass
+    """, "jupyterhub/log.py": """
+        from .handlers.pages import HealthCheckHandler
+        from .metrics import prometheus_log_method
+        from . import orm
+        USER = orm.User
+    """})
+    result = run(tmp_path, """
+        import sys, gpuhub_labstart
+        print(gpuhub_labstart.import_hub_log_without_database())
+        import jupyterhub.log, jupyterhub.utils, sqlalchemy
+        print(sqlalchemy.REAL, jupyterhub.utils.SQLAlchemyError.__module__)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False", "True sqlalchemy.exc"]
+    assert "plain start" in result.stderr
+
+
+SINGLEUSER = {
+    **HUB_WITH_UTILS,
+    "sqlalchemy/__init__.py": """
+        from . import exc
+        REAL = exc.REAL
+        def inspect(obj):
+            return f"inspected {obj}"
+    """,
+    "jupyterhub/scopes.py": """
+        import sqlalchemy as sa
+        def session_of(obj):
+            return sa.inspect(obj)
+    """,
+    "jupyterhub/singleuser/__init__.py": """
+        from .. import scopes
+        def main():
+            return "lab"
+    """,
+}
+
+
+def test_the_lab_imports_its_hub_authentication_without_sqlalchemy(tmp_path: Path):
+    write(tmp_path, SINGLEUSER)
+    result = run(tmp_path, """
+        import sys, gpuhub_labstart
+        print(gpuhub_labstart.import_hub_log_without_database(),
+              gpuhub_labstart.import_singleuser_without_sqlalchemy())
+        print([m for m in sys.modules if m.startswith("sqlalchemy")])
+        from jupyterhub.singleuser import main
+        from jupyterhub import scopes
+        print(main(), "sqlalchemy" in sys.modules)
+        # Used, a deferred name is the real one; later imports get the real module.
+        print(scopes.session_of("x"), "sqlalchemy" in sys.modules)
+        import sqlalchemy
+        print(sqlalchemy.REAL)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True True", "[]", "lab False", "inspected x True",
+                                          "True"]
+
+
+def test_a_lab_whose_hub_needs_more_of_sqlalchemy_imports_it_plainly(tmp_path: Path):
+    write(tmp_path, {**SINGLEUSER, "jupyterhub/scopes.py": """
+        from sqlalchemy.exc import SQLAlchemyError  # a submodule: the stand-in has none
+        import sqlalchemy as sa
+        def session_of(obj):
+            return sa.inspect(obj)
+    """})
+    result = run(tmp_path, """
+        import sys, gpuhub_labstart
+        print(gpuhub_labstart.import_singleuser_without_sqlalchemy())
+        from jupyterhub import scopes
+        print(type(scopes.sa).__name__, scopes.sa.REAL, scopes.session_of("y"))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False", "module True inspected y"]
+    assert "plain start" in result.stderr
+
+
 def test_the_pinned_jupyterhub_still_imports_its_log_without_handlers_or_database(tmp_path):
     # The stand-ins above copy what jupyterhub/log.py imports; this checks the JupyterHub
     # the unit tests run with (the pin in gpuhub/core/constraints.txt), as the lab image does.
     result = run(tmp_path, """
         import sys, gpuhub_labstart
         from importlib.metadata import version
-        print(gpuhub_labstart.import_hub_log_without_database())
+        lean = gpuhub_labstart.import_hub_log_without_database()
+        # The lab's Hub authentication (jupyterhub.singleuser itself needs jupyter_server,
+        # which these tests do not install; the lab image's build checks it whole).
+        print(lean and gpuhub_labstart.import_singleuser_without_sqlalchemy(
+            "jupyterhub.services.auth"))
         from jupyterhub.log import log_request
-        print("alembic" in sys.modules, [m for m in sys.modules if m.startswith("jupyterhub.handlers")])
+        print("alembic" in sys.modules, [m for m in sys.modules if m.startswith("jupyterhub.handlers")],
+              "sqlalchemy" in sys.modules)
         print(version("jupyterhub"))
     """)
     assert result.returncode == 0, result.stderr
     lean, loaded, hub = result.stdout.splitlines()
-    assert (lean, loaded) == ("True", "False []"), (
+    assert (lean, loaded) == ("True", "False [] False"), (
         f"JupyterHub {hub}: jupyterhub.log needs more than gpuhub_labstart stands in for")
     from gpuhub.core.versions import pinned
     assert hub == pinned("jupyterhub"), (
