@@ -470,25 +470,21 @@ def test_a_stop_returns_once_the_old_labs_container_has_ended(tmp_path):
     # A task Swarm already deleted counts as ended; an empty object ID lists nothing.
     calls.clear()
 
-    async def gone(method, *args, **kwargs):
-        calls.append(method)
-        if method == "inspect_task":
-            raise docker.errors.NotFound("no such task")
-        return [{"ID": "t1", "Status": {"State": "running"}}] if method == "tasks" else None
+    def inspect_task_raises(error):
+        async def fake(method, *args, **kwargs):
+            calls.append(method)
+            if method == "inspect_task":
+                raise error
+            return [{"ID": "t1", "Status": {"State": "running"}}] if method == "tasks" else None
+        return fake
 
+    gone = inspect_task_raises(docker.errors.NotFound("no such task"))
     spawner.docker = gone
     asyncio.run(spawner.remove_object())
     assert calls == ["tasks", "remove_service", "inspect_task"]
     # Docker failing to answer for the task: the service is removed, the stop ends.
     calls.clear()
-
-    async def failing(method, *args, **kwargs):
-        calls.append(method)
-        if method == "inspect_task":
-            raise docker.errors.APIError("500 Server Error")
-        return [{"ID": "t1", "Status": {"State": "running"}}] if method == "tasks" else None
-
-    spawner.docker = failing
+    spawner.docker = inspect_task_raises(docker.errors.APIError("500 Server Error"))
     asyncio.run(spawner.remove_object())
     assert calls == ["tasks", "remove_service", "inspect_task"]
     calls.clear()
