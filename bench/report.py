@@ -163,9 +163,12 @@ def markdown(results: dict) -> str:
              "ratios divide by the floor's p50. Realistic limit: N x (lab + engine + hub "
              "CPU-seconds per start, as this hub's storm spent them) / cores, the soonest all N "
              "can be done. Hub API: `GET /hub/api/users/<name>` every 100 ms "
-             "during the storm, as the client saw it; in brackets, the hub's own time for "
-             "those requests (its request log, from the moment it read each one): the rest "
-             "was spent on the way (the proxy, the machine's scheduler, the client). Hub peak: highest sampled working set of the hub container. "
+             "during the storm, as a client of its own (a separate process) saw it, sent "
+             "to the proxy's container address as a request from another machine arrives "
+             "(not through Docker's userland proxy on 127.0.0.1); in brackets, the hub's own "
+             "time for those requests (its request log, from the moment it read each one): "
+             "the rest was spent on the way (the proxy, the machine's scheduler, the "
+             "client). Hub peak: highest sampled working set of the hub container. "
              "Both hubs ran in this one run, on this machine, one after the other.", ""]
     others = results.get("other_containers") or {}
     busy = sorted(set(others.get("at_start", [])) | set(others.get("at_end", [])))

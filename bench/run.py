@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench import report, trace
 from bench.hostcpu import EngineCpu
-from bench.probes import docker_client
+from bench.probes import address, docker_client
 from bench.spawns import (
     Round,
     floor_once,
@@ -212,9 +212,11 @@ class Bench:
         # lab-firewall (labs are not compose services).
         services = stack.compose("ps", "-q", check=True).stdout.split()
         self.measure_idle("gpuhub", services)
+        proxy = stack.compose("ps", "-q", "proxy", check=True).stdout.strip()
         self.rounds["gpuhub"] = self._storms(
             "gpuhub", users, {"profile": "cpu"}, hub, services, stack.lab_container,
-            lambda: stack.compose("logs", "--no-color", "hub").stdout)
+            lambda: stack.compose("logs", "--no-color", "hub").stdout,
+            address(self.client, proxy, 8000))
         if any(r.errors for r in self.rounds["gpuhub"]):
             # What the stack said, before it is removed: errors.txt then shows why.
             state = stack.compose("ps", "--all").stdout
@@ -237,7 +239,8 @@ class Bench:
         hub = stock.hub_container()  # configurable-http-proxy runs inside it
         self.measure_idle("stock", [hub])
         self.rounds["stock"] = self._storms("stock", users, {}, hub, [hub], stock.lab_container,
-                                            lambda: stock.logs(tail=100000))
+                                            lambda: stock.logs(tail=100000),
+                                            address(self.client, hub, 8000))
         step("removing the stock hub")
         stock.teardown(self.client)
 
@@ -248,7 +251,7 @@ class Bench:
 
     def _storms(self, hub: str, users: list[HubUser], options: dict, hub_container: str,
                 service_containers: list[str], lab_container: Callable[[str], str],
-                hub_log: Callable[[], str]) -> list[Round]:
+                hub_log: Callable[[], str], api_base: str) -> list[Round]:
         rounds = []
         for n in self.args.users:
             # One user's start is repeated as often as the floor's, for a p50 of its own.
@@ -258,7 +261,7 @@ class Bench:
             storms = [storm(users[:n], options, client=self.client,
                             hub_container=hub_container, service_containers=service_containers,
                             lab_container=lab_container, timeout=SPAWN_TIMEOUT,
-                            engine=self.engine)
+                            engine=self.engine, api_base=api_base)
                       for _ in range(reps)]
             # Each storm's steps from its own events and log lines (the same user's lab is
             # started once per repetition), then all of them together.

@@ -188,13 +188,15 @@ class Round:
 
 def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
           service_containers: list[str], lab_container: Callable[[str], str], timeout: float,
-          engine: EngineCpu) -> Round:
+          engine: EngineCpu, api_base: str | None = None) -> Round:
     """Start every user's lab at once; time each; watch the hub and the machine's CPU;
-    then stop them all."""
+    then stop them all. The hub API probe asks ``api_base`` (the proxy's own address;
+    default: the users' URL)."""
     result = Round(n=len(users))
     probe_user = users[0]
     barrier = threading.Barrier(len(users))
-    api = HubApiProbe(f"{probe_user.base}/hub/api/users/{probe_user.name}", probe_user.token)
+    api = HubApiProbe(f"{api_base or probe_user.base}/hub/api/users/{probe_user.name}",
+                      probe_user.token)
     memory = MemoryProbe(client, hub_container)
     services_before = {c: cpu_seconds(client, c) for c in service_containers}
     events = DockerEvents()
