@@ -256,15 +256,18 @@ class GpuDockerSpawner(DockerSpawner):
 
     async def check_lab_firewall(self) -> None:
         """Refuse the spawn (503) unless the project's lab-firewall container is healthy,
-        and its lab-memory container, when labs run under one memory limit."""
-        guards = (
+        and its lab-memory container, when labs run under one memory limit. Both are asked
+        at once (a start waits for one answer, not two in a row); any failed question
+        fails the start."""
+        guards = [guard for guard in (
             (self.require_lab_firewall, names.LAB_FIREWALL_SERVICE,
              "behind the lab firewall, which is not running", "lab_firewall_down"),
             (self.require_lab_memory, names.LAB_MEMORY_SERVICE,
              "under the labs' memory limit, which is not in place", "lab_memory_down"),
-        )
-        for required, service, what, reason in guards:
-            if required and not await self.service_healthy(service):
+        ) if guard[0]]
+        answers = await asyncio.gather(*(self.service_healthy(g[1]) for g in guards))
+        for (_, service, what, reason), healthy in zip(guards, answers, strict=True):
+            if not healthy:
                 self.log.error("Refused to start a lab for %s: the %s service of %s is not "
                                "healthy (see `docker compose logs %s`)",
                                self.user.name, service, self.project, service)

@@ -52,6 +52,41 @@ def test_starts_that_ask_together_share_one_health_question_and_a_later_one_asks
     asyncio.run(storm())
 
 
+def test_both_guards_are_asked_at_once_and_either_one_down_or_unknown_refuses(hub):
+    hub.GpuDockerSpawner.require_lab_memory = True
+    asked: dict[str, asyncio.Future] = {}
+
+    async def docker(method, *args, **kwargs):
+        service = kwargs["filters"]["label"][1].rpartition("=")[2]
+        asked[service] = asyncio.get_running_loop().create_future()
+        return await asked[service]
+
+    async def start(answers: dict):
+        asked.clear()
+        lab = user_spawner(hub, "dana")
+        lab.docker = docker
+        check = asyncio.ensure_future(lab.check_lab_firewall())
+        await asyncio.sleep(0.01)
+        assert sorted(asked) == ["lab-firewall", "lab-memory"], "both on their way at once"
+        for service, answer in answers.items():
+            if isinstance(answer, Exception):
+                asked[service].set_exception(answer)
+            else:
+                asked[service].set_result(answer)
+        return await check
+
+    healthy = [{"Id": "x"}]
+    assert asyncio.run(start({"lab-firewall": healthy, "lab-memory": healthy})) is None
+    with pytest.raises(StartRefused) as refused:
+        asyncio.run(start({"lab-firewall": healthy, "lab-memory": []}))
+    assert refused.value.refusal == "lab_memory_down"
+    with pytest.raises(StartRefused) as refused:
+        asyncio.run(start({"lab-memory": healthy, "lab-firewall": []}))
+    assert refused.value.refusal == "lab_firewall_down"
+    with pytest.raises(OSError):
+        asyncio.run(start({"lab-firewall": OSError("broker gone"), "lab-memory": healthy}))
+
+
 def test_a_start_that_cancels_does_not_cancel_the_others_question(hub):
     asked: list[asyncio.Future] = []
 
