@@ -203,6 +203,11 @@ class Stack:
     def lab_container(self, user: str) -> str:
         return f"{self.project}-lab-{user}"
 
+    def service_container(self, service: str) -> str:
+        """The ID of the running container of one of the stack's compose services ("" if none)."""
+        return self.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
+                           "--filter", f"label=com.docker.compose.service={service}").stdout.strip()
+
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
 

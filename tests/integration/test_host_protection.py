@@ -128,15 +128,10 @@ def _firewall(stack) -> Firewall:
     return Firewall(rules, choose_backend())
 
 
-def _service_container(stack, service: str) -> str:
-    return stack.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}",
-                        "--filter", f"label=com.docker.compose.service={service}").stdout.strip()
-
-
 # --- docker-proxy ----------------------------------------------------------------------
 
 def test_only_docker_proxy_holds_the_docker_socket(stack):
-    hub = _service_container(stack, "hub")
+    hub = stack.service_container("hub")
     assert stack.docker("exec", hub, "test", "-e", "/var/run/docker.sock", check=False).returncode != 0
     holders = []
     for container in stack.compose("ps", "-q").stdout.split():
@@ -144,7 +139,7 @@ def test_only_docker_proxy_holds_the_docker_socket(stack):
         if any(m.get("Source") == "/var/run/docker.sock" for m in info["Mounts"]):
             holders.append(info["Config"]["Labels"]["com.docker.compose.service"])
     assert holders == ["docker-proxy"]
-    proxy = stack.inspect(_service_container(stack, "docker-proxy"))
+    proxy = stack.inspect(stack.service_container("docker-proxy"))
     assert list(proxy["NetworkSettings"]["Networks"]) == [f"{stack.project}_docker-api"], \
         "docker-proxy must be reachable by the hub only, never from the labs network"
     assert proxy["HostConfig"]["CapDrop"] == ["ALL"] and proxy["HostConfig"]["ReadonlyRootfs"]
@@ -153,7 +148,7 @@ def test_only_docker_proxy_holds_the_docker_socket(stack):
 def test_a_gpu_lab_starts_through_the_proxy(stack, hana):
     env = dict(e.split("=", 1) for e in stack.inspect(stack.lab_container("hana"))["Config"]["Env"])
     assert env["NVIDIA_VISIBLE_DEVICES"].startswith("GPU-"), env["NVIDIA_VISIBLE_DEVICES"]
-    log = stack.docker("logs", _service_container(stack, "docker-proxy")).stdout
+    log = stack.docker("logs", stack.service_container("docker-proxy")).stdout
     created = rf"POST /v1\.\d+/containers/create\?name={stack.lab_container('hana')} -> 201"
     assert re.search(created, log), log[-2000:]
 
@@ -224,8 +219,8 @@ def _forbidden(stack, info: dict) -> list[str]:
 
 def test_the_broker_lets_nothing_dangerous_reach_docker(stack, hana, tmp_path):
     """From inside the hub (where an attacker stands), against the real daemon."""
-    hub = _service_container(stack, "hub")
-    firewall = _service_container(stack, "lab-firewall")
+    hub = stack.service_container("hub")
+    firewall = stack.service_container("lab-firewall")
     firewall_before = stack.inspect(firewall)
     # Named like a lab but made by hand, privileged: the hub must not be able to start it.
     evil = stack.docker("create", "--name", f"{stack.project}-lab-evil", "--privileged",
@@ -343,7 +338,7 @@ def _rejected_between_labs(stack) -> int:
 def _connect_from_service(stack, service: str, address: str, port: int) -> str:
     code = (f"import socket; c = socket.create_connection(({address!r}, {port}), timeout=5); "
             "print(c.recv(100).decode().strip())")
-    found = stack.docker("exec", _service_container(stack, service), "python3", "-c", code,
+    found = stack.docker("exec", stack.service_container(service), "python3", "-c", code,
                          check=False)
     return found.stdout.strip() or f"error: {found.stderr.strip()[-200:]}"
 
@@ -357,7 +352,7 @@ def test_labs_cannot_reach_each_other_but_the_hub_and_proxy_reach_both(stack, ha
             "Networks"][network]["IPAddress"]
         assert ipaddress.ip_address(lab_address) in ipaddress.ip_network(apart.lab_range)
         for service, address in (("hub", apart.hub), ("proxy", apart.proxy)):
-            found = stack.inspect(_service_container(stack, service))
+            found = stack.inspect(stack.service_container(service))
             assert found["NetworkSettings"]["Networks"][network]["IPAddress"] == address
         assert "listening" in iris.run_code(LISTEN % IRIS_PORT)
         # The hub and the proxy reach iris's own server, and both labs answer through the
@@ -397,7 +392,7 @@ def test_the_gpu_lab_stops_through_the_proxy(stack, hana):
     lab = stack.inspect(stack.lab_container("hana"))["Id"]
     hana.stop(logs=stack.logs)
     assert stack.docker("ps", "-aq", "--filter", f"id={lab}").stdout == ""
-    log = stack.docker("logs", _service_container(stack, "docker-proxy")).stdout
+    log = stack.docker("logs", stack.service_container("docker-proxy")).stdout
     assert re.search(rf"POST /v1\.\d+/containers/{lab}/stop\S* -> 204", log), log[-2000:]
     held = json.loads(stack.invoke("gpus", "--json").stdout)
     assert "hana" not in [row["held_by"] for row in held], held
@@ -411,16 +406,16 @@ def test_rules_someone_else_removes_come_back(stack, as_root):
     assert len(firewall.missing()) == 2
     wait_until(lambda: firewall.missing() == [], timeout=30, interval=1,
                what="lab-firewall to put its rules back", state=firewall.missing,
-               logs=lambda: stack.docker("logs", _service_container(stack, "lab-firewall")).stdout)
-    log = stack.docker("logs", _service_container(stack, "lab-firewall")).stdout
+               logs=lambda: stack.docker("logs", stack.service_container("lab-firewall")).stdout)
+    log = stack.docker("logs", stack.service_container("lab-firewall")).stdout
     assert "putting the rules back" in log, log
 
 
 def test_the_direct_socket_setup_has_neither_helper(open_stack, olga):
-    hub = _service_container(open_stack, "hub")
+    hub = open_stack.service_container("hub")
     assert open_stack.docker("exec", hub, "test", "-S", "/var/run/docker.sock").returncode == 0
-    assert not _service_container(open_stack, "docker-proxy")
-    assert not _service_container(open_stack, "lab-firewall")
+    assert not open_stack.service_container("docker-proxy")
+    assert not open_stack.service_container("lab-firewall")
     rules = Ruleset(open_stack.project, bridge_name(open_stack.project))
     assert len(Firewall(rules, choose_backend()).missing()) == 4, "no rules for this stack"
 
@@ -428,7 +423,7 @@ def test_the_direct_socket_setup_has_neither_helper(open_stack, olga):
 def test_labs_stay_cut_off_when_the_lab_firewall_dies_or_stops(stack, as_root):
     firewall = _firewall(stack)
     ivan = _lab_user(stack, "ivan", "cpu")
-    service = _service_container(stack, "lab-firewall")
+    service = stack.service_container("lab-firewall")
     # Dies (its process killed from the host, as a crash): the rules stay, Docker restarts it.
     os.kill(stack.inspect(service)["State"]["Pid"], signal.SIGKILL)
     assert firewall.missing() == [], "a lab-firewall that died must leave its rules"

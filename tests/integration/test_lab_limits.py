@@ -364,10 +364,42 @@ def test_two_labs_that_take_all_they_can_stay_under_the_labs_limit(limits_stack,
     # The hub answered every time; no service of the stack was restarted or killed.
     assert answers and set(answers) == {200}, answers
     for service in ("hub", "proxy", "docker-proxy", "lab-firewall", "lab-memory"):
-        cid = stack.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}",
-                           "--filter", f"label=com.docker.compose.service={service}").stdout.strip()
-        state = stack.inspect(cid)
+        state = stack.inspect(stack.service_container(service))
         assert state["RestartCount"] == 0 and not state["State"]["OOMKilled"], (service, state)
     # The labs themselves keep running (a kernel was killed, not a lab).
     for user in (hog, calm):
         assert _state(stack, user.name)["Running"], user.name
+
+
+def test_no_lab_starts_while_the_labs_limit_is_not_kept(limits_stack, hog):
+    """lab-memory puts a changed limit back within seconds. Stopped by hand, it leaves the
+    limit in place for the labs that run, and the hub starts no lab (503, and Docker records
+    no container) until `invoke up` brings it back: fail closed."""
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        pytest.fail("this test reads cgroup v1's memory controller, as this machine has it")
+    stack = limits_stack
+    _running_lab(stack, hog)  # while a lab is in the parent, stopping lab-memory keeps it
+    limit = _labs_cgroup(stack) / "memory.limit_in_bytes"
+    assert int(limit.read_text()) == TOGETHER_BYTES
+    # Something else lifts it (by hand, or a reset): lab-memory writes it back.
+    limit.write_text("-1")
+    assert int(limit.read_text()) > TOGETHER_BYTES, "the kernel kept the limit; nothing tested"
+    wait_until(lambda: int(limit.read_text()) == TOGETHER_BYTES, timeout=30, interval=0.5,
+               what="lab-memory to put the labs' limit back",
+               logs=lambda: stack.logs(service="lab-memory"))
+    # Stopped by hand: the limit stays (hog's lab still runs in the parent).
+    stack.docker("stop", stack.service_container("lab-memory"))
+    assert not stack.service_container("lab-memory")
+    assert int(limit.read_text()) == TOGETHER_BYTES, "stopping lab-memory must leave the limit"
+    kilo = stack.signed_up("kilo")
+    refused = kilo.start({"profile": "cpu"})
+    assert refused.status_code == 503, refused.text
+    assert "memory limit" in refused.json()["message"], refused.text
+    # Docker's record, not the hub's answer: no container was made for kilo.
+    assert stack.docker("ps", "-aq", "--filter", f"name={stack.lab_container('kilo')}").stdout == ""
+    assert _state(stack, "hog")["Running"], "a running lab must not be touched"
+    stack.up("--no-build")  # waits until lab-memory is healthy again
+    kilo.start_ready({"profile": "cpu"}, SPAWN_TIMEOUT, logs=stack.logs)
+    info = stack.inspect(stack.lab_container("kilo"))
+    assert info["HostConfig"]["CgroupParent"] == f"/gpuhub-{stack.project}-labs"
+    kilo.stop(logs=stack.logs)

@@ -7,6 +7,8 @@
 #   gpuhub-standin/debian:bookworm   debootstrap --variant=minbase, docker import
 #   gpuhub-standin/hub-base:latest   stands in for quay.io/jupyterhub/jupyterhub:<pin>
 #   gpuhub-standin/lab-base:latest   stands in for quay.io/jupyter/tensorflow-notebook:cuda-*
+#   gpuhub-standin/lab-base-slim:latest  the same without TensorFlow, for the Swarm tier only
+#                                    (GPUHUB_SWARM_LAB_BASE_IMAGE in .ci/run)
 #
 # Each image is skipped if it already exists (pass --force to rebuild all).
 # Needs: root, debootstrap, a running Docker daemon with BuildKit (20.10+).
@@ -38,6 +40,7 @@ export DOCKER_BUILDKIT=1 BUILDKIT_PROGRESS=${BUILDKIT_PROGRESS:-plain}
 DEBIAN_IMAGE=gpuhub-standin/debian:bookworm
 HUB_IMAGE=gpuhub-standin/hub-base:latest
 LAB_IMAGE=gpuhub-standin/lab-base:latest
+LAB_SLIM_IMAGE=gpuhub-standin/lab-base-slim:latest
 
 log() { printf '[standins %s] %s\n' "$(date +%T)" "$*"; }
 have() { [ "$force" = 0 ] && "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
@@ -73,12 +76,12 @@ SRC
   log "$DEBIAN_IMAGE built in $((SECONDS - t0))s"
 }
 
-build_one() { # image dockerfile
+build_one() { # image dockerfile [docker build arguments]
   if have "$1"; then log "$1 exists, skipped"; return; fi
   local t0=$SECONDS
   log "building $1 from $(basename "$2")"
   "$DOCKER" build --secret "id=extra_ca_certs,src=$CA" \
-    --build-arg "BASE_IMAGE=$DEBIAN_IMAGE" \
+    --build-arg "BASE_IMAGE=$DEBIAN_IMAGE" "${@:3}" \
     -f "$2" -t "$1" "$here"
   log "$1 built in $((SECONDS - t0))s"
 }
@@ -86,4 +89,5 @@ build_one() { # image dockerfile
 build_debian
 build_one "$HUB_IMAGE" "$here/hub-base.Dockerfile"
 build_one "$LAB_IMAGE" "$here/lab-base.Dockerfile"
+build_one "$LAB_SLIM_IMAGE" "$here/lab-base.Dockerfile" --build-arg TENSORFLOW=
 "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep '^gpuhub-standin/' | sed 's/^/[standins] /'

@@ -7,6 +7,9 @@
 # jupyterlab 4, ipykernel and TensorFlow (tensorflow-cpu: no GPU here),
 # tini -g as ENTRYPOINT, start-notebook.py / start-singleuser.py as CMD.
 # pip must keep working as uid 1000 (the product installs jupyterhub into it).
+# --build-arg TENSORFLOW= leaves TensorFlow out: gpuhub-standin/lab-base-slim, for the
+# Swarm tier only, whose labs never import it and whose every node pulls the lab image
+# from a registry (1.6 GB less to push and pull).
 ARG BASE_IMAGE=gpuhub-standin/debian:bookworm
 FROM ${BASE_IMAGE}
 
@@ -50,6 +53,8 @@ RUN chmod 0755 /usr/local/bin/start-notebook.sh \
 USER ${NB_UID}
 WORKDIR /home/${NB_USER}
 
+# Declared here, so the layers above are the same in both variants (one build, cached).
+ARG TENSORFLOW=tensorflow-cpu
 # The CA bundle is a BuildKit secret (TLS-intercepting egress in CI): it is
 # readable by uid 1000 during this RUN only and never stored in a layer. The
 # pip cache is a BuildKit cache mount so TensorFlow is downloaded only once.
@@ -60,7 +65,7 @@ RUN --mount=type=secret,id=extra_ca_certs,uid=1000,mode=0444 \
     export PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1; \
     python3 -m venv "${CONDA_DIR}"; \
     pip install --upgrade pip setuptools wheel; \
-    pip install 'jupyterlab>=4,<5' ipykernel tensorflow-cpu; \
+    pip install 'jupyterlab>=4,<5' ipykernel ${TENSORFLOW}; \
     python -m ipykernel install --sys-prefix; \
     find "${CONDA_DIR}" -name '__pycache__' -prune -exec rm -rf {} +; \
     jupyter lab --version
