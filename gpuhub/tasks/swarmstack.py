@@ -10,12 +10,12 @@ container, its data volume and PROFILES_FILE live on that node.
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,8 +98,13 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
     c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)
     step(f"deploying stack {project.name} (hub on this node)")
-    result = c.run(f"docker stack deploy --prune -c - {shlex.quote(project.name)}",
-                   in_stream=io.StringIO(swarm.stack_yaml(spec)), warn=True, hide="out")
+    # A file, not standard input: Invoke feeds an in_stream without a file descriptor to
+    # the process one byte every 10 ms, which held every deploy for over a minute.
+    with tempfile.TemporaryDirectory(prefix="gpuhub-stack-") as folder:  # mode 0700
+        compose = Path(folder) / "stack.yml"
+        compose.write_text(swarm.stack_yaml(spec))
+        result = c.run(f"docker stack deploy --prune -c {shlex.quote(str(compose))} "
+                       f"{shlex.quote(project.name)}", warn=True, hide="out")
     if result.failed:
         raise fail(f"docker stack deploy failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     wait_healthy(c, project, timeout)
