@@ -98,17 +98,23 @@ def deploy(c, project, timeout: float) -> list[gpu_inventory.Gpu]:
     # The hub-data volume lives on this node: pin the hub (and proxy) here.
     c.run(f"docker node update --label-add {swarm.HUB_NODE_LABEL}=true {node_id}", hide=True)
     step(f"deploying stack {project.name} (hub on this node)")
-    # A file, not standard input: Invoke feeds an in_stream without a file descriptor to
-    # the process one byte every 10 ms, which held every deploy for over a minute.
-    with tempfile.TemporaryDirectory(prefix="gpuhub-stack-") as folder:  # mode 0700
-        compose = Path(folder) / "stack.yml"
-        compose.write_text(swarm.stack_yaml(spec))
-        result = c.run(f"docker stack deploy --prune -c {shlex.quote(str(compose))} "
-                       f"{shlex.quote(project.name)}", warn=True, hide="out")
+    result = stack_deploy(c, project.name, swarm.stack_yaml(spec))
     if result.failed:
         raise fail(f"docker stack deploy failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     wait_healthy(c, project, timeout)
     return gpus
+
+
+def stack_deploy(c, name: str, compose_yaml: str):
+    """`docker stack deploy --prune` of ``compose_yaml``, given as a file in a private
+    temporary folder (mode 0700), not on standard input: Invoke feeds an in_stream without a
+    file descriptor to the process one byte every 10 ms, which held every deploy for over a
+    minute."""
+    with tempfile.TemporaryDirectory(prefix="gpuhub-stack-") as folder:
+        compose = Path(folder) / "stack.yml"
+        compose.write_text(compose_yaml)
+        return c.run(f"docker stack deploy --prune -c {shlex.quote(str(compose))} "
+                     f"{shlex.quote(name)}", warn=True, hide="out")
 
 
 def login_secret_files(project) -> dict:

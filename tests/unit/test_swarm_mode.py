@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import shlex
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -492,3 +494,27 @@ def test_a_stop_returns_once_the_old_labs_container_has_ended(tmp_path):
     spawner.object_id = ""
     asyncio.run(spawner.remove_object())
     assert calls == ["remove_service"]
+
+
+def test_the_stack_reaches_docker_as_a_private_file_not_on_standard_input():
+    """Invoke feeds an in_stream one byte every 10 ms: the compose file (kilobytes) held every
+    deploy for over a minute. It is a file in a folder only its owner can read, gone after."""
+    from gpuhub.tasks import swarmstack
+
+    seen = {}
+
+    class Context:
+        def run(self, command, **kwargs):
+            args = shlex.split(command)
+            path = Path(args[args.index("-c") + 1])
+            seen.update(command=args, kwargs=kwargs, text=path.read_text(),
+                        folder_mode=path.parent.stat().st_mode & 0o777, path=path)
+            return "result"
+
+    yaml_text = "services:\n  hub: {image: 'x'}\n" * 200
+    assert swarmstack.stack_deploy(Context(), "gpuhub-x", yaml_text) == "result"
+    assert seen["command"][:4] == ["docker", "stack", "deploy", "--prune"]
+    assert seen["command"][-1] == "gpuhub-x" and "-" not in seen["command"]
+    assert "in_stream" not in seen["kwargs"]
+    assert seen["text"] == yaml_text and seen["folder_mode"] == 0o700
+    assert not seen["path"].exists()
