@@ -1,7 +1,8 @@
 """A leaner start for the lab's Jupyter server: the same server, without two import costs.
 
 Installed into the lab image's site-packages. Importing ``jupyterhub.singleuser`` pays, at
-every lab start, for two imports that the start does not need:
+every lab start, for two imports that the start does not need (the hub image installs this
+file and its ``.pth`` too, for the first one: ``jupyterhub`` pays it at every hub start):
 
 - ``rfc3987_syntax``, which builds a Lark grammar when imported. jsonschema imports it for
   its ``iri`` format check, jupyter_events imports jsonschema, and so every Jupyter server

@@ -39,10 +39,16 @@ LAB_MEMORY_SCRIPT = "/usr/local/lib/gpuhub/labmemory.py"
 # Every service's Docker health check runs gpuhub/services/healthcheck.py: from the hub image
 # (hub, proxy) or as a file of its own (lab-firewall and docker-proxy images). After a check
 # passed, the next waits HEALTH_SETTLE seconds (that file says why); Docker's timeout for a
-# check must be longer.
+# check must be longer. Until a check passes (a container that just started) and after one
+# failed, checks come every HEALTH_INTERVAL seconds: `invoke up` waits for each service to be
+# healthy before it starts the next, so this is how soon it sees one that is. HEALTH_RETRIES
+# failures in a row make a service unhealthy: about as long a silence as 3 checks 2 s apart
+# were (Swarm replaces an unhealthy hub; compose only reports it).
 HEALTHCHECK_SCRIPT = "/opt/gpuhub/gpuhub/services/healthcheck.py"
 SERVICE_HEALTHCHECK_SCRIPT = "/usr/local/lib/gpuhub/healthcheck.py"
 HEALTH_SETTLE = 15
+HEALTH_INTERVAL = 1
+HEALTH_RETRIES = 5
 # Compose hands these to the hub, the broker and lab-memory (`invoke up` reads Docker's
 # cgroup driver and version, and works out LABS_MEM_LIMIT in bytes).
 LABS_CGROUP_PARENT_ENV = "GPUHUB_LABS_CGROUP_PARENT"
@@ -106,6 +112,9 @@ GPU_BACK_DIR = "gpu-back"
 STOP_REASONS_DIR = "stop-reasons"
 # The hub's admin service token (the user CLI in the hub container uses it).
 ADMIN_TOKEN_FILE = "gpuhub-admin.token"
+# `python3 -m gpuhub.services.usercli add NAME --if-missing` of a user who has a password
+# already: nothing was changed (`invoke up` creates missing admins with it).
+USERCLI_ALREADY = 3
 
 # Secrets compose hands the hub (docker-compose.yml `secrets:`), in /run/secrets.
 HUB_SECRETS_DIR = "/run/secrets"

@@ -35,6 +35,7 @@ PROXY_HEALTHCHECK = [*_PROBE, "http://127.0.0.1:8000/_chp_healthz"]
 # Not in the hub image: the gpu-sampler runs that image too, and needs none.
 HUB_HEALTHCHECK = [*_PROBE, "http://127.0.0.1:8081/hub/health"]
 HEALTH_TIMEOUT = f"{names.HEALTH_SETTLE + 5}s"  # a check's own wait, then its 2-s probe
+HEALTH_INTERVAL = f"{names.HEALTH_INTERVAL}s"
 PROXY_COMMAND = [
     "sh", "-c",
     f'CONFIGPROXY_AUTH_TOKEN="$$(cat {names.HUB_SECRETS_DIR}/{names.PROXY_TOKEN_SECRET})" '
@@ -110,16 +111,17 @@ def stack_spec(settings: Settings, *, profiles_path: Path, config_d: Path, secre
                 "secrets": [{"source": name, "target": name}
                             for name in (names.PROXY_TOKEN_SECRET, names.METRICS_TOKEN_SECRET,
                                          *login_secrets)],
-                "healthcheck": {"test": HUB_HEALTHCHECK, "interval": "2s", "timeout": HEALTH_TIMEOUT,
-                                "retries": 3, "start_period": "60s"},
+                "healthcheck": {"test": HUB_HEALTHCHECK, "interval": HEALTH_INTERVAL,
+                                "timeout": HEALTH_TIMEOUT, "retries": names.HEALTH_RETRIES,
+                                "start_period": "60s"},
                 "networks": {"labs": {"aliases": ["hub"]}},
                 "deploy": deploy,
             },
             "proxy": {
                 "image": image_ref(settings, settings.hub_image),
                 "command": proxy_command(settings),
-                "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": "2s",
-                                "timeout": HEALTH_TIMEOUT, "retries": 3},
+                "healthcheck": {"test": PROXY_HEALTHCHECK, "interval": HEALTH_INTERVAL,
+                                "timeout": HEALTH_TIMEOUT, "retries": names.HEALTH_RETRIES},
                 "secrets": [{"source": names.PROXY_TOKEN_SECRET,
                              "target": names.PROXY_TOKEN_SECRET}],
                 # mode host: published on the hub node itself, not through the routing

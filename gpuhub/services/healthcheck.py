@@ -4,15 +4,16 @@ file touched lately?
     python3 -I -S healthcheck.py --settle 15 http://127.0.0.1:8081/hub/health
     python3 -I -S healthcheck.py --settle 15 --fresh /run/lab-firewall.ok 20
 
-Docker runs a check ``interval`` (2 s) after the previous one ended, in every container
+Docker runs a check ``interval`` (1 s; it was 2) after the previous one ended, in every container
 of the hub's stack. Each check is a process started in the container (``docker exec``):
 about 50 ms of CPU here, in the container and in the engine, whatever the check does. At
 one every 2 s in five containers, that was 9 CPU-seconds a minute with no one using the
 hub, and a storm of starts paid it too. So, ``--settle S``: once a check of this run of
 the container has passed, the next one first waits S seconds. Until then (the container
-just started, or the last check failed) checks follow every 2 s, so `invoke up` sees a
-service healthy as soon as it is, and after a failure the retries come as quickly as
-before; a service that stops answering is seen at most S seconds later than without.
+just started, or the last check failed) checks follow every 1 s, so `invoke up` sees a
+service healthy as soon as it is, and after a failure the retries come every 1 s too
+(gpuhub.core.names.HEALTH_RETRIES of them in a row make it unhealthy); a service that
+stops answering is seen at most S seconds later than without.
 Docker's ``timeout`` must exceed S. "This run" is the start time of the container's
 process 1 (so a restarted container checks quickly again), kept in ``MARKER``, in the
 container's own /dev/shm; where it cannot be kept, every check is made at once.

@@ -7,7 +7,8 @@ JupyterHub user itself is created and deleted through the Hub REST API, so the r
 hub knows about every change at once.
 
 Exit status: 0 done, 2 refused (one line on stderr says why and what to do), 1 failure
-(one line says what was done and what is left to do by hand).
+(one line says what was done and what is left to do by hand); ``exists`` exits 3 for a
+user without a password, and ``add --if-missing`` exits 3 (ALREADY) for one that has one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gpuhub.core.settings import validate
 from gpuhub.services.workfolders import Unfinished, work_folder
 
 HUB_API = "http://127.0.0.1:8081/hub/api"
+ALREADY = names.USERCLI_ALREADY  # `add --if-missing` of a user who has a password already
 
 
 class Refused(Exception):
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("add", help="create a user; password on stdin")
     p.add_argument("name")
     p.add_argument("--admin", action="store_true")
+    p.add_argument("--if-missing", action="store_true",
+                   help=f"a user who has a password already is left as is (exit {ALREADY})")
     p = sub.add_parser("passwd", help="change a password; new password on stdin")
     p.add_argument("name")
     p = sub.add_parser("delete", help="delete a user and stop their lab")
@@ -245,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hub = Hub()
         if args.cmd == "add":
+            if args.if_missing and hub.user_info(args.name) is not None:
+                return ALREADY
             print(add(hub, args.name, read_password(sys.stdin), args.admin))
         elif args.cmd == "passwd":
             print(passwd(hub, args.name, read_password(sys.stdin)))

@@ -267,13 +267,15 @@ def stderr_tail(result, default: str | None = None) -> str:
     return last.removeprefix("error: ")[-300:]
 
 
-def run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True):
-    """Run ``gpuhub.services.usercli`` in the hub; turn its refusal into the task's one-line error."""
+def run_usercli(c, project, args: str, stdin: str | None = None, hide: bool = True,
+                also_ok: tuple[int, ...] = (), what: str = ""):
+    """Run ``gpuhub.services.usercli`` in the hub; turn its refusal into the task's one-line
+    error (after ``what: ``), unless it exits with a code in ``also_ok``."""
     import io
 
     kwargs = {"in_stream": io.StringIO(stdin + "\n")} if stdin is not None else {"in_stream": False}
     result = c.run(project.exec_hub(f"{USERCLI} {args}"), env=project.env(),
                    hide=hide, warn=True, **kwargs)
-    if result.failed:
-        raise fail(stderr_tail(result))
+    if result.failed and result.return_code not in also_ok:
+        raise fail((f"{what}: " if what else "") + stderr_tail(result))
     return result

@@ -132,8 +132,9 @@ def swarm_stack_services(tmp_path):
 
 
 def test_every_health_check_settles_after_a_pass_and_its_timeout_covers_the_wait(tmp_path):
-    """No service's check is a process every 2 s once it has passed (their CPU at rest),
-    and none times out while it waits."""
+    """No service's check is a process every second once it has passed (their CPU at rest),
+    none times out while it waits, and until it passes each comes every HEALTH_INTERVAL
+    seconds (how soon `invoke up` sees a service healthy), HEALTH_RETRIES before a failure."""
     checks = every_health_check(tmp_path)
     assert len(checks) >= 8, sorted(checks)
     for where, check in checks.items():
@@ -141,7 +142,8 @@ def test_every_health_check_settles_after_a_pass_and_its_timeout_covers_the_wait
         assert probe[1:4] == ["python3", "-I", "-S"], where
         assert probe[4] in (names.HEALTHCHECK_SCRIPT, names.SERVICE_HEALTHCHECK_SCRIPT), where
         assert probe[5:7] == ["--settle", str(names.HEALTH_SETTLE)], where
-        assert _seconds(check["interval"]) == 2, where
+        assert _seconds(check["interval"]) == names.HEALTH_INTERVAL, where
+        assert int(check["retries"]) == names.HEALTH_RETRIES, where
         assert _seconds(check["timeout"]) >= names.HEALTH_SETTLE + 3, where
 
 

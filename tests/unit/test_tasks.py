@@ -221,8 +221,9 @@ def test_missing_compose_plugin_is_one_line(env_file):
 
 def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, capsys):
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
-    exists = compose(path, f"exec -T hub {USERCLI} exists admin")
-    c = context((exists, Result()), (DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")), running=False)
+    exists = compose(path, f"exec -T hub {USERCLI} add admin --admin --if-missing")
+    c = context((exists, Result(exited=3)), (DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")),
+                running=False)
     stack.up(c)
     up = compose_up(path, 180)
     assert commands(c) == [
@@ -288,25 +289,35 @@ def test_up_no_build_and_timeout(env_file, free_port, no_gpu_detection):
 def test_up_creates_a_missing_admin_with_the_password_on_stdin(
         env_file, free_port, no_gpu_detection, capsys):
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="root1")
-    add = compose(path, f"exec -T hub {USERCLI} add root1 --admin")
-    c = context((compose(path, f"exec -T hub {USERCLI} exists root1"), Result(exited=3)),
-                (add, Result("created user root1 (admin)\n")), running=False)
+    add = compose(path, f"exec -T hub {USERCLI} add root1 --admin --if-missing")
+    c = context((add, Result("created user root1 (admin)\n")), running=False)
     stack.up(c, build=False)
     password = call_for(c, add).kwargs["in_stream"].getvalue()[:-1]
     assert len(password) >= 16
     assert all(password not in cmd for cmd in commands(c))
+    assert [cmd for cmd in commands(c) if USERCLI in cmd] == [add]  # one process in the hub
     assert f"created admin 'root1' with password: {password}\n" in capsys.readouterr().out
+
+
+def test_up_keeps_an_admin_that_has_a_password_and_prints_none(
+        env_file, free_port, no_gpu_detection, capsys):
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="root1")
+    add = compose(path, f"exec -T hub {USERCLI} add root1 --admin --if-missing")
+    c = context((add, Result(exited=3)), running=False)
+    stack.up(c, build=False)
+    assert [cmd for cmd in commands(c) if USERCLI in cmd] == [add]
+    assert "password" not in capsys.readouterr().out
 
 
 def test_up_stops_when_the_admin_check_fails(env_file, free_port, no_gpu_detection):
     path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port)
-    c = context((compose(path, f"exec -T hub {USERCLI} exists admin"),
+    c = context((compose(path, f"exec -T hub {USERCLI} add admin --admin --if-missing"),
                  Result(stderr="Traceback...\nsqlite3.OperationalError: no such table\n",
                         exited=1)), running=False)
     with pytest.raises(Exit) as info:
         stack.up(c, build=False)
     assert info.value.message == (
-        "error: could not check admin 'admin': sqlite3.OperationalError: no such table")
+        "error: could not create admin 'admin': sqlite3.OperationalError: no such table")
 
 
 def test_up_aborts_when_docker_is_not_running(env_file, no_gpu_detection):

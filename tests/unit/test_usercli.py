@@ -330,6 +330,15 @@ def test_exists_exit_codes(hub, monkeypatch, capsys):
     assert run_main(hub, monkeypatch, capsys, ["exists", "bob"])[0] == 3
 
 
+def test_add_if_missing_creates_once_then_leaves_the_user_as_is(hub, monkeypatch, capsys):
+    args = ["add", "alice", "--admin", "--if-missing"]
+    code, out, err = run_main(hub, monkeypatch, capsys, args, stdin=GOOD + "\n")
+    assert (code, out, err) == (0, "created user alice (admin)\n", "")
+    code, out, err = run_main(hub, monkeypatch, capsys, args, stdin="Other-pw-98765\n")
+    assert (code, out, err) == (usercli.ALREADY, "", "")
+    assert UserInfo.find(hub.db, "alice").is_valid_password(GOOD)  # the first password stays
+
+
 def test_add_through_main_reads_the_password_from_stdin(hub, monkeypatch, capsys):
     code, out, err = run_main(hub, monkeypatch, capsys, ["add", "alice", "--admin"],
                               stdin=GOOD + "\n")
