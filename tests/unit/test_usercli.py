@@ -2,7 +2,9 @@
 
 import io
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -171,14 +173,34 @@ def test_a_common_password_is_refused_by_add_and_passwd_and_nothing_written(hub,
 
 def test_without_the_common_password_list_no_password_is_taken(hub, monkeypatch, capsys,
                                                                 tmp_path):
-    import nativeauthenticator
-
-    monkeypatch.setattr(nativeauthenticator, "__file__", str(tmp_path / "__init__.py"))
+    monkeypatch.setattr(usercli, "native_folder", lambda: tmp_path)  # no list there
     code, _, err = run_main(hub, monkeypatch, capsys, ["add", "alice"], stdin=GOOD + "\n")
     assert code == 2
     assert err.startswith("error: cannot check the password against the common-password list")
     assert err.endswith("nothing was changed\n") and err.count("\n") == 1
     assert rows(hub) == []
+
+
+LEAN = """
+import sys
+from gpuhub.services import usercli
+table = usercli.user_info_table()
+web = sorted(m for m in ("nativeauthenticator", "nativeauthenticator.nativeauthenticator",
+                         "jupyterhub.auth", "jupyterhub.handlers") if m in sys.modules)
+from nativeauthenticator import NativeAuthenticator  # the whole package still works after
+from nativeauthenticator.orm import UserInfo
+print(web, table is UserInfo, table.__tablename__,
+      usercli.native_folder().joinpath("common-credentials.txt").is_file())
+"""
+
+
+def test_the_password_table_loads_without_the_authenticator_and_is_the_packages_own():
+    """Every user task runs usercli in the hub: NativeAuthenticator's table without its
+    package's __init__ (the authenticator, the Hub's web handlers); the same class as a
+    plain import of the package gives afterwards (one table in the metadata)."""
+    out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    assert out.split() == ["[]", "True", "users_info", "True"], out
 
 
 @pytest.mark.parametrize("name", ["Alice", "../etc", "a b"])
