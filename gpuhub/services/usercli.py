@@ -57,14 +57,17 @@ def user_info_table():
     name = f"{NATIVE}.orm"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, native_folder() / "orm.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-            module.UserInfo  # noqa: B018 (the name this file needs)
-        except (ImportError, AttributeError):
-            del sys.modules[name]
+        if spec is None or spec.loader is None:
             importlib.import_module(name)
+        else:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+                module.UserInfo  # noqa: B018 (the name this file needs)
+            except (ImportError, AttributeError):
+                del sys.modules[name]
+                importlib.import_module(name)
     return sys.modules[name].UserInfo
 
 
