@@ -206,9 +206,14 @@ def hub_running(c, project: Project) -> bool:
 
 
 def require_running(c, project: Project) -> None:
+    """Exit clearly unless the project's hub runs. A running hub answers for Docker and
+    Compose too (`invoke up` checked them before it started it), so they are checked only
+    when it does not run, for the message that says what to fix: two commands (0.3 s)
+    less for every user task."""
+    if hub_running(c, project):
+        return
     require_docker(c)
-    if not hub_running(c, project):
-        raise fail(f"the hub of project {project.name!r} is not running; start it with `invoke up`")
+    raise fail(f"the hub of project {project.name!r} is not running; start it with `invoke up`")
 
 
 def port_free(address: str, port: int) -> bool:

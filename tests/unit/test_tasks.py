@@ -629,6 +629,24 @@ def test_adduser_needs_a_running_hub(env_file, monkeypatch):
     assert_one_line_error(info, "the hub of project 'gpuhub' is not running", "invoke up")
 
 
+def test_a_user_task_asks_docker_nothing_more_once_the_hub_runs(env_file, capsys):
+    """`invoke up` checked Docker and Compose before the hub ran: a user task only asks
+    whether it runs (0.3 s less each)."""
+    path = env_file()
+    c = context((usercli(path, "list"), Result("[]\n")))
+    users.users(c, json=True)
+    assert DOCKER_INFO not in commands(c) and COMPOSE_VERSION not in commands(c)
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_user_task_says_docker_is_not_running_when_it_is_not(env_file):
+    c = context((DOCKER_INFO, Result(stderr="Cannot connect to the Docker daemon", exited=1)),
+                running=False)
+    with pytest.raises(Exit) as info:
+        users.users(c)
+    assert_one_line_error(info, "Docker is not running", "docker group")
+
+
 VOLUME_INSPECT = "docker volume inspect gpuhub-home-alice"
 
 
@@ -907,8 +925,8 @@ def test_gpus_prints_the_hubs_table_with_utilisation_and_idle_time(env_file, cap
     path = env_file()
     c = context((compose(path, BOARD_COMMAND), Result(board_json(SAMPLES))))
     stack.gpus(c)
-    assert commands(c)[2:] == [compose(path, "ps --status running --quiet hub"),
-                               compose(path, BOARD_COMMAND)]
+    assert commands(c) == [compose(path, "ps --status running --quiet hub"),
+                           compose(path, BOARD_COMMAND)]
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["GPU", "MODEL", "HELD", "BY", "SINCE", "UTIL", "MEMORY", "USED",
                                 "IDLE", "POLICY"]
