@@ -29,6 +29,7 @@ from gpuhub.broker.workfolders import WorkFolderError, WorkFolders
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits
 from gpuhub.core.names import (
+    BROKER_DATA_DIR,
     DOCKER_BROKER_PORT,
     DOCKER_SOCKET_MOUNT,
     HUB_PROFILES_PATH,
@@ -45,10 +46,15 @@ _PASSED_HEADERS = ("Content-Type", "Api-Version", "Docker-Experimental", "Ostype
 log = logging.getLogger("gpuhub.broker.server")
 
 
-def policy_from_env(env: Mapping[str, str],
-                    profiles_path: Path = PROFILES_PATH) -> tuple[Policy, str]:
+def policy_from_env(env: Mapping[str, str], profiles_path: Path = PROFILES_PATH,
+                    data_dir: Path | None = None) -> tuple[Policy, str]:
     """The stack's policy from its settings, and WORK_ROOT; raises ValueError (or
-    SettingsError) saying what."""
+    SettingsError) saying what.
+
+    ``data_dir``: where the broker keeps the GPU inventory it was last given (its own
+    broker-data volume, which no other service mounts), for a start without one (compose
+    run by hand); None: the inventory given, or none.
+    """
     from gpuhub.core.profiles import Profiles
     from gpuhub.core.settings import validate
 
@@ -56,7 +62,9 @@ def policy_from_env(env: Mapping[str, str],
     images = [settings.lab_image]
     if profiles_path.exists():
         images = Profiles.from_file(profiles_path).images(settings.lab_image)
-    inventory = gpu_inventory.from_json(env.get("GPUHUB_GPU_INVENTORY") or "[]")
+    given = env.get("GPUHUB_GPU_INVENTORY") or ""
+    inventory = (gpu_inventory.from_json(given) if data_dir is None
+                 else gpu_inventory.remembered(given, data_dir / gpu_inventory.INVENTORY_FILE))
     return Policy(project=settings.compose_project_name, images=frozenset(images),
                   gpu_ids=frozenset(g.device_id for g in inventory),
                   shared_dir=settings.shared_data_dir or "",
@@ -207,13 +215,15 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="docker-proxy: %(message)s", stream=sys.stdout)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        policy, work_root = policy_from_env(os.environ)
-    except ValueError as err:
+        policy, work_root = policy_from_env(os.environ, data_dir=Path(BROKER_DATA_DIR))
+    except (ValueError, OSError) as err:
         print(f"docker-proxy: error: {err}; start the stack with `invoke up`", file=sys.stderr)
         return 2
-    log.info("project %s: labs from %s; GPUs %s; shared folder %s; PIDs limit %d",
+    remembered = (" (as last given; none was given now)" if policy.gpu_ids
+                  and not os.environ.get("GPUHUB_GPU_INVENTORY") else "")
+    log.info("project %s: labs from %s; GPUs %s%s; shared folder %s; PIDs limit %d",
              policy.project, ", ".join(sorted(policy.images)),
-             ", ".join(sorted(policy.gpu_ids)) or "none (GPU labs are refused)",
+             ", ".join(sorted(policy.gpu_ids)) or "none (GPU labs are refused)", remembered,
              policy.shared_dir or "none", policy.pids_limit)
     web.run_app(Broker(policy, work_root=work_root).app(), port=DOCKER_BROKER_PORT, print=None, access_log=None)
     return 0

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from gpuhub.core.allocator import one_lab_per_gpu
+from gpuhub.core.files import write_atomically
 
-# Where the hub keeps the inventory it was last given, on the hub-data volume.
+# Where the hub (on the hub-data volume) and docker-proxy (on its own broker-data volume)
+# keep the inventory they were last given.
 INVENTORY_FILE = "gpu-inventory.json"
 
 QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total",
@@ -202,6 +205,21 @@ def from_json(text: str) -> list[Gpu]:
         return [Gpu(**{k: item[k] for k in fields if k in item}) for item in items]
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"GPUHUB_GPU_INVENTORY is not a valid inventory ({err}): {text!r}") from None
+
+
+def remembered(given: str, saved: Path) -> list[Gpu]:
+    """The inventory as `invoke up` gave it (then kept in ``saved``), else as last given.
+
+    A hand-run `docker compose up --force-recreate` does not know the inventory; the hub
+    and docker-proxy then keep the one `invoke up` discovered, instead of going CPU-only
+    (the hub) or refusing every GPU lab (docker-proxy). A broken value, given or saved,
+    is a ValueError; nothing is saved then.
+    """
+    if given.strip():
+        inventory = from_json(given)
+        write_atomically(saved, given)
+        return inventory
+    return from_json(saved.read_text()) if saved.exists() else []
 
 
 def allow_growth(policy: str, gpu_allow_growth: str) -> bool:

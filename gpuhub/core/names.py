@@ -139,6 +139,11 @@ def directory_network(project: str) -> str:
     labs network, whose traffic the lab firewall limits)."""
     return f"{project}-directory"
 
+# docker-proxy's own state, on a volume no other service mounts (a lab may not bind it:
+# work volumes are <project>-home-*): the GPU inventory it was last given.
+BROKER_DATA_VOLUME = "broker-data"
+BROKER_DATA_DIR = "/srv/gpuhub-broker"
+
 # The gpu-sampler service writes its readings of the GPUs here, on the gpu-telemetry
 # volume (the hub mounts it read-only at the same path).
 GPU_SAMPLER_SERVICE = "gpu-sampler"

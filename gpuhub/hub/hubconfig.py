@@ -15,7 +15,7 @@ from pathlib import Path
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names
 from gpuhub.core.authconfig import auth_config, discover_oidc
-from gpuhub.core.files import read_or_create_secret, write_atomically
+from gpuhub.core.files import read_or_create_secret
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.profiles import Profiles
 from gpuhub.core.settings import Settings
@@ -39,20 +39,6 @@ HUB_SERVICE_HOST = "hub"  # the compose service name, resolvable on the labs net
 # How docker-compose.yml points the hub at docker-proxy (DOCKER_SOCKET_PROXY=true).
 DOCKER_PROXY_URL = names.DOCKER_BROKER_URL
 HUB_DOCKER_SOCKET = Path(names.DOCKER_SOCKET_MOUNT)  # where the socket is mounted, if it is
-
-
-def remember_inventory(given: str, data_dir: Path) -> str:
-    """The GPU inventory: as `invoke up` gave it, else as last given (kept on the volume).
-
-    A hand-run `docker compose up --force-recreate` does not know the inventory; the hub
-    then keeps using the one `invoke up` discovered, instead of silently going CPU-only.
-    """
-    saved = data_dir / gpu_inventory.INVENTORY_FILE
-    if given.strip():
-        gpu_inventory.from_json(given)  # refuse a broken value before saving it
-        write_atomically(saved, given)
-        return given
-    return saved.read_text() if saved.exists() else "[]"
 
 
 def read_token_file(path: Path, what: str) -> str:
@@ -306,7 +292,8 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     inventory, the pins, profiles.yaml or the labs' memory limit are wrong.
     """
     env = os.environ if env is None else env
-    gpus = gpu_inventory.from_json(remember_inventory(env.get("GPUHUB_GPU_INVENTORY", ""), data_dir))
+    gpus = gpu_inventory.remembered(env.get("GPUHUB_GPU_INVENTORY", ""),
+                                    data_dir / gpu_inventory.INVENTORY_FILE)
     profiles_yaml = Path(profiles_path).read_text() if Path(profiles_path).exists() else ""
     if profiles_yaml:
         Profiles.from_yaml(profiles_yaml, str(profiles_path))  # validate once, at start

@@ -137,9 +137,16 @@ def test_users_and_gpu_inventory_survive_a_hand_run_force_recreate(stack, users)
     recreate = stack.compose("up", "-d", "--force-recreate", "--wait")
     assert recreate.returncode == 0, recreate.stderr
     assert stack.compose("ps", "-q", "hub").stdout.strip() != old_id, "hub was not recreated"
-    HubUser(stack.url, "alice").login(users["alice"])
+    alice = HubUser.signed_in(stack.url, "alice", users["alice"])
     HubUser(stack.url, "admin").login(stack.admin_passwords["admin"])
     assert gpus() == before
+    # docker-proxy, recreated without the inventory too, still allows its GPUs.
+    alice.start_ready({"profile": "gpu1"}, 180, logs=stack.logs)
+    try:
+        [request] = stack.inspect(stack.lab_container("alice"))["HostConfig"]["DeviceRequests"]
+        assert len(request["DeviceIDs"]) == 1 and request["DeviceIDs"][0] in {b[0] for b in before}
+    finally:
+        alice.stop(logs=stack.logs)
 
 
 def test_repeated_failed_logins_lock_the_account(stack):

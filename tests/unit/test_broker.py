@@ -12,6 +12,8 @@ import json
 import pytest
 
 from gpuhub.broker.policy import REFUSED
+from gpuhub.broker.server import policy_from_env
+from gpuhub.core.gpus import Gpu, to_json
 from harness.fake_docker import GPUS, LAB_IMAGE, PROJECT, SHARED, BrokerHarness
 from harness.hostile_docker import Variants, gpuhub_create, hostile_requests
 
@@ -176,3 +178,18 @@ def test_labs_go_under_the_labs_parent_cgroup_whatever_the_hub_asks(tmp_path):
         for other in ("/", "/docker", f"{parent}/..", "system.slice"):
             status, answer = b.request("POST", CREATE, host(CgroupParent=other))
             assert status == 403 and "HostConfig.CgroupParent" in answer["message"], answer
+
+
+def test_the_broker_keeps_the_gpu_inventory_it_was_last_given(tmp_path):
+    """Compose run by hand passes no inventory: the broker allows the GPUs `invoke up` gave
+    it last, as the hub does, instead of refusing every GPU lab."""
+    data = tmp_path / "broker-data"
+    data.mkdir()
+    given = {"GPUHUB_GPU_INVENTORY": to_json([Gpu("0", "GPU-aaa"), Gpu("1", "GPU-bbb")])}
+    assert policy_from_env(given, tmp_path / "none.yaml", data)[0].gpu_ids == {"GPU-aaa", "GPU-bbb"}
+    assert policy_from_env({}, tmp_path / "none.yaml", data)[0].gpu_ids == {"GPU-aaa", "GPU-bbb"}
+    # `invoke up` on a host whose GPUs are gone gives "[]": none is allowed any more.
+    assert policy_from_env({"GPUHUB_GPU_INVENTORY": "[]"}, tmp_path / "none.yaml", data)[0].gpu_ids == set()
+    assert policy_from_env({}, tmp_path / "none.yaml", data)[0].gpu_ids == set()
+    # Without its folder (the image's build check): only what it was given.
+    assert policy_from_env({}, tmp_path / "none.yaml")[0].gpu_ids == set()

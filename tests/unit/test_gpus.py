@@ -8,6 +8,7 @@ from gpuhub.core.gpus import (
     mig_memory_mib,
     parse_list,
     parse_nvidia_smi,
+    remembered,
     select,
     summary,
     to_json,
@@ -198,3 +199,22 @@ def test_summary_counts_gpus_and_mig_instances_apart():
     assert summary([*INSTANCES, QUERIED[1]]) == (
         f"1 GPU and 2 MIG instances (1× MIG 3g.20gb, 1× MIG 1g.5gb, 1× {A100})")
     assert summary(INSTANCES[:1]) == "1 MIG instance (1× MIG 3g.20gb)"
+
+
+def test_the_inventory_given_is_kept_and_used_when_none_is_given(tmp_path):
+    saved = tmp_path / "data" / "gpu-inventory.json"
+    assert remembered("", saved) == []  # nothing given, nothing kept: no GPUs
+    assert remembered(to_json(DETECTED), saved) == DETECTED
+    assert remembered("", saved) == remembered("  ", saved) == DETECTED  # compose by hand
+    assert remembered("[]", saved) == [] and remembered("", saved) == []  # GPUs taken away
+
+
+def test_a_broken_inventory_is_refused_and_the_kept_one_stays(tmp_path):
+    saved = tmp_path / "gpu-inventory.json"
+    remembered(to_json(DETECTED), saved)
+    with pytest.raises(ValueError, match="not a valid inventory"):
+        remembered("GPU-aaa", saved)
+    assert remembered("", saved) == DETECTED
+    saved.write_text("{broken")
+    with pytest.raises(ValueError, match="not a valid inventory"):
+        remembered("", saved)

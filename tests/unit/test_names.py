@@ -90,7 +90,8 @@ def test_the_usage_records_live_on_the_hub_data_volume_and_go_into_the_backup():
 
 def test_compose_mounts_the_volumes_profiles_and_socket_where_names_says():
     services = COMPOSE["services"]
-    assert set(COMPOSE["volumes"]) == {names.HUB_DATA_VOLUME, names.TELEMETRY_VOLUME}
+    assert set(COMPOSE["volumes"]) == {names.HUB_DATA_VOLUME, names.BROKER_DATA_VOLUME,
+                                       names.TELEMETRY_VOLUME}
     hub = mounts(services["hub"])
     assert hub[names.HUB_DATA_DIR] == (names.HUB_DATA_VOLUME, "rw")
     # The sampler writes the readings, the hub only reads them.
@@ -107,6 +108,14 @@ def test_compose_mounts_the_volumes_profiles_and_socket_where_names_says():
     assert broker[names.DOCKER_SOCKET_MOUNT][1] == "ro"
     assert list(mounts(SOCKET["services"]["hub"])) == [names.DOCKER_SOCKET_MOUNT]
     assert str(hubconfig.HUB_DOCKER_SOCKET) == names.DOCKER_SOCKET_MOUNT
+    # The broker's own state: mounted by the broker alone, on a folder its image makes
+    # root's only (the broker has no capability to write anybody else's).
+    assert broker[names.BROKER_DATA_DIR] == (names.BROKER_DATA_VOLUME, "rw")
+    assert [name for name, service in services.items()
+            if any(source == names.BROKER_DATA_VOLUME for source, _ in mounts(service).values())
+            ] == [names.DOCKER_BROKER_SERVICE]
+    assert ("RUN", f"install -d -m 0700 {names.BROKER_DATA_DIR}") in instructions(
+        ROOT / "jupyterhub" / "docker-proxy" / "Dockerfile")
 
 
 def test_compose_hands_the_hub_and_proxy_the_token_secrets_names_defines():
