@@ -6,6 +6,7 @@ The same functions as gpuhub.tasks.swarmstack (up, down, restart, status, logs, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json as jsonlib
 import os
@@ -52,19 +53,12 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
     memory = docker_host_memory(c)
     if s.lab_mem_limit == "auto" and memory:
         step(lablimits.auto_memory_note(memory))
-    protection_files, protection_env = host_protection(c, project, memory)
-    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
-                      GPUHUB_TLS_DIGEST=tls_files_digest(project),
-                      GPUHUB_LOGIN_FILES=login_files_stamp(project),
-                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
-                      **protection_env)
+    extra, env = compose_setup(c, project, inventory, memory)
     # A new JupyterHub meets the old one's database here, before the hub is recreated.
     upgraded = hubdatabase.bring_to_image(c, project, hub_switch(c, project, env))
     if upgraded:
         step(upgraded.message)
     step(f"starting project {project.name}")
-    # The sampler gets the GPUs only when there are some (else Docker refuses it).
-    extra = ((GPU_SAMPLER_FILE,) if inventory else ()) + protection_files
     result = c.run(project.compose(f"up -d --wait --wait-timeout {int(timeout)}",
                                    extra_files=extra), env=env, warn=True)
     if result.failed:
@@ -80,6 +74,31 @@ def up(c, project, *, build: bool, timeout: float, profiles: Profiles,
         c.run(project.compose("restart hub"), env=env)
         wait_healthy(c, project, timeout)
     return up_message(s, inventory)
+
+
+def compose_setup(c, project, inventory: list[gpu_inventory.Gpu],
+                  memory: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The compose files (beyond ``project.compose_files``) and the variables `invoke up`
+    runs compose with: the GPU inventory, what keeps labs apart and under one memory
+    limit, the host's memory, and stamps of the TLS and login files."""
+    protection_files, protection_env = host_protection(c, project, memory)
+    env = project.env(GPUHUB_GPU_INVENTORY=gpu_inventory.to_json(inventory),
+                      GPUHUB_TLS_DIGEST=tls_files_digest(project),
+                      GPUHUB_LOGIN_FILES=login_files_stamp(project),
+                      **{lablimits.HOST_MEMORY_ENV: str(memory or "")},
+                      **protection_env)
+    # The sampler gets the GPUs only when there are some (else Docker refuses it).
+    return ((GPU_SAMPLER_FILE,) if inventory else ()) + protection_files, env
+
+
+def compose_by_hand(c, project, args: list[str]) -> int:
+    """``docker compose ARGS`` with the files and variables `invoke up` would give it (the
+    GPUs found now), on this terminal; its exit status."""
+    # What up would say of the host goes to stderr: compose's output stays compose's alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        extra, env = compose_setup(c, project, detect_gpus(project), docker_host_memory(c))
+    command = shlex.split(project.compose(shlex.join(args), extra_files=extra))
+    return subprocess.run(command, env={**os.environ, **env}, check=False).returncode
 
 
 def hub_switch(c, project, env: dict) -> hubdatabase.HubSwitch:

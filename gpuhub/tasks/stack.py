@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import sys
 
 from invoke import task
+from invoke.exceptions import Exit
 
 from gpuhub.core.names import USERCLI_ALREADY as ALREADY
 from gpuhub.tasks.deployment import (
@@ -126,6 +128,21 @@ def logs(c, follow=False, tail=200):
     project = load()
     require_docker(c)
     project.stack.logs(c, project, follow, tail)
+
+
+@task
+def compose(c):
+    """Run docker compose with the files and variables `invoke up` uses: `invoke compose -- ARGS`."""
+    project = load()
+    require_docker(c)
+    # The words after `--` as given (invoke's remainder is one string, its quoting lost).
+    args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else shlex.split(c.remainder)
+    if not args:
+        raise fail("say what compose should run, e.g. `invoke compose -- ps` or "
+                   "`invoke compose -- up -d --force-recreate`")
+    code = project.stack.compose_by_hand(c, project, args)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"json": "Print JSON instead of a table.",

@@ -267,6 +267,11 @@ def logs(c, project, follow: bool, tail: int) -> None:
     c.run(f"docker service logs {flags} {project.hub_service}", pty=False)
 
 
+def compose_by_hand(c, project, args: list[str]) -> int:
+    raise fail(f"MODE=swarm runs no compose project: use `docker stack ps {project.name}`, "
+               f"`docker service ls` and `docker service logs`, or the tasks")
+
+
 def gpus_report(c, project) -> list[dict]:
     kind = project.settings.swarm_gpu_resource
     return swarm.report(swarm.node_gpus(nodes(c), kind), running_lab_tasks(c, project), kind)

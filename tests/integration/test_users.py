@@ -149,6 +149,23 @@ def test_users_and_gpu_inventory_survive_a_hand_run_force_recreate(stack, users)
         alice.stop(logs=stack.logs)
 
 
+def test_invoke_compose_runs_compose_with_ups_files_and_variables(stack):
+    hub = stack.compose("ps", "-q", "hub").stdout.strip()
+    ps = stack.invoke("compose", "--", "ps", "-q", "hub")
+    assert hub and ps.stdout.strip() == hub, ps.stdout  # compose's output alone on stdout
+    config = json.loads(stack.invoke("compose", "--", "config", "--format", "json").stdout)
+    services = config["services"]
+    inventory = json.loads(services["docker-proxy"]["environment"]["GPUHUB_GPU_INVENTORY"])
+    assert [g["uuid"] for g in inventory] == [g["uuid"] for g in json.loads(
+        stack.invoke("gpus", "--json").stdout)]
+    # Labs apart: the hub's fixed address on the labs network, as `invoke up` gave it.
+    assert services["hub"]["networks"]["labs"]["ipv4_address"] == stack.inspect(hub)[
+        "NetworkSettings"]["Networks"][f"{stack.project}-labs"]["IPAMConfig"]["IPv4Address"]
+    assert services["lab-memory"]["environment"]["GPUHUB_LABS_CGROUP_PARENT"]
+    failed = stack.invoke("compose", "--", "no-such-command", check=False)
+    assert failed.returncode != 0 and "no-such-command" in failed.stderr
+
+
 def test_repeated_failed_logins_lock_the_account(stack):
     # NativeAuthenticator's documented defaults are not its real ones (lockout ~0 s);
     # gpuhub sets LOGIN_MAX_FAILURES=5 and LOGIN_LOCKOUT_SECONDS=600 explicitly.

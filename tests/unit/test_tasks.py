@@ -11,6 +11,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from invoke import Exit, MockContext, Result
@@ -258,6 +259,45 @@ def test_up_builds_starts_and_reports(env_file, free_port, no_gpu_detection, cap
     assert out.endswith(f"  each user's lab has its own origin: http://<user>.localhost:{free_port}/"
                         "  (this machine only: set HUB_DOMAIN to a DNS name with a wildcard "
                         "record for other machines)\n")
+
+
+def test_compose_runs_docker_compose_with_ups_files_and_variables(
+        env_file, free_port, no_gpu_detection, monkeypatch, capsys):
+    """`invoke compose -- ARGS`: compose run by hand as `invoke up` runs it (the files that
+    keep labs apart, the GPU inventory, the labs' memory limit), on the terminal."""
+    path = env_file(HUB_BIND_ADDRESS="127.0.0.1", HUB_PORT=free_port, ADMIN_USERS="")
+    c = context((DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")), running=False)
+    stack.up(c, build=False)
+    up_env = call_for(c, compose_up(path, 180)).kwargs["env"]
+    capsys.readouterr()
+    ran = []
+    monkeypatch.setattr(composestack.subprocess, "run",
+                        lambda cmd, env, check: ran.append((cmd, env)) or SimpleNamespace(returncode=4))
+    monkeypatch.setattr(sys, "argv", ["invoke", "compose", "--", "exec", "hub", "sh", "-c", "a b"])
+    c = context((DOCKER_MEMORY, Result(f"{16 * 1024**3}\n")))
+    with pytest.raises(Exit) as info:  # compose's own exit status
+        stack.compose(c)
+    assert info.value.code == 4
+    [(cmd, env)] = ran
+    assert cmd == shlex.split(compose(path, "exec hub sh -c", ["docker-compose.gpu-sampler.yml",
+                                                               "docker-compose.labs-apart.yml"])) + ["a b"]
+    assert {k: v for k, v in env.items() if k.startswith("GPUHUB_")} == {
+        k: v for k, v in up_env.items() if k.startswith("GPUHUB_")}
+    out, err = capsys.readouterr()
+    assert "==>" not in out and "==> labs together may use" in err  # up's notes: stderr
+
+
+def test_compose_needs_arguments_and_a_compose_project(env_file, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["invoke", "compose"])
+    env_file()
+    with pytest.raises(Exit) as info:
+        stack.compose(context())
+    assert_one_line_error(info, "invoke compose -- ps")
+    env_file(SWARM_HOMES=str(tmp_path), **SWARM_SETTINGS)
+    monkeypatch.setattr(sys, "argv", ["invoke", "compose", "--", "ps"])
+    with pytest.raises(Exit) as info:
+        stack.compose(context())
+    assert_one_line_error(info, "MODE=swarm", "docker stack ps")
 
 
 @pytest.mark.parametrize(("settings", "answer", "passed", "noted"), [
