@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from gpuhub.core import lablimits
-from gpuhub.core.names import bridge_name
+from gpuhub.core.names import BROKER_DATA_VOLUME, bridge_name, hub_data_volume
 from gpuhub.labfirewall.service import (
     METADATA_ADDRESSES,
     Firewall,
@@ -271,6 +271,9 @@ def test_the_broker_lets_nothing_dangerous_reach_docker(stack, hana, tmp_path):
                                       f"label=gpuhub.project={stack.project}").stdout.split():
             if container != evil:  # made by hand, above
                 assert _forbidden(stack, stack.inspect(container)) == []
+        # The stack's own volumes, which two of the requests tried to remove, are there.
+        for volume in (hub_data_volume(stack.project), f"{stack.project}_{BROKER_DATA_VOLUME}"):
+            assert stack.docker("volume", "inspect", volume, check=False).returncode == 0, volume
     finally:
         stack.docker("rm", "-f", evil, other, stack.lab_container("probekept"), check=False)
         stack.docker("volume", "rm", f"{stack.project}-home-probekept", check=False)
