@@ -16,6 +16,7 @@ from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits, names
 from gpuhub.core.authconfig import auth_config, discover_oidc
 from gpuhub.core.files import read_or_create_secret
+from gpuhub.core.hubsqlite import write_ahead
 from gpuhub.core.labels import PROJECT as LABEL_PROJECT
 from gpuhub.core.profiles import Profiles
 from gpuhub.core.settings import Settings
@@ -80,6 +81,8 @@ def update_hub(c, settings: Settings, data_dir: Path, secrets_dir: Path = SECRET
     c.JupyterHub.hub_ip = "0.0.0.0"
     c.JupyterHub.hub_connect_ip = HUB_SERVICE_HOST
     c.JupyterHub.db_url = names.hub_database_url(data_dir, settings.database_url)
+    if not settings.database_url:
+        write_ahead(data_dir / names.HUB_DATABASE_FILE)
     c.JupyterHub.cookie_secret_file = str(data_dir / names.COOKIE_SECRET_FILE)
     # The proxy is its own compose service (routes survive hub restarts).
     c.ConfigurableHTTPProxy.should_start = False

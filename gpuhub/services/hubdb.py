@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpuhub.core import names
+from gpuhub.core.hubsqlite import wal_of
 from gpuhub.core.settings import validate
 
 EMPTY, CURRENT, OLDER, NEWER = (names.HUB_DB_EMPTY, names.HUB_DB_CURRENT, names.HUB_DB_OLDER,
@@ -182,6 +183,11 @@ def upgrade(url: str) -> dict:
     else:
         with _beside(path) as copy:
             online_copy(path, copy)
+            # The copy's last connection folded the log into the file; a log still there
+            # means a hub still has the database open (its commits would be lost).
+            if wal_of(path).exists() and wal_of(path).stat().st_size:
+                raise SystemExit(f"error: {wal_of(path).name} is still in use (is a hub "
+                                 "running?); the database was left as it was")
             migrate(f"sqlite:///{copy}")
             if revision_of(f"sqlite:///{copy}")[1] != before["head"]:
                 raise SystemExit("error: the migrated copy is not at the new revision; "

@@ -45,6 +45,7 @@ from invoke import task
 
 from gpuhub.core import names
 from gpuhub.core.accounts import check_username
+from gpuhub.core.hubsqlite import wal_of
 from gpuhub.tasks.deployment import (
     Project,
     fail,
@@ -120,7 +121,10 @@ def extract_command(image: str, volume: str, source: Path) -> str:
 
 
 def has_database_command(image: str, volume: str) -> str:
-    return helper_container(image, volume, "/v:ro", f"test -e /v/{DB_FILE}")
+    """True if the volume holds a hub database, or the write-ahead log of one (the
+    database's latest commits: a restored file beside it would take them as its own)."""
+    return helper_container(image, volume, "/v:ro",
+                            f"test -e /v/{DB_FILE} -o -e /v/{wal_of(Path(DB_FILE)).name}")
 
 
 def create_hub_data_command(project: Project) -> str:

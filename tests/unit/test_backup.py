@@ -478,7 +478,7 @@ def test_restore_into_an_empty_hub_data_volume_removes_only_what_it_brought(
     staging.clear()
     env_file(COMPOSE_PROJECT_NAME="newhub")
     has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
-              "test -e /v/jupyterhub.sqlite")
+              "test -e /v/jupyterhub.sqlite -o -e /v/jupyterhub.sqlite-wal")
     c = docker_double(fresh_target(
         (f"docker volume inspect {NEW_HUB_DATA}", Result()), (has_db, Result(exited=1)),
         (re.compile(rf".* -v {NEW_ALICE}:/v .* -xf - < .*"),
@@ -499,7 +499,7 @@ def test_restore_refuses_a_running_hub(archive, target):
 
 def test_restore_refuses_a_project_that_has_a_database(archive, target):
     has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
-              "test -e /v/jupyterhub.sqlite")
+              "test -e /v/jupyterhub.sqlite -o -e /v/jupyterhub.sqlite-wal")
     c = context((f"docker volume inspect {NEW_HUB_DATA}", Result()), (has_db, Result()))
     with pytest.raises(Exit) as info:
         bk.restore(c, str(archive))
@@ -510,7 +510,7 @@ def test_restore_refuses_a_project_that_has_a_database(archive, target):
 
 def test_restore_uses_an_empty_hub_data_volume(archive, target, tmp_path, staging):
     has_db = (f"docker run --rm --network none -v {NEW_HUB_DATA}:/v:ro {HUB_IMAGE} "
-              "test -e /v/jupyterhub.sqlite")
+              "test -e /v/jupyterhub.sqlite -o -e /v/jupyterhub.sqlite-wal")
     c = docker_double(fresh_target((f"docker volume inspect {NEW_HUB_DATA}", Result()),
                                    (has_db, Result(exited=1))), tmp_path)
     bk.restore(c, str(archive))

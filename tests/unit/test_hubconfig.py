@@ -1,6 +1,8 @@
 """apply_config over a bare traitlets Config: each default next to its override."""
 
+import contextlib
 import os
+import sqlite3
 import stat
 import sys
 
@@ -56,9 +58,26 @@ def test_database_is_sqlite_on_the_data_volume(configure, tmp_path):
     assert configure().JupyterHub.db_url == f"sqlite:///{tmp_path}/jupyterhub.sqlite"
 
 
-def test_database_url_overrides_sqlite(configure):
+def test_the_sqlite_database_is_in_write_ahead_log_mode(configure, tmp_path):
+    configure()
+    db = tmp_path / "jupyterhub.sqlite"
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # a plain client sees it too
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.unlink()
+    db.write_bytes(b"")  # a database of the rollback journal (SQLite's default)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t (a)")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    configure()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+
+
+def test_database_url_overrides_sqlite(configure, tmp_path):
     url = "postgresql://hub:secret@db/hub"
     assert configure(DATABASE_URL=url).JupyterHub.db_url == url
+    assert not (tmp_path / "jupyterhub.sqlite").exists()
 
 
 def test_hub_state_lives_in_the_data_dir(configure, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
+from gpuhub.core.hubsqlite import wal_of, write_ahead
 from gpuhub.services import hubdb
 from jupyterhub import orm
 
@@ -67,6 +68,42 @@ def test_a_5_5_database_is_older_and_upgrades_with_its_rows(hub_5_5):
     assert orm.APIToken.find(db, token).user.name == "alice"
     db.close()
     assert not list(path.parent.glob(".jupyterhub.sqlite.upgrading-*"))
+
+
+def test_a_database_a_hub_still_writes_is_not_upgraded(hub_5_5):
+    path, _ = hub_5_5
+    write_ahead(path)
+    hub = sqlite3.connect(path)  # a hub that still runs: its last commit is in the log
+    hub.execute("INSERT INTO groups (name) VALUES ('lab-of-bob')")
+    hub.commit()
+    try:
+        before = path.read_bytes()
+        with pytest.raises(SystemExit, match="still in use"):
+            hubdb.upgrade(f"sqlite:///{path}")
+        assert path.read_bytes() == before and revision(path) == JUPYTERHUB_5_5
+    finally:
+        hub.close()
+    with sqlite3.connect(path) as db:
+        assert ("lab-of-bob",) in db.execute("SELECT name FROM groups").fetchall()
+    assert not list(path.parent.glob(".jupyterhub.sqlite.upgrading-*"))
+
+
+def test_a_crashed_hubs_last_commits_are_upgraded_with_the_database(hub_5_5):
+    path, _ = hub_5_5
+    write_ahead(path)
+    hub = sqlite3.connect(path)
+    hub.execute("INSERT INTO groups (name) VALUES ('lab-of-bob')")
+    hub.commit()
+    # The files as a hub that crashed now leaves them: its commit only in the log.
+    database, log = path.read_bytes(), wal_of(path).read_bytes()
+    hub.close()
+    path.write_bytes(database)
+    wal_of(path).write_bytes(log)
+    assert b"lab-of-bob" not in database
+    hubdb.upgrade(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        assert ("lab-of-bob",) in db.execute("SELECT name FROM groups").fetchall()
+    assert hubdb.check(f"sqlite:///{path}")["state"] == hubdb.CURRENT
 
 
 def test_a_failing_migration_leaves_the_database_as_it_was(hub_5_5):
