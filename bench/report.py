@@ -38,13 +38,25 @@ def summarize_round(r) -> dict:
                     # The hub's own time for the same requests (its request log), ms.
                     "hub_own_requests": len(r.hub_api_own_ms),
                     "hub_own_p95_ms": (round(percentile(r.hub_api_own_ms, 95), 1)
-                                       if r.hub_api_own_ms else None)},
+                                       if r.hub_api_own_ms else None),
+                    # Each request: when it was sent (s after the storm's first request)
+                    # and how long it took (ms), for the trace.
+                    "samples": api_samples(r)},
         "hub_memory": {"peak_working_set_mib": round(r.hub_peak_working_set / MIB, 1),
                        "cgroup_max_usage_mib": round(r.hub_max_usage / MIB, 1)},
         "lab_cpu_seconds": [round(s, 3) for s in r.lab_cpu_seconds],
         "cpu": cpu_breakdown(r),
         "hub_cpu_by_service": {k: round(v, 3) for k, v in sorted(r.hub_cpu_by_service.items())},
     }
+
+
+def api_samples(r) -> list[list[float]]:
+    """The hub API probe's requests of a storm: [seconds after its first request, ms]."""
+    if not r.hub_api_samples:
+        return []
+    first = min([t.requested for t in r.traces] or [r.hub_api_samples[0][0]])
+    return [[round(sent - first, 3), round(latency * 1000, 1)]
+            for sent, latency in r.hub_api_samples]
 
 
 def realistic_limit(r: dict, cores: int) -> float | None:

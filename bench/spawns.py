@@ -171,6 +171,8 @@ class Round:
     hub_api_latencies: list[float] = field(default_factory=list)
     hub_api_own_ms: list[float] = field(default_factory=list)  # the hub's log: its own part
     hub_api_failures: int = 0
+    # When each of those requests was sent (time.time()) and its latency, seconds.
+    hub_api_samples: list[tuple[float, float]] = field(default_factory=list)
     hub_peak_working_set: int = 0
     hub_max_usage: int = 0
     lab_cpu_seconds: list[float] = field(default_factory=list)
@@ -204,6 +206,7 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
         with api, memory, events, ThreadPoolExecutor(len(users)) as pool:
             engine_before, busy_before = engine.daemons(), machine_busy()
             started = time.monotonic()
+            wall = time.time() - started  # the probe's clock (monotonic) to the traces'
             futures = [pool.submit(spawn_and_time, u, options, timeout, barrier, result.traces)
                        for u in users]
             for user, future in zip(users, futures):
@@ -235,6 +238,8 @@ def storm(users: list[HubUser], options: dict, *, client, hub_container: str,
     # Only the requests sent during the storm: the probe also runs while this function
     # reads each service's CPU afterwards, when the hub has nothing left to do.
     result.hub_api_latencies = api.latencies(started, ended)
+    result.hub_api_samples = [(sent + wall, latency) for sent, latency in api.answers
+                              if started <= sent <= ended]
     result.hub_api_failures = api.failures + len(api.errors)
     result.hub_peak_working_set = memory.peak_working_set
     result.hub_max_usage = memory.max_usage
@@ -247,6 +252,7 @@ def merge(rounds: list[Round]) -> Round:
     for r in rounds:
         merged.seconds += r.seconds
         merged.hub_api_latencies += r.hub_api_latencies
+        merged.hub_api_samples += r.hub_api_samples
         merged.hub_api_own_ms += r.hub_api_own_ms
         merged.hub_api_failures += r.hub_api_failures
         merged.hub_peak_working_set = max(merged.hub_peak_working_set, r.hub_peak_working_set)
