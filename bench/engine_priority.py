@@ -42,11 +42,6 @@ OUT = Path("artifacts/bench")
 TIMEOUT = 300
 
 
-def _p95_ms(seconds: list[float]) -> float | None:
-    p95 = report.percentile(seconds, 95)
-    return None if p95 is None else round(p95 * 1000, 1)
-
-
 def split_at_last_start(r: Round) -> dict:
     """The probe's p95 (ms) before and after the storm's last lab container started."""
     starts = [t.started for t in r.traces if t.started is not None]
@@ -56,13 +51,13 @@ def split_at_last_start(r: Round) -> dict:
     before = [lat for sent, lat in r.hub_api_samples if sent <= last]
     after = [lat for sent, lat in r.hub_api_samples if sent > last]
     return {"last_start_s": round(last - min(t.requested for t in r.traces), 2),
-            "during_starts_p95_ms": _p95_ms(before), "after_starts_p95_ms": _p95_ms(after)}
+            "during_starts_p95_ms": report.ms(report.percentile(before, 95)), "after_starts_p95_ms": report.ms(report.percentile(after, 95))}
 
 
 def figures(shares: int, r: Round) -> dict:
     s = report.summary(r.seconds)
     return {"docker_cpu_shares": shares, "n": r.n, "p50": s["p50"], "p95": s["p95"],
-            "hub_api_p95_ms": _p95_ms(r.hub_api_latencies),
+            "hub_api_p95_ms": report.ms(report.percentile(r.hub_api_latencies, 95)),
             "hub_api_requests": len(r.hub_api_latencies), **split_at_last_start(r),
             "errors": r.errors}
 

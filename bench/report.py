@@ -32,9 +32,9 @@ def summarize_round(r) -> dict:
         **summary(r.seconds),
         "errors": r.errors,
         "hub_api": {"requests": len(r.hub_api_latencies), "failures": r.hub_api_failures,
-                    "p50_ms": _ms(percentile(r.hub_api_latencies, 50)),
-                    "p95_ms": _ms(percentile(r.hub_api_latencies, 95)),
-                    "max_ms": _ms(max(r.hub_api_latencies) if r.hub_api_latencies else None),
+                    "p50_ms": ms(percentile(r.hub_api_latencies, 50)),
+                    "p95_ms": ms(percentile(r.hub_api_latencies, 95)),
+                    "max_ms": ms(max(r.hub_api_latencies) if r.hub_api_latencies else None),
                     # The hub's own time for the same requests (its request log), ms.
                     "hub_own_requests": len(r.hub_api_own_ms),
                     "hub_own_p95_ms": (round(percentile(r.hub_api_own_ms, 95), 1)
@@ -87,7 +87,7 @@ def cpu_breakdown(r) -> dict:
                           "engine": None if engine is None else round(engine / starts, 3)}}
 
 
-def _ms(seconds: float | None) -> float | None:
+def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
