@@ -15,9 +15,12 @@ time fails at start-up instead.
   default): they run under one parent cgroup with that limit (the lab-memory service,
   gpuhub/labfirewall/labmemory.py).
 - CPU: no quota. CPU time is shared back at once: when labs compete, the kernel gives
-  each the same share, and the hub, proxy and broker run with four times the weight
-  (``cpu_shares`` in docker-compose.yml). A quota would leave idle cores unused and
-  throttle multi-threaded work even on an idle host.
+  each the same share. The hub, proxy and broker run under a parent cgroup of their own
+  that lab-memory keeps at 16 times the default weight (``cgroup_parent`` in
+  docker-compose.yml), so they get a core ahead of the labs and of Docker's own processes
+  when many labs start; they use little CPU, so the weight takes nothing others need. A
+  quota would leave idle cores unused and throttle multi-threaded work even on an idle
+  host.
 
 `invoke up` reports the machine's memory as Docker sees it (``GPUHUB_LAB_HOST_MEMORY``;
 in swarm mode the smallest node's); without it the hub reads its own ``/proc/meminfo``,

@@ -52,6 +52,9 @@ HEALTH_RETRIES = 5
 # Compose hands these to the hub, the broker and lab-memory (`invoke up` reads Docker's
 # cgroup driver and version, and works out LABS_MEM_LIMIT in bytes).
 LABS_CGROUP_PARENT_ENV = "GPUHUB_LABS_CGROUP_PARENT"
+# The parent cgroup of the hub, the proxy and docker-proxy, whose CPU weight lab-memory keeps
+# above Docker's own processes and the labs' (docker-compose.yml); unset: Docker's default.
+SERVICES_CGROUP_PARENT_ENV = "GPUHUB_SERVICES_CGROUP_PARENT"
 # The hub's services' oom_score_adj (docker-compose.yml), where the engine allows a negative
 # one (`invoke up` probes it); 0 elsewhere.
 SERVICES_OOM_SCORE_ENV = "GPUHUB_SERVICES_OOM_SCORE_ADJ"
@@ -218,6 +221,12 @@ IFNAMSIZ = 15  # the longest Linux interface name
 def labs_cgroup_parent(project: str, driver: str) -> str:
     """The parent cgroup of every lab of ``project``, as Docker's CgroupParent names it."""
     return f"gpuhub-{project}-labs.slice" if driver == "systemd" else f"/gpuhub-{project}-labs"
+
+
+def services_cgroup_parent(project: str, driver: str) -> str:
+    """The parent cgroup of the hub's own services, as Docker's CgroupParent names it."""
+    return (f"gpuhub-{project}-services.slice" if driver == "systemd"
+            else f"/gpuhub-{project}-services")
 
 
 def bridge_name(project: str) -> str:

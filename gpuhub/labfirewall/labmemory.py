@@ -46,18 +46,67 @@ class Parent(NamedTuple):
     version: str  # 1 or 2
 
     def path(self, root: str = CGROUP_ROOT) -> str:
-        if self.driver == "systemd":
-            # Docker (via systemd) nests a-b-c.slice in a.slice/a-b.slice.
-            stem = self.name[: -len(".slice")]
-            parts = stem.split("-")
-            slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
-            return os.path.join(root, *slices)
-        base = os.path.join(root, "memory") if self.version == "1" else root
-        return os.path.join(base, self.name.strip("/"))
+        return cgroup_path(self.name, self.driver, self.version, "memory", root)
 
     @property
     def limit_file(self) -> str:
         return "memory.limit_in_bytes" if self.version == "1" else "memory.max"
+
+
+class Services(NamedTuple):
+    """The parent cgroup of the hub's own services (hub, proxy, docker-proxy) and the CPU
+    weight it is kept at: above Docker's own processes and the labs, so that the hub answers
+    while many labs start (docs/explanation/benchmark.md). They spend little CPU, so the
+    weight only makes them wait less for a core; it takes nothing anyone else needs."""
+
+    name: str  # as Docker's CgroupParent names it
+    driver: str
+    version: str
+
+    def path(self, root: str = CGROUP_ROOT) -> str:
+        return cgroup_path(self.name, self.driver, self.version, "cpu", root)
+
+    @property
+    def weight_file(self) -> str:
+        return "cpu.shares" if self.version == "1" else "cpu.weight"
+
+    @property
+    def weight(self) -> int:
+        """16 times the default: cgroup v1's cpu.shares (1024), v2's cpu.weight (100)."""
+        return 16 * (1024 if self.version == "1" else 100)
+
+
+def cgroup_path(name: str, driver: str, version: str, controller: str,
+                root: str = CGROUP_ROOT) -> str:
+    """Where the cgroup Docker's CgroupParent ``name`` names is, for ``controller`` on v1."""
+    if driver == "systemd":
+        # Docker (via systemd) nests a-b-c.slice in a.slice/a-b.slice.
+        stem = name[: -len(".slice")]
+        parts = stem.split("-")
+        slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
+        return os.path.join(root, *slices)
+    base = os.path.join(root, controller) if version == "1" else root
+    return os.path.join(base, name.strip("/"))
+
+
+def _check_name(variable: str, name: str, driver: str) -> None:
+    expected = name.endswith(".slice") if driver == "systemd" else name.startswith("/")
+    if not expected or ".." in name or "//" in name or not name.strip("/").replace(
+            "-", "").replace("_", "").replace("/", "").replace(".", "").isalnum():
+        raise ValueError(f"{variable}={name!r} is not a cgroup parent gpuhub makes; start "
+                         "the stack with `invoke up`")
+
+
+def services_from_env(env: dict[str, str], parent: Parent) -> Services | None:
+    """The services' parent compose describes (None: none, they run where Docker puts them)."""
+    name = env.get("GPUHUB_SERVICES_CGROUP_PARENT", "")
+    if not name:
+        return None
+    _check_name("GPUHUB_SERVICES_CGROUP_PARENT", name, parent.driver)
+    if name == parent.name:
+        raise ValueError("GPUHUB_SERVICES_CGROUP_PARENT is the labs' parent; start the stack "
+                         "with `invoke up`")
+    return Services(name, parent.driver, parent.version)
 
 
 def parent_from_env(env: dict[str, str]) -> Parent:
@@ -73,11 +122,7 @@ def parent_from_env(env: dict[str, str]) -> Parent:
     if driver == "systemd" and version == "1":
         raise ValueError("Docker's systemd cgroup driver on cgroup v1 is not supported: use "
                          "cgroup v2, or the cgroupfs driver, or LABS_MEM_LIMIT=none")
-    expected = name.endswith(".slice") if driver == "systemd" else name.startswith("/")
-    if not expected or ".." in name or "//" in name or not name.strip("/").replace(
-            "-", "").replace("_", "").replace("/", "").replace(".", "").isalnum():
-        raise ValueError(f"GPUHUB_LABS_CGROUP_PARENT={name!r} is not a cgroup parent "
-                         "gpuhub makes; start the stack with `invoke up`")
+    _check_name("GPUHUB_LABS_CGROUP_PARENT", name, driver)
     if not limit.isdigit() or int(limit) <= 0:
         raise ValueError(f"GPUHUB_LABS_MEMORY={limit!r} is not a number of bytes; start the "
                          "stack with `invoke up`")
@@ -111,6 +156,27 @@ def in_place(parent: Parent, root: str = CGROUP_ROOT) -> bool:
     return read_limit(parent, root) == page_rounded(parent.limit)
 
 
+def keep_weight(services: Services, root: str = CGROUP_ROOT) -> str:
+    """Make the services' parent (if missing) and put its weight back if it changed; what
+    went wrong, or ''."""
+    path = os.path.join(services.path(root), services.weight_file)
+    try:
+        os.makedirs(services.path(root), exist_ok=True)
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(services.weight):
+                    return ""
+        except FileNotFoundError:
+            pass  # the kernel refuses the write below too, and says why
+        with open(path, "w") as f:
+            f.write(str(services.weight))
+        with open(path) as f:
+            held = f.read().strip()
+    except OSError as err:
+        return f"cannot keep {path} at {services.weight}: {err}"
+    return "" if held == str(services.weight) else f"{path} holds {held}, not {services.weight}"
+
+
 def log(message: str) -> None:
     print(f"lab-memory: {message}", flush=True)
 
@@ -132,12 +198,22 @@ def mark_healthy(status: str, healthy: bool) -> None:
 
 
 def run_forever(parent: Parent, root: str = CGROUP_ROOT, interval: float = CHECK_INTERVAL,
-                status: str = STATUS_FILE) -> None:
-    """Keep the parent's limit in place until SIGTERM; healthy only while it holds."""
+                status: str = STATUS_FILE, services: Services | None = None) -> None:
+    """Keep the parent's limit in place until SIGTERM; healthy only while it holds. Keep
+    the services' weight too: without it the hub answers more slowly in a storm of starts,
+    but nothing is unsafe, so it does not make the service unhealthy."""
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    told = None
+    told = told_weight = None
     try:
         while True:
+            if services is not None:
+                weight_problem = keep_weight(services, root)
+                if weight_problem != told_weight:
+                    log(f"warning: {weight_problem}; the hub may answer slowly while many "
+                        "labs start" if weight_problem else
+                        f"the hub's services run with CPU weight {services.weight} "
+                        f"({services.name})")
+                    told_weight = weight_problem
             problem = ""
             if not in_place(parent, root):
                 try:
@@ -155,6 +231,11 @@ def run_forever(parent: Parent, root: str = CGROUP_ROOT, interval: float = CHECK
             mark_healthy(status, not problem)
             time.sleep(interval)
     except _Stop:
+        if services is not None:
+            try:  # only once the services are gone too (`invoke down`)
+                os.rmdir(services.path(root))
+            except OSError:
+                pass
         try:  # the kernel refuses while a lab is in it: then the limit stays in place
             os.rmdir(parent.path(root))
             log("stopping; no lab is left, so the labs' parent cgroup is removed")
@@ -172,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv else "run"
     try:
         parent = parent_from_env(dict(os.environ))
+        services = services_from_env(dict(os.environ), parent)
     except ValueError as err:
         log(f"error: {err}")
         return 2
@@ -182,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if command != "run":
         log(f"error: unknown command {command!r}; use run or check")
         return 2
-    run_forever(parent)
+    run_forever(parent, services=services)
     return 0
 
 

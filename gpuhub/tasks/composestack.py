@@ -241,6 +241,7 @@ def lab_memory_env(c, project, host_memory: int) -> dict[str, str]:
     step(f"labs together may use up to {limit // lablimits.UNITS['M']}M of memory "
          f"(LABS_MEM_LIMIT={project.settings.labs_mem_limit})")
     return {names.LABS_CGROUP_PARENT_ENV: names.labs_cgroup_parent(project.name, driver),
+            names.SERVICES_CGROUP_PARENT_ENV: names.services_cgroup_parent(project.name, driver),
             names.LABS_MEMORY_ENV: str(limit), names.CGROUP_DRIVER_ENV: driver,
             names.CGROUP_VERSION_ENV: version}
 

@@ -167,6 +167,28 @@ def test_labs_are_limited_to_the_hosts_memory_less_a_reserve_by_default(stack):
         stack.invoke("deluser", "lima", "--purge-data")
 
 
+def test_the_hubs_services_run_under_their_parent_at_sixteen_times_the_cpu_weight(stack):
+    """The hub, proxy and broker are created under their own parent cgroup, which lab-memory
+    keeps at 16x the default CPU weight: ahead of the labs' parent and of Docker's own
+    processes, which without it keep the hub's API waiting while many labs start
+    (docs/explanation/benchmark.md). Read where the kernel has their processes."""
+    cpu = Path("/sys/fs/cgroup/cpu")
+    if not cpu.is_dir():
+        pytest.fail("this test reads cgroup v1's cpu controller, as this machine has it")
+    name = f"gpuhub-{stack.project}-services"
+    shares = cpu / name / "cpu.shares"
+    wait_until(lambda: shares.is_file() and shares.read_text().strip() == "16384", timeout=30,
+               what=f"lab-memory to keep {shares} at 16384")
+    for service in ("hub", "proxy", "docker-proxy"):
+        container = stack.inspect(stack.compose("ps", "-q", service, check=True).stdout.strip())
+        assert container["HostConfig"]["CgroupParent"] == f"/{name}", service
+        procs = cpu / name / container["Id"] / "cgroup.procs"
+        assert str(container["State"]["Pid"]) in procs.read_text().split(), service
+    for service in ("lab-memory", "lab-firewall"):
+        container = stack.inspect(stack.compose("ps", "-q", service, check=True).stdout.strip())
+        assert container["HostConfig"]["CgroupParent"] == "", service
+
+
 def test_a_cell_over_the_limit_kills_only_its_own_kernel(limits_stack, hog, calm):
     stack = limits_stack
     for user in (hog, calm):

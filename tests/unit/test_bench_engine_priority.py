@@ -1,8 +1,10 @@
 """bench.engine_priority's split of a storm's hub API probe at its last lab start, and the
 probe's samples in bench.run's results (report.api_samples)."""
 
+import time
+
 from bench import report
-from bench.engine_priority import figures, split_at_last_start
+from bench.engine_priority import KEPT, figures, held, split_at_last_start
 from bench.spawns import Round
 from bench.trace import LabTrace
 
@@ -32,11 +34,31 @@ def test_a_storm_without_starts_or_samples_has_no_split():
 
 
 def test_figures_name_the_weight_and_the_whole_storms_p95():
-    x = figures(16384, storm_round())
-    assert x["docker_cpu_shares"] == 16384 and x["hub_api_requests"] == 5
+    x = figures(1024, storm_round())
+    assert x["services_cpu_shares"] == 1024 and x["hub_api_requests"] == 5
     assert x["hub_api_p95_ms"] == 190.0
 
 
 def test_results_keep_each_probe_request_after_the_storms_first_request():
     assert report.api_samples(storm_round())[:2] == [[0.5, 200.0], [2.0, 150.0]]
     assert report.api_samples(Round(n=1)) == []
+
+
+def test_another_weight_is_held_against_lab_memory_and_left_to_it_after(tmp_path):
+    shares = tmp_path / "cpu.shares"
+    shares.write_text(str(KEPT))
+    with held(shares, 1024):
+        time.sleep(0.05)
+        shares.write_text(str(KEPT))  # lab-memory puts its weight back
+        time.sleep(0.3)
+        assert shares.read_text() == "1024"
+    assert shares.read_text() == str(KEPT) == "16384"
+
+
+def test_the_kept_weight_is_left_to_lab_memory(tmp_path):
+    shares = tmp_path / "cpu.shares"
+    shares.write_text("16384")
+    with held(shares, KEPT):
+        shares.write_text("999")
+        time.sleep(0.2)
+        assert shares.read_text() == "999"

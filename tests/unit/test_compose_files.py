@@ -56,6 +56,17 @@ def test_the_hub_proxy_and_broker_get_four_times_a_labs_cpu_weight():
                        "lab-firewall": None, "lab-memory": None}
 
 
+def test_the_hub_proxy_and_broker_run_under_the_parent_lab_memory_weights():
+    parents = {name: spec.get("cgroup_parent") for name, spec in BASE.items()}
+    variable = f"${{{names.SERVICES_CGROUP_PARENT_ENV}:-}}"
+    assert parents == {"hub": variable, "proxy": variable, "docker-proxy": variable,
+                       "gpu-sampler": None, "lab-firewall": None, "lab-memory": None}
+    assert BASE["lab-memory"]["environment"][names.SERVICES_CGROUP_PARENT_ENV] == variable
+    # No other file moves a service to another parent (a lab's is the broker's business).
+    assert not [key for key, spec in services().items()
+                if "cgroup_parent" in spec and key[0] != "docker-compose.yml"]
+
+
 def test_lab_memory_has_no_network_one_capability_and_only_the_cgroup_tree():
     memory = BASE["lab-memory"]
     assert memory["network_mode"] == "none" and memory["cap_drop"] == ["ALL"]

@@ -8,7 +8,7 @@ from invoke import Result
 from invoke.exceptions import Exit
 
 from gpuhub.labfirewall import labmemory
-from gpuhub.labfirewall.labmemory import Parent, parent_from_env
+from gpuhub.labfirewall.labmemory import Parent, Services, parent_from_env, services_from_env
 from gpuhub.tasks import composestack
 from gpuhub.tasks.project import load
 from support.mock_docker import CGROUP_INFO, OOM_PROBE, docker_context
@@ -84,6 +84,58 @@ def test_while_the_kernel_refuses_the_limit_no_lab_starts(tmp_path, monkeypatch,
     assert "error: cannot write memory.limit_in_bytes" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("driver, version, name, path, weight_file, weight", [
+    ("cgroupfs", "1", "/gpuhub-demo-services", "R/cpu/gpuhub-demo-services", "cpu.shares",
+     16384),
+    ("cgroupfs", "2", "/gpuhub-demo-services", "R/gpuhub-demo-services", "cpu.weight", 1600),
+    ("systemd", "2", "gpuhub-demo-services.slice",
+     "R/gpuhub.slice/gpuhub-demo.slice/gpuhub-demo-services.slice", "cpu.weight", 1600),
+])
+def test_where_the_services_parent_is_and_its_weight(driver, version, name, path, weight_file,
+                                                     weight):
+    services = Services(name, driver, version)
+    assert (services.path("R"), services.weight_file, services.weight) == (path, weight_file,
+                                                                             weight)
+
+
+def test_the_services_parent_comes_from_compose_and_is_never_the_labs():
+    parent = parent_from_env(ENV)
+    assert services_from_env(ENV, parent) is None  # LABS_MEM_LIMIT=none by hand: Docker's
+    named = {**ENV, "GPUHUB_SERVICES_CGROUP_PARENT": "/gpuhub-demo-services"}
+    assert services_from_env(named, parent) == Services("/gpuhub-demo-services", "cgroupfs", "1")
+    for wrong in ("/gpuhub-demo-labs", "/../docker", "gpuhub-demo-services.slice"):
+        with pytest.raises(ValueError, match="GPUHUB_SERVICES_CGROUP_PARENT"):
+            services_from_env({**ENV, "GPUHUB_SERVICES_CGROUP_PARENT": wrong}, parent)
+
+
+def test_the_service_keeps_the_services_weight_and_stays_healthy_without_it(
+        tmp_path, monkeypatch, capsys):
+    parent = parent_from_env(ENV)
+    services = Services("/gpuhub-demo-services", "cgroupfs", "1")
+    status = tmp_path / "lab-memory.ok"
+    shares = tmp_path / "cpu" / "gpuhub-demo-services" / "cpu.shares"
+    rounds = []
+
+    def sleep(seconds):
+        rounds.append((shares.read_text() if shares.is_file() else None, status.exists()))
+        if len(rounds) == 1:
+            shares.write_text("1024")  # Docker made it anew, or someone reset it
+        elif len(rounds) == 2:
+            shares.unlink()
+            shares.mkdir()  # the kernel refuses the weight now
+        else:
+            raise labmemory._Stop()
+
+    monkeypatch.setattr(labmemory.time, "sleep", sleep)
+    labmemory.run_forever(parent, root=str(tmp_path), status=str(status), services=services)
+    # Made with its weight before any service needs it, put back; a weight the kernel
+    # refuses is said once and leaves the labs' limit (the service's health) alone.
+    assert rounds == [("16384", True), ("16384", True), (None, True)]
+    out = capsys.readouterr().out
+    assert out.count("the hub's services run with CPU weight 16384") == 1
+    assert out.count("warning: cannot keep") == 1 and "may answer slowly" in out
+
+
 def test_the_kernel_keeps_the_limit_in_whole_pages(tmp_path):
     parent = Parent("/p", LIMIT + 1, "cgroupfs", "2")
     (tmp_path / "p").mkdir()
@@ -98,9 +150,11 @@ GIB = 2**30
 
 @pytest.mark.parametrize("setting, answer, expected", [
     ("auto", "cgroupfs 1", {"GPUHUB_LABS_CGROUP_PARENT": "/gpuhub-gpuhub-labs",
+                            "GPUHUB_SERVICES_CGROUP_PARENT": "/gpuhub-gpuhub-services",
                             "GPUHUB_LABS_MEMORY": str(14336 * 2**20),
                             "GPUHUB_CGROUP_DRIVER": "cgroupfs", "GPUHUB_CGROUP_VERSION": "1"}),
     ("48G", "systemd 2", {"GPUHUB_LABS_CGROUP_PARENT": "gpuhub-gpuhub-labs.slice",
+                          "GPUHUB_SERVICES_CGROUP_PARENT": "gpuhub-gpuhub-services.slice",
                           "GPUHUB_LABS_MEMORY": str(48 * GIB),
                           "GPUHUB_CGROUP_DRIVER": "systemd", "GPUHUB_CGROUP_VERSION": "2"}),
     ("none", "cgroupfs 1", {}),

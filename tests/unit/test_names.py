@@ -193,8 +193,8 @@ def test_lab_memory_runs_its_script_from_that_image_and_checks_its_status_file()
     assert service["healthcheck"]["test"][-3:] == ["--fresh", labmemory.STATUS_FILE, "20"]
     assert service["volumes"] == [f"/sys/fs/cgroup:{labmemory.CGROUP_ROOT}"]
     assert set(service["environment"]) == {
-        names.LABS_CGROUP_PARENT_ENV, names.LABS_MEMORY_ENV, names.CGROUP_DRIVER_ENV,
-        names.CGROUP_VERSION_ENV}
+        names.LABS_CGROUP_PARENT_ENV, names.SERVICES_CGROUP_PARENT_ENV, names.LABS_MEMORY_ENV,
+        names.CGROUP_DRIVER_ENV, names.CGROUP_VERSION_ENV}
 
 
 def test_every_service_and_every_lab_has_a_capped_rotated_log():

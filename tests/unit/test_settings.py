@@ -13,6 +13,7 @@ from harness import ROOT
 # Variables compose interpolates that are not user settings: `invoke up` sets them.
 COMPOSE_ONLY = {"GPUHUB_ENV_FILE", "GPUHUB_GPU_INVENTORY", "GPUHUB_LABS_BRIDGE",
                 "GPUHUB_LAB_HOST_MEMORY", "GPUHUB_LABS_CGROUP_PARENT", "GPUHUB_LABS_MEMORY",
+                "GPUHUB_SERVICES_CGROUP_PARENT",
                 "GPUHUB_CGROUP_DRIVER", "GPUHUB_CGROUP_VERSION", "GPUHUB_SERVICES_OOM_SCORE_ADJ",
                 "GPUHUB_LAB_DISK_LIMIT"}
 
