@@ -42,7 +42,7 @@ from bench.spawns import Round, storm
 from gpuhub.core import names
 from gpuhub.labfirewall.labmemory import Services
 from harness.hub import HubUser
-from harness.stack import Stack
+from harness.stack import Stack, build_images_once
 
 CPU = Path("/sys/fs/cgroup/cpu")
 KEPT = Services("", "cgroupfs", "1").weight  # what lab-memory keeps on cgroup v1
@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"LAB_START_CONCURRENCY": "0", **dict(args.setting)}
     project = f"gpuhubbench-{secrets.token_hex(3)}"
     shares_file = CPU / names.services_cgroup_parent(project, "cgroupfs").strip("/") / "cpu.shares"
-    stack = Stack.create(Path(tempfile.mkdtemp(prefix="gpuhubbench-")),
-                         COMPOSE_PROJECT_NAME=project, **settings)
+    workdir = Path(tempfile.mkdtemp(prefix="gpuhubbench-"))
+    build_images_once(workdir)  # this checkout's services, not whatever images are tagged
+    stack = Stack.create(workdir, COMPOSE_PROJECT_NAME=project, **settings)
     client, engine, rows = docker_client(), EngineCpu(), []
     try:
         stack.up("--no-build")

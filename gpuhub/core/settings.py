@@ -564,8 +564,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Parallel Docker API calls the hub makes for spawns (DockerSpawner alone: 1).",
             "Hub"),
     Setting("LAB_START_CONCURRENCY", "auto", _auto_or_count,
-            "Labs that may boot at once; the others wait their turn (auto: one per CPU "
-            "core; 0: no limit; not used in swarm mode).", "Hub"),
+            "Labs that may boot at once; the others wait their turn (auto: all at once while "
+            "lab-memory keeps the hub's services ahead of the labs for the CPU, one per CPU "
+            "core without it, e.g. LABS_MEM_LIMIT=none; 0: no limit; not used in swarm "
+            "mode).", "Hub"),
     Setting("LOGIN_MAX_FAILURES", "5", _count,
             "Failed logins after which a user is locked out for LOGIN_LOCKOUT_SECONDS.", "Hub"),
     Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,

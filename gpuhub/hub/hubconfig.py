@@ -132,7 +132,7 @@ def update_auth(c, settings: Settings, secrets_dir: Path = SECRETS_DIR,
             "OIDC client secret (OIDC_CLIENT_SECRET_FILE)")
 
 
-def update_spawner(c, settings: Settings) -> None:
+def update_spawner(c, settings: Settings, services_parent: str = "") -> None:
     """One DockerSpawner container per user on the labs network, removed on stop."""
     project = settings.compose_project_name
     c.JupyterHub.spawner_class = "gpuhub.hub.spawner.GpuDockerSpawner"
@@ -181,7 +181,8 @@ def update_spawner(c, settings: Settings) -> None:
     c.GpuDockerSpawner.usage_journal = str(Path(names.HUB_DATA_DIR) / names.USAGE_JOURNAL_FILE)
     c.GpuDockerSpawner.docker_threads = settings.docker_api_threads
     c.GpuDockerSpawner.require_lab_firewall = settings.lab_firewall
-    c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(settings.lab_start_concurrency)
+    c.GpuDockerSpawner.lab_start_concurrency = lab_start_slots(
+        settings.lab_start_concurrency, weighted=bool(services_parent))
 
 
 def update_lab_limits(c, settings: Settings, host_memory: int, labs_parent: str = "",
@@ -207,10 +208,17 @@ def update_lab_limits(c, settings: Settings, host_memory: int, labs_parent: str 
     c.GpuDockerSpawner.require_lab_memory = bool(labs_parent)
 
 
-def lab_start_slots(setting: str | int) -> int:
-    """LAB_START_CONCURRENCY as a number: auto is one slot per CPU core the hub may use
-    (the hub container shares the host's cores with the labs)."""
-    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+def lab_start_slots(setting: str | int, weighted: bool) -> int:
+    """LAB_START_CONCURRENCY as a number (0: no limit).
+
+    auto: no limit while the hub, proxy and broker run under the parent cgroup lab-memory
+    keeps at a high CPU weight (``weighted``; docs/explanation/benchmark.md): the hub then
+    answers within its target while every lab boots at once, and every user's lab is
+    ready at about the same time, the last no later than in turns. Without it, one slot per
+    CPU core the hub may use, which keeps the hub answering instead."""
+    if setting != "auto":
+        return int(setting)
+    return 0 if weighted else len(os.sched_getaffinity(0))
 
 
 def update_gpus(c, settings: Settings, gpus: list[gpu_inventory.Gpu], profiles_yaml: str) -> None:
@@ -304,7 +312,7 @@ def apply_config(c, settings: Settings, env: Mapping[str, str] | None = None,
     update_tls(c, settings)
     update_origins(c, settings)
     update_auth(c, settings, secrets_dir)
-    update_spawner(c, settings)
+    update_spawner(c, settings, env.get(names.SERVICES_CGROUP_PARENT_ENV, ""))
     update_lab_limits(c, settings, lablimits.host_memory(env, meminfo),
                       env.get(names.LABS_CGROUP_PARENT_ENV, ""), lablimits.lab_disk_limit(env))
     hub_mode(settings).update_config(c)

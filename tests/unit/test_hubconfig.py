@@ -166,11 +166,20 @@ def test_spawn_timeout_default_and_override(configure):
     assert (c.GpuDockerSpawner.boot_timeout, c.GpuDockerSpawner.gpu_line_timeout) == (60, 0)
 
 
-def test_labs_boot_one_per_core_by_default_or_as_many_as_set(configure):
-    c = configure()
-    assert c.GpuDockerSpawner.lab_start_concurrency == len(os.sched_getaffinity(0))
-    assert configure(LAB_START_CONCURRENCY="3").GpuDockerSpawner.lab_start_concurrency == 3
-    assert configure(LAB_START_CONCURRENCY="0").GpuDockerSpawner.lab_start_concurrency == 0
+def test_labs_boot_at_once_by_default_while_the_hubs_services_are_weighted(configure):
+    weighted = {names.SERVICES_CGROUP_PARENT_ENV: "/gpuhub-gpuhub-services",
+                names.LABS_CGROUP_PARENT_ENV: "/gpuhub-gpuhub-labs"}
+    assert configure(env=weighted).GpuDockerSpawner.lab_start_concurrency == 0
+    # Without lab-memory's parent (LABS_MEM_LIMIT=none, or compose by hand): one per core.
+    cores = len(os.sched_getaffinity(0))
+    assert configure().GpuDockerSpawner.lab_start_concurrency == cores
+    assert configure(env={names.LABS_CGROUP_PARENT_ENV: "/gpuhub-gpuhub-labs"}
+                     ).GpuDockerSpawner.lab_start_concurrency == cores
+    # A number set is kept either way.
+    for env in (weighted, {}):
+        for setting, slots in (("3", 3), ("0", 0), ("1", 1)):
+            c = configure(env=dict(env), LAB_START_CONCURRENCY=setting)
+            assert c.GpuDockerSpawner.lab_start_concurrency == slots
 
 
 def test_names_come_from_the_compose_project(configure):
