@@ -573,9 +573,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOGIN_LOCKOUT_SECONDS", "600", _positive_seconds,
             "How long a user stays locked out after too many failed logins.", "Hub"),
     Setting("LAB_CPU_LIMIT", "auto", _lab_cpus,
-            "CPUs per lab, e.g. 4. auto: no quota (labs that compete get equal shares and "
-            "the hub four times theirs; a quota would leave idle cores unused); none: the "
-            "same. A profile's cpu_limit wins.", "Labs"),
+            "CPUs per lab, e.g. 4. auto: no quota (labs that compete get equal shares, and "
+            "the hub's services get the CPU ahead of them; a quota would leave idle cores "
+            "unused); none: the same. A profile's cpu_limit wins.", "Labs"),
     Setting("LAB_MEM_LIMIT", "auto", _lab_memory,
             "Memory per lab, e.g. 16G. auto: the Docker host's memory less 2 GiB or 10 % "
             "(whichever is more) for the system and the hub, so one lab cannot take it all; "
