@@ -142,6 +142,21 @@ class GpuDockerSpawner(DockerSpawner):
     _since: datetime.datetime | None = None  # the SINCE label of the lab being started
     _gpu_fault_notes: list[str] = []  # this start's GPUs that failed, for its progress
     _trying_gpus = False  # from the first grant until the lab serves or the start failed
+    # Whether start() was called for the spawn JupyterHub has under way (_spawn_pending):
+    # JupyterHub answers a progress request from the moment it begins the spawn, and
+    # calls start() only after a few awaits of its own.
+    _start_began = False
+    _pending = False
+
+    @property
+    def _spawn_pending(self) -> bool:  # JupyterHub's own flag, set when a spawn begins
+        return self._pending
+
+    @_spawn_pending.setter
+    def _spawn_pending(self, pending: bool) -> None:
+        if pending and not self._pending:
+            self._start_began = False  # a new spawn: its start() is still to come
+        self._pending = pending
     # Labs waiting to accept connections now (wait_until_serving), in this hub process.
     _booting: ClassVar[int] = 0
     # Health questions to Docker on their way, shared by the starts that ask meanwhile.
@@ -446,6 +461,10 @@ class GpuDockerSpawner(DockerSpawner):
         return profile
 
     async def start(self):
+        # This start's state, set before anything awaits: progress() reads it from now on.
+        self._start_began = True
+        self._choosing_gpus = True  # until choose_gpus() has granted (or refused) them
+        self._gpu_fault_notes = []
         self._start_slot = StartSlot.NOT_YET
         # Said once more, in this start's progress; the home page no longer shows it.
         self._said_stop_reason, self.last_stop_reason = self.last_stop_reason, ""
@@ -458,6 +477,7 @@ class GpuDockerSpawner(DockerSpawner):
             raise
         finally:
             self._done_booting()  # also when the profile or the GPUs were refused
+            self._choosing_gpus = False  # also when it ended before choose_gpus()
         profile = self.user_options.get("profile", "default")
         telemetry.installed().spawn_duration.labels(profile=profile).observe(
             time.monotonic() - began)
@@ -470,7 +490,6 @@ class GpuDockerSpawner(DockerSpawner):
         profile = self.resolve_profile()
         await self.check_lab_firewall()
         self.gpu_state.watch_faults(self.log)
-        self._gpu_fault_notes = []
         failed: list[Entry] = []
         self._trying_gpus = True
         try:
@@ -662,6 +681,10 @@ class GpuDockerSpawner(DockerSpawner):
             self.log.warning("Could not remove the failed lab of %s: %s", self.user.name, err)
 
     async def progress(self):
+        # Asked for before JupyterHub called start(), every field below is still the last
+        # start's (a GPU user would read "No GPU for this lab"): wait for this one's.
+        while self._spawn_pending and not self._start_began:
+            await asyncio.sleep(0.1)
         if self._said_stop_reason:
             yield {"progress": 10, "message": f"Your last lab "
                                               f"{self._said_stop_reason}"}
@@ -697,8 +720,9 @@ class GpuDockerSpawner(DockerSpawner):
         # Until the lab has its start slot, say when it waits for one, and for how many.
         while (self.lab_start_concurrency and self._spawn_pending
                and self._start_slot in (StartSlot.NOT_YET, StartSlot.WAITING)):
-            if self._start_slot is StartSlot.WAITING:
-                queue = self.start_slots
+            queue = self.start_slots
+            # Nobody in line: the slot is this lab's already, on its way to it.
+            if self._start_slot is StartSlot.WAITING and queue.waiting:
                 message = (f"Waiting for a start slot ({queue.booting} starting, "
                            f"{queue.waiting} in line)")
                 if message != said:

@@ -214,6 +214,36 @@ def test_a_gpu_the_toolkit_refuses_goes_out_of_service_and_the_start_takes_anoth
     assert GpuDockerSpawner._gpu_state.grants.held() == {}
 
 
+def test_progress_asked_for_before_the_start_begins_follows_that_start(tmp_path, monkeypatch):
+    """JupyterHub answers a progress request from the moment a spawn begins, and calls
+    start() only after awaits of its own (and, with every lab at once, nothing else holds
+    the progress back): it must not read the last start's state, or say "No GPU for this
+    lab" to a GPU user, and it must still give the faulty GPU's line."""
+    spawner, _ = _lab_on_a_toolkit(
+        tmp_path, monkeypatch, lambda ids: UNKNOWN if GPUS[0] in ids else None)
+    spawner.gpu_ids = []  # the last start's (a CPU profile)
+    spawner._gpu_fault_notes = ["a note of the last start"]
+
+    async def main():
+        spawner._spawn_pending = True  # JupyterHub begins the spawn
+        progress = asyncio.ensure_future(
+            asyncio.wait_for(_messages(spawner), 10))
+        await asyncio.sleep(0.3)  # its own awaits (OAuth client, hooks)
+        served = await spawner.start()
+        spawner._spawn_pending = False
+        return served, await progress
+
+    served, messages = asyncio.run(asyncio.wait_for(main(), 10))
+    assert served == ("10.0.0.5", 8888)
+    note = (f"GPU {GPUS[0]} is out of service: the NVIDIA driver does not know this device; "
+            "you are next in line for another")
+    assert messages == [f"GPUs granted: {GPUS[0]}", note, f"GPUs granted: {GPUS[1]}"]
+
+
+async def _messages(spawner) -> list[str]:
+    return [e["message"] async for e in spawner.progress()]
+
+
 def test_with_no_other_gpu_free_the_user_waits_first_in_line(tmp_path, monkeypatch):
     spawner, starts = _lab_on_a_toolkit(
         tmp_path, monkeypatch, lambda ids: UNKNOWN if GPUS[0] in ids else None)
