@@ -35,7 +35,7 @@ MAX_STRING = 8 * 1024
 MAX_ITEMS = 256
 MIN_API = (1, 40)  # older versions make Docker honour legacy fields (a HostConfig on start)
 STOP_TIMEOUT_MAX = 600
-REFUSED = "refused by gpuhub docker-proxy"
+REFUSED = names.BROKER_REFUSED
 
 _VERSION = re.compile(r"/v([0-9]{1,4})\.([0-9]{1,4})(/.*)")
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 from yarl import URL
 
-from gpuhub.broker.policy import MAX_BODY, Call, Plan, Policy, Refused
+from gpuhub.broker.policy import MAX_BODY, REFUSED, Call, Plan, Policy, Refused
 from gpuhub.broker.workfolders import WorkFolderError, WorkFolders
 from gpuhub.core import gpus as gpu_inventory
 from gpuhub.core import lablimits
@@ -141,7 +141,7 @@ class Broker:
             response = _refusal(err)
             log.warning("%s %s refused: %s", request.method, target, err)
         except web.HTTPException as err:  # aiohttp's own: a body over the size limit
-            response = web.json_response({"message": f"refused by gpuhub docker-proxy: {err.reason}"},
+            response = web.json_response({"message": f"{REFUSED}: {err.reason}"},
                                          status=err.status)
         except (TimeoutError, OSError) as err:
             response = web.json_response({"message": f"gpuhub docker-proxy: Docker did not "
@@ -149,8 +149,8 @@ class Broker:
                                          status=502)
         except Exception:  # fail closed: a bug refuses, it never lets a request through
             log.exception("%s %s: internal error", request.method, target)
-            response = web.json_response({"message": "refused by gpuhub docker-proxy: "
-                                                     "internal error (see its log)"}, status=403)
+            response = web.json_response({"message": f"{REFUSED}: internal error (see its log)"},
+                                         status=403)
         if not (request.remote == "127.0.0.1" and target == "/_ping"):
             log.info("%s %s %s -> %d %.1f ms", request.remote, request.method, target,
                      response.status, (time.monotonic() - started) * 1000)

@@ -29,6 +29,9 @@ SHARED_MOUNT = f"{LAB_HOME}/shared"
 DOCKER_BROKER_SERVICE = "docker-proxy"
 DOCKER_BROKER_PORT = 2375
 DOCKER_BROKER_URL = f"tcp://{DOCKER_BROKER_SERVICE}:{DOCKER_BROKER_PORT}"
+# How every refusal of the broker begins (the "message" of its answer): the hub tells a
+# refused start from Docker's own errors by it.
+BROKER_REFUSED = "refused by gpuhub docker-proxy"
 LAB_FIREWALL_SERVICE = "lab-firewall"
 # Where the lab-firewall image keeps gpuhub/labfirewall/service.py (its Dockerfile's COPY and CMD).
 LAB_FIREWALL_SCRIPT = "/usr/local/lib/gpuhub/labfirewall.py"

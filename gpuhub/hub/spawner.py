@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import docker
+import requests
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
@@ -472,8 +473,14 @@ class GpuDockerSpawner(DockerSpawner):
         try:
             served = await self.start_with_gpus()
         except Exception as err:
-            refusal = getattr(err, "refusal", None) or "error"
+            failure = docker_failure(err)
+            if failure is not None:  # the user reads one line; the hub's log keeps Docker's
+                self.log.error("The lab of %s did not start: Docker's call failed: %s",
+                               self.user.name, err)
+            refusal = getattr(failure or err, "refusal", None) or "error"
             telemetry.installed().spawns_refused.labels(reason=refusal).inc()
+            if failure is not None:
+                raise failure from err
             raise
         finally:
             self._done_booting()  # also when the profile or the GPUs were refused
@@ -760,6 +767,28 @@ class GpuDockerSpawner(DockerSpawner):
                 await self._remove_quietly()
             await asyncio.sleep(0.2)
         self.gpu_ids = []
+
+
+def docker_failure(err: Exception) -> StartRefused | None:
+    """A start that failed on a call to Docker (or to the broker in front of it), as the
+    user reads it; None for any other failure. JupyterHub would answer a bare 500 without a
+    word (an API client) or the raw error. What Docker or the broker said stays in the hub's
+    log: it can name host paths and the broker's rules, which are not the user's to read."""
+    if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout) or (
+            isinstance(err, docker.errors.APIError) and err.status_code in (502, 503, 504)):
+        return StartRefused(503, "Docker did not answer the hub; try again in a minute, or "
+                                 "ask an admin to check `invoke status`", "docker_down")
+    if not isinstance(err, docker.errors.APIError) or nvidia_refusal(str(err)) is not None:
+        return None  # the NVIDIA toolkit's refusals are said by gpu_refused()
+    if not str(err.explanation or "").startswith(names.BROKER_REFUSED):
+        return StartRefused(500, "Docker could not create or start your lab; ask an admin to "
+                                 "check `invoke logs`", "docker_error")
+    if err.status_code == 507:  # WORK_QUOTA: the work volume could not move under the limit
+        return StartRefused(507, "your work folder could not be put under its size limit "
+                                 "(WORK_QUOTA); your files are kept where they were; ask an "
+                                 "admin to check `invoke logs`", "work_folder")
+    return StartRefused(500, "the hub's Docker broker refused a step of your lab's start; "
+                             "ask an admin to check `invoke logs`", "broker_refused")
 
 
 def serving_poll_interval(booting: int) -> float:

@@ -274,8 +274,9 @@ def install(board_source: Callable[[], tuple[Callable[[], Board], float]],
     spawns_refused = Counter(
         "gpuhub_spawns_refused",
         "Starts refused or failed before the lab served, by reason (gpus_busy, gpu_limit, "
-        "no_gpus, queue_full, queue_timeout, bad_profile, lab_firewall_down, lab_died, "
-        "gpu_fault, timeout, error).", ["reason"], registry=registry)
+        "no_gpus, queue_full, queue_timeout, bad_profile, lab_firewall_down, "
+        "lab_memory_down, lab_died, gpu_fault, timeout, docker_down, broker_refused, "
+        "work_folder, docker_error, error).", ["reason"], registry=registry)
     board = GpuBoard(board_source)
     registry.register(BoardCollector(board))
     if work_use is not None:  # WORK_QUOTA: each work folder's use and limit

@@ -294,8 +294,10 @@ def test_when_the_toolkit_refuses_every_gpu_the_user_gets_one_line(tmp_path, mon
 def test_a_start_that_fails_otherwise_takes_no_gpu_out(tmp_path, monkeypatch):
     spawner, starts = _lab_on_a_toolkit(tmp_path, monkeypatch,
                                         lambda ids: "executable file not found in $PATH")
-    with pytest.raises(docker.errors.APIError):
+    with pytest.raises(StartRefused) as refused:
         asyncio.run(spawner.start())
+    assert refused.value.refusal == "docker_error"  # said in one line (test_spawner.py)
+    assert isinstance(refused.value.__cause__, docker.errors.APIError)
     assert len(starts) == 1 and not spawner.gpu_state.out_of_service.devices()
 
 

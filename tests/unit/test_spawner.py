@@ -4,6 +4,7 @@ import asyncio
 
 import docker
 import pytest
+import requests
 from dockerspawner import DockerSpawner
 from traitlets.config import Config
 
@@ -179,6 +180,65 @@ def test_with_the_lab_firewall_off_labs_start_without_asking(tmp_path, monkeypat
     spawner, calls = _start_without_a_firewall(tmp_path, monkeypatch, LAB_FIREWALL="false")
     assert asyncio.run(spawner.start()) == ("10.0.0.5", 8888)
     assert not any(_asks_for_the_firewall(kwargs) for _, kwargs in calls)
+
+
+def _docker_error(status: int, explanation: str) -> docker.errors.APIError:
+    answer = requests.Response()
+    answer.status_code = status
+    return docker.errors.APIError(f"{status} error", response=answer, explanation=explanation)
+
+
+BROKER_RULE = ("refused by gpuhub docker-proxy: HostConfig.Binds: /srv/lab-data/secret-project "
+               "is not the shared folder")
+
+
+@pytest.mark.parametrize(("error", "status", "refusal", "words"), [
+    (_docker_error(403, BROKER_RULE), 500, "broker_refused", "Docker broker refused"),
+    (_docker_error(507, "refused by gpuhub docker-proxy: work folder: the files of "
+                        "gpuhub-home-alice could not all be copied into /srv/work/alice"),
+     507, "work_folder", "your files are kept"),
+    (_docker_error(502, "gpuhub docker-proxy: Docker did not answer (ConnectionRefusedError)"),
+     503, "docker_down", "Docker did not answer"),
+    (requests.exceptions.ConnectionError("docker-proxy:2375: connection refused"), 503,
+     "docker_down", "Docker did not answer"),
+    (_docker_error(409, "Conflict. The container name /gpuhub-lab-alice is already in use"),
+     500, "docker_error", "Docker could not create or start your lab"),
+])
+def test_a_start_docker_or_the_broker_refused_says_so_in_one_line(
+        tmp_path, monkeypatch, caplog, error, status, refusal, words):
+    """JupyterHub answers a REST start that raised a Docker error with a bare 500 (and the
+    spawn page with the raw error): the user gets one line, the hub's log keeps Docker's."""
+    from gpuhub.hub import telemetry
+    from gpuhub.hub.spawner import StartRefused
+
+    async def refused(self):
+        raise error
+
+    spawner, _ = _start_without_a_firewall(tmp_path, monkeypatch, LAB_FIREWALL="false")
+    monkeypatch.setattr(DockerSpawner, "start", refused)
+    counted = telemetry.installed().spawns_refused.labels(reason=refusal)
+    before = counted._value.get()
+    with caplog.at_level("ERROR"), pytest.raises(StartRefused) as info:
+        asyncio.run(spawner.start())
+    assert (info.value.status_code, info.value.refusal) == (status, refusal)
+    said = info.value.log_message
+    assert words in said and "invoke " in said, said
+    # Nothing Docker or the broker said reaches the user: host paths, the broker's rules.
+    assert str(getattr(error, "explanation", error))[:30] not in said, said
+    assert "/srv" not in said and "HostConfig" not in said, said
+    assert info.value.__cause__ is error
+    assert str(error) in caplog.text and "alice" in caplog.text
+    assert counted._value.get() == before + 1
+    assert spawner.gpu_ids == [] and spawner.gpu_state.grants.held() == {}
+
+
+def test_a_failure_that_is_not_dockers_is_left_as_it_was():
+    from gpuhub.hub.spawner import docker_failure
+
+    assert docker_failure(ValueError("a bug")) is None
+    toolkit = _docker_error(500, "OCI runtime create failed: nvidia-container-cli: device "
+                                 "error: GPU-0: unknown device")
+    assert docker_failure(toolkit) is None  # gpu_refused() says those
 
 
 def test_stop_returns_only_once_docker_has_removed_the_container(tmp_path, monkeypatch):
