@@ -186,8 +186,11 @@ def services_oom_env(c, project) -> dict[str, str]:
     if probe.ok and probe.stdout.strip() == str(score):
         step(f"the hub's services are the OOM killer's last choice (oom_score_adj {score})")
         return {names.SERVICES_OOM_SCORE_ENV: str(score)}
+    bounded = ("labs stay under LABS_MEM_LIMIT" if project.settings.labs_mem_limit != "none"
+               else "with LABS_MEM_LIMIT=none, labs together may use all the memory, and "
+                    "the OOM killer then picks any process, the hub's too")
     step("note: this Docker engine cannot lower OOM scores (no CAP_SYS_RESOURCE), so the "
-         "hub's services keep the default one; labs stay under LABS_MEM_LIMIT")
+         f"hub's services keep the default one; {bounded}")
     return {}
 
 

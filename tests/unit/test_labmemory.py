@@ -196,6 +196,17 @@ def test_the_hubs_services_get_a_negative_oom_score_where_the_engine_can_set_one
     said = capsys.readouterr().out
     assert ("last choice" in said) == bool(expected), said
     assert ("cannot lower OOM scores" in said) != bool(expected), said
+    assert ("labs stay under LABS_MEM_LIMIT" in said) != bool(expected), said
+
+
+def test_without_a_limit_for_all_labs_the_oom_note_does_not_say_there_is_one(env_file, capsys):
+    env_file(LABS_MEM_LIMIT="none")
+    refused = Result(stderr="docker: Error response from daemon: failed to create shim task",
+                     exited=127)
+    assert composestack.services_oom_env(docker_context((OOM_PROBE, refused), running=False),
+                                         load()) == {}
+    said = capsys.readouterr().out
+    assert "LABS_MEM_LIMIT=none" in said and "stay under" not in said, said
 
 
 def test_the_hubs_services_take_their_oom_score_from_invoke_up():
